@@ -1,0 +1,119 @@
+"""Datasets, class names, image rows and embedding spaces: the bookkeeping around the vectors."""
+
+from __future__ import annotations
+
+import psycopg
+
+from .errors import SourceError, UsageError
+from .models import LoadedModel
+from .sources import Source
+from .stages import Stage
+
+# The `first` stage uses no model: its vectors are the same whatever weights are loaded.
+PIXELS_MODEL = "pixels"
+PIXELS_WEIGHTS = "none"
+
+
+def space_identity(stage: Stage, lm: LoadedModel | None) -> tuple[str, str]:
+    if not stage.uses_clip:
+        return PIXELS_MODEL, PIXELS_WEIGHTS
+    if lm is None:
+        raise UsageError(f"stage {stage.name} needs a model")
+    return lm.name, lm.weights
+
+
+def get_or_create_space(conn: psycopg.Connection, stage: Stage, lm: LoadedModel | None) -> int:
+    model, weights = space_identity(stage, lm)
+    row = conn.execute(
+        """INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES (%s, %s, %s, %s)
+           ON CONFLICT (model, weights, stage) DO UPDATE SET dim = embedding_spaces.dim
+           RETURNING id, dim""",
+        (model, weights, stage.name, stage.dim),
+    ).fetchone()
+    return row[0]
+
+
+def find_space(conn: psycopg.Connection, stage: Stage, lm: LoadedModel | None) -> int | None:
+    model, weights = space_identity(stage, lm)
+    row = conn.execute(
+        "SELECT id FROM embedding_spaces WHERE model = %s AND weights = %s AND stage = %s",
+        (model, weights, stage.name),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def stored_spaces(conn: psycopg.Connection, stage: Stage) -> list[tuple[str, str, int]]:
+    """(model, weights, rows) for every space of this stage that holds rows."""
+    return conn.execute(
+        f"""SELECT s.model, s.weights, count(*) FROM {stage.table} e
+            JOIN embedding_spaces s ON s.id = e.space_id GROUP BY s.model, s.weights
+            ORDER BY count(*) DESC"""  # table name from code
+    ).fetchall()
+
+
+def register_dataset(conn: psycopg.Connection, source: Source, name: str | None = None) -> int:
+    """The dataset's id, created with its classes on first use; its classes must not change."""
+    name = name or source.name
+    row = conn.execute(
+        """INSERT INTO datasets (name, source) VALUES (%s, %s)
+           ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id""",
+        (name, source.location),
+    ).fetchone()
+    dataset_id = row[0]
+    existing = conn.execute("SELECT name FROM classes WHERE dataset_id = %s ORDER BY label", (dataset_id,)).fetchall()
+    existing_names = [r[0] for r in existing]
+    if not existing_names:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO classes (dataset_id, label, name) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                [(dataset_id, i, c) for i, c in enumerate(source.classes)],
+            )
+    elif existing_names != source.classes:
+        raise SourceError(
+            f"dataset {name!r} already has classes {existing_names[:5]}...; {source.location} has "
+            f"{source.classes[:5]}...; use --dataset NEWNAME for a different label set"
+        )
+    return dataset_id
+
+
+def dataset_id(conn: psycopg.Connection, name: str | None) -> int:
+    """The named dataset, or the only one when no name is given."""
+    if name:
+        row = conn.execute("SELECT id FROM datasets WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise UsageError(f"no dataset named {name!r}; run 'clipvdb ingest --data SRC' first")
+        return row[0]
+    rows = conn.execute("SELECT id, name FROM datasets ORDER BY id").fetchall()
+    if not rows:
+        raise UsageError("the database holds no dataset yet; run 'clipvdb ingest --stage S --data SRC' first")
+    if len(rows) > 1:
+        names = ", ".join(r[1] for r in rows)
+        raise UsageError(f"several datasets are stored ({names}); choose one with --dataset")
+    return rows[0][0]
+
+
+def class_names(conn: psycopg.Connection, dataset: int) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT name FROM classes WHERE dataset_id = %s ORDER BY label", (dataset,)
+    ).fetchall()]  # fmt: skip
+
+
+def upsert_images(
+    conn: psycopg.Connection, dataset: int, split: str, rows: list[tuple[str, int, bytes]]
+) -> dict[str, int]:
+    """Insert (key, label, sha256) rows that are not stored yet; return key -> image id for all."""
+    if not rows:
+        return {}
+    keys = [r[0] for r in rows]
+    conn.execute(
+        """INSERT INTO images (dataset_id, split, label, source, sha256)
+           SELECT %s, %s, l, k, h FROM unnest(%s::text[], %s::int[], %s::bytea[]) AS t(k, l, h)
+           ORDER BY k
+           ON CONFLICT (dataset_id, split, source) DO NOTHING""",
+        (dataset, split, keys, [r[1] for r in rows], [r[2] for r in rows]),
+    )
+    found = conn.execute(
+        "SELECT source, id FROM images WHERE dataset_id = %s AND split = %s AND source = ANY(%s)",
+        (dataset, split, keys),
+    ).fetchall()
+    return dict(found)

@@ -1,0 +1,224 @@
+"""Classify images by nearest stored neighbour at each stage (origin: CLIP zero-shot).
+
+A batch of query vectors goes to PostgreSQL as one statement: the vectors are unnested and each
+is answered by a LATERAL `ORDER BY embedding <-> q LIMIT k`, through the stage's ANN index unless
+`exact` turns index scans off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from . import catalog, db, indexes, zeroshot
+from .encoding import encode_items
+from .errors import EmptyStageError, ImageError, SpaceMismatchError, UsageError
+from .models import LoadedModel
+from .sources import Item
+from .stages import Stage
+
+DEFAULT_EF_SEARCH = 100
+
+
+@dataclass
+class Neighbor:
+    image_id: int
+    label: int
+    source: str
+    distance: float
+
+
+@dataclass
+class Prediction:
+    image: str
+    stage: str
+    predicted: int
+    predicted_class: str
+    distance: float | None
+    encode_ms: float
+    query_ms: float
+    neighbors: list[dict] = field(default_factory=list)
+    true_label: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchSettings:
+    k: int = 1
+    exact: bool = False
+    probes: int | None = None
+    ef_search: int | None = None
+
+
+def vote(neigh: list[Neighbor]) -> tuple[int, Neighbor]:
+    """Majority label among the neighbours; ties go to the label with the nearest neighbour."""
+    counts = Counter(n.label for n in neigh)
+    top = max(counts.values())
+    nearest = {}
+    for n in neigh:
+        if counts[n.label] == top and (n.label not in nearest or n.distance < nearest[n.label].distance):
+            nearest[n.label] = n
+    best = min(nearest.values(), key=lambda n: (n.distance, n.label))
+    return best.label, best
+
+
+class StageSearcher:
+    """Answers nearest-neighbour queries for one stage, space and (dataset, split)."""
+
+    def __init__(
+        self, conn: psycopg.Connection, stage: Stage, lm: LoadedModel | None, dataset: int,
+        split: str, settings: SearchSettings,
+    ):  # fmt: skip
+        self.conn, self.stage, self.dataset, self.split, self.settings = conn, stage, dataset, split, settings
+        self.space = catalog.find_space(conn, stage, lm)
+        self.rows = 0
+        if self.space is not None:
+            self.rows = conn.execute(
+                f"""SELECT count(*) FROM {stage.table} e JOIN images i ON i.id = e.image_id
+                    WHERE e.space_id = %s AND i.dataset_id = %s AND i.split = %s""",
+                (self.space, dataset, split),
+            ).fetchone()[0]
+        if self.rows == 0:
+            self._raise_empty(lm)
+        self.index = indexes.info(conn, stage)
+        self.pgvector = db._version_tuple(db.check_pgvector(conn))
+        self.sql = self._sql()
+
+    def _raise_empty(self, lm: LoadedModel | None) -> None:
+        model, weights = catalog.space_identity(self.stage, lm)
+        others = [f"{m}/{w} ({n} rows)" for m, w, n in catalog.stored_spaces(self.conn, self.stage)
+                  if (m, w) != (model, weights)]  # fmt: skip
+        hint = f"; stored rows at this stage come from {', '.join(others)}" if others else ""
+        flags = (
+            ""
+            if not self.stage.uses_clip
+            else f" --model {model} --pretrained {weights.split(':')[0] if weights.startswith('random') else weights}"
+        )
+        raise EmptyStageError(
+            f"stage {self.stage.name} has no {self.split} rows for {model}/{weights}{hint}; "
+            f"run 'clipvdb ingest --stage {self.stage.name} --data SRC{flags}' first"
+        )
+
+    def _sql(self) -> str:
+        table = self.stage.table
+        if self.settings.exact:
+            order = "e.embedding <-> q.v"
+        else:
+            order = f"{self.stage.index_expr('e.embedding')} <-> {self.stage.index_expr('q.v')}"
+        return f"""
+            SELECT q.ord, n.image_id, n.label, n.source, n.distance
+            FROM unnest(%(vectors)s::vector[]) WITH ORDINALITY AS q(v, ord)
+            CROSS JOIN LATERAL (
+                SELECT e.image_id, i.label, i.source, e.embedding <-> q.v AS distance
+                FROM {table} e JOIN images i ON i.id = e.image_id
+                WHERE e.space_id = %(space)s AND i.dataset_id = %(dataset)s AND i.split = %(split)s
+                ORDER BY {order}
+                LIMIT %(k)s
+            ) n
+            ORDER BY q.ord, n.distance"""
+
+    def _apply_settings(self) -> None:
+        s = self.settings
+        conn = self.conn
+        if s.exact:
+            conn.execute("SET LOCAL enable_indexscan = off")
+            conn.execute("SET LOCAL enable_bitmapscan = off")
+            return
+        if self.index.kind == "ivfflat":
+            lists = int(self.index.params.get("lists", 1))
+            conn.execute(
+                "SELECT set_config('ivfflat.probes', %s, true)", (str(s.probes or indexes.default_probes(lists)),)
+            )
+        if self.index.kind == "hnsw":
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(s.ef_search or DEFAULT_EF_SEARCH),))
+        if self.pgvector >= (0, 8, 0):
+            conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+
+    def check(self, vectors: np.ndarray) -> None:
+        if vectors.ndim != 2 or vectors.shape[1] != self.stage.dim:
+            raise SpaceMismatchError(
+                f"query vectors have {vectors.shape[-1]} dimensions; stage {self.stage.name} stores "
+                f"{self.stage.dim}-dimensional vectors"
+            )
+
+    def search(self, vectors: np.ndarray) -> tuple[list[list[Neighbor]], float]:
+        """Neighbours for each query vector, and the wall ms of the one round trip."""
+        self.check(vectors)
+        start = time.perf_counter()
+        with self.conn.transaction():
+            self._apply_settings()
+            rows = self.conn.execute(
+                self.sql,
+                {"vectors": list(vectors.astype(np.float32)), "space": self.space,
+                 "dataset": self.dataset, "split": self.split, "k": self.settings.k},
+            ).fetchall()  # fmt: skip
+        elapsed = (time.perf_counter() - start) * 1000
+        out: list[list[Neighbor]] = [[] for _ in range(len(vectors))]
+        for ord_, image_id, label, source, distance in rows:
+            out[ord_ - 1].append(Neighbor(image_id, label, source, float(distance)))
+        return out, elapsed
+
+
+def classify_files(
+    url: str,
+    paths: list[str],
+    stages: list[Stage],
+    lm: LoadedModel | None,
+    settings: SearchSettings,
+    *,
+    dataset_name: str | None = None,
+    split: str = "train",
+    template: str = "study",
+) -> list[Prediction]:
+    """Predictions for each image and stage, neighbour queries one image at a time."""
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise UsageError(f"image not found: {p}")
+        if path.is_dir():
+            raise UsageError(f"{p} is a directory; pass image files (e.g. {p}/*.png)")
+    if settings.k < 1:
+        raise UsageError("--k must be at least 1")
+    items = [Item(key=str(p), label=-1, path=Path(p)) for p in paths]
+    with db.open_db(url) as conn:
+        dataset = catalog.dataset_id(conn, dataset_name)
+        classes = catalog.class_names(conn, dataset)
+        searchers = {s.name: StageSearcher(conn, s, lm, dataset, split, settings) for s in stages if s.name != "origin"}
+        conn.commit()
+        text = zeroshot.text_embeddings(lm, classes, template) if any(s.name == "origin" for s in stages) else None
+        results: list[Prediction] = []
+        for batch in encode_items(items, stages, lm, batch_size=32, workers=0, hash_items=False):
+            if batch.failed:
+                raise ImageError(batch.failed[0][1])
+            n = len(batch.items)
+            for s in stages:
+                encode_ms = batch.elapsed_ms.get(s.name, 0.0) / n
+                vecs = batch.vectors[s.name]
+                for row, item in enumerate(batch.items):
+                    results.append(
+                        _predict_one(item.key, s, vecs[row : row + 1], encode_ms, searchers, text, classes, settings.k)
+                    )
+    return results
+
+
+def _predict_one(key, stage, vec, encode_ms, searchers, text, classes, k) -> Prediction:
+    if stage.name == "origin":
+        start = time.perf_counter()
+        label, dist = zeroshot.classify(vec, text)
+        query_ms = (time.perf_counter() - start) * 1000
+        return Prediction(key, "origin", int(label[0]), classes[int(label[0])], float(dist[0]), encode_ms, query_ms)
+    neigh, query_ms = searchers[stage.name].search(vec)
+    label, best = vote(neigh[0])
+    return Prediction(
+        key, stage.name, label, classes[label], best.distance, encode_ms, query_ms,
+        neighbors=[{"image_id": n.image_id, "label": n.label, "class": classes[n.label],
+                    "source": n.source, "distance": n.distance} for n in neigh[0]],
+    )  # fmt: skip

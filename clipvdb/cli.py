@@ -1,0 +1,630 @@
+"""The clipvdb command line: each command reads its input, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ClipvdbError, UsageError
+from .stages import STAGE_NAMES, Stage, parse_stages
+
+STAGE_CHOICES = "first|second|third|origin|all, or a comma-separated list"
+
+
+class CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class State:
+    """Shared state of one invocation (ctx.obj)."""
+
+    database_url: str | None = None
+    home: Path | None = None
+    debug: bool = False
+    model: str = "RN50"
+    pretrained: str | None = None  # None: the default, openai
+    device: str = "auto"
+
+    @cached_property
+    def url(self) -> str:
+        from . import db
+
+        return db.resolve_url(self.database_url, self.home)
+
+    def load_model(self, stages: list[Stage]):
+        """The CLIP model when any stage needs it, else None (`first` needs none)."""
+        if not any(s.uses_clip for s in stages):
+            return None
+        from .models import load_model
+
+        return load_model(self.model, self.pretrained or "openai", self.device)
+
+
+class ClipvdbGroup(click.Group):
+    """Turns library errors into one-line messages (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ClipvdbError as exc:
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            raise CliError(str(exc), exc.exit_code) from exc
+        except KeyboardInterrupt:
+            click.echo("clipvdb: interrupted; the open batch was rolled back", err=True)
+            ctx.exit(130)
+
+
+def _store(name: str):
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is not None:
+            setattr(ctx.ensure_object(State), name, value)
+        return value
+
+    return callback
+
+
+def model_options(f):
+    """--model, --pretrained, --device: stored in ctx.obj."""
+    f = click.option("--device", envvar="CLIPVDB_DEVICE", expose_value=False, callback=_store("device"),
+                     help="cpu, cuda, mps (default: auto: cuda, then mps, then cpu).")(f)  # fmt: skip
+    f = click.option("--pretrained", envvar="CLIPVDB_PRETRAINED", expose_value=False, callback=_store("pretrained"),
+                     help="Weights: an open_clip tag (default openai), a checkpoint PATH, or random.")(f)  # fmt: skip
+    f = click.option("--model", envvar="CLIPVDB_MODEL", expose_value=False, callback=_store("model"),
+                     help="open_clip model name (default RN50).")(f)  # fmt: skip
+    return f
+
+
+def search_options(f):
+    f = click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")(f)
+    f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
+    f = click.option("--probes", type=click.IntRange(1), help="ivfflat.probes (default: about lists/10).")(f)
+    f = click.option("--k", "k", type=click.IntRange(1), default=1, show_default=True,
+                     help="Neighbours; k > 1 is a majority vote, ties to the nearest.")(f)  # fmt: skip
+    return f
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(f)
+
+
+def _stages(value: str) -> list[Stage]:
+    return parse_stages(value)
+
+
+def _print_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _progress(label: str):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,  # fmt: skip
+        TimeRemainingColumn,
+    )
+
+    class Rate(TextColumn):
+        def __init__(self):
+            super().__init__("")
+
+        def render(self, task):
+            from rich.text import Text
+
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s")
+
+    progress = Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        Rate(), TimeRemainingColumn(), transient=False, console=__import__("rich.console").console.Console(stderr=True),
+    )  # fmt: skip
+    task = progress.add_task(label, total=None)
+
+    def update(advance: int, total: int) -> None:
+        progress.update(task, total=total, advance=advance)
+
+    return progress, update
+
+
+def _table(title: str, rows: list[dict], columns: list[str] | None = None):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    columns = columns or (list(rows[0]) if rows else [])
+    for c in columns:
+        table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in columns])
+    return table
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+    if v is None:
+        return "-"
+    return str(v)
+
+
+@click.group(cls=ClipvdbGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar="CLIPVDB_DATABASE_URL",
+              help="PostgreSQL URL with pgvector >= 0.7 (default: the embedded server).")  # fmt: skip
+@click.option("--home", envvar="CLIPVDB_HOME", type=click.Path(path_type=Path),
+              help="Where the embedded server keeps its data (default: user data dir).")  # fmt: skip
+@click.option("--debug", is_flag=True, envvar="CLIPVDB_DEBUG", help="Show tracebacks.")
+@click.version_option(__version__, prog_name="clipvdb")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, home: Path | None, debug: bool) -> None:
+    """Classify images by nearest-neighbour search over per-stage CLIP embeddings in PostgreSQL.
+
+    \b
+    Example:
+      clipvdb db upgrade
+      clipvdb ingest --stage first --data cifar-10-python.tar.gz
+      clipvdb classify cat.png --stage first
+      psql "$(clipvdb db url)" -c 'SELECT * FROM report_accuracy'
+    """
+    state = ctx.ensure_object(State)
+    state.database_url, state.home, state.debug = database_url, home, debug
+
+
+# ---------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database: migrations, status, the embedded server.
+
+    \b
+    Example:
+      clipvdb db upgrade && clipvdb db status
+    """
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
+@click.pass_obj
+def db_upgrade(state: State, revision: str) -> None:
+    """Create or upgrade the schema (Alembic, in-process).
+
+    \b
+    Example:
+      clipvdb db upgrade
+    """
+    from . import db as dbm
+
+    rev = dbm.upgrade(state.url, revision)
+    click.echo(f"schema at revision {rev}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_obj
+def db_downgrade(state: State, revision: str) -> None:
+    """Downgrade the schema to REVISION ('base' removes everything clipvdb created).
+
+    \b
+    Example:
+      clipvdb db downgrade base
+    """
+    from . import db as dbm
+
+    rev = dbm.downgrade(state.url, revision)
+    click.echo(f"schema at revision {rev or 'base'}")
+
+
+@db.command("status")
+@json_option
+@click.pass_obj
+def db_status(state: State, as_json: bool) -> None:
+    """Server and pgvector versions, schema revision, rows per stage.
+
+    \b
+    Example:
+      clipvdb db status --json
+    """
+    from . import db as dbm
+
+    info = dbm.status(state.url)
+    if as_json:
+        _print_json(info)
+        return
+    click.echo(f"server:     PostgreSQL {info['server_version']}")
+    click.echo(f"pgvector:   {info['pgvector_version'] or 'not installed'}")
+    click.echo(f"revision:   {info['revision'] or 'none'} (head {info['head_revision']})")
+    click.echo(f"images:     {info['images']}")
+    for stage in STAGE_NAMES:
+        if stage in info["rows_per_stage"]:
+            click.echo(f"{stage + ':':<11} {info['rows_per_stage'][stage]} rows")
+
+
+@db.command("url")
+@click.pass_obj
+def db_url(state: State) -> None:
+    """Print the database URL (starts the embedded server if needed).
+
+    \b
+    Example:
+      psql "$(clipvdb db url)"
+    """
+    click.echo(state.url)
+
+
+@db.command("stop")
+@click.pass_obj
+def db_stop(state: State) -> None:
+    """Stop the embedded server.
+
+    \b
+    Example:
+      clipvdb db stop
+    """
+    from . import embedded
+
+    if state.database_url:
+        raise UsageError("db stop manages the embedded server only; unset --database-url/CLIPVDB_DATABASE_URL")
+    stopped = embedded.stop(state.home)
+    click.echo("embedded server stopped" if stopped else "embedded server was not running")
+
+
+# ---------------------------------------------------------------- embed
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--stage", "stage", default="origin", show_default=True, help=STAGE_CHOICES)
+@click.option("--format", "fmt", type=click.Choice(["json", "npy"]), default="json", show_default=True)
+@model_options
+@click.pass_obj
+def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
+    """Write embeddings of IMAGES to stdout (JSON lines, or one .npy array per stage).
+
+    \b
+    Example:
+      clipvdb embed cat.png --stage second --pretrained random
+      clipvdb embed a.png b.png --stage first --format npy > first.npy
+    """
+    from .encoding import embed_files
+
+    stages = _stages(stage)
+    out = embed_files(list(images), stages, state.load_model(stages))
+    if fmt == "npy":
+        import io
+
+        import numpy as np
+
+        if len(stages) != 1:
+            raise UsageError("--format npy writes one array; ask for one --stage")
+        buf = io.BytesIO()
+        np.save(buf, out[stages[0].name])
+        sys.stdout.buffer.write(buf.getvalue())
+        return
+    for i, path in enumerate(images):
+        for s in stages:
+            click.echo(json.dumps({"image": path, "stage": s.name, "dim": int(out[s.name].shape[1]),
+                                   "embedding": [round(float(x), 7) for x in out[s.name][i]]}))  # fmt: skip
+
+
+# ---------------------------------------------------------------- ingest / index
+
+
+@cli.command()
+@click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
+@click.option(
+    "--data", "data", required=True, help="cifar10, a CIFAR-10 python folder/archive, or SRC/<split>/<class>/."
+)
+@click.option("--split", default="train", show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Only the first N images of the split.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(0), help="Image-decoding workers (default: cores - 1, at most 4).")
+@click.option("--dataset", help="Dataset name (default: from the source).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
+@click.option("--no-index", is_flag=True, help="Do not rebuild the stage's index afterwards.")
+@model_options
+@json_option
+@click.pass_obj
+def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset, strict, no_index, as_json) -> None:
+    """Encode a labelled split at STAGE and store the vectors (resumable, idempotent).
+
+    \b
+    Example:
+      clipvdb ingest --stage first --data cifar-10-python.tar.gz --limit 5000
+      clipvdb ingest --stage all --data ./cifar10 --pretrained ~/RN50.pt
+    """
+    from .errors import SkippedImagesError
+    from .ingest import ingest as run_ingest
+    from .sources import open_source
+
+    stages = _stages(stage)
+    source = open_source(data)
+    lm = state.load_model(stages)
+    progress, update = _progress(f"ingest {','.join(s.name for s in stages)}")
+    with progress:
+        result = run_ingest(
+            state.url, source, stages, lm, split=split, limit=limit, batch_size=batch_size,
+            workers=workers, dataset_name=dataset, strict=strict, build_index=not no_index, progress=update,
+        )  # fmt: skip
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        added = ", ".join(f"{k} +{v}" for k, v in result.inserted.items())
+        click.echo(
+            f"{result.dataset}/{result.split}: {result.total} images, {result.already_stored} already stored; "
+            f"rows {added}; {result.seconds:.1f} s, {result.images_per_s:.1f} images/s"
+        )
+        for _key, reason in result.failed:
+            click.echo(f"skipped: {reason}", err=True)
+        if result.ignored:
+            click.echo(f"ignored {len(result.ignored)} files without an image extension", err=True)
+    if result.failed:
+        raise SkippedImagesError(f"{len(result.failed)} of {result.total} images were skipped (listed above)")
+
+
+@cli.command()
+@click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
+@click.option("--kind", type=click.Choice(["ivfflat", "hnsw", "none"]), default="ivfflat", show_default=True)
+@click.option("--lists", type=click.IntRange(1), help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M).")
+@click.option("--m", "m", type=click.IntRange(2), default=16, show_default=True, help="hnsw m.")
+@click.option("--ef-construction", type=click.IntRange(4), default=64, show_default=True)
+@click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True)
+@json_option
+@click.pass_obj
+def index(state: State, stage, kind, lists, m, ef_construction, metric, as_json) -> None:
+    """Rebuild the ANN index of STAGE by hand (ingest keeps the kind chosen here).
+
+    \b
+    Example:
+      clipvdb index --stage first --kind hnsw --m 16 --ef-construction 64
+      clipvdb index --stage second --kind ivfflat --lists 100
+    """
+    from . import db as dbm
+    from . import indexes
+
+    out = []
+    with dbm.open_db(state.url) as conn:
+        for s in _stages(stage):
+            info = indexes.build(conn, s, kind, lists=lists, m=m, ef_construction=ef_construction, metric=metric)
+            out.append(info.__dict__)
+    if as_json:
+        _print_json(out)
+    else:
+        _console().print(_table("indexes", out, ["stage", "kind", "params", "rows", "size_bytes", "build_seconds"]))
+
+
+# ---------------------------------------------------------------- classify / evaluate
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--stage", "stage", default=None, help=f"{STAGE_CHOICES} (default: every stage with rows).")
+@click.option("--dataset", help="Dataset whose rows to search (default: the only one).")
+@click.option("--against", default="train", show_default=True, help="Stored split to search.")
+@click.option(
+    "--prompts", default="study", show_default=True, help="Zero-shot prompts for origin: study, photo, or 'a {}'."
+)
+@search_options
+@model_options
+@json_option
+@click.pass_obj
+def classify(state: State, images, stage, dataset, against, prompts, k, probes, ef_search, exact, as_json) -> None:
+    """Classify IMAGES by nearest stored neighbour at each stage (origin: zero-shot).
+
+    \b
+    Example:
+      clipvdb classify cat.png
+      clipvdb classify cat.png ship.png --stage first,second --k 5 --json
+    """
+    from .classify import SearchSettings, classify_files
+
+    stages = _stages(stage) if stage else _stored_stages(state)
+    preds = classify_files(
+        state.url, list(images), stages, state.load_model(stages),
+        SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search),
+        dataset_name=dataset, split=against, template=prompts,
+    )  # fmt: skip
+    if as_json:
+        _print_json([p.as_dict() for p in preds])
+        return
+    rows = [{"image": p.image, "stage": p.stage, "class": p.predicted_class, "distance": p.distance,
+             "neighbour": (p.neighbors[0]["source"] if p.neighbors else "zero-shot"),
+             "encode_ms": p.encode_ms, "query_ms": p.query_ms} for p in preds]  # fmt: skip
+    _console().print(_table("predictions", rows))
+
+
+def _stored_stages(state: State) -> list[Stage]:
+    from . import db as dbm
+    from .errors import EmptyStageError
+    from .stages import STAGES
+
+    with dbm.open_db(state.url) as conn:
+        names = [n for n, s in STAGES.items() if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {s.table})").fetchone()[0]]
+    if not names:
+        raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
+    return parse_stages(names)
+
+
+@cli.command()
+@click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
+@click.option("--data", "data", required=True, help="Same forms as ingest --data.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--against", default="train", show_default=True, help="Stored split to search.")
+@click.option("--num", type=click.IntRange(1), help="Only the first N images of the split.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(0))
+@click.option("--display-freq", type=click.IntRange(0), default=10, show_default=True,
+              help="Print running accuracy every F batches (0: never).")  # fmt: skip
+@click.option("--dataset", help="Dataset name (default: from the source).")
+@click.option("--prompts", default="study", show_default=True, help="Zero-shot prompts for origin.")
+@search_options
+@model_options
+@json_option
+@click.pass_obj
+def evaluate(state: State, stage, data, split, against, num, batch_size, workers, display_freq, dataset,
+             prompts, k, probes, ef_search, exact, as_json) -> None:  # fmt: skip
+    """Classify a labelled split, store every prediction, print accuracy and time per stage.
+
+    \b
+    Example:
+      clipvdb evaluate --stage first --data cifar-10-python.tar.gz --num 1000 --exact
+      clipvdb evaluate --stage all --data ./cifar10 --k 5 --display-freq 5
+    """
+    from .classify import SearchSettings
+    from .evaluate import evaluate as run_eval
+    from .sources import open_source
+
+    stages = _stages(stage)
+    source = open_source(data)
+    lm = state.load_model(stages)
+    progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
+    with progress:
+        result = run_eval(
+            state.url, source, stages, lm, SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search),
+            split=split, against=against, num=num, batch_size=batch_size, workers=workers,
+            display_freq=display_freq, dataset_name=dataset, template=prompts,
+            report=lambda line: progress.console.print(line), progress=update,
+        )  # fmt: skip
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    rows = [{"stage": n, "n": t.n, "accuracy_%": t.accuracy, "encoder_s": t.encode_ms / 1000,
+             "query_s": t.query_ms / 1000} for n, t in result.stages.items()]  # fmt: skip
+    _console().print(_table(f"run {result.run_id}: {result.dataset}/{result.split}", rows))
+    for _key, reason in result.failed:
+        click.echo(f"skipped: {reason}", err=True)
+
+
+# ---------------------------------------------------------------- report / plot
+
+
+@cli.command()
+@click.option("--run", "run", type=int, help="Run id (default: the latest complete run).")
+@click.option("--view", "views", multiple=True, help="Only these views (repeatable).")
+@json_option
+@click.pass_obj
+def report(state: State, run: int | None, views: tuple[str, ...], as_json: bool) -> None:
+    """Print the report views (accuracy, timing, confusion, per class, distances) as tables.
+
+    \b
+    Example:
+      clipvdb report
+      clipvdb report --run 3 --view report_accuracy --json
+    """
+    from . import reports
+
+    bad = [v for v in views if v not in reports.VIEWS]
+    if bad:
+        raise UsageError(f"unknown view {bad[0]!r}; choose from {', '.join(reports.VIEWS)}")
+    data = reports.report(state.url, run, tuple(views) or reports.VIEWS)
+    if as_json:
+        _print_json(data)
+        return
+    if data["run_id"] is None:
+        raise UsageError("no complete evaluation run yet; run 'clipvdb evaluate' first")
+    _print_report(data, tuple(views) or reports.VIEWS)
+
+
+def reports_views() -> tuple[str, ...]:
+    from . import reports
+
+    return reports.VIEWS
+
+
+def _print_report(data: dict, views: tuple[str, ...]) -> None:
+    console = _console()
+    for view in views:
+        rows = data[view]
+        if view == "report_confusion":
+            _print_confusion(console, rows)
+            continue
+        console.print(_table(view, [{k: v for k, v in r.items() if k != "run_id"} for r in rows]))
+
+
+def _print_confusion(console, rows: list[dict]) -> None:
+    from rich.table import Table
+
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        cells = {(r["true_class"], r["predicted_class"]): r["n"] for r in rows if r["stage"] == stage}
+        classes = sorted({c for pair in cells for c in pair if c}, key=str)
+        table = Table(title=f"report_confusion: stage {stage} (rows true, columns predicted)", title_justify="left")
+        table.add_column("true \\ pred")
+        for c in classes:
+            table.add_column(c[:8], justify="right")
+        for t in classes:
+            table.add_row(t, *[str(cells.get((t, p), "")) for p in classes])
+        console.print(table)
+
+
+@cli.command()
+@click.option("--run", "run", type=int, help="Run id (default: the latest complete run).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNG files.")
+@click.pass_obj
+def plot(state: State, run: int | None, out: Path) -> None:
+    """Write the study's distance histograms per stage and an accuracy/time chart as PNG.
+
+    \b
+    Example:
+      clipvdb plot --out plots/
+    """
+    from .plots import plot as run_plot
+
+    for path in run_plot(state.url, out, run):
+        click.echo(str(path))
+
+
+# ---------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("--data", "data", help="A local source (default: CIFAR-10 if it can be had, else synthetic).")
+@click.option("--train", "n_train", type=click.IntRange(10), default=500, show_default=True)
+@click.option("--test", "n_test", type=click.IntRange(10), default=100, show_default=True)
+@click.option("--stage", "stage", default="all", show_default=True, help=STAGE_CHOICES)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@model_options
+@click.pass_obj
+def demo(state: State, data, n_train, n_test, stage, out) -> None:
+    """End to end on the embedded database: ingest, evaluate, report, plot.
+
+    \b
+    Example:
+      clipvdb demo
+      clipvdb demo --data ./cifar10 --train 2000 --test 200
+    """
+    from .demo import run_demo
+
+    stages = _stages(stage)
+    result = run_demo(
+        state.url, data=data, n_train=n_train, n_test=n_test, stages=stages, out=out, model=state.model,
+        pretrained=state.pretrained, device=state.device, say=click.echo, progress=_progress,
+    )  # fmt: skip
+    _print_report(result.report, reports_views())
+    for n in result.notices:
+        click.echo(f"NOTE: {n}")
+    click.echo("plots: " + ", ".join(str(p) for p in result.plots))
+    run_id = result.evaluation.run_id
+    click.echo(f'explore: psql "$(clipvdb db url)" -c "SELECT * FROM report_accuracy WHERE run_id = {run_id}"')
+
+
+def main() -> None:
+    cli(prog_name="clipvdb")
+
+
+if __name__ == "__main__":
+    main()

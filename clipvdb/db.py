@@ -1,0 +1,210 @@
+"""Database access: which server, connections with pgvector registered, migrations, status."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from . import embedded
+from .errors import DatabaseError, ExtensionError, SchemaError
+
+MIN_PGVECTOR = (0, 7, 0)
+ENV_URL = "CLIPVDB_DATABASE_URL"
+
+
+def resolve_url(database_url: str | None = None, home: Path | None = None) -> str:
+    """The URL given, else CLIPVDB_DATABASE_URL, else the embedded server (started if needed)."""
+    url = database_url or os.environ.get(ENV_URL)
+    if url:
+        return url
+    return embedded.start(home)
+
+
+def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
+    """Open a connection; with `vector`, check pgvector and register its types (pgvector-python)."""
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise DatabaseError(f"cannot connect to the database: {first}") from exc
+    if vector:
+        try:
+            check_pgvector(conn)
+            register_vector(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+@contextlib.contextmanager
+def connection(url: str, **kwargs) -> Iterator[psycopg.Connection]:
+    conn = connect(url, **kwargs)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
+def check_pgvector(conn: psycopg.Connection) -> str:
+    """Return the installed pgvector version; raise ExtensionError if missing or older than 0.7."""
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    if row is None:
+        available = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        if available is None:
+            raise ExtensionError(
+                "pgvector is not installed on this PostgreSQL server; install pgvector >= 0.7 "
+                "(https://github.com/pgvector/pgvector#installation) or unset CLIPVDB_DATABASE_URL "
+                "to use the embedded server"
+            )
+        raise ExtensionError("the database has no schema yet; run 'clipvdb db upgrade'")
+    if _version_tuple(row[0]) < MIN_PGVECTOR:
+        raise ExtensionError(
+            f"pgvector {row[0]} is too old (halfvec needs >= 0.7); upgrade it, then run ALTER EXTENSION vector UPDATE"
+        )
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()
+    return row[0]
+
+
+def migrations_dir() -> Path:
+    return Path(str(resources.files("clipvdb.migrations")))
+
+
+def sql_dir() -> Path:
+    return Path(str(resources.files("clipvdb.sql")))
+
+
+def _alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["clipvdb_url"] = url
+    return cfg
+
+
+def _sa_engine(url: str):
+    import sqlalchemy as sa
+
+    return sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url))
+
+
+def upgrade(url: str, revision: str = "head") -> str | None:
+    """Run Alembic migrations up to `revision` (in-process); return the new revision."""
+    from alembic import command
+
+    _alembic(command.upgrade, url, revision)
+    return current_revision(url)
+
+
+def downgrade(url: str, revision: str = "base") -> str | None:
+    from alembic import command
+
+    _alembic(command.downgrade, url, revision)
+    return current_revision(url)
+
+
+def _alembic(fn, url: str, revision: str) -> None:
+    cfg = _alembic_config(url)
+    engine = _sa_engine(url)
+    try:
+        with engine.connect() as sa_conn:
+            cfg.attributes["connection"] = sa_conn
+            fn(cfg, revision)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the database: {str(exc).strip()}") from exc
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config("")).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    with connection(url, vector=False) as conn:
+        exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
+        if exists is None:
+            return None
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+
+
+def require_schema(conn: psycopg.Connection) -> None:
+    """Raise SchemaError unless the schema is at the head revision."""
+    exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
+    rev = None
+    if exists is not None:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        rev = row[0] if row else None
+    if rev != head_revision():
+        raise SchemaError(
+            f"the database schema is at revision {rev or 'none'}, clipvdb needs {head_revision()}; "
+            "run 'clipvdb db upgrade'"
+        )
+
+
+def open_db(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """A connection for clipvdb's own work: pgvector registered and the schema at head."""
+    try:
+        conn = connect(url, autocommit=autocommit)
+    except ExtensionError as exc:
+        if "no schema yet" in str(exc):
+            raise SchemaError("the database has no clipvdb schema yet; run 'clipvdb db upgrade'") from exc
+        raise
+    try:
+        require_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if not autocommit:
+        conn.rollback()
+    return conn
+
+
+def status(url: str) -> dict:
+    """Server and pgvector versions, schema revision, rows per stage."""
+    from .stages import STAGES
+
+    with connection(url, vector=False) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        pgvector = row[0] if row else None
+        has_version_table = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
+        revision = None
+        if has_version_table:
+            r = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = r[0] if r else None
+        rows: dict[str, int] = {}
+        if revision is not None:
+            for stage in STAGES.values():
+                if conn.execute("SELECT to_regclass(%s)", (stage.table,)).fetchone()[0]:
+                    rows[stage.name] = conn.execute(
+                        f"SELECT count(*) FROM {stage.table}"  # table name from code, not input
+                    ).fetchone()[0]
+        images = 0
+        if revision is not None and conn.execute("SELECT to_regclass('public.images')").fetchone()[0]:
+            images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    return {
+        "server_version": server,
+        "pgvector_version": pgvector,
+        "revision": revision,
+        "head_revision": head_revision(),
+        "images": images,
+        "rows_per_stage": rows,
+    }

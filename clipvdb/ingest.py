@@ -1,0 +1,143 @@
+"""Ingest: encode a labelled split at one or more stages and bulk-load the vectors.
+
+Each batch is one transaction: image rows, then each stage's vectors by binary COPY into a staging
+table and INSERT ... ON CONFLICT DO NOTHING. A killed ingest therefore leaves whole batches only,
+and a re-run skips what is stored (no duplicate rows, no re-encoding).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+
+from . import catalog, db, indexes
+from .encoding import encode_items
+from .errors import SkippedImagesError
+from .models import LoadedModel
+from .sources import Item, Source
+from .stages import Stage
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class IngestResult:
+    dataset: str
+    split: str
+    stages: list[str]
+    total: int
+    already_stored: int
+    inserted: dict[str, int] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    index: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        done = self.total - self.already_stored
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "dataset": self.dataset, "split": self.split, "stages": self.stages,
+            "total": self.total, "already_stored": self.already_stored, "inserted": self.inserted,
+            "failed": [{"item": k, "reason": r} for k, r in self.failed], "ignored": self.ignored,
+            "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
+            "index": self.index,
+        }  # fmt: skip
+
+
+def _stored_keys(conn: psycopg.Connection, stage: Stage, space: int, dataset: int, split: str) -> set[str]:
+    rows = conn.execute(
+        f"""SELECT i.source FROM {stage.table} e JOIN images i ON i.id = e.image_id
+            WHERE e.space_id = %s AND i.dataset_id = %s AND i.split = %s""",
+        (space, dataset, split),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def copy_vectors(conn: psycopg.Connection, stage: Stage, space: int, image_ids: list[int], vectors: np.ndarray) -> int:
+    """Binary COPY into a per-session staging table, then insert what is new. Returns rows added."""
+    staging = f"staging_{stage.name}"
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (image_id bigint, embedding vector({stage.dim})) "
+        "ON COMMIT DELETE ROWS"
+    )
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {staging} (image_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "vector"])
+            for image_id, vec in zip(image_ids, vectors, strict=True):
+                copy.write_row((image_id, vec))
+        cur.execute(
+            f"""INSERT INTO {stage.table} (space_id, image_id, embedding)
+                SELECT %s, image_id, embedding FROM {staging} ORDER BY image_id
+                ON CONFLICT (space_id, image_id) DO NOTHING""",
+            (space,),
+        )
+        return cur.rowcount
+
+
+def ingest(
+    url: str,
+    source: Source,
+    stages: list[Stage],
+    lm: LoadedModel | None,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    dataset_name: str | None = None,
+    strict: bool = False,
+    build_index: bool = True,
+    progress: ProgressFn | None = None,
+) -> IngestResult:
+    """Encode `split` of `source` at `stages` and store it. Safe to re-run and to interrupt."""
+    start = time.perf_counter()
+    items: list[Item] = source.items(split)
+    if limit is not None:
+        items = items[:limit]
+    with db.open_db(url) as conn:
+        dataset = catalog.register_dataset(conn, source, dataset_name)
+        spaces = {s.name: catalog.get_or_create_space(conn, s, lm) for s in stages}
+        conn.commit()
+        stored = {s.name: _stored_keys(conn, s, spaces[s.name], dataset, split) for s in stages}
+        conn.commit()
+        todo = [it for it in items if any(it.key not in stored[s.name] for s in stages)]
+        result = IngestResult(
+            dataset=dataset_name or source.name, split=split, stages=[s.name for s in stages],
+            total=len(items), already_stored=len(items) - len(todo),
+            inserted={s.name: 0 for s in stages}, ignored=list(source.ignored or []),
+        )  # fmt: skip
+        if progress:
+            progress(0, len(todo))
+        for batch in encode_items(todo, stages, lm, batch_size=batch_size, workers=workers):
+            for item, reason in batch.failed:
+                if strict:
+                    raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
+                result.failed.append((item.key, reason))
+            if batch.items:
+                ids = catalog.upsert_images(
+                    conn,
+                    dataset,
+                    split,
+                    [(it.key, it.label, sha) for it, sha in zip(batch.items, batch.sha, strict=True)],
+                )
+                image_ids = [ids[it.key] for it in batch.items]
+                for s in stages:
+                    result.inserted[s.name] += copy_vectors(conn, s, spaces[s.name], image_ids, batch.vectors[s.name])
+                conn.commit()
+            if progress:
+                progress(len(batch.items) + len(batch.failed), len(todo))
+        if build_index:
+            for s in stages:
+                if result.inserted[s.name] > 0 or not indexes.info(conn, s).exists:
+                    info = indexes.refresh(conn, s)
+                    result.index[s.name] = {"kind": info.kind, **info.params}
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,177 @@
+"""Loading CLIP models and weights through open_clip, with an honest identity for the weights.
+
+- ``openai`` (or any open_clip tag): open_clip's own loader; downloads and caches when the network
+  allows, uses the local cache otherwise, and never falls back to random weights.
+- a file path: an OpenAI TorchScript archive or an open_clip state dict, loaded by open_clip.
+- ``random``: random initialisation with a fixed seed, announced on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UsageError, WeightsError
+
+DEFAULT_MODEL = "RN50"
+DEFAULT_PRETRAINED = "openai"
+RANDOM = "random"
+RANDOM_SEED = 0
+HUB_HOST = "huggingface.co"
+
+
+@dataclass
+class LoadedModel:
+    """A CLIP model with its preprocessing, tokenizer and the identity of its weights."""
+
+    name: str
+    weights: str
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: torch.device
+
+    @property
+    def visual(self) -> torch.nn.Module:
+        return self.model.visual
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights.startswith("random")
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """cuda, then mps, then cpu; or what was asked for."""
+    if requested and requested != "auto":
+        try:
+            device = torch.device(requested)
+        except RuntimeError as exc:
+            raise UsageError(f"unknown device {requested!r}; use cpu, cuda, cuda:N or mps") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for, but no CUDA device is available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def file_identity(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Make huggingface_hub use its local cache only (it otherwise retries for most of a minute)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def announce(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    pretrained: str = DEFAULT_PRETRAINED,
+    device: str | torch.device | None = None,
+    *,
+    channels_last: bool = False,
+    quiet: bool = False,
+) -> LoadedModel:
+    """Load `name` with `pretrained` weights (a tag, a checkpoint path, or 'random')."""
+    import open_clip
+
+    logging.getLogger("root").setLevel(logging.CRITICAL)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    if name not in open_clip.list_models():
+        raise UsageError(f"unknown model {name!r}; open_clip knows e.g. RN50, RN101, RN50x4, ViT-B-32")
+    path = Path(pretrained).expanduser()
+    if pretrained == RANDOM:
+        torch.manual_seed(RANDOM_SEED)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        weights = f"random:seed={RANDOM_SEED}"
+        if not quiet:
+            announce(
+                f"clipvdb: using RANDOM weights for {name} (seed {RANDOM_SEED}): "
+                "embeddings are not CLIP's; for tests and timing only"
+            )
+    elif path.is_file():
+        weights = file_identity(path)
+        try:
+            if is_torchscript_archive(path):
+                model = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+                preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+            else:
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path))
+        except Exception as exc:
+            raise WeightsError(
+                f"cannot load {path} as {name} weights ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0][:160]}); pass a checkpoint for {name} or the matching --model"
+            ) from exc
+    elif pretrained in open_clip.list_pretrained_tags_by_model(name):
+        online = hub_reachable()
+        try:
+            with contextlib.nullcontext() if online else _hub_offline():
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        except Exception as exc:
+            why = "download failed" if online else "no network and not in the local cache"
+            raise WeightsError(
+                f"cannot get {name} '{pretrained}' weights ({why}); download them where the network "
+                f"allows, then pass --pretrained PATH to the checkpoint (or --pretrained random for tests)"
+            ) from exc
+        weights = pretrained
+    elif pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        raise UsageError(f"checkpoint file not found: {pretrained}")
+    else:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise UsageError(
+            f"unknown --pretrained {pretrained!r} for {name}; use a tag ({tags}), a checkpoint path, or random"
+        )
+    model.eval()
+    model.to(dev)
+    if channels_last:
+        model.visual.to(memory_format=torch.channels_last)
+    tokenizer = open_clip.get_tokenizer(name)
+    return LoadedModel(name=name, weights=weights, model=model, preprocess=preprocess, tokenizer=tokenizer, device=dev)

@@ -1,0 +1,72 @@
+"""The study's figures as PNG files, drawn from the report views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from . import reports  # noqa: E402
+
+CORRECT, WRONG = "#2a9d8f", "#e76f51"
+
+
+def histogram(rows: list[dict], stage: str, run: int, out: Path) -> Path:
+    rows = [r for r in rows if r["stage"] == stage]
+    lo = [r["bin_lo"] for r in rows]
+    width = [r["bin_hi"] - r["bin_lo"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    w = [x if x > 0 else 1e-6 for x in width]
+    ax.bar(lo, [r["n_correct"] for r in rows], width=w, align="edge", color=CORRECT, alpha=0.8, label="correct")
+    ax.bar(lo, [r["n_wrong"] for r in rows], width=w, align="edge", color=WRONG, alpha=0.6, label="wrong")
+    what = "cosine distance to the best class prompt" if stage == "origin" else "distance to the nearest neighbour"
+    ax.set_xlabel(what)
+    ax.set_ylabel("images")
+    ax.set_title(f"run {run}, stage {stage}: {what}")
+    ax.legend()
+    fig.tight_layout()
+    path = out / f"run{run}_{stage}_distance_hist.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def summary(acc: list[dict], timing: list[dict], run: int, out: Path) -> Path:
+    stages = [r["stage"] for r in acc]
+    t = {r["stage"]: r for r in timing}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    bars = a1.bar(stages, [r["accuracy_pct"] for r in acc], color="#457b9d")
+    a1.bar_label(bars, fmt="%.1f%%")
+    a1.set_ylabel("accuracy (%)")
+    a1.set_ylim(0, 100)
+    a1.set_title("accuracy per stage")
+    enc = [t[s]["encode_ms_mean"] for s in stages]
+    qry = [t[s]["query_ms_mean"] for s in stages]
+    a2.bar(stages, enc, label="encoder", color="#1d3557")
+    a2.bar(stages, qry, bottom=enc, label="query", color="#a8dadc")
+    a2.set_ylabel("ms per image (mean)")
+    a2.set_title("time per stage")
+    a2.legend()
+    fig.suptitle(f"run {run}")
+    fig.tight_layout()
+    path = out / f"run{run}_accuracy_time.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot(url: str, out: Path, run: int | None = None) -> list[Path]:
+    """Write one histogram per stage and the accuracy/time bar chart; return the paths."""
+    data = reports.report(url, run, ("report_accuracy", "report_timing", "report_distance_histogram"))
+    run = data["run_id"]
+    if run is None:
+        from .errors import UsageError
+
+        raise UsageError("no complete evaluation run to plot; run 'clipvdb evaluate' first")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [histogram(data["report_distance_histogram"], r["stage"], run, out) for r in data["report_accuracy"]]
+    paths.append(summary(data["report_accuracy"], data["report_timing"], run, out))
+    return paths

@@ -1,0 +1,55 @@
+"""Zero-shot classification for the `origin` stage: class-name prompts through CLIP's text tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .models import LoadedModel
+
+# The study's own prompts for CIFAR-10 (grammar as in the study).
+STUDY_PROMPTS = {
+    "airplane": "a airplane",
+    "automobile": "an automobile",
+    "bird": "a bird",
+    "cat": "a cat",
+    "deer": "a deer",
+    "dog": "a dog",
+    "frog": "a frog",
+    "horse": "a horse",
+    "ship": "a ship",
+    "truck": "a truck",
+}
+TEMPLATES = {"study": "a {}", "photo": "a photo of a {}."}
+
+_cache: dict[tuple, np.ndarray] = {}
+
+
+def prompts_for(classes: list[str], template: str = "study") -> list[str]:
+    if template == "study":
+        return [STUDY_PROMPTS.get(c, f"a {c}") for c in classes]
+    if template in TEMPLATES:
+        return [TEMPLATES[template].format(c) for c in classes]
+    if "{}" in template:
+        return [template.format(c) for c in classes]
+    raise ValueError(f"unknown prompt template {template!r}; use study, photo, or a string with {{}}")
+
+
+@torch.inference_mode()
+def text_embeddings(lm: LoadedModel, classes: list[str], template: str = "study") -> np.ndarray:
+    """L2-normalised text embeddings, one row per class; cached per (weights, classes, template)."""
+    key = (lm.name, lm.weights, tuple(classes), template)
+    if key not in _cache:
+        tokens = lm.tokenizer(prompts_for(classes, template)).to(lm.device)
+        feats = lm.model.encode_text(tokens).float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        _cache[key] = feats.cpu().numpy()
+    return _cache[key]
+
+
+def classify(image_vectors: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class index and cosine distance (1 - similarity) for each origin vector."""
+    norms = np.linalg.norm(image_vectors, axis=1, keepdims=True)
+    sims = (image_vectors / np.maximum(norms, 1e-12)) @ text.T
+    best = sims.argmax(axis=1)
+    return best, 1.0 - sims[np.arange(len(best)), best]

@@ -1,0 +1,14 @@
+-- Accuracy per true class, by run and stage.
+CREATE OR REPLACE VIEW report_class_accuracy AS
+SELECT p.run_id,
+       p.stage,
+       p.true_label AS label,
+       c.name AS class,
+       count(*) AS n,
+       count(*) FILTER (WHERE p.predicted = p.true_label) AS correct,
+       round(100.0 * count(*) FILTER (WHERE p.predicted = p.true_label) / count(*), 2) AS accuracy_pct
+FROM predictions p
+JOIN eval_runs r ON r.id = p.run_id
+JOIN classes c ON c.dataset_id = r.dataset_id AND c.label = p.true_label
+WHERE r.status = 'complete'
+GROUP BY p.run_id, p.stage, p.true_label, c.name;
