@@ -81,8 +81,8 @@ class StageSearcher:
         self.rows = 0
         if self.space is not None:
             self.rows = conn.execute(
-                f"""SELECT count(*) FROM {stage.table} e JOIN images i ON i.id = e.image_id
-                    WHERE e.space_id = %s AND i.dataset_id = %s AND i.split = %s""",
+                f"""SELECT count(*) FROM {stage.table} e
+                    WHERE e.space_id = %s AND e.dataset_id = %s AND e.split = %s""",
                 (self.space, dataset, split),
             ).fetchone()[0]
         if self.rows == 0:
@@ -109,27 +109,27 @@ class StageSearcher:
     def _sql(self) -> str:
         table = self.stage.table
         if self.settings.exact:
-            order = "e.embedding <-> q.v"
+            # The function form matches no index operator, so this is always an exact scan.
+            order = "l2_distance(e.embedding, q.v)"
         else:
             order = f"{self.stage.index_expr('e.embedding')} <-> {self.stage.index_expr('q.v')}"
         return f"""
-            SELECT q.ord, n.image_id, n.label, n.source, n.distance
+            SELECT q.ord, n.image_id, i.label, i.source, n.distance
             FROM unnest(%(vectors)s::vector[]) WITH ORDINALITY AS q(v, ord)
             CROSS JOIN LATERAL (
-                SELECT e.image_id, i.label, i.source, e.embedding <-> q.v AS distance
-                FROM {table} e JOIN images i ON i.id = e.image_id
-                WHERE e.space_id = %(space)s AND i.dataset_id = %(dataset)s AND i.split = %(split)s
+                SELECT e.image_id, e.embedding <-> q.v AS distance
+                FROM {table} e
+                WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s
                 ORDER BY {order}
                 LIMIT %(k)s
             ) n
+            JOIN images i ON i.id = n.image_id
             ORDER BY q.ord, n.distance"""
 
     def _apply_settings(self) -> None:
         s = self.settings
         conn = self.conn
         if s.exact:
-            conn.execute("SET LOCAL enable_indexscan = off")
-            conn.execute("SET LOCAL enable_bitmapscan = off")
             return
         if self.index.kind == "ivfflat":
             lists = int(self.index.params.get("lists", 1))

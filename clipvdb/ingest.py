@@ -55,7 +55,7 @@ class IngestResult:
 def _stored_keys(conn: psycopg.Connection, stage: Stage, space: int, dataset: int, split: str) -> set[str]:
     rows = conn.execute(
         f"""SELECT i.source FROM {stage.table} e JOIN images i ON i.id = e.image_id
-            WHERE e.space_id = %s AND i.dataset_id = %s AND i.split = %s""",
+            WHERE e.space_id = %s AND e.dataset_id = %s AND e.split = %s""",
         (space, dataset, split),
     ).fetchall()
     return {r[0] for r in rows}
@@ -74,8 +74,9 @@ def copy_vectors(conn: psycopg.Connection, stage: Stage, space: int, image_ids: 
             for image_id, vec in zip(image_ids, vectors, strict=True):
                 copy.write_row((image_id, vec))
         cur.execute(
-            f"""INSERT INTO {stage.table} (space_id, image_id, embedding)
-                SELECT %s, image_id, embedding FROM {staging} ORDER BY image_id
+            f"""INSERT INTO {stage.table} (space_id, image_id, dataset_id, split, embedding)
+                SELECT %s, s.image_id, i.dataset_id, i.split, s.embedding
+                FROM {staging} s JOIN images i ON i.id = s.image_id ORDER BY s.image_id
                 ON CONFLICT (space_id, image_id) DO NOTHING""",
             (space,),
         )

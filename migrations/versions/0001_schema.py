@@ -74,6 +74,10 @@ def upgrade() -> None:
             CREATE TABLE embeddings_{stage} (
                 space_id int NOT NULL REFERENCES embedding_spaces(id) ON DELETE CASCADE,
                 image_id bigint NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+                -- copies of the image's dataset and split, so that a neighbour query filters
+                -- the one table it orders by, and the planner can use the ANN index
+                dataset_id int NOT NULL,
+                split text NOT NULL,
                 embedding vector({dim}) NOT NULL,
                 PRIMARY KEY (space_id, image_id)
             );

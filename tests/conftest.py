@@ -1,0 +1,135 @@
+"""Shared fixtures: a real PostgreSQL with pgvector (the embedded server, or CLIPVDB_TEST_DATABASE_URL),
+pytest-postgresql noproc fixtures giving each test a fresh database cloned from a migrated template,
+generated images, and a random-initialised RN50 checkpoint so that nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import psycopg
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from pytest_postgresql import factories
+
+from clipvdb import db, embedded, synthetic
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from tests
+
+_TEST_URL = os.environ.get("CLIPVDB_TEST_DATABASE_URL")
+_HOME = None
+if _TEST_URL:
+    _info = psycopg.conninfo.conninfo_to_dict(_TEST_URL)
+else:
+    # The embedded server, started once per test session (under a second).
+    _HOME = Path(tempfile.mkdtemp(prefix="clipvdb-test-"))
+    _info = psycopg.conninfo.conninfo_to_dict(embedded.start(_HOME))
+PG = {
+    "host": _info.get("host", "localhost"),
+    "port": int(_info.get("port") or 5432),
+    "user": _info.get("user") or "postgres",
+    "password": _info.get("password"),
+}
+
+
+def url_for(dbname: str) -> str:
+    auth = quote(PG["user"]) + (":" + quote(PG["password"]) if PG["password"] else "")
+    host = PG["host"]
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{dbname}?host={quote(host, safe='/')}&port={PG['port']}"
+    return f"postgresql://{auth}@{host}:{PG['port']}/{dbname}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _HOME is not None:
+        embedded.stop(_HOME)
+
+
+def _migrate(host, port, user, dbname, password, **_):
+    db.upgrade(url_for(dbname))
+
+
+migrated_proc = factories.postgresql_noproc(
+    host=PG["host"], port=PG["port"], user=PG["user"], password=PG["password"], dbname="clipvdb_test",
+    load=[_migrate],
+)  # fmt: skip
+empty_proc = factories.postgresql_noproc(
+    host=PG["host"], port=PG["port"], user=PG["user"], password=PG["password"], dbname="clipvdb_empty",
+)  # fmt: skip
+pg = factories.postgresql("migrated_proc")
+pg_empty = factories.postgresql("empty_proc")
+
+
+@pytest.fixture
+def db_url(pg) -> str:
+    """URL of a fresh database at the head revision."""
+    return url_for(pg.info.dbname)
+
+
+@pytest.fixture
+def empty_db_url(pg_empty) -> str:
+    """URL of a fresh database with nothing in it (not even pgvector)."""
+    return url_for(pg_empty.info.dbname)
+
+
+@pytest.fixture
+def conn(db_url):
+    with db.connection(db_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def syn_data(tmp_path_factory) -> Path:
+    """A generated image-folder set: 6 train and 2 test images per class, 10 classes."""
+    return synthetic.generate(tmp_path_factory.mktemp("syn") / "syn", {"train": 6, "test": 2})
+
+
+@pytest.fixture(scope="session")
+def rn50_checkpoint(tmp_path_factory) -> Path:
+    """A random-initialised RN50 state dict saved to a file, loaded through --pretrained PATH."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(1234)
+    model = open_clip.create_model("RN50", pretrained=None)
+    path = tmp_path_factory.mktemp("ckpt") / "rn50-random.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def rn50(rn50_checkpoint):
+    from clipvdb.models import load_model
+
+    return load_model("RN50", str(rn50_checkpoint), "cpu")
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def cli(runner, db_url, monkeypatch):
+    """Invoke the CLI against the test database; exceptions are not swallowed."""
+    from clipvdb.cli import cli as group
+
+    monkeypatch.setenv("CLIPVDB_DATABASE_URL", db_url)
+
+    def invoke(*args: str, expect: int | None = 0):
+        result = runner.invoke(group, [str(a) for a in args], catch_exceptions=False)
+        if expect is not None:
+            assert result.exit_code == expect, f"exit {result.exit_code}: {result.output}"
+        return result
+
+    return invoke
+
+
+def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path

@@ -1,0 +1,77 @@
+"""`clipvdb db ...` through CliRunner, on a fresh CLIPVDB_HOME with its own embedded server."""
+
+import json
+import os
+import stat
+from urllib.parse import unquote
+
+import psycopg
+import pytest
+
+from clipvdb import embedded
+from clipvdb.cli import cli as group
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch):
+    home = tmp_path / "home with space é"
+    monkeypatch.setenv("CLIPVDB_HOME", str(home))
+    monkeypatch.delenv("CLIPVDB_DATABASE_URL", raising=False)
+    yield home
+    embedded.stop(home)
+
+
+def test_db_commands_on_a_fresh_home(runner, fresh_home):
+    r = runner.invoke(group, ["db", "upgrade"], catch_exceptions=False)
+    assert r.exit_code == 0 and "revision 0002" in r.output
+    r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
+    info = json.loads(r.output)
+    assert info["server_version"].startswith("17")
+    assert info["pgvector_version"] >= "0.7"
+    assert info["revision"] == info["head_revision"] == "0002"
+    assert info["rows_per_stage"] == {"first": 0, "second": 0, "third": 0, "origin": 0}
+    r = runner.invoke(group, ["db", "status"], catch_exceptions=False)
+    assert "PostgreSQL 17" in r.output and "pgvector:" in r.output and "revision:   0002" in r.output
+    url = runner.invoke(group, ["db", "url"], catch_exceptions=False).output.strip()
+    with psycopg.connect(url) as c:
+        for view in ("report_accuracy", "report_timing", "report_confusion", "report_class_accuracy",
+                     "report_distance_histogram", "report_runs"):  # fmt: skip
+            c.execute(f"SELECT * FROM {view}").fetchall()
+        # no TCP listener; unix socket only
+        assert c.execute("SHOW listen_addresses").fetchone()[0] == ""
+    pgdata = embedded.data_dir(fresh_home)
+    assert stat.S_IMODE(os.stat(pgdata).st_mode) & 0o077 == 0, "data dir readable by others"
+    socket_dir = unquote(psycopg.conninfo.conninfo_to_dict(url)["host"])
+    assert stat.S_IMODE(os.stat(socket_dir).st_mode) & 0o077 == 0, "socket dir readable by others"
+    r = runner.invoke(group, ["db", "stop"], catch_exceptions=False)
+    assert "stopped" in r.output
+    assert embedded.status(fresh_home)["running"] is False
+    # The next command starts it again and the data is intact.
+    r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
+    assert json.loads(r.output)["revision"] == "0002"
+
+
+def test_stale_pid_file_and_empty_handle_file_recover(runner, fresh_home):
+    runner.invoke(group, ["db", "upgrade"], catch_exceptions=False)
+    embedded.stop(fresh_home)
+    pgdata = embedded.data_dir(fresh_home)
+    (pgdata / "postmaster.pid").write_text("999999\n" + str(pgdata) + "\n1\n5432\n/tmp\n\n0 0\nready\n")
+    (pgdata / ".handle_pids.json").write_text("")
+    r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["revision"] == "0002"
+
+
+def test_schema_missing_gives_one_line_error(runner, empty_db_url, monkeypatch):
+    monkeypatch.setenv("CLIPVDB_DATABASE_URL", empty_db_url)
+    r = runner.invoke(group, ["classify", "x.png", "--stage", "first"], catch_exceptions=False)
+    assert r.exit_code in (1, 2)
+    assert "clipvdb db upgrade" in r.output or "not found" in r.output
+
+
+def test_unreachable_database_is_one_line(runner, monkeypatch):
+    monkeypatch.setenv("CLIPVDB_DATABASE_URL", "postgresql://nobody@/nodb?host=/nonexistent-dir")
+    r = runner.invoke(group, ["db", "status"], catch_exceptions=False)
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: cannot connect to the database")
+    assert "Traceback" not in r.output
