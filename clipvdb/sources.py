@@ -57,7 +57,7 @@ class Source:
     classes: list[str]
     kind: str
     root: Path | None = None
-    _cifar: dict[str, list[dict]] | None = None
+    _cifar: dict[str, list[tuple[str, dict]]] | None = None
     ignored: list[str] | None = None
 
     def splits(self) -> list[str]:
@@ -75,7 +75,7 @@ class Source:
         if split not in CIFAR_SPLITS:
             raise SourceError(f"CIFAR-10 has splits train and test, not {split!r}")
         out = []
-        for batch_name, batch in zip(CIFAR_SPLITS[split], self._cifar[split], strict=True):
+        for batch_name, batch in self._cifar[split]:
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             labels = batch[b"labels"]
             for i, label in enumerate(labels):
@@ -118,8 +118,7 @@ def _load_pickle(data: bytes) -> dict:
 def _cifar_from_dir(path: Path) -> Source:
     batches = {}
     for split, names in CIFAR_SPLITS.items():
-        found = [path / n for n in names if (path / n).exists()]
-        batches[split] = [_load_pickle(p.read_bytes()) for p in found]
+        batches[split] = [(n, _load_pickle((path / n).read_bytes())) for n in names if (path / n).exists()]
     names = _cifar_names(path / "batches.meta" if (path / "batches.meta").exists() else None)
     _trim_missing(batches)
     return Source("cifar10", str(path.resolve()), names, "cifar10-python", _cifar=batches)
@@ -146,7 +145,7 @@ def _cifar_from_archive(path: Path) -> Source:
             for split, names in CIFAR_SPLITS.items():
                 for n in names:
                     if n in members:
-                        batches[split].append(_load_pickle(tar.extractfile(members[n]).read()))
+                        batches[split].append((n, _load_pickle(tar.extractfile(members[n]).read())))
             if "batches.meta" in members:
                 meta = tar.extractfile(members["batches.meta"]).read()
     except (tarfile.TarError, OSError, EOFError) as exc:

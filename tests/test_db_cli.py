@@ -25,7 +25,7 @@ def test_db_commands_on_a_fresh_home(runner, fresh_home):
     r = runner.invoke(group, ["db", "upgrade"], catch_exceptions=False)
     assert r.exit_code == 0 and "revision 0002" in r.output
     r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
-    info = json.loads(r.output)
+    info = json.loads(r.stdout)
     assert info["server_version"].startswith("17")
     assert info["pgvector_version"] >= "0.7"
     assert info["revision"] == info["head_revision"] == "0002"
@@ -48,7 +48,7 @@ def test_db_commands_on_a_fresh_home(runner, fresh_home):
     assert embedded.status(fresh_home)["running"] is False
     # The next command starts it again and the data is intact.
     r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
-    assert json.loads(r.output)["revision"] == "0002"
+    assert json.loads(r.stdout)["revision"] == "0002"
 
 
 def test_stale_pid_file_and_empty_handle_file_recover(runner, fresh_home):
@@ -59,7 +59,7 @@ def test_stale_pid_file_and_empty_handle_file_recover(runner, fresh_home):
     (pgdata / ".handle_pids.json").write_text("")
     r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["revision"] == "0002"
+    assert json.loads(r.stdout)["revision"] == "0002"
 
 
 def test_schema_missing_gives_one_line_error(runner, empty_db_url, monkeypatch):

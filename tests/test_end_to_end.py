@@ -1,0 +1,86 @@
+"""End to end through the CLI on a generated image-folder set, all four stages, random-weight RN50."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from clipvdb.reports import VIEWS
+
+
+def test_ingest_classify_evaluate_report_plot(cli, syn_data, rn50_checkpoint, tmp_path):
+    w = ["--pretrained", rn50_checkpoint, "--device", "cpu"]
+    out = json.loads(cli("ingest", "--stage", "all", "--data", syn_data, "--limit", "20", "--json", *w).stdout)
+    assert out["inserted"] == {"first": 20, "second": 20, "third": 20, "origin": 20}
+    assert set(out["index"]) == {"first", "second", "third", "origin"}
+
+    query = syn_data / "test" / "blue-triangle" / "0000.png"
+    preds = json.loads(cli("classify", query, "--stage", "all", "--k", "3", "--json", *w).stdout)
+    assert [p["stage"] for p in preds] == ["first", "second", "third", "origin"]
+    for p in preds:
+        assert p["encode_ms"] >= 0 and p["query_ms"] >= 0
+        if p["stage"] != "origin":
+            assert len(p["neighbors"]) == 3
+            assert [n["distance"] for n in p["neighbors"]] == sorted(n["distance"] for n in p["neighbors"])
+    assert preds[1]["encode_ms"] <= preds[3]["encode_ms"]  # second exits before origin
+
+    table = cli("classify", query, "--stage", "first").output
+    assert "first" in table and "query_ms" in table
+
+    ev = json.loads(cli("evaluate", "--stage", "all", "--data", syn_data, "--num", "6", "--json",
+                        "--batch-size", "4", *w).stdout)  # fmt: skip
+    assert {s: v["n"] for s, v in ev["stages"].items()} == {"first": 6, "second": 6, "third": 6, "origin": 6}
+
+    report = json.loads(cli("report", "--json").stdout)
+    assert report["run_id"] == ev["run_id"]
+    for view in VIEWS:
+        assert report[view], f"{view} is empty"
+    acc = {r["stage"]: r for r in report["report_accuracy"]}
+    for stage, v in ev["stages"].items():
+        assert acc[stage]["correct"] == v["correct"]
+    assert "report_confusion" in cli("report").output
+
+    paths = cli("plot", "--out", tmp_path / "plots").output.split()
+    assert len(paths) == 5
+    for p in paths:
+        with Image.open(p) as img:
+            img.load()
+            assert img.size[0] > 300
+
+
+def test_classify_errors_are_one_line(cli, syn_data, tmp_path):
+    missing = cli("classify", tmp_path / "nope.png", "--stage", "first", expect=2)
+    assert "image not found" in missing.output and "Traceback" not in missing.output
+    assert "is a directory" in cli("classify", tmp_path, "--stage", "first", expect=2).output
+    assert "unknown stage 'fifth'" in cli("classify", tmp_path / "x.png", "--stage", "fifth", expect=2).output
+    query = syn_data / "test" / "red-circle" / "0000.png"
+    empty = cli("classify", query, "--stage", "first", expect=2)
+    assert "ingest" in empty.output
+    cli("ingest", "--stage", "first", "--data", syn_data, "--limit", "10", "--workers", "0")
+    other = cli("classify", query, "--stage", "second", "--pretrained", "random", expect=1)
+    assert "clipvdb ingest --stage second" in other.output and "Traceback" not in other.output
+    corrupt = tmp_path / "c.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert "c.png" in cli("classify", corrupt, "--stage", "first", expect=1).output
+
+
+@pytest.mark.parametrize(
+    "command", ["db", "embed", "ingest", "index", "classify", "evaluate", "report", "plot", "demo"]
+)
+def test_every_command_has_help_with_an_example(runner, command):
+    from clipvdb.cli import cli as group
+
+    r = runner.invoke(group, [command, "--help"], catch_exceptions=False)
+    assert r.exit_code == 0 and "Example:" in r.output and "clipvdb" in r.output
+
+
+def test_embed_command(cli, syn_data):
+    img = syn_data / "test" / "red-circle" / "0000.png"
+    line = json.loads(cli("embed", img, "--stage", "first").stdout.splitlines()[0])
+    assert line["dim"] == 3072 and len(line["embedding"]) == 3072
+    import io
+
+    import numpy as np
+
+    raw = cli("embed", img, img, "--stage", "first", "--format", "npy").stdout_bytes
+    assert np.load(io.BytesIO(raw)).shape == (2, 3072)

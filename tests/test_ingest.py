@@ -1,0 +1,115 @@
+"""Ingest: idempotent, resumable after an interruption or kill -9, bad files skipped and named."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+from clipvdb import synthetic
+from clipvdb.errors import SkippedImagesError
+from clipvdb.ingest import ingest
+from clipvdb.sources import open_source
+from clipvdb.stages import parse_stages
+
+
+def _rows(url, table="embeddings_first"):
+    with psycopg.connect(url) as c:
+        return c.execute(f"SELECT count(*), count(DISTINCT image_id) FROM {table}").fetchone()
+
+
+def test_same_ingest_twice_leaves_the_same_rows(cli, db_url, syn_data):
+    first = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--json", "--workers", "0").stdout)
+    assert first["inserted"] == {"first": 60} and first["already_stored"] == 0
+    again = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--json", "--workers", "0").stdout)
+    assert again["inserted"] == {"first": 0} and again["already_stored"] == 60
+    assert _rows(db_url) == (60, 60)
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT count(*) FROM images").fetchone()[0] == 60
+
+
+def test_limit_takes_a_balanced_subset(syn_data):
+    items = open_source(syn_data).items("train")[:20]
+    assert sorted({it.label for it in items}) == list(range(10))
+
+
+def test_interrupted_ingest_resumes_without_duplicates(db_url, syn_data):
+    source = open_source(syn_data)
+    calls = []
+
+    def stop_after_first_batch(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest(db_url, source, parse_stages("first"), None, batch_size=16, workers=0, progress=stop_after_first_batch)
+    assert _rows(db_url) == (16, 16)  # whole batches only
+    result = ingest(db_url, source, parse_stages("first"), None, batch_size=16, workers=0)
+    assert result.already_stored == 16 and result.inserted == {"first": 44}
+    assert _rows(db_url) == (60, 60)
+
+
+def test_kill_9_mid_ingest_then_rerun_completes(db_url, tmp_path):
+    data = synthetic.generate(tmp_path / "big", {"train": 150})
+    env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
+    cmd = [sys.executable, "-m", "clipvdb", "ingest", "--stage", "first", "--data", str(data),
+           "--batch-size", "50", "--workers", "0", "--no-index"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and _rows(db_url)[0] == 0:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _rows(db_url)[0]
+    assert partial % 50 == 0 and partial < 1500, partial
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _rows(db_url) == (1500, 1500)
+
+
+def test_bad_files_are_skipped_and_named(cli, db_url, tmp_path):
+    data = synthetic.generate(tmp_path / "mixed", {"train": 2})
+    cls = data / "train" / "red-circle"
+    (cls / "empty.png").write_bytes(b"")
+    (cls / "text.jpg").write_text("not an image")
+    good = (cls / "0000.png").read_bytes()
+    (cls / "truncated.png").write_bytes(good[: len(good) // 2])
+    (cls / "README.txt").write_text("ignored")
+    r = cli("ingest", "--stage", "first", "--data", data, "--json", "--workers", "0", expect=3)
+    out = json.loads(r.stdout)
+    reasons = {f["item"].split("/")[-1]: f["reason"] for f in out["failed"]}
+    assert set(reasons) == {"empty.png", "text.jpg", "truncated.png"}
+    assert "truncated" in reasons["truncated.png"] or "corrupt" in reasons["truncated.png"]
+    assert out["inserted"] == {"first": 20}
+    assert out["ignored"] == ["train/red-circle/README.txt"]
+    assert "3 of 23 images were skipped" in r.output
+    assert _rows(db_url) == (20, 20)
+
+
+def test_strict_stops_at_the_first_bad_file(db_url, tmp_path):
+    data = synthetic.generate(tmp_path / "strict", {"train": 1})
+    (data / "train" / "red-circle" / "bad.png").write_bytes(b"\x89PNG nope")
+    with pytest.raises(SkippedImagesError, match="bad.png"):
+        ingest(db_url, open_source(data), parse_stages("first"), None, workers=0, strict=True)
+
+
+def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatch):
+    import clipvdb.encoding as encoding
+
+    real = encoding.first_stage_vectors
+
+    def poisoned(pixels):
+        out = real(pixels)
+        out[0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(encoding, "first_stage_vectors", poisoned)
+    result = ingest(db_url, open_source(syn_data), parse_stages("first"), None, batch_size=30, workers=0)
+    assert len(result.failed) == 2 and all("NaN" in r for _, r in result.failed)
+    assert _rows(db_url) == (58, 58)

@@ -1,0 +1,64 @@
+"""Weights handling: offline errors, random weights announced and kept apart, ViT limits."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clipvdb import catalog
+from clipvdb.errors import StageError, UsageError, WeightsError
+from clipvdb.models import load_model
+from clipvdb.stages import STAGES, parse_stages, run_stages
+
+
+def test_offline_openai_weights_fail_fast_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    start = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        load_model("RN50", "openai", "cpu")
+    assert time.perf_counter() - start < 30
+    msg = str(info.value)
+    assert "\n" not in msg and "--pretrained PATH" in msg and "random" in msg
+
+
+def test_random_weights_are_announced_and_identified(capsys):
+    lm = load_model("RN50", "random", "cpu")
+    assert "RANDOM weights" in capsys.readouterr().err
+    assert lm.weights == "random:seed=0" and lm.is_random
+    again = load_model("RN50", "random", "cpu", quiet=True)
+    a = next(lm.model.visual.parameters())
+    b = next(again.model.visual.parameters())
+    assert torch.equal(a, b), "random initialisation must be seeded"
+
+
+def test_spaces_keep_weights_apart(rn50):
+    random_lm = load_model("RN50", "random", "cpu", quiet=True)
+    assert catalog.space_identity(STAGES["second"], rn50) != catalog.space_identity(STAGES["second"], random_lm)
+    assert catalog.space_identity(STAGES["first"], rn50) == catalog.space_identity(STAGES["first"], random_lm)
+
+
+def test_bad_names_and_paths():
+    with pytest.raises(UsageError, match="unknown model"):
+        load_model("RN9000", "random", "cpu")
+    with pytest.raises(UsageError, match="checkpoint file not found"):
+        load_model("RN50", "/no/such/ckpt.pt", "cpu")
+    with pytest.raises(UsageError, match="unknown --pretrained"):
+        load_model("RN50", "nonsense", "cpu")
+
+
+def test_wrong_checkpoint_is_a_weights_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"visual.nothing": torch.zeros(1)}, bad)
+    with pytest.raises(WeightsError, match="cannot load"):
+        load_model("RN50", str(bad), "cpu")
+
+
+def test_vit_origin_works_and_depth_stages_refuse():
+    lm = load_model("ViT-B-32", "random", "cpu", quiet=True)
+    x = torch.zeros(1, 3, 224, 224)
+    out = run_stages(lm.visual, x, [STAGES["origin"]], lm.device)
+    assert out.vectors["origin"].shape == (1, 512) and np.isfinite(out.vectors["origin"]).all()
+    with pytest.raises(StageError, match="need a CLIP ResNet"):
+        run_stages(lm.visual, x, parse_stages("second"), lm.device)
