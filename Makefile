@@ -26,7 +26,8 @@ demo: $(VENV)/.installed
 	  mkdir -p $(DATA_DIR) && tar -xzf "$(SHARED_DATA)/cifar10-jpeg.tar.gz" -C $(DATA_DIR); fi
 	$(VENV)/bin/clipvdb db upgrade
 	$(VENV)/bin/clipvdb db status
-	$(VENV)/bin/clipvdb demo $(if $(wildcard $(DATA_DIR)/cifar10),--data $(DATA_DIR)/cifar10) --out demo-out
+	@data=""; [ -d "$(DATA_DIR)/cifar10" ] && data="--data $(DATA_DIR)/cifar10"; \
+	  echo "$(VENV)/bin/clipvdb demo $$data --out demo-out"; $(VENV)/bin/clipvdb demo $$data --out demo-out
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -156,6 +156,8 @@ def _table(title: str, rows: list[dict], columns: list[str] | None = None):
 
 
 def _fmt(v) -> str:
+    if isinstance(v, list | tuple):
+        return ",".join(str(x) for x in v)
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
     if v is None:
@@ -540,10 +542,8 @@ def report(state: State, run: int | None, views: tuple[str, ...], as_json: bool)
     _print_report(data, tuple(views) or reports.VIEWS)
 
 
-def reports_views() -> tuple[str, ...]:
-    from . import reports
-
-    return reports.VIEWS
+# Columns left out of the human tables (they are in --json and in psql).
+HIDDEN_COLUMNS = {"report_runs": ("params", "started_at", "finished_at")}
 
 
 def _print_report(data: dict, views: tuple[str, ...]) -> None:
@@ -553,7 +553,8 @@ def _print_report(data: dict, views: tuple[str, ...]) -> None:
         if view == "report_confusion":
             _print_confusion(console, rows)
             continue
-        console.print(_table(view, [{k: v for k, v in r.items() if k != "run_id"} for r in rows]))
+        hidden = HIDDEN_COLUMNS.get(view, ()) + ("run_id",) * (view != "report_runs")
+        console.print(_table(view, [{k: v for k, v in r.items() if k not in hidden} for r in rows]))
 
 
 def _print_confusion(console, rows: list[dict]) -> None:
@@ -614,7 +615,8 @@ def demo(state: State, data, n_train, n_test, stage, out) -> None:
         state.url, data=data, n_train=n_train, n_test=n_test, stages=stages, out=out, model=state.model,
         pretrained=state.pretrained, device=state.device, say=click.echo, progress=_progress,
     )  # fmt: skip
-    _print_report(result.report, reports_views())
+    _print_report(result.report, ("report_runs", "report_accuracy", "report_timing"))
+    click.echo("more: clipvdb report (confusion, per-class accuracy, distance histogram)")
     for n in result.notices:
         click.echo(f"NOTE: {n}")
     click.echo("plots: " + ", ".join(str(p) for p in result.plots))
