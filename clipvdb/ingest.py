@@ -61,18 +61,31 @@ def _stored_keys(conn: psycopg.Connection, stage: Stage, space: int, dataset: in
     return {r[0] for r in rows}
 
 
-def copy_vectors(conn: psycopg.Connection, stage: Stage, space: int, image_ids: list[int], vectors: np.ndarray) -> int:
-    """Binary COPY into a per-session staging table, then insert what is new. Returns rows added."""
+def copy_vectors(
+    conn: psycopg.Connection, stage: Stage, space: int, image_ids: list[int], vectors: np.ndarray,
+    dataset: int | None = None, split: str | None = None,
+) -> int:  # fmt: skip
+    """Bulk-load one batch of vectors by binary COPY. Returns rows added.
+
+    With `dataset` and `split` known, COPY goes straight into the stage table inside a savepoint;
+    if a concurrent ingest stored some of these rows first (unique violation), the batch goes again
+    through a staging table and INSERT ... ON CONFLICT DO NOTHING."""
+    if dataset is not None and split is not None:
+        try:
+            with conn.transaction():
+                _copy(conn, f"{stage.table} (space_id, image_id, dataset_id, split, embedding)",
+                      ["int4", "int8", "int4", "text", "vector"],
+                      ((space, i, dataset, split, v) for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
+            return len(image_ids)
+        except psycopg.errors.UniqueViolation:
+            pass
     staging = f"staging_{stage.name}"
     conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {staging} (image_id bigint, embedding vector({stage.dim})) "
         "ON COMMIT DELETE ROWS"
     )
+    _copy(conn, f"{staging} (image_id, embedding)", ["int8", "vector"], zip(image_ids, vectors, strict=True))
     with conn.cursor() as cur:
-        with cur.copy(f"COPY {staging} (image_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "vector"])
-            for image_id, vec in zip(image_ids, vectors, strict=True):
-                copy.write_row((image_id, vec))
         cur.execute(
             f"""INSERT INTO {stage.table} (space_id, image_id, dataset_id, split, embedding)
                 SELECT %s, s.image_id, i.dataset_id, i.split, s.embedding
@@ -80,7 +93,25 @@ def copy_vectors(conn: psycopg.Connection, stage: Stage, space: int, image_ids: 
                 ON CONFLICT (space_id, image_id) DO NOTHING""",
             (space,),
         )
-        return cur.rowcount
+        added = cur.rowcount
+    conn.execute(f"TRUNCATE {staging}")
+    return added
+
+
+def _copy(conn: psycopg.Connection, target: str, types: list[str], rows) -> None:
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {target} FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+
+def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: int) -> None:
+    """A large load goes faster without the ANN index (ingest rebuilds it afterwards)."""
+    rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
+    if adding >= 1000 and adding >= rows // 5:
+        conn.execute(f"DROP INDEX IF EXISTS {indexes.index_name(stage)}")
+        conn.commit()
 
 
 def ingest(
@@ -115,6 +146,9 @@ def ingest(
             total=len(items), already_stored=len(items) - len(todo),
             inserted={s.name: 0 for s in stages}, ignored=list(source.ignored or []),
         )  # fmt: skip
+        if build_index:
+            for s in stages:
+                _drop_index_for_bulk_load(conn, s, len(todo))
         if progress:
             progress(0, len(todo))
         for batch in encode_items(todo, stages, lm, batch_size=batch_size, workers=workers):
@@ -131,7 +165,9 @@ def ingest(
                 )
                 image_ids = [ids[it.key] for it in batch.items]
                 for s in stages:
-                    result.inserted[s.name] += copy_vectors(conn, s, spaces[s.name], image_ids, batch.vectors[s.name])
+                    result.inserted[s.name] += copy_vectors(
+                        conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
+                    )
                 conn.commit()
             if progress:
                 progress(len(batch.items) + len(batch.failed), len(todo))

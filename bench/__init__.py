@@ -1,0 +1,1 @@
+"""clipvdb benchmarks: `python -m bench` (see bench/__main__.py)."""

@@ -1,0 +1,492 @@
+"""Benchmarks on real CIFAR-10, always as ratios against a baseline run in the same process.
+
+    python -m bench --data ../shared/data          # full run, writes BENCHMARKS.md
+    python -m bench --quick                        # small run on generated data (tests use it)
+
+Items: (1) stage-first search: exact, ivfflat, hnsw vs in-process exact 1-NN; (2) bulk load;
+(3) encoder throughput per stage vs open_clip's encode_image; (4) the study's table;
+(5) scale: query cost and recall as the stored set grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipvdb import catalog, db, embedded, indexes, synthetic
+from clipvdb.classify import SearchSettings, StageSearcher
+from clipvdb.images import first_stage_tensor, load_image
+from clipvdb.ingest import copy_vectors
+from clipvdb.sources import Source, open_source
+from clipvdb.stages import STAGES, parse_stages, run_stages
+
+STUDY = {  # the study's seconds for 1,000 test images: (encoder, query)
+    "origin": (128.0, 0.0),
+    "first": (0.0, 290.0),
+    "second": (87.0, 234.0),
+    "third": (103.0, 486.0),
+}
+
+
+@dataclass
+class Config:
+    quick: bool
+    n_train: int
+    n_test: int
+    n_query: int  # test queries for the per-setting sweeps
+    n_exact_db: int  # queries for pgvector's exact scan (slow: ~0.4 s each at 50k)
+    probes: list[int]
+    ef_search: list[int]
+    enc_batches: list[int]
+    enc_images: int
+    scale_sizes: list[int]
+
+
+FULL = Config(False, 50_000, 10_000, 500, 100, [1, 2, 5, 10], [40, 100, 200], [1, 32, 128], 64,
+              [5_000, 20_000, 50_000, 200_000])  # fmt: skip
+QUICK = Config(True, 2_000, 200, 100, 20, [1, 5], [40], [1, 4], 8, [500, 2_000])
+
+
+class Report:
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def h(self, text: str) -> None:
+        self.parts.append(f"\n## {text}\n")
+        print(f"\n== {text}", flush=True)
+
+    def p(self, text: str) -> None:
+        self.parts.append(text + "\n")
+        print(text, flush=True)
+
+    def table(self, header: list[str], rows: list[list]) -> None:
+        self.parts.append("| " + " | ".join(header) + " |")
+        self.parts.append("|" + "---|" * len(header))
+        for r in rows:
+            self.parts.append("| " + " | ".join(_cell(c) for c in r) + " |")
+        self.parts.append("")
+        for r in rows:
+            print("  " + "  ".join(_cell(c) for c in r), flush=True)
+
+    def text(self) -> str:
+        return "\n".join(self.parts) + "\n"
+
+
+def _cell(c) -> str:
+    if isinstance(c, float):
+        return f"{c:.3f}" if abs(c) < 100 else f"{c:,.0f}"
+    if isinstance(c, int):
+        return f"{c:,}"
+    return str(c)
+
+
+# ------------------------------------------------------------------ data
+
+
+def load_pixels(source: Source, split: str, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    items = source.items(split)[:n]
+    X = np.empty((len(items), 3072), dtype=np.float32)
+    for i, it in enumerate(items):
+        img = load_image(it.path, it.key) if it.path is not None else None
+        t = first_stage_tensor(img) if img is not None else torch.from_numpy(it.array).permute(2, 0, 1) / 255.0
+        X[i] = t.reshape(-1).numpy()
+    return X, np.array([it.label for it in items]), [it.key for it in items]
+
+
+def exact_baseline(Xtr: np.ndarray, Xte: np.ndarray, chunk: int = 500) -> tuple[np.ndarray, float]:
+    """In-process exact 1-NN: batched matrix products in torch. Returns nearest index and seconds."""
+    start = time.perf_counter()
+    tr = torch.from_numpy(Xtr)
+    tr_sq = (tr * tr).sum(1)
+    out = np.empty(len(Xte), dtype=np.int64)
+    for s in range(0, len(Xte), chunk):
+        q = torch.from_numpy(Xte[s : s + chunk])
+        d = tr_sq[None, :] - 2 * q @ tr.T
+        out[s : s + chunk] = d.argmin(1).numpy()
+    return out, time.perf_counter() - start
+
+
+def load_stage(url: str, stage, source: Source, split: str, keys, labels, X: np.ndarray, space_lm=None,
+               batch: int = 5000) -> tuple[dict[str, int], float, float]:  # fmt: skip
+    """Image rows, then vectors by binary COPY, a transaction per batch. Returns key->id,
+    seconds for the vectors alone, seconds for the index build."""
+    with db.open_db(url) as conn:
+        ds = catalog.register_dataset(conn, source)
+        space = catalog.get_or_create_space(conn, stage, space_lm)
+        ids: dict[str, int] = {}
+        for s in range(0, len(keys), batch):
+            ids.update(catalog.upsert_images(conn, ds, split, [(k, int(y), bytes(32)) for k, y in
+                                                               zip(keys[s:s + batch], labels[s:s + batch], strict=True)]))  # fmt: skip
+            conn.commit()
+        conn.execute(f"DROP INDEX IF EXISTS {indexes.index_name(stage)}")
+        conn.commit()
+        start = time.perf_counter()
+        for s in range(0, len(keys), batch):
+            copy_vectors(conn, stage, space, [ids[k] for k in keys[s : s + batch]], X[s : s + batch], ds, split)
+            conn.commit()
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        indexes.build(conn, stage, "ivfflat")
+        index_s = time.perf_counter() - start
+    return ids, load_s, index_s
+
+
+class FakeLM:
+    """Identifies an embedding space for benchmark vectors that no model produced."""
+
+    name = "bench-projection"
+    weights = "none"
+
+
+def run_queries(url, stage, lm, dataset, Q, settings, batch: int, clients: int = 1):
+    """Neighbour ids for every query, and wall seconds, `clients` connections in parallel."""
+    parts = np.array_split(np.arange(len(Q)), clients)
+    results: list = [None] * clients
+
+    def work(i: int) -> None:
+        with db.open_db(url) as conn:
+            searcher = StageSearcher(conn, stage, lm, dataset, "train", settings)
+            conn.commit()
+            ids, labels = [], []
+            for s in range(0, len(parts[i]), batch):
+                neigh, _ = searcher.search(Q[parts[i][s : s + batch]])
+                ids += [n[0].image_id for n in neigh]
+                labels += [n[0].label for n in neigh]
+            results[i] = (ids, labels)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    ids = [x for r in results for x in r[0]]
+    labels = [x for r in results for x in r[1]]
+    return np.array(ids), np.array(labels), seconds
+
+
+# ------------------------------------------------------------------ items
+
+
+def item_search(rep: Report, cfg: Config, url: str, source: Source, data: dict) -> dict:
+    Xtr, ytr, ktr = data["train"]
+    Xte, yte, _ = data["test"]
+    stage = STAGES["first"]
+    rep.h(f"1. Stage first: {len(Xtr):,} stored, {len(Xte):,} queries")
+    nearest, base_s = exact_baseline(Xtr, Xte)
+    base_acc = float((ytr[nearest] == yte).mean())
+    rep.p(f"Baseline (in-process exact 1-NN, torch matrix products): accuracy {100 * base_acc:.2f} %, "
+          f"{base_s:.1f} s for all {len(Xte):,} queries ({1000 * base_s / len(Xte):.2f} ms/query).")  # fmt: skip
+    ids, load_s, ivf_s = load_stage(url, stage, source, "train", ktr, ytr, Xtr)
+    id_of = np.array([ids[k] for k in ktr])
+    with db.open_db(url) as conn:
+        dataset = catalog.dataset_id(conn, source.name)
+        lists = indexes.info(conn, stage).params["lists"]
+        ivf_size = indexes.info(conn, stage).size_bytes
+    rows = []
+    nq = min(cfg.n_query, len(Xte))
+
+    def measure(label, settings, batch, clients=1, n=nq, build_s=None, size=None):
+        ids_, labels_, secs = run_queries(url, stage, None, dataset, Xte[:n], settings, batch, clients)
+        recall = float((ids_ == id_of[nearest[:n]]).mean())
+        acc = float((labels_ == yte[:n]).mean())
+        base_n = base_s * n / len(Xte)
+        rows.append([label, batch, clients, n, 100 * acc, recall, 1000 * secs / n, n / secs, secs / base_n,
+                     "" if build_s is None else f"{build_s:.1f}", "" if size is None else f"{size / 2**20:.0f}"])  # fmt: skip
+        return acc, recall, secs
+
+    ne = min(cfg.n_exact_db, nq)
+    measure("pgvector exact (l2_distance scan)", SearchSettings(exact=True), 1, n=ne)
+    for p in cfg.probes:
+        measure(f"ivfflat lists={lists} probes={p}", SearchSettings(probes=p), 1,
+                build_s=ivf_s if p == cfg.probes[0] else None, size=ivf_size if p == cfg.probes[0] else None)  # fmt: skip
+    with db.open_db(url) as conn:
+        start = time.perf_counter()
+        info = indexes.build(conn, stage, "hnsw", m=16, ef_construction=64)
+        hnsw_s = time.perf_counter() - start
+    for ef in cfg.ef_search:
+        measure(f"hnsw m=16 efc=64 ef_search={ef}", SearchSettings(ef_search=ef), 1,
+                build_s=hnsw_s if ef == cfg.ef_search[0] else None, size=info.size_bytes if ef == cfg.ef_search[0] else None)  # fmt: skip
+    # The whole test set through the database: batched statements, 1 and 2 connections.
+    ef_full = 100 if 100 in cfg.ef_search else cfg.ef_search[-1]
+    full = {}
+    for clients in (1, 2):
+        for batch in (1, 100):
+            acc, recall, secs = measure(f"hnsw ef_search={ef_full}, all queries", SearchSettings(ef_search=ef_full),
+                                        batch, clients, n=len(Xte))  # fmt: skip
+            full[(clients, batch)] = (acc, recall, secs)
+    rep.p(f"Bulk load for this table: {len(Xtr):,} vectors by COPY binary in {load_s:.1f} s "
+          f"({len(Xtr) / load_s:,.0f} vectors/s); ivfflat build {ivf_s:.1f} s, hnsw build {hnsw_s:.1f} s.")  # fmt: skip
+    rep.table(["method", "batch", "clients", "queries", "accuracy %", "recall@1", "ms/query", "queries/s",
+               "time / baseline time", "build s", "index MiB"], rows)  # fmt: skip
+    best = min(full.items(), key=lambda kv: kv[1][2])
+    (clients, batch), (acc, recall, secs) = best
+    rep.p(f"Goal check (all {len(Xte):,} queries, hnsw ef_search={ef_full}, {clients} client(s), batch {batch}): "
+          f"accuracy {100 * acc:.2f} % = {acc / base_acc:.3f} of exact; wall time {secs:.1f} s = "
+          f"{secs / base_s:.2f} x the in-process exact baseline ({base_s:.1f} s).")  # fmt: skip
+    return {"base_acc": base_acc, "base_s": base_s, "dataset": dataset, "id_of": id_of, "nearest": nearest,
+            "load_s": load_s, "lists": lists}  # fmt: skip
+
+
+def item_load(rep: Report, cfg: Config, url: str, source: Source, data: dict) -> None:
+    Xtr, ytr, ktr = data["train"]
+    n = min(len(Xtr), 20_000 if not cfg.quick else len(Xtr))
+    rep.h(f"2. Bulk load: COPY binary, {n:,} vectors per stage table")
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in ("first", "second", "third", "origin"):
+        stage = STAGES[name]
+        if stage.dim == 3072:
+            X = Xtr[:n]
+        else:
+            X = (Xtr[:n] @ rng.standard_normal((3072, stage.dim), dtype=np.float32) / 55).astype(np.float32)
+        with db.open_db(url) as conn:
+            conn.execute(f"TRUNCATE {stage.table}")
+            conn.commit()
+        _, load_s, index_s = load_stage(
+            url, stage, source, "train", ktr[:n], ytr[:n], X, FakeLM() if stage.uses_clip else None
+        )
+        rows.append([name, stage.dim, n, load_s, n / load_s, index_s, n / (load_s + index_s)])
+    rep.p("Vectors only (image rows exist); 5,000 vectors per transaction; first uses the real pixels, the "
+          "others random projections of them (load cost depends on size, not values).")  # fmt: skip
+    rep.table(["stage", "dim", "vectors", "load s", "vectors/s", "ivfflat build s", "vectors/s incl. index"], rows)
+    with db.open_db(url) as conn:
+        for name in ("second", "third", "origin"):
+            conn.execute(f"TRUNCATE {STAGES[name].table}")
+        conn.commit()
+
+
+def _time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
+    from clipvdb.models import load_model
+
+    rep.h("3. Encoder: images/s per stage on CPU, random RN50 weights, vs open_clip encode_image")
+    lm = load_model("RN50", "random", "cpu", quiet=True)
+    threads = torch.get_num_threads()
+    rows, ips32 = [], {}
+    for bs in cfg.enc_batches:
+        x = torch.randn(bs, 3, 224, 224)
+        reps = max(3, cfg.enc_images // bs) if bs < 32 else (3 if bs <= 32 else 2)
+        if cfg.quick:
+            reps = 2
+        fns = {
+            "encode_image": lambda: lm.model.encode_image(x),
+            "origin": lambda: run_stages(lm.visual, x, [STAGES["origin"]], lm.device),
+            "second": lambda: run_stages(lm.visual, x, [STAGES["second"]], lm.device),
+            "third": lambda: run_stages(lm.visual, x, [STAGES["third"]], lm.device),
+            "all four": lambda: run_stages(lm.visual, x, parse_stages("all"), lm.device),
+        }
+        fns["encode_image"]()  # warm-up
+        t = {k: _time(f, reps) for k, f in fns.items()}
+        base = t["encode_image"]
+        for k in fns:
+            rows.append([bs, k, bs / t[k], t[k] / base, t[k] / t["origin"]])
+            if bs == max(b for b in cfg.enc_batches if b <= 32):
+                ips32[k] = bs / t[k]
+    rep.p(f"torch {torch.__version__}, {threads} threads; median of repeated batches; timing is independent of "
+          "the weights' values. Goals: origin < 1.05 x encode_image; second <= 0.75 x origin; all four <= 1.1 x origin.")  # fmt: skip
+    rep.table(["batch", "path", "images/s", "time / encode_image", "time / origin"], rows)
+    # channels_last and bfloat16 autocast, tried at one batch size
+    bs = cfg.enc_batches[-1] if cfg.quick else 32
+    x = torch.randn(bs, 3, 224, 224)
+    ref = lm.model.encode_image(x)
+    base = _time(lambda: lm.model.encode_image(x), 3)
+    lm.visual.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    cl_out = lm.model.encode_image(xc)
+    cl = _time(lambda: lm.model.encode_image(xc), 3)
+    lm.visual.to(memory_format=torch.contiguous_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf_out = lm.model.encode_image(x).float()
+        bf = _time(lambda: lm.model.encode_image(x), 3)
+    rel = lambda a: float((a - ref).norm() / ref.norm())  # noqa: E731
+    rep.table([f"variant (batch {bs})", "time / float32 NCHW", "relative error"],
+              [["channels_last", cl / base, rel(cl_out)], ["bfloat16 autocast", bf / base, rel(bf_out)]])  # fmt: skip
+    return ips32
+
+
+def item_study(rep: Report, cfg: Config, url: str, source: Source, data: dict, s1: dict, ips: dict) -> None:
+    Xtr, ytr, ktr = data["train"]
+    Xte = data["test"][0]
+    n = min(1000, len(Xte))
+    rep.h(f"4. The study's table: {n:,} test images per stage")
+    rng = np.random.default_rng(1)
+    rows = []
+    for name in ("origin", "first", "second", "third"):
+        stage = STAGES[name]
+        enc_s = 0.0 if name == "first" else n / ips[name]
+        if name == "origin":
+            q_s = 0.0
+        else:
+            if name == "first":
+                Q, lm = Xte[:n], None
+            else:
+                P = rng.standard_normal((3072, stage.dim), dtype=np.float32) / 55
+                with db.open_db(url) as conn:
+                    conn.execute(f"TRUNCATE {stage.table}")
+                    conn.commit()
+                load_stage(url, stage, source, "train", ktr, ytr, (Xtr @ P).astype(np.float32), FakeLM())
+                Q, lm = (Xte[:n] @ P).astype(np.float32), FakeLM()
+            with db.open_db(url) as conn:
+                kind = indexes.info(conn, stage).kind
+            settings = SearchSettings(ef_search=100) if kind == "hnsw" else SearchSettings()
+            _, _, q_s = run_queries(url, stage, lm, s1["dataset"], Q, settings, batch=100, clients=2)
+        se, sq = STUDY[name]
+        rows.append([name, enc_s, q_s, f"{se:.0f} + {sq:.0f}", (enc_s + q_s) / (se + sq)])
+    rep.p("Encoder seconds from item 3's images/s at batch 32 (CPU, 2 cores); query seconds measured here for "
+          f"{n:,} queries against {len(Xtr):,} stored vectors (batches of 100, 2 connections). Stages second and third "
+          "store random projections of the pixels (real weights are not available here): query cost depends on "
+          "size and index, not on which model made the vectors. The study: a laptop and a hosted vector database.")  # fmt: skip
+    rep.table(["stage", "encoder s", "query s", "study s (encoder + query)", "our total / study total"], rows)
+
+
+def item_scale(rep: Report, cfg: Config, url: str, source: Source, data: dict, s1: dict) -> None:
+    Xtr, ytr, ktr = data["train"]
+    Xte = data["test"][0]
+    rep.h("5. Scale: query cost and recall@1 as the stored set grows (stage first)")
+    nq = min(200 if not cfg.quick else 50, len(Xte))
+    Q = Xte[:nq]
+    rng = np.random.default_rng(2)
+    rows = []
+    for size in cfg.scale_sizes:
+        reps = -(-size // len(Xtr))
+        X = np.concatenate([Xtr] + [np.clip(Xtr + rng.normal(0, 0.01, Xtr.shape).astype(np.float32), 0, 1)
+                                    for _ in range(reps - 1)])[:size]  # fmt: skip
+        keys = [f"{k}#{r}" for r in range(reps) for k in ktr][:size]
+        labels = np.concatenate([ytr] * reps)[:size]
+        with db.open_db(url) as conn:
+            conn.execute("TRUNCATE embeddings_first")
+            conn.commit()
+        ids, load_s, ivf_s = load_stage(url, STAGES["first"], source, f"scale{size}", keys, labels, X)
+        nearest, base_s = exact_baseline(X, Q)
+        id_of = np.array([ids[k] for k in keys])
+        with db.open_db(url) as conn:
+            dataset = catalog.dataset_id(conn, source.name)
+            lists = indexes.info(conn, STAGES["first"]).params["lists"]
+
+        def go(label, settings, n=nq):
+            searcher_split = f"scale{size}"
+            ids_, _, secs = _run_split(url, dataset, searcher_split, Q[:n], settings)
+            recall = float((ids_ == id_of[nearest[:n]]).mean())
+            rows.append([size, label, recall, 1000 * secs / n, (secs / n) / (base_s / nq)])
+
+        go("exact", SearchSettings(exact=True), n=min(nq, 20 if size >= 50_000 else nq))
+        go(f"ivfflat lists={lists} probes={indexes.default_probes(lists)}", SearchSettings())
+        if size <= 50_000:  # hnsw builds above 50k take longer than this run's budget
+            with db.open_db(url) as conn:
+                start = time.perf_counter()
+                indexes.build(conn, STAGES["first"], "hnsw")
+                hs = time.perf_counter() - start
+            go(f"hnsw ef_search=100 (build {hs:.0f} s)", SearchSettings(ef_search=100))
+    rep.p(f"{nq} queries per row (exact at 50k and above: 20). Sizes above 50,000 repeat the training set with "
+          "Gaussian noise (sigma 0.01). Baseline: in-process exact search over the same array, per query.")  # fmt: skip
+    rep.table(["stored", "method", "recall@1", "ms/query", "time / in-process exact"], rows)
+
+
+def _run_split(url, dataset, split, Q, settings):
+    with db.open_db(url) as conn:
+        searcher = StageSearcher(conn, STAGES["first"], None, dataset, split, settings)
+        conn.commit()
+        start = time.perf_counter()
+        ids = []
+        for s in range(0, len(Q), 50):
+            neigh, _ = searcher.search(Q[s : s + 50])
+            ids += [n[0].image_id for n in neigh]
+        return np.array(ids), None, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ main
+
+
+def find_source(data: str | None, work: Path, quick: bool) -> Source:
+    if data:
+        path = Path(data)
+        if (path / "cifar10-jpeg.tar.gz").exists():
+            target = work / "data"
+            if not (target / "cifar10").exists():
+                target.mkdir(parents=True, exist_ok=True)
+                with tarfile.open(path / "cifar10-jpeg.tar.gz") as tar:
+                    tar.extractall(target, filter="data")
+            return open_source(target / "cifar10")
+        return open_source(path)
+    if not quick:
+        raise SystemExit("the full benchmark needs --data (../shared/data); use --quick for generated data")
+    return open_source(synthetic.generate(work / "synthetic", {"train": 200, "test": 20}))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", help="../shared/data (the CIFAR-10 JPEG archive) or a source folder")
+    ap.add_argument("--quick", action="store_true", help="small subset; checks that the code runs")
+    ap.add_argument("--out", help="report path (default BENCHMARKS.md; --quick: bench-out/BENCHMARKS-quick.md)")
+    ap.add_argument("--work", default="bench-out", help="scratch folder (database, extracted data)")
+    ap.add_argument("--items", default="1,2,3,4,5", help="which items to run")
+    args = ap.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    items = {int(x) for x in args.items.split(",")}
+    out = Path(args.out or (work / "BENCHMARKS-quick.md" if args.quick else "BENCHMARKS.md"))
+    source = find_source(args.data, work, args.quick)
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
+    url = os.environ.get("CLIPVDB_BENCH_DATABASE_URL") or embedded.start(home)
+    db.upgrade(url)
+    started = time.perf_counter()
+    rep = Report()
+    try:
+        with db.connection(url, vector=False) as conn:
+            server = conn.execute("SHOW server_version").fetchone()[0]
+            pgv = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        rep.parts.append("# clipvdb benchmarks\n")
+        rep.p(f"Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+              f"PostgreSQL {server}, pgvector {pgv} (embedded, defaults), torch {torch.__version__}, "
+              f"{'QUICK run on a small subset' if cfg.quick else 'full run'}; data: {source.location}. "
+              "Every speed figure is a ratio against a baseline measured in the same run. "
+              "No figure here used real CLIP weights: none can be downloaded on this machine.")  # fmt: skip
+        t0 = time.perf_counter()
+        data = {"train": load_pixels(source, "train", cfg.n_train), "test": load_pixels(source, "test", cfg.n_test)}
+        rep.p(f"Decoded {len(data['train'][0]):,} train and {len(data['test'][0]):,} test images in "
+              f"{time.perf_counter() - t0:.1f} s.")  # fmt: skip
+        s1 = item_search(rep, cfg, url, source, data) if 1 in items or 4 in items or 5 in items else {}
+        if 2 in items:
+            item_load(rep, cfg, url, source, data)
+        ips = item_encoder(rep, cfg) if 3 in items or 4 in items else {}
+        if 4 in items:
+            item_study(rep, cfg, url, source, data, s1, ips)
+        if 5 in items:
+            item_scale(rep, cfg, url, source, data, s1)
+        rep.p(f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s.")
+    finally:
+        if not os.environ.get("CLIPVDB_BENCH_DATABASE_URL"):
+            embedded.stop(home)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(rep.text())
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
