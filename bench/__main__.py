@@ -5,7 +5,7 @@
 
 Items: (1) stage-first search: exact, ivfflat, hnsw vs in-process exact 1-NN; (2) bulk load;
 (3) encoder throughput per stage vs open_clip's encode_image; (4) the study's table;
-(5) scale: query cost and recall as the stored set grows.
+(5) scale: query cost and recall as the stored set grows; (6) load: concurrent clients.
 """
 
 from __future__ import annotations
@@ -405,6 +405,84 @@ def item_scale(rep: Report, cfg: Config, url: str, source: Source, data: dict, s
     rep.table(["stored", "method", "recall@1", "ms/query", "time / in-process exact"], rows)
 
 
+def item_load_test(rep: Report, cfg: Config, url: str, source: Source, data: dict) -> dict:
+    """Bounded load: N concurrent clients classify single images at stage first for a fixed time."""
+    Xte = data["test"][0]
+    clients, seconds = (8, 60.0) if not cfg.quick else (2, 3.0)
+    rep.h(f"6. Load: {clients} concurrent clients classifying for {seconds:.0f} s (stage first, default index)")
+    with db.open_db(url) as conn:
+        dataset = catalog.dataset_id(conn, source.name)
+        idx = indexes.info(conn, STAGES["first"])
+        if not idx.exists or idx.rows != len(data["train"][0]):
+            conn.execute("TRUNCATE embeddings_first")
+            conn.commit()
+    if not idx.exists or idx.rows != len(data["train"][0]):
+        Xtr, ytr, ktr = data["train"]
+        load_stage(url, STAGES["first"], source, "train", ktr, ytr, Xtr)
+    with db.open_db(url) as conn:
+        idx = indexes.info(conn, STAGES["first"])
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    stop_at = time.perf_counter() + seconds
+
+    def client(i: int) -> None:
+        rng = np.random.default_rng(i)
+        try:
+            with db.open_db(url) as conn:
+                searcher = StageSearcher(conn, STAGES["first"], None, dataset, "train", SearchSettings())
+                conn.commit()
+                while time.perf_counter() < stop_at:
+                    q = Xte[rng.integers(len(Xte)) : None][:1]
+                    t0 = time.perf_counter()
+                    neigh, _ = searcher.search(q)
+                    latencies[i].append((time.perf_counter() - t0) * 1000)
+                    if len(neigh[0]) != 1:
+                        errors.append("no neighbour returned")
+        except Exception as exc:  # counted, not raised: the load test reports errors
+            errors.append(f"{exc.__class__.__name__}: {exc}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    lat = np.array([x for part in latencies for x in part])
+    rep.p(f"Python clients, one connection each, over the embedded server's unix socket; index {idx.kind} "
+          f"{idx.params}; {idx.rows:,} stored vectors. Bounded: {seconds:.0f} s, then every client stops.")  # fmt: skip
+    rep.table(["clients", "queries", "queries/s", "p50 ms", "p95 ms", "max ms", "errors"],
+              [[clients, len(lat), len(lat) / seconds, float(np.percentile(lat, 50)) if len(lat) else 0.0,
+                float(np.percentile(lat, 95)) if len(lat) else 0.0, float(lat.max()) if len(lat) else 0.0,
+                len(errors)]])  # fmt: skip
+    for e in errors[:5]:
+        rep.p(f"error: {e}")
+    return {"queries": len(lat), "errors": len(errors)}
+
+
+STUDY_ACCURACY = {"origin": 70.53, "first": 35.39, "second": 71.5, "third": 77.31}
+
+
+def item_accuracy(rep: Report, cfg: Config, url: str, source: Source, pretrained: str, model: str,
+                  n_train: int, n_test: int) -> None:  # fmt: skip
+    """The study's accuracy table with real weights: ingest every stage, evaluate, compare."""
+    from clipvdb.evaluate import evaluate
+    from clipvdb.ingest import ingest
+    from clipvdb.models import load_model
+
+    lm = load_model(model, pretrained, None, quiet=True)
+    rep.h(f"7. Accuracy per stage with {model} weights '{lm.weights}': {n_train:,} stored, {n_test:,} queries")
+    start = time.perf_counter()
+    ingest(url, source, parse_stages("all"), lm, split="train", limit=n_train, dataset_name="accuracy")
+    ingest_s = time.perf_counter() - start
+    result = evaluate(url, source, parse_stages("all"), lm, SearchSettings(), split="test", num=n_test,
+                      dataset_name="accuracy", display_freq=0)  # fmt: skip
+    real = not lm.is_random
+    rep.p(f"Device {lm.device}; ingest {ingest_s:.0f} s; evaluate run {result.run_id}; default index settings. "
+          + ("Measured WITH REAL WEIGHTS." if real else "RANDOM weights: these accuracies say nothing about CLIP."))  # fmt: skip
+    rows = [[name, t.n, t.accuracy, STUDY_ACCURACY[name], t.accuracy - STUDY_ACCURACY[name], t.encode_ms / 1000,
+             t.query_ms / 1000] for name, t in result.stages.items()]  # fmt: skip
+    rep.table(["stage", "queries", "accuracy %", "study %", "difference", "encoder s", "query s"], rows)
+
+
 def _run_split(url, dataset, split, Q, settings):
     with db.open_db(url) as conn:
         searcher = StageSearcher(conn, STAGES["first"], None, dataset, split, settings)
@@ -442,7 +520,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true", help="small subset; checks that the code runs")
     ap.add_argument("--out", help="report path (default BENCHMARKS.md; --quick: bench-out/BENCHMARKS-quick.md)")
     ap.add_argument("--work", default="bench-out", help="scratch folder (database, extracted data)")
-    ap.add_argument("--items", default="1,2,3,4,5", help="which items to run")
+    ap.add_argument("--items", default="1,2,3,4,5,6", help="which items to run (7 runs when --pretrained is given)")
+    ap.add_argument("--pretrained", help="weights for item 7, the accuracy table: openai, a checkpoint path, random")
+    ap.add_argument("--model", default="RN50")
+    ap.add_argument("--accuracy-train", type=int, help="item 7: stored images (default 50,000)")
+    ap.add_argument("--accuracy-test", type=int, help="item 7: queries (default 10,000)")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     work = Path(args.work)
@@ -467,10 +549,12 @@ def main(argv: list[str] | None = None) -> Path:
               "Every speed figure is a ratio against a baseline measured in the same run. "
               "No figure here used real CLIP weights: none can be downloaded on this machine.")  # fmt: skip
         t0 = time.perf_counter()
-        data = {"train": load_pixels(source, "train", cfg.n_train), "test": load_pixels(source, "test", cfg.n_test)}
+        needs_pixels = bool(items & {1, 2, 4, 5, 6})
+        data = {"train": load_pixels(source, "train", cfg.n_train if needs_pixels else 0),
+                "test": load_pixels(source, "test", cfg.n_test if needs_pixels else 0)}  # fmt: skip
         rep.p(f"Decoded {len(data['train'][0]):,} train and {len(data['test'][0]):,} test images in "
               f"{time.perf_counter() - t0:.1f} s.")  # fmt: skip
-        s1 = item_search(rep, cfg, url, source, data) if 1 in items or 4 in items or 5 in items else {}
+        s1 = item_search(rep, cfg, url, source, data) if items & {1, 4, 5} else {}
         if 2 in items:
             item_load(rep, cfg, url, source, data)
         ips = item_encoder(rep, cfg) if 3 in items or 4 in items else {}
@@ -478,6 +562,17 @@ def main(argv: list[str] | None = None) -> Path:
             item_study(rep, cfg, url, source, data, s1, ips)
         if 5 in items:
             item_scale(rep, cfg, url, source, data, s1)
+        if 6 in items:
+            item_load_test(rep, cfg, url, source, data)
+        if args.pretrained:
+            n_tr = args.accuracy_train or (200 if cfg.quick else 50_000)
+            n_te = args.accuracy_test or (20 if cfg.quick else 10_000)
+            item_accuracy(rep, cfg, url, source, args.pretrained, args.model, n_tr, n_te)
+        else:
+            rep.h("7. Accuracy per stage with real weights")
+            rep.p("Not run: no CLIP weights on this machine. Where they are available, run "
+                  "`python -m bench --data ../shared/data --items 7 --pretrained openai` (or a checkpoint path) "
+                  "for the study's accuracy table; a GPU makes the 60,000 encodings practical.")  # fmt: skip
         rep.p(f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s.")
     finally:
         if not os.environ.get("CLIPVDB_BENCH_DATABASE_URL"):

@@ -49,12 +49,21 @@ class Prediction:
         return asdict(self)
 
 
+# metric -> (operator, exact function form that no index can serve)
+METRICS = {
+    "l2": ("<->", "l2_distance({a}, {b})"),
+    "cosine": ("<=>", "cosine_distance({a}, {b})"),
+    "ip": ("<#>", "(-inner_product({a}, {b}))"),
+}
+
+
 @dataclass
 class SearchSettings:
     k: int = 1
     exact: bool = False
     probes: int | None = None
     ef_search: int | None = None
+    metric: str = "l2"
 
 
 def vote(neigh: list[Neighbor]) -> tuple[int, Neighbor]:
@@ -108,16 +117,19 @@ class StageSearcher:
 
     def _sql(self) -> str:
         table = self.stage.table
+        if self.settings.metric not in METRICS:
+            raise UsageError(f"unknown metric {self.settings.metric!r}; choose from {', '.join(METRICS)}")
+        op, exact_fn = METRICS[self.settings.metric]
         if self.settings.exact:
             # The function form matches no index operator, so this is always an exact scan.
-            order = "l2_distance(e.embedding, q.v)"
+            order = exact_fn.format(a="e.embedding", b="q.v")
         else:
-            order = f"{self.stage.index_expr('e.embedding')} <-> {self.stage.index_expr('q.v')}"
+            order = f"{self.stage.index_expr('e.embedding')} {op} {self.stage.index_expr('q.v')}"
         return f"""
             SELECT q.ord, n.image_id, i.label, i.source, n.distance
             FROM unnest(%(vectors)s::vector[]) WITH ORDINALITY AS q(v, ord)
             CROSS JOIN LATERAL (
-                SELECT e.image_id, e.embedding <-> q.v AS distance
+                SELECT e.image_id, e.embedding {op} q.v AS distance
                 FROM {table} e
                 WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s
                 ORDER BY {order}

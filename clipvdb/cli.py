@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .errors import ClipvdbError, UsageError
 from .stages import STAGE_NAMES, Stage, parse_stages
+from .stages import STAGES as STAGES_BY_NAME
 
 STAGE_CHOICES = "first|second|third|origin|all, or a comma-separated list"
 
@@ -85,6 +86,8 @@ def model_options(f):
 
 
 def search_options(f):
+    f = click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True,
+                     help="Distance: l2 (the study's), cosine, or inner product.")(f)  # fmt: skip
     f = click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")(f)
     f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
     f = click.option("--probes", type=click.IntRange(1), help="ivfflat.probes (default: about lists/10).")(f)
@@ -286,6 +289,27 @@ def db_stop(state: State) -> None:
     click.echo("embedded server stopped" if stopped else "embedded server was not running")
 
 
+@db.command("grant-reader")
+@click.argument("name")
+@click.option("--password", envvar="CLIPVDB_READER_PASSWORD", help="Login password (external servers).")
+@click.pass_obj
+def db_grant_reader(state: State, name: str, password: str | None) -> None:
+    """Create a read-only analyst role NAME: SELECT on every table and view, nothing else.
+
+    On the embedded server, access to its unix socket is the security boundary (local trust
+    authentication): the role gives least-privilege sessions, not protection from socket users.
+
+    \b
+    Example:
+      clipvdb db grant-reader analyst --password s3cret
+      psql "postgresql://analyst:s3cret@dbhost/clipvdb" -c 'SELECT * FROM report_accuracy'
+    """
+    from . import db as dbm
+
+    dbm.grant_reader(state.url, name, password)
+    click.echo(f"role {name} can read every table and view, and change nothing")
+
+
 # ---------------------------------------------------------------- embed
 
 
@@ -425,7 +449,8 @@ def index(state: State, stage, kind, lists, m, ef_construction, metric, as_json)
 @model_options
 @json_option
 @click.pass_obj
-def classify(state: State, images, stage, dataset, against, prompts, k, probes, ef_search, exact, as_json) -> None:
+def classify(state: State, images, stage, dataset, against, prompts, k, probes, ef_search, exact, metric,
+             as_json) -> None:  # fmt: skip
     """Classify IMAGES by nearest stored neighbour at each stage (origin: zero-shot).
 
     \b
@@ -438,7 +463,7 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
     stages = _stages(stage) if stage else _stored_stages(state)
     preds = classify_files(
         state.url, list(images), stages, state.load_model(stages),
-        SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search),
+        SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric),
         dataset_name=dataset, split=against, template=prompts,
     )  # fmt: skip
     if as_json:
@@ -479,7 +504,7 @@ def _stored_stages(state: State) -> list[Stage]:
 @json_option
 @click.pass_obj
 def evaluate(state: State, stage, data, split, against, num, batch_size, workers, display_freq, dataset,
-             prompts, k, probes, ef_search, exact, as_json) -> None:  # fmt: skip
+             prompts, k, probes, ef_search, exact, metric, as_json) -> None:  # fmt: skip
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
     \b
@@ -497,7 +522,8 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
     progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
     with progress:
         result = run_eval(
-            state.url, source, stages, lm, SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search),
+            state.url, source, stages, lm,
+            SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric),
             split=split, against=against, num=num, batch_size=batch_size, workers=workers,
             display_freq=display_freq, dataset_name=dataset, template=prompts,
             report=lambda line: progress.console.print(line), progress=update,
@@ -510,6 +536,142 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
     _console().print(_table(f"run {result.run_id}: {result.dataset}/{result.split}", rows))
     for _key, reason in result.failed:
         click.echo(f"skipped: {reason}", err=True)
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--image", "image", help="Compose: add this image's embedding to the text's.")
+@click.option("--k", "k", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--stage", "stage", default="origin", show_default=True, help="Text search works at origin.")
+@click.option("--dataset", help="Dataset to search (default: the only one).")
+@click.option("--exact", is_flag=True, help="Exact search (no index).")
+@model_options
+@json_option
+@click.pass_obj
+def search(state: State, text, image, k, stage, dataset, exact, as_json) -> None:
+    """Find stored images by TEXT (cosine distance over stored origin embeddings).
+
+    \b
+    Example:
+      clipvdb search "a red sports car" --k 10
+      clipvdb search "but red" --image car.png
+    """
+    from .retrieval import search as run_search
+
+    hits = run_search(state.url, state.load_model([STAGES_BY_NAME["origin"]]), text, image=image, k=k, stage=stage,
+                      dataset_name=dataset, exact=exact)  # fmt: skip
+    if as_json:
+        _print_json([h.as_dict() for h in hits])
+        return
+    _console().print(_table("search", [h.as_dict() for h in hits], ["image_id", "class_name", "source", "distance"]))
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--stage", "stage", default="all", show_default=True, help=STAGE_CHOICES)
+@click.option("--k", "k", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("neighbors.png"), show_default=True)
+@click.option("--dataset", help="Dataset to search (default: the only one).")
+@click.option("--exact", is_flag=True)
+@model_options
+@json_option
+@click.pass_obj
+def neighbors(state: State, image, stage, k, out, dataset, exact, as_json) -> None:
+    """Draw IMAGE beside its k nearest stored images per stage, as one PNG.
+
+    \b
+    Example:
+      clipvdb neighbors cat.png --stage first,second --k 8 --out grid.png
+    """
+    from .classify import SearchSettings
+    from .retrieval import neighbour_grid
+
+    stages = [s for s in _stages(stage) if s.name != "origin"] if stage == "all" else _stages(stage)
+    grid = neighbour_grid(state.url, image, stages, state.load_model(stages), out, k=k, dataset_name=dataset,
+                          settings=SearchSettings(exact=exact))  # fmt: skip
+    if as_json:
+        _print_json({"path": str(grid.path), "stages": grid.stages, "columns": grid.columns, "rows": grid.rows})
+        return
+    click.echo(str(grid.path))
+
+
+@cli.group()
+def experiment() -> None:
+    """Experiments inside PostgreSQL.
+
+    \b
+    Example:
+      clipvdb experiment search --stage first --sizes 1000,5000,20000
+    """
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError as exc:
+        raise UsageError(f"expected comma-separated integers, got {value!r}") from exc
+    if not out or min(out) < 1:
+        raise UsageError(f"expected positive integers, got {value!r}")
+    return out
+
+
+@experiment.command("search")
+@click.option("--stage", "stage", required=True, help="One stage.")
+@click.option("--sizes", default="1000,5000,20000,50000", show_default=True, help="Stored-set sizes.")
+@click.option("--queries", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--probes", "probes", default="1,5,10", show_default=True, help="ivfflat probes to try.")
+@click.option("--ef-search", "ef", default="40,100", show_default=True, help="hnsw ef_search values to try.")
+@click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), help="PNG: recall@1 versus queries per second.")
+@model_options
+@json_option
+@click.pass_obj
+def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, out, as_json) -> None:
+    """Recall and speed of exact, ivfflat and hnsw search as the stored set grows.
+
+    Results go to the experiment_results table (view report_experiments).
+
+    \b
+    Example:
+      clipvdb experiment search --stage first --sizes 1000,5000 --out recall.png
+    """
+    from .experiment import plot_experiment, search_experiment
+
+    stages = _stages(stage)
+    if len(stages) != 1:
+        raise UsageError("experiment search takes one --stage")
+    result = search_experiment(state.url, stages[0], state.load_model(stages), _ints(sizes), queries=queries,
+                               probes=_ints(probes), ef_search=_ints(ef), metric=metric)  # fmt: skip
+    if out:
+        plot_experiment(result, out)
+    if as_json:
+        _print_json({"experiment_id": result.experiment_id, "rows": result.rows, "plot": str(out) if out else None})
+        return
+    _console().print(_table(f"experiment {result.experiment_id}", result.rows))
+    if out:
+        click.echo(str(out))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--k", "k", type=click.IntRange(1, 50), default=5, show_default=True, help="Neighbours shown.")
+@model_options
+@click.pass_obj
+def serve(state: State, host: str, port: int, k: int) -> None:
+    """A small web page: upload or pick an image, see per-stage predictions and neighbours, search by text.
+
+    \b
+    Example:
+      clipvdb serve --port 8000    # then open http://127.0.0.1:8000
+    """
+    from .web import serve as run_serve
+
+    click.echo(f"clipvdb: serving on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    run_serve(state.url, state.load_model, host=host, port=port)
 
 
 # ---------------------------------------------------------------- report / plot

@@ -208,3 +208,25 @@ def status(url: str) -> dict:
         "images": images,
         "rows_per_stage": rows,
     }
+
+
+def grant_reader(url: str, role: str, password: str | None = None) -> None:
+    """Create (or update) a role that can SELECT every table and view and change nothing."""
+    from psycopg import sql
+
+    if not role or len(role) > 63:
+        raise SchemaError("a role name needs 1 to 63 characters")
+    ident = sql.Identifier(role)
+    with connection(url, vector=False, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(ident))
+        if password is not None:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, sql.Literal(password)))
+        dbname = conn.info.dbname
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(ident))
+        conn.execute(sql.SQL("REVOKE CREATE, TEMPORARY ON DATABASE {} FROM {}").format(sql.Identifier(dbname), ident))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname), ident))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(ident))
+        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(ident))

@@ -17,6 +17,7 @@ import psycopg
 from . import catalog, db, zeroshot
 from .classify import SearchSettings, StageSearcher, vote
 from .encoding import encode_items
+from .errors import DatabaseError
 from .models import LoadedModel
 from .sources import Source
 from .stages import Stage
@@ -133,6 +134,13 @@ def evaluate(
                         f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items()))  # fmt: skip
             conn.execute("UPDATE eval_runs SET status = 'complete', finished_at = now() WHERE id = %s", (run_id,))
             conn.commit()
+        except psycopg.OperationalError as exc:
+            _mark_failed(url, run_id)
+            raise DatabaseError(
+                f"lost the database connection during evaluate run {run_id} "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__}); "
+                "the run is left out of the reports; run evaluate again"
+            ) from exc
         except BaseException:
             _mark_failed(url, run_id)
             raise

@@ -16,7 +16,7 @@ import psycopg
 
 from . import catalog, db, indexes
 from .encoding import encode_items
-from .errors import SkippedImagesError
+from .errors import DatabaseError, SkippedImagesError
 from .models import LoadedModel
 from .sources import Item, Source
 from .stages import Stage
@@ -130,6 +130,17 @@ def ingest(
     progress: ProgressFn | None = None,
 ) -> IngestResult:
     """Encode `split` of `source` at `stages` and store it. Safe to re-run and to interrupt."""
+    try:
+        return _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict,
+                       build_index, progress)  # fmt: skip
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise DatabaseError(
+            f"lost the database connection during ingest ({first}); whole batches were kept: run the same ingest again"
+        ) from exc
+
+
+def _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict, build_index, progress):
     start = time.perf_counter()
     items: list[Item] = source.items(split)
     if limit is not None:
@@ -146,6 +157,10 @@ def ingest(
             total=len(items), already_stored=len(items) - len(todo),
             inserted={s.name: 0 for s in stages}, ignored=list(source.ignored or []),
         )  # fmt: skip
+        for key, reason in source.rejected or []:
+            if strict:
+                raise SkippedImagesError(f"{reason} (stopped by --strict)")
+            result.failed.append((key, reason))
         if build_index:
             for s in stages:
                 _drop_index_for_bulk_load(conn, s, len(todo))

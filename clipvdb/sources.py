@@ -59,6 +59,7 @@ class Source:
     root: Path | None = None
     _cifar: dict[str, list[tuple[str, dict]]] | None = None
     ignored: list[str] | None = None
+    rejected: list[tuple[str, str]] | None = None
 
     def splits(self) -> list[str]:
         if self._cifar is not None:
@@ -92,15 +93,22 @@ class Source:
         index = {c: i for i, c in enumerate(self.classes)}
         per_class: list[list[Item]] = []
         self.ignored = []
+        self.rejected = []
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             found = []
             for path in sorted(class_dir.rglob("*")):
                 if not path.is_file():
                     continue
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    self.ignored.append(str(path.relative_to(self.root)))
+                    self.ignored.append(str(path.relative_to(self.root)).encode("utf-8", "backslashreplace").decode())
                     continue
                 key = str(path.relative_to(self.root))
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = key.encode("utf-8", "backslashreplace").decode()
+                    self.rejected.append((shown, f"{shown}: the file name is not valid UTF-8; rename the file"))
+                    continue
                 found.append(Item(key=key, label=index[class_dir.name], path=path))
             per_class.append(found)
         # Interleave the classes so that --limit N takes a balanced, deterministic subset.

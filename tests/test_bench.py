@@ -8,7 +8,8 @@ def test_quick_benchmark_writes_every_table(tmp_path):
 
     out = main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "B.md")])
     text = out.read_text()
-    for heading in ("## 1. Stage first", "## 2. Bulk load", "## 3. Encoder", "## 4. The study's table", "## 5. Scale"):
+    for heading in ("## 1. Stage first", "## 2. Bulk load", "## 3. Encoder", "## 4. The study's table", "## 5. Scale",
+                    "## 6. Load"):  # fmt: skip
         assert heading in text
     assert "PostgreSQL 17" in text and "pgvector 0.8" in text and "cores" in text
     assert "Baseline (in-process exact 1-NN" in text and "time / baseline time" in text
@@ -16,3 +17,16 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     for stage in ("first", "second", "third", "origin"):
         assert re.search(rf"\| {stage} \| [\d,]+ \| [\d,]+ \| [\d.]+ \|", text), f"no load row for {stage}"
     assert "| all four |" in text and "channels_last" in text and "bfloat16 autocast" in text
+    load_row = re.search(r"\| 2 \| ([\d,]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| (\d+) \|", text)
+    assert load_row and int(load_row.group(1).replace(",", "")) > 0 and load_row.group(2) == "0"
+
+
+def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path, rn50_checkpoint):
+    from bench.__main__ import main
+
+    out = main(["--quick", "--items", "7", "--pretrained", "random", "--accuracy-train", "20", "--accuracy-test",
+                "10", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "A.md")])  # fmt: skip
+    text = out.read_text()
+    assert "## 7. Accuracy per stage" in text and "RANDOM weights" in text
+    for stage in ("first", "second", "third", "origin"):
+        assert re.search(rf"\| {stage} \| 10 \| [\d.]+ \| [\d.]+ \|", text), stage

@@ -1,0 +1,121 @@
+"""Faults: interrupted, concurrent and disconnected work loses nothing and doubles nothing."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from clipvdb import embedded, synthetic
+from clipvdb.classify import SearchSettings
+from clipvdb.errors import DatabaseError
+from clipvdb.evaluate import evaluate
+from clipvdb.ingest import ingest
+from clipvdb.sources import open_source
+from clipvdb.stages import parse_stages
+
+
+def _count(url, sql="SELECT count(*) FROM embeddings_first"):
+    with psycopg.connect(url) as c:
+        return c.execute(sql).fetchone()[0]
+
+
+def _ingest_cmd(data, *extra):
+    return [sys.executable, "-m", "clipvdb", "ingest", "--stage", "first", "--data", str(data),
+            "--batch-size", "50", "--workers", "0", *extra]  # fmt: skip
+
+
+def test_ctrl_c_exits_130_and_rolls_back(db_url, tmp_path):
+    data = synthetic.generate(tmp_path / "d", {"train": 150})
+    env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
+    proc = subprocess.Popen(_ingest_cmd(data, "--no-index"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and _count(db_url) == 0:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert _count(db_url) % 50 == 0
+    with psycopg.connect(db_url) as c:
+        waiting = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND state LIKE 'idle in transaction%'"
+        ).fetchone()[0]
+    assert waiting == 0
+    rerun = subprocess.run(_ingest_cmd(data), env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _count(db_url) == 1500
+
+
+def test_two_ingests_at_once(db_url, tmp_path):
+    data = synthetic.generate(tmp_path / "d", {"train": 60})
+    env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
+    procs = [subprocess.Popen(_ingest_cmd(data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert _count(db_url) == 600
+    assert _count(db_url, "SELECT count(*) FROM images") == 600
+    assert _count(db_url, "SELECT count(DISTINCT image_id) FROM embeddings_first") == 600
+
+
+def test_embedded_server_killed_with_kill_9_recovers(tmp_path):
+    home = tmp_path / "home"
+    url = embedded.start(home)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE TABLE keep (x int)")
+        c.execute("INSERT INTO keep VALUES (42)")
+    pid = embedded.status(home)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    try:
+        url = embedded.start(home)
+        with psycopg.connect(url) as c:
+            assert c.execute("SELECT x FROM keep").fetchone()[0] == 42
+    finally:
+        embedded.stop(home)
+
+
+def test_long_home_path_still_works(tmp_path):
+    home = tmp_path / ("deep-" + "x" * 60) / ("deeper-" + "y" * 60)
+    assert len(str(embedded.data_dir(home) / ".s.PGSQL.5432")) > 107
+    try:
+        url = embedded.start(home)
+        with psycopg.connect(url) as c:
+            assert c.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        embedded.stop(home)
+
+
+def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp_path):
+    data = synthetic.generate(tmp_path / "d", {"train": 3, "test": 3})
+    src = open_source(data)
+    ingest(db_url, src, parse_stages("first"), None, workers=0)
+    calls = []
+
+    def cut_after_first_batch(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            with psycopg.connect(db_url, autocommit=True) as c:
+                c.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+    with pytest.raises(DatabaseError, match="lost the database connection during evaluate run"):
+        evaluate(db_url, src, parse_stages("first"), None, SearchSettings(), batch_size=10, workers=0,
+                 progress=cut_after_first_batch)  # fmt: skip
+    assert _count(db_url, "SELECT status FROM eval_runs") == "failed"
+    assert _count(db_url, "SELECT count(*) FROM report_accuracy") == 0
+    again = evaluate(db_url, src, parse_stages("first"), None, SearchSettings(), workers=0)
+    assert _count(db_url, "SELECT array_agg(run_id) FROM report_accuracy") == [again.run_id]

@@ -1,0 +1,51 @@
+"""Optional end to end on the real CIFAR-10 copy in ../shared/data (skipped when it is absent)."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipvdb.images import first_stage_tensor, load_image
+from clipvdb.sources import open_source
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def cifar_jpeg(tmp_path_factory):
+    if not ARCHIVE.exists():
+        pytest.skip(f"real data not present: {ARCHIVE} (see ../shared/data/README.md)")
+    root = tmp_path_factory.mktemp("real")
+    with tarfile.open(ARCHIVE) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar10"
+
+
+def test_stage_first_on_real_cifar10_matches_numpy(cli, cifar_jpeg):
+    src = open_source(cifar_jpeg)
+    assert src.classes[:3] == ["airplane", "automobile", "bird"]
+    cli("ingest", "--stage", "first", "--data", cifar_jpeg, "--limit", "2000")
+    out = json.loads(cli("evaluate", "--stage", "first", "--data", cifar_jpeg, "--num", "200", "--exact",
+                         "--json").stdout)  # fmt: skip
+
+    def pixels(items):
+        return np.stack([first_stage_tensor(load_image(it.path)).reshape(-1).numpy() for it in items])
+
+    train, test = src.items("train")[:2000], src.items("test")[:200]
+    X, Q = pixels(train).astype(np.float64), pixels(test).astype(np.float64)
+    d2 = (Q**2).sum(1)[:, None] + (X**2).sum(1)[None, :] - 2 * Q @ X.T
+    nearest = d2.argmin(1)
+    expected = sum(int(train[j].label == test[i].label) for i, j in enumerate(nearest))
+    assert out["stages"]["first"]["correct"] == expected
+    assert 0.15 < expected / 200 < 0.45  # raw-pixel 1-NN on CIFAR-10 lands near the study's 35 %
+
+
+def test_sample_pngs_are_rgba_and_classify(cli, cifar_jpeg):
+    samples = sorted((SHARED / "samples").glob("*.png"))
+    assert len(samples) == 10
+    cli("ingest", "--stage", "first", "--data", cifar_jpeg, "--limit", "500")
+    preds = json.loads(cli("classify", *samples, "--stage", "first", "--json").stdout)
+    assert len(preds) == 10 and all(p["predicted_class"] in open_source(cifar_jpeg).classes for p in preds)

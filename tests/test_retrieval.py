@@ -1,0 +1,99 @@
+"""Text search, composed queries, distance metrics, neighbour grids, search experiments."""
+
+import json
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+
+from clipvdb.retrieval import TILE, grid_shape
+
+
+@pytest.fixture
+def stored(cli, syn_data, rn50_checkpoint):
+    w = ["--pretrained", rn50_checkpoint, "--device", "cpu"]
+    cli("ingest", "--stage", "first,origin", "--data", syn_data, "--limit", "30", "--workers", "0", *w)
+    return w
+
+
+def test_text_search_returns_k_rows_by_distance(cli, stored):
+    hits = json.loads(cli("search", "a red circle", "--k", "5", "--json", *stored).stdout)
+    assert len(hits) == 5
+    dists = [h["distance"] for h in hits]
+    assert dists == sorted(dists) and all(0 <= d <= 2 for d in dists)
+    assert all(h["source"].startswith("train/") for h in hits)
+    table = cli("search", "a red circle", "--k", "3", *stored).output
+    assert "class_name" in table
+
+
+def test_composed_query_differs_from_either_part(cli, stored, syn_data):
+    img = str(syn_data / "test" / "blue-triangle" / "0000.png")
+    text_only = json.loads(cli("search", "red", "--k", "30", "--json", *stored).stdout)
+    image_only = json.loads(cli("search", "--image", img, "--k", "30", "--json", *stored).stdout)
+    both = json.loads(cli("search", "red", "--image", img, "--k", "30", "--json", *stored).stdout)
+    order = lambda hits: [h["image_id"] for h in hits]  # noqa: E731
+    assert order(both) != order(text_only) and order(both) != order(image_only)
+    assert "origin" in cli("search", "red", "--stage", "first", *stored, expect=2).output
+
+
+def test_metrics_order_by_their_own_distance(cli, stored, syn_data):
+    img = syn_data / "test" / "red-circle" / "0000.png"
+    out = {}
+    for metric in ("l2", "cosine", "ip"):
+        preds = json.loads(cli("classify", img, "--stage", "first", "--k", "5", "--exact", "--metric", metric,
+                               "--json").stdout)  # fmt: skip
+        out[metric] = [n["distance"] for n in preds[0]["neighbors"]]
+        assert out[metric] == sorted(out[metric])
+    assert all(d >= 0 for d in out["l2"]) and all(0 <= d <= 2 for d in out["cosine"])
+    assert all(d < 0 for d in out["ip"])  # pgvector's <#> is the negative inner product
+
+
+def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tmp_path):
+    img = syn_data / "test" / "red-circle" / "0000.png"
+    out = tmp_path / "grid.png"
+    meta = json.loads(cli("neighbors", img, "--stage", "first,origin", "--k", "4", "--out", out, "--json",
+                          *stored).stdout)  # fmt: skip
+    assert meta["columns"] == 5 and meta["stages"] == ["first", "origin"]
+    assert all(len(meta["rows"][s]) == 4 for s in meta["stages"])
+    with Image.open(out) as grid:
+        grid.load()
+        assert grid.size == grid_shape(2, 4)
+        arr = np.asarray(grid.convert("RGB"))
+    for row in range(2):
+        for col in range(5):
+            y, x = row * (TILE + 30), col * TILE
+            tile = arr[y + 4 : y + TILE - 4, x + 4 : x + TILE - 4]
+            assert tile.std() > 0 or tile.mean() < 250, f"tile {row},{col} is blank"
+
+
+def test_neighbour_grid_rereads_cifar_pixels(cli, tmp_path):
+    from clipvdb.sources import write_cifar_archive
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+    arch = write_cifar_archive(tmp_path / "c.tar.gz", {"data": data, "labels": [i % 10 for i in range(20)]},
+                               {"data": data[:2], "labels": [0, 1]}, [f"c{i}" for i in range(10)])  # fmt: skip
+    cli("ingest", "--stage", "first", "--data", arch, "--workers", "0")
+    q = tmp_path / "q.png"
+    Image.fromarray(data[3].reshape(3, 32, 32).transpose(1, 2, 0)).save(q)
+    meta = json.loads(cli("neighbors", q, "--stage", "first", "--k", "2", "--out", tmp_path / "g.png", "--exact",
+                          "--json").stdout)  # fmt: skip
+    assert meta["rows"]["first"][0]["distance"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_experiment_fills_its_table_and_exact_recall_is_one(cli, db_url, syn_data, tmp_path):
+    cli("ingest", "--stage", "first", "--data", syn_data, "--workers", "0")
+    args = ["--sizes", "20,40", "--queries", "10", "--probes", "1,2", "--ef-search", "10", "--out", tmp_path / "rq.png"]
+    out = json.loads(cli("experiment", "search", "--stage", "first", *args, "--json").stdout)
+    exact = [r for r in out["rows"] if r["method"] == "exact"]
+    assert [r["size"] for r in exact] == [20, 40]
+    assert all(r["recall_at_1"] == 1.0 and r["recall_at_10"] == 1.0 for r in exact)
+    assert {r["method"] for r in out["rows"]} == {"exact", "ivfflat", "hnsw"}
+    with psycopg.connect(db_url) as c:
+        n = c.execute("SELECT count(*) FROM report_experiments WHERE experiment_id = %s",
+                      (out["experiment_id"],)).fetchone()[0]  # fmt: skip
+    assert n == len(out["rows"]) == 2 * (1 + 2 + 1)
+    Image.open(tmp_path / "rq.png").verify()
+    too_big = cli("experiment", "search", "--stage", "first", "--sizes", "1000", expect=2)
+    assert "must fit" in too_big.output

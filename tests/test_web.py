@@ -1,0 +1,114 @@
+"""The web page, driven in a real headless Chromium: upload, predictions, gallery, text search."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from clipvdb.web import MAX_UPLOAD_BYTES
+
+
+def _ensure_chromium() -> tuple[str, str]:
+    """Debian's chromium and chromedriver, installed here if missing (CI runs as root)."""
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver) and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], env=env,
+                       capture_output=True, timeout=900)  # fmt: skip
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium and chromium-driver could not be installed (apt-get install chromium chromium-driver)")
+    return browser, driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(cli, db_url, syn_data, rn50_checkpoint):
+    w = ["--pretrained", str(rn50_checkpoint), "--device", "cpu"]
+    cli("ingest", "--stage", "first,origin", "--data", syn_data, "--limit", "30", "--workers", "0", *w)
+    cli("evaluate", "--stage", "first", "--data", syn_data, "--num", "4", "--workers", "0")
+    port = _free_port()
+    env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
+    proc = subprocess.Popen([sys.executable, "-m", "clipvdb", "serve", "--port", str(port), *w], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(proc.stdout.read())
+            time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_page_in_a_real_browser(server, syn_data, tmp_path):
+    browser, driver_path = _ensure_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1400"):  # fmt: skip
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        drv.get(server)
+        assert "clipvdb" in drv.title
+        drv.find_element(By.ID, "image").send_keys(str(syn_data / "test" / "red-circle" / "0000.png"))
+        drv.find_element(By.ID, "classify").click()
+        rows = drv.find_elements(By.CSS_SELECTOR, "#predictions tr")
+        assert len(rows) == 3  # header + first + origin
+        assert {r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]} == {"first", "origin"}
+        tiles = drv.find_elements(By.CSS_SELECTOR, "#gallery-first img")
+        assert len(tiles) == 5
+        assert all(drv.execute_script("return arguments[0].naturalWidth", t) == 96 for t in tiles)
+        drv.find_element(By.ID, "q").send_keys("a red circle")
+        drv.find_element(By.ID, "search").click()
+        assert len(drv.find_elements(By.CSS_SELECTOR, "#search-results .tile")) == 10
+        shot = tmp_path / "page.png"
+        drv.save_screenshot(str(shot))
+    finally:
+        drv.quit()
+    with Image.open(shot) as img:
+        img = img.convert("L")
+        assert img.size[0] >= 800
+        assert len(set(img.getdata())) > 20, "the screenshot is blank"
+
+
+def test_uploads_are_validated(server):
+    import http.client
+    import uuid
+
+    def post(body: bytes, name: str = "x.png"):
+        boundary = uuid.uuid4().hex
+        data = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+        host, port = server.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/classify", data, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+
+    status, body = post(b"not an image")
+    assert status == 400 and "not a readable image" in body
+    status, body = post(b"\0" * (MAX_UPLOAD_BYTES + 1))
+    assert status == 413 and "larger than" in body
