@@ -411,16 +411,18 @@ def item_load_test(rep: Report, cfg: Config, url: str, source: Source, data: dic
     clients, seconds = (8, 60.0) if not cfg.quick else (2, 3.0)
     rep.h(f"6. Load: {clients} concurrent clients classifying for {seconds:.0f} s (stage first, default index)")
     with db.open_db(url) as conn:
-        dataset = catalog.dataset_id(conn, source.name)
         idx = indexes.info(conn, STAGES["first"])
-        if not idx.exists or idx.rows != len(data["train"][0]):
+        train_rows = conn.execute("SELECT count(*) FROM embeddings_first WHERE split = 'train'").fetchone()[0]
+        reload = not idx.exists or idx.rows != train_rows or train_rows != len(data["train"][0])
+        if reload:
             conn.execute("TRUNCATE embeddings_first")
             conn.commit()
-    if not idx.exists or idx.rows != len(data["train"][0]):
+    if reload:
         Xtr, ytr, ktr = data["train"]
         load_stage(url, STAGES["first"], source, "train", ktr, ytr, Xtr)
     with db.open_db(url) as conn:
         idx = indexes.info(conn, STAGES["first"])
+        dataset = catalog.dataset_id(conn, source.name)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     stop_at = time.perf_counter() + seconds

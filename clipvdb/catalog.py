@@ -117,3 +117,9 @@ def upsert_images(
         (dataset, split, keys),
     ).fetchall()
     return dict(found)
+
+
+def batch_image_ids(conn: psycopg.Connection, dataset: int, split: str, items, shas: list[bytes]) -> list[int]:
+    """Image rows for one encoded batch (stored if new); their ids in the batch's order."""
+    ids = upsert_images(conn, dataset, split, [(it.key, it.label, sha) for it, sha in zip(items, shas, strict=True)])
+    return [ids[it.key] for it in items]

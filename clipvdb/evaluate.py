@@ -117,13 +117,8 @@ def evaluate(
             for b, batch in enumerate(encode_items(items, stages, lm, batch_size=batch_size, workers=workers)):
                 result.failed.extend((it.key, reason) for it, reason in batch.failed)
                 if batch.items:
-                    ids = catalog.upsert_images(
-                        conn,
-                        dataset,
-                        split,
-                        [(it.key, it.label, sha) for it, sha in zip(batch.items, batch.sha, strict=True)],
-                    )
-                    rows = _predict_batch(run_id, batch, stages, searchers, text, ids, result)
+                    image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
+                    rows = _predict_batch(run_id, batch, stages, searchers, text, image_ids, result)
                     _store(conn, rows)
                     conn.commit()
                 done += len(batch.items) + len(batch.failed)
@@ -157,10 +152,9 @@ def _mark_failed(url: str, run_id: int) -> None:
         pass  # the connection may be what failed; a 'running' run is excluded from the views too
 
 
-def _predict_batch(run_id, batch, stages: list[Stage], searchers, text, ids, result: EvalResult) -> list[tuple]:
+def _predict_batch(run_id, batch, stages: list[Stage], searchers, text, image_ids, result: EvalResult) -> list[tuple]:
     n = len(batch.items)
     labels = np.array([it.label for it in batch.items])
-    image_ids = [ids[it.key] for it in batch.items]
     rows: list[tuple] = []
     for s in stages:
         encode_ms = batch.elapsed_ms.get(s.name, 0.0) / n

@@ -82,6 +82,7 @@ def search_experiment(
         ).fetchone()[0]
         conn.commit()
         Q = _queries(conn, stage, space, queries)
+        conn.commit()
         result = ExperimentResult(exp_id)
         conn.autocommit = True
         for size in sorted(sizes):

@@ -172,13 +172,7 @@ def _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_
                     raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
                 result.failed.append((item.key, reason))
             if batch.items:
-                ids = catalog.upsert_images(
-                    conn,
-                    dataset,
-                    split,
-                    [(it.key, it.label, sha) for it, sha in zip(batch.items, batch.sha, strict=True)],
-                )
-                image_ids = [ids[it.key] for it in batch.items]
+                image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
                 for s in stages:
                     result.inserted[s.name] += copy_vectors(
                         conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split

@@ -141,7 +141,7 @@ def load_model(
         weights = file_identity(path)
         try:
             if is_torchscript_archive(path):
-                model = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+                model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
                 preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
             else:
                 model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path))

@@ -8,7 +8,7 @@ from urllib.parse import unquote
 import psycopg
 import pytest
 
-from clipvdb import embedded
+from clipvdb import db, embedded
 from clipvdb.cli import cli as group
 
 
@@ -23,15 +23,16 @@ def fresh_home(tmp_path, monkeypatch):
 
 def test_db_commands_on_a_fresh_home(runner, fresh_home):
     r = runner.invoke(group, ["db", "upgrade"], catch_exceptions=False)
-    assert r.exit_code == 0 and "revision 0002" in r.output
+    head = db.head_revision()
+    assert r.exit_code == 0 and f"revision {head}" in r.output
     r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
     info = json.loads(r.stdout)
     assert info["server_version"].startswith("17")
     assert info["pgvector_version"] >= "0.7"
-    assert info["revision"] == info["head_revision"] == "0002"
+    assert info["revision"] == info["head_revision"] == head
     assert info["rows_per_stage"] == {"first": 0, "second": 0, "third": 0, "origin": 0}
     r = runner.invoke(group, ["db", "status"], catch_exceptions=False)
-    assert "PostgreSQL 17" in r.output and "pgvector:" in r.output and "revision:   0002" in r.output
+    assert "PostgreSQL 17" in r.output and "pgvector:" in r.output and f"revision:   {head}" in r.output
     url = runner.invoke(group, ["db", "url"], catch_exceptions=False).output.strip()
     with psycopg.connect(url) as c:
         for view in ("report_accuracy", "report_timing", "report_confusion", "report_class_accuracy",
@@ -48,7 +49,7 @@ def test_db_commands_on_a_fresh_home(runner, fresh_home):
     assert embedded.status(fresh_home)["running"] is False
     # The next command starts it again and the data is intact.
     r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
-    assert json.loads(r.stdout)["revision"] == "0002"
+    assert json.loads(r.stdout)["revision"] == db.head_revision()
 
 
 def test_stale_pid_file_and_empty_handle_file_recover(runner, fresh_home):
@@ -59,7 +60,7 @@ def test_stale_pid_file_and_empty_handle_file_recover(runner, fresh_home):
     (pgdata / ".handle_pids.json").write_text("")
     r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["revision"] == "0002"
+    assert json.loads(r.stdout)["revision"] == db.head_revision()
 
 
 def test_schema_missing_gives_one_line_error(runner, empty_db_url, monkeypatch):

@@ -62,3 +62,27 @@ def test_vit_origin_works_and_depth_stages_refuse():
     assert out.vectors["origin"].shape == (1, 512) and np.isfinite(out.vectors["origin"]).all()
     with pytest.raises(StageError, match="need a CLIP ResNet"):
         run_stages(lm.visual, x, parse_stages("second"), lm.device)
+
+
+def test_openai_torchscript_archive_loads_through_open_clip(tmp_path):
+    """An archive in the format of OpenAI's RN50.pt (a TorchScript module) goes through open_clip's
+    OpenAI loader and gives the same image embeddings as the model it was made from."""
+    import open_clip
+
+    from clipvdb.models import is_torchscript_archive
+
+    torch.manual_seed(5)
+    model = open_clip.create_model("RN50", pretrained=None).eval()
+    # OpenAI's archives keep the attention mask as a plain attribute, outside the state dict
+    mask = model._buffers.pop("attn_mask")
+    model.attn_mask = mask
+    path = tmp_path / "RN50.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    assert is_torchscript_archive(path)
+    lm = load_model("RN50", str(path), "cpu")
+    assert lm.weights.startswith("sha256:")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            lm.model.encode_image(x).numpy(), model.encode_image(x).numpy(), rtol=1e-4, atol=1e-4
+        )
