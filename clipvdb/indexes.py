@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass
 
 import psycopg
@@ -49,6 +50,13 @@ class IndexInfo:
     build_seconds: float | None
 
 
+def lock_stage_index(conn: psycopg.Connection, stage: Stage) -> None:
+    """Serialise index maintenance on a stage across sessions. Starts a fresh transaction first:
+    two sessions that each read the table and then drop its index would otherwise deadlock."""
+    conn.commit()
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"clipvdb:index:{stage.name}".encode()),))
+
+
 def _opclass(stage: Stage, metric: str) -> str:
     base = "halfvec" if stage.halfvec_indexed else "vector"
     return f"{base}_{METRIC_OPS[metric]}"
@@ -69,6 +77,7 @@ def build(
         raise UsageError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     if metric not in METRIC_OPS:
         raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_OPS)}")
+    lock_stage_index(conn, stage)
     rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
     params: dict = {"metric": metric}
     start = time.perf_counter()
@@ -119,6 +128,7 @@ def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
 def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     """After a load: rebuild with the recorded kind and parameters (lists re-derived from rows)."""
     current = info(conn, stage)
+    conn.commit()
     params = dict(current.params)
     return build(
         conn,

@@ -108,10 +108,11 @@ def _copy(conn: psycopg.Connection, target: str, types: list[str], rows) -> None
 
 def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: int) -> None:
     """A large load goes faster without the ANN index (ingest rebuilds it afterwards)."""
+    indexes.lock_stage_index(conn, stage)
     rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
     if adding >= 1000 and adding >= rows // 5:
         conn.execute(f"DROP INDEX IF EXISTS {indexes.index_name(stage)}")
-        conn.commit()
+    conn.commit()
 
 
 def ingest(

@@ -53,15 +53,15 @@ def test_ctrl_c_exits_130_and_rolls_back(db_url, tmp_path):
 
 
 def test_two_ingests_at_once(db_url, tmp_path):
-    data = synthetic.generate(tmp_path / "d", {"train": 60})
+    data = synthetic.generate(tmp_path / "d", {"train": 150})
     env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
     procs = [subprocess.Popen(_ingest_cmd(data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]  # fmt: skip
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert _count(db_url) == 600
-    assert _count(db_url, "SELECT count(*) FROM images") == 600
-    assert _count(db_url, "SELECT count(DISTINCT image_id) FROM embeddings_first") == 600
+    assert _count(db_url) == 1500
+    assert _count(db_url, "SELECT count(*) FROM images") == 1500
+    assert _count(db_url, "SELECT count(DISTINCT image_id) FROM embeddings_first") == 1500
 
 
 def test_embedded_server_killed_with_kill_9_recovers(tmp_path):
