@@ -55,7 +55,7 @@ class Config:
 
 
 FULL = Config(False, 50_000, 10_000, 500, 100, [1, 2, 5, 10], [40, 100, 200], [1, 32, 128], 64,
-              [5_000, 20_000, 50_000, 200_000])  # fmt: skip
+              [5_000, 20_000, 50_000, 100_000])  # fmt: skip
 QUICK = Config(True, 2_000, 200, 100, 20, [1, 5], [40], [1, 4], 8, [500, 2_000])
 
 
@@ -143,6 +143,19 @@ def load_stage(url: str, stage, source: Source, split: str, keys, labels, X: np.
     return ids, load_s, index_s
 
 
+def warm(url: str, stage, queries: np.ndarray | None = None, settings=None, dataset=None, split="train") -> float:
+    """Bring a stage's vectors (and, with queries, its ANN index) into shared buffers, untimed by the
+    callers. On this machine the first touch of new shared memory is very slow (the VM backs it
+    lazily), which would otherwise be charged to whichever measurement runs first."""
+    start = time.perf_counter()
+    with db.open_db(url) as conn:
+        conn.execute(f"SELECT sum(vector_dims(embedding)) FROM {stage.table}").fetchone()
+        conn.commit()
+    if queries is not None:
+        run_queries(url, stage, None, dataset, queries, settings, batch=100, clients=2, split=split)
+    return time.perf_counter() - start
+
+
 class FakeLM:
     """Identifies an embedding space for benchmark vectors that no model produced."""
 
@@ -150,14 +163,14 @@ class FakeLM:
     weights = "none"
 
 
-def run_queries(url, stage, lm, dataset, Q, settings, batch: int, clients: int = 1):
+def run_queries(url, stage, lm, dataset, Q, settings, batch: int, clients: int = 1, split: str = "train"):
     """Neighbour ids for every query, and wall seconds, `clients` connections in parallel."""
     parts = np.array_split(np.arange(len(Q)), clients)
     results: list = [None] * clients
 
     def work(i: int) -> None:
         with db.open_db(url) as conn:
-            searcher = StageSearcher(conn, stage, lm, dataset, "train", settings)
+            searcher = StageSearcher(conn, stage, lm, dataset, split, settings)
             conn.commit()
             ids, labels = [], []
             for s in range(0, len(parts[i]), batch):
@@ -209,6 +222,7 @@ def item_search(rep: Report, cfg: Config, url: str, source: Source, data: dict) 
         return acc, recall, secs
 
     ne = min(cfg.n_exact_db, nq)
+    warm_s = warm(url, stage, Xte[:nq], SearchSettings(probes=max(cfg.probes)), dataset)
     measure("pgvector exact (l2_distance scan)", SearchSettings(exact=True), 1, n=ne)
     for p in cfg.probes:
         measure(f"ivfflat lists={lists} probes={p}", SearchSettings(probes=p), 1,
@@ -217,19 +231,23 @@ def item_search(rep: Report, cfg: Config, url: str, source: Source, data: dict) 
         start = time.perf_counter()
         info = indexes.build(conn, stage, "hnsw", m=16, ef_construction=64)
         hnsw_s = time.perf_counter() - start
+    warm_s += warm(url, stage, Xte[:nq], SearchSettings(ef_search=max(cfg.ef_search)), dataset)
     for ef in cfg.ef_search:
         measure(f"hnsw m=16 efc=64 ef_search={ef}", SearchSettings(ef_search=ef), 1,
                 build_s=hnsw_s if ef == cfg.ef_search[0] else None, size=info.size_bytes if ef == cfg.ef_search[0] else None)  # fmt: skip
     # The whole test set through the database: batched statements, 1 and 2 connections.
     ef_full = 100 if 100 in cfg.ef_search else cfg.ef_search[-1]
     full = {}
-    for clients in (1, 2):
-        for batch in (1, 100):
-            acc, recall, secs = measure(f"hnsw ef_search={ef_full}, all queries", SearchSettings(ef_search=ef_full),
-                                        batch, clients, n=len(Xte))  # fmt: skip
-            full[(clients, batch)] = (acc, recall, secs)
+    cold = measure(f"hnsw ef_search={ef_full}, all queries, first pass", SearchSettings(ef_search=ef_full), 100, 2,
+                   n=len(Xte))  # fmt: skip
+    for clients, batch in ((1, 1), (1, 100), (2, 100)):
+        acc, recall, secs = measure(f"hnsw ef_search={ef_full}, all queries", SearchSettings(ef_search=ef_full),
+                                    batch, clients, n=len(Xte))  # fmt: skip
+        full[(clients, batch)] = (acc, recall, secs)
     rep.p(f"Bulk load for this table: {len(Xtr):,} vectors by COPY binary in {load_s:.1f} s "
-          f"({len(Xtr) / load_s:,.0f} vectors/s); ivfflat build {ivf_s:.1f} s, hnsw build {hnsw_s:.1f} s.")  # fmt: skip
+          f"({len(Xtr) / load_s:,.0f} vectors/s); ivfflat build {ivf_s:.1f} s, hnsw build {hnsw_s:.1f} s. "
+          f"Untimed warm-up (vectors and index into shared buffers): {warm_s:.0f} s in all; the 'first pass' row "
+          f"shows the whole test set against a just-built index ({cold[2]:.1f} s).")  # fmt: skip
     rep.table(["method", "batch", "clients", "queries", "accuracy %", "recall@1", "ms/query", "queries/s",
                "time / baseline time", "build s", "index MiB"], rows)  # fmt: skip
     best = min(full.items(), key=lambda kv: kv[1][2])
@@ -349,6 +367,8 @@ def item_study(rep: Report, cfg: Config, url: str, source: Source, data: dict, s
                     conn.commit()
                 load_stage(url, stage, source, "train", ktr, ytr, (Xtr @ P).astype(np.float32), FakeLM())
                 Q, lm = (Xte[:n] @ P).astype(np.float32), FakeLM()
+                with db.open_db(url) as conn:
+                    conn.execute(f"SELECT sum(vector_dims(embedding)) FROM {stage.table}").fetchone()
             with db.open_db(url) as conn:
                 kind = indexes.info(conn, stage).kind
             settings = SearchSettings(ef_search=100) if kind == "hnsw" else SearchSettings()
@@ -392,6 +412,7 @@ def item_scale(rep: Report, cfg: Config, url: str, source: Source, data: dict, s
             recall = float((ids_ == id_of[nearest[:n]]).mean())
             rows.append([size, label, recall, 1000 * secs / n, (secs / n) / (base_s / nq)])
 
+        warm(url, STAGES["first"], Q, SearchSettings(), dataset, f"scale{size}")
         go("exact", SearchSettings(exact=True), n=min(nq, 20 if size >= 50_000 else nq))
         go(f"ivfflat lists={lists} probes={indexes.default_probes(lists)}", SearchSettings())
         if size <= 50_000:  # hnsw builds above 50k take longer than this run's budget
@@ -399,9 +420,12 @@ def item_scale(rep: Report, cfg: Config, url: str, source: Source, data: dict, s
                 start = time.perf_counter()
                 indexes.build(conn, STAGES["first"], "hnsw")
                 hs = time.perf_counter() - start
+            warm(url, STAGES["first"], Q, SearchSettings(ef_search=100), dataset, f"scale{size}")
             go(f"hnsw ef_search=100 (build {hs:.0f} s)", SearchSettings(ef_search=100))
-    rep.p(f"{nq} queries per row (exact at 50k and above: 20). Sizes above 50,000 repeat the training set with "
-          "Gaussian noise (sigma 0.01). Baseline: in-process exact search over the same array, per query.")  # fmt: skip
+    rep.p(f"{nq} queries per row (exact at 50k and above: 20), after an untimed warm-up. Sizes above 50,000 repeat "
+          "the training set with Gaussian noise (sigma 0.01); hnsw is built up to 50,000 only (its build time above "
+          "that does not fit this run's 45-minute budget on 2 cores). Baseline: in-process exact search over the "
+          "same array, per query.")  # fmt: skip
     rep.table(["stored", "method", "recall@1", "ms/query", "time / in-process exact"], rows)
 
 

@@ -42,6 +42,13 @@ def find_space(conn: psycopg.Connection, stage: Stage, lm: LoadedModel | None) -
     return row[0] if row else None
 
 
+def stages_with_rows(conn: psycopg.Connection) -> list[str]:
+    """Names of the stages that hold any vectors, in forward-pass order."""
+    from .stages import STAGES
+
+    return [n for n, s in STAGES.items() if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {s.table})").fetchone()[0]]
+
+
 def stored_spaces(conn: psycopg.Connection, stage: Stage) -> list[tuple[str, str, int]]:
     """(model, weights, rows) for every space of this stage that holds rows."""
     return conn.execute(

@@ -115,12 +115,13 @@ def _console():
 
 
 def _progress(label: str):
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
         TaskProgressColumn,
-        TextColumn,  # fmt: skip
+        TextColumn,
         TimeRemainingColumn,
     )
 
@@ -136,7 +137,7 @@ def _progress(label: str):
 
     progress = Progress(
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        Rate(), TimeRemainingColumn(), transient=False, console=__import__("rich.console").console.Console(stderr=True),
+        Rate(), TimeRemainingColumn(), transient=False, console=Console(stderr=True),
     )  # fmt: skip
     task = progress.add_task(label, total=None)
 
@@ -476,12 +477,12 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
 
 
 def _stored_stages(state: State) -> list[Stage]:
+    from . import catalog
     from . import db as dbm
     from .errors import EmptyStageError
-    from .stages import STAGES
 
     with dbm.open_db(state.url) as conn:
-        names = [n for n, s in STAGES.items() if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {s.table})").fetchone()[0]]
+        names = catalog.stages_with_rows(conn)
     if not names:
         raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
     return parse_stages(names)

@@ -35,7 +35,7 @@ class DemoResult:
     plots: list[Path] = field(default_factory=list)
 
 
-def pick_source(data: str | None, n_train: int, n_test: int, say: Callable[[str], None]) -> tuple[Source, list[str]]:
+def pick_source(data: str | None, n_train: int, n_test: int) -> tuple[Source, list[str]]:
     if data:
         return open_source(data), []
     try:
@@ -78,7 +78,7 @@ def run_demo(
     say: Callable[[str], None],
     progress: Callable[[str], tuple] | None = None,
 ) -> DemoResult:
-    source, notices = pick_source(data, n_train, n_test, say)
+    source, notices = pick_source(data, n_train, n_test)
     lm, model_notices = pick_model(model, pretrained, device, stages)
     notices += model_notices
     for n in notices:

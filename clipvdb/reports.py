@@ -17,7 +17,7 @@ VIEWS = (
     "report_class_accuracy",
     "report_distance_histogram",
 )
-OTHER_VIEWS = ("report_experiments",)
+
 STAGE_ORDER = "array_position(ARRAY['first','second','third','origin'], stage)"
 _ORDER = {
     "report_runs": "run_id",

@@ -24,7 +24,7 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 def stored_stages(url: str) -> list[str]:
     with db.open_db(url) as conn:
-        return [n for n, s in STAGES.items() if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {s.table})").fetchone()[0]]
+        return catalog.stages_with_rows(conn)
 
 
 def create_app(url: str, load_model: Callable, k: int = 5) -> Flask:

@@ -64,7 +64,7 @@ def _frozen_views() -> dict[str, str]:
     return latest
 
 
-@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("view", sorted(p.stem for p in db.sql_dir().glob("*.sql")))
 def test_sql_file_equals_newest_frozen_copy(view):
     frozen = _frozen_views()
     assert view in frozen, f"no migration creates {view}"
