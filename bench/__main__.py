@@ -5,7 +5,8 @@
 
 Items: (1) stage-first search: exact, ivfflat, hnsw vs in-process exact 1-NN; (2) bulk load;
 (3) encoder throughput per stage vs open_clip's encode_image; (4) the study's table;
-(5) scale: query cost and recall as the stored set grows; (6) load: concurrent clients.
+(5) scale: query cost and recall as the stored set grows; (6) load: concurrent clients;
+(7) accuracy per stage with real weights (--pretrained); (8) vector versus halfvec storage.
 """
 
 from __future__ import annotations
@@ -484,6 +485,47 @@ def item_load_test(rep: Report, cfg: Config, url: str, source: Source, data: dic
     return {"queries": len(lat), "errors": len(errors)}
 
 
+def item_storage(rep: Report, cfg: Config, url: str, source: Source, data: dict) -> None:
+    """Stage first stored as vector(3072) against halfvec(3072): exact-scan time, recall, size."""
+    Xtr, ytr, ktr = data["train"]
+    Xte, yte, _ = data["test"]
+    nq = min(100 if not cfg.quick else 20, len(Xte))
+    rep.h(f"8. Storage: vector(3072) against halfvec(3072) for stage first, {len(Xtr):,} rows, exact scans")
+    nearest, base_s = exact_baseline(Xtr, Xte[:nq])
+    with db.open_db(url) as conn:
+        train_rows = conn.execute("SELECT count(*) FROM embeddings_first WHERE split = 'train'").fetchone()[0]
+    if train_rows != len(Xtr):
+        with db.open_db(url) as conn:
+            conn.execute("TRUNCATE embeddings_first")
+            conn.commit()
+        load_stage(url, STAGES["first"], source, "train", ktr, ytr, Xtr)
+    rows = []
+    with db.open_db(url, autocommit=True) as conn:
+        id_of = dict(conn.execute("SELECT i.source, i.id FROM images i WHERE i.split = 'train'").fetchall())
+        truth = np.array([id_of[ktr[j]] for j in nearest])
+        conn.execute("DROP TABLE IF EXISTS storage_halfvec")
+        start = time.perf_counter()
+        conn.execute("CREATE TABLE storage_halfvec AS SELECT image_id, embedding::halfvec(3072) AS embedding "
+                     "FROM embeddings_first WHERE split = 'train'")  # fmt: skip
+        copy_s = time.perf_counter() - start
+        for table, cast in (("embeddings_first", "vector"), ("storage_halfvec", "halfvec(3072)")):
+            conn.execute(f"SELECT sum(vector_dims(embedding)) FROM {table}").fetchone()  # warm
+            where = "WHERE split = 'train'" if table == "embeddings_first" else ""
+            sql = f"SELECT image_id FROM {table} {where} ORDER BY l2_distance(embedding, %s::vector::{cast}) LIMIT 1"
+            got, start = [], time.perf_counter()
+            for q in Xte[:nq]:
+                got.append(conn.execute(sql, (q,)).fetchone()[0])
+            secs = time.perf_counter() - start
+            size = conn.execute("SELECT pg_total_relation_size(%s)", (table,)).fetchone()[0]
+            rows.append([cast, nq, float((np.array(got) == truth).mean()), 1000 * secs / nq,
+                         (secs / nq) / (base_s / nq), f"{size / 2**20:,.0f}"])  # fmt: skip
+        conn.execute("DROP TABLE storage_halfvec")
+    rep.p(f"Exact scans (function form, no index), {nq} queries, after an untimed warm-up; recall@1 against "
+          f"in-process float32 exact search; baseline {1000 * base_s / nq:.2f} ms/query. halfvec copy built in "
+          f"{copy_s:.1f} s.")  # fmt: skip
+    rep.table(["storage", "queries", "recall@1", "ms/query", "time / in-process exact", "table MiB"], rows)
+
+
 STUDY_ACCURACY = {"origin": 70.53, "first": 35.39, "second": 71.5, "third": 77.31}
 
 
@@ -546,9 +588,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true", help="small subset; checks that the code runs")
     ap.add_argument("--out", help="report path (default BENCHMARKS.md; --quick: bench-out/BENCHMARKS-quick.md)")
     ap.add_argument("--work", default="bench-out", help="scratch folder (database, extracted data)")
-    ap.add_argument("--items", default="1,2,3,4,5,6", help="which items to run (7 runs when --pretrained is given)")
+    ap.add_argument("--items", default="1,2,3,4,5,6,8", help="which items to run (7 runs when --pretrained is given)")
     ap.add_argument("--pretrained", help="weights for item 7, the accuracy table: openai, a checkpoint path, random")
     ap.add_argument("--model", default="RN50")
+    ap.add_argument("--append", action="store_true", help="append the items' sections to the report")
     ap.add_argument("--accuracy-train", type=int, help="item 7: stored images (default 50,000)")
     ap.add_argument("--accuracy-test", type=int, help="item 7: queries (default 10,000)")
     args = ap.parse_args(argv)
@@ -568,14 +611,15 @@ def main(argv: list[str] | None = None) -> Path:
             server = conn.execute("SHOW server_version").fetchone()[0]
             pgv = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        rep.parts.append("# clipvdb benchmarks\n")
+        if not args.append:
+            rep.parts.append("# clipvdb benchmarks\n")
         rep.p(f"Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
               f"PostgreSQL {server}, pgvector {pgv} (embedded, defaults), torch {torch.__version__}, "
               f"{'QUICK run on a small subset' if cfg.quick else 'full run'}; data: {source.location}. "
               "Every speed figure is a ratio against a baseline measured in the same run. "
               "No figure here used real CLIP weights: none can be downloaded on this machine.")  # fmt: skip
         t0 = time.perf_counter()
-        needs_pixels = bool(items & {1, 2, 4, 5, 6})
+        needs_pixels = bool(items & {1, 2, 4, 5, 6, 8})
         data = {"train": load_pixels(source, "train", cfg.n_train if needs_pixels else 0),
                 "test": load_pixels(source, "test", cfg.n_test if needs_pixels else 0)}  # fmt: skip
         rep.p(f"Decoded {len(data['train'][0]):,} train and {len(data['test'][0]):,} test images in "
@@ -590,11 +634,13 @@ def main(argv: list[str] | None = None) -> Path:
             item_scale(rep, cfg, url, source, data, s1)
         if 6 in items:
             item_load_test(rep, cfg, url, source, data)
+        if 8 in items:
+            item_storage(rep, cfg, url, source, data)
         if args.pretrained:
             n_tr = args.accuracy_train or (200 if cfg.quick else 50_000)
             n_te = args.accuracy_test or (20 if cfg.quick else 10_000)
             item_accuracy(rep, cfg, url, source, args.pretrained, args.model, n_tr, n_te)
-        else:
+        elif not args.append:
             rep.h("7. Accuracy per stage with real weights")
             rep.p("Not run: no CLIP weights on this machine. Where they are available, run "
                   "`python -m bench --data ../shared/data --items 7 --pretrained openai` (or a checkpoint path) "
@@ -604,7 +650,10 @@ def main(argv: list[str] | None = None) -> Path:
         if not os.environ.get("CLIPVDB_BENCH_DATABASE_URL"):
             embedded.stop(home)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(rep.text())
+    if args.append and out.exists():
+        out.write_text(out.read_text() + "\n" + rep.text())
+    else:
+        out.write_text(rep.text())
     print(f"wrote {out}")
     return out
 

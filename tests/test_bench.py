@@ -9,7 +9,7 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     out = main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "B.md")])
     text = out.read_text()
     for heading in ("## 1. Stage first", "## 2. Bulk load", "## 3. Encoder", "## 4. The study's table", "## 5. Scale",
-                    "## 6. Load"):  # fmt: skip
+                    "## 6. Load", "## 8. Storage"):  # fmt: skip
         assert heading in text
     assert "PostgreSQL 17" in text and "pgvector 0.8" in text and "cores" in text
     assert "Baseline (in-process exact 1-NN" in text and "time / baseline time" in text
@@ -17,6 +17,9 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     for stage in ("first", "second", "third", "origin"):
         assert re.search(rf"\| {stage} \| [\d,]+ \| [\d,]+ \| [\d.]+ \|", text), f"no load row for {stage}"
     assert "| all four |" in text and "channels_last" in text and "bfloat16 autocast" in text
+    assert re.search(r"\| halfvec\(3072\) \| 20 \| [\d.]+ \|", text) and re.search(
+        r"\| vector \| 20 \| 1\.000 \|", text
+    )
     load_row = re.search(r"\| 2 \| ([\d,]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| (\d+) \|", text)
     assert load_row and int(load_row.group(1).replace(",", "")) > 0 and load_row.group(2) == "0"
 
