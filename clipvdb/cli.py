@@ -90,7 +90,7 @@ def search_options(f):
                      help="Distance: l2 (the study's), cosine, or inner product.")(f)  # fmt: skip
     f = click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")(f)
     f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
-    f = click.option("--probes", type=click.IntRange(1), help="ivfflat.probes (default: about lists/10).")(f)
+    f = click.option("--probes", type=click.IntRange(1), help="ivfflat.probes (default: lists/5).")(f)
     f = click.option("--k", "k", type=click.IntRange(1), default=1, show_default=True,
                      help="Neighbours; k > 1 is a majority vote, ties to the nearest.")(f)  # fmt: skip
     return f

@@ -117,10 +117,13 @@ def load_model(
     pretrained: str = DEFAULT_PRETRAINED,
     device: str | torch.device | None = None,
     *,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     quiet: bool = False,
 ) -> LoadedModel:
-    """Load `name` with `pretrained` weights (a tag, a checkpoint path, or 'random')."""
+    """Load `name` with `pretrained` weights (a tag, a checkpoint path, or 'random').
+
+    `channels_last` defaults to on for CPU: it measured 0.62x the time of NCHW for RN50 at batch 32
+    with identical embeddings (BENCHMARKS.md, item 3)."""
     import open_clip
 
     logging.getLogger("root").setLevel(logging.CRITICAL)
@@ -171,6 +174,8 @@ def load_model(
         )
     model.eval()
     model.to(dev)
+    if channels_last is None:
+        channels_last = dev.type == "cpu"
     if channels_last:
         model.visual.to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer(name)

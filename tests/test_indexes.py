@@ -36,7 +36,7 @@ def test_ideal_lists():
     assert indexes.ideal_lists(50_000) == 50
     assert indexes.ideal_lists(1_000_000) == 1000
     assert indexes.ideal_lists(4_000_000) == 2000
-    assert indexes.default_probes(50) == 5
+    assert indexes.default_probes(50) == 10
 
 
 @pytest.mark.parametrize("name", ["first", "second", "third"])
