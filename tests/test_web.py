@@ -57,6 +57,14 @@ def server(cli, db_url, syn_data, rn50_checkpoint):
     proc.wait(10)
 
 
+def _wait_for(drv, css: str, timeout: float = 180) -> None:
+    """A form submission returns before the next page has loaded; the first request also loads the model."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(drv, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))
+
+
 def test_page_in_a_real_browser(server, syn_data, tmp_path):
     browser, driver_path = _ensure_chromium()
     from selenium import webdriver
@@ -75,6 +83,9 @@ def test_page_in_a_real_browser(server, syn_data, tmp_path):
         assert "clipvdb" in drv.title
         drv.find_element(By.ID, "image").send_keys(str(syn_data / "test" / "red-circle" / "0000.png"))
         drv.find_element(By.ID, "classify").click()
+        _wait_for(drv, "#predictions, #error")
+        errors = drv.find_elements(By.ID, "error")
+        assert not errors, errors[0].text
         rows = drv.find_elements(By.CSS_SELECTOR, "#predictions tr")
         assert len(rows) == 3  # header + first + origin
         assert {r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]} == {"first", "origin"}
@@ -83,6 +94,7 @@ def test_page_in_a_real_browser(server, syn_data, tmp_path):
         assert all(drv.execute_script("return arguments[0].naturalWidth", t) == 96 for t in tiles)
         drv.find_element(By.ID, "q").send_keys("a red circle")
         drv.find_element(By.ID, "search").click()
+        _wait_for(drv, "#search-results, #error")
         assert len(drv.find_elements(By.CSS_SELECTOR, "#search-results .tile")) == 10
         shot = tmp_path / "page.png"
         drv.save_screenshot(str(shot))
