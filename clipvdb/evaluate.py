@@ -129,15 +129,13 @@ def evaluate(
                         f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items()))  # fmt: skip
             conn.execute("UPDATE eval_runs SET status = 'complete', finished_at = now() WHERE id = %s", (run_id,))
             conn.commit()
-        except psycopg.OperationalError as exc:
+        except BaseException as exc:
             _mark_failed(url, run_id)
-            raise DatabaseError(
-                f"lost the database connection during evaluate run {run_id} "
-                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__}); "
-                "the run is left out of the reports; run evaluate again"
-            ) from exc
-        except BaseException:
-            _mark_failed(url, run_id)
+            if isinstance(exc, psycopg.OperationalError):
+                raise DatabaseError(
+                    f"lost the database connection during evaluate run {run_id} ({db.first_line(exc)}); "
+                    "the run is left out of the reports; run evaluate again"
+                ) from exc
             raise
     result.seconds = time.perf_counter() - start
     return result

@@ -129,7 +129,6 @@ def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
 def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     """After a load: rebuild with the recorded kind and parameters (lists re-derived from rows)."""
     current = info(conn, stage)
-    conn.commit()
     params = dict(current.params)
     return build(
         conn,

@@ -135,9 +135,9 @@ def ingest(
         return _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict,
                        build_index, progress)  # fmt: skip
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise DatabaseError(
-            f"lost the database connection during ingest ({first}); whole batches were kept: run the same ingest again"
+            f"lost the database connection during ingest ({db.first_line(exc)}); whole batches were kept: "
+            "run the same ingest again"
         ) from exc
 
 

@@ -100,13 +100,13 @@ class Source:
                 if not path.is_file():
                     continue
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    self.ignored.append(str(path.relative_to(self.root)).encode("utf-8", "backslashreplace").decode())
+                    self.ignored.append(_shown(str(path.relative_to(self.root))))
                     continue
                 key = str(path.relative_to(self.root))
                 try:
                     key.encode("utf-8")
                 except UnicodeEncodeError:
-                    shown = key.encode("utf-8", "backslashreplace").decode()
+                    shown = _shown(key)
                     self.rejected.append((shown, f"{shown}: the file name is not valid UTF-8; rename the file"))
                     continue
                 found.append(Item(key=key, label=index[class_dir.name], path=path))
@@ -114,6 +114,11 @@ class Source:
         # Interleave the classes so that --limit N takes a balanced, deterministic subset.
         out = [it for group in zip_longest(*per_class) for it in group if it is not None]
         return out
+
+
+def _shown(name: str) -> str:
+    """A file name as printable text; bytes that are not UTF-8 appear as backslash escapes."""
+    return name.encode("utf-8", "backslashreplace").decode()
 
 
 def _load_pickle(data: bytes) -> dict:
