@@ -3,7 +3,9 @@
 A batch of query vectors goes to PostgreSQL as one statement: the vectors travel as one binary
 vector[] parameter (text format costs about 4 ms per 3,072-d vector to print and parse), are
 unnested, and each is answered by a LATERAL `ORDER BY embedding <-> q LIMIT k` through the stage's
-ANN index, unless `exact` orders by a function form that no index serves.
+ANN index, unless `exact` orders by a function form that no index serves. On a projected index
+(projection.py) the LATERAL takes candidates by the projected vector and orders them by the exact
+distance on the full embedding.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, zeroshot
+from . import catalog, db, indexes, projection, zeroshot
 from .encoding import encode_items
 from .errors import EmptyStageError, ImageError, SpaceMismatchError, UsageError
 from .models import LoadedModel
@@ -24,6 +26,7 @@ from .sources import Item
 from .stages import Stage
 
 DEFAULT_EF_SEARCH = 100
+DEFAULT_CANDIDATES = 20  # re-ranked per query on a projected index (at least 4 k)
 
 
 @dataclass
@@ -65,6 +68,7 @@ class SearchSettings:
     probes: int | None = None
     ef_search: int | None = None
     metric: str = "l2"
+    candidates: int | None = None
 
 
 def vote(neigh: list[Neighbor]) -> tuple[int, Neighbor]:
@@ -99,7 +103,26 @@ class StageSearcher:
             self._raise_empty(lm)
         self.index = indexes.info(conn, stage)
         self.pgvector = db._version_tuple(db.check_pgvector(conn))
+        self.projection = self._projection()
         self.sql = self._sql()
+
+    def _projection(self) -> projection.Projection | None:
+        """The stage's projection, when its index is projected and covers every row searched (a
+        load interrupted after dropping the index leaves rows unprojected: then search the full
+        vectors)."""
+        s = self.settings
+        if s.exact or s.metric != "l2" or not self.index.params.get("project") or not self.index.exists:
+            return None
+        covered = self.conn.execute(
+            f"""SELECT count(*) FROM {projection.table(self.stage)}
+                WHERE space_id = %s AND dataset_id = %s AND split = %s""",
+            (self.space, self.dataset, self.split),
+        ).fetchone()[0]
+        return projection.load(self.conn, self.stage) if covered == self.rows else None
+
+    @property
+    def candidates(self) -> int:
+        return self.settings.candidates or max(DEFAULT_CANDIDATES, 4 * self.settings.k)
 
     def _raise_empty(self, lm: LoadedModel | None) -> None:
         model, weights = catalog.space_identity(self.stage, lm)
@@ -121,16 +144,36 @@ class StageSearcher:
         if self.settings.metric not in METRICS:
             raise UsageError(f"unknown metric {self.settings.metric!r}; choose from {', '.join(METRICS)}")
         op, exact_fn = METRICS[self.settings.metric]
+        q = self.stage.query_expr("q.v")
         if self.settings.exact:
             # The function form matches no index operator, so this is always an exact scan.
-            order = exact_fn.format(a="e.embedding", b="q.v")
+            order = exact_fn.format(a="e.embedding", b=q)
         else:
-            order = f"{self.stage.index_expr('e.embedding')} {op} {self.stage.index_expr('q.v')}"
+            order = f"e.embedding {op} {q}"
+        if self.projection is not None:
+            # candidates through the small projected index, then the exact distance on the full vectors
+            return f"""
+            SELECT q.ord, n.image_id, i.label, i.source, n.distance
+            FROM unnest(%(vectors)b::vector[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)
+            CROSS JOIN LATERAL (
+                SELECT e.image_id, e.embedding {op} {q} AS distance
+                FROM (
+                    SELECT c.space_id, c.image_id FROM {projection.table(self.stage)} c
+                    WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s
+                    ORDER BY c.proj <-> (q.p)::vector({self.projection.dim})
+                    LIMIT %(candidates)s
+                ) c
+                JOIN {table} e ON e.space_id = c.space_id AND e.image_id = c.image_id
+                ORDER BY distance
+                LIMIT %(k)s
+            ) n
+            JOIN images i ON i.id = n.image_id
+            ORDER BY q.ord, n.distance"""
         return f"""
             SELECT q.ord, n.image_id, i.label, i.source, n.distance
             FROM unnest(%(vectors)b::vector[]) WITH ORDINALITY AS q(v, ord)
             CROSS JOIN LATERAL (
-                SELECT e.image_id, e.embedding {op} q.v AS distance
+                SELECT e.image_id, e.embedding {op} {q} AS distance
                 FROM {table} e
                 WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s
                 ORDER BY {order}
@@ -140,20 +183,21 @@ class StageSearcher:
             ORDER BY q.ord, n.distance"""
 
     def _apply_settings(self) -> None:
+        """Index settings for this transaction, in one round trip."""
         s = self.settings
-        conn = self.conn
         if s.exact:
             return
+        settings: list[tuple[str, str]] = []
         if self.index.kind == "ivfflat":
             lists = int(self.index.params.get("lists", 1))
-            conn.execute(
-                "SELECT set_config('ivfflat.probes', %s, true)", (str(s.probes or indexes.default_probes(lists)),)
-            )
+            settings.append(("ivfflat.probes", str(s.probes or indexes.default_probes(lists))))
         if self.index.kind == "hnsw":
-            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(s.ef_search or DEFAULT_EF_SEARCH),))
+            settings.append(("hnsw.ef_search", str(s.ef_search or DEFAULT_EF_SEARCH)))
         if self.pgvector >= (0, 8, 0):
-            conn.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            settings += [("ivfflat.iterative_scan", "relaxed_order"), ("hnsw.iterative_scan", "relaxed_order")]
+        if settings:
+            calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
+            self.conn.execute(f"SELECT {calls}", [x for pair in settings for x in pair])
 
     def check(self, vectors: np.ndarray) -> None:
         if vectors.ndim != 2 or vectors.shape[1] != self.stage.dim:
@@ -166,13 +210,13 @@ class StageSearcher:
         """Neighbours for each query vector, and the wall ms of the one round trip."""
         self.check(vectors)
         start = time.perf_counter()
+        params = {"vectors": list(vectors.astype(np.float32)), "space": self.space, "dataset": self.dataset,
+                  "split": self.split, "k": self.settings.k}  # fmt: skip
+        if self.projection is not None:
+            params.update(projected=list(self.projection.apply(vectors)), candidates=self.candidates)
         with self.conn.transaction():
             self._apply_settings()
-            rows = self.conn.execute(
-                self.sql,
-                {"vectors": list(vectors.astype(np.float32)), "space": self.space,
-                 "dataset": self.dataset, "split": self.split, "k": self.settings.k},
-            ).fetchall()  # fmt: skip
+            rows = self.conn.execute(self.sql, params).fetchall()
         elapsed = (time.perf_counter() - start) * 1000
         out: list[list[Neighbor]] = [[] for _ in range(len(vectors))]
         for ord_, image_id, label, source, distance in rows:

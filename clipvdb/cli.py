@@ -89,6 +89,8 @@ def search_options(f):
     f = click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True,
                      help="Distance: l2 (the study's), cosine, or inner product.")(f)  # fmt: skip
     f = click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")(f)
+    f = click.option("--candidates", type=click.IntRange(1),
+                     help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).")(f)  # fmt: skip
     f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
     f = click.option("--probes", type=click.IntRange(1), help="ivfflat.probes (default: lists/5).")(f)
     f = click.option("--k", "k", type=click.IntRange(1), default=1, show_default=True,
@@ -406,19 +408,32 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
 
 @cli.command()
 @click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
-@click.option("--kind", type=click.Choice(["ivfflat", "hnsw", "none"]), default="ivfflat", show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["ivfflat", "hnsw", "none"]),
+    help="Index kind (default: the stage's; first: hnsw --project 128, others: ivfflat).",
+)
+@click.option(
+    "--project",
+    type=click.IntRange(0, 2000),
+    help="Index a D-dimensional PCA projection and re-rank candidates exactly (0: full vectors).",
+)
 @click.option("--lists", type=click.IntRange(1), help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M).")
 @click.option("--m", "m", type=click.IntRange(2), default=16, show_default=True, help="hnsw m.")
 @click.option("--ef-construction", type=click.IntRange(4), default=64, show_default=True)
 @click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True)
 @json_option
 @click.pass_obj
-def index(state: State, stage, kind, lists, m, ef_construction, metric, as_json) -> None:
+def index(state: State, stage, kind, project, lists, m, ef_construction, metric, as_json) -> None:
     """Rebuild the ANN index of STAGE by hand (ingest keeps the kind chosen here).
+
+    Without --kind, the stage's default. With --project D the index holds each vector's D principal
+    components, and a query re-ranks its candidates by the exact distance on the full vector.
 
     \b
     Example:
-      clipvdb index --stage first --kind hnsw --m 16 --ef-construction 64
+      clipvdb index --stage first
+      clipvdb index --stage first --kind hnsw --project 128 --m 16 --ef-construction 64
       clipvdb index --stage second --kind ivfflat --lists 100
     """
     from . import db as dbm
@@ -427,7 +442,10 @@ def index(state: State, stage, kind, lists, m, ef_construction, metric, as_json)
     out = []
     with dbm.open_db(state.url) as conn:
         for s in _stages(stage):
-            info = indexes.build(conn, s, kind, lists=lists, m=m, ef_construction=ef_construction, metric=metric)
+            chosen, defaults = (kind, {}) if kind else indexes.default_index(s)
+            dims = defaults.get("project") if project is None else project
+            info = indexes.build(conn, s, chosen, lists=lists, m=m, ef_construction=ef_construction, metric=metric,
+                                 project=dims or None)  # fmt: skip
             out.append(info.__dict__)
     if as_json:
         _print_json(out)
@@ -450,8 +468,8 @@ def index(state: State, stage, kind, lists, m, ef_construction, metric, as_json)
 @model_options
 @json_option
 @click.pass_obj
-def classify(state: State, images, stage, dataset, against, prompts, k, probes, ef_search, exact, metric,
-             as_json) -> None:  # fmt: skip
+def classify(state: State, images, stage, dataset, against, prompts, k, probes, ef_search, candidates, exact,
+             metric, as_json) -> None:  # fmt: skip
     """Classify IMAGES by nearest stored neighbour at each stage (origin: zero-shot).
 
     \b
@@ -464,7 +482,8 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
     stages = _stages(stage) if stage else _stored_stages(state)
     preds = classify_files(
         state.url, list(images), stages, state.load_model(stages),
-        SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric),
+        SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,
+                       candidates=candidates),
         dataset_name=dataset, split=against, template=prompts,
     )  # fmt: skip
     if as_json:
@@ -505,7 +524,7 @@ def _stored_stages(state: State) -> list[Stage]:
 @json_option
 @click.pass_obj
 def evaluate(state: State, stage, data, split, against, num, batch_size, workers, display_freq, dataset,
-             prompts, k, probes, ef_search, exact, metric, as_json) -> None:  # fmt: skip
+             prompts, k, probes, ef_search, candidates, exact, metric, as_json) -> None:  # fmt: skip
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
     \b
@@ -524,7 +543,8 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
     with progress:
         result = run_eval(
             state.url, source, stages, lm,
-            SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric),
+            SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,
+                       candidates=candidates),
             split=split, against=against, num=num, batch_size=batch_size, workers=workers,
             display_freq=display_freq, dataset_name=dataset, template=prompts,
             report=lambda line: progress.console.print(line), progress=update,

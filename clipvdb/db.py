@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import psycopg
+from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 
 from . import embedded
@@ -46,6 +48,18 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
             conn.close()
             raise
     return conn
+
+
+def as_array(value) -> np.ndarray:
+    """A stored embedding (numpy array, Vector or HalfVector, by type and format) as float32 numpy."""
+    if isinstance(value, HalfVector | Vector):
+        value = value.to_numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def as_param(value: np.ndarray, column_type: str):
+    """A vector for COPY into a column of `column_type` ('vector' or 'halfvec')."""
+    return HalfVector(value) if column_type == "halfvec" else value
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ class ExperimentResult:
 
 
 def _queries(conn, stage: Stage, space: int, n: int) -> list[np.ndarray]:
-    return [r[0] for r in conn.execute(
+    return [db.as_array(r[0]) for r in conn.cursor(binary=True).execute(
         f"SELECT embedding FROM {stage.table} WHERE space_id = %s ORDER BY image_id DESC LIMIT %s", (space, n)
     ).fetchall()]  # fmt: skip
 
@@ -92,12 +92,12 @@ def search_experiment(
                 f"WHERE space_id = {int(space)} ORDER BY image_id LIMIT {int(size)}"
             )
             conn.execute(f"ANALYZE {SCRATCH}")
-            exact_sql = f"SELECT image_id FROM {SCRATCH} ORDER BY {exact_fn.format(a='embedding', b='%s')} LIMIT %s"
+            q = stage.query_expr("%s")
+            exact_sql = f"SELECT image_id FROM {SCRATCH} ORDER BY {exact_fn.format(a='embedding', b=q)} LIMIT %s"
             truth, times = _run(conn, exact_sql, Q, 10)
             result.rows.append(_record(conn, exp_id, size, "exact", {}, truth, truth, times, None, None))
-            ann_sql = f"SELECT image_id FROM {SCRATCH} ORDER BY {stage.index_expr('embedding')} {op} " \
-                      f"{stage.index_expr('%s::vector')} LIMIT %s"  # fmt: skip
-            opclass = f"{'halfvec' if stage.halfvec_indexed else 'vector'}_{indexes.METRIC_OPS[metric]}"
+            ann_sql = f"SELECT image_id FROM {SCRATCH} ORDER BY embedding {op} {q} LIMIT %s"
+            opclass = f"{stage.column_type}_{indexes.METRIC_OPS[metric]}"
             for kind, settings, setting_name in (
                 ("ivfflat", probes, "ivfflat.probes"),
                 ("hnsw", ef_search, "hnsw.ef_search"),
@@ -106,7 +106,7 @@ def search_experiment(
                 with_params = f"(lists = {lists})" if kind == "ivfflat" else "(m = 16, ef_construction = 64)"
                 conn.execute("SET maintenance_work_mem = '1GB'")
                 start = time.perf_counter()
-                expr = f"{stage.index_expr('embedding')} {opclass}"
+                expr = f"embedding {opclass}"
                 conn.execute(f"CREATE INDEX experiment_ann ON {SCRATCH} USING {kind} ({expr}) WITH {with_params}")
                 build_s = time.perf_counter() - start
                 size_bytes = conn.execute("SELECT pg_relation_size('experiment_ann')").fetchone()[0]

@@ -1,7 +1,8 @@
 """Approximate-nearest-neighbour indexes per stage: ivfflat (default), hnsw, or none.
 
-Stages above 2,000 dimensions are indexed through a halfvec expression, and queried through the
-same expression (Stage.index_expr) so the planner can use the index.
+The index is on the embedding column itself, with the opclass of its type (vector, or halfvec for
+the stages wider than 2,000 dimensions; see Stage.column_type), or, with `project`, on a PCA
+projection of it in projections_<stage> (projection.py), queried with an exact re-rank.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from . import projection
 from .errors import UsageError
 from .stages import Stage
 
@@ -21,10 +23,25 @@ KINDS = ("ivfflat", "hnsw", "none")
 METRIC_OPS = {"l2": "l2_ops", "cosine": "cosine_ops", "ip": "ip_ops"}
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
+# What ingest builds on a stage nobody chose an index for. Stage first: hnsw over a 128-d PCA
+# projection, re-ranked exactly, met the stage-first goal (BENCHMARKS.md, item 1); no such
+# measurement exists for the CLIP stages, which keep ivfflat on the full vectors.
+DEFAULTS: dict[str, tuple[str, dict]] = {"first": ("hnsw", {"project": 128})}
 
 
-def index_name(stage: Stage) -> str:
-    return f"{stage.table}_ann"
+def default_index(stage: Stage) -> tuple[str, dict]:
+    kind, params = DEFAULTS.get(stage.name, ("ivfflat", {}))
+    return kind, dict(params)
+
+
+def index_name(stage: Stage, projected: bool = False) -> str:
+    return f"{projection.table(stage)}_ann" if projected else f"{stage.table}_ann"
+
+
+def drop(conn: psycopg.Connection, stage: Stage) -> None:
+    """Drop the stage's ANN index, full-width or projected (a large load goes faster without)."""
+    conn.execute(f"DROP INDEX IF EXISTS {index_name(stage)}")
+    conn.execute(f"DROP INDEX IF EXISTS {index_name(stage, projected=True)}")
 
 
 def ideal_lists(rows: int) -> int:
@@ -59,8 +76,7 @@ def lock_stage_index(conn: psycopg.Connection, stage: Stage) -> None:
 
 
 def _opclass(stage: Stage, metric: str) -> str:
-    base = "halfvec" if stage.halfvec_indexed else "vector"
-    return f"{base}_{METRIC_OPS[metric]}"
+    return f"{stage.column_type}_{METRIC_OPS[metric]}"
 
 
 def build(
@@ -72,32 +88,39 @@ def build(
     m: int = DEFAULT_M,
     ef_construction: int = DEFAULT_EF_CONSTRUCTION,
     metric: str = "l2",
+    project: int | None = None,
 ) -> IndexInfo:
-    """(Re)build the stage's index and record the choice. Commits."""
+    """(Re)build the stage's index and record the choice; with `project`, refit the projection
+    and index that instead of the full vectors. Commits."""
     if kind not in KINDS:
         raise UsageError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     if metric not in METRIC_OPS:
         raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_OPS)}")
+    if project and (kind == "none" or metric != "l2"):
+        raise UsageError("--project needs --kind ivfflat or hnsw and --metric l2 (PCA keeps l2 distances)")
     lock_stage_index(conn, stage)
     rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
     params: dict = {"metric": metric}
     start = time.perf_counter()
-    conn.execute(f"DROP INDEX IF EXISTS {index_name(stage)}")
+    drop(conn, stage)
+    if project:
+        proj = projection.fit(conn, stage, project)
+        projection.save(conn, stage, proj)
+        params.update(project=proj.dim, variance_kept=round(proj.variance_kept, 4))
+        target, opclass = f"{projection.table(stage)} USING {kind} (proj", "vector_l2_ops"
+    else:
+        projection.remove(conn, stage)
+        target, opclass = f"{stage.table} USING {kind} (embedding", _opclass(stage, metric)
+    name = index_name(stage, projected=bool(project))
     if kind == "ivfflat":
         params["lists"] = lists or ideal_lists(rows)
-        if params["lists"] < 1:
-            raise UsageError("--lists must be at least 1")
         conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-        conn.execute(
-            f"CREATE INDEX {index_name(stage)} ON {stage.table} USING ivfflat "
-            f"({stage.index_expr()} {_opclass(stage, metric)}) WITH (lists = {int(params['lists'])})"
-        )
+        conn.execute(f"CREATE INDEX {name} ON {target} {opclass}) WITH (lists = {int(params['lists'])})")
     elif kind == "hnsw":
         params.update(m=int(m), ef_construction=int(ef_construction))
         conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
         conn.execute(
-            f"CREATE INDEX {index_name(stage)} ON {stage.table} USING hnsw "
-            f"({stage.index_expr()} {_opclass(stage, metric)}) "
+            f"CREATE INDEX {name} ON {target} {opclass}) "
             f"WITH (m = {params['m']}, ef_construction = {params['ef_construction']})"
         )
     seconds = time.perf_counter() - start
@@ -110,7 +133,7 @@ def build(
     )
     conn.commit()
     if kind != "none":
-        conn.execute(f"ANALYZE {stage.table}")
+        conn.execute(f"ANALYZE {projection.table(stage) if project else stage.table}")
         conn.commit()
     return info(conn, stage)
 
@@ -119,15 +142,18 @@ def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     row = conn.execute(
         "SELECT kind, params, build_seconds FROM stage_indexes WHERE stage = %s", (stage.name,)
     ).fetchone()
-    kind, params, seconds = row if row else ("ivfflat", {}, None)
+    kind, params, seconds = row if row else (*default_index(stage), None)
+    params = params or {}
     rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
-    size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (index_name(stage),)).fetchone()[0]
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (index_name(stage),)).fetchone()[0]
-    return IndexInfo(stage.name, kind, params or {}, rows, bool(exists), size or 0, seconds)
+    name = index_name(stage, projected=bool(params.get("project")))
+    size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (name,)).fetchone()[0]
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds)
 
 
 def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
-    """After a load: rebuild with the recorded kind and parameters (lists re-derived from rows)."""
+    """After a load: rebuild with the recorded kind and parameters (lists re-derived from rows, the
+    projection refitted)."""
     current = info(conn, stage)
     params = dict(current.params)
     return build(
@@ -137,4 +163,5 @@ def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
         m=params.get("m", DEFAULT_M),
         ef_construction=params.get("ef_construction", DEFAULT_EF_CONSTRUCTION),
         metric=params.get("metric", "l2"),
+        project=params.get("project"),
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes
+from . import catalog, db, indexes, projection
 from .encoding import encode_items
 from .errors import DatabaseError, SkippedImagesError
 from .models import LoadedModel
@@ -74,17 +74,18 @@ def copy_vectors(
         try:
             with conn.transaction():
                 _copy(conn, f"{stage.table} (space_id, image_id, dataset_id, split, embedding)",
-                      ["int4", "int8", "int4", "text", "vector"],
-                      ((space, i, dataset, split, v) for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
+                      ["int4", "int8", "int4", "text", stage.column_type],
+                      ((space, i, dataset, split, db.as_param(v, stage.column_type))
+                       for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
             return len(image_ids)
         except psycopg.errors.UniqueViolation:
             pass
     staging = f"staging_{stage.name}"
     conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (image_id bigint, embedding vector({stage.dim})) "
-        "ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (image_id bigint, embedding {stage.sql_type}) ON COMMIT DELETE ROWS"
     )
-    _copy(conn, f"{staging} (image_id, embedding)", ["int8", "vector"], zip(image_ids, vectors, strict=True))
+    _copy(conn, f"{staging} (image_id, embedding)", ["int8", stage.column_type],
+          ((i, db.as_param(v, stage.column_type)) for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
     with conn.cursor() as cur:
         cur.execute(
             f"""INSERT INTO {stage.table} (space_id, image_id, dataset_id, split, embedding)
@@ -106,13 +107,16 @@ def _copy(conn: psycopg.Connection, target: str, types: list[str], rows) -> None
                 copy.write_row(row)
 
 
-def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: int) -> None:
-    """A large load goes faster without the ANN index (ingest rebuilds it afterwards)."""
+def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: int) -> bool:
+    """A large load goes faster without the ANN index (ingest rebuilds it afterwards, refitting a
+    projection). Returns whether it was dropped."""
     indexes.lock_stage_index(conn, stage)
     rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
-    if adding >= 1000 and adding >= rows // 5:
-        conn.execute(f"DROP INDEX IF EXISTS {indexes.index_name(stage)}")
+    dropped = adding >= 1000 and adding >= rows // 5
+    if dropped:
+        indexes.drop(conn, stage)
     conn.commit()
+    return dropped
 
 
 def ingest(
@@ -162,9 +166,13 @@ def _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_
             if strict:
                 raise SkippedImagesError(f"{reason} (stopped by --strict)")
             result.failed.append((key, reason))
+        # rows added while a projected index stands get their projection at once; after a drop the
+        # rebuild at the end refits and writes them all
+        projections = {s.name: projection.load(conn, s) for s in stages}
         if build_index:
             for s in stages:
-                _drop_index_for_bulk_load(conn, s, len(todo))
+                if _drop_index_for_bulk_load(conn, s, len(todo)):
+                    projections[s.name] = None
         if progress:
             progress(0, len(todo))
         for batch in encode_items(todo, stages, lm, batch_size=batch_size, workers=workers):
@@ -178,6 +186,9 @@ def _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_
                     result.inserted[s.name] += copy_vectors(
                         conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
                     )
+                    if projections[s.name] is not None:
+                        projection.add(conn, s, projections[s.name], spaces[s.name], image_ids,
+                                       batch.vectors[s.name], dataset, split)  # fmt: skip
                 conn.commit()
             if progress:
                 progress(len(batch.items) + len(batch.failed), len(todo))

@@ -22,7 +22,9 @@ import torch
 
 from .errors import StageError
 
-# pgvector indexes `vector` up to 2,000 dimensions; wider stages are indexed as halfvec.
+# pgvector indexes `vector` up to 2,000 dimensions. Wider stages are stored as halfvec (migration
+# 0004): that type can be indexed up to 4,000 dimensions, and a 3,072-d row (6 KB) fits in a page, so
+# it is never TOASTed (BENCHMARKS.md: faster loads and scans, the same 1-NN up to near-ties).
 MAX_VECTOR_INDEX_DIM = 2000
 
 
@@ -39,14 +41,18 @@ class Stage:
         return f"embeddings_{self.name}"
 
     @property
-    def halfvec_indexed(self) -> bool:
-        return self.dim > MAX_VECTOR_INDEX_DIM
+    def column_type(self) -> str:
+        """The pgvector type of the stage's embedding column: 'vector', or 'halfvec' when wider
+        than pgvector can index as vector."""
+        return "halfvec" if self.dim > MAX_VECTOR_INDEX_DIM else "vector"
 
-    def index_expr(self, column: str = "embedding") -> str:
-        """The expression the ANN index is built on, and that queries must order by to use it."""
-        if self.halfvec_indexed:
-            return f"({column}::halfvec({self.dim}))"
-        return column
+    @property
+    def sql_type(self) -> str:
+        return f"{self.column_type}({self.dim})"
+
+    def query_expr(self, param: str) -> str:
+        """A query vector (sent as vector) cast to the column's type, so operators and indexes match."""
+        return f"({param})::{self.sql_type}"
 
 
 STAGES: dict[str, Stage] = {

@@ -14,13 +14,18 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     assert "PostgreSQL 17" in text and "pgvector 0.8" in text and "cores" in text
     assert "Baseline (in-process exact 1-NN" in text and "time / baseline time" in text
     assert re.search(r"\| pgvector exact \(l2_distance scan\) \| 1 \| 1 \| 20 \| [\d.]+ \| 1\.000 \|", text), text
-    for stage in ("first", "second", "third", "origin"):
-        assert re.search(rf"\| {stage} \| [\d,]+ \| [\d,]+ \| [\d.]+ \|", text), f"no load row for {stage}"
+    assert re.search(r"\| projected hnsw m=16 efc=64 project=128 \(variance kept [\d.]+\) ef_search=40 \|", text)
+    assert re.search(r"\| projected hnsw ef_search=40, all queries \| 100 \| 2 \| 200 \|", text), text
+    assert re.search(r"Goal check \((met|not met)\): fastest full pass", text)
+    for stage, column in (("first", "halfvec(3072)"), ("second", "vector(1024)"), ("third", "halfvec(2048)"),
+                          ("origin", "vector(1024)")):  # fmt: skip
+        assert re.search(rf"\| {stage} \| {re.escape(column)} \| [\d,]+ \| [\d.]+ \| [\d,.]+ \|", text), stage
+    assert re.search(r"\| first \| halfvec\(3072\) \| [^|]+\| [^|]+\| [^|]+\| hnsw project=128 \|", text)
+    assert re.search(r"\| [\d,]+ \| projected hnsw, project=128 ef_search=100 \(build \d+ s\) \| [\d.]+ \|", text)
     assert "| all four |" in text and "channels_last" in text and "bfloat16 autocast" in text
-    assert re.search(r"\| halfvec\(3072\) \| 20 \| [\d.]+ \|", text) and re.search(
-        r"\| vector \| 20 \| 1\.000 \|", text
-    )
-    load_row = re.search(r"\| 2 \| ([\d,]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| (\d+) \|", text)
+    assert re.search(r"\| halfvec\(3072\), storage plain \| [\d,.]+ \| 20 \| [\d.]+ \|", text)
+    assert re.search(r"\| vector\(3072\), storage external \| [\d,.]+ \| 20 \| 1\.000 \|", text)
+    load_row = re.search(r"\| 2 \| ([\d,]+) \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| (\d+) \|", text)
     assert load_row and int(load_row.group(1).replace(",", "")) > 0 and load_row.group(2) == "0"
 
 

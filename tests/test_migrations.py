@@ -4,8 +4,10 @@ import importlib.util
 import subprocess
 import sys
 
+import numpy as np
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 
 from clipvdb import db
 from clipvdb.reports import VIEWS
@@ -37,8 +39,60 @@ def test_stage_columns_have_fixed_dimensions(db_url):
                JOIN pg_class c ON c.oid = a.attrelid
                WHERE c.relname LIKE 'embeddings_%' AND a.attname = 'embedding'"""
         ).fetchall())  # fmt: skip
-    assert rows == {"embeddings_first": "vector(3072)", "embeddings_second": "vector(1024)",
-                    "embeddings_third": "vector(2048)", "embeddings_origin": "vector(1024)"}  # fmt: skip
+    assert rows == {"embeddings_first": "halfvec(3072)", "embeddings_second": "vector(1024)",
+                    "embeddings_third": "halfvec(2048)", "embeddings_origin": "vector(1024)"}  # fmt: skip
+
+
+def _first_stage_state(c) -> tuple[str, str, str, int]:
+    """Column type, storage, index definition and TOAST bytes of embeddings_first."""
+    return c.execute(
+        """SELECT format_type(a.atttypid, a.atttypmod), a.attstorage,
+                  (SELECT indexdef FROM pg_indexes WHERE indexname = 'embeddings_first_ann'),
+                  pg_relation_size(t.reltoastrelid)
+           FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid
+           WHERE t.relname = 'embeddings_first' AND a.attname = 'embedding'"""
+    ).fetchone()
+
+
+def test_0004_moves_wide_stages_to_inline_halfvec_keeping_rows_and_index(empty_db_url):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 3072), dtype=np.float32)
+    db.upgrade(empty_db_url, "0003")
+    with psycopg.connect(empty_db_url) as c:
+        register_vector(c)
+        c.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
+        c.execute("INSERT INTO classes VALUES (1, 0, 'a')")
+        c.execute(
+            "INSERT INTO embedding_spaces (id, model, weights, stage, dim) VALUES (1, 'none', 'none', 'first', 3072)"
+        )
+        for i, x in enumerate(X):
+            c.execute("INSERT INTO images (id, dataset_id, split, label, source, sha256) "
+                      "VALUES (%s, 1, 'train', 0, %s, %s)", (i + 1, f"i{i}", bytes(32)))  # fmt: skip
+            c.execute("INSERT INTO embeddings_first VALUES (1, %s, 1, 'train', %s)", (i + 1, x))
+        # the index as revision 0003's code built it: an expression over a halfvec cast
+        c.execute("CREATE INDEX embeddings_first_ann ON embeddings_first USING hnsw "
+                  "((embedding::halfvec(3072)) halfvec_l2_ops) WITH (m = 8, ef_construction = 32)")  # fmt: skip
+        before = _first_stage_state(c)
+    assert before[0] == "vector(3072)" and before[3] > 0  # 12 KB rows are TOASTed
+
+    db.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        register_vector(c)
+        kind, storage, indexdef, toast_bytes = _first_stage_state(c)
+        stored = np.stack([db.as_array(r[0]) for r in c.execute(
+            "SELECT embedding FROM embeddings_first ORDER BY image_id").fetchall()])  # fmt: skip
+        c.execute("INSERT INTO embeddings_first VALUES (1, 1, 1, 'train', %s) ON CONFLICT DO NOTHING", (X[0],))
+    assert (kind, storage) == ("halfvec(3072)", "p")
+    assert "USING hnsw (embedding halfvec_l2_ops) WITH (m='8', ef_construction='32')" in indexdef
+    assert toast_bytes == 0  # in line: nothing TOASTed
+    np.testing.assert_array_equal(stored, X.astype(np.float16).astype(np.float32))
+
+    db.downgrade(empty_db_url, "0003")
+    with psycopg.connect(empty_db_url) as c:
+        kind, storage, indexdef, _ = _first_stage_state(c)
+        assert c.execute("SELECT count(*) FROM embeddings_first").fetchone()[0] == len(X)
+    assert (kind, storage) == ("vector(3072)", "e")
+    assert "USING hnsw (((embedding)::halfvec(3072)) halfvec_l2_ops) WITH (m='8'" in indexdef
 
 
 def test_concurrent_upgrades_on_a_fresh_database(empty_db_url):

@@ -1,0 +1,132 @@
+"""Projected indexes: a PCA basis fitted to a stage's stored vectors, and the projected copies.
+
+With `clipvdb index --project D`, the stage's ANN index is built on projections_<stage>.proj, the
+D-dimensional principal components of each stored embedding. A neighbour query takes a few dozen
+candidates through that small index and orders them by the exact distance on the full embedding
+(classify.py). On stage first (3,072 dims) a 128-d projection keeps the true nearest neighbour
+among 20 candidates for every test query measured, at a twentieth of the per-distance cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from . import db
+from .errors import EmptyStageError, UsageError
+from .stages import MAX_VECTOR_INDEX_DIM, Stage
+
+FIT_ROWS = 20_000  # rows sampled to fit the basis; the covariance of more changes little
+BATCH = 5_000
+
+
+@dataclass
+class Projection:
+    stage: str
+    mean: np.ndarray  # (stage dim,)
+    components: np.ndarray  # (dim, stage dim), strongest first
+    fitted_rows: int
+    variance_kept: float
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.components.T).astype(np.float32)
+
+
+def table(stage: Stage) -> str:
+    return f"projections_{stage.name}"
+
+
+def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT_ROWS) -> Projection:
+    """Principal components of the stage's stored vectors (a repeatable sample above `max_rows`)."""
+    limit = min(stage.dim, MAX_VECTOR_INDEX_DIM)
+    if not 1 <= dim <= limit:
+        raise UsageError(f"--project must be between 1 and {limit} for stage {stage.name}; got {dim}")
+    rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
+    if rows == 0:
+        raise EmptyStageError(f"stage {stage.name} has no rows to fit a projection to; run 'clipvdb ingest' first")
+    sample = "" if rows <= max_rows else f" TABLESAMPLE BERNOULLI ({100.0 * max_rows / rows}) REPEATABLE (0)"
+    # binary: parsing the text form of 20,000 wide vectors takes the client longer than the fit
+    rows = conn.cursor(binary=True).execute(f"SELECT embedding FROM {stage.table}{sample}").fetchall()
+    X = np.stack([db.as_array(r[0]) for r in rows])
+    mean = X.mean(axis=0)
+    Xc = X - mean
+    if len(X) < stage.dim:  # fewer rows than dimensions: the thin SVD is the cheaper route
+        _, singular, vt = np.linalg.svd(Xc.astype(np.float64), full_matrices=False)
+        values, basis = singular**2, vt
+    else:
+        values, vectors = np.linalg.eigh((Xc.T @ Xc).astype(np.float64))
+        values, basis = values[::-1], vectors[:, ::-1].T
+    values = values.clip(min=0)
+    components = np.zeros((dim, stage.dim), dtype=np.float32)  # rank below dim: zero rows
+    components[: min(dim, len(basis))] = basis[:dim]
+    kept = float(values[:dim].sum() / values.sum()) if values.sum() > 0 else 1.0
+    return Projection(stage.name, mean.astype(np.float32), components, len(X), kept)
+
+
+def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
+    """Store the basis and (re)write the projection of every stored row. Returns rows written."""
+    conn.execute(
+        """INSERT INTO stage_projections (stage, dim, mean, components, fitted_rows, variance_kept, fitted_at)
+           VALUES (%s, %s, %s, %s, %s, %s, now())
+           ON CONFLICT (stage) DO UPDATE SET dim = EXCLUDED.dim, mean = EXCLUDED.mean,
+             components = EXCLUDED.components, fitted_rows = EXCLUDED.fitted_rows,
+             variance_kept = EXCLUDED.variance_kept, fitted_at = now()""",
+        (stage.name, proj.dim, proj.mean.astype("<f4").tobytes(), proj.components.astype("<f4").tobytes(),
+         proj.fitted_rows, proj.variance_kept),
+    )  # fmt: skip
+    conn.execute(f"DROP INDEX IF EXISTS {table(stage)}_ann")
+    conn.execute(f"TRUNCATE {table(stage)}")
+    conn.execute(f"ALTER TABLE {table(stage)} ALTER COLUMN proj TYPE vector({proj.dim})")
+    written = 0
+    with conn.cursor(name=f"clipvdb_project_{stage.name}", binary=True) as rows:
+        rows.execute(f"SELECT space_id, image_id, dataset_id, split, embedding FROM {stage.table}")
+        while batch := rows.fetchmany(BATCH):
+            P = proj.apply(np.stack([db.as_array(r[4]) for r in batch]))
+            with conn.cursor().copy(
+                f"COPY {table(stage)} (space_id, image_id, dataset_id, split, proj) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int4", "int8", "int4", "text", "vector"])
+                for r, p in zip(batch, P, strict=True):
+                    copy.write_row((r[0], r[1], r[2], r[3], p))
+            written += len(batch)
+    return written
+
+
+def load(conn: psycopg.Connection, stage: Stage) -> Projection | None:
+    row = conn.execute(
+        "SELECT dim, mean, components, fitted_rows, variance_kept FROM stage_projections WHERE stage = %s",
+        (stage.name,),
+    ).fetchone()
+    if row is None:
+        return None
+    dim, mean, components, fitted, kept = row
+    components = np.frombuffer(components, dtype="<f4").astype(np.float32).reshape(dim, stage.dim)
+    return Projection(stage.name, np.frombuffer(mean, dtype="<f4").astype(np.float32), components, fitted, kept)
+
+
+def remove(conn: psycopg.Connection, stage: Stage) -> None:
+    """Forget the stage's projection (a full-width index replaces it)."""
+    conn.execute(f"DROP INDEX IF EXISTS {table(stage)}_ann")
+    conn.execute(f"TRUNCATE {table(stage)}")
+    conn.execute("DELETE FROM stage_projections WHERE stage = %s", (stage.name,))
+
+
+def add(
+    conn: psycopg.Connection, stage: Stage, proj: Projection, space: int, image_ids: list[int],
+    vectors: np.ndarray, dataset: int, split: str,
+) -> None:  # fmt: skip
+    """Projections of newly stored rows, with the stored basis (ingest, between refits)."""
+    conn.execute(
+        f"""INSERT INTO {table(stage)} (space_id, image_id, dataset_id, split, proj)
+            SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.p
+            FROM unnest(%(ids)s::int8[], %(proj)b::vector[]) AS u(id, p)
+            ON CONFLICT (space_id, image_id) DO NOTHING""",
+        {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids),
+         "proj": list(proj.apply(vectors))},
+    )  # fmt: skip

@@ -1,0 +1,143 @@
+"""Projected indexes: the PCA basis, the projections table, candidate search with an exact re-rank."""
+
+import json
+
+import numpy as np
+import pytest
+
+from clipvdb import catalog, indexes, projection
+from clipvdb.classify import SearchSettings, StageSearcher
+from clipvdb.errors import UsageError
+from clipvdb.ingest import copy_vectors
+from clipvdb.stages import STAGES
+
+FIRST = STAGES["first"]
+
+
+def _low_rank(n: int, dim: int, rank: int, seed: int = 0) -> np.ndarray:
+    """Points in a `rank`-dimensional affine subspace: a projection to >= rank components keeps
+    every distance, so projected search must find exactly what exact search finds."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T
+    return (0.5 + rng.standard_normal((n, rank)) @ basis * 0.1).astype(np.float32)
+
+
+def _store(conn, X: np.ndarray, stage=FIRST, split: str = "train", start: int = 0) -> list[int]:
+    conn.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x') ON CONFLICT DO NOTHING")
+    conn.execute("INSERT INTO classes VALUES (1, 0, 'a'), (1, 1, 'b') ON CONFLICT DO NOTHING")
+    space = catalog.get_or_create_space(conn, stage, None)
+    rows = [(f"{split}{start + i}", (start + i) % 2, bytes(32)) for i in range(len(X))]
+    ids = catalog.upsert_images(conn, 1, split, rows)
+    image_ids = [ids[key] for key, _, _ in rows]
+    copy_vectors(conn, stage, space, image_ids, X, 1, split)
+    conn.commit()
+    return image_ids
+
+
+def _neighbours(conn, Q, settings: SearchSettings) -> tuple[list[int], StageSearcher]:
+    searcher = StageSearcher(conn, FIRST, None, 1, "train", settings)
+    neigh, _ = searcher.search(Q)
+    conn.commit()
+    return [n[0].image_id for n in neigh], searcher
+
+
+def test_fit_keeps_distances_of_low_rank_data_and_an_orthonormal_basis(conn):
+    X = _low_rank(200, FIRST.dim, rank=12)
+    _store(conn, X)
+    proj = projection.fit(conn, FIRST, 16)
+    assert proj.components.shape == (16, FIRST.dim) and proj.fitted_rows == 200
+    np.testing.assert_allclose(proj.components[:12] @ proj.components[:12].T, np.eye(12), atol=1e-4)
+    assert proj.variance_kept == pytest.approx(1.0, abs=1e-3)
+    stored = X.astype(np.float16).astype(np.float32)  # halfvec storage
+    P = proj.apply(stored)
+    full = np.linalg.norm(stored[:, None] - stored[None, :20], axis=2)
+    projected = np.linalg.norm(P[:, None] - P[None, :20], axis=2)
+    np.testing.assert_allclose(projected, full, rtol=1e-3, atol=1e-3)
+
+
+def test_fit_takes_the_strongest_components_first(conn):
+    rng = np.random.default_rng(3)
+    X = 0.5 + rng.standard_normal((1200, 1024)).astype(np.float32) * (0.9 ** np.arange(1024)).astype(np.float32)
+    stage = STAGES["second"]
+    conn.execute("INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES ('RN50', 't', 'second', 1024)")
+    space = conn.execute("SELECT id FROM embedding_spaces WHERE stage = 'second'").fetchone()[0]
+    conn.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
+    conn.execute("INSERT INTO classes VALUES (1, 0, 'a')")
+    ids = catalog.upsert_images(conn, 1, "train", [(f"i{i}", 0, bytes(32)) for i in range(len(X))])
+    copy_vectors(conn, stage, space, [ids[f"i{i}"] for i in range(len(X))], X, 1, "train")
+    conn.commit()
+    proj = projection.fit(conn, stage, 4)  # more rows than dimensions: the covariance route
+    # the data's variance falls along the axes in order, so the components are the first axes
+    assert np.abs(proj.components).argmax(axis=1).tolist() == [0, 1, 2, 3]
+    assert 0.5 < proj.variance_kept < 0.65  # 0.81^k variances: the first four hold 57 %
+
+
+def test_projected_index_finds_the_exact_neighbours_through_its_own_index(conn):
+    X = _low_rank(300, FIRST.dim, rank=10)
+    ids = _store(conn, X)
+    Q = _low_rank(25, FIRST.dim, rank=10, seed=0)[:25] + 0.001
+    info = indexes.build(conn, FIRST, "hnsw", project=16)
+    assert info.exists and info.params["project"] == 16 and info.kind == "hnsw"
+    assert conn.execute("SELECT count(*) FROM projections_first").fetchone()[0] == len(ids)
+    indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'projections_first_ann'").fetchone()
+    assert indexdef and "hnsw (proj vector_l2_ops)" in indexdef[0]
+    assert conn.execute("SELECT to_regclass('embeddings_first_ann')").fetchone()[0] is None
+    exact, _ = _neighbours(conn, Q, SearchSettings(exact=True))
+    got, searcher = _neighbours(conn, Q, SearchSettings())
+    assert searcher.projection is not None and searcher.projection.dim == 16
+    assert got == exact
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")  # tiny tables: make the planner show its choice
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        conn.execute("SET LOCAL enable_sort = off")
+        params = {"vectors": list(Q[:2]), "projected": list(searcher.projection.apply(Q[:2])), "space": searcher.space,
+                  "dataset": 1, "split": "train", "k": 1, "candidates": 20}  # fmt: skip
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + searcher.sql, params).fetchall())
+    assert "projections_first_ann" in plan, plan
+
+
+def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_vectors(conn, db_url):
+    from clipvdb import ingest as ingest_mod
+
+    X = _low_rank(300, FIRST.dim, rank=10)
+    _store(conn, X)
+    indexes.build(conn, FIRST, "hnsw", project=16)
+    proj = projection.load(conn, FIRST)
+    # what ingest does for a small load beside a projected index
+    extra = _low_rank(5, FIRST.dim, rank=10, seed=7)
+    space = catalog.find_space(conn, FIRST, None)
+    new_ids = _store(conn, extra, start=1000)
+    projection.add(conn, FIRST, proj, space, new_ids, extra, 1, "train")
+    conn.commit()
+    got, searcher = _neighbours(conn, extra, SearchSettings())
+    assert searcher.projection is not None and got == new_ids
+    # a row without its projection (a load killed after dropping the index): full-vector search
+    lone = _low_rank(1, FIRST.dim, rank=10, seed=9)
+    lone_id = _store(conn, lone, start=2000)
+    got, searcher = _neighbours(conn, lone, SearchSettings())
+    assert searcher.projection is None and got == lone_id
+    # deleting an image removes its projection with its embedding
+    conn.execute("DELETE FROM images WHERE id = %s", (new_ids[0],))
+    conn.commit()
+    assert conn.execute("SELECT count(*) FROM projections_first WHERE image_id = %s", (new_ids[0],)).fetchone()[0] == 0
+    assert ingest_mod.projection is projection  # ingest uses the same module for its per-batch projections
+
+
+def test_index_cli_builds_the_stage_default_and_project_0_removes_it(cli, conn):
+    _store(conn, _low_rank(150, FIRST.dim, rank=8))
+    out = json.loads(cli("index", "--stage", "first", "--json").stdout)
+    assert out[0]["kind"] == "hnsw" and out[0]["params"]["project"] == 128 and out[0]["exists"]
+    assert conn.execute("SELECT dim FROM stage_projections WHERE stage = 'first'").fetchone()[0] == 128
+    conn.commit()
+    out = json.loads(cli("index", "--stage", "first", "--kind", "ivfflat", "--project", "0", "--json").stdout)
+    assert out[0]["kind"] == "ivfflat" and "project" not in out[0]["params"]
+    assert conn.execute("SELECT count(*) FROM stage_projections").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM projections_first").fetchone()[0] == 0
+    result = cli("index", "--stage", "first", "--project", "16", "--metric", "cosine", expect=2)
+    assert "--project needs" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_project_wider_than_the_stage_is_refused(conn):
+    _store(conn, _low_rank(20, FIRST.dim, rank=4))
+    with pytest.raises(UsageError, match="between 1 and 2000"):
+        indexes.build(conn, FIRST, "hnsw", project=2500)
