@@ -9,10 +9,12 @@ among 20 candidates for every test query measured, at a twentieth of the per-dis
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import psycopg
+from threadpoolctl import ThreadpoolController
 
 from . import db
 from .errors import EmptyStageError, UsageError
@@ -35,7 +37,16 @@ class Projection:
         return int(self.components.shape[0])
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
-        return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.components.T).astype(np.float32)
+        # One BLAS thread: a threaded product this small leaves OpenBLAS's workers spinning for about
+        # 0.1 s after each call, taking a core from the server answering the query (BENCHMARKS.md,
+        # item 1: 10 CPU seconds per 100 batches, and the server's own CPU time rose by 60 %).
+        with _blas().limit(limits=1, user_api="blas"):
+            return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.components.T).astype(np.float32)
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def table(stage: Stage) -> str:
