@@ -21,7 +21,7 @@ import psycopg
 from . import catalog, db, indexes, projection, zeroshot
 from .encoding import encode_items
 from .errors import EmptyStageError, ImageError, SpaceMismatchError, UsageError
-from .models import LoadedModel
+from .models import LoadedModel, announce
 from .sources import Item
 from .stages import Stage
 
@@ -118,7 +118,14 @@ class StageSearcher:
                 WHERE space_id = %s AND dataset_id = %s AND split = %s""",
             (self.space, self.dataset, self.split),
         ).fetchone()[0]
-        return projection.load(self.conn, self.stage) if covered == self.rows else None
+        if covered != self.rows:
+            announce(
+                f"stage {self.stage.name}: {self.rows - covered} of {self.rows} rows have no projection (an "
+                "interrupted load?); searching the full vectors, which is slow; "
+                f"run 'clipvdb index --stage {self.stage.name}' to rebuild the index"
+            )
+            return None
+        return projection.load(self.conn, self.stage)
 
     @property
     def candidates(self) -> int:

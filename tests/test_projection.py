@@ -96,7 +96,7 @@ def test_projected_index_finds_the_exact_neighbours_through_its_own_index(conn):
     assert "projections_first_ann" in plan, plan
 
 
-def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_vectors(conn, db_url):
+def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_vectors(conn, capsys):
     from clipvdb import ingest as ingest_mod
 
     X = _low_rank(300, FIRST.dim, rank=10)
@@ -114,8 +114,10 @@ def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_v
     # a row without its projection (a load killed after dropping the index): full-vector search
     lone = _low_rank(1, FIRST.dim, rank=10, seed=9)
     lone_id = _store(conn, lone, start=2000)
+    capsys.readouterr()
     got, searcher = _neighbours(conn, lone, SearchSettings())
     assert searcher.projection is None and got == lone_id
+    assert "1 of 306 rows have no projection" in capsys.readouterr().err
     # deleting an image removes its projection with its embedding
     conn.execute("DELETE FROM images WHERE id = %s", (new_ids[0],))
     conn.commit()
