@@ -29,7 +29,7 @@ import torch
 from clipvdb import catalog, db, embedded, indexes, synthetic
 from clipvdb.classify import SearchSettings, StageSearcher
 from clipvdb.images import first_stage_tensor, load_image
-from clipvdb.ingest import copy_vectors
+from clipvdb.ingest import _copy, copy_vectors
 from clipvdb.sources import Source, open_source
 from clipvdb.stages import STAGES, parse_stages, run_stages
 
@@ -591,10 +591,8 @@ def item_storage(rep: Report, cfg: Config, url: str, source: Source, data: dict)
             conn.commit()
             start = time.perf_counter()
             for s in range(0, len(Xtr), 5000):
-                with conn.cursor().copy(f"COPY {table} (image_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
-                    cp.set_types(["int8", kind])
-                    for i in range(s, min(len(Xtr), s + 5000)):
-                        cp.write_row((ids[i], db.as_param(Xtr[i], kind)))
+                _copy(conn, f"{table} (image_id, embedding)", ["int8", kind],
+                      ((ids[i], db.as_param(Xtr[i], kind)) for i in range(s, min(len(Xtr), s + 5000))))  # fmt: skip
                 conn.commit()
             load_s = time.perf_counter() - start
             conn.execute(f"SELECT sum(vector_dims(embedding)) FROM {table}").fetchone()  # warm

@@ -114,6 +114,8 @@ def build(
     name = index_name(stage, projected=bool(project))
     if kind == "ivfflat":
         params["lists"] = lists or ideal_lists(rows)
+        if params["lists"] < 1:
+            raise UsageError("--lists must be at least 1")
         conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
         conn.execute(f"CREATE INDEX {name} ON {target} {opclass}) WITH (lists = {int(params['lists'])})")
     elif kind == "hnsw":

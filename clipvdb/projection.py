@@ -58,10 +58,10 @@ def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT
     limit = min(stage.dim, MAX_VECTOR_INDEX_DIM)
     if not 1 <= dim <= limit:
         raise UsageError(f"--project must be between 1 and {limit} for stage {stage.name}; got {dim}")
-    rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
-    if rows == 0:
+    stored = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
+    if stored == 0:
         raise EmptyStageError(f"stage {stage.name} has no rows to fit a projection to; run 'clipvdb ingest' first")
-    sample = "" if rows <= max_rows else f" TABLESAMPLE BERNOULLI ({100.0 * max_rows / rows}) REPEATABLE (0)"
+    sample = "" if stored <= max_rows else f" TABLESAMPLE BERNOULLI ({100.0 * max_rows / stored}) REPEATABLE (0)"
     # binary: parsing the text form of 20,000 wide vectors takes the client longer than the fit
     rows = conn.cursor(binary=True).execute(f"SELECT embedding FROM {stage.table}{sample}").fetchall()
     X = np.stack([db.as_array(r[0]) for r in rows])
@@ -81,7 +81,8 @@ def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT
 
 
 def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
-    """Store the basis and (re)write the projection of every stored row. Returns rows written."""
+    """Store the basis and (re)write the projection of every stored row. Returns rows written.
+    The caller (indexes.build) has dropped the projected index."""
     conn.execute(
         """INSERT INTO stage_projections (stage, dim, mean, components, fitted_rows, variance_kept, fitted_at)
            VALUES (%s, %s, %s, %s, %s, %s, now())
@@ -91,7 +92,6 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
         (stage.name, proj.dim, proj.mean.astype("<f4").tobytes(), proj.components.astype("<f4").tobytes(),
          proj.fitted_rows, proj.variance_kept),
     )  # fmt: skip
-    conn.execute(f"DROP INDEX IF EXISTS {table(stage)}_ann")
     conn.execute(f"TRUNCATE {table(stage)}")
     conn.execute(f"ALTER TABLE {table(stage)} ALTER COLUMN proj TYPE vector({proj.dim})")
     written = 0
@@ -122,8 +122,8 @@ def load(conn: psycopg.Connection, stage: Stage) -> Projection | None:
 
 
 def remove(conn: psycopg.Connection, stage: Stage) -> None:
-    """Forget the stage's projection (a full-width index replaces it)."""
-    conn.execute(f"DROP INDEX IF EXISTS {table(stage)}_ann")
+    """Forget the stage's projection (a full-width index replaces it; indexes.build has dropped the
+    projected index)."""
     conn.execute(f"TRUNCATE {table(stage)}")
     conn.execute("DELETE FROM stage_projections WHERE stage = %s", (stage.name,))
 

@@ -41,25 +41,30 @@ def _index_def(stage: str) -> str | None:
     return row[0] if row else None
 
 
+def _retype(stage: str, dim: int, column: str, storage: str, index_rewrite: tuple[str, str]) -> None:
+    """Change the embedding column's type and storage, recreating its ANN index with the same kind
+    and parameters (its definition rewritten by `index_rewrite`, a regex and its replacement)."""
+    indexdef = _index_def(stage)
+    op.execute(f"DROP INDEX IF EXISTS embeddings_{stage}_ann")
+    op.execute(
+        f"ALTER TABLE embeddings_{stage} ALTER COLUMN embedding TYPE {column}({dim}) "
+        f"USING embedding::{column}({dim}), ALTER COLUMN embedding SET STORAGE {storage}"
+    )
+    if indexdef:
+        op.execute(re.sub(*index_rewrite, indexdef))
+
+
 def upgrade() -> None:
     for stage, dim in WIDE_STAGES:
-        indexdef = _index_def(stage)
-        op.execute(f"DROP INDEX IF EXISTS embeddings_{stage}_ann")
-        op.execute(
-            f"ALTER TABLE embeddings_{stage} ALTER COLUMN embedding TYPE halfvec({dim}) "
-            f"USING embedding::halfvec({dim}), ALTER COLUMN embedding SET STORAGE PLAIN"
-        )
-        if indexdef:
-            op.execute(re.sub(r"\(\(embedding\)::halfvec\(\d+\)\)", "embedding", indexdef))
+        _retype(stage, dim, "halfvec", "PLAIN", (r"\(\(embedding\)::halfvec\(\d+\)\)", "embedding"))
 
 
 def downgrade() -> None:
     for stage, dim in WIDE_STAGES:
-        indexdef = _index_def(stage)
-        op.execute(f"DROP INDEX IF EXISTS embeddings_{stage}_ann")
-        op.execute(
-            f"ALTER TABLE embeddings_{stage} ALTER COLUMN embedding TYPE vector({dim}) "
-            f"USING embedding::vector({dim}), ALTER COLUMN embedding SET STORAGE EXTERNAL"
+        _retype(
+            stage,
+            dim,
+            "vector",
+            "EXTERNAL",
+            (r"\(embedding (halfvec_\w+_ops)\)", rf"(((embedding)::halfvec({dim})) \1)"),
         )
-        if indexdef:
-            op.execute(re.sub(r"\(embedding (halfvec_\w+_ops)\)", rf"(((embedding)::halfvec({dim})) \1)", indexdef))
