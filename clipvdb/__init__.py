@@ -1,3 +1,51 @@
-"""clipvdb: classify images by nearest-neighbour search over per-stage CLIP embeddings in PostgreSQL."""
+"""clipvdb: classify images by nearest-neighbour search over per-stage CLIP embeddings in PostgreSQL.
+
+    import clipvdb
+    store = clipvdb.Store()
+    store.ingest("cifar10/", stages="first", split="train")
+    preds = store.classify(["cat.png"], stage="first")
+
+Names are imported on first use, so `import clipvdb` (and the CLI's --help) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Store": "store",
+    "Dataset": "store",
+    "Prediction": "predict",
+    "EvalRun": "evaluate",
+    "IngestResult": "ingest",
+    "IndexInfo": "indexes",
+    "SearchSettings": "search",
+    "Stage": "stages",
+    "STAGES": "stages",
+    "TinyEncoder": "encoders",
+    "ClipvdbError": "errors",
+}
+__all__ = [
+    "__version__", "Store", "Dataset", "Prediction", "EvalRun", "IngestResult", "IndexInfo", "SearchSettings",
+    "Stage", "STAGES", "TinyEncoder", "ClipvdbError",
+]  # fmt: skip
+
+if TYPE_CHECKING:
+    from .encoders import TinyEncoder
+    from .errors import ClipvdbError
+    from .evaluate import EvalRun
+    from .indexes import IndexInfo
+    from .ingest import IngestResult
+    from .predict import Prediction
+    from .search import SearchSettings
+    from .stages import STAGES, Stage
+    from .store import Dataset, Store
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'clipvdb' has no attribute {name!r}")

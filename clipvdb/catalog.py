@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import psycopg
 
+from . import queries
+from .encoders import Encoder
 from .errors import SourceError, UsageError
-from .models import LoadedModel
 from .sources import Source
-from .stages import Stage
+from .stages import STAGES, Stage
 
 # The `first` stage uses no model: its vectors are the same whatever weights are loaded.
 PIXELS_MODEL = "pixels"
 PIXELS_WEIGHTS = "none"
 
 
-def space_identity(stage: Stage, lm: LoadedModel | None) -> tuple[str, str]:
+def space_identity(stage: Stage, lm: Encoder | None) -> tuple[str, str]:
     if not stage.uses_clip:
         return PIXELS_MODEL, PIXELS_WEIGHTS
     if lm is None:
@@ -22,7 +23,7 @@ def space_identity(stage: Stage, lm: LoadedModel | None) -> tuple[str, str]:
     return lm.name, lm.weights
 
 
-def get_or_create_space(conn: psycopg.Connection, stage: Stage, lm: LoadedModel | None) -> int:
+def get_or_create_space(conn: psycopg.Connection, stage: Stage, lm: Encoder | None) -> int:
     model, weights = space_identity(stage, lm)
     row = conn.execute(
         """INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES (%s, %s, %s, %s)
@@ -33,7 +34,7 @@ def get_or_create_space(conn: psycopg.Connection, stage: Stage, lm: LoadedModel 
     return row[0]
 
 
-def find_space(conn: psycopg.Connection, stage: Stage, lm: LoadedModel | None) -> int | None:
+def find_space(conn: psycopg.Connection, stage: Stage, lm: Encoder | None) -> int | None:
     model, weights = space_identity(stage, lm)
     row = conn.execute(
         "SELECT id FROM embedding_spaces WHERE model = %s AND weights = %s AND stage = %s",
@@ -44,18 +45,13 @@ def find_space(conn: psycopg.Connection, stage: Stage, lm: LoadedModel | None) -
 
 def stages_with_rows(conn: psycopg.Connection) -> list[str]:
     """Names of the stages that hold any vectors, in forward-pass order."""
-    from .stages import STAGES
-
-    return [n for n, s in STAGES.items() if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {s.table})").fetchone()[0]]
+    have = {r[0] for r in conn.execute(queries.stages_with_rows()).fetchall()}
+    return [n for n in STAGES if n in have]
 
 
 def stored_spaces(conn: psycopg.Connection, stage: Stage) -> list[tuple[str, str, int]]:
     """(model, weights, rows) for every space of this stage that holds rows."""
-    return conn.execute(
-        f"""SELECT s.model, s.weights, count(*) FROM {stage.table} e
-            JOIN embedding_spaces s ON s.id = e.space_id GROUP BY s.model, s.weights
-            ORDER BY count(*) DESC"""  # table name from code
-    ).fetchall()
+    return conn.execute(queries.space_rows(stage)).fetchall()
 
 
 def register_dataset(conn: psycopg.Connection, source: Source, name: str | None = None) -> int:
@@ -100,9 +96,8 @@ def dataset_id(conn: psycopg.Connection, name: str | None) -> int:
 
 
 def class_names(conn: psycopg.Connection, dataset: int) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT name FROM classes WHERE dataset_id = %s ORDER BY label", (dataset,)
-    ).fetchall()]  # fmt: skip
+    rows = conn.execute("SELECT name FROM classes WHERE dataset_id = %s ORDER BY label", (dataset,)).fetchall()
+    return [r[0] for r in rows]
 
 
 def upsert_images(

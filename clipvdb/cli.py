@@ -1,4 +1,7 @@
-"""The clipvdb command line: each command reads its input, calls one library function, prints."""
+"""The clipvdb command line: each command reads its input, calls one Store method, prints.
+
+Nothing heavy is imported at module level: `clipvdb --help` and stage first never import torch.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,19 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from . import __version__
+from . import __version__, config
 from .errors import ClipvdbError, UsageError
-from .stages import STAGE_NAMES, Stage, parse_stages
-from .stages import STAGES as STAGES_BY_NAME
+from .output import print_json as _print_json
+from .output import print_plain, print_table
+from .output import progress as _progress
+from .stages import STAGE_CHOICES, STAGE_NAMES, Stage, parse_stages
 
-STAGE_CHOICES = "first|second|third|origin|all, or a comma-separated list"
+if TYPE_CHECKING:
+    from .store import Store
 
 
 class CliError(click.ClickException):
@@ -31,23 +38,20 @@ class State:
     database_url: str | None = None
     home: Path | None = None
     debug: bool = False
-    model: str = "RN50"
+    model: str = config.DEFAULT_MODEL
     pretrained: str | None = None  # None: the default, openai
-    device: str = "auto"
+    device: str = config.DEFAULT_DEVICE
 
     @cached_property
+    def store(self) -> Store:
+        from .store import Store
+
+        return Store(self.database_url, home=self.home, model=self.model, pretrained=self.pretrained,
+                     device=self.device)  # fmt: skip
+
+    @property
     def url(self) -> str:
-        from . import db
-
-        return db.resolve_url(self.database_url, self.home)
-
-    def load_model(self, stages: list[Stage]):
-        """The CLIP model when any stage needs it, else None (`first` needs none)."""
-        if not any(s.uses_clip for s in stages):
-            return None
-        from .models import load_model
-
-        return load_model(self.model, self.pretrained or "openai", self.device)
+        return self.store.url
 
 
 class ClipvdbGroup(click.Group):
@@ -76,12 +80,12 @@ def _store(name: str):
 
 def model_options(f):
     """--model, --pretrained, --device: stored in ctx.obj."""
-    f = click.option("--device", envvar="CLIPVDB_DEVICE", expose_value=False, callback=_store("device"),
+    f = click.option("--device", envvar=config.ENV_DEVICE, expose_value=False, callback=_store("device"),
                      help="cpu, cuda, mps (default: auto: cuda, then mps, then cpu).")(f)  # fmt: skip
-    f = click.option("--pretrained", envvar="CLIPVDB_PRETRAINED", expose_value=False, callback=_store("pretrained"),
+    f = click.option("--pretrained", envvar=config.ENV_PRETRAINED, expose_value=False, callback=_store("pretrained"),
                      help="Weights: an open_clip tag (default openai), a checkpoint PATH, or random.")(f)  # fmt: skip
-    f = click.option("--model", envvar="CLIPVDB_MODEL", expose_value=False, callback=_store("model"),
-                     help="open_clip model name (default RN50).")(f)  # fmt: skip
+    f = click.option("--model", envvar=config.ENV_MODEL, expose_value=False, callback=_store("model"),
+                     help="open_clip model name (default RN50); 'tiny' is a no-torch test encoder.")(f)  # fmt: skip
     return f
 
 
@@ -106,77 +110,12 @@ def _stages(value: str) -> list[Stage]:
     return parse_stages(value)
 
 
-def _print_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
-def _progress(label: str):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    class Rate(TextColumn):
-        def __init__(self):
-            super().__init__("")
-
-        def render(self, task):
-            from rich.text import Text
-
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s")
-
-    progress = Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        Rate(), TimeRemainingColumn(), transient=False, console=Console(stderr=True),
-    )  # fmt: skip
-    task = progress.add_task(label, total=None)
-
-    def update(advance: int, total: int) -> None:
-        progress.update(task, total=total, advance=advance)
-
-    return progress, update
-
-
-def _table(title: str, rows: list[dict], columns: list[str] | None = None):
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    columns = columns or (list(rows[0]) if rows else [])
-    for c in columns:
-        table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left")
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in columns])
-    return table
-
-
-def _fmt(v) -> str:
-    if isinstance(v, list | tuple):
-        return ",".join(str(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
-    if v is None:
-        return "-"
-    return str(v)
-
-
 @click.group(cls=ClipvdbGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--database-url", envvar="CLIPVDB_DATABASE_URL",
+@click.option("--database-url", envvar=config.ENV_DATABASE_URL,
               help="PostgreSQL URL with pgvector >= 0.7 (default: the embedded server).")  # fmt: skip
-@click.option("--home", envvar="CLIPVDB_HOME", type=click.Path(path_type=Path),
+@click.option("--home", envvar=config.ENV_HOME, type=click.Path(path_type=Path),
               help="Where the embedded server keeps its data (default: user data dir).")  # fmt: skip
-@click.option("--debug", is_flag=True, envvar="CLIPVDB_DEBUG", help="Show tracebacks.")
+@click.option("--debug", is_flag=True, envvar=config.ENV_DEBUG, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="clipvdb")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, home: Path | None, debug: bool) -> None:
@@ -184,7 +123,6 @@ def cli(ctx: click.Context, database_url: str | None, home: Path | None, debug: 
 
     \b
     Example:
-      clipvdb db upgrade
       clipvdb ingest --stage first --data cifar-10-python.tar.gz
       clipvdb classify cat.png --stage first
       psql "$(clipvdb db url)" -c 'SELECT * FROM report_accuracy'
@@ -216,9 +154,7 @@ def db_upgrade(state: State, revision: str) -> None:
     Example:
       clipvdb db upgrade
     """
-    from . import db as dbm
-
-    rev = dbm.upgrade(state.url, revision)
+    rev = state.store.upgrade(revision)
     click.echo(f"schema at revision {rev}")
 
 
@@ -232,9 +168,7 @@ def db_downgrade(state: State, revision: str) -> None:
     Example:
       clipvdb db downgrade base
     """
-    from . import db as dbm
-
-    rev = dbm.downgrade(state.url, revision)
+    rev = state.store.downgrade(revision)
     click.echo(f"schema at revision {rev or 'base'}")
 
 
@@ -248,9 +182,7 @@ def db_status(state: State, as_json: bool) -> None:
     Example:
       clipvdb db status --json
     """
-    from . import db as dbm
-
-    info = dbm.status(state.url)
+    info = state.store.status()
     if as_json:
         _print_json(info)
         return
@@ -309,7 +241,7 @@ def db_grant_reader(state: State, name: str, password: str | None) -> None:
     """
     from . import db as dbm
 
-    dbm.grant_reader(state.url, name, password)
+    dbm.grant_reader(state.store.url, name, password)
     click.echo(f"role {name} can read every table and view, and change nothing")
 
 
@@ -330,10 +262,8 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
       clipvdb embed cat.png --stage second --pretrained random
       clipvdb embed a.png b.png --stage first --format npy > first.npy
     """
-    from .encoding import embed_files
-
     stages = _stages(stage)
-    out = embed_files(list(images), stages, state.load_model(stages))
+    out = state.store.embed(list(images), stages)
     if fmt == "npy":
         import io
 
@@ -378,17 +308,16 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
       clipvdb ingest --stage all --data ./cifar10 --pretrained ~/RN50.pt
     """
     from .errors import SkippedImagesError
-    from .ingest import ingest as run_ingest
     from .sources import open_source
 
     stages = _stages(stage)
     source = open_source(data)
-    lm = state.load_model(stages)
+    state.store.encoder_for(stages)  # load weights (or fail) before the progress bar starts
     progress, update = _progress(f"ingest {','.join(s.name for s in stages)}")
     with progress:
-        result = run_ingest(
-            state.url, source, stages, lm, split=split, limit=limit, batch_size=batch_size,
-            workers=workers, dataset_name=dataset, strict=strict, build_index=not no_index, progress=update,
+        result = state.store.ingest(
+            source, stages, split=split, limit=limit, batch_size=batch_size, workers=workers, dataset=dataset,
+            strict=strict, build_index=not no_index, progress=update,
         )  # fmt: skip
     if as_json:
         _print_json(result.as_dict())
@@ -419,8 +348,8 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
     help="Index a D-dimensional PCA projection and re-rank candidates exactly (0: full vectors).",
 )
 @click.option("--lists", type=click.IntRange(1), help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M).")
-@click.option("--m", "m", type=click.IntRange(2), default=16, show_default=True, help="hnsw m.")
-@click.option("--ef-construction", type=click.IntRange(4), default=64, show_default=True)
+@click.option("--m", "m", type=click.IntRange(2), default=config.DEFAULT_M, show_default=True, help="hnsw m.")
+@click.option("--ef-construction", type=click.IntRange(4), default=config.DEFAULT_EF_CONSTRUCTION, show_default=True)
 @click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True)
 @json_option
 @click.pass_obj
@@ -436,21 +365,13 @@ def index(state: State, stage, kind, project, lists, m, ef_construction, metric,
       clipvdb index --stage first --kind hnsw --project 128 --m 16 --ef-construction 64
       clipvdb index --stage second --kind ivfflat --lists 100
     """
-    from . import db as dbm
-    from . import indexes
-
-    out = []
-    with dbm.open_db(state.url) as conn:
-        for s in _stages(stage):
-            chosen, defaults = (kind, {}) if kind else indexes.default_index(s)
-            dims = defaults.get("project") if project is None else project
-            info = indexes.build(conn, s, chosen, lists=lists, m=m, ef_construction=ef_construction, metric=metric,
-                                 project=dims or None)  # fmt: skip
-            out.append(info.__dict__)
+    infos = state.store.index(_stages(stage), kind, project=project, lists=lists, m=m,
+                              ef_construction=ef_construction, metric=metric)  # fmt: skip
+    out = [i.__dict__ for i in infos]
     if as_json:
         _print_json(out)
     else:
-        _console().print(_table("indexes", out, ["stage", "kind", "params", "rows", "size_bytes", "build_seconds"]))
+        print_table("indexes", out, ["stage", "kind", "params", "rows", "size_bytes", "build_seconds"])
 
 
 # ---------------------------------------------------------------- classify / evaluate
@@ -477,14 +398,9 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
       clipvdb classify cat.png
       clipvdb classify cat.png ship.png --stage first,second --k 5 --json
     """
-    from .classify import SearchSettings, classify_files
-
-    stages = _stages(stage) if stage else _stored_stages(state)
-    preds = classify_files(
-        state.url, list(images), stages, state.load_model(stages),
-        SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,
-                       candidates=candidates),
-        dataset_name=dataset, split=against, template=prompts,
+    preds = state.store.classify(
+        list(images), _stages(stage) if stage else None, k=k, exact=exact, probes=probes, ef_search=ef_search,
+        metric=metric, candidates=candidates, dataset=dataset, against=against, prompts=prompts,
     )  # fmt: skip
     if as_json:
         _print_json([p.as_dict() for p in preds])
@@ -492,19 +408,7 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
     rows = [{"image": p.image, "stage": p.stage, "class": p.predicted_class, "distance": p.distance,
              "neighbour": (p.neighbors[0]["source"] if p.neighbors else "zero-shot"),
              "encode_ms": p.encode_ms, "query_ms": p.query_ms} for p in preds]  # fmt: skip
-    _console().print(_table("predictions", rows))
-
-
-def _stored_stages(state: State) -> list[Stage]:
-    from . import catalog
-    from . import db as dbm
-    from .errors import EmptyStageError
-
-    with dbm.open_db(state.url) as conn:
-        names = catalog.stages_with_rows(conn)
-    if not names:
-        raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
-    return parse_stages(names)
+    print_table("predictions", rows)
 
 
 @cli.command()
@@ -513,8 +417,10 @@ def _stored_stages(state: State) -> list[Stage]:
 @click.option("--split", default="test", show_default=True)
 @click.option("--against", default="train", show_default=True, help="Stored split to search.")
 @click.option("--num", type=click.IntRange(1), help="Only the first N images of the split.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(0))
+@click.option("--batch-size", type=click.IntRange(1), default=config.DEFAULT_EVAL_BATCH_SIZE, show_default=True)
+@click.option("--workers", type=click.IntRange(0), help="Image-decoding processes (default: cores - 1, at most 4).")
+@click.option("--connections", type=click.IntRange(1), default=2, show_default=True,
+              help="Database connections searching batches at once.")  # fmt: skip
 @click.option("--display-freq", type=click.IntRange(0), default=10, show_default=True,
               help="Print running accuracy every F batches (0: never).")  # fmt: skip
 @click.option("--dataset", help="Dataset name (default: from the source).")
@@ -523,7 +429,7 @@ def _stored_stages(state: State) -> list[Stage]:
 @model_options
 @json_option
 @click.pass_obj
-def evaluate(state: State, stage, data, split, against, num, batch_size, workers, display_freq, dataset,
+def evaluate(state: State, stage, data, split, against, num, batch_size, workers, connections, display_freq, dataset,
              prompts, k, probes, ef_search, candidates, exact, metric, as_json) -> None:  # fmt: skip
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
@@ -532,21 +438,17 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
       clipvdb evaluate --stage first --data cifar-10-python.tar.gz --num 1000 --exact
       clipvdb evaluate --stage all --data ./cifar10 --k 5 --display-freq 5
     """
-    from .classify import SearchSettings
-    from .evaluate import evaluate as run_eval
     from .sources import open_source
 
     stages = _stages(stage)
     source = open_source(data)
-    lm = state.load_model(stages)
+    state.store.encoder_for(stages)
     progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
     with progress:
-        result = run_eval(
-            state.url, source, stages, lm,
-            SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,
-                       candidates=candidates),
-            split=split, against=against, num=num, batch_size=batch_size, workers=workers,
-            display_freq=display_freq, dataset_name=dataset, template=prompts,
+        result = state.store.evaluate(
+            source, stages, split=split, against=against, k=k, exact=exact, probes=probes, ef_search=ef_search,
+            metric=metric, candidates=candidates, num=num, batch_size=batch_size, workers=workers,
+            connections=connections, display_freq=display_freq, dataset=dataset, prompts=prompts,
             report=lambda line: progress.console.print(line), progress=update,
         )  # fmt: skip
     if as_json:
@@ -554,7 +456,11 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
         return
     rows = [{"stage": n, "n": t.n, "accuracy_%": t.accuracy, "encoder_s": t.encode_ms / 1000,
              "query_s": t.query_ms / 1000} for n, t in result.stages.items()]  # fmt: skip
-    _console().print(_table(f"run {result.run_id}: {result.dataset}/{result.split}", rows))
+    print_table(f"run {result.run_id}: {result.dataset}/{result.split}", rows)
+    click.echo(
+        f"{result.images} images in {result.seconds:.1f} s ({result.images_per_s:.0f} images/s); "
+        f"decode {result.decode_ms / 1000:.1f} s, store {result.store_ms / 1000:.1f} s (summed over batches)"
+    )
     for _key, reason in result.failed:
         click.echo(f"skipped: {reason}", err=True)
 
@@ -580,14 +486,11 @@ def search(state: State, text, image, k, stage, dataset, exact, as_json) -> None
       clipvdb search "a red sports car" --k 10
       clipvdb search "but red" --image car.png
     """
-    from .retrieval import search as run_search
-
-    hits = run_search(state.url, state.load_model([STAGES_BY_NAME["origin"]]), text, image=image, k=k, stage=stage,
-                      dataset_name=dataset, exact=exact)  # fmt: skip
+    hits = state.store.search(text, image=image, k=k, stage=stage, dataset=dataset, exact=exact)
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
-    _console().print(_table("search", [h.as_dict() for h in hits], ["image_id", "class_name", "source", "distance"]))
+    print_table("search", [h.as_dict() for h in hits], ["image_id", "class_name", "source", "distance"])
 
 
 @cli.command()
@@ -607,12 +510,8 @@ def neighbors(state: State, image, stage, k, out, dataset, exact, as_json) -> No
     Example:
       clipvdb neighbors cat.png --stage first,second --k 8 --out grid.png
     """
-    from .classify import SearchSettings
-    from .retrieval import neighbour_grid
-
     stages = [s for s in _stages(stage) if s.name != "origin"] if stage == "all" else _stages(stage)
-    grid = neighbour_grid(state.url, image, stages, state.load_model(stages), out, k=k, dataset_name=dataset,
-                          settings=SearchSettings(exact=exact))  # fmt: skip
+    grid = state.store.neighbors(image, stages, out, k=k, dataset=dataset, exact=exact)
     if as_json:
         _print_json({"path": str(grid.path), "stages": grid.stages, "columns": grid.columns, "rows": grid.rows})
         return
@@ -659,19 +558,16 @@ def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, o
     Example:
       clipvdb experiment search --stage first --sizes 1000,5000 --out recall.png
     """
-    from .experiment import plot_experiment, search_experiment
+    from .experiment import plot_experiment
 
-    stages = _stages(stage)
-    if len(stages) != 1:
-        raise UsageError("experiment search takes one --stage")
-    result = search_experiment(state.url, stages[0], state.load_model(stages), _ints(sizes), queries=queries,
-                               probes=_ints(probes), ef_search=_ints(ef), metric=metric)  # fmt: skip
+    result = state.store.experiment(_stages(stage), _ints(sizes), queries=queries, probes=_ints(probes),
+                                    ef_search=_ints(ef), metric=metric)  # fmt: skip
     if out:
         plot_experiment(result, out)
     if as_json:
         _print_json({"experiment_id": result.experiment_id, "rows": result.rows, "plot": str(out) if out else None})
         return
-    _console().print(_table(f"experiment {result.experiment_id}", result.rows))
+    print_table(f"experiment {result.experiment_id}", result.rows)
     if out:
         click.echo(str(out))
 
@@ -692,7 +588,7 @@ def serve(state: State, host: str, port: int, k: int) -> None:
     from .web import serve as run_serve
 
     click.echo(f"clipvdb: serving on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    run_serve(state.url, state.load_model, host=host, port=port)
+    run_serve(state.store, host=host, port=port, k=k)
 
 
 # ---------------------------------------------------------------- report / plot
@@ -713,10 +609,7 @@ def report(state: State, run: int | None, views: tuple[str, ...], as_json: bool)
     """
     from . import reports
 
-    bad = [v for v in views if v not in reports.VIEWS]
-    if bad:
-        raise UsageError(f"unknown view {bad[0]!r}; choose from {', '.join(reports.VIEWS)}")
-    data = reports.report(state.url, run, tuple(views) or reports.VIEWS)
+    data = state.store.reports(run, views or None)
     if as_json:
         _print_json(data)
         return
@@ -726,49 +619,42 @@ def report(state: State, run: int | None, views: tuple[str, ...], as_json: bool)
 
 
 # Columns left out of the human tables (they are in --json and in psql).
-HIDDEN_COLUMNS = {"report_runs": ("params", "started_at", "finished_at")}
+HIDDEN_COLUMNS = {"report_runs": ("params", "index", "storage", "started_at", "finished_at")}
 
 
 def _print_report(data: dict, views: tuple[str, ...]) -> None:
-    console = _console()
     for view in views:
         rows = data[view]
         if view == "report_confusion":
-            _print_confusion(console, rows)
+            _print_confusion(rows)
             continue
         hidden = HIDDEN_COLUMNS.get(view, ()) + ("run_id",) * (view != "report_runs")
-        console.print(_table(view, [{k: v for k, v in r.items() if k not in hidden} for r in rows]))
+        print_table(view, [{k: v for k, v in r.items() if k not in hidden} for r in rows])
 
 
-def _print_confusion(console, rows: list[dict]) -> None:
-    from rich.table import Table
-
+def _print_confusion(rows: list[dict]) -> None:
     for stage in dict.fromkeys(r["stage"] for r in rows):
         cells = {(r["true_class"], r["predicted_class"]): r["n"] for r in rows if r["stage"] == stage}
         classes = sorted({c for pair in cells for c in pair if c}, key=str)
-        table = Table(title=f"report_confusion: stage {stage} (rows true, columns predicted)", title_justify="left")
-        table.add_column("true \\ pred")
-        for c in classes:
-            table.add_column(c[:8], justify="right")
-        for t in classes:
-            table.add_row(t, *[str(cells.get((t, p), "")) for p in classes])
-        console.print(table)
+        title = f"report_confusion: stage {stage} (rows true, columns predicted)"
+        grid = [["true \\ pred", *classes]] + [[t, *[str(cells.get((t, p), "")) for p in classes]] for t in classes]
+        print_plain(title, grid, numeric=[False] + [True] * len(classes))
 
 
 @cli.command()
 @click.option("--run", "run", type=int, help="Run id (default: the latest complete run).")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNG files.")
+@click.option("--squared", is_flag=True, help="Histograms on the study's axis: squared L2 distance.")
 @click.pass_obj
-def plot(state: State, run: int | None, out: Path) -> None:
+def plot(state: State, run: int | None, out: Path, squared: bool) -> None:
     """Write the study's distance histograms per stage and an accuracy/time chart as PNG.
 
     \b
     Example:
       clipvdb plot --out plots/
+      clipvdb plot --out plots/ --squared --run 3
     """
-    from .plots import plot as run_plot
-
-    for path in run_plot(state.url, out, run):
+    for path in state.store.plot(out, run, squared=squared):
         click.echo(str(path))
 
 
@@ -795,8 +681,8 @@ def demo(state: State, data, n_train, n_test, stage, out) -> None:
 
     stages = _stages(stage)
     result = run_demo(
-        state.url, data=data, n_train=n_train, n_test=n_test, stages=stages, out=out, model=state.model,
-        pretrained=state.pretrained, device=state.device, say=click.echo, progress=_progress,
+        state.store, data=data, n_train=n_train, n_test=n_test, stages=stages, out=out, say=click.echo,
+        progress=_progress,
     )  # fmt: skip
     _print_report(result.report, ("report_runs", "report_accuracy", "report_timing"))
     click.echo("more: clipvdb report (confusion, per-class accuracy, distance histogram)")

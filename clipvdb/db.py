@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -13,11 +12,10 @@ import psycopg
 from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 
-from . import embedded
+from . import config, embedded, queries
 from .errors import DatabaseError, ExtensionError, SchemaError
 
 MIN_PGVECTOR = (0, 7, 0)
-ENV_URL = "CLIPVDB_DATABASE_URL"
 
 
 def first_line(exc: BaseException) -> str:
@@ -28,10 +26,14 @@ def first_line(exc: BaseException) -> str:
 
 def resolve_url(database_url: str | None = None, home: Path | None = None) -> str:
     """The URL given, else CLIPVDB_DATABASE_URL, else the embedded server (started if needed)."""
-    url = database_url or os.environ.get(ENV_URL)
+    url = database_url or config.database_url()
     if url:
         return url
     return embedded.start(home)
+
+
+def connection_error(exc: BaseException) -> DatabaseError:
+    return DatabaseError(f"cannot connect to the database: {first_line(exc)}")
 
 
 def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
@@ -39,7 +41,7 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
     try:
         conn = psycopg.connect(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from exc
+        raise connection_error(exc) from exc
     if vector:
         try:
             check_pgvector(conn)
@@ -71,7 +73,7 @@ def connection(url: str, **kwargs) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
+def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
 
@@ -89,7 +91,7 @@ def check_pgvector(conn: psycopg.Connection) -> str:
                 "to use the embedded server"
             )
         raise ExtensionError("the database has no schema yet; run 'clipvdb db upgrade'")
-    if _version_tuple(row[0]) < MIN_PGVECTOR:
+    if version_tuple(row[0]) < MIN_PGVECTOR:
         raise ExtensionError(
             f"pgvector {row[0]} is too old (halfvec needs >= 0.7); upgrade it, then run ALTER EXTENSION vector UPDATE"
         )
@@ -149,28 +151,39 @@ def _alembic(fn, url: str, revision: str) -> None:
         engine.dispose()
 
 
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
+def known_revisions() -> list[str]:
+    """Revision ids in order. Each migration file is named after its revision id ("0006_...py"), so
+    no Alembic import is needed to know the head (tests check this against Alembic's own answer)."""
+    return sorted(p.name.split("_", 1)[0] for p in (migrations_dir() / "versions").glob("[0-9]*_*.py"))
 
-    return ScriptDirectory.from_config(_alembic_config("")).get_current_head()
+
+def head_revision() -> str:
+    return known_revisions()[-1]
+
+
+def is_known_revision(rev: str) -> bool:
+    return rev in known_revisions()
+
+
+def revision_of(conn: psycopg.Connection) -> str | None:
+    """The schema's Alembic revision (None: no clipvdb schema). Alembic's MigrationContext reads it
+    through SQLAlchemy, which a plain psycopg connection lacks; these two statements do the same."""
+    row = None
+    if conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0] is not None:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
+        conn.rollback()
+    return row[0] if row else None
 
 
 def current_revision(url: str) -> str | None:
     with connection(url, vector=False) as conn:
-        exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
-        if exists is None:
-            return None
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        return row[0] if row else None
+        return revision_of(conn)
 
 
 def require_schema(conn: psycopg.Connection) -> None:
     """Raise SchemaError unless the schema is at the head revision."""
-    exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
-    rev = None
-    if exists is not None:
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        rev = row[0] if row else None
+    rev = revision_of(conn)
     if rev != head_revision():
         raise SchemaError(
             f"the database schema is at revision {rev or 'none'}, clipvdb needs {head_revision()}; "
@@ -204,18 +217,11 @@ def status(url: str) -> dict:
         server = conn.execute("SHOW server_version").fetchone()[0]
         row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
         pgvector = row[0] if row else None
-        has_version_table = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
-        revision = None
-        if has_version_table:
-            r = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            revision = r[0] if r else None
+        revision = revision_of(conn)
         rows: dict[str, int] = {}
-        if revision is not None:
+        if revision is not None and conn.execute("SELECT to_regclass('public.stage_counts')").fetchone()[0]:
             for stage in STAGES.values():
-                if conn.execute("SELECT to_regclass(%s)", (stage.table,)).fetchone()[0]:
-                    rows[stage.name] = conn.execute(
-                        f"SELECT count(*) FROM {stage.table}"  # table name from code, not input
-                    ).fetchone()[0]
+                rows[stage.name] = conn.execute(queries.total_rows(stage)).fetchone()[0]
         images = 0
         if revision is not None and conn.execute("SELECT to_regclass('public.images')").fetchone()[0]:
             images = conn.execute("SELECT count(*) FROM images").fetchone()[0]

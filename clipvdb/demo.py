@@ -7,19 +7,21 @@ results are never presented as CLIP results.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import db, models, plots, reports, synthetic
-from .classify import SearchSettings
+from . import config, synthetic
 from .embedded import home_dir
+from .encoders import Encoder, load_encoder
 from .errors import SourceError, WeightsError
-from .evaluate import EvalResult, evaluate
-from .ingest import IngestResult, ingest
+from .evaluate import EvalRun
+from .ingest import IngestResult
 from .sources import Source, open_source
-from .stages import Stage
+from .stages import Stage, needs_encoder
+from .store import Store
 
 BANNER = "!" * 78
 
@@ -30,7 +32,7 @@ class DemoResult:
     weights: str
     notices: list[str] = field(default_factory=list)
     ingest: IngestResult | None = None
-    evaluation: EvalResult | None = None
+    evaluation: EvalRun | None = None
     report: dict | None = None
     plots: list[Path] = field(default_factory=list)
 
@@ -51,59 +53,48 @@ def pick_source(data: str | None, n_train: int, n_test: int) -> tuple[Source, li
 
 def pick_model(
     model: str, pretrained: str | None, device: str, stages: list[Stage]
-) -> tuple[models.LoadedModel | None, list[str]]:
-    if not any(s.uses_clip for s in stages):
+) -> tuple[Encoder | None, list[str]]:
+    if not needs_encoder(stages):
         return None, []
-    if pretrained:
-        return models.load_model(model, pretrained, device), []
+    if pretrained or model == "tiny":
+        return load_encoder(model, pretrained or config.DEFAULT_PRETRAINED, device), []
     try:
-        return models.load_model(model, models.DEFAULT_PRETRAINED, device), []
+        return load_encoder(model, config.DEFAULT_PRETRAINED, device), []
     except WeightsError as exc:
-        lm = models.load_model(model, models.RANDOM, device, quiet=True)
+        lm = load_encoder(model, "random", device, quiet=True)
         return lm, [f"NO CLIP WEIGHTS: {exc}. The CLIP stages below use RANDOM weights: their "
                     "accuracy says nothing about CLIP. Only stage 'first' (raw pixels) is meaningful."]  # fmt: skip
 
 
 def run_demo(
-    url: str,
+    store: Store,
     *,
     data: str | None,
     n_train: int,
     n_test: int,
     stages: list[Stage],
     out: Path,
-    model: str,
-    pretrained: str | None,
-    device: str,
     say: Callable[[str], None],
     progress: Callable[[str], tuple] | None = None,
 ) -> DemoResult:
     source, notices = pick_source(data, n_train, n_test)
-    lm, model_notices = pick_model(model, pretrained, device, stages)
+    lm, model_notices = pick_model(store.model, store.pretrained, store.device, stages)
+    if lm is not None:
+        store.encoder = lm
     notices += model_notices
     for n in notices:
         say(f"{BANNER}\n{n}\n{BANNER}")
-    db.upgrade(url)
     result = DemoResult(
         source=source.location, weights=lm.weights if lm else "none (stage first only)", notices=notices
     )
     say(f"data: {source.location}  weights: {result.weights}")
     bar, update = progress("ingest") if progress else (None, None)
-    with bar if bar else _null():
-        result.ingest = ingest(url, source, stages, lm, split="train", limit=n_train, progress=update)
+    with bar if bar else contextlib.nullcontext():
+        result.ingest = store.ingest(source, stages, split="train", limit=n_train, progress=update)
     say(f"ingested {result.ingest.total} training images in {result.ingest.seconds:.1f} s")
     bar, update = progress("evaluate") if progress else (None, None)
-    with bar if bar else _null():
-        result.evaluation = evaluate(url, source, stages, lm, SearchSettings(), split="test", num=n_test,
-                                     display_freq=0, progress=update)  # fmt: skip
-    result.report = reports.report(url, result.evaluation.run_id)
-    result.plots = plots.plot(url, out, result.evaluation.run_id)
+    with bar if bar else contextlib.nullcontext():
+        result.evaluation = store.evaluate(source, stages, split="test", num=n_test, progress=update)
+    result.report = store.reports(result.evaluation.run_id)
+    result.plots = store.plot(out, result.evaluation.run_id)
     return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

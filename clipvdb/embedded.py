@@ -19,6 +19,7 @@ from urllib.parse import quote
 import platformdirs
 import psycopg
 
+from . import config
 from .errors import DatabaseError, UsageError
 
 DATABASE_NAME = "clipvdb"
@@ -28,8 +29,7 @@ MAX_SOCKET_PATH = 107
 
 def home_dir() -> Path:
     """CLIPVDB_HOME, or the platform's user data directory."""
-    env = os.environ.get("CLIPVDB_HOME")
-    return Path(env).expanduser() if env else platformdirs.user_data_path("clipvdb")
+    return config.home() or platformdirs.user_data_path("clipvdb")
 
 
 def data_dir(home: Path | None = None) -> Path:
@@ -107,7 +107,7 @@ def _clear_stale_state(pgdata: Path) -> None:
 def shared_buffers_mb() -> int:
     """CLIPVDB_SHARED_BUFFERS (MB), else a quarter of memory up to 2 GB: enough to keep the ANN
     indexes of a CIFAR-sized set in shared memory (PostgreSQL's default is 128 MB)."""
-    env = os.environ.get("CLIPVDB_SHARED_BUFFERS")
+    env = os.environ.get(config.ENV_SHARED_BUFFERS)
     if env:
         return max(16, int(env))
     try:

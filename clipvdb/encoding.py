@@ -1,52 +1,41 @@
-"""Items to per-stage vectors, in batches: images decoded in DataLoader workers, one forward pass."""
+"""The image pipeline: items to per-stage vectors, in batches.
+
+Decoding runs in worker processes (forked, so nothing is pickled but each batch's result): a worker
+decodes a whole batch and returns it as one uint8 array per input (`first`'s 32x32 pixels, the
+encoder's prepared input), so a batch crosses the process boundary once. Floats appear only in the
+main process: stage first's vectors from the pixels, the CLIP stages from `Encoder.encode`.
+Stage first needs no encoder and imports no torch.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
+from .encoders import Encoder
 from .errors import ImageError
-from .images import array_to_image, first_stage_tensor, load_image
-from .models import LoadedModel
+from .images import ImageInput, array_to_image, as_image, first_stage_pixels, first_stage_vectors, load_image
 from .sources import Item
-from .stages import Stage, StageOutput, first_stage_vectors, run_stages
+from .stages import Stage, StageOutput
 
 
-class _ItemDataset(Dataset):
-    def __init__(self, items: list[Item], preprocess, need_first: bool, hash_items: bool):
-        self.items = items
-        self.preprocess = preprocess
-        self.need_first = need_first
-        self.hash_items = hash_items
+@dataclass
+class Decoded:
+    """One batch, decoded: the items that decoded, their arrays, and those that did not."""
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.items[i]
-        out: dict = {"index": i, "error": None, "first": None, "clip": None, "sha": b""}
-        try:
-            img = array_to_image(item.array) if item.array is not None else load_image(item.path, item.key)
-            if self.need_first:
-                out["first"] = first_stage_tensor(img)
-            if self.preprocess is not None:
-                out["clip"] = self.preprocess(img)
-            if self.hash_items:
-                out["sha"] = item.sha256()
-        except ImageError as exc:
-            out["error"] = str(exc)
-        except Exception as exc:  # one bad file must not stop the batch
-            out["error"] = f"{item.key}: cannot be read ({exc.__class__.__name__}: {exc})"
-        return out
-
-
-def _collate(rows: list[dict]) -> list[dict]:
-    return rows
+    index: list[int]
+    sha: list[bytes]
+    first: np.ndarray | None
+    prepared: np.ndarray | None
+    failed: list[tuple[int, str]]
+    decode_ms: float
 
 
 @dataclass
@@ -55,17 +44,100 @@ class EncodedBatch:
     sha: list[bytes]
     vectors: dict[str, np.ndarray]
     elapsed_ms: dict[str, float]
+    decode_ms: float = 0.0
     failed: list[tuple[Item, str]] = field(default_factory=list)
 
 
+@dataclass
+class _Job:
+    items: list[Item]
+    need_first: bool
+    prepare: Callable | None
+    hash_items: bool
+
+
+_job: _Job | None = None  # the job a forked worker decodes (inherited, never pickled)
+
+
+def _decode_image(item: Item):
+    if item.image is not None:
+        return as_image(item.image, item.key)
+    if item.array is not None:
+        return array_to_image(item.array)
+    return load_image(item.path, item.key)
+
+
+def decode(job: _Job, start: int, stop: int) -> Decoded:
+    t0 = time.perf_counter()
+    index, sha, first, prepared, failed = [], [], [], [], []
+    for i in range(start, stop):
+        item = job.items[i]
+        try:
+            img = _decode_image(item)
+            f = first_stage_pixels(img) if job.need_first else None
+            p = job.prepare(img) if job.prepare is not None else None
+            h = item.sha256() if job.hash_items else b""
+        except ImageError as exc:
+            failed.append((i, str(exc)))
+            continue
+        except Exception as exc:  # one bad file must not stop the batch
+            failed.append((i, f"{item.key}: cannot be read ({exc.__class__.__name__}: {exc})"))
+            continue
+        index.append(i)
+        sha.append(h)
+        if f is not None:
+            first.append(f)
+        if p is not None:
+            prepared.append(p)
+    return Decoded(
+        index=index, sha=sha, failed=failed,
+        first=np.stack(first) if first else None,
+        prepared=np.stack(prepared) if prepared else None,
+        decode_ms=(time.perf_counter() - t0) * 1000,
+    )  # fmt: skip
+
+
+def _decode_in_worker(start: int, stop: int) -> Decoded:
+    assert _job is not None
+    return decode(_job, start, stop)
+
+
 def default_workers() -> int:
+    """Decoding processes: one per core beyond the first, at most 4 (the main process encodes)."""
     return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def decoded_batches(job: _Job, batch_size: int, workers: int) -> Iterator[Decoded]:
+    """Decoded batches in order; with workers, up to 2 per worker decoded ahead."""
+    global _job
+    spans = [(s, min(s + batch_size, len(job.items))) for s in range(0, len(job.items), batch_size)]
+    if workers <= 0 or len(spans) <= 1:
+        for s, e in spans:
+            yield decode(job, s, e)
+        return
+    _job = job
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            ahead: deque[Future] = deque()
+            todo = iter(spans)
+            for s, e in todo:
+                ahead.append(pool.submit(_decode_in_worker, s, e))
+                if len(ahead) >= 2 * workers:
+                    break
+            while ahead:
+                done = ahead.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    ahead.append(pool.submit(_decode_in_worker, *nxt))
+                yield done
+    finally:
+        _job = None
 
 
 def encode_items(
     items: list[Item],
     stages: list[Stage],
-    lm: LoadedModel | None,
+    encoder: Encoder | None,
     batch_size: int = 64,
     workers: int | None = None,
     hash_items: bool = True,
@@ -73,56 +145,65 @@ def encode_items(
     """Yield one EncodedBatch per batch: vectors for the items that decoded and are finite."""
     need_first = any(not s.uses_clip for s in stages)
     clip_stages = [s for s in stages if s.uses_clip]
-    preprocess = lm.preprocess if clip_stages else None
-    ds = _ItemDataset(items, preprocess, need_first, hash_items)
+    if clip_stages and encoder is None:
+        raise ImageError(f"stage {clip_stages[0].name} needs an encoder")
+    job = _Job(items, need_first, encoder.prepare if clip_stages and encoder else None, hash_items)
     workers = default_workers() if workers is None else workers
-    loader = DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-        persistent_workers=False, prefetch_factor=2 if workers else None,
-    )  # fmt: skip
-    for rows in loader:
-        good = [r for r in rows if r["error"] is None]
-        failed = [(items[r["index"]], r["error"]) for r in rows if r["error"] is not None]
+    for d in decoded_batches(job, batch_size, workers):
+        failed = [(items[i], reason) for i, reason in d.failed]
         out = StageOutput()
-        if good:
+        if d.index:
             if need_first:
-                out.vectors["first"] = first_stage_vectors(torch.stack([r["first"] for r in good]))
+                assert d.first is not None
+                out.vectors["first"] = first_stage_vectors(d.first)
                 out.elapsed_ms["first"] = 0.0
             if clip_stages:
-                assert lm is not None
-                clip_out = run_stages(lm.visual, torch.stack([r["clip"] for r in good]), clip_stages, lm.device)
+                assert encoder is not None and d.prepared is not None
+                clip_out = encoder.encode(d.prepared, clip_stages)
                 out.vectors.update(clip_out.vectors)
                 out.elapsed_ms.update(clip_out.elapsed_ms)
         # An image whose vector is NaN or infinite at any stage is refused; the rest go on.
-        finite = np.ones(len(good), dtype=bool)
+        finite = np.ones(len(d.index), dtype=bool)
         for v in out.vectors.values():
             finite &= np.isfinite(v).all(axis=1)
-        for r, ok in zip(good, finite, strict=True):
+        for i, ok in zip(d.index, finite, strict=True):
             if not ok:
-                failed.append((items[r["index"]], f"{items[r['index']].key}: the encoder gave NaN or infinite values"))
-        keep = [r for r, ok in zip(good, finite, strict=True) if ok]
-        vectors = {n: v[finite] for n, v in out.vectors.items()}
+                failed.append((items[i], f"{items[i].key}: the encoder gave NaN or infinite values"))
         yield EncodedBatch(
-            items=[items[r["index"]] for r in keep],
-            sha=[r["sha"] for r in keep],
-            vectors=vectors,
+            items=[items[i] for i, ok in zip(d.index, finite, strict=True) if ok],
+            sha=[h for h, ok in zip(d.sha, finite, strict=True) if ok],
+            vectors={n: v[finite] for n, v in out.vectors.items()},
             elapsed_ms=out.elapsed_ms,
+            decode_ms=d.decode_ms,
             failed=failed,
         )
 
 
-def embed_files(paths: list[str], stages: list[Stage], lm: LoadedModel | None) -> dict[str, np.ndarray]:
-    """Vectors per stage for image files, in the order given; ImageError on the first bad file."""
+def query_items(images: list[ImageInput]) -> list[Item]:
+    """Items for images given to classify or embed: paths (checked here), PIL images, arrays, bytes."""
     from pathlib import Path
 
     from .errors import UsageError
 
-    for p in paths:
-        if not Path(p).is_file():
-            raise UsageError(f"image not found: {p}" if not Path(p).exists() else f"{p} is not a file")
-    items = [Item(key=str(p), label=-1, path=Path(p)) for p in paths]
+    out = []
+    for n, img in enumerate(images):
+        if isinstance(img, str | Path):
+            p = Path(img)
+            if not p.exists():
+                raise UsageError(f"image not found: {img}")
+            if p.is_dir():
+                raise UsageError(f"{img} is a directory; pass image files (e.g. {img}/*.png)")
+            out.append(Item(key=str(img), label=-1, path=p))
+        else:
+            out.append(Item(key=f"<image {n}>", label=-1, image=img))
+    return out
+
+
+def embed(images: list[ImageInput], stages: list[Stage], encoder: Encoder | None) -> dict[str, np.ndarray]:
+    """Vectors per stage for the images, in the order given; ImageError on the first bad image."""
+    items = query_items(images)
     parts: dict[str, list[np.ndarray]] = {s.name: [] for s in stages}
-    for batch in encode_items(items, stages, lm, batch_size=32, workers=0, hash_items=False):
+    for batch in encode_items(items, stages, encoder, batch_size=32, workers=0, hash_items=False):
         if batch.failed:
             raise ImageError(batch.failed[0][1])
         for name, v in batch.vectors.items():

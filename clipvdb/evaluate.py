@@ -1,5 +1,11 @@
 """Evaluate: classify a labelled split, store every prediction, report accuracy and time per stage.
 
+The pipeline keeps both cores busy: images decode in worker processes, the main process encodes,
+each batch's kNN statement runs on one of `connections` pooled connections while the next batch
+is encoded, and predictions are stored by binary COPY. Per image, decode, encode, query and store
+times are recorded apart; a batch's query time is its statement's time (batch_query_ms, with
+batch_size), never time spent waiting for the pipeline.
+
 The study's perf_test.py options: --num, --batch-size, --display-freq. A run is stored as
 'running' and only marked 'complete' at the end, so the report views never show half a run.
 """
@@ -7,23 +13,29 @@ The study's perf_test.py options: --num, --batch-size, --display-freq. A run is 
 from __future__ import annotations
 
 import json
+import queue
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import psycopg
 
 from . import catalog, db, zeroshot
-from .classify import SearchSettings, StageSearcher, vote
-from .encoding import encode_items
+from .encoders import Encoder
+from .encoding import EncodedBatch, encode_items
 from .errors import DatabaseError
-from .models import LoadedModel
+from .predict import BatchPredictions, predict_batch
+from .search import SearchSettings, StageSearcher
 from .sources import Source
 from .stages import Stage
 
 ReportFn = Callable[[str], None]
 ProgressFn = Callable[[int, int], None]
+ConnectionSource = Callable[[], "contextmanager[psycopg.Connection]"]
 
 
 @dataclass
@@ -39,18 +51,29 @@ class StageTotals:
 
 
 @dataclass
-class EvalResult:
+class EvalRun:
     run_id: int
     dataset: str
     split: str
     stages: dict[str, StageTotals] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    decode_ms: float = 0.0
+    store_ms: float = 0.0
+
+    @property
+    def images(self) -> int:
+        return max((t.n for t in self.stages.values()), default=0)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
         return {
             "run_id": self.run_id, "dataset": self.dataset, "split": self.split,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "images": self.images, "images_per_s": round(self.images_per_s, 1),
+            "decode_s": round(self.decode_ms / 1000, 3), "store_s": round(self.store_ms / 1000, 3),
             "stages": {n: {"n": t.n, "correct": t.correct, "accuracy_pct": round(t.accuracy, 2),
                            "encode_s": round(t.encode_ms / 1000, 3), "query_s": round(t.query_ms / 1000, 3)}
                        for n, t in self.stages.items()},
@@ -58,123 +81,169 @@ class EvalResult:
         }  # fmt: skip
 
 
+PREDICTION_COLUMNS = (
+    "run_id", "stage", "image_id", "predicted", "true_label", "distance", "nearest_distance", "neighbor_id",
+    "decode_ms", "encode_ms", "query_ms", "batch_no", "batch_size", "batch_query_ms",
+)  # fmt: skip
+PREDICTION_TYPES = ["int4", "text", "int8", "int4", "int4", "float8", "float8", "int8",
+                    "float8", "float8", "float8", "int4", "int4", "float8"]  # fmt: skip
+
+
 def _store(conn: psycopg.Connection, rows: list[tuple]) -> None:
     with conn.cursor() as cur:
-        with cur.copy(
-            "COPY predictions (run_id, stage, image_id, predicted, true_label, distance, neighbor_id, "
-            "encode_ms, query_ms) FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int4", "text", "int8", "int4", "int4", "float8", "int8", "float8", "float8"])
+        with cur.copy(f"COPY predictions ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(PREDICTION_TYPES)
             for r in rows:
                 copy.write_row(r)
 
 
+def run_params(settings: SearchSettings, searchers: dict[str, StageSearcher], stages: list[Stage], **extra) -> dict:
+    """Everything that changes an answer, as stored in eval_runs.params (report_runs shows it)."""
+    return {
+        "metric": settings.metric, "k": settings.k, "exact": settings.exact, "probes": settings.probes,
+        "ef_search": settings.ef_search,
+        "candidates": settings.n_candidates if any(s.projection is not None for s in searchers.values()) else None,
+        "index": {n: {"kind": s.index_kind, "exists": s.index_exists, "used": not settings.exact,
+                      "projected": s.projection is not None, **s.index_params} for n, s in searchers.items()},
+        "storage": {s.name: s.sql_type for s in stages},
+        **extra,
+    }  # fmt: skip
+
+
 def evaluate(
-    url: str,
+    conn: psycopg.Connection,
+    connections: Callable[[], Iterator[psycopg.Connection]],
     source: Source,
     stages: list[Stage],
-    lm: LoadedModel | None,
+    lm: Encoder | None,
     settings: SearchSettings,
     *,
+    searcher: Callable[[Stage, int, str], StageSearcher],
     split: str = "test",
     against: str = "train",
     num: int | None = None,
-    batch_size: int = 64,
+    batch_size: int = 100,
     workers: int | None = None,
+    n_connections: int = 2,
     display_freq: int = 10,
     dataset_name: str | None = None,
     template: str = "study",
     report: ReportFn | None = None,
     progress: ProgressFn | None = None,
-) -> EvalResult:
+    mark_failed: Callable[[int], None] | None = None,
+) -> EvalRun:
+    """`conn` records the run and stores predictions; `connections()` lends a connection for one
+    batch's search (n_connections at once); `searcher(stage, dataset, split)` gives a set-up
+    searcher (the Store caches them)."""
     start = time.perf_counter()
     items = source.items(split)
     if num is not None:
         items = items[:num]
-    with db.open_db(url) as conn:
-        dataset = catalog.register_dataset(conn, source, dataset_name)
-        classes = catalog.class_names(conn, dataset)
-        searchers = {
-            s.name: StageSearcher(conn, s, lm, dataset, against, settings) for s in stages if s.name != "origin"
-        }
-        text = zeroshot.text_embeddings(lm, classes, template) if any(s.name == "origin" for s in stages) else None
-        params = {"exact": settings.exact, "probes": settings.probes, "ef_search": settings.ef_search,
-                  "num": num, "batch_size": batch_size, "against": against, "template": template,
-                  "index": {n: {"kind": s.index.kind, **s.index.params} for n, s in searchers.items()}}  # fmt: skip
-        model = lm.name if lm is not None else catalog.PIXELS_MODEL
-        weights = lm.weights if lm is not None else catalog.PIXELS_WEIGHTS
-        run_id = conn.execute(
-            """INSERT INTO eval_runs (dataset_id, split, stages, model, weights, k, params)
-               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
-            (dataset, split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
-        ).fetchone()[0]
-        conn.commit()
-        result = EvalResult(run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages})
-        try:
-            done = 0
+    dataset = catalog.register_dataset(conn, source, dataset_name)
+    classes = catalog.class_names(conn, dataset)
+    conn.commit()
+    searchers = {s.name: searcher(s, dataset, against) for s in stages if s.name != "origin"}
+    text = zeroshot.text_embeddings(lm, classes, template) if lm is not None and any(
+        s.name == "origin" for s in stages) else None  # fmt: skip
+    params = run_params(settings, searchers, stages, num=num, batch_size=batch_size, against=against,
+                        prompts=template if text is not None else None, connections=n_connections)  # fmt: skip
+    model = lm.name if lm is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_MODEL
+    weights = lm.weights if lm is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_WEIGHTS
+    run_id = conn.execute(
+        """INSERT INTO eval_runs (dataset_id, split, stages, model, weights, k, params)
+           VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+        (dataset, split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
+    ).fetchone()[0]
+    conn.commit()
+    result = EvalRun(run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages})
+    try:
+        if progress:
+            progress(0, len(items))
+        done = 0
+        batches = encode_items(items, stages, lm, batch_size=batch_size, workers=workers)
+        for b, (batch, preds) in enumerate(_searched(batches, stages, searchers, text, connections, n_connections)):
+            result.failed.extend((it.key, reason) for it, reason in batch.failed)
+            if batch.items:
+                t0 = time.perf_counter()
+                image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
+                rows = _rows(run_id, b, batch, stages, preds, image_ids, result)
+                _store(conn, rows)
+                conn.commit()
+                result.store_ms += (time.perf_counter() - t0) * 1000
+            result.decode_ms += batch.decode_ms
+            done += len(batch.items) + len(batch.failed)
             if progress:
-                progress(0, len(items))
-            for b, batch in enumerate(encode_items(items, stages, lm, batch_size=batch_size, workers=workers)):
-                result.failed.extend((it.key, reason) for it, reason in batch.failed)
-                if batch.items:
-                    image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
-                    rows = _predict_batch(run_id, batch, stages, searchers, text, image_ids, result)
-                    _store(conn, rows)
-                    conn.commit()
-                done += len(batch.items) + len(batch.failed)
-                if progress:
-                    progress(len(batch.items) + len(batch.failed), len(items))
-                if report and display_freq and (b + 1) % display_freq == 0:
-                    report(f"[{done}/{len(items)}] " + "  ".join(
-                        f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items()))  # fmt: skip
-            conn.execute("UPDATE eval_runs SET status = 'complete', finished_at = now() WHERE id = %s", (run_id,))
-            conn.commit()
-        except BaseException as exc:
-            _mark_failed(url, run_id)
-            if isinstance(exc, psycopg.OperationalError):
-                raise DatabaseError(
-                    f"lost the database connection during evaluate run {run_id} ({db.first_line(exc)}); "
-                    "the run is left out of the reports; run evaluate again"
-                ) from exc
-            raise
+                progress(len(batch.items) + len(batch.failed), len(items))
+            if report and display_freq and (b + 1) % display_freq == 0:
+                report(f"[{done}/{len(items)}] " + "  ".join(
+                    f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items()))  # fmt: skip
+        totals = {"decode_s": round(result.decode_ms / 1000, 3), "store_s": round(result.store_ms / 1000, 3)}
+        conn.execute(
+            """UPDATE eval_runs SET status = 'complete', finished_at = now(), params = params || %s::jsonb
+               WHERE id = %s""",
+            (json.dumps(totals), run_id),
+        )
+        conn.commit()
+    except BaseException as exc:
+        if mark_failed:
+            mark_failed(run_id)
+        if isinstance(exc, psycopg.OperationalError):
+            raise DatabaseError(
+                f"lost the database connection during evaluate run {run_id} ({db.first_line(exc)}); "
+                "the run is left out of the reports; run evaluate again"
+            ) from exc
+        raise
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _mark_failed(url: str, run_id: int) -> None:
-    try:
-        with db.connection(url, vector=False) as conn:
-            conn.execute("UPDATE eval_runs SET status = 'failed', finished_at = now() WHERE id = %s", (run_id,))
-            conn.commit()
-    except Exception:
-        pass  # the connection may be what failed; a 'running' run is excluded from the views too
+def _searched(
+    batches: Iterator[EncodedBatch], stages: list[Stage], searchers: dict[str, StageSearcher],
+    text: np.ndarray | None, connections, n_connections: int,
+) -> Iterator[tuple[EncodedBatch, dict[str, BatchPredictions]]]:  # fmt: skip
+    """Each encoded batch with its predictions, in order; up to n_connections batches searched at
+    once on their own connections while the main thread encodes the next."""
+    lent: queue.Queue = queue.Queue()
+    with connections() as conns, ThreadPoolExecutor(max(1, n_connections)) as pool:
+        for c in conns:
+            lent.put(c)
+
+        def work(batch: EncodedBatch) -> dict[str, BatchPredictions]:
+            c = lent.get()
+            try:
+                return {s.name: predict_batch(c, s, batch.vectors[s.name], searchers.get(s.name), text)
+                        for s in stages} if batch.items else {}  # fmt: skip
+            finally:
+                lent.put(c)
+
+        ahead: deque[tuple[EncodedBatch, Future]] = deque()
+        for batch in batches:
+            ahead.append((batch, pool.submit(work, batch)))
+            while len(ahead) > n_connections:
+                first, fut = ahead.popleft()
+                yield first, fut.result()
+        while ahead:
+            first, fut = ahead.popleft()
+            yield first, fut.result()
 
 
-def _predict_batch(run_id, batch, stages: list[Stage], searchers, text, image_ids, result: EvalResult) -> list[tuple]:
+def _rows(run_id, batch_no, batch: EncodedBatch, stages, preds: dict[str, BatchPredictions], image_ids,
+          result: EvalRun) -> list[tuple]:  # fmt: skip
     n = len(batch.items)
     labels = np.array([it.label for it in batch.items])
+    decode_ms = batch.decode_ms / max(n + len(batch.failed), 1)
     rows: list[tuple] = []
     for s in stages:
+        p = preds[s.name]
         encode_ms = batch.elapsed_ms.get(s.name, 0.0) / n
-        vecs = batch.vectors[s.name]
-        if s.name == "origin":
-            t0 = time.perf_counter()
-            pred, dist = zeroshot.classify(vecs, text)
-            query_ms = (time.perf_counter() - t0) * 1000 / n
-            neighbor = [None] * n
-        else:
-            neigh, batch_ms = searchers[s.name].search(vecs)
-            query_ms = batch_ms / n
-            voted = [vote(nb) for nb in neigh]
-            pred = np.array([v[0] for v in voted])
-            dist = np.array([v[1].distance for v in voted])
-            neighbor = [v[1].image_id for v in voted]
+        query_ms = p.batch_ms / n
         t = result.stages[s.name]
         t.n += n
-        t.correct += int((pred == labels).sum())
+        t.correct += int((p.labels == labels).sum())
         t.encode_ms += encode_ms * n
-        t.query_ms += query_ms * n
+        t.query_ms += p.batch_ms
         for i in range(n):
-            rows.append((run_id, s.name, image_ids[i], int(pred[i]), int(labels[i]), float(dist[i]),
-                         neighbor[i], encode_ms, query_ms))  # fmt: skip
+            rows.append((run_id, s.name, image_ids[i], int(p.labels[i]), int(labels[i]), float(p.distance[i]),
+                         float(p.nearest_distance[i]), p.neighbor_id[i], decode_ms, encode_ms, query_ms,
+                         batch_no, n, p.batch_ms))  # fmt: skip
     return rows

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes
-from .classify import METRICS
+from . import catalog, db, indexes, queries
+from .encoders import Encoder
 from .errors import EmptyStageError, UsageError
-from .models import LoadedModel
 from .stages import Stage
 
 SCRATCH = "experiment_rows"
@@ -32,12 +31,11 @@ class ExperimentResult:
 
 
 def _queries(conn, stage: Stage, space: int, n: int) -> list[np.ndarray]:
-    return [db.as_array(r[0]) for r in conn.cursor(binary=True).execute(
-        f"SELECT embedding FROM {stage.table} WHERE space_id = %s ORDER BY image_id DESC LIMIT %s", (space, n)
-    ).fetchall()]  # fmt: skip
+    rows = conn.cursor(binary=True).execute(queries.latest_embeddings(stage), (space, n)).fetchall()
+    return [db.as_array(r[0]) for r in rows]
 
 
-def _run(conn, sql: str, queries: list[np.ndarray], k: int) -> tuple[list[list[int]], list[float]]:
+def _run(conn, sql, queries: list[np.ndarray], k: int) -> tuple[list[list[int]], list[float]]:
     ids, times = [], []
     for q in queries:
         start = time.perf_counter()
@@ -48,9 +46,9 @@ def _run(conn, sql: str, queries: list[np.ndarray], k: int) -> tuple[list[list[i
 
 
 def search_experiment(
-    url: str,
+    conn: psycopg.Connection,
     stage: Stage,
-    lm: LoadedModel | None,
+    lm: Encoder | None,
     sizes: list[int],
     *,
     queries: int = 100,
@@ -60,70 +58,63 @@ def search_experiment(
 ) -> ExperimentResult:
     probes = probes or [1, 5, 10]
     ef_search = ef_search or [40, 100]
-    op, exact_fn = METRICS[metric]
-    with db.open_db(url) as conn:
-        space = catalog.find_space(conn, stage, lm)
-        total = (
-            conn.execute(f"SELECT count(*) FROM {stage.table} WHERE space_id = %s", (space,)).fetchone()[0]
-            if space
-            else 0
+    space = catalog.find_space(conn, stage, lm)
+    total = (
+        conn.execute("SELECT coalesce(sum(n_rows), 0) FROM stage_counts WHERE stage = %s AND space_id = %s",
+                     (stage.name, space)).fetchone()[0]
+        if space
+        else 0
+    )  # fmt: skip
+    if total == 0:
+        raise EmptyStageError(f"stage {stage.name} has no rows for these weights; run 'clipvdb ingest' first")
+    if max(sizes) + queries > total:
+        raise UsageError(
+            f"stage {stage.name} stores {total} vectors: the largest size ({max(sizes)}) plus {queries} "
+            f"queries must fit; use smaller --sizes or fewer --queries"
         )
-        if total == 0:
-            raise EmptyStageError(f"stage {stage.name} has no rows for these weights; run 'clipvdb ingest' first")
-        if max(sizes) + queries > total:
-            raise UsageError(
-                f"stage {stage.name} stores {total} vectors: the largest size ({max(sizes)}) plus {queries} "
-                f"queries must fit; use smaller --sizes or fewer --queries"
-            )
-        model, weights = catalog.space_identity(stage, lm)
-        exp_id = conn.execute(
-            "INSERT INTO experiments (stage, model, weights, metric) VALUES (%s, %s, %s, %s) RETURNING id",
-            (stage.name, model, weights, metric),
-        ).fetchone()[0]
-        conn.commit()
-        Q = _queries(conn, stage, space, queries)
-        conn.commit()
-        result = ExperimentResult(exp_id)
-        conn.autocommit = True
-        for size in sorted(sizes):
-            conn.execute(f"DROP TABLE IF EXISTS {SCRATCH}")
-            conn.execute(
-                f"CREATE TEMP TABLE {SCRATCH} AS SELECT image_id, embedding FROM {stage.table} "
-                f"WHERE space_id = {int(space)} ORDER BY image_id LIMIT {int(size)}"
-            )
-            conn.execute(f"ANALYZE {SCRATCH}")
-            q = stage.query_expr("%s")
-            exact_sql = f"SELECT image_id FROM {SCRATCH} ORDER BY {exact_fn.format(a='embedding', b=q)} LIMIT %s"
-            truth, times = _run(conn, exact_sql, Q, 10)
-            result.rows.append(_record(conn, exp_id, size, "exact", {}, truth, truth, times, None, None))
-            ann_sql = f"SELECT image_id FROM {SCRATCH} ORDER BY embedding {op} {q} LIMIT %s"
-            opclass = f"{stage.column_type}_{indexes.METRIC_OPS[metric]}"
-            for kind, settings, setting_name in (
-                ("ivfflat", probes, "ivfflat.probes"),
-                ("hnsw", ef_search, "hnsw.ef_search"),
-            ):
-                lists = indexes.ideal_lists(size)
-                with_params = f"(lists = {lists})" if kind == "ivfflat" else "(m = 16, ef_construction = 64)"
-                conn.execute("SET maintenance_work_mem = '1GB'")
-                start = time.perf_counter()
-                expr = f"embedding {opclass}"
-                conn.execute(f"CREATE INDEX experiment_ann ON {SCRATCH} USING {kind} ({expr}) WITH {with_params}")
-                build_s = time.perf_counter() - start
-                size_bytes = conn.execute("SELECT pg_relation_size('experiment_ann')").fetchone()[0]
-                for value in settings:
-                    conn.execute("SELECT set_config(%s, %s, false)", (setting_name, str(value)))
-                    ids, times = _run(conn, ann_sql, Q, 10)
-                    params = (
-                        {"lists": lists, "probes": value}
-                        if kind == "ivfflat"
-                        else {"m": 16, "ef_construction": 64, "ef_search": value}
-                    )
-                    result.rows.append(
-                        _record(conn, exp_id, size, kind, params, ids, truth, times, build_s, size_bytes)
-                    )
-                conn.execute("DROP INDEX experiment_ann")
-            conn.execute(f"DROP TABLE {SCRATCH}")
-        conn.autocommit = False
+    model, weights = catalog.space_identity(stage, lm)
+    exp_id = conn.execute(
+        "INSERT INTO experiments (stage, model, weights, metric) VALUES (%s, %s, %s, %s) RETURNING id",
+        (stage.name, model, weights, metric),
+    ).fetchone()[0]
+    conn.commit()
+    Q = _queries(conn, stage, space, queries)
+    conn.commit()
+    result = ExperimentResult(exp_id)
+    conn.autocommit = True
+    for size in sorted(sizes):
+        conn.execute(queries.drop_table(SCRATCH))
+        conn.execute(queries.scratch_copy(SCRATCH, stage), (space, size))
+        conn.execute(queries.analyze(SCRATCH))
+        exact_sql = queries.knn_scratch(SCRATCH, stage, metric, exact=True)
+        truth, times = _run(conn, exact_sql, Q, 10)
+        # exact search scored against itself: recall 1 is the reference row, not a measurement
+        result.rows.append(_record(conn, exp_id, size, "exact", {}, truth, truth, times, None, None))
+        ann_sql = queries.knn_scratch(SCRATCH, stage, metric, exact=False)
+        opclass = queries.opclass(stage.column_type, metric)
+        for kind, settings, setting_name in (
+            ("ivfflat", probes, "ivfflat.probes"),
+            ("hnsw", ef_search, "hnsw.ef_search"),
+        ):
+            lists = indexes.ideal_lists(size)
+            index_params = {"lists": lists} if kind == "ivfflat" else {"m": 16, "ef_construction": 64}
+            conn.execute("SET maintenance_work_mem = '1GB'")
+            start = time.perf_counter()
+            conn.execute(queries.create_index("experiment_ann", SCRATCH, "embedding", kind, opclass, index_params))
+            build_s = time.perf_counter() - start
+            size_bytes = conn.execute("SELECT pg_relation_size('experiment_ann')").fetchone()[0]
+            for value in settings:
+                conn.execute("SELECT set_config(%s, %s, false)", (setting_name, str(value)))
+                ids, times = _run(conn, ann_sql, Q, 10)
+                params = (
+                    {"lists": lists, "probes": value}
+                    if kind == "ivfflat"
+                    else {"m": 16, "ef_construction": 64, "ef_search": value}
+                )
+                result.rows.append(_record(conn, exp_id, size, kind, params, ids, truth, times, build_s, size_bytes))
+            conn.execute("DROP INDEX experiment_ann")
+        conn.execute(queries.drop_table(SCRATCH))
+    conn.autocommit = False
     return result
 
 

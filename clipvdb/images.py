@@ -1,4 +1,5 @@
-"""Image decoding: any mode to RGB, EXIF orientation applied, decompression bombs refused."""
+"""Image decoding: any mode to RGB, EXIF orientation applied, decompression bombs refused; the
+`first` stage's pixels (no torch: stage first needs none)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
@@ -15,6 +15,9 @@ from .errors import ImageError
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 MAX_PIXELS = 50_000_000
 FIRST_SIZE = 32
+
+# What the library accepts as one image: a file path, encoded bytes, a PIL image, or an HxWx3 uint8 array.
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -64,12 +67,30 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         raise ImageError(f"{label}: corrupt or truncated image ({exc})") from exc
 
 
-def first_stage_tensor(img: Image.Image) -> torch.Tensor:
-    """(3, 32, 32) float tensor in [0, 1]: the `first` stage's input (ToTensor scaling)."""
+def as_image(value: ImageInput, name: str | None = None) -> Image.Image:
+    """Any accepted image input as an RGB PIL image (arrays: HxWx3 uint8, or HxW grey)."""
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    if isinstance(value, np.ndarray):
+        if value.ndim == 2 or (value.ndim == 3 and value.shape[2] == 3):
+            return to_rgb(Image.fromarray(np.ascontiguousarray(value, dtype=np.uint8)))
+        raise ImageError(f"{name or 'array'}: expected an HxWx3 or HxW uint8 array, got shape {value.shape}")
+    return load_image(value, name)
+
+
+def first_stage_pixels(img: Image.Image) -> np.ndarray:
+    """(32, 32, 3) uint8: the `first` stage's input, resized bicubic when not 32x32."""
     if img.size != (FIRST_SIZE, FIRST_SIZE):
         img = img.resize((FIRST_SIZE, FIRST_SIZE), Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def first_stage_vectors(pixels: np.ndarray) -> np.ndarray:
+    """`first` vectors from a (N, 32, 32, 3) uint8 batch: channel-first, flattened, in [0, 1]
+    (torchvision's ToTensor scaling, bit for bit: one float32 division by 255)."""
+    x = pixels.transpose(0, 3, 1, 2).reshape(pixels.shape[0], -1).astype(np.float32)
+    x /= np.float32(255.0)
+    return x
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:

@@ -1,47 +1,39 @@
-"""Approximate-nearest-neighbour indexes per stage: ivfflat (default), hnsw, or none.
+"""Approximate-nearest-neighbour indexes per stage: ivfflat, hnsw, or none.
 
 The index is on the embedding column itself, with the opclass of its type (vector, or halfvec for
 the stages wider than 2,000 dimensions; see Stage.column_type), or, with `project`, on a PCA
-projection of it in projections_<stage> (projection.py), queried with an exact re-rank.
+projection of it in projections_<stage> (projection.py), queried with an exact re-rank. The DDL is
+composed by queries.create_index, which experiments use too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import zlib
 from dataclasses import dataclass
 
 import psycopg
 
-from . import projection
+from . import config, projection, queries
 from .errors import UsageError
+from .search import index_defaults
 from .stages import Stage
 
-KINDS = ("ivfflat", "hnsw", "none")
-METRIC_OPS = {"l2": "l2_ops", "cosine": "cosine_ops", "ip": "ip_ops"}
-DEFAULT_M = 16
-DEFAULT_EF_CONSTRUCTION = 64
-# What ingest builds on a stage nobody chose an index for. Stage first: hnsw over a 128-d PCA
-# projection, re-ranked exactly, met the stage-first goal (BENCHMARKS.md, item 1); no such
-# measurement exists for the CLIP stages, which keep ivfflat on the full vectors.
-DEFAULTS: dict[str, tuple[str, dict]] = {"first": ("hnsw", {"project": 128})}
+KINDS = queries.INDEX_KINDS
 
 
 def default_index(stage: Stage) -> tuple[str, dict]:
-    kind, params = DEFAULTS.get(stage.name, ("ivfflat", {}))
+    kind, params = index_defaults(stage)
     return kind, dict(params)
-
-
-def index_name(stage: Stage, projected: bool = False) -> str:
-    return f"{projection.table(stage)}_ann" if projected else f"{stage.table}_ann"
 
 
 def drop(conn: psycopg.Connection, stage: Stage) -> None:
     """Drop the stage's ANN index, full-width or projected (a large load goes faster without)."""
-    conn.execute(f"DROP INDEX IF EXISTS {index_name(stage)}")
-    conn.execute(f"DROP INDEX IF EXISTS {index_name(stage, projected=True)}")
+    conn.execute(queries.drop_index(queries.index_name(stage)))
+    conn.execute(queries.drop_index(queries.index_name(stage, projected=True)))
 
 
 def ideal_lists(rows: int) -> int:
@@ -55,6 +47,12 @@ def default_probes(lists: int) -> int:
     """A fifth of the lists: recall@1 0.996 at stage first, 50,000 rows, 50 lists (BENCHMARKS.md;
     a tenth gave 0.928)."""
     return max(1, min(lists, math.ceil(lists / 5)))
+
+
+def build_workers() -> int:
+    """Parallel maintenance workers for an index build (pgvector 0.8 builds HNSW and ivfflat in
+    parallel): one per core beyond the leader."""
+    return max(0, min(7, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -75,8 +73,9 @@ def lock_stage_index(conn: psycopg.Connection, stage: Stage) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"clipvdb:index:{stage.name}".encode()),))
 
 
-def _opclass(stage: Stage, metric: str) -> str:
-    return f"{stage.column_type}_{METRIC_OPS[metric]}"
+def stored_rows(conn: psycopg.Connection, stage: Stage) -> int:
+    row = conn.execute(queries.total_rows(stage)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def build(
@@ -85,46 +84,49 @@ def build(
     kind: str = "ivfflat",
     *,
     lists: int | None = None,
-    m: int = DEFAULT_M,
-    ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+    m: int = config.DEFAULT_M,
+    ef_construction: int = config.DEFAULT_EF_CONSTRUCTION,
     metric: str = "l2",
     project: int | None = None,
 ) -> IndexInfo:
     """(Re)build the stage's index and record the choice; with `project`, refit the projection
-    and index that instead of the full vectors. Commits."""
+    and index that instead of the full vectors. Commits. `params` records each phase's seconds."""
     if kind not in KINDS:
         raise UsageError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
-    if metric not in METRIC_OPS:
-        raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_OPS)}")
+    if metric not in queries.METRIC_OPS:
+        raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(queries.METRIC_OPS)}")
     if project and (kind == "none" or metric != "l2"):
         raise UsageError("--project needs --kind ivfflat or hnsw and --metric l2 (PCA keeps l2 distances)")
+    if lists is not None and lists < 1:
+        raise UsageError("--lists must be at least 1")
     lock_stage_index(conn, stage)
-    rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
+    rows = stored_rows(conn, stage)
     params: dict = {"metric": metric}
     start = time.perf_counter()
     drop(conn, stage)
     if project:
+        t0 = time.perf_counter()
         proj = projection.fit(conn, stage, project)
+        t1 = time.perf_counter()
         projection.save(conn, stage, proj)
-        params.update(project=proj.dim, variance_kept=round(proj.variance_kept, 4))
-        target, opclass = f"{projection.table(stage)} USING {kind} (proj", "vector_l2_ops"
+        t2 = time.perf_counter()
+        params.update(project=proj.dim, variance_kept=round(proj.variance_kept, 4),
+                      fit_s=round(t1 - t0, 3), project_s=round(t2 - t1, 3))  # fmt: skip
+        table, column, opclass = stage.projection_table, "proj", "vector_l2_ops"
     else:
         projection.remove(conn, stage)
-        target, opclass = f"{stage.table} USING {kind} (embedding", _opclass(stage, metric)
-    name = index_name(stage, projected=bool(project))
+        table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)
+    name = queries.index_name(stage, projected=bool(project))
     if kind == "ivfflat":
         params["lists"] = lists or ideal_lists(rows)
-        if params["lists"] < 1:
-            raise UsageError("--lists must be at least 1")
-        conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-        conn.execute(f"CREATE INDEX {name} ON {target} {opclass}) WITH (lists = {int(params['lists'])})")
     elif kind == "hnsw":
         params.update(m=int(m), ef_construction=int(ef_construction))
+    if kind != "none":
+        t0 = time.perf_counter()
         conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-        conn.execute(
-            f"CREATE INDEX {name} ON {target} {opclass}) "
-            f"WITH (m = {params['m']}, ef_construction = {params['ef_construction']})"
-        )
+        conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)", (str(build_workers()),))
+        conn.execute(queries.create_index(name, table, column, kind, opclass, params))
+        params["index_s"] = round(time.perf_counter() - t0, 3)
     seconds = time.perf_counter() - start
     conn.execute(
         """INSERT INTO stage_indexes (stage, kind, params, built_rows, build_seconds, updated_at)
@@ -135,7 +137,7 @@ def build(
     )
     conn.commit()
     if kind != "none":
-        conn.execute(f"ANALYZE {projection.table(stage) if project else stage.table}")
+        conn.execute(queries.analyze(table))
         conn.commit()
     return info(conn, stage)
 
@@ -146,11 +148,11 @@ def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     ).fetchone()
     kind, params, seconds = row if row else (*default_index(stage), None)
     params = params or {}
-    rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
-    name = index_name(stage, projected=bool(params.get("project")))
-    size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (name,)).fetchone()[0]
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
-    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds)
+    name = queries.index_name(stage, projected=bool(params.get("project")))
+    exists, size = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, pg_relation_size(to_regclass(%s))", (name, name)
+    ).fetchone()
+    return IndexInfo(stage.name, kind, params, stored_rows(conn, stage), bool(exists), size or 0, seconds)
 
 
 def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
@@ -162,8 +164,8 @@ def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
         conn,
         stage,
         current.kind,
-        m=params.get("m", DEFAULT_M),
-        ef_construction=params.get("ef_construction", DEFAULT_EF_CONSTRUCTION),
+        m=params.get("m", config.DEFAULT_M),
+        ef_construction=params.get("ef_construction", config.DEFAULT_EF_CONSTRUCTION),
         metric=params.get("metric", "l2"),
         project=params.get("project"),
     )

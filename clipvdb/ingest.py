@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, projection
+from . import catalog, db, indexes, projection, queries
+from .encoders import Encoder
 from .encoding import encode_items
 from .errors import DatabaseError, SkippedImagesError
-from .models import LoadedModel
 from .sources import Item, Source
 from .stages import Stage
 
@@ -53,11 +53,7 @@ class IngestResult:
 
 
 def _stored_keys(conn: psycopg.Connection, stage: Stage, space: int, dataset: int, split: str) -> set[str]:
-    rows = conn.execute(
-        f"""SELECT i.source FROM {stage.table} e JOIN images i ON i.id = e.image_id
-            WHERE e.space_id = %s AND e.dataset_id = %s AND e.split = %s""",
-        (space, dataset, split),
-    ).fetchall()
+    rows = conn.execute(queries.stored_keys(stage), (space, dataset, split)).fetchall()
     return {r[0] for r in rows}
 
 
@@ -73,35 +69,26 @@ def copy_vectors(
     if dataset is not None and split is not None:
         try:
             with conn.transaction():
-                _copy(conn, f"{stage.table} (space_id, image_id, dataset_id, split, embedding)",
-                      ["int4", "int8", "int4", "text", stage.column_type],
+                copy_rows(conn, queries.copy_stage(stage), ["int4", "int8", "int4", "text", stage.column_type],
                       ((space, i, dataset, split, db.as_param(v, stage.column_type))
                        for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
             return len(image_ids)
         except psycopg.errors.UniqueViolation:
             pass
-    staging = f"staging_{stage.name}"
-    conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (image_id bigint, embedding {stage.sql_type}) ON COMMIT DELETE ROWS"
-    )
-    _copy(conn, f"{staging} (image_id, embedding)", ["int8", stage.column_type],
+    conn.execute(queries.create_staging(stage))
+    copy_rows(conn, queries.copy_staging(stage), ["int8", stage.column_type],
           ((i, db.as_param(v, stage.column_type)) for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
     with conn.cursor() as cur:
-        cur.execute(
-            f"""INSERT INTO {stage.table} (space_id, image_id, dataset_id, split, embedding)
-                SELECT %s, s.image_id, i.dataset_id, i.split, s.embedding
-                FROM {staging} s JOIN images i ON i.id = s.image_id ORDER BY s.image_id
-                ON CONFLICT (space_id, image_id) DO NOTHING""",
-            (space,),
-        )
+        cur.execute(queries.insert_from_staging(stage), (space,))
         added = cur.rowcount
-    conn.execute(f"TRUNCATE {staging}")
+    conn.execute(queries.truncate(f"staging_{stage.name}"))
     return added
 
 
-def _copy(conn: psycopg.Connection, target: str, types: list[str], rows) -> None:
+def copy_rows(conn: psycopg.Connection, statement, types: list[str], rows) -> None:
+    """Rows through one binary COPY statement (queries.copy_*), with pgvector's types set."""
     with conn.cursor() as cur:
-        with cur.copy(f"COPY {target} FROM STDIN WITH (FORMAT BINARY)") as copy:
+        with cur.copy(statement) as copy:
             copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
@@ -111,7 +98,7 @@ def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: in
     """A large load goes faster without the ANN index (ingest rebuilds it afterwards, refitting a
     projection). Returns whether it was dropped."""
     indexes.lock_stage_index(conn, stage)
-    rows = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
+    rows = indexes.stored_rows(conn, stage)
     dropped = adding >= 1000 and adding >= rows // 5
     if dropped:
         indexes.drop(conn, stage)
@@ -120,10 +107,10 @@ def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: in
 
 
 def ingest(
-    url: str,
+    conn: psycopg.Connection,
     source: Source,
     stages: list[Stage],
-    lm: LoadedModel | None,
+    lm: Encoder | None,
     *,
     split: str = "train",
     limit: int | None = None,
@@ -136,7 +123,7 @@ def ingest(
 ) -> IngestResult:
     """Encode `split` of `source` at `stages` and store it. Safe to re-run and to interrupt."""
     try:
-        return _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict,
+        return _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict,
                        build_index, progress)  # fmt: skip
     except psycopg.OperationalError as exc:
         raise DatabaseError(
@@ -145,57 +132,56 @@ def ingest(
         ) from exc
 
 
-def _ingest(url, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict, build_index, progress):
+def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict, build_index, progress):
     start = time.perf_counter()
     items: list[Item] = source.items(split)
     if limit is not None:
         items = items[:limit]
-    with db.open_db(url) as conn:
-        dataset = catalog.register_dataset(conn, source, dataset_name)
-        spaces = {s.name: catalog.get_or_create_space(conn, s, lm) for s in stages}
-        conn.commit()
-        stored = {s.name: _stored_keys(conn, s, spaces[s.name], dataset, split) for s in stages}
-        conn.commit()
-        todo = [it for it in items if any(it.key not in stored[s.name] for s in stages)]
-        result = IngestResult(
-            dataset=dataset_name or source.name, split=split, stages=[s.name for s in stages],
-            total=len(items), already_stored=len(items) - len(todo),
-            inserted={s.name: 0 for s in stages}, ignored=list(source.ignored or []),
-        )  # fmt: skip
-        for key, reason in source.rejected or []:
+    dataset = catalog.register_dataset(conn, source, dataset_name)
+    spaces = {s.name: catalog.get_or_create_space(conn, s, lm) for s in stages}
+    conn.commit()
+    stored = {s.name: _stored_keys(conn, s, spaces[s.name], dataset, split) for s in stages}
+    conn.commit()
+    todo = [it for it in items if any(it.key not in stored[s.name] for s in stages)]
+    result = IngestResult(
+        dataset=dataset_name or source.name, split=split, stages=[s.name for s in stages],
+        total=len(items), already_stored=len(items) - len(todo),
+        inserted={s.name: 0 for s in stages}, ignored=list(source.ignored or []),
+    )  # fmt: skip
+    for key, reason in source.rejected or []:
+        if strict:
+            raise SkippedImagesError(f"{reason} (stopped by --strict)")
+        result.failed.append((key, reason))
+    # rows added while a projected index stands get their projection at once; after a drop the
+    # rebuild at the end refits and writes them all
+    projections = {s.name: projection.load(conn, s) for s in stages}
+    if build_index:
+        for s in stages:
+            if _drop_index_for_bulk_load(conn, s, len(todo)):
+                projections[s.name] = None
+    if progress:
+        progress(0, len(todo))
+    for batch in encode_items(todo, stages, lm, batch_size=batch_size, workers=workers):
+        for item, reason in batch.failed:
             if strict:
-                raise SkippedImagesError(f"{reason} (stopped by --strict)")
-            result.failed.append((key, reason))
-        # rows added while a projected index stands get their projection at once; after a drop the
-        # rebuild at the end refits and writes them all
-        projections = {s.name: projection.load(conn, s) for s in stages}
-        if build_index:
+                raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
+            result.failed.append((item.key, reason))
+        if batch.items:
+            image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
             for s in stages:
-                if _drop_index_for_bulk_load(conn, s, len(todo)):
-                    projections[s.name] = None
+                result.inserted[s.name] += copy_vectors(
+                    conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
+                )
+                if projections[s.name] is not None:
+                    projection.add(conn, s, projections[s.name], spaces[s.name], image_ids,
+                                   batch.vectors[s.name], dataset, split)  # fmt: skip
+            conn.commit()
         if progress:
-            progress(0, len(todo))
-        for batch in encode_items(todo, stages, lm, batch_size=batch_size, workers=workers):
-            for item, reason in batch.failed:
-                if strict:
-                    raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
-                result.failed.append((item.key, reason))
-            if batch.items:
-                image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
-                for s in stages:
-                    result.inserted[s.name] += copy_vectors(
-                        conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
-                    )
-                    if projections[s.name] is not None:
-                        projection.add(conn, s, projections[s.name], spaces[s.name], image_ids,
-                                       batch.vectors[s.name], dataset, split)  # fmt: skip
-                conn.commit()
-            if progress:
-                progress(len(batch.items) + len(batch.failed), len(todo))
-        if build_index:
-            for s in stages:
-                if result.inserted[s.name] > 0 or not indexes.info(conn, s).exists:
-                    info = indexes.refresh(conn, s)
-                    result.index[s.name] = {"kind": info.kind, **info.params}
+            progress(len(batch.items) + len(batch.failed), len(todo))
+    if build_index:
+        for s in stages:
+            if result.inserted[s.name] > 0 or not indexes.info(conn, s).exists:
+                info = indexes.refresh(conn, s)
+                result.index[s.name] = {"kind": info.kind, **info.params}
     result.seconds = time.perf_counter() - start
     return result

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -19,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
+from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .encoder import run_stages
 from .errors import UsageError, WeightsError
+from .stages import Stage, StageOutput
 
-DEFAULT_MODEL = "RN50"
-DEFAULT_PRETRAINED = "openai"
 RANDOM = "random"
 RANDOM_SEED = 0
 HUB_HOST = "huggingface.co"
@@ -40,6 +44,7 @@ class LoadedModel:
     preprocess: Any
     tokenizer: Any
     device: torch.device
+    quick_gelu: bool = False
 
     @property
     def visual(self) -> torch.nn.Module:
@@ -48,6 +53,39 @@ class LoadedModel:
     @property
     def is_random(self) -> bool:
         return self.weights.startswith("random")
+
+    # The preprocessing split at ToTensor: the PIL steps (resize, centre crop, RGB) run in the
+    # decoding workers and give uint8; ToTensor's division and Normalize run on the whole batch.
+    # Same operations in the same order as open_clip's transform, so the same floats.
+    @functools.cached_property
+    def _split_preprocess(self) -> tuple[list, tuple[float, ...], tuple[float, ...]]:
+        from torchvision import transforms as T
+
+        steps = list(self.preprocess.transforms)
+        cut = next(i for i, t in enumerate(steps) if isinstance(t, T.ToTensor))
+        norm = next(t for t in steps[cut:] if isinstance(t, T.Normalize))
+        return steps[:cut], tuple(norm.mean), tuple(norm.std)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        for step in self._split_preprocess[0]:
+            img = step(img)
+        return np.asarray(img, dtype=np.uint8)
+
+    def to_input(self, batch: np.ndarray) -> torch.Tensor:
+        """A (N, H, W, 3) uint8 batch as the model's normalised float input (N, 3, H, W)."""
+        _, mean, std = self._split_preprocess
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(torch.float32).div(255)
+        m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
+        s = torch.tensor(std, dtype=x.dtype)[:, None, None]
+        return x.sub_(m).div_(s)
+
+    def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
+        return run_stages(self.visual, self.to_input(batch), stages, self.device)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        tokens = self.tokenizer(texts).to(self.device)
+        return self.model.encode_text(tokens).float().cpu().numpy()
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -68,11 +106,18 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def file_identity(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
+        return f"sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()[:16]}"
+
+
+def openai_architecture(name: str, tag: str | None = None) -> bool:
+    """Whether `name` (with `tag`, or any of its tags) was trained with QuickGELU. open_clip's plain
+    `RN50` config uses nn.GELU, but OpenAI trained every CLIP model with QuickGELU, and open_clip's
+    factory only logs the mismatch: the text tower would run the wrong activation."""
+    import open_clip
+
+    tags = [tag] if tag else open_clip.list_pretrained_tags_by_model(name)
+    return any(bool((open_clip.get_pretrained_cfg(name, t) or {}).get("quick_gelu")) for t in tags)
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -131,9 +176,11 @@ def load_model(
     if name not in open_clip.list_models():
         raise UsageError(f"unknown model {name!r}; open_clip knows e.g. RN50, RN101, RN50x4, ViT-B-32")
     path = Path(pretrained).expanduser()
+    quick_gelu = openai_architecture(name, pretrained if pretrained in open_clip.list_pretrained_tags_by_model(name)
+                                     else None)  # fmt: skip
     if pretrained == RANDOM:
         torch.manual_seed(RANDOM_SEED)
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, force_quick_gelu=quick_gelu)
         weights = f"random:seed={RANDOM_SEED}"
         if not quiet:
             announce(
@@ -146,8 +193,11 @@ def load_model(
             if is_torchscript_archive(path):
                 model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
                 preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+                quick_gelu = True  # load_openai_model builds the QuickGELU architecture
             else:
-                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path))
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=str(path), force_quick_gelu=quick_gelu
+                )
         except Exception as exc:
             raise WeightsError(
                 f"cannot load {path} as {name} weights ({exc.__class__.__name__}: "
@@ -157,7 +207,9 @@ def load_model(
         online = hub_reachable()
         try:
             with contextlib.nullcontext() if online else _hub_offline():
-                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=pretrained, force_quick_gelu=quick_gelu
+                )
         except Exception as exc:
             why = "download failed" if online else "no network and not in the local cache"
             raise WeightsError(
@@ -179,4 +231,5 @@ def load_model(
     if channels_last:
         model.visual.to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer(name)
-    return LoadedModel(name=name, weights=weights, model=model, preprocess=preprocess, tokenizer=tokenizer, device=dev)
+    return LoadedModel(name=name, weights=weights, model=model, preprocess=preprocess, tokenizer=tokenizer, device=dev,
+                       quick_gelu=quick_gelu)  # fmt: skip

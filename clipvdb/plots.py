@@ -9,29 +9,39 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import reports  # noqa: E402
-
 CORRECT, WRONG = "#2a9d8f", "#e76f51"
 
 
-def histogram(rows: list[dict], stage: str, run: int, out: Path) -> Path:
+def histogram(rows: list[dict], stage: str, run: int, out: Path, *, squared: bool = False, metric: str = "l2") -> Path:
     rows = [r for r in rows if r["stage"] == stage]
-    lo = [r["bin_lo"] for r in rows]
-    width = [r["bin_hi"] - r["bin_lo"] for r in rows]
+    power = 2 if squared else 1
+    lo = [r["bin_lo"] ** power for r in rows]
+    width = [r["bin_hi"] ** power - r["bin_lo"] ** power for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     w = [x if x > 0 else 1e-6 for x in width]
     ax.bar(lo, [r["n_correct"] for r in rows], width=w, align="edge", color=CORRECT, alpha=0.8, label="correct")
     ax.bar(lo, [r["n_wrong"] for r in rows], width=w, align="edge", color=WRONG, alpha=0.6, label="wrong")
-    what = "cosine distance to the best class prompt" if stage == "origin" else "distance to the nearest neighbour"
+    what = axis_label(stage, metric, squared)
     ax.set_xlabel(what)
     ax.set_ylabel("images")
     ax.set_title(f"run {run}, stage {stage}: {what}")
     ax.legend()
     fig.tight_layout()
-    path = out / f"run{run}_{stage}_distance_hist.png"
+    path = out / f"run{run}_{stage}_distance{'_squared' if squared else ''}_hist.png"
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def axis_label(stage: str, metric: str, squared: bool) -> str:
+    """What a histogram's x axis shows, named exactly (the study's axis is squared L2)."""
+    if stage == "origin":
+        base = "cosine distance to the best class prompt"
+    else:
+        base = {"l2": "L2 (Euclidean) distance", "cosine": "cosine distance", "ip": "negative inner product"}.get(
+            metric, metric
+        ) + " to the nearest neighbour"
+    return f"squared {base} (the study's axis)" if squared and stage != "origin" else base
 
 
 def summary(acc: list[dict], timing: list[dict], run: int, out: Path) -> Path:
@@ -58,15 +68,17 @@ def summary(acc: list[dict], timing: list[dict], run: int, out: Path) -> Path:
     return path
 
 
-def plot(url: str, out: Path, run: int | None = None) -> list[Path]:
-    """Write one histogram per stage and the accuracy/time bar chart; return the paths."""
-    data = reports.report(url, run, ("report_accuracy", "report_timing", "report_distance_histogram"))
+def plot(data: dict, out: Path, *, squared: bool = False) -> list[Path]:
+    """Write one histogram per stage and the accuracy/time bar chart from a run's reports (the
+    Store's `reports`); return the paths. `squared` draws the study's axis (squared L2)."""
     run = data["run_id"]
     if run is None:
         from .errors import UsageError
 
         raise UsageError("no complete evaluation run to plot; run 'clipvdb evaluate' first")
     out.mkdir(parents=True, exist_ok=True)
-    paths = [histogram(data["report_distance_histogram"], r["stage"], run, out) for r in data["report_accuracy"]]
+    metric = (data["report_runs"][0]["metric"] if data.get("report_runs") else None) or "l2"
+    paths = [histogram(data["report_distance_histogram"], r["stage"], run, out, squared=squared, metric=metric)
+             for r in data["report_accuracy"]]  # fmt: skip
     paths.append(summary(data["report_accuracy"], data["report_timing"], run, out))
     return paths

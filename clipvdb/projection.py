@@ -3,7 +3,7 @@
 With `clipvdb index --project D`, the stage's ANN index is built on projections_<stage>.proj, the
 D-dimensional principal components of each stored embedding. A neighbour query takes a few dozen
 candidates through that small index and orders them by the exact distance on the full embedding
-(classify.py). On stage first (3,072 dims) a 128-d projection keeps the true nearest neighbour
+(search.py). On stage first (3,072 dims) a 128-d projection keeps the true nearest neighbour
 among 20 candidates for every test query measured, at a twentieth of the per-distance cost.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 from threadpoolctl import ThreadpoolController
 
-from . import db
+from . import db, queries
 from .errors import EmptyStageError, UsageError
 from .stages import MAX_VECTOR_INDEX_DIM, Stage
 
@@ -49,21 +49,17 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def table(stage: Stage) -> str:
-    return f"projections_{stage.name}"
-
-
 def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT_ROWS) -> Projection:
     """Principal components of the stage's stored vectors (a repeatable sample above `max_rows`)."""
     limit = min(stage.dim, MAX_VECTOR_INDEX_DIM)
     if not 1 <= dim <= limit:
         raise UsageError(f"--project must be between 1 and {limit} for stage {stage.name}; got {dim}")
-    stored = conn.execute(f"SELECT count(*) FROM {stage.table}").fetchone()[0]
+    stored = conn.execute(queries.total_rows(stage)).fetchone()[0]
     if stored == 0:
         raise EmptyStageError(f"stage {stage.name} has no rows to fit a projection to; run 'clipvdb ingest' first")
-    sample = "" if stored <= max_rows else f" TABLESAMPLE BERNOULLI ({100.0 * max_rows / stored}) REPEATABLE (0)"
+    percent = None if stored <= max_rows else 100.0 * max_rows / stored
     # binary: parsing the text form of 20,000 wide vectors takes the client longer than the fit
-    rows = conn.cursor(binary=True).execute(f"SELECT embedding FROM {stage.table}{sample}").fetchall()
+    rows = conn.cursor(binary=True).execute(queries.sample_embeddings(stage, percent)).fetchall()
     X = np.stack([db.as_array(r[0]) for r in rows])
     mean = X.mean(axis=0)
     Xc = X - mean
@@ -92,16 +88,14 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
         (stage.name, proj.dim, proj.mean.astype("<f4").tobytes(), proj.components.astype("<f4").tobytes(),
          proj.fitted_rows, proj.variance_kept),
     )  # fmt: skip
-    conn.execute(f"TRUNCATE {table(stage)}")
-    conn.execute(f"ALTER TABLE {table(stage)} ALTER COLUMN proj TYPE vector({proj.dim})")
+    conn.execute(queries.truncate(stage.projection_table))
+    conn.execute(queries.retype_projection(stage, proj.dim))
     written = 0
     with conn.cursor(name=f"clipvdb_project_{stage.name}", binary=True) as rows:
-        rows.execute(f"SELECT space_id, image_id, dataset_id, split, embedding FROM {stage.table}")
+        rows.execute(queries.all_embeddings(stage))
         while batch := rows.fetchmany(BATCH):
             P = proj.apply(np.stack([db.as_array(r[4]) for r in batch]))
-            with conn.cursor().copy(
-                f"COPY {table(stage)} (space_id, image_id, dataset_id, split, proj) FROM STDIN WITH (FORMAT BINARY)"
-            ) as copy:
+            with conn.cursor().copy(queries.copy_projection(stage)) as copy:
                 copy.set_types(["int4", "int8", "int4", "text", "vector"])
                 for r, p in zip(batch, P, strict=True):
                     copy.write_row((r[0], r[1], r[2], r[3], p))
@@ -124,7 +118,7 @@ def load(conn: psycopg.Connection, stage: Stage) -> Projection | None:
 def remove(conn: psycopg.Connection, stage: Stage) -> None:
     """Forget the stage's projection (a full-width index replaces it; indexes.build has dropped the
     projected index)."""
-    conn.execute(f"TRUNCATE {table(stage)}")
+    conn.execute(queries.truncate(stage.projection_table))
     conn.execute("DELETE FROM stage_projections WHERE stage = %s", (stage.name,))
 
 
@@ -134,10 +128,7 @@ def add(
 ) -> None:  # fmt: skip
     """Projections of newly stored rows, with the stored basis (ingest, between refits)."""
     conn.execute(
-        f"""INSERT INTO {table(stage)} (space_id, image_id, dataset_id, split, proj)
-            SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.p
-            FROM unnest(%(ids)s::int8[], %(proj)b::vector[]) AS u(id, p)
-            ON CONFLICT (space_id, image_id) DO NOTHING""",
+        queries.insert_projections(stage),
         {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids),
          "proj": list(proj.apply(vectors))},
     )  # fmt: skip

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import psycopg
+from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 
-from . import db
+from . import queries
 
 VIEWS = (
     "report_runs",
@@ -16,6 +15,7 @@ VIEWS = (
     "report_confusion",
     "report_class_accuracy",
     "report_distance_histogram",
+    "report_distance_summary",
 )
 
 STAGE_ORDER = "array_position(ARRAY['first','second','third','origin'], stage)"
@@ -26,36 +26,36 @@ _ORDER = {
     "report_confusion": f"run_id, {STAGE_ORDER}, true_label, predicted_label",
     "report_class_accuracy": f"run_id, {STAGE_ORDER}, label",
     "report_distance_histogram": f"run_id, {STAGE_ORDER}, bin",
+    "report_distance_summary": f"run_id, {STAGE_ORDER}, array_position(ARRAY['all','correct','wrong'], outcome)",
 }
 
 
-def _plain(value):
-    if isinstance(value, Decimal):
-        return float(value)
-    return value
+class _FloatNumericLoader(Loader):
+    """numeric as float: report rows go to JSON and pandas, where Decimal is a nuisance."""
+
+    def load(self, data) -> float:
+        return float(bytes(data).decode())
 
 
 def latest_run(conn: psycopg.Connection) -> int | None:
     row = conn.execute("SELECT max(id) FROM eval_runs WHERE status = 'complete'").fetchone()
-    return row[0]
+    return row[0] if row else None
 
 
 def fetch(conn: psycopg.Connection, view: str, run: int | None) -> list[dict]:
     if view not in VIEWS:
         raise ValueError(view)
-    where = "WHERE run_id = %s" if run is not None else ""
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            f"SELECT * FROM {view} {where} ORDER BY {_ORDER[view]}", (run,) if run is not None else ()
-        ).fetchall()
-    return [{k: _plain(v) for k, v in r.items()} for r in rows]
+        cur.adapters.register_loader("numeric", _FloatNumericLoader)
+        cur.execute(queries.report_view(view, _ORDER[view], run is not None), (run,) if run is not None else ())
+        return cur.fetchall()
 
 
-def report(url: str, run: int | None = None, views: tuple[str, ...] = VIEWS) -> dict:
-    """{view: rows} for one run (default: the latest complete run)."""
-    with db.open_db(url) as conn:
-        run = run if run is not None else latest_run(conn)
-        out = {"run_id": run}
-        for v in views:
-            out[v] = fetch(conn, v, run) if run is not None else []
-        return out
+def report(conn: psycopg.Connection, run: int | None = None, views: tuple[str, ...] = VIEWS) -> dict:
+    """{"run_id": run, view: rows} for one run (default: the latest complete run)."""
+    run = run if run is not None else latest_run(conn)
+    out: dict = {"run_id": run}
+    for v in views:
+        out[v] = fetch(conn, v, run) if run is not None else []
+    conn.rollback()
+    return out

@@ -10,19 +10,22 @@ import io
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from . import catalog, db
-from .classify import SearchSettings, StageSearcher
-from .encoding import embed_files
+from .encoders import Encoder
+from .encoding import embed
 from .errors import StageError, UsageError
-from .images import array_to_image, load_image
-from .models import LoadedModel
+from .images import ImageInput, array_to_image, as_image, load_image
+from .search import SearchSettings
 from .sources import open_source
 from .stages import STAGES, Stage
+from .zeroshot import normalise
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 @dataclass
@@ -37,33 +40,28 @@ class Hit:
         return asdict(self)
 
 
-@torch.inference_mode()
-def text_vector(lm: LoadedModel, text: str) -> np.ndarray:
-    tokens = lm.tokenizer([text]).to(lm.device)
-    v = lm.model.encode_text(tokens).float()[0]
-    return (v / v.norm()).cpu().numpy()
+def text_vector(lm: Encoder, text: str) -> np.ndarray:
+    return normalise(lm.encode_text([text])[0])
 
 
-def query_vector(lm: LoadedModel, text: str | None, image: str | None) -> np.ndarray:
+def query_vector(lm: Encoder, text: str | None, image: ImageInput | None) -> np.ndarray:
     """The text embedding, the image's origin embedding, or (both given) the sum of the two
     normalised vectors: the simple combiner baseline of conditioned image retrieval."""
     if not text and not image:
         raise UsageError("give a text query, --image IMG, or both")
     parts = []
-    if image:
-        v = embed_files([image], [STAGES["origin"]], lm)["origin"][0]
-        parts.append(v / max(float(np.linalg.norm(v)), 1e-12))
+    if image is not None:
+        parts.append(normalise(embed([image], [STAGES["origin"]], lm)["origin"][0]))
     if text:
         parts.append(text_vector(lm, text))
     return np.sum(parts, axis=0).astype(np.float32)
 
 
 def search(
-    url: str,
-    lm: LoadedModel,
+    store: Store,
     text: str | None = None,
     *,
-    image: str | None = None,
+    image: ImageInput | None = None,
     k: int = 10,
     stage: str = "origin",
     dataset_name: str | None = None,
@@ -73,15 +71,12 @@ def search(
     """Stored images nearest to a text (and/or image) query by cosine distance at stage origin."""
     if stage != "origin":
         raise StageError("text search works at stage origin only: CLIP's text embedding lives in that space")
-    q = query_vector(lm, text, image)
-    with db.open_db(url) as conn:
-        dataset = catalog.dataset_id(conn, dataset_name)
-        classes = catalog.class_names(conn, dataset)
-        searcher = StageSearcher(conn, STAGES["origin"], lm, dataset, split,
-                                 SearchSettings(k=k, exact=exact, metric="cosine"))  # fmt: skip
-        conn.commit()
-        neigh, _ = searcher.search(q[None, :])
-    return [Hit(n.image_id, n.label, classes[n.label], n.source, n.distance) for n in neigh[0]]
+    q = query_vector(store.encoder, text, image)
+    ds = store.dataset(dataset_name)
+    searcher = store.searcher(STAGES["origin"], ds.id, split, SearchSettings(k=k, exact=exact, metric="cosine"))
+    with store.connection() as conn:
+        neigh, _ = searcher.search(conn, q[None, :])
+    return [Hit(n.image_id, n.label, ds.classes[n.label], n.source, n.distance) for n in neigh[0]]
 
 
 # ------------------------------------------------------------------ stored pixels
@@ -114,8 +109,8 @@ def stored_image(conn, image_id: int) -> Image.Image:
     raise UsageError(f"image {image_id} ({key}) is no longer readable at {location}")
 
 
-def stored_image_png(url: str, image_id: int, scale: int = 1) -> bytes:
-    with db.open_db(url) as conn:
+def stored_image_png(store: Store, image_id: int, scale: int = 1) -> bytes:
+    with store.connection() as conn:
         img = stored_image(conn, image_id)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
@@ -140,33 +135,27 @@ class Grid:
 
 
 def neighbour_grid(
-    url: str,
-    image: str,
+    store: Store,
+    image: ImageInput,
     stages: list[Stage],
-    lm: LoadedModel | None,
     out: Path,
     *,
     k: int = 10,
     dataset_name: str | None = None,
     split: str = "train",
-    settings: SearchSettings | None = None,
+    exact: bool = False,
 ) -> Grid:
     """One PNG: a row per stage, the query image then its k nearest stored images, each tile
     captioned with the class and distance."""
-    settings = settings or SearchSettings()
-    settings = SearchSettings(k=k, exact=settings.exact, probes=settings.probes, ef_search=settings.ef_search,
-                              metric=settings.metric)  # fmt: skip
-    vectors = embed_files([image], stages, lm)
-    query = load_image(image)
+    settings = SearchSettings(k=k, exact=exact)
+    vectors = embed([image], stages, store.encoder_for(stages))
+    query = as_image(image)
+    ds = store.dataset(dataset_name)
     rows: dict[str, list[dict]] = {}
-    with db.open_db(url) as conn:
-        dataset = catalog.dataset_id(conn, dataset_name)
-        classes = catalog.class_names(conn, dataset)
+    with store.connection() as conn:
         for s in stages:
-            searcher = StageSearcher(conn, s, lm, dataset, split, settings)
-            conn.commit()
-            neigh, _ = searcher.search(vectors[s.name][:1])
-            rows[s.name] = [{"image_id": n.image_id, "class": classes[n.label], "distance": n.distance,
+            neigh, _ = store.searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])
+            rows[s.name] = [{"image_id": n.image_id, "class": ds.classes[n.label], "distance": n.distance,
                              "img": stored_image(conn, n.image_id)} for n in neigh[0]]  # fmt: skip
     width = (k + 1) * TILE
     height = len(stages) * (TILE + CAPTION)

@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,16 +39,14 @@ class Item:
     label: int
     path: Path | None = None
     array: np.ndarray | None = None
+    image: Any = None  # an image given in memory (PIL image, array or bytes), for classify
 
     def sha256(self) -> bytes:
         if self.array is not None:
             return hashlib.sha256(np.ascontiguousarray(self.array).tobytes()).digest()
         assert self.path is not None
-        digest = hashlib.sha256()
         with open(self.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.digest()
+            return hashlib.file_digest(fh, "sha256").digest()
 
 
 @dataclass

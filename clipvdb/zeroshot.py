@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .models import LoadedModel
+from .encoders import Encoder
+from .errors import UsageError
 
 # The study's own prompts for CIFAR-10 (grammar as in the study).
 STUDY_PROMPTS = {
@@ -32,24 +32,23 @@ def prompts_for(classes: list[str], template: str = "study") -> list[str]:
         return [TEMPLATES[template].format(c) for c in classes]
     if "{}" in template:
         return [template.format(c) for c in classes]
-    raise ValueError(f"unknown prompt template {template!r}; use study, photo, or a string with {{}}")
+    raise UsageError(f"unknown prompt template {template!r}; use study, photo, or a string with {{}}")
 
 
-@torch.inference_mode()
-def text_embeddings(lm: LoadedModel, classes: list[str], template: str = "study") -> np.ndarray:
+def normalise(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def text_embeddings(lm: Encoder, classes: list[str], template: str = "study") -> np.ndarray:
     """L2-normalised text embeddings, one row per class; cached per (weights, classes, template)."""
     key = (lm.name, lm.weights, tuple(classes), template)
     if key not in _cache:
-        tokens = lm.tokenizer(prompts_for(classes, template)).to(lm.device)
-        feats = lm.model.encode_text(tokens).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        _cache[key] = feats.cpu().numpy()
+        _cache[key] = normalise(lm.encode_text(prompts_for(classes, template))).astype(np.float32)
     return _cache[key]
 
 
 def classify(image_vectors: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class index and cosine distance (1 - similarity) for each origin vector."""
-    norms = np.linalg.norm(image_vectors, axis=1, keepdims=True)
-    sims = (image_vectors / np.maximum(norms, 1e-12)) @ text.T
+    sims = normalise(image_vectors) @ text.T
     best = sims.argmax(axis=1)
     return best, 1.0 - sims[np.arange(len(best)), best]

@@ -1,16 +1,17 @@
--- The study's figure: distance to the nearest neighbour in 20 equal bins per (run, stage),
--- counting correct and wrong predictions separately. Bins span that run and stage's range.
+-- Distance to the nearest neighbour (plain, not squared: see report_distance_summary for the
+-- study's squared-L2 axis) in 20 equal bins per (run, stage), counting correct and wrong
+-- predictions separately. Bins span that run and stage's range.
 CREATE OR REPLACE VIEW report_distance_histogram AS
 WITH p AS (
     SELECT p.run_id,
            p.stage,
-           p.distance,
+           coalesce(p.nearest_distance, p.distance) AS distance,
            p.predicted = p.true_label AS correct,
-           min(p.distance) OVER w AS lo,
-           max(p.distance) OVER w AS hi
+           min(coalesce(p.nearest_distance, p.distance)) OVER w AS lo,
+           max(coalesce(p.nearest_distance, p.distance)) OVER w AS hi
     FROM predictions p
     JOIN eval_runs r ON r.id = p.run_id
-    WHERE r.status = 'complete' AND p.distance IS NOT NULL
+    WHERE r.status = 'complete' AND coalesce(p.nearest_distance, p.distance) IS NOT NULL
     WINDOW w AS (PARTITION BY p.run_id, p.stage)
 ), b AS (
     SELECT run_id, stage, lo, hi, correct,

@@ -1,4 +1,4 @@
--- One row per evaluation run: what was asked and how far it got.
+-- One row per evaluation run: what was asked, everything that changes an answer, how far it got.
 CREATE OR REPLACE VIEW report_runs AS
 SELECT r.id AS run_id,
        d.name AS dataset,
@@ -7,6 +7,14 @@ SELECT r.id AS run_id,
        r.model,
        r.weights,
        r.k,
+       coalesce(r.params->>'metric', 'l2') AS metric,
+       coalesce((r.params->>'exact')::boolean, false) AS exact,
+       r.params->'index' AS index,
+       r.params->'storage' AS storage,
+       (r.params->>'probes')::int AS probes,
+       (r.params->>'ef_search')::int AS ef_search,
+       (r.params->>'candidates')::int AS candidates,
+       r.params->>'prompts' AS prompts,
        r.params,
        r.status,
        (SELECT count(DISTINCT p.image_id) FROM predictions p WHERE p.run_id = r.id) AS images,

@@ -1,0 +1,45 @@
+"""Configuration: every environment variable and every default, defined once.
+
+The CLI's options read the same variables (click's envvar=); the library reads them here when a
+caller passes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_DATABASE_URL = "CLIPVDB_DATABASE_URL"
+ENV_HOME = "CLIPVDB_HOME"
+ENV_MODEL = "CLIPVDB_MODEL"
+ENV_PRETRAINED = "CLIPVDB_PRETRAINED"
+ENV_DEVICE = "CLIPVDB_DEVICE"
+ENV_DEBUG = "CLIPVDB_DEBUG"
+ENV_SHARED_BUFFERS = "CLIPVDB_SHARED_BUFFERS"
+
+DEFAULT_MODEL = "RN50"
+DEFAULT_PRETRAINED = "openai"
+DEFAULT_DEVICE = "auto"
+
+# Search
+DEFAULT_K = 1
+DEFAULT_EF_SEARCH = 100
+DEFAULT_CANDIDATES = 20  # re-ranked per query on a projected index (at least 4 k)
+# Indexes
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 64
+DEFAULT_PROJECT_FIRST = 128
+# Pipelines
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_EVAL_BATCH_SIZE = 100
+DEFAULT_POOL_SIZE = 4
+
+
+def database_url() -> str | None:
+    """CLIPVDB_DATABASE_URL, or None for the embedded server."""
+    return os.environ.get(ENV_DATABASE_URL) or None
+
+
+def home() -> Path | None:
+    value = os.environ.get(ENV_HOME)
+    return Path(value).expanduser() if value else None

@@ -1,0 +1,108 @@
+"""What an encoder is to clipvdb, and which one to load.
+
+An encoder turns decoded images into the CLIP stages' vectors (second, third, origin) and class
+prompts into text vectors (origin's zero-shot and text search). Stage first needs no encoder.
+
+- `models.LoadedModel`: a real CLIP model through open_clip (torch), RN50 by default.
+- `TinyEncoder` (`--model tiny`): a fixed random projection in numpy, no torch, deterministic. Its
+  vectors have RN50's stage widths, so it exercises the whole database path in milliseconds; its
+  accuracy means nothing. For tests and pipeline checks, and announced as such.
+
+The split of the work matters for speed: `prepare` runs in the decoding workers and returns a
+uint8 array (one batch crosses the process boundary as one array); `encode` runs in the main
+process on the stacked batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from PIL import Image
+
+from .images import first_stage_pixels, first_stage_vectors
+from .stages import STAGES, Stage, StageOutput
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
+
+TINY = "tiny"
+
+
+class Encoder(Protocol):
+    name: str
+    weights: str
+
+    @property
+    def is_random(self) -> bool: ...
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        """One decoded RGB image as the uint8 HxWx3 array `encode` takes (resize, crop)."""
+        ...
+
+    def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
+        """Vectors for the CLIP stages among `stages`, from a (N, H, W, 3) uint8 batch."""
+        ...
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """One unnormalised text vector per string, in origin's space."""
+        ...
+
+
+class TinyEncoder:
+    """A deterministic stand-in for CLIP: 32x32 pixels through fixed random tanh layers."""
+
+    name = TINY
+    weights = "tiny:v1"
+    is_random = True
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        d1, d2, d3 = STAGES["second"].dim, STAGES["third"].dim, STAGES["origin"].dim
+        self._w1 = (rng.standard_normal((STAGES["first"].dim, d1)) / np.sqrt(STAGES["first"].dim)).astype(np.float32)
+        self._w2 = (rng.standard_normal((d1, d2)) / np.sqrt(d1)).astype(np.float32)
+        self._w3 = (rng.standard_normal((d2, d3)) / np.sqrt(d2)).astype(np.float32)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        return first_stage_pixels(img)
+
+    def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
+        import time
+
+        wanted = {s.name for s in stages if s.uses_clip}
+        out = StageOutput()
+        if not wanted:
+            return out
+        start = time.perf_counter()
+        x = first_stage_vectors(batch) - np.float32(0.5)
+        h = np.tanh(x @ self._w1)
+        vectors = {"second": h}
+        if wanted - {"second"}:
+            vectors["third"] = np.tanh(h @ self._w2)
+            vectors["origin"] = vectors["third"] @ self._w3
+        for name in ("second", "third", "origin"):
+            if name in wanted:
+                out.vectors[name] = vectors[name].astype(np.float32)
+                out.elapsed_ms[name] = (time.perf_counter() - start) * 1000
+        return out
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            rows.append(np.random.default_rng(seed).standard_normal(STAGES["origin"].dim))
+        return np.asarray(rows, dtype=np.float32)
+
+
+def load_encoder(model: str, pretrained: str, device: str | None = None, *, quiet: bool = False) -> Encoder:
+    """`--model tiny` gives the TinyEncoder; any other name loads CLIP through open_clip (torch)."""
+    if model == TINY:
+        if not quiet:
+            print("clipvdb: using the TINY test encoder: its vectors are not CLIP's", file=sys.stderr)
+        return TinyEncoder()
+    from .models import load_model
+
+    lm: LoadedModel = load_model(model, pretrained, device, quiet=quiet)
+    return lm

@@ -1,0 +1,289 @@
+"""Every SQL statement that names a table, index or type chosen at run time, composed in one place
+with psycopg.sql (identifiers as sql.Identifier, never formatted text). Statements with nothing to
+compose are plain strings in the module that uses them; report views are files under sql/.
+
+A stage's kNN statement is built by `knn`, its index DDL by `create_index`, its row counts by
+`counts` (read from stage_counts, kept by triggers: no count(*) scan).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from psycopg import sql
+
+from .stages import Stage
+
+Metric = Literal["l2", "cosine", "ip"]
+IndexKind = Literal["ivfflat", "hnsw", "none"]
+
+# metric -> (operator, exact function form that no index can serve)
+METRICS: dict[str, tuple[str, str]] = {
+    "l2": ("<->", "l2_distance"),
+    "cosine": ("<=>", "cosine_distance"),
+    "ip": ("<#>", "inner_product"),
+}
+METRIC_OPS = {"l2": "l2_ops", "cosine": "cosine_ops", "ip": "ip_ops"}
+INDEX_KINDS: tuple[str, ...] = ("ivfflat", "hnsw", "none")
+
+
+def _type(stage: Stage) -> sql.Composable:
+    return sql.SQL("{}({})").format(sql.SQL(stage.column_type), sql.Literal(stage.dim))
+
+
+def distance(stage: Stage, metric: str, column: sql.Composable, query: sql.Composable, *, exact: bool) -> sql.Composed:
+    """`column <op> query::type`, or with `exact` the function form, which matches no index operator
+    and so is always an exact scan (enable_indexscan=off only penalises index paths)."""
+    op, fn = METRICS[metric]
+    q = sql.SQL("({})::{}").format(query, _type(stage))
+    if not exact:
+        return sql.SQL("{} {} {}").format(column, sql.SQL(op), q)
+    if metric == "ip":
+        return sql.SQL("(-{}({}, {}))").format(sql.SQL(fn), column, q)
+    return sql.SQL("{}({}, {})").format(sql.SQL(fn), column, q)
+
+
+def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim: int | None = None) -> sql.Composed:
+    """A batch of kNN queries as one statement: %(vectors)b is a vector[] (one query each), answered
+    by a LATERAL `ORDER BY embedding <op> q LIMIT %(k)s` over one space, dataset and split. With
+    `projected_dim`, %(projected)b holds the queries' projections: %(candidates)s candidates come
+    through the projected index and are re-ranked by the exact distance on the full embedding.
+    Rows: (query ordinal from 1, image_id, label, source, distance), nearest first per query."""
+    e = sql.Identifier("e")
+    emb = sql.SQL("e.embedding")
+    qv = sql.SQL("q.v")
+    if projected_dim is not None:
+        return sql.SQL(
+            """SELECT q.ord, n.image_id, i.label, i.source, n.distance
+            FROM unnest(%(vectors)b::vector[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)
+            CROSS JOIN LATERAL (
+                SELECT e.image_id, {dist} AS distance
+                FROM (
+                    SELECT c.space_id, c.image_id FROM {proj} c
+                    WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s
+                    ORDER BY c.proj <-> (q.p)::vector({pdim})
+                    LIMIT %(candidates)s
+                ) c
+                JOIN {table} {e} ON e.space_id = c.space_id AND e.image_id = c.image_id
+                ORDER BY distance
+                LIMIT %(k)s
+            ) n
+            JOIN images i ON i.id = n.image_id
+            ORDER BY q.ord, n.distance"""
+        ).format(
+            dist=distance(stage, metric, emb, qv, exact=False),
+            proj=sql.Identifier(stage.projection_table),
+            pdim=sql.Literal(projected_dim),
+            table=sql.Identifier(stage.table),
+            e=e,
+        )
+    return sql.SQL(
+        """SELECT q.ord, n.image_id, i.label, i.source, n.distance
+        FROM unnest(%(vectors)b::vector[]) WITH ORDINALITY AS q(v, ord)
+        CROSS JOIN LATERAL (
+            SELECT e.image_id, {dist} AS distance
+            FROM {table} {e}
+            WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s
+            ORDER BY {order}
+            LIMIT %(k)s
+        ) n
+        JOIN images i ON i.id = n.image_id
+        ORDER BY q.ord, n.distance"""
+    ).format(
+        dist=distance(stage, metric, emb, qv, exact=False),
+        order=distance(stage, metric, emb, qv, exact=exact),
+        table=sql.Identifier(stage.table),
+        e=e,
+    )
+
+
+def knn_scratch(table: str, stage: Stage, metric: str, *, exact: bool) -> sql.Composed:
+    """One query against a scratch copy (experiments): image ids nearest to %s, LIMIT %s."""
+    order = distance(stage, metric, sql.SQL("embedding"), sql.SQL("%s"), exact=exact)
+    return sql.SQL("SELECT image_id FROM {} ORDER BY {} LIMIT %s").format(sql.Identifier(table), order)
+
+
+# ---------------------------------------------------------------- counts
+
+
+def counts(stage: Stage) -> sql.Composed:
+    """(n_rows, n_projected) of one space, dataset and split: %(space)s, %(dataset)s, %(split)s."""
+    return sql.SQL(
+        """SELECT coalesce(sum(n_rows), 0)::bigint, coalesce(sum(n_projected), 0)::bigint FROM stage_counts
+           WHERE stage = {} AND space_id = %(space)s AND dataset_id = %(dataset)s AND split = %(split)s"""
+    ).format(sql.Literal(stage.name))
+
+
+def total_rows(stage: Stage) -> sql.Composed:
+    """Rows stored at a stage, all spaces, datasets and splits."""
+    return sql.SQL("SELECT coalesce(sum(n_rows), 0)::bigint FROM stage_counts WHERE stage = {}").format(
+        sql.Literal(stage.name)
+    )
+
+
+def space_rows(stage: Stage) -> sql.Composed:
+    """(model, weights, rows) per embedding space holding rows at this stage, most first."""
+    return sql.SQL(
+        """SELECT s.model, s.weights, sum(c.n_rows)::bigint FROM stage_counts c
+           JOIN embedding_spaces s ON s.id = c.space_id
+           WHERE c.stage = {} AND c.n_rows > 0 GROUP BY s.model, s.weights ORDER BY 3 DESC"""
+    ).format(sql.Literal(stage.name))
+
+
+def stages_with_rows() -> str:
+    return "SELECT DISTINCT stage FROM stage_counts WHERE n_rows > 0"
+
+
+def stored_keys(stage: Stage) -> sql.Composed:
+    return sql.SQL(
+        """SELECT i.source FROM {} e JOIN images i ON i.id = e.image_id
+           WHERE e.space_id = %s AND e.dataset_id = %s AND e.split = %s"""
+    ).format(sql.Identifier(stage.table))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def copy_stage(stage: Stage) -> sql.Composed:
+    return sql.SQL("COPY {} (space_id, image_id, dataset_id, split, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.Identifier(stage.table)
+    )
+
+
+def staging_table(stage: Stage) -> sql.Identifier:
+    return sql.Identifier(f"staging_{stage.name}")
+
+
+def create_staging(stage: Stage) -> sql.Composed:
+    return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (image_id bigint, embedding {}) ON COMMIT DELETE ROWS").format(
+        staging_table(stage), _type(stage)
+    )
+
+
+def copy_staging(stage: Stage) -> sql.Composed:
+    return sql.SQL("COPY {} (image_id, embedding) FROM STDIN WITH (FORMAT BINARY)").format(staging_table(stage))
+
+
+def insert_from_staging(stage: Stage) -> sql.Composed:
+    return sql.SQL(
+        """INSERT INTO {table} (space_id, image_id, dataset_id, split, embedding)
+           SELECT %s, s.image_id, i.dataset_id, i.split, s.embedding
+           FROM {staging} s JOIN images i ON i.id = s.image_id ORDER BY s.image_id
+           ON CONFLICT (space_id, image_id) DO NOTHING"""
+    ).format(table=sql.Identifier(stage.table), staging=staging_table(stage))
+
+
+def truncate(table: str) -> sql.Composed:
+    return sql.SQL("TRUNCATE {}").format(sql.Identifier(table))
+
+
+def analyze(table: str) -> sql.Composed:
+    return sql.SQL("ANALYZE {}").format(sql.Identifier(table))
+
+
+# ---------------------------------------------------------------- projections
+
+
+def sample_embeddings(stage: Stage, percent: float | None) -> sql.Composed:
+    """Every stored embedding of the stage, or a repeatable Bernoulli sample of `percent`."""
+    sample = (
+        sql.SQL("")
+        if percent is None
+        else sql.SQL(" TABLESAMPLE BERNOULLI ({}) REPEATABLE (0)").format(sql.Literal(float(percent)))
+    )
+    return sql.SQL("SELECT embedding FROM {}{}").format(sql.Identifier(stage.table), sample)
+
+
+def all_embeddings(stage: Stage) -> sql.Composed:
+    return sql.SQL("SELECT space_id, image_id, dataset_id, split, embedding FROM {}").format(
+        sql.Identifier(stage.table)
+    )
+
+
+def retype_projection(stage: Stage, dim: int) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN proj TYPE vector({})").format(
+        sql.Identifier(stage.projection_table), sql.Literal(dim)
+    )
+
+
+def copy_projection(stage: Stage) -> sql.Composed:
+    return sql.SQL("COPY {} (space_id, image_id, dataset_id, split, proj) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.Identifier(stage.projection_table)
+    )
+
+
+def insert_projections(stage: Stage) -> sql.Composed:
+    return sql.SQL(
+        """INSERT INTO {} (space_id, image_id, dataset_id, split, proj)
+           SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.p
+           FROM unnest(%(ids)s::int8[], %(proj)b::vector[]) AS u(id, p)
+           ON CONFLICT (space_id, image_id) DO NOTHING"""
+    ).format(sql.Identifier(stage.projection_table))
+
+
+# ---------------------------------------------------------------- indexes
+
+
+def index_name(stage: Stage, projected: bool = False) -> str:
+    return f"{stage.projection_table}_ann" if projected else f"{stage.table}_ann"
+
+
+def drop_index(name: str) -> sql.Composed:
+    return sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name))
+
+
+def opclass(column_type: str, metric: str) -> str:
+    return f"{column_type}_{METRIC_OPS[metric]}"
+
+
+def create_index(name: str, table: str, column: str, kind: str, opclass_name: str, params: dict) -> sql.Composed:
+    """CREATE INDEX for ivfflat (params: lists) or hnsw (params: m, ef_construction)."""
+    if kind == "ivfflat":
+        with_ = sql.SQL("lists = {}").format(sql.Literal(int(params["lists"])))
+    elif kind == "hnsw":
+        with_ = sql.SQL("m = {}, ef_construction = {}").format(
+            sql.Literal(int(params["m"])), sql.Literal(int(params["ef_construction"]))
+        )
+    else:
+        raise ValueError(kind)
+    return sql.SQL("CREATE INDEX {name} ON {table} USING {kind} ({column} {opclass}) WITH ({with_})").format(
+        name=sql.Identifier(name),
+        table=sql.Identifier(table),
+        kind=sql.SQL(kind),
+        column=sql.Identifier(column),
+        opclass=sql.SQL(opclass_name),
+        with_=with_,
+    )
+
+
+def set_configs(n: int) -> sql.Composed:
+    """SELECT set_config(%s, %s, true), ... for n settings in one round trip (transaction-local)."""
+    return sql.SQL("SELECT {}").format(sql.SQL(", ").join([sql.SQL("set_config(%s, %s, true)")] * n))
+
+
+# ---------------------------------------------------------------- experiments
+
+
+def scratch_copy(table: str, stage: Stage) -> sql.Composed:
+    return sql.SQL(
+        "CREATE TEMP TABLE {} AS SELECT image_id, embedding FROM {} WHERE space_id = %s ORDER BY image_id LIMIT %s"
+    ).format(sql.Identifier(table), sql.Identifier(stage.table))
+
+
+def drop_table(table: str) -> sql.Composed:
+    return sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table))
+
+
+def latest_embeddings(stage: Stage) -> sql.Composed:
+    return sql.SQL("SELECT embedding FROM {} WHERE space_id = %s ORDER BY image_id DESC LIMIT %s").format(
+        sql.Identifier(stage.table)
+    )
+
+
+# ---------------------------------------------------------------- reports
+
+
+def report_view(view: str, order_by: str, with_run: bool) -> sql.Composed:
+    """SELECT * from a report view (name checked by the caller against reports.VIEWS)."""
+    where = sql.SQL(" WHERE run_id = %s") if with_run else sql.SQL("")
+    return sql.SQL("SELECT * FROM {}{} ORDER BY {}").format(sql.Identifier(view), where, sql.SQL(order_by))

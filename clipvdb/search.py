@@ -1,0 +1,192 @@
+"""Nearest-neighbour search over one stage's stored vectors: settings, set-up, the batched query.
+
+A batch of query vectors goes to PostgreSQL as one statement (queries.knn): the vectors travel as
+one binary vector[] parameter (text format costs about 4 ms per 3,072-d vector to print and parse),
+are unnested, and each is answered by a LATERAL `ORDER BY embedding <-> q LIMIT k` through the
+stage's ANN index, unless `exact` orders by a function form that no index serves. On a projected
+index (projection.py) the LATERAL takes candidates by the projected vector and orders them by the
+exact distance on the full embedding.
+
+A searcher's set-up is one statement: the space, the row counts (stage_counts, kept by triggers),
+the recorded index and whether it exists. No table is scanned before the query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from . import config, projection, queries
+from .errors import EmptyStageError, SpaceMismatchError, UsageError
+from .stages import Stage
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    k: int = config.DEFAULT_K
+    exact: bool = False
+    probes: int | None = None
+    ef_search: int | None = None
+    metric: queries.Metric = "l2"
+    candidates: int | None = None
+
+    def check(self) -> None:
+        if self.k < 1:
+            raise UsageError("--k must be at least 1")
+        if self.metric not in queries.METRICS:
+            raise UsageError(f"unknown metric {self.metric!r}; choose from {', '.join(queries.METRICS)}")
+
+    @property
+    def n_candidates(self) -> int:
+        return self.candidates or max(config.DEFAULT_CANDIDATES, 4 * self.k)
+
+
+@dataclass
+class Neighbor:
+    image_id: int
+    label: int
+    source: str
+    distance: float
+
+
+def vote(neigh: list[Neighbor]) -> tuple[int, Neighbor]:
+    """Majority label among the neighbours; ties go to the label with the nearest neighbour."""
+    counts = Counter(n.label for n in neigh)
+    top = max(counts.values())
+    nearest: dict[int, Neighbor] = {}
+    for n in neigh:
+        if counts[n.label] == top and (n.label not in nearest or n.distance < nearest[n.label].distance):
+            nearest[n.label] = n
+    best = min(nearest.values(), key=lambda n: (n.distance, n.label))
+    return best.label, best
+
+
+_SETUP = """
+WITH s AS (SELECT id FROM embedding_spaces WHERE model = %(model)s AND weights = %(weights)s AND stage = %(stage)s)
+SELECT s.id, coalesce(c.n_rows, 0), coalesce(c.n_projected, 0), x.kind, x.params,
+       to_regclass(%(full_index)s) IS NOT NULL, to_regclass(%(proj_index)s) IS NOT NULL
+FROM (SELECT 1) AS one
+LEFT JOIN s ON true
+LEFT JOIN stage_counts c
+       ON c.stage = %(stage)s AND c.space_id = s.id AND c.dataset_id = %(dataset)s AND c.split = %(split)s
+LEFT JOIN stage_indexes x ON x.stage = %(stage)s
+"""
+
+
+def index_defaults(stage: Stage) -> tuple[str, dict]:
+    """What ingest builds on a stage nobody chose an index for. Stage first: hnsw over a 128-d PCA
+    projection, re-ranked exactly, met the stage-first goal (BENCHMARKS.md); no such measurement
+    exists for the CLIP stages, which keep ivfflat on the full vectors."""
+    if stage.name == "first":
+        return "hnsw", {"project": config.DEFAULT_PROJECT_FIRST}
+    return "ivfflat", {}
+
+
+class StageSearcher:
+    """Answers nearest-neighbour queries for one stage, space and (dataset, split)."""
+
+    def __init__(
+        self, conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], dataset: int, split: str,
+        settings: SearchSettings, *, iterative_scan: bool = True,
+    ):  # fmt: skip
+        settings.check()
+        self.iterative_scan = iterative_scan
+        self.stage, self.dataset, self.split, self.settings = stage, dataset, split, settings
+        model, weights = identity
+        row = conn.execute(
+            _SETUP,
+            {"model": model, "weights": weights, "stage": stage.name, "dataset": dataset, "split": split,
+             "full_index": queries.index_name(stage), "proj_index": queries.index_name(stage, projected=True)},
+        ).fetchone()  # fmt: skip
+        assert row is not None
+        self.space, self.rows, projected_rows, kind, params, full_exists, proj_exists = row
+        if self.space is None or self.rows == 0:
+            raise_empty(conn, stage, identity, split)
+        default_kind, default_params = index_defaults(stage)
+        self.index_kind: str = kind or default_kind
+        self.index_params: dict = dict(params if kind else {**default_params, "metric": "l2"})
+        projected = bool(self.index_params.get("project"))
+        self.index_exists = bool(proj_exists if projected else full_exists)
+        self.projection: projection.Projection | None = None
+        if projected and self.index_exists and not settings.exact and settings.metric == "l2":
+            # A load interrupted after dropping the index leaves rows unprojected: then the full
+            # vectors are searched, and the user is told how to rebuild.
+            if projected_rows != self.rows:
+                from .models import announce
+
+                announce(
+                    f"stage {stage.name}: {self.rows - projected_rows} of {self.rows} rows have no projection (an "
+                    "interrupted load?); searching the full vectors, which is slow; "
+                    f"run 'clipvdb index --stage {stage.name}' to rebuild the index"
+                )
+            else:
+                self.projection = projection.load(conn, stage)
+        self.sql = queries.knn(
+            stage, settings.metric, exact=settings.exact,
+            projected_dim=self.projection.dim if self.projection is not None else None,
+        )  # fmt: skip
+
+    @property
+    def candidates(self) -> int:
+        return self.settings.n_candidates
+
+    def index_settings(self) -> list[tuple[str, str]]:
+        s = self.settings
+        if s.exact:
+            return []
+        out: list[tuple[str, str]] = []
+        if self.index_kind == "ivfflat":
+            from .indexes import default_probes
+
+            lists = int(self.index_params.get("lists", 1))
+            out.append(("ivfflat.probes", str(s.probes or default_probes(lists))))
+        if self.index_kind == "hnsw":
+            out.append(("hnsw.ef_search", str(s.ef_search or config.DEFAULT_EF_SEARCH)))
+        if self.iterative_scan:  # pgvector >= 0.8: keep scanning until k rows pass the filter
+            out += [("ivfflat.iterative_scan", "relaxed_order"), ("hnsw.iterative_scan", "relaxed_order")]
+        return out
+
+    def check(self, vectors: np.ndarray) -> None:
+        if vectors.ndim != 2 or vectors.shape[1] != self.stage.dim:
+            raise SpaceMismatchError(
+                f"query vectors have {vectors.shape[-1]} dimensions; stage {self.stage.name} stores "
+                f"{self.stage.dim}-dimensional vectors"
+            )
+
+    def search(self, conn: psycopg.Connection, vectors: np.ndarray) -> tuple[list[list[Neighbor]], float]:
+        """Neighbours for each query vector, and the wall ms of the one statement (with its settings)."""
+        self.check(vectors)
+        params = {"vectors": list(vectors.astype(np.float32)), "space": self.space, "dataset": self.dataset,
+                  "split": self.split, "k": self.settings.k}  # fmt: skip
+        if self.projection is not None:
+            params.update(projected=list(self.projection.apply(vectors)), candidates=self.candidates)
+        settings = self.index_settings()
+        start = time.perf_counter()
+        with conn.transaction():
+            if settings:
+                conn.execute(queries.set_configs(len(settings)), [x for pair in settings for x in pair])
+            rows = conn.execute(self.sql, params).fetchall()
+        elapsed = (time.perf_counter() - start) * 1000
+        out: list[list[Neighbor]] = [[] for _ in range(len(vectors))]
+        for ord_, image_id, label, source, dist in rows:
+            out[ord_ - 1].append(Neighbor(image_id, label, source, float(dist)))
+        return out, elapsed
+
+
+def raise_empty(conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], split: str) -> None:
+    model, weights = identity
+    others = [f"{m}/{w} ({n} rows)" for m, w, n in conn.execute(queries.space_rows(stage)).fetchall()
+              if (m, w) != (model, weights)]  # fmt: skip
+    hint = f"; stored rows at this stage come from {', '.join(others)}" if others else ""
+    if not stage.uses_clip:
+        flags = ""
+    else:
+        flags = f" --model {model} --pretrained {weights.split(':')[0] if weights.startswith('random') else weights}"
+    raise EmptyStageError(
+        f"stage {stage.name} has no {split} rows for {model}/{weights}{hint}; "
+        f"run 'clipvdb ingest --stage {stage.name} --data SRC{flags}' first"
+    )

@@ -1,0 +1,450 @@
+"""`clipvdb.Store`: the object at the centre of the library. The CLI, the web page, the demo and the
+bench all go through it.
+
+    import clipvdb
+    store = clipvdb.Store()                                   # the embedded server; Store(url) another
+    store.ingest("cifar10/", stages="first", split="train")   # IngestResult
+    preds = store.classify(["cat.png", pil_image], stage="first")   # list[Prediction]
+    run = store.evaluate("cifar10/", stage="first", split="test", exact=True)   # EvalRun
+    rows = store.report("report_accuracy", run=run.run_id)    # list[dict], ready for pandas
+
+A Store owns a connection pool, brings the schema to head on first use (never down), loads the
+encoder only when a CLIP stage needs it, and caches datasets, classes and set-up searchers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import psycopg
+
+from . import catalog, config, db
+from .encoders import Encoder, load_encoder
+from .errors import EmptyStageError, ImageError, SchemaError, UsageError
+from .images import ImageInput
+from .predict import Prediction, as_predictions, predict_batch
+from .search import SearchSettings, StageSearcher
+from .sources import Source
+from .stages import Stage, needs_encoder, parse_stages
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from .evaluate import EvalRun
+    from .experiment import ExperimentResult
+    from .indexes import IndexInfo
+    from .ingest import IngestResult
+    from .retrieval import Grid, Hit
+
+ProgressFn = Callable[[int, int], None]
+StagesArg = str | Iterable[str] | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: int
+    name: str
+    classes: list[str]
+
+
+def _stages(value: StagesArg | list[Stage]) -> list[Stage]:
+    if isinstance(value, list) and value and isinstance(value[0], Stage):
+        return value
+    return parse_stages(value)  # type: ignore[arg-type]
+
+
+def _source(data: str | Path | Source) -> Source:
+    if isinstance(data, Source):
+        return data
+    from .sources import open_source
+
+    return open_source(str(data))
+
+
+class Store:
+    """A clipvdb database: ingest, classify, evaluate, report, search."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        home: Path | str | None = None,
+        model: str = config.DEFAULT_MODEL,
+        pretrained: str | None = None,
+        device: str = config.DEFAULT_DEVICE,
+        encoder: Encoder | None = None,
+        pool_size: int = config.DEFAULT_POOL_SIZE,
+        migrate: bool = True,
+        announce: Callable[[str], None] | None = None,
+    ):
+        self._url = url
+        self.home = Path(home).expanduser() if home else None
+        self.model, self.pretrained, self.device = model, pretrained, device
+        self._encoder = encoder
+        self.pool_size = pool_size
+        self.migrate = migrate
+        self.announce = announce or (lambda m: print(m, file=sys.stderr))
+        self._lock = threading.Lock()
+        self._datasets: dict[str | None, Dataset] = {}
+        self._searchers: dict[tuple, StageSearcher] = {}
+        self._ready = False
+        self.pgvector: tuple[int, ...] = ()
+
+    # ------------------------------------------------------------ connections
+
+    @functools.cached_property
+    def url(self) -> str:
+        """The database URL: given, else CLIPVDB_DATABASE_URL, else the embedded server (started)."""
+        return db.resolve_url(self._url, self.home)
+
+    def _prepare(self) -> None:
+        """Once per Store: pgvector present and new enough, the schema at head (upgraded if older)."""
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            with db.connection(self.url, vector=False) as conn:
+                rev = db.revision_of(conn)
+            head = db.head_revision()
+            if rev != head:
+                if rev is not None and not db.is_known_revision(rev):
+                    raise SchemaError(
+                        f"the database schema is at revision {rev}, newer than this clipvdb ({head}); "
+                        "upgrade clipvdb (pip install -U clipvdb)"
+                    )
+                if not self.migrate:
+                    raise SchemaError(
+                        f"the database schema is at revision {rev or 'none'}, clipvdb needs {head}; "
+                        "run 'clipvdb db upgrade'"
+                    )
+                self.announce(f"clipvdb: bringing the database schema from {rev or 'nothing'} to revision {head}")
+                db.upgrade(self.url)
+            with db.connection(self.url) as conn:
+                self.pgvector = db.version_tuple(db.check_pgvector(conn))
+            self._ready = True
+
+    @functools.cached_property
+    def pool(self) -> ConnectionPool:
+        from psycopg_pool import ConnectionPool
+
+        self._prepare()
+
+        def configure(conn: psycopg.Connection) -> None:
+            from pgvector.psycopg import register_vector
+
+            register_vector(conn)
+            conn.commit()
+
+        try:
+            return ConnectionPool(
+                self.url, min_size=1, max_size=max(self.pool_size, 2), configure=configure, open=True,
+                name="clipvdb", timeout=30,
+            )  # fmt: skip
+        except psycopg.OperationalError as exc:
+            raise db.connection_error(exc) from exc
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection with pgvector registered; rolled back when returned with work open."""
+        with self.pool.connection() as conn:
+            yield conn
+
+    def _connections(self, n: int) -> contextlib.AbstractContextManager[list[psycopg.Connection]]:
+        @contextlib.contextmanager
+        def lend() -> Iterator[list[psycopg.Connection]]:
+            with contextlib.ExitStack() as stack:
+                yield [stack.enter_context(self.pool.connection()) for _ in range(n)]
+
+        return lend()
+
+    def close(self) -> None:
+        if "pool" in self.__dict__:
+            self.pool.close()
+            del self.__dict__["pool"]
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ model, datasets, searchers
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder (loaded on first use: stage first never needs it)."""
+        if self._encoder is None:
+            self._encoder = load_encoder(self.model, self.pretrained or config.DEFAULT_PRETRAINED, self.device)
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, value: Encoder) -> None:
+        self._encoder = value
+        self._searchers.clear()
+
+    def encoder_for(self, stages: list[Stage]) -> Encoder | None:
+        return self.encoder if needs_encoder(stages) else None
+
+    def dataset(self, name: str | None = None) -> Dataset:
+        """A stored dataset (the only one when no name is given), with its class names."""
+        if name not in self._datasets:
+            with self.connection() as conn:
+                ds = catalog.dataset_id(conn, name)
+                row = conn.execute("SELECT name FROM datasets WHERE id = %s", (ds,)).fetchone()
+                self._datasets[name] = Dataset(ds, row[0], catalog.class_names(conn, ds))
+        return self._datasets[name]
+
+    def searcher(self, stage: Stage, dataset: int, split: str, settings: SearchSettings) -> StageSearcher:
+        key = (stage.name, dataset, split, settings, self._identity(stage))
+        if key not in self._searchers:
+            with self.connection() as conn:
+                self._searchers[key] = StageSearcher(conn, stage, self._identity(stage), dataset, split, settings,
+                                                     iterative_scan=self.pgvector >= (0, 8, 0))  # fmt: skip
+        return self._searchers[key]
+
+    def _identity(self, stage: Stage) -> tuple[str, str]:
+        return catalog.space_identity(stage, self.encoder if stage.uses_clip else None)
+
+    def _forget(self) -> None:
+        """Drop cached searchers and datasets (after an ingest or an index build)."""
+        self._searchers.clear()
+        self._datasets.clear()
+
+    def stored_stages(self) -> list[Stage]:
+        with self.connection() as conn:
+            names = catalog.stages_with_rows(conn)
+        if not names:
+            raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
+        return parse_stages(names)
+
+    # ------------------------------------------------------------ the main job
+
+    def ingest(
+        self,
+        data: str | Path | Source,
+        stages: StagesArg = "first",
+        *,
+        split: str = "train",
+        limit: int | None = None,
+        batch_size: int = config.DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        dataset: str | None = None,
+        strict: bool = False,
+        build_index: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> IngestResult:
+        """Encode `split` of `data` at `stages` and store it. Safe to re-run and to interrupt."""
+        from .ingest import ingest
+
+        chosen = _stages(stages)
+        source = _source(data)
+        encoder = self.encoder_for(chosen)
+        try:
+            with self.connection() as conn:
+                return ingest(conn, source, chosen, encoder, split=split, limit=limit, batch_size=batch_size,
+                              workers=workers, dataset_name=dataset, strict=strict, build_index=build_index,
+                              progress=progress)  # fmt: skip
+        finally:
+            self._forget()
+
+    def classify(
+        self,
+        images: ImageInput | list[ImageInput],
+        stage: StagesArg = None,
+        *,
+        k: int = config.DEFAULT_K,
+        exact: bool = False,
+        probes: int | None = None,
+        ef_search: int | None = None,
+        metric: str = "l2",
+        candidates: int | None = None,
+        dataset: str | None = None,
+        against: str = "train",
+        prompts: str = "study",
+        batch_size: int = 32,
+    ) -> list[Prediction]:
+        """Predictions for each image at each stage (default: every stage with rows), batch by batch.
+        Images are file paths, PIL images, HxWx3 uint8 arrays or encoded bytes."""
+        from . import zeroshot
+        from .encoding import encode_items, query_items
+
+        settings = SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,  # type: ignore[arg-type]
+                                  candidates=candidates)  # fmt: skip
+        settings.check()
+        many = images if isinstance(images, list) else [images]
+        items = query_items(many)
+        chosen = _stages(stage) if stage else self.stored_stages()
+        ds = self.dataset(dataset)
+        searchers = {s.name: self.searcher(s, ds.id, against, settings) for s in chosen if s.name != "origin"}
+        encoder = self.encoder_for(chosen)
+        text = zeroshot.text_embeddings(encoder, ds.classes, prompts) if encoder and any(
+            s.name == "origin" for s in chosen) else None  # fmt: skip
+        out: list[Prediction] = []
+        with self.connection() as conn:
+            for batch in encode_items(items, chosen, encoder, batch_size=batch_size, workers=0, hash_items=False):
+                if batch.failed:
+                    raise ImageError(batch.failed[0][1])
+                keys = [it.key for it in batch.items]
+                for s in chosen:
+                    b = predict_batch(conn, s, batch.vectors[s.name], searchers.get(s.name), text)
+                    out += as_predictions(keys, b, ds.classes, batch.elapsed_ms.get(s.name, 0.0) / len(keys))
+        return out
+
+    def evaluate(
+        self,
+        data: str | Path | Source,
+        stage: StagesArg = "first",
+        *,
+        split: str = "test",
+        against: str = "train",
+        k: int = config.DEFAULT_K,
+        exact: bool = False,
+        probes: int | None = None,
+        ef_search: int | None = None,
+        metric: str = "l2",
+        candidates: int | None = None,
+        num: int | None = None,
+        batch_size: int = config.DEFAULT_EVAL_BATCH_SIZE,
+        workers: int | None = None,
+        connections: int = 2,
+        display_freq: int = 0,
+        dataset: str | None = None,
+        prompts: str = "study",
+        report: Callable[[str], None] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> EvalRun:
+        """Classify a labelled split, store every prediction as a run; `run.run_id` for the reports."""
+        from .evaluate import evaluate
+
+        if connections < 1:
+            raise UsageError("--connections must be at least 1")
+        settings = SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,  # type: ignore[arg-type]
+                                  candidates=candidates)  # fmt: skip
+        settings.check()
+        chosen = _stages(stage)
+        source = _source(data)
+        encoder = self.encoder_for(chosen)
+        with self.connection() as conn:
+            return evaluate(
+                conn, lambda: self._connections(connections), source, chosen, encoder, settings,
+                searcher=lambda s, ds, sp: self.searcher(s, ds, sp, settings),
+                split=split, against=against, num=num, batch_size=batch_size, workers=workers,
+                n_connections=connections, display_freq=display_freq, dataset_name=dataset, template=prompts,
+                report=report, progress=progress, mark_failed=self._mark_failed,
+            )  # fmt: skip
+
+    def _mark_failed(self, run_id: int) -> None:
+        try:
+            with db.connection(self.url, vector=False) as conn:
+                conn.execute("UPDATE eval_runs SET status = 'failed', finished_at = now() WHERE id = %s", (run_id,))
+                conn.commit()
+        except Exception:
+            pass  # the server may be what failed; a 'running' run is excluded from the views too
+
+    def index(
+        self,
+        stage: StagesArg,
+        kind: str | None = None,
+        *,
+        project: int | None = None,
+        lists: int | None = None,
+        m: int = config.DEFAULT_M,
+        ef_construction: int = config.DEFAULT_EF_CONSTRUCTION,
+        metric: str = "l2",
+    ) -> list[IndexInfo]:
+        """(Re)build each stage's ANN index; without `kind`, the stage's default."""
+        from . import indexes
+
+        out = []
+        try:
+            with self.connection() as conn:
+                for s in _stages(stage):
+                    chosen, defaults = (kind, {}) if kind else indexes.default_index(s)
+                    dims = defaults.get("project") if project is None else project
+                    out.append(indexes.build(conn, s, chosen, lists=lists, m=m, ef_construction=ef_construction,
+                                             metric=metric, project=dims or None))  # fmt: skip
+        finally:
+            self._forget()
+        return out
+
+    # ------------------------------------------------------------ reports
+
+    def report(self, view: str, run: int | None = None) -> list[dict]:
+        """Rows of one report view for one run (default: the latest complete run)."""
+        return self.reports(run, (view,))[view]
+
+    def reports(self, run: int | None = None, views: Iterable[str] | None = None) -> dict[str, Any]:
+        """{"run_id": run, view: rows, ...} for one run (default: the latest complete run)."""
+        from . import reports
+
+        chosen = tuple(views) if views else reports.VIEWS
+        bad = [v for v in chosen if v not in reports.VIEWS]
+        if bad:
+            raise UsageError(f"unknown view {bad[0]!r}; choose from {', '.join(reports.VIEWS)}")
+        with self.connection() as conn:
+            return reports.report(conn, run, chosen)
+
+    def plot(self, out: Path | str, run: int | None = None, *, squared: bool = False) -> list[Path]:
+        from .plots import plot
+
+        return plot(self.reports(run), Path(out), squared=squared)
+
+    # ------------------------------------------------------------ exploration
+
+    def search(
+        self, text: str | None = None, *, image: ImageInput | None = None, k: int = 10, stage: str = "origin",
+        dataset: str | None = None, split: str = "train", exact: bool = False,
+    ) -> list[Hit]:  # fmt: skip
+        from .retrieval import search
+
+        return search(self, text, image=image, k=k, stage=stage, dataset_name=dataset, split=split, exact=exact)
+
+    def neighbors(
+        self, image: ImageInput, stages: StagesArg, out: Path | str, *, k: int = 10, dataset: str | None = None,
+        split: str = "train", exact: bool = False,
+    ) -> Grid:  # fmt: skip
+        from .retrieval import neighbour_grid
+
+        return neighbour_grid(self, image, _stages(stages), Path(out), k=k, dataset_name=dataset, split=split,
+                              exact=exact)  # fmt: skip
+
+    def experiment(
+        self, stage: StagesArg, sizes: list[int], *, queries: int = 100, probes: list[int] | None = None,
+        ef_search: list[int] | None = None, metric: str = "l2",
+    ) -> ExperimentResult:  # fmt: skip
+        """Recall and speed of exact, ivfflat and hnsw search as the stored set grows (experiment.py)."""
+        from .experiment import search_experiment
+
+        chosen = _stages(stage)
+        if len(chosen) != 1:
+            raise UsageError("experiment search takes one --stage")
+        with self.connection() as conn:
+            return search_experiment(conn, chosen[0], self.encoder_for(chosen), sizes, queries=queries,
+                                     probes=probes, ef_search=ef_search, metric=metric)  # fmt: skip
+
+    def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
+        """Vectors per stage for the images (no database needed)."""
+        from .encoding import embed
+
+        chosen = _stages(stages)
+        return embed(images if isinstance(images, list) else [images], chosen, self.encoder_for(chosen))
+
+    # ------------------------------------------------------------ administration
+
+    def status(self) -> dict:
+        return db.status(self.url)
+
+    def upgrade(self, revision: str = "head") -> str | None:
+        return db.upgrade(self.url, revision)
+
+    def downgrade(self, revision: str = "base") -> str | None:
+        return db.downgrade(self.url, revision)
