@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, queries
+from . import catalog, db, indexes
+from . import queries as sql_queries
 from .encoders import Encoder
 from .errors import EmptyStageError, UsageError
 from .stages import Stage
@@ -31,7 +32,7 @@ class ExperimentResult:
 
 
 def _queries(conn, stage: Stage, space: int, n: int) -> list[np.ndarray]:
-    rows = conn.cursor(binary=True).execute(queries.latest_embeddings(stage), (space, n)).fetchall()
+    rows = conn.cursor(binary=True).execute(sql_queries.latest_embeddings(stage), (space, n)).fetchall()
     return [db.as_array(r[0]) for r in rows]
 
 
@@ -83,15 +84,15 @@ def search_experiment(
     result = ExperimentResult(exp_id)
     conn.autocommit = True
     for size in sorted(sizes):
-        conn.execute(queries.drop_table(SCRATCH))
-        conn.execute(queries.scratch_copy(SCRATCH, stage), (space, size))
-        conn.execute(queries.analyze(SCRATCH))
-        exact_sql = queries.knn_scratch(SCRATCH, stage, metric, exact=True)
+        conn.execute(sql_queries.drop_table(SCRATCH))
+        conn.execute(sql_queries.scratch_copy(SCRATCH, stage), (space, size))
+        conn.execute(sql_queries.analyze(SCRATCH))
+        exact_sql = sql_queries.knn_scratch(SCRATCH, stage, metric, exact=True)
         truth, times = _run(conn, exact_sql, Q, 10)
         # exact search scored against itself: recall 1 is the reference row, not a measurement
         result.rows.append(_record(conn, exp_id, size, "exact", {}, truth, truth, times, None, None))
-        ann_sql = queries.knn_scratch(SCRATCH, stage, metric, exact=False)
-        opclass = queries.opclass(stage.column_type, metric)
+        ann_sql = sql_queries.knn_scratch(SCRATCH, stage, metric, exact=False)
+        opclass = sql_queries.opclass(stage.column_type, metric)
         for kind, settings, setting_name in (
             ("ivfflat", probes, "ivfflat.probes"),
             ("hnsw", ef_search, "hnsw.ef_search"),
@@ -100,7 +101,7 @@ def search_experiment(
             index_params = {"lists": lists} if kind == "ivfflat" else {"m": 16, "ef_construction": 64}
             conn.execute("SET maintenance_work_mem = '1GB'")
             start = time.perf_counter()
-            conn.execute(queries.create_index("experiment_ann", SCRATCH, "embedding", kind, opclass, index_params))
+            conn.execute(sql_queries.create_index("experiment_ann", SCRATCH, "embedding", kind, opclass, index_params))
             build_s = time.perf_counter() - start
             size_bytes = conn.execute("SELECT pg_relation_size('experiment_ann')").fetchone()[0]
             for value in settings:
@@ -113,7 +114,7 @@ def search_experiment(
                 )
                 result.rows.append(_record(conn, exp_id, size, kind, params, ids, truth, times, build_s, size_bytes))
             conn.execute("DROP INDEX experiment_ann")
-        conn.execute(queries.drop_table(SCRATCH))
+        conn.execute(sql_queries.drop_table(SCRATCH))
     conn.autocommit = False
     return result
 

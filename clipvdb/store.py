@@ -147,7 +147,7 @@ class Store:
         try:
             return ConnectionPool(
                 self.url, min_size=1, max_size=max(self.pool_size, 2), configure=configure, open=True,
-                name="clipvdb", timeout=30,
+                name="clipvdb", timeout=30, check=ConnectionPool.check_connection,
             )  # fmt: skip
         except psycopg.OperationalError as exc:
             raise db.connection_error(exc) from exc

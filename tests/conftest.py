@@ -95,7 +95,14 @@ def rn50_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     torch.manual_seed(1234)
-    model = open_clip.create_model("RN50", pretrained=None)
+    model = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True)
+    # open_clip zero-initialises each bottleneck's last batch norm, which makes every residual block
+    # an identity at random init; random scales make the stage-equivalence tests see real layers.
+    with torch.no_grad():
+        for name, module in model.visual.named_modules():
+            if name.endswith("bn3"):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
     path = tmp_path_factory.mktemp("ckpt") / "rn50-random.pt"
     torch.save(model.state_dict(), path)
     return path
@@ -106,6 +113,15 @@ def rn50(rn50_checkpoint):
     from clipvdb.models import load_model
 
     return load_model("RN50", str(rn50_checkpoint), "cpu")
+
+
+@pytest.fixture
+def store(db_url):
+    """A Store on the fresh test database with the tiny (no-torch) encoder."""
+    from clipvdb import Store, TinyEncoder
+
+    with Store(db_url, encoder=TinyEncoder()) as s:
+        yield s
 
 
 @pytest.fixture

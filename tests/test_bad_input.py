@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from clipvdb import synthetic
-from clipvdb.classify import SearchSettings, StageSearcher
+from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.errors import ImageError, SpaceMismatchError
 from clipvdb.images import load_image
-from clipvdb.ingest import ingest
+from clipvdb.store import Store
 from clipvdb.sources import open_source
 from clipvdb.stages import STAGES, parse_stages
 
@@ -47,7 +47,7 @@ def test_nasty_file_names_are_stored_verbatim(db_url, tmp_path, name):
     folder = data / "train" / "red-circle"
     os.rename(folder / "0000.png", folder / f"{name}.png")
     before = _tables(db_url)
-    result = ingest(db_url, open_source(data), parse_stages("first"), None, workers=0)
+    result = Store(db_url).ingest(open_source(data), "first", workers=0)
     assert result.failed == [] and result.inserted == {"first": 10}
     with psycopg.connect(db_url) as c:
         stored = c.execute("SELECT source FROM images WHERE source LIKE 'train/red-circle/%'").fetchone()[0]
@@ -67,7 +67,7 @@ def test_any_class_folder_name_round_trips(db_url, tmp_path_factory, name):
         return  # a name this file system refuses cannot reach clipvdb
     Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(folder / "x.png")
     src = open_source(root)
-    result = ingest(db_url, src, parse_stages("first"), None, workers=0, dataset_name=f"h{abs(hash(name))}")
+    result = Store(db_url).ingest(src, "first", workers=0, dataset=f"h{abs(hash(name))}")
     assert result.failed == []
     with psycopg.connect(db_url) as c:
         got = c.execute(
@@ -81,7 +81,7 @@ def test_non_utf8_file_name_is_refused_with_a_clear_reason(db_url, tmp_path):
     data = synthetic.generate(tmp_path / "d", {"train": 1})
     folder = os.fsencode(data / "train" / "red-circle")
     os.rename(os.path.join(folder, b"0000.png"), os.path.join(folder, b"bad\xff.png"))
-    result = ingest(db_url, open_source(data), parse_stages("first"), None, workers=0)
+    result = Store(db_url).ingest(open_source(data), "first", workers=0)
     assert result.inserted == {"first": 9}
     assert len(result.failed) == 1 and "not valid UTF-8" in result.failed[0][1]
 
@@ -90,12 +90,12 @@ def test_wrong_dimension_is_refused_before_any_sql(db_url, tmp_path):
     from clipvdb import db
 
     data = synthetic.generate(tmp_path / "d", {"train": 1})
-    ingest(db_url, open_source(data), parse_stages("first"), None, workers=0)
+    Store(db_url).ingest(open_source(data), "first", workers=0)
     with db.open_db(db_url) as conn:
-        searcher = StageSearcher(conn, STAGES["first"], None, 1, "train", SearchSettings())
+        searcher = StageSearcher(conn, STAGES["first"], ("pixels", "none"), 1, "train", SearchSettings())
         conn.commit()
         with pytest.raises(SpaceMismatchError, match="1024 dimensions.*3072"):
-            searcher.search(np.zeros((1, 1024), np.float32))
+            searcher.search(conn, np.zeros((1, 1024), np.float32))
         # any statement would have opened a transaction on this (non-autocommit) connection
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 

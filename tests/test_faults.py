@@ -10,10 +10,8 @@ import psycopg
 import pytest
 
 from clipvdb import embedded, synthetic
-from clipvdb.classify import SearchSettings
 from clipvdb.errors import DatabaseError
-from clipvdb.evaluate import evaluate
-from clipvdb.ingest import ingest
+from clipvdb.store import Store
 from clipvdb.sources import open_source
 from clipvdb.stages import parse_stages
 
@@ -100,7 +98,7 @@ def test_long_home_path_still_works(tmp_path):
 def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp_path):
     data = synthetic.generate(tmp_path / "d", {"train": 3, "test": 3})
     src = open_source(data)
-    ingest(db_url, src, parse_stages("first"), None, workers=0)
+    Store(db_url).ingest(src, "first", workers=0)
     calls = []
 
     def cut_after_first_batch(done, total):
@@ -113,9 +111,9 @@ def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp
                 )
 
     with pytest.raises(DatabaseError, match="lost the database connection during evaluate run"):
-        evaluate(db_url, src, parse_stages("first"), None, SearchSettings(), batch_size=10, workers=0,
+        Store(db_url).evaluate(src, "first", batch_size=10, workers=0,
                  progress=cut_after_first_batch)  # fmt: skip
     assert _count(db_url, "SELECT status FROM eval_runs") == "failed"
     assert _count(db_url, "SELECT count(*) FROM report_accuracy") == 0
-    again = evaluate(db_url, src, parse_stages("first"), None, SearchSettings(), workers=0)
+    again = Store(db_url).evaluate(src, "first", workers=0)
     assert _count(db_url, "SELECT array_agg(run_id) FROM report_accuracy") == [again.run_id]

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from clipvdb import catalog, indexes
-from clipvdb.classify import SearchSettings, StageSearcher
+from psycopg import sql as psycopg_sql
+
+from clipvdb import queries
 from clipvdb.stages import STAGES
 
 
@@ -46,7 +48,7 @@ def test_index_is_used_by_the_neighbour_query(conn, name):
     info = indexes.build(conn, stage, "ivfflat", lists=4)
     assert info.exists and info.params["lists"] == 4
     indexdef = conn.execute(
-        "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (indexes.index_name(stage),)
+        "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (queries.index_name(stage),)
     ).fetchone()[0]
     if stage.dim > 2000:
         assert "USING ivfflat (embedding halfvec_l2_ops)" in indexdef
@@ -60,21 +62,19 @@ def test_index_is_used_by_the_neighbour_query(conn, name):
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")  # tiny tables: make the planner show its choice
         plan = _explain(conn, _sql(stage, exact=False), params)
-    assert indexes.index_name(stage) in plan, plan
+    assert queries.index_name(stage) in plan, plan
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
         exact_plan = _explain(conn, _sql(stage, exact=True), params)
-    assert indexes.index_name(stage) not in exact_plan, exact_plan
+    assert queries.index_name(stage) not in exact_plan, exact_plan
 
 
-def _sql(stage, exact: bool) -> str:
-    searcher = StageSearcher.__new__(StageSearcher)
-    searcher.stage, searcher.settings, searcher.projection = stage, SearchSettings(exact=exact), None
-    return searcher._sql()
+def _sql(stage, exact: bool):
+    return queries.knn(stage, "l2", exact=exact)
 
 
 def _explain(conn, sql, params) -> str:
-    return "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql, params).fetchall())
+    return "\n".join(r[0] for r in conn.execute(psycopg_sql.SQL("EXPLAIN ") + sql, params).fetchall())
 
 
 def test_hnsw_and_none_are_recorded_and_kept_on_refresh(conn):

@@ -13,7 +13,7 @@ import pytest
 
 from clipvdb import synthetic
 from clipvdb.errors import SkippedImagesError
-from clipvdb.ingest import ingest
+from clipvdb.store import Store
 from clipvdb.sources import open_source
 from clipvdb.stages import parse_stages
 
@@ -48,9 +48,9 @@ def test_interrupted_ingest_resumes_without_duplicates(db_url, syn_data):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest(db_url, source, parse_stages("first"), None, batch_size=16, workers=0, progress=stop_after_first_batch)
+        Store(db_url).ingest(source, "first", batch_size=16, workers=0, progress=stop_after_first_batch)
     assert _rows(db_url) == (16, 16)  # whole batches only
-    result = ingest(db_url, source, parse_stages("first"), None, batch_size=16, workers=0)
+    result = Store(db_url).ingest(source, "first", batch_size=16, workers=0)
     assert result.already_stored == 16 and result.inserted == {"first": 44}
     assert _rows(db_url) == (60, 60)
 
@@ -96,7 +96,7 @@ def test_strict_stops_at_the_first_bad_file(db_url, tmp_path):
     data = synthetic.generate(tmp_path / "strict", {"train": 1})
     (data / "train" / "red-circle" / "bad.png").write_bytes(b"\x89PNG nope")
     with pytest.raises(SkippedImagesError, match="bad.png"):
-        ingest(db_url, open_source(data), parse_stages("first"), None, workers=0, strict=True)
+        Store(db_url).ingest(open_source(data), "first", workers=0, strict=True)
 
 
 def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatch):
@@ -110,6 +110,6 @@ def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatc
         return out
 
     monkeypatch.setattr(encoding, "first_stage_vectors", poisoned)
-    result = ingest(db_url, open_source(syn_data), parse_stages("first"), None, batch_size=30, workers=0)
+    result = Store(db_url).ingest(open_source(syn_data), "first", batch_size=30, workers=0)
     assert len(result.failed) == 2 and all("NaN" in r for _, r in result.failed)
     assert _rows(db_url) == (58, 58)

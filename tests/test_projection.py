@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from psycopg import sql as psycopg_sql
 
 from clipvdb import catalog, indexes, projection
-from clipvdb.classify import SearchSettings, StageSearcher
+from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.errors import UsageError
 from clipvdb.ingest import copy_vectors
 from clipvdb.stages import STAGES
@@ -35,8 +36,8 @@ def _store(conn, X: np.ndarray, stage=FIRST, split: str = "train", start: int = 
 
 
 def _neighbours(conn, Q, settings: SearchSettings) -> tuple[list[int], StageSearcher]:
-    searcher = StageSearcher(conn, FIRST, None, 1, "train", settings)
-    neigh, _ = searcher.search(Q)
+    searcher = StageSearcher(conn, FIRST, ("pixels", "none"), 1, "train", settings)
+    neigh, _ = searcher.search(conn, Q)
     conn.commit()
     return [n[0].image_id for n in neigh], searcher
 
@@ -92,7 +93,7 @@ def test_projected_index_finds_the_exact_neighbours_through_its_own_index(conn):
         conn.execute("SET LOCAL enable_sort = off")
         params = {"vectors": list(Q[:2]), "projected": list(searcher.projection.apply(Q[:2])), "space": searcher.space,
                   "dataset": 1, "split": "train", "k": 1, "candidates": 20}  # fmt: skip
-        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + searcher.sql, params).fetchall())
+        plan = "\n".join(r[0] for r in conn.execute(psycopg_sql.SQL("EXPLAIN ") + searcher.sql, params).fetchall())
     assert "projections_first_ann" in plan, plan
 
 

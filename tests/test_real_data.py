@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipvdb.images import first_stage_tensor, load_image
+from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
 from clipvdb.sources import open_source
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -32,7 +32,7 @@ def test_stage_first_on_real_cifar10_matches_numpy(cli, cifar_jpeg):
                          "--json").stdout)  # fmt: skip
 
     def pixels(items):
-        return np.stack([first_stage_tensor(load_image(it.path)).reshape(-1).numpy() for it in items])
+        return first_stage_vectors(np.stack([first_stage_pixels(load_image(it.path)) for it in items]))
 
     train, test = src.items("train")[:2000], src.items("test")[:200]
     X, Q = pixels(train).astype(np.float64), pixels(test).astype(np.float64)
@@ -47,5 +47,12 @@ def test_sample_pngs_are_rgba_and_classify(cli, cifar_jpeg):
     samples = sorted((SHARED / "samples").glob("*.png"))
     assert len(samples) == 10
     cli("ingest", "--stage", "first", "--data", cifar_jpeg, "--limit", "500")
-    preds = json.loads(cli("classify", *samples, "--stage", "first", "--json").stdout)
-    assert len(preds) == 10 and all(p["predicted_class"] in open_source(cifar_jpeg).classes for p in preds)
+    preds = json.loads(cli("classify", *samples, "--stage", "first", "--exact", "--json").stdout)
+    src = open_source(cifar_jpeg)
+    train = src.items("train")[:500]
+    X = first_stage_vectors(np.stack([first_stage_pixels(load_image(it.path)) for it in train]))
+    X = X.astype(np.float16).astype(np.float64)  # stored as halfvec
+    Q = first_stage_vectors(np.stack([first_stage_pixels(load_image(p)) for p in samples])).astype(np.float64)
+    nearest = ((Q[:, None, :] - X[None, :, :]) ** 2).sum(-1).argmin(1)
+    assert [p["predicted_class"] for p in preds] == [src.classes[train[j].label] for j in nearest]
+    assert [p["neighbors"][0]["source"] for p in preds] == [train[j].key for j in nearest]

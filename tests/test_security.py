@@ -5,7 +5,7 @@ import psycopg
 import pytest
 
 from clipvdb import db, indexes
-from clipvdb.classify import SearchSettings, StageSearcher
+from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.cli import cli as group
 from clipvdb.stages import STAGES
 
@@ -63,13 +63,12 @@ def test_hnsw_agrees_with_exact_after_delete_vacuum_reinsert(db_url):
         conn.execute("VACUUM embeddings_second")
         conn.autocommit = False
         add(1001, 300)
-        lm = type("LM", (), {"name": "t", "weights": "t"})()
         queries = rng.standard_normal((30, 1024)).astype(np.float32)
         found = {}
         for exact in (True, False):
-            s = StageSearcher(conn, stage, lm, 1, "train", SearchSettings(exact=exact, ef_search=200))
+            s = StageSearcher(conn, stage, ("t", "t"), 1, "train", SearchSettings(exact=exact, ef_search=200))
             conn.commit()
-            neigh, _ = s.search(queries)
+            neigh, _ = s.search(conn, queries)
             found[exact] = [n[0].image_id for n in neigh]
         alive = {r[0] for r in conn.execute("SELECT image_id FROM embeddings_second")}
     assert all(i in alive for i in found[False]), "HNSW returned a deleted row"

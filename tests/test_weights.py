@@ -9,7 +9,8 @@ import torch
 from clipvdb import catalog
 from clipvdb.errors import StageError, UsageError, WeightsError
 from clipvdb.models import load_model
-from clipvdb.stages import STAGES, parse_stages, run_stages
+from clipvdb.encoder import run_stages
+from clipvdb.stages import STAGES, parse_stages
 
 
 def test_offline_openai_weights_fail_fast_with_one_line(monkeypatch):
@@ -72,7 +73,14 @@ def test_openai_torchscript_archive_loads_through_open_clip(tmp_path):
     from clipvdb.models import is_torchscript_archive
 
     torch.manual_seed(5)
-    model = open_clip.create_model("RN50", pretrained=None).eval()
+    model = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True).eval()
+    # OpenAI's loader stores its weights through float16 (as OpenAI's archives hold them): start
+    # from fp16-representable values so that both routes load exactly the same numbers
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    state_dict_path = tmp_path / "rn50-state.pt"
+    torch.save(model.state_dict(), state_dict_path)
     # OpenAI's archives keep the attention mask as a plain attribute, outside the state dict
     mask = model._buffers.pop("attn_mask")
     model.attn_mask = mask
@@ -86,3 +94,29 @@ def test_openai_torchscript_archive_loads_through_open_clip(tmp_path):
         np.testing.assert_allclose(
             lm.model.encode_image(x).numpy(), model.encode_image(x).numpy(), rtol=1e-4, atol=1e-4
         )
+    # the same weights as an open_clip state dict give the same image and text embeddings
+    sd = load_model("RN50", str(state_dict_path), "cpu")
+    prompts = ["a cat", "an automobile"]
+    np.testing.assert_allclose(sd.encode_text(prompts), lm.encode_text(prompts), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(sd.model.encode_image(x).numpy(), lm.model.encode_image(x).numpy(),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["RN50", "RN101", "RN50x4", "ViT-B-32"])
+def test_openai_tags_build_the_quickgelu_text_tower(name):
+    """open_clip's plain configs use nn.GELU; OpenAI trained with QuickGELU. What clipvdb builds for
+    the openai tag (and for files and random weights of these names) must be QuickGELU."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    from clipvdb.models import openai_architecture
+
+    assert openai_architecture(name, "openai") and openai_architecture(name)
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=openai_architecture(name, "openai"))
+    acts = [m for m in model.transformer.modules() if isinstance(m, QuickGELU | torch.nn.GELU)]
+    assert acts and all(isinstance(m, QuickGELU) for m in acts)
+    if name == "RN50":
+        lm = load_model(name, "random", "cpu", quiet=True)
+        assert lm.quick_gelu and all(isinstance(m, QuickGELU) for m in lm.model.transformer.modules()
+                                     if isinstance(m, QuickGELU | torch.nn.GELU))  # fmt: skip
