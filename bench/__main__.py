@@ -25,13 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from psycopg import sql as psql
 
-from clipvdb import catalog, db, embedded, indexes, synthetic
-from clipvdb.classify import SearchSettings, StageSearcher
-from clipvdb.images import first_stage_tensor, load_image
-from clipvdb.ingest import _copy, copy_vectors
+from clipvdb import Store, catalog, db, embedded, indexes, synthetic
+from clipvdb.encoder import run_stages
+from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
+from clipvdb.ingest import copy_rows, copy_vectors
+from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.sources import Source, open_source
-from clipvdb.stages import STAGES, parse_stages, run_stages
+from clipvdb.stages import STAGES, parse_stages
 
 BUDGET_S = 90.0  # the most one measured pass may take; a pass stopped early reports what it answered
 STUDY = {  # the study's seconds for 1,000 test images: (encoder, query)
@@ -99,11 +101,9 @@ def _cell(c) -> str:
 
 def load_pixels(source: Source, split: str, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     items = source.items(split)[:n]
-    X = np.empty((len(items), 3072), dtype=np.float32)
-    for i, it in enumerate(items):
-        img = load_image(it.path, it.key) if it.path is not None else None
-        t = first_stage_tensor(img) if img is not None else torch.from_numpy(it.array).permute(2, 0, 1) / 255.0
-        X[i] = t.reshape(-1).numpy()
+    pixels = np.stack([first_stage_pixels(load_image(it.path, it.key)) if it.path is not None else it.array
+                       for it in items])  # fmt: skip
+    X = first_stage_vectors(pixels)
     return X, np.array([it.label for it in items]), [it.key for it in items]
 
 
@@ -192,7 +192,7 @@ def run_queries(url, stage, lm, dataset, Q, settings, batch: int, clients: int =
 
     def work(i: int) -> None:
         with db.open_db(url) as conn:
-            searcher = StageSearcher(conn, stage, lm, dataset, split, settings)
+            searcher = StageSearcher(conn, stage, catalog.space_identity(stage, lm), dataset, split, settings)
             backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
             conn.commit()
             ids, labels, done = [], [], []
@@ -201,7 +201,7 @@ def run_queries(url, stage, lm, dataset, Q, settings, batch: int, clients: int =
                 if deadline and time.perf_counter() > deadline:
                     break
                 chunk = parts[i][s : s + batch]
-                neigh, _ = searcher.search(Q[chunk])
+                neigh, _ = searcher.search(conn, Q[chunk])
                 ids += [n[0].image_id for n in neigh]
                 labels += [n[0].label for n in neigh]
                 done += list(chunk)
@@ -539,12 +539,19 @@ def item_load_test(rep: Report, cfg: Config, url: str, source: Source, data: dic
         rng = np.random.default_rng(i)
         try:
             with db.open_db(url) as conn:
-                searcher = StageSearcher(conn, STAGES["first"], None, dataset, "train", SearchSettings())
+                searcher = StageSearcher(
+                    conn,
+                    STAGES["first"],
+                    catalog.space_identity(STAGES["first"], None),
+                    dataset,
+                    "train",
+                    SearchSettings(),
+                )
                 conn.commit()
                 while time.perf_counter() < stop_at:
                     q = Xte[rng.integers(len(Xte)) : None][:1]
                     t0 = time.perf_counter()
-                    neigh, _ = searcher.search(q)
+                    neigh, _ = searcher.search(conn, q)
                     latencies[i].append((time.perf_counter() - t0) * 1000)
                     if len(neigh[0]) != 1:
                         errors.append("no neighbour returned")
@@ -591,7 +598,8 @@ def item_storage(rep: Report, cfg: Config, url: str, source: Source, data: dict)
             conn.commit()
             start = time.perf_counter()
             for s in range(0, len(Xtr), 5000):
-                _copy(conn, f"{table} (image_id, embedding)", ["int8", kind],
+                copy_rows(conn, psql.SQL("COPY {} (image_id, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
+                              psql.Identifier(table)), ["int8", kind],
                       ((ids[i], db.as_param(Xtr[i], kind)) for i in range(s, min(len(Xtr), s + 5000))))  # fmt: skip
                 conn.commit()
             load_s = time.perf_counter() - start
@@ -624,17 +632,15 @@ STUDY_ACCURACY = {"origin": 70.53, "first": 35.39, "second": 71.5, "third": 77.3
 def item_accuracy(rep: Report, cfg: Config, url: str, source: Source, pretrained: str, model: str,
                   n_train: int, n_test: int) -> None:  # fmt: skip
     """The study's accuracy table with real weights: ingest every stage, evaluate, compare."""
-    from clipvdb.evaluate import evaluate
-    from clipvdb.ingest import ingest
-    from clipvdb.models import load_model
+    from clipvdb.encoders import load_encoder
 
-    lm = load_model(model, pretrained, None, quiet=True)
+    lm = load_encoder(model, pretrained, None, quiet=True)
+    store = Store(url, encoder=lm)
     rep.h(f"7. Accuracy per stage with {model} weights '{lm.weights}': {n_train:,} stored, {n_test:,} queries")
     start = time.perf_counter()
-    ingest(url, source, parse_stages("all"), lm, split="train", limit=n_train, dataset_name="accuracy")
+    store.ingest(source, "all", split="train", limit=n_train, dataset="accuracy")
     ingest_s = time.perf_counter() - start
-    result = evaluate(url, source, parse_stages("all"), lm, SearchSettings(), split="test", num=n_test,
-                      dataset_name="accuracy", display_freq=0)  # fmt: skip
+    result = store.evaluate(source, "all", split="test", num=n_test, dataset="accuracy")
     real = not lm.is_random
     rep.p(f"Device {lm.device}; ingest {ingest_s:.0f} s; evaluate run {result.run_id}; default index settings. "
           + ("Measured WITH REAL WEIGHTS." if real else "RANDOM weights: these accuracies say nothing about CLIP."))  # fmt: skip
@@ -645,12 +651,14 @@ def item_accuracy(rep: Report, cfg: Config, url: str, source: Source, pretrained
 
 def _run_split(url, dataset, split, Q, settings):
     with db.open_db(url) as conn:
-        searcher = StageSearcher(conn, STAGES["first"], None, dataset, split, settings)
+        searcher = StageSearcher(
+            conn, STAGES["first"], catalog.space_identity(STAGES["first"], None), dataset, split, settings
+        )
         conn.commit()
         start = time.perf_counter()
         ids = []
         for s in range(0, len(Q), 50):
-            neigh, _ = searcher.search(Q[s : s + 50])
+            neigh, _ = searcher.search(conn, Q[s : s + 50])
             ids += [n[0].image_id for n in neigh]
         return np.array(ids), None, time.perf_counter() - start
 
