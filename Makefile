@@ -35,6 +35,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check clipvdb migrations tests bench
 	$(VENV)/bin/ruff format --check clipvdb migrations tests bench
+	$(PY) -m mypy clipvdb
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format clipvdb migrations tests bench
@@ -42,6 +43,9 @@ format: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench --data $(SHARED_DATA)
+	@if [ -f "$(SHARED_DATA)/cifar10-jpeg.tar.gz" ] && [ ! -d "$(DATA_DIR)/cifar10" ]; then \
+	  mkdir -p $(DATA_DIR) && tar -xzf "$(SHARED_DATA)/cifar10-jpeg.tar.gz" -C $(DATA_DIR); fi
+	$(PY) -m bench.headline --data $(DATA_DIR)/cifar10 --sample $(SHARED_DATA)/samples/ship.png
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m bench --quick

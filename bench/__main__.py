@@ -101,6 +101,8 @@ def _cell(c) -> str:
 
 def load_pixels(source: Source, split: str, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     items = source.items(split)[:n]
+    if not items:
+        return np.empty((0, 3072), np.float32), np.array([], dtype=int), []
     pixels = np.stack([first_stage_pixels(load_image(it.path, it.key)) if it.path is not None else it.array
                        for it in items])  # fmt: skip
     X = first_stage_vectors(pixels)

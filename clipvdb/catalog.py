@@ -31,6 +31,7 @@ def get_or_create_space(conn: psycopg.Connection, stage: Stage, lm: Encoder | No
            RETURNING id, dim""",
         (model, weights, stage.name, stage.dim),
     ).fetchone()
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
     return row[0]
 
 
@@ -62,6 +63,7 @@ def register_dataset(conn: psycopg.Connection, source: Source, name: str | None 
            ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id""",
         (name, source.location),
     ).fetchone()
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
     dataset_id = row[0]
     existing = conn.execute("SELECT name FROM classes WHERE dataset_id = %s ORDER BY label", (dataset_id,)).fetchall()
     existing_names = [r[0] for r in existing]

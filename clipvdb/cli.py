@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares a class-wide default
 
 
 @dataclass
@@ -684,6 +684,7 @@ def demo(state: State, data, n_train, n_test, stage, out) -> None:
         state.store, data=data, n_train=n_train, n_test=n_test, stages=stages, out=out, say=click.echo,
         progress=_progress,
     )  # fmt: skip
+    assert result.report is not None and result.evaluation is not None
     _print_report(result.report, ("report_runs", "report_accuracy", "report_timing"))
     click.echo("more: clipvdb report (confusion, per-class accuracy, distance histogram)")
     for n in result.notices:

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -30,6 +31,14 @@ def resolve_url(database_url: str | None = None, home: Path | None = None) -> st
     if url:
         return url
     return embedded.start(home)
+
+
+def scalar(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
+    """The first column of the first row of a statement that always returns a row."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise DatabaseError(f"expected a row from: {str(query)[:80]}")
+    return row[0]
 
 
 def connection_error(exc: BaseException) -> DatabaseError:
@@ -169,7 +178,7 @@ def revision_of(conn: psycopg.Connection) -> str | None:
     """The schema's Alembic revision (None: no clipvdb schema). Alembic's MigrationContext reads it
     through SQLAlchemy, which a plain psycopg connection lacks; these two statements do the same."""
     row = None
-    if conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0] is not None:
+    if scalar(conn, "SELECT to_regclass('public.alembic_version')") is not None:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
         conn.rollback()
@@ -214,17 +223,17 @@ def status(url: str) -> dict:
     from .stages import STAGES
 
     with connection(url, vector=False) as conn:
-        server = conn.execute("SHOW server_version").fetchone()[0]
+        server = scalar(conn, "SHOW server_version")
         row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
         pgvector = row[0] if row else None
         revision = revision_of(conn)
         rows: dict[str, int] = {}
-        if revision is not None and conn.execute("SELECT to_regclass('public.stage_counts')").fetchone()[0]:
+        if revision is not None and scalar(conn, "SELECT to_regclass('public.stage_counts')"):
             for stage in STAGES.values():
-                rows[stage.name] = conn.execute(queries.total_rows(stage)).fetchone()[0]
+                rows[stage.name] = scalar(conn, queries.total_rows(stage))
         images = 0
-        if revision is not None and conn.execute("SELECT to_regclass('public.images')").fetchone()[0]:
-            images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        if revision is not None and scalar(conn, "SELECT to_regclass('public.images')"):
+            images = scalar(conn, "SELECT count(*) FROM images")
     return {
         "server_version": server,
         "pgvector_version": pgvector,

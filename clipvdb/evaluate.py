@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +35,6 @@ from .stages import Stage
 
 ReportFn = Callable[[str], None]
 ProgressFn = Callable[[int, int], None]
-ConnectionSource = Callable[[], "contextmanager[psycopg.Connection]"]
 
 
 @dataclass
@@ -112,7 +111,7 @@ def run_params(settings: SearchSettings, searchers: dict[str, StageSearcher], st
 
 def evaluate(
     conn: psycopg.Connection,
-    connections: Callable[[], Iterator[psycopg.Connection]],
+    connections: Callable[[], AbstractContextManager[list[psycopg.Connection]]],
     source: Source,
     stages: list[Stage],
     lm: Encoder | None,
@@ -149,11 +148,12 @@ def evaluate(
                         prompts=template if text is not None else None, connections=n_connections)  # fmt: skip
     model = lm.name if lm is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_MODEL
     weights = lm.weights if lm is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_WEIGHTS
-    run_id = conn.execute(
+    run_id = db.scalar(
+        conn,
         """INSERT INTO eval_runs (dataset_id, split, stages, model, weights, k, params)
            VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
         (dataset, split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
-    ).fetchone()[0]
+    )
     conn.commit()
     result = EvalRun(run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages})
     try:

@@ -61,8 +61,8 @@ def search_experiment(
     ef_search = ef_search or [40, 100]
     space = catalog.find_space(conn, stage, lm)
     total = (
-        conn.execute("SELECT coalesce(sum(n_rows), 0) FROM stage_counts WHERE stage = %s AND space_id = %s",
-                     (stage.name, space)).fetchone()[0]
+        db.scalar(conn, "SELECT coalesce(sum(n_rows), 0) FROM stage_counts WHERE stage = %s AND space_id = %s",
+                     (stage.name, space))
         if space
         else 0
     )  # fmt: skip
@@ -74,11 +74,13 @@ def search_experiment(
             f"queries must fit; use smaller --sizes or fewer --queries"
         )
     model, weights = catalog.space_identity(stage, lm)
-    exp_id = conn.execute(
+    exp_id = db.scalar(
+        conn,
         "INSERT INTO experiments (stage, model, weights, metric) VALUES (%s, %s, %s, %s) RETURNING id",
         (stage.name, model, weights, metric),
-    ).fetchone()[0]
+    )
     conn.commit()
+    assert space is not None
     Q = _queries(conn, stage, space, queries)
     conn.commit()
     result = ExperimentResult(exp_id)
@@ -103,7 +105,7 @@ def search_experiment(
             start = time.perf_counter()
             conn.execute(sql_queries.create_index("experiment_ann", SCRATCH, "embedding", kind, opclass, index_params))
             build_s = time.perf_counter() - start
-            size_bytes = conn.execute("SELECT pg_relation_size('experiment_ann')").fetchone()[0]
+            size_bytes = db.scalar(conn, "SELECT pg_relation_size('experiment_ann')")
             for value in settings:
                 conn.execute("SELECT set_config(%s, %s, false)", (setting_name, str(value)))
                 ids, times = _run(conn, ann_sql, Q, 10)

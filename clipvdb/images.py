@@ -49,8 +49,8 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageError(f"{label}: {img.width}x{img.height} is over the {MAX_PIXELS:,}-pixel cap")
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img)
+                upright = ImageOps.exif_transpose(img) or img
+                return to_rgb(upright)
     except ImageError:
         raise
     except FileNotFoundError as exc:

@@ -149,9 +149,10 @@ def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     kind, params, seconds = row if row else (*default_index(stage), None)
     params = params or {}
     name = queries.index_name(stage, projected=bool(params.get("project")))
-    exists, size = conn.execute(
+    found = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL, pg_relation_size(to_regclass(%s))", (name, name)
     ).fetchone()
+    exists, size = found if found else (False, 0)
     return IndexInfo(stage.name, kind, params, stored_rows(conn, stage), bool(exists), size or 0, seconds)
 
 

@@ -54,7 +54,7 @@ def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT
     limit = min(stage.dim, MAX_VECTOR_INDEX_DIM)
     if not 1 <= dim <= limit:
         raise UsageError(f"--project must be between 1 and {limit} for stage {stage.name}; got {dim}")
-    stored = conn.execute(queries.total_rows(stage)).fetchone()[0]
+    stored = db.scalar(conn, queries.total_rows(stage))
     if stored == 0:
         raise EmptyStageError(f"stage {stage.name} has no rows to fit a projection to; run 'clipvdb ingest' first")
     percent = None if stored <= max_rows else 100.0 * max_rows / stored

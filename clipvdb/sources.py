@@ -75,6 +75,7 @@ class Source:
         if split not in CIFAR_SPLITS:
             raise SourceError(f"CIFAR-10 has splits train and test, not {split!r}")
         out = []
+        assert self._cifar is not None
         for batch_name, batch in self._cifar[split]:
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             labels = batch[b"labels"]
@@ -113,6 +114,13 @@ class Source:
         # Interleave the classes so that --limit N takes a balanced, deterministic subset.
         out = [it for group in zip_longest(*per_class) for it in group if it is not None]
         return out
+
+
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise SourceError(f"{member.name}: not a regular file in the archive")
+    return fh.read()
 
 
 def _shown(name: str) -> str:
@@ -157,9 +165,9 @@ def _cifar_from_archive(path: Path) -> Source:
             for split, names in CIFAR_SPLITS.items():
                 for n in names:
                     if n in members:
-                        batches[split].append((n, _load_pickle(tar.extractfile(members[n]).read())))
+                        batches[split].append((n, _load_pickle(_member(tar, members[n]))))
             if "batches.meta" in members:
-                meta = tar.extractfile(members["batches.meta"]).read()
+                meta = _member(tar, members["batches.meta"])
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise SourceError(f"{path}: not a readable CIFAR-10 archive ({exc})") from exc
     _trim_missing(batches)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .retrieval import Grid, Hit
 
 ProgressFn = Callable[[int, int], None]
-StagesArg = str | Iterable[str] | None
+StagesArg = str | Iterable[str] | list[Stage] | None
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,8 @@ class Store:
         if name not in self._datasets:
             with self.connection() as conn:
                 ds = catalog.dataset_id(conn, name)
-                row = conn.execute("SELECT name FROM datasets WHERE id = %s", (ds,)).fetchone()
-                self._datasets[name] = Dataset(ds, row[0], catalog.class_names(conn, ds))
+                label = db.scalar(conn, "SELECT name FROM datasets WHERE id = %s", (ds,))
+                self._datasets[name] = Dataset(ds, label, catalog.class_names(conn, ds))
         return self._datasets[name]
 
     def searcher(self, stage: Stage, dataset: int, split: str, settings: SearchSettings) -> StageSearcher:
