@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from clipvdb import synthetic
-from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.errors import ImageError, SpaceMismatchError
 from clipvdb.images import load_image
-from clipvdb.store import Store
+from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.sources import open_source
-from clipvdb.stages import STAGES, parse_stages
+from clipvdb.stages import STAGES
+from clipvdb.store import Store
 
 NASTY = ["with space", "ünïcødé", "quote'd", 'dq"x', "semi;colon", "--dash", "'); DROP TABLE images; --"]
 

@@ -11,9 +11,8 @@ import pytest
 
 from clipvdb import embedded, synthetic
 from clipvdb.errors import DatabaseError
-from clipvdb.store import Store
 from clipvdb.sources import open_source
-from clipvdb.stages import parse_stages
+from clipvdb.store import Store
 
 
 def _count(url, sql="SELECT count(*) FROM embeddings_first"):

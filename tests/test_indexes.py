@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
-
-from clipvdb import catalog, indexes
 from psycopg import sql as psycopg_sql
 
-from clipvdb import queries
+from clipvdb import catalog, indexes, queries
 from clipvdb.stages import STAGES
 
 

@@ -13,9 +13,8 @@ import pytest
 
 from clipvdb import synthetic
 from clipvdb.errors import SkippedImagesError
-from clipvdb.store import Store
 from clipvdb.sources import open_source
-from clipvdb.stages import parse_stages
+from clipvdb.store import Store
 
 
 def _rows(url, table="embeddings_first"):

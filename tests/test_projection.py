@@ -7,9 +7,9 @@ import pytest
 from psycopg import sql as psycopg_sql
 
 from clipvdb import catalog, indexes, projection
-from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.errors import UsageError
 from clipvdb.ingest import copy_vectors
+from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.stages import STAGES
 
 FIRST = STAGES["first"]

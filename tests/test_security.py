@@ -5,8 +5,8 @@ import psycopg
 import pytest
 
 from clipvdb import db, indexes
-from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.cli import cli as group
+from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.stages import STAGES
 
 

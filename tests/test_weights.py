@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from clipvdb import catalog
+from clipvdb.encoder import run_stages
 from clipvdb.errors import StageError, UsageError, WeightsError
 from clipvdb.models import load_model
-from clipvdb.encoder import run_stages
 from clipvdb.stages import STAGES, parse_stages
 
 
