@@ -319,6 +319,18 @@ def item_search(rep: Report, cfg: Config, url: str, source: Source, data: dict) 
             full[(f"{name} ef_search={ef_full}", clients, batch)] = measure(
                 f"{name} ef_search={ef_full}, all queries", SearchSettings(ef_search=ef_full), batch, clients,
                 n=len(Xte))  # fmt: skip
+    # the stage-first default since session 3: ivfflat over the projection (rows/200 lists, lists/25 probes)
+    info, build_s = build("ivfflat", project=128)
+    plists = int(info.params["lists"])
+    default_p = indexes.default_probes(plists, projected=True)
+    warm_s += warm(url, stage, Xte[:nq], SearchSettings(), dataset)
+    for p in sorted({max(1, plists // 50), default_p, max(1, plists // 12)}):
+        measure(f"projected ivfflat lists={plists} project=128 probes={p}", SearchSettings(probes=p), 1,
+                build_s=build_s if p == max(1, plists // 50) else None, size=info.size_bytes)  # fmt: skip
+    for clients, batch in ((1, 100), (2, 100)):
+        full[(f"projected ivfflat probes={default_p}", clients, batch)] = measure(
+            f"projected ivfflat probes={default_p} (default), all queries", SearchSettings(), batch, clients,
+            n=len(Xte))  # fmt: skip
     rep.p(f"Bulk load for this table: {len(Xtr):,} vectors by COPY binary in {load_s:.1f} s "
           f"({len(Xtr) / load_s:,.0f} vectors/s). Untimed warm-up before each index's rows (vectors and index "
           f"into shared buffers): {warm_s:.0f} s in all. 'projected' = hnsw over each vector's 128 principal "

@@ -53,6 +53,10 @@ class State:
     def url(self) -> str:
         return self.store.url
 
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+
 
 class ClipvdbGroup(click.Group):
     """Turns library errors into one-line messages (tracebacks only with --debug)."""
@@ -96,7 +100,9 @@ def search_options(f):
     f = click.option("--candidates", type=click.IntRange(1),
                      help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).")(f)  # fmt: skip
     f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
-    f = click.option("--probes", type=click.IntRange(1), help="ivfflat.probes (default: lists/5).")(f)
+    f = click.option(
+        "--probes", type=click.IntRange(1), help="ivfflat.probes (default: lists/5; projected index: lists/32)."
+    )(f)
     f = click.option("--k", "k", type=click.IntRange(1), default=1, show_default=True,
                      help="Neighbours; k > 1 is a majority vote, ties to the nearest.")(f)  # fmt: skip
     return f
@@ -129,6 +135,7 @@ def cli(ctx: click.Context, database_url: str | None, home: Path | None, debug: 
     """
     state = ctx.ensure_object(State)
     state.database_url, state.home, state.debug = database_url, home, debug
+    ctx.call_on_close(state.close)
 
 
 # ---------------------------------------------------------------- db
@@ -291,7 +298,8 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
 )
 @click.option("--split", default="train", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images of the split.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1),
+              help="Images per batch and transaction (default: 256 for stage first alone, else 64).")  # fmt: skip
 @click.option("--workers", type=click.IntRange(0), help="Image-decoding workers (default: cores - 1, at most 4).")
 @click.option("--dataset", help="Dataset name (default: from the source).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
@@ -340,7 +348,7 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
 @click.option(
     "--kind",
     type=click.Choice(["ivfflat", "hnsw", "none"]),
-    help="Index kind (default: the stage's; first: hnsw --project 128, others: ivfflat).",
+    help="Index kind (default: the stage's; first: ivfflat --project 128, others: ivfflat).",
 )
 @click.option(
     "--project",

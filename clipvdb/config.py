@@ -30,7 +30,8 @@ DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
 DEFAULT_PROJECT_FIRST = 128
 # Pipelines
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 64  # ingest with a CLIP stage (the encoder's batch)
+DEFAULT_FIRST_BATCH_SIZE = 256  # ingest of stage first alone: fewer, larger COPY transactions
 DEFAULT_EVAL_BATCH_SIZE = 100
 DEFAULT_POOL_SIZE = 4
 

@@ -103,9 +103,11 @@ def _decode_in_worker(start: int, stop: int) -> Decoded:
     return decode(_job, start, stop)
 
 
-def default_workers() -> int:
-    """Decoding processes: one per core beyond the first, at most 4 (the main process encodes)."""
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
+def default_workers(encoding: bool = True) -> int:
+    """Decoding processes, at most 4: one per core beyond the first when the main process runs the
+    encoder; one per core for stage first alone, where the main process mostly waits on COPY
+    (50,000 CIFAR-10 images, no index: 10.3 s with 2 workers against 12.6 s with 1)."""
+    return min(4, max(0, (os.cpu_count() or 1) - (1 if encoding else 0)))
 
 
 def decoded_batches(job: _Job, batch_size: int, workers: int) -> Iterator[Decoded]:
@@ -149,7 +151,7 @@ def encode_items(
     if clip_stages and encoder is None:
         raise ImageError(f"stage {clip_stages[0].name} needs an encoder")
     job = _Job(items, need_first, encoder.prepare if clip_stages and encoder else None, hash_items)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(bool(clip_stages)) if workers is None else workers
     for d in decoded_batches(job, batch_size, workers):
         failed = [(items[i], reason) for i, reason in d.failed]
         out = StageOutput()

@@ -137,6 +137,9 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
     items: list[Item] = source.items(split)
     if limit is not None:
         items = items[:limit]
+    # Each batch commits; waiting for its WAL flush (one fsync per batch) is not needed: a crash
+    # loses at most the last few batches, and a re-run stores them again (ingest is idempotent).
+    conn.execute("SET synchronous_commit = off")
     dataset = catalog.register_dataset(conn, source, dataset_name)
     spaces = {s.name: catalog.get_or_create_space(conn, s, lm) for s in stages}
     conn.commit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import re
 import tarfile
@@ -94,22 +95,25 @@ class Source:
         per_class: list[list[Item]] = []
         self.ignored = []
         self.rejected = []
+        root = str(self.root)
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             found = []
-            for path in sorted(class_dir.rglob("*")):
-                if not path.is_file():
+            # os.walk and string keys: pathlib's rglob and relative_to cost 3-4 s per 50,000 files
+            keys = []
+            for folder, _, files in os.walk(class_dir):
+                rel = os.path.relpath(folder, root)
+                keys += [f"{rel}/{f}" for f in files]
+            for key in sorted(keys, key=lambda k: k.split("/")):  # pathlib's order: part by part
+                if os.path.splitext(key)[1].lower() not in IMAGE_EXTENSIONS:
+                    self.ignored.append(_shown(key))
                     continue
-                if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    self.ignored.append(_shown(str(path.relative_to(self.root))))
-                    continue
-                key = str(path.relative_to(self.root))
                 try:
                     key.encode("utf-8")
                 except UnicodeEncodeError:
                     shown = _shown(key)
                     self.rejected.append((shown, f"{shown}: the file name is not valid UTF-8; rename the file"))
                     continue
-                found.append(Item(key=key, label=index[class_dir.name], path=path))
+                found.append(Item(key=key, label=index[class_dir.name], path=Path(root, key)))
             per_class.append(found)
         # Interleave the classes so that --limit N takes a balanced, deterministic subset.
         out = [it for group in zip_longest(*per_class) for it in group if it is not None]

@@ -144,9 +144,13 @@ class Store:
             register_vector(conn)
             conn.commit()
 
+        def reset(conn: psycopg.Connection) -> None:
+            conn.execute("RESET ALL")  # session settings (ingest's synchronous_commit) stay with their user
+            conn.commit()
+
         try:
             return ConnectionPool(
-                self.url, min_size=1, max_size=max(self.pool_size, 2), configure=configure, open=True,
+                self.url, min_size=1, max_size=max(self.pool_size, 2), configure=configure, reset=reset, open=True,
                 name="clipvdb", timeout=30, check=ConnectionPool.check_connection,
             )  # fmt: skip
         except psycopg.OperationalError as exc:
@@ -235,7 +239,7 @@ class Store:
         *,
         split: str = "train",
         limit: int | None = None,
-        batch_size: int = config.DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         dataset: str | None = None,
         strict: bool = False,
@@ -248,6 +252,8 @@ class Store:
         chosen = _stages(stages)
         source = _source(data)
         encoder = self.encoder_for(chosen)
+        if batch_size is None:
+            batch_size = config.DEFAULT_BATCH_SIZE if encoder else config.DEFAULT_FIRST_BATCH_SIZE
         try:
             with self.connection() as conn:
                 return ingest(conn, source, chosen, encoder, split=split, limit=limit, batch_size=batch_size,

@@ -20,7 +20,7 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     for stage, column in (("first", "halfvec(3072)"), ("second", "vector(1024)"), ("third", "halfvec(2048)"),
                           ("origin", "vector(1024)")):  # fmt: skip
         assert re.search(rf"\| {stage} \| {re.escape(column)} \| [\d,]+ \| [\d.]+ \| [\d,.]+ \|", text), stage
-    assert re.search(r"\| first \| halfvec\(3072\) \| [^|]+\| [^|]+\| [^|]+\| hnsw project=128 \|", text)
+    assert re.search(r"\| first \| halfvec\(3072\) \| [^|]+\| [^|]+\| [^|]+\| ivfflat project=128 \|", text)
     assert re.search(r"\| [\d,]+ \| projected hnsw, project=128 ef_search=100 \(build \d+ s\) \| [\d.]+ \|", text)
     assert "| all four |" in text and "channels_last" in text and "bfloat16 autocast" in text
     assert re.search(r"\| halfvec\(3072\), storage plain \| [\d,.]+ \| 20 \| [\d.]+ \|", text)
@@ -29,10 +29,11 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     assert load_row and int(load_row.group(1).replace(",", "")) > 0 and load_row.group(2) == "0"
 
 
-def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path, rn50_checkpoint):
+def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path):
     from bench.__main__ import main
 
-    out = main(["--quick", "--items", "7", "--pretrained", "random", "--accuracy-train", "20", "--accuracy-test",
+    out = main(["--quick", "--items", "7", "--model", "tiny", "--pretrained", "random", "--accuracy-train", "20",
+                "--accuracy-test",
                 "10", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "A.md")])  # fmt: skip
     text = out.read_text()
     assert "## 7. Accuracy per stage" in text and "RANDOM weights" in text

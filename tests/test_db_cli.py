@@ -63,11 +63,14 @@ def test_stale_pid_file_and_empty_handle_file_recover(runner, fresh_home):
     assert json.loads(r.stdout)["revision"] == db.head_revision()
 
 
-def test_schema_missing_gives_one_line_error(runner, empty_db_url, monkeypatch):
+def test_first_use_creates_the_schema_and_says_so(runner, empty_db_url, monkeypatch, syn_data):
     monkeypatch.setenv("CLIPVDB_DATABASE_URL", empty_db_url)
-    r = runner.invoke(group, ["classify", "x.png", "--stage", "first"], catch_exceptions=False)
-    assert r.exit_code in (1, 2)
-    assert "clipvdb db upgrade" in r.output or "not found" in r.output
+    img = syn_data / "test" / "red-circle" / "0000.png"
+    r = runner.invoke(group, ["classify", str(img), "--stage", "first"], catch_exceptions=False)
+    assert "bringing the database schema from nothing to revision " + db.head_revision() in r.stderr
+    # then the command itself: nothing stored yet, one line that names the fix
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1].startswith("Error: the database holds no dataset")
+    assert db.current_revision(empty_db_url) == db.head_revision()
 
 
 def test_unreachable_database_is_one_line(runner, monkeypatch):

@@ -49,11 +49,28 @@ def test_ctrl_c_exits_130_and_rolls_back(db_url, tmp_path):
     assert _count(db_url) == 1500
 
 
+def _waiting_on_advisory_locks(url: str) -> int:
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+
+
 def test_two_ingests_at_once(db_url, tmp_path):
+    """Both ingests are held at the same point (the stage's index lock, taken by the test first) and
+    released together, so they really run at once."""
+    import zlib
+
     data = synthetic.generate(tmp_path / "d", {"train": 150})
     env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
-    procs = [subprocess.Popen(_ingest_cmd(data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        key = zlib.crc32(b"clipvdb:index:first")
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        procs = [subprocess.Popen(_ingest_cmd(data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]  # fmt: skip
+        deadline = time.time() + 60
+        while _waiting_on_advisory_locks(db_url) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert _waiting_on_advisory_locks(db_url) == 2, "both ingests should be waiting at the lock"
+        holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert _count(db_url) == 1500

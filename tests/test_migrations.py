@@ -96,10 +96,26 @@ def test_0004_moves_wide_stages_to_inline_halfvec_keeping_rows_and_index(empty_d
 
 
 def test_concurrent_upgrades_on_a_fresh_database(empty_db_url):
-    """Two processes upgrade at once: the advisory lock serialises them; both succeed."""
+    """Two processes upgrade at once: the advisory lock serialises them; both succeed. The test holds
+    the migration lock until both are waiting on it, so the two runs really overlap."""
+    import time
+
+    lock = 0x636C6970766462  # migrations/env.py's MIGRATION_LOCK_ID
     code = "import sys; from clipvdb import db; print(db.upgrade(sys.argv[1]))"
-    procs = [subprocess.Popen([sys.executable, "-c", code, empty_db_url], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+
+    def waiting() -> int:
+        with psycopg.connect(empty_db_url) as c:
+            return c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+
+    with psycopg.connect(empty_db_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock,))
+        procs = [subprocess.Popen([sys.executable, "-c", code, empty_db_url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+        deadline = time.time() + 60
+        while waiting() < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert waiting() == 2, "both upgrades should be waiting on the migration lock"
+        holder.execute("SELECT pg_advisory_unlock(%s)", (lock,))
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [o[0].strip() for o in outs] == [db.head_revision()] * 2

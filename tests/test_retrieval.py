@@ -11,8 +11,8 @@ from clipvdb.retrieval import TILE, grid_shape
 
 
 @pytest.fixture
-def stored(cli, syn_data, rn50_checkpoint):
-    w = ["--pretrained", rn50_checkpoint, "--device", "cpu"]
+def stored(cli, syn_data):
+    w = ["--model", "tiny"]
     cli("ingest", "--stage", "first,origin", "--data", syn_data, "--limit", "30", "--workers", "0", *w)
     return w
 

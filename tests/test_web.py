@@ -35,8 +35,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(cli, db_url, syn_data, rn50_checkpoint):
-    w = ["--pretrained", str(rn50_checkpoint), "--device", "cpu"]
+def server(cli, db_url, syn_data):
+    w = ["--model", "tiny"]
     cli("ingest", "--stage", "first,origin", "--data", syn_data, "--limit", "30", "--workers", "0", *w)
     cli("evaluate", "--stage", "first", "--data", syn_data, "--num", "4", "--workers", "0")
     port = _free_port()
@@ -52,6 +52,9 @@ def server(cli, db_url, syn_data, rn50_checkpoint):
             if proc.poll() is not None:
                 pytest.fail(proc.stdout.read())
             time.sleep(0.1)
+    else:
+        proc.terminate()
+        pytest.fail(f"clipvdb serve did not answer /health within 30 s: {proc.stdout.read()}")
     yield base
     proc.terminate()
     proc.wait(10)
