@@ -6,7 +6,8 @@
 Items: (1) stage-first search: exact, ivfflat, hnsw vs in-process exact 1-NN; (2) bulk load;
 (3) encoder throughput per stage vs open_clip's encode_image; (4) the study's table;
 (5) scale: query cost and recall as the stored set grows; (6) load: concurrent clients;
-(7) accuracy per stage with real weights (--pretrained); (8) vector versus halfvec storage.
+(7) accuracy per stage with real weights (--pretrained); (8) vector versus halfvec storage;
+(9) half precision and the nearest neighbour at the CLIP stages.
 """
 
 from __future__ import annotations
@@ -441,8 +442,22 @@ def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
         bf_out = lm.model.encode_image(x).float()
         bf = _time(lambda: lm.model.encode_image(x), 3)
     rel = lambda a: float((a - ref).norm() / ref.norm())  # noqa: E731
-    rep.table([f"variant (batch {bs})", "time / float32 NCHW", "relative error"],
-              [["channels_last", cl / base, rel(cl_out)], ["bfloat16 autocast", bf / base, rel(bf_out)]])  # fmt: skip
+    rows = [["channels_last", cl / base, rel(cl_out)], ["bfloat16 autocast", bf / base, rel(bf_out)]]
+    # a frozen inference graph: TorchScript trace, freeze (constants folded, conv + batch norm merged),
+    # optimize_for_inference (oneDNN fusion where available), channels_last input
+    lm.visual.to(memory_format=torch.channels_last)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(lm.visual.eval(), xc)))
+            frozen(xc)
+            fr_out = frozen(xc)
+            fr = _time(lambda: frozen(xc), 3)
+        rows.append(["frozen TorchScript (conv+bn folded, optimize_for_inference)", fr / base, rel(fr_out)])
+    except Exception as exc:  # report the failure, do not stop the bench
+        rows.append([f"frozen TorchScript: failed ({exc.__class__.__name__})", "", ""])
+    rep.p("A variant is adopted only if its embeddings stay within 1e-5 relative of encode_image: channels_last "
+          "is the CPU default; the others are measured and reported, not used.")  # fmt: skip
+    rep.table([f"variant (batch {bs})", "time / float32 NCHW", "relative error"], rows)
     return ips32
 
 
@@ -456,9 +471,9 @@ def item_study(rep: Report, cfg: Config, url: str, source: Source, data: dict, s
     ensure_first_loaded(url, source, data)
     for name in ("origin", "first", "second", "third"):
         stage = STAGES[name]
-        enc_s = 0.0 if name == "first" else n / ips[name]
+        enc_s = None if name == "first" else n / ips[name]  # stage first runs no encoder
         if name == "origin":
-            q_s = 0.0
+            q_s = None  # zero-shot: one matrix product against 10 prompts, not a database query
         else:
             if name == "first":
                 Q, lm = Xte[:n], None
@@ -478,7 +493,9 @@ def item_study(rep: Report, cfg: Config, url: str, source: Source, data: dict, s
                                           budget_s=BUDGET_S)  # fmt: skip
             q_s = q_s * len(Q) / max(len(done), 1)
         se, sq = STUDY[name]
-        rows.append([name, enc_s, q_s, f"{se:.0f} + {sq:.0f}", (enc_s + q_s) / (se + sq)])
+        total = (enc_s or 0.0) + (q_s or 0.0)
+        rows.append([name, "none" if enc_s is None else enc_s, "not a query" if q_s is None else q_s,
+                     f"{se:.0f} + {sq:.0f}", total / (se + sq)])  # fmt: skip
     rep.p("Encoder seconds from item 3's images/s at batch 32 (CPU, 2 cores); query seconds measured here for "
           f"{n:,} queries against {len(Xtr):,} stored vectors (batches of 100, 2 connections). Stages second and third "
           "store random projections of the pixels (real weights are not available here): query cost depends on "
@@ -661,6 +678,57 @@ def item_accuracy(rep: Report, cfg: Config, url: str, source: Source, pretrained
     rows = [[name, t.n, t.accuracy, STUDY_ACCURACY[name], t.accuracy - STUDY_ACCURACY[name], t.encode_ms / 1000,
              t.query_ms / 1000] for name, t in result.stages.items()]  # fmt: skip
     rep.table(["stage", "queries", "accuracy %", "study %", "difference", "encoder s", "query s"], rows)
+    n_fp = (min(n_train, 1000), min(n_test, 100))
+    rep.p(f"Half precision and the nearest neighbour with these weights ({n_fp[0]:,} stored, {n_fp[1]:,} queries):")
+    rep.table(FP16_HEADER, fp16_nearest_changes(lm, source, *n_fp))
+
+
+def fp16_nearest_changes(encoder, source: Source, n_train: int, n_test: int) -> list[list]:
+    """Rows per CLIP stage (second, third): how often rounding the stored and query vectors to float16
+    (what halfvec storage does) changes the exact nearest neighbour, and how many of those changes
+    are near-ties (the float32 distances within 0.1 %)."""
+    from clipvdb.encoding import encode_items
+
+    stages = parse_stages("second,third")
+
+    def vectors(items):
+        parts: dict[str, list] = {s.name: [] for s in stages}
+        for b in encode_items(items, stages, encoder, batch_size=32, hash_items=False):
+            for name in parts:
+                parts[name].append(b.vectors[name])
+        return {name: np.concatenate(v).astype(np.float64) for name, v in parts.items()}
+
+    X, Q = vectors(source.items("train")[:n_train]), vectors(source.items("test")[:n_test])
+    rows = []
+    for stage in stages:
+        x, q = X[stage.name], Q[stage.name]
+        x16, q16 = x.astype(np.float16).astype(np.float64), q.astype(np.float16).astype(np.float64)
+        d32 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        d16 = ((q16[:, None, :] - x16[None, :, :]) ** 2).sum(-1)
+        nn32, nn16 = d32.argmin(1), d16.argmin(1)
+        changed = nn32 != nn16
+        idx = np.arange(len(q))
+        ties = changed & (np.sqrt(d32[idx, nn16]) <= 1.001 * np.sqrt(d32[idx, nn32]))
+        rows.append([stage.name, stage.sql_type, len(q), len(x), int(changed.sum()), int(ties.sum())])
+    return rows
+
+
+FP16_HEADER = ["stage", "stored as", "queries", "stored", "1-NN changed by float16", "of which near-ties (< 0.1 %)"]
+
+
+def item_fp16(rep: Report, cfg: Config, source: Source) -> None:
+    from clipvdb.encoders import load_encoder
+
+    n_train, n_test = (40, 10) if cfg.quick else (1000, 100)
+    rep.h(f"9. Half precision and the nearest neighbour at the CLIP stages ({n_train:,} stored, {n_test:,} queries)")
+    encoder = load_encoder("RN50", "random", "cpu", quiet=True)
+    start = time.perf_counter()
+    rows = fp16_nearest_changes(encoder, source, n_train, n_test)
+    rep.p(f"RN50 with RANDOM weights (seed 0), exact 1-NN in numpy, float32 against both sides rounded to float16 "
+          f"as halfvec stores them; {time.perf_counter() - start:.0f} s. Stage third is stored as halfvec; stage "
+          "second is vector(1024) and is shown for comparison. Stage first: item 8. With real weights, item 7 "
+          "reports the same table.")  # fmt: skip
+    rep.table(FP16_HEADER, rows)
 
 
 def _run_split(url, dataset, split, Q, settings):
@@ -702,7 +770,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true", help="small subset; checks that the code runs")
     ap.add_argument("--out", help="report path (default BENCHMARKS.md; --quick: bench-out/BENCHMARKS-quick.md)")
     ap.add_argument("--work", default="bench-out", help="scratch folder (database, extracted data)")
-    ap.add_argument("--items", default="1,2,3,4,5,6,8", help="which items to run (7 runs when --pretrained is given)")
+    ap.add_argument("--items", default="1,2,3,4,5,6,8,9", help="which items to run (7 runs when --pretrained is given)")
     ap.add_argument("--pretrained", help="weights for item 7, the accuracy table: openai, a checkpoint path, random")
     ap.add_argument("--model", default="RN50")
     ap.add_argument("--append", action="store_true", help="append the items' sections to the report")
@@ -724,14 +792,20 @@ def main(argv: list[str] | None = None) -> Path:
         with db.connection(url, vector=False) as conn:
             server = conn.execute("SHOW server_version").fetchone()[0]
             pgv = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+            buffers = conn.execute("SHOW shared_buffers").fetchone()[0]
+        where = "external server" if os.environ.get("CLIPVDB_BENCH_DATABASE_URL") else "embedded"
+        if args.pretrained in (None, "random") or args.model == "tiny":
+            weights = "No figure here used real CLIP weights: none can be downloaded on this machine."
+        else:
+            weights = (f"Item 7 used {args.model} weights '{args.pretrained}'; the other items use random "
+                       "weights or random projections, which do not change their timings.")  # fmt: skip
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         if not args.append:
             rep.parts.append("# clipvdb benchmarks\n")
         rep.p(f"Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
-              f"PostgreSQL {server}, pgvector {pgv} (embedded, defaults), torch {torch.__version__}, "
+              f"PostgreSQL {server}, pgvector {pgv} ({where}, shared_buffers {buffers}), torch {torch.__version__}, "
               f"{'QUICK run on a small subset' if cfg.quick else 'full run'}; data: {source.location}. "
-              "Every speed figure is a ratio against a baseline measured in the same run. "
-              "No figure here used real CLIP weights: none can be downloaded on this machine.")  # fmt: skip
+              f"Every speed figure is a ratio against a baseline measured in the same run. {weights}")  # fmt: skip
         t0 = time.perf_counter()
         needs_pixels = bool(items & {1, 2, 4, 5, 6, 8})
         data = {"train": load_pixels(source, "train", cfg.n_train if needs_pixels else 0),
@@ -750,6 +824,8 @@ def main(argv: list[str] | None = None) -> Path:
             item_load_test(rep, cfg, url, source, data)
         if 8 in items:
             item_storage(rep, cfg, url, source, data)
+        if 9 in items:
+            item_fp16(rep, cfg, source)
         if args.pretrained:
             n_tr = args.accuracy_train or (200 if cfg.quick else 50_000)
             n_te = args.accuracy_test or (20 if cfg.quick else 10_000)

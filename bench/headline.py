@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train", type=int, help="only the first N training images (default: all)")
     ap.add_argument("--test", type=int, help="only the first N test images (default: all)")
     ap.add_argument("--sample", help="an image to classify (default: the first test image)")
+    ap.add_argument(
+        "--clip",
+        type=int,
+        default=0,
+        help="also time `ingest --stage all` of N images against the bare encoder (random RN50)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench-out/headline.json"))
     args = ap.parse_args(argv)
     source = open_source(args.data)
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows["classify_s"] = statistics.median(
             timed(["classify", sample, "--stage", "first"], env)[0] for _ in range(3)
         )
+        if args.clip:
+            rows["clip"] = clip_stages(source, args.data, args.clip, env)
     finally:
         subprocess.run(CLI + ["db", "stop"], env=env, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
@@ -83,11 +91,39 @@ def main(argv: list[str] | None = None) -> dict:
         "evaluate": rows["evaluate_s"] / base_s,
         "accuracy_of_exact": acc / rows["baseline_accuracy"],
     }
+    if "clip" in rows:
+        rows["ratios"]["clip_ingest_of_bare_encoder"] = (
+            rows["clip"]["ingest_images_per_s"] / rows["clip"]["bare_images_per_s"]
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2, default=str))
     print(json.dumps({k: v for k, v in rows.items() if k not in ("ingest", "evaluate")}, indent=2, default=str))
     print(f"evaluate accuracy {acc} %; ingest index {rows['ingest']['index']}")
     return rows
+
+
+def clip_stages(source, data: str, n: int, env: dict) -> dict:
+    """`clipvdb ingest --stage all` of n images (random RN50 weights) against the bare encoder: the
+    same images decoded and prepared beforehand, then only `encode` for all stages, batch 64."""
+    from clipvdb.encoders import load_encoder
+    from clipvdb.images import load_image
+    from clipvdb.stages import parse_stages
+
+    items = source.items("train")[:n]
+    encoder = load_encoder("RN50", "random", "cpu", quiet=True)
+    prepared = np.stack([encoder.prepare(load_image(it.path)) for it in items])
+    stages = parse_stages("all")
+    encoder.encode(prepared[:8], stages)  # warm-up
+    start = time.perf_counter()
+    for s in range(0, n, 64):
+        encoder.encode(prepared[s : s + 64], stages)
+    bare = n / (time.perf_counter() - start)
+    # a dataset name of its own: stage first's rows of the main job stay as they are
+    wall, out = timed(["ingest", "--stage", "all", "--pretrained", "random", "--data", data, "--limit", str(n),
+                       "--dataset", "clip", "--json"], env)  # fmt: skip
+    result = json.loads(out)
+    return {"images": n, "bare_images_per_s": bare, "ingest_images_per_s": result["images_per_s"],
+            "ingest_wall_s": wall, "ingest": result}  # fmt: skip
 
 
 if __name__ == "__main__":

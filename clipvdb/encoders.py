@@ -57,6 +57,7 @@ class TinyEncoder:
     name = TINY
     weights = "tiny:v1"
     is_random = True
+    device = "cpu"
 
     def __init__(self, seed: int = 0):
         rng = np.random.default_rng(seed)

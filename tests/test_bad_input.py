@@ -15,7 +15,6 @@ from clipvdb.images import load_image
 from clipvdb.search import SearchSettings, StageSearcher
 from clipvdb.sources import open_source
 from clipvdb.stages import STAGES
-from clipvdb.store import Store
 
 NASTY = ["with space", "ünïcødé", "quote'd", 'dq"x', "semi;colon", "--dash", "'); DROP TABLE images; --"]
 
@@ -42,12 +41,12 @@ def test_cmyk_and_16_bit_grey(tmp_path):
 
 
 @pytest.mark.parametrize("name", NASTY)
-def test_nasty_file_names_are_stored_verbatim(db_url, tmp_path, name):
+def test_nasty_file_names_are_stored_verbatim(db_url, tmp_path, store, name):
     data = synthetic.generate(tmp_path / "d", {"train": 1})
     folder = data / "train" / "red-circle"
     os.rename(folder / "0000.png", folder / f"{name}.png")
     before = _tables(db_url)
-    result = Store(db_url).ingest(open_source(data), "first", workers=0)
+    result = store.ingest(open_source(data), "first", workers=0)
     assert result.failed == [] and result.inserted == {"first": 10}
     with psycopg.connect(db_url) as c:
         stored = c.execute("SELECT source FROM images WHERE source LIKE 'train/red-circle/%'").fetchone()[0]
@@ -58,7 +57,7 @@ def test_nasty_file_names_are_stored_verbatim(db_url, tmp_path, name):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\x00"),
                min_size=1, max_size=40).filter(lambda s: s not in (".", "..")))  # fmt: skip
-def test_any_class_folder_name_round_trips(db_url, tmp_path_factory, name):
+def test_any_class_folder_name_round_trips(db_url, tmp_path_factory, store, name):
     root = tmp_path_factory.mktemp("h")
     folder = root / "train" / name
     try:
@@ -67,7 +66,7 @@ def test_any_class_folder_name_round_trips(db_url, tmp_path_factory, name):
         return  # a name this file system refuses cannot reach clipvdb
     Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(folder / "x.png")
     src = open_source(root)
-    result = Store(db_url).ingest(src, "first", workers=0, dataset=f"h{abs(hash(name))}")
+    result = store.ingest(src, "first", workers=0, dataset=f"h{abs(hash(name))}")
     assert result.failed == []
     with psycopg.connect(db_url) as c:
         got = c.execute(
@@ -77,20 +76,20 @@ def test_any_class_folder_name_round_trips(db_url, tmp_path_factory, name):
     assert got == [(name,)]
 
 
-def test_non_utf8_file_name_is_refused_with_a_clear_reason(db_url, tmp_path):
+def test_non_utf8_file_name_is_refused_with_a_clear_reason(db_url, tmp_path, store):
     data = synthetic.generate(tmp_path / "d", {"train": 1})
     folder = os.fsencode(data / "train" / "red-circle")
     os.rename(os.path.join(folder, b"0000.png"), os.path.join(folder, b"bad\xff.png"))
-    result = Store(db_url).ingest(open_source(data), "first", workers=0)
+    result = store.ingest(open_source(data), "first", workers=0)
     assert result.inserted == {"first": 9}
     assert len(result.failed) == 1 and "not valid UTF-8" in result.failed[0][1]
 
 
-def test_wrong_dimension_is_refused_before_any_sql(db_url, tmp_path):
+def test_wrong_dimension_is_refused_before_any_sql(db_url, tmp_path, store):
     from clipvdb import db
 
     data = synthetic.generate(tmp_path / "d", {"train": 1})
-    Store(db_url).ingest(open_source(data), "first", workers=0)
+    store.ingest(open_source(data), "first", workers=0)
     with db.open_db(db_url) as conn:
         searcher = StageSearcher(conn, STAGES["first"], ("pixels", "none"), 1, "train", SearchSettings())
         conn.commit()

@@ -9,7 +9,7 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     out = main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "B.md")])
     text = out.read_text()
     for heading in ("## 1. Stage first", "## 2. Bulk load", "## 3. Encoder", "## 4. The study's table", "## 5. Scale",
-                    "## 6. Load", "## 8. Storage"):  # fmt: skip
+                    "## 6. Load", "## 8. Storage", "## 9. Half precision"):  # fmt: skip
         assert heading in text
     assert "PostgreSQL 17" in text and "pgvector 0.8" in text and "cores" in text
     assert "Baseline (in-process exact 1-NN" in text and "time / baseline time" in text
@@ -22,6 +22,8 @@ def test_quick_benchmark_writes_every_table(tmp_path):
         assert re.search(rf"\| {stage} \| {re.escape(column)} \| [\d,]+ \| [\d.]+ \| [\d,.]+ \|", text), stage
     assert re.search(r"\| first \| halfvec\(3072\) \| [^|]+\| [^|]+\| [^|]+\| ivfflat project=128 \|", text)
     assert re.search(r"\| [\d,]+ \| projected hnsw, project=128 ef_search=100 \(build \d+ s\) \| [\d.]+ \|", text)
+    for stage, column in (("second", "vector(1024)"), ("third", "halfvec(2048)")):
+        assert re.search(rf"\| {stage} \| {re.escape(column)} \| 10 \| 40 \| \d+ \| \d+ \|", text), stage
     assert "| all four |" in text and "channels_last" in text and "bfloat16 autocast" in text
     assert re.search(r"\| halfvec\(3072\), storage plain \| [\d,.]+ \| 20 \| [\d.]+ \|", text)
     assert re.search(r"\| vector\(3072\), storage external \| [\d,.]+ \| 20 \| 1\.000 \|", text)
@@ -39,3 +41,4 @@ def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path):
     assert "## 7. Accuracy per stage" in text and "RANDOM weights" in text
     for stage in ("first", "second", "third", "origin"):
         assert re.search(rf"\| {stage} \| 10 \| [\d.]+ \| [\d.]+ \|", text), stage
+    assert re.search(r"\| third \| halfvec\(2048\) \| 10 \| 20 \| \d+ \| \d+ \|", text), text

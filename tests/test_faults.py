@@ -12,7 +12,6 @@ import pytest
 from clipvdb import embedded, synthetic
 from clipvdb.errors import DatabaseError
 from clipvdb.sources import open_source
-from clipvdb.store import Store
 
 
 def _count(url, sql="SELECT count(*) FROM embeddings_first"):
@@ -111,10 +110,10 @@ def test_long_home_path_still_works(tmp_path):
         embedded.stop(home)
 
 
-def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp_path):
+def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp_path, store):
     data = synthetic.generate(tmp_path / "d", {"train": 3, "test": 3})
     src = open_source(data)
-    Store(db_url).ingest(src, "first", workers=0)
+    store.ingest(src, "first", workers=0)
     calls = []
 
     def cut_after_first_batch(done, total):
@@ -127,9 +126,9 @@ def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp
                 )
 
     with pytest.raises(DatabaseError, match="lost the database connection during evaluate run"):
-        Store(db_url).evaluate(src, "first", batch_size=10, workers=0,
+        store.evaluate(src, "first", batch_size=10, workers=0,
                  progress=cut_after_first_batch)  # fmt: skip
     assert _count(db_url, "SELECT status FROM eval_runs") == "failed"
     assert _count(db_url, "SELECT count(*) FROM report_accuracy") == 0
-    again = Store(db_url).evaluate(src, "first", workers=0)
+    again = store.evaluate(src, "first", workers=0)
     assert _count(db_url, "SELECT array_agg(run_id) FROM report_accuracy") == [again.run_id]

@@ -14,7 +14,6 @@ import pytest
 from clipvdb import synthetic
 from clipvdb.errors import SkippedImagesError
 from clipvdb.sources import open_source
-from clipvdb.store import Store
 
 
 def _rows(url, table="embeddings_first"):
@@ -41,7 +40,7 @@ def test_limit_takes_a_balanced_subset(cli, db_url, syn_data):
     assert per_label == [(label, 2) for label in range(10)]  # two of each class, not the first 20 files
 
 
-def test_interrupted_ingest_resumes_without_duplicates(db_url, syn_data):
+def test_interrupted_ingest_resumes_without_duplicates(db_url, syn_data, store):
     source = open_source(syn_data)
     calls = []
 
@@ -51,9 +50,9 @@ def test_interrupted_ingest_resumes_without_duplicates(db_url, syn_data):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Store(db_url).ingest(source, "first", batch_size=16, workers=0, progress=stop_after_first_batch)
+        store.ingest(source, "first", batch_size=16, workers=0, progress=stop_after_first_batch)
     assert _rows(db_url) == (16, 16)  # whole batches only
-    result = Store(db_url).ingest(source, "first", batch_size=16, workers=0)
+    result = store.ingest(source, "first", batch_size=16, workers=0)
     assert result.already_stored == 16 and result.inserted == {"first": 44}
     assert _rows(db_url) == (60, 60)
 
@@ -95,14 +94,14 @@ def test_bad_files_are_skipped_and_named(cli, db_url, tmp_path):
     assert _rows(db_url) == (20, 20)
 
 
-def test_strict_stops_at_the_first_bad_file(db_url, tmp_path):
+def test_strict_stops_at_the_first_bad_file(db_url, tmp_path, store):
     data = synthetic.generate(tmp_path / "strict", {"train": 1})
     (data / "train" / "red-circle" / "bad.png").write_bytes(b"\x89PNG nope")
     with pytest.raises(SkippedImagesError, match="bad.png"):
-        Store(db_url).ingest(open_source(data), "first", workers=0, strict=True)
+        store.ingest(open_source(data), "first", workers=0, strict=True)
 
 
-def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatch):
+def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatch, store):
     import clipvdb.encoding as encoding
 
     real = encoding.first_stage_vectors
@@ -113,6 +112,6 @@ def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatc
         return out
 
     monkeypatch.setattr(encoding, "first_stage_vectors", poisoned)
-    result = Store(db_url).ingest(open_source(syn_data), "first", batch_size=30, workers=0)
+    result = store.ingest(open_source(syn_data), "first", batch_size=30, workers=0)
     assert len(result.failed) == 2 and all("NaN" in r for _, r in result.failed)
     assert _rows(db_url) == (58, 58)
