@@ -106,6 +106,8 @@ def build(
         raise UsageError("--project needs --kind ivfflat or hnsw and --metric l2 (PCA keeps l2 distances)")
     if lists is not None and lists < 1:
         raise UsageError("--lists must be at least 1")
+    if kind == "hnsw" and ef_construction < 2 * m:
+        raise UsageError(f"--ef-construction must be at least 2 x --m ({2 * m}); got {ef_construction}")
     lock_stage_index(conn, stage)
     rows = stored_rows(conn, stage)
     params: dict = {"metric": metric}
