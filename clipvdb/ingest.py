@@ -158,10 +158,12 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
     # rows added while a projected index stands get their projection at once; after a drop the
     # rebuild at the end refits and writes them all
     projections = {s.name: projection.load(conn, s) for s in stages}
+    dropped: set[str] = set()
     if build_index:
         for s in stages:
             if _drop_index_for_bulk_load(conn, s, len(todo)):
                 projections[s.name] = None
+                dropped.add(s.name)
     if progress:
         progress(0, len(todo))
     for batch in encode_items(todo, stages, lm, batch_size=batch_size, workers=workers):
@@ -183,7 +185,9 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
             progress(len(batch.items) + len(batch.failed), len(todo))
     if build_index:
         for s in stages:
-            if result.inserted[s.name] > 0 or not indexes.info(conn, s).exists:
+            # A standing index took the new rows itself (and their projections went in with them):
+            # rebuild only what this load dropped, or what is missing.
+            if s.name in dropped or not indexes.info(conn, s).exists:
                 info = indexes.refresh(conn, s)
                 result.index[s.name] = {"kind": info.kind, **info.params}
     result.seconds = time.perf_counter() - start

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,16 @@ ProgressFn = Callable[[int, int], None]
 StagesArg = str | Iterable[str] | list[Stage] | None
 
 
+@dataclass
+class LoadResult:
+    """What `Store.load_vectors` stored: image id per key, rows added, COPY seconds, the index built."""
+
+    ids: dict[str, int]
+    added: int
+    load_seconds: float
+    index: IndexInfo | None
+
+
 @dataclass(frozen=True)
 class Dataset:
     id: int
@@ -55,7 +66,9 @@ class Dataset:
     classes: list[str]
 
 
-def _stages(value: StagesArg | list[Stage]) -> list[Stage]:
+def _stages(value: StagesArg | Stage) -> list[Stage]:
+    if isinstance(value, Stage):
+        return [value]
     if isinstance(value, list) and value and isinstance(value[0], Stage):
         return value
     return parse_stages(value)  # type: ignore[arg-type]
@@ -261,6 +274,64 @@ class Store:
                               progress=progress)  # fmt: skip
         finally:
             self._forget()
+
+    def load_vectors(
+        self,
+        stage: str | Stage,
+        vectors: np.ndarray,
+        keys: list[str],
+        labels: list[int] | np.ndarray,
+        source: str | Path | Source,
+        *,
+        split: str = "train",
+        dataset: str | None = None,
+        batch: int = 5000,
+        build_index: bool = True,
+        index: tuple[str, dict] | None = None,
+    ) -> LoadResult:
+        """Store vectors computed elsewhere (a GPU run, another tool) as one stage's rows: image rows
+        keyed by `keys` (unique within the split) with their labels, then the vectors by binary COPY,
+        a transaction per batch, then the stage's index (default: the stage's default kind). The
+        vectors' space is this store's encoder (stage first: pixels)."""
+        from . import indexes
+        from .ingest import copy_vectors
+
+        chosen = _stages(stage)[0]
+        if vectors.ndim != 2 or vectors.shape[1] != chosen.dim:
+            raise UsageError(f"stage {chosen.name} stores {chosen.dim}-dimensional vectors; got shape {vectors.shape}")
+        if not len(vectors) == len(keys) == len(labels):
+            raise UsageError(f"{len(vectors)} vectors, {len(keys)} keys and {len(labels)} labels: give one of each")
+        src = _source(source)
+        try:
+            with self.connection() as conn:
+                ds = catalog.register_dataset(conn, src, dataset)
+                space = catalog.get_or_create_space(conn, chosen, self.encoder if chosen.uses_clip else None)
+                conn.commit()
+                ids: dict[str, int] = {}
+                for s in range(0, len(keys), batch):
+                    rows = [
+                        (k, int(y), bytes(32)) for k, y in zip(keys[s : s + batch], labels[s : s + batch], strict=True)
+                    ]
+                    ids.update(catalog.upsert_images(conn, ds, split, rows))
+                    conn.commit()
+                if build_index:
+                    indexes.lock_stage_index(conn, chosen)
+                    indexes.drop(conn, chosen)
+                    conn.commit()
+                start = time.perf_counter()
+                added = 0
+                for s in range(0, len(keys), batch):
+                    part = [ids[k] for k in keys[s : s + batch]]
+                    added += copy_vectors(conn, chosen, space, part, vectors[s : s + batch], ds, split)
+                    conn.commit()
+                load_s = time.perf_counter() - start
+                info = None
+                if build_index:
+                    kind, params = index or indexes.default_index(chosen)
+                    info = indexes.build(conn, chosen, kind, **params)
+        finally:
+            self._forget()
+        return LoadResult(ids, added, load_s, info)
 
     def classify(
         self,

@@ -1,0 +1,59 @@
+"""Benchmark item 6. Load: concurrent clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from bench.common import Config, Report, ensure_first_loaded
+from clipvdb import Store, catalog, indexes
+from clipvdb.search import SearchSettings
+from clipvdb.sources import Source
+from clipvdb.stages import STAGES
+
+
+def item_load_test(rep: Report, cfg: Config, store: Store, source: Source, data: dict) -> dict:
+    """Bounded load: N concurrent clients classify single images at stage first for a fixed time."""
+    Xte = data["test"][0]
+    clients, seconds = (8, 60.0) if not cfg.quick else (2, 3.0)
+    rep.h(f"6. Load: {clients} concurrent clients classifying for {seconds:.0f} s (stage first, default index)")
+    ensure_first_loaded(store, source, data)
+    with store.connection() as conn:
+        idx = indexes.info(conn, STAGES["first"])
+        dataset = catalog.dataset_id(conn, source.name)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    stop_at = time.perf_counter() + seconds
+
+    def client(i: int) -> None:
+        rng = np.random.default_rng(i)
+        try:
+            searcher = store.searcher(STAGES["first"], dataset, "train", SearchSettings())
+            with store.connection() as conn:
+                while time.perf_counter() < stop_at:
+                    q = Xte[rng.integers(len(Xte)) : None][:1]
+                    t0 = time.perf_counter()
+                    neigh, _ = searcher.search(conn, q)
+                    latencies[i].append((time.perf_counter() - t0) * 1000)
+                    if len(neigh[0]) != 1:
+                        errors.append("no neighbour returned")
+        except Exception as exc:  # counted, not raised: the load test reports errors
+            errors.append(f"{exc.__class__.__name__}: {exc}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    lat = np.array([x for part in latencies for x in part])
+    rep.p(f"Python clients, one connection each, over the embedded server's unix socket; index {idx.kind} "
+          f"{idx.params}; {idx.rows:,} stored vectors. Bounded: {seconds:.0f} s, then every client stops.")  # fmt: skip
+    rep.table(["clients", "queries", "queries/s", "p50 ms", "p95 ms", "max ms", "errors"],
+              [[clients, len(lat), len(lat) / seconds, float(np.percentile(lat, 50)) if len(lat) else 0.0,
+                float(np.percentile(lat, 95)) if len(lat) else 0.0, float(lat.max()) if len(lat) else 0.0,
+                len(errors)]])  # fmt: skip
+    for e in errors[:5]:
+        rep.p(f"error: {e}")
+    return {"queries": len(lat), "errors": len(errors)}
