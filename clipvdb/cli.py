@@ -93,7 +93,14 @@ def model_options(f):
     return f
 
 
+def learned_option(f):
+    return click.option(
+        "--learned", is_flag=True, help="Search the stage's learned space (clipvdb learn), not the raw vectors."
+    )(f)
+
+
 def search_options(f):
+    f = learned_option(f)
     f = click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True,
                      help="Distance: l2 (the study's), cosine, or inner product.")(f)  # fmt: skip
     f = click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")(f)
@@ -398,7 +405,7 @@ def index(state: State, stage, kind, project, lists, m, ef_construction, metric,
 @json_option
 @click.pass_obj
 def classify(state: State, images, stage, dataset, against, prompts, k, probes, ef_search, candidates, exact,
-             metric, as_json) -> None:  # fmt: skip
+             metric, learned, as_json) -> None:  # fmt: skip
     """Classify IMAGES by nearest stored neighbour at each stage (origin: zero-shot).
 
     \b
@@ -408,7 +415,7 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
     """
     preds = state.store.classify(
         list(images), _stages(stage) if stage else None, k=k, exact=exact, probes=probes, ef_search=ef_search,
-        metric=metric, candidates=candidates, dataset=dataset, against=against, prompts=prompts,
+        metric=metric, candidates=candidates, dataset=dataset, against=against, prompts=prompts, learned=learned,
     )  # fmt: skip
     if as_json:
         _print_json([p.as_dict() for p in preds])
@@ -438,7 +445,7 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
 @json_option
 @click.pass_obj
 def evaluate(state: State, stage, data, split, against, num, batch_size, workers, connections, display_freq, dataset,
-             prompts, k, probes, ef_search, candidates, exact, metric, as_json) -> None:  # fmt: skip
+             prompts, k, probes, ef_search, candidates, exact, metric, learned, as_json) -> None:  # fmt: skip
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
     \b
@@ -456,7 +463,7 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
         result = state.store.evaluate(
             source, stages, split=split, against=against, k=k, exact=exact, probes=probes, ef_search=ef_search,
             metric=metric, candidates=candidates, num=num, batch_size=batch_size, workers=workers,
-            connections=connections, display_freq=display_freq, dataset=dataset, prompts=prompts,
+            connections=connections, display_freq=display_freq, dataset=dataset, prompts=prompts, learned=learned,
             report=lambda line: progress.console.print(line), progress=update,
         )  # fmt: skip
     if as_json:
@@ -508,10 +515,11 @@ def search(state: State, text, image, k, stage, dataset, exact, as_json) -> None
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("neighbors.png"), show_default=True)
 @click.option("--dataset", help="Dataset to search (default: the only one).")
 @click.option("--exact", is_flag=True)
+@learned_option
 @model_options
 @json_option
 @click.pass_obj
-def neighbors(state: State, image, stage, k, out, dataset, exact, as_json) -> None:
+def neighbors(state: State, image, stage, k, out, dataset, exact, learned, as_json) -> None:
     """Draw IMAGE beside its k nearest stored images per stage, as one PNG.
 
     \b
@@ -519,7 +527,7 @@ def neighbors(state: State, image, stage, k, out, dataset, exact, as_json) -> No
       clipvdb neighbors cat.png --stage first,second --k 8 --out grid.png
     """
     stages = [s for s in _stages(stage) if s.name != "origin"] if stage == "all" else _stages(stage)
-    grid = state.store.neighbors(image, stages, out, k=k, dataset=dataset, exact=exact)
+    grid = state.store.neighbors(image, stages, out, k=k, dataset=dataset, exact=exact, learned=learned)
     if as_json:
         _print_json({"path": str(grid.path), "stages": grid.stages, "columns": grid.columns, "rows": grid.rows})
         return
@@ -581,12 +589,123 @@ def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, o
 
 
 @cli.command()
+@click.option("--stage", "stage", required=True, help="One stage.")
+@click.option("--dims", type=click.IntRange(1), help="Learned dimensions (default 128; lda: classes - 1).")
+@click.option("--method", type=click.Choice(["nca", "lda", "pca"]), default="nca", show_default=True,
+              help="nca: map trained on in-batch neighbours; lda: discriminant analysis; pca: reference.")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(1), default=120.0, show_default=True, help="nca training budget.")
+@click.option("--dataset", help="Dataset (default: the only one).")
+@model_options
+@json_option
+@click.pass_obj
+def learn(state: State, stage, dims, method, seconds, dataset, as_json) -> None:
+    """Fit a learned metric on the stage's training split; --learned searches then use it.
+
+    \b
+    Example:
+      clipvdb learn --stage first --dims 128
+      clipvdb evaluate --stage first --data ./cifar10 --learned
+    """
+    lmap = state.store.learn(stage, dims, method=method, seconds=seconds, dataset=dataset)
+    out = {"stage": lmap.stage, "method": lmap.method, "dims": lmap.dims, "fitted_rows": lmap.fitted_rows,
+           "fit_seconds": round(lmap.fit_seconds, 2), "params": lmap.params}  # fmt: skip
+    if as_json:
+        _print_json(out)
+        return
+    click.echo(f"learned map for stage {lmap.stage}: {lmap.method}, {lmap.dims} dimensions, fitted on "
+               f"{lmap.fitted_rows:,} training rows in {lmap.fit_seconds:.1f} s")  # fmt: skip
+
+
+@cli.group()
+def cluster() -> None:
+    """Cluster a stage's stored vectors; scores against the labels are SQL views.
+
+    \b
+    Example:
+      clipvdb cluster fit --stage first --k 10
+      clipvdb cluster list
+      clipvdb cluster show 1 --out clusters.png
+      psql "$(clipvdb db url)" -c 'SELECT * FROM report_cluster_purity'
+    """
+
+
+@cluster.command("fit")
+@click.option("--stage", "stage", required=True, help="One stage.")
+@click.option(
+    "--k", "k", type=click.IntRange(1), default=10, show_default=True, help="Clusters (kmeans, agglomerative)."
+)
+@click.option("--method", type=click.Choice(["kmeans", "agglomerative", "dbscan"]), default="kmeans", show_default=True)
+@click.option("--eps", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="DBSCAN radius.")
+@click.option("--min-samples", type=click.IntRange(1), default=5, show_default=True, help="DBSCAN core size.")
+@click.option("--linkage", type=click.Choice(["ward", "complete", "average", "single"]), default="ward",
+              show_default=True, help="Agglomerative linkage.")  # fmt: skip
+@click.option("--split", default="train", show_default=True, help="Stored split to cluster.")
+@click.option("--dataset", help="Dataset (default: the only one).")
+@click.option("--sample", type=click.IntRange(2), help="Cluster a seeded random sample of N rows.")
+@model_options
+@json_option
+@click.pass_obj
+def cluster_fit(state: State, stage, k, method, eps, min_samples, linkage, split, dataset, sample, as_json) -> None:
+    """Cluster the stored vectors of one stage, split and dataset; store members and centres.
+
+    \b
+    Example:
+      clipvdb cluster fit --stage first --k 10
+      clipvdb cluster fit --stage second --method dbscan --eps 4 --min-samples 10 --sample 5000
+    """
+    c = state.store.cluster(stage, k, method=method, eps=eps, min_samples=min_samples, linkage=linkage, split=split,
+                            dataset=dataset, sample=sample)  # fmt: skip
+    if as_json:
+        _print_json(c.__dict__)
+        return
+    click.echo(
+        f"clustering {c.id}: {c.method} at stage {c.stage}, {c.n:,} rows, {c.n_clusters} clusters"
+        f"{f', {c.n_noise} noise' if c.n_noise else ''} in {c.fit_seconds:.1f} s; purity {c.purity:.3f}, "
+        f"adjusted Rand {c.adjusted_rand_index:.3f}, NMI {c.normalized_mutual_info:.3f}"
+    )
+
+
+@cluster.command("list")
+@json_option
+@click.pass_obj
+def cluster_list(state: State, as_json: bool) -> None:
+    """The stored clusterings with their scores against the labels.
+
+    \b
+    Example:
+      clipvdb cluster list --json
+    """
+    rows = [c.__dict__ for c in state.store.clusterings()]
+    if as_json:
+        _print_json(rows)
+        return
+    print_table("clusterings", rows, ["id", "stage", "method", "params", "n", "n_clusters", "n_noise", "purity",
+                                      "adjusted_rand_index", "normalized_mutual_info", "fit_seconds"])  # fmt: skip
+
+
+@cluster.command("show")
+@click.argument("clustering_id", type=int)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("clusters.png"), show_default=True)
+@click.option("--per-cluster", type=click.IntRange(1, 32), default=8, show_default=True)
+@click.pass_obj
+def cluster_show(state: State, clustering_id: int, out: Path, per_cluster: int) -> None:
+    """Draw a clustering: a row per cluster, the images nearest its centre, majority class, purity.
+
+    \b
+    Example:
+      clipvdb cluster show 1 --out clusters.png
+    """
+    click.echo(str(state.store.cluster_grid(clustering_id, out, per_cluster=per_cluster)))
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--k", "k", type=click.IntRange(1, 50), default=5, show_default=True, help="Neighbours shown.")
+@learned_option
 @model_options
 @click.pass_obj
-def serve(state: State, host: str, port: int, k: int) -> None:
+def serve(state: State, host: str, port: int, k: int, learned: bool) -> None:
     """A small web page: upload or pick an image, see per-stage predictions and neighbours, search by text.
 
     \b
@@ -596,7 +715,7 @@ def serve(state: State, host: str, port: int, k: int) -> None:
     from .web import serve as run_serve
 
     click.echo(f"clipvdb: serving on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    run_serve(state.store, host=host, port=port, k=k)
+    run_serve(state.store, host=host, port=port, k=k, learned=learned)
 
 
 # ---------------------------------------------------------------- report / plot

@@ -101,6 +101,8 @@ def run_params(settings: SearchSettings, searchers: dict[str, StageSearcher], st
     return {
         "metric": settings.metric, "k": settings.k, "exact": settings.exact, "probes": settings.probes,
         "ef_search": settings.ef_search,
+        "learned": {n: {"method": m.method, "dims": m.dims, "fitted_rows": m.fitted_rows, **m.params}
+                    for n, m in ((n, s.learned) for n, s in searchers.items()) if m is not None} or None,
         "candidates": settings.n_candidates if any(s.projection is not None for s in searchers.values()) else None,
         "index": {n: {"kind": s.index_kind, "exists": s.index_exists, "used": not settings.exact,
                       "projected": s.projection is not None, **s.index_params} for n, s in searchers.items()},

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, projection, queries
+from . import catalog, db, indexes, learned, projection, queries
 from .encoders import Encoder
 from .encoding import encode_items
 from .errors import DatabaseError, SkippedImagesError
@@ -158,6 +158,7 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
     # rows added while a projected index stands get their projection at once; after a drop the
     # rebuild at the end refits and writes them all
     projections = {s.name: projection.load(conn, s) for s in stages}
+    maps = {s.name: learned.load(conn, s) for s in stages}  # learned maps stay current for new rows
     dropped: set[str] = set()
     if build_index:
         for s in stages:
@@ -177,6 +178,8 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
                 result.inserted[s.name] += copy_vectors(
                     conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
                 )
+                if maps[s.name] is not None:
+                    learned.add(conn, s, maps[s.name], spaces[s.name], image_ids, batch.vectors[s.name], dataset, split)
                 if projections[s.name] is not None:
                     projection.add(conn, s, projections[s.name], spaces[s.name], image_ids,
                                    batch.vectors[s.name], dataset, split)  # fmt: skip

@@ -97,6 +97,26 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
     )
 
 
+def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:
+    """Batched kNN in a stage's learned space: %(projected)b holds the queries' images under the
+    map; neighbours come from learned_<stage> ordered by L2 distance there (index unless `exact`)."""
+    col, q = sql.SQL("c.vec"), sql.SQL("(q.p)::vector({})").format(sql.Literal(dim))
+    order = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
+    return sql.SQL(
+        """SELECT q.ord, n.image_id, i.label, i.source, n.distance
+        FROM unnest(%(projected)b::vector[]) WITH ORDINALITY AS q(p, ord)
+        CROSS JOIN LATERAL (
+            SELECT c.image_id, c.vec <-> {q} AS distance
+            FROM {table} c
+            WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s
+            ORDER BY {order}
+            LIMIT %(k)s
+        ) n
+        JOIN images i ON i.id = n.image_id
+        ORDER BY q.ord, n.distance"""
+    ).format(q=q, table=sql.Identifier(f"learned_{stage.name}"), order=order)
+
+
 def knn_scratch(table: str, stage: Stage, metric: str, *, exact: bool) -> sql.Composed:
     """One query against a scratch copy (experiments): image ids nearest to %s, LIMIT %s."""
     order = distance(stage, metric, sql.SQL("embedding"), sql.SQL("%s"), exact=exact)
@@ -112,6 +132,13 @@ def counts(stage: Stage) -> sql.Composed:
         """SELECT coalesce(sum(n_rows), 0)::bigint, coalesce(sum(n_projected), 0)::bigint FROM stage_counts
            WHERE stage = {} AND space_id = %(space)s AND dataset_id = %(dataset)s AND split = %(split)s"""
     ).format(sql.Literal(stage.name))
+
+
+def learned_count(stage: Stage) -> sql.Composed:
+    """Rows of learned_<stage> for one space, dataset and split (a --learned search's coverage check)."""
+    return sql.SQL(
+        "SELECT count(*) FROM {} WHERE space_id = %(space)s AND dataset_id = %(dataset)s AND split = %(split)s"
+    ).format(sql.Identifier(f"learned_{stage.name}"))
 
 
 def total_rows(stage: Stage) -> sql.Composed:
@@ -287,3 +314,21 @@ def report_view(view: str, order_by: str, with_run: bool) -> sql.Composed:
     """SELECT * from a report view (name checked by the caller against reports.VIEWS)."""
     where = sql.SQL(" WHERE run_id = %s") if with_run else sql.SQL("")
     return sql.SQL("SELECT * FROM {}{} ORDER BY {}").format(sql.Identifier(view), where, sql.SQL(order_by))
+
+
+# ---------------------------------------------------------------- clusterings
+
+
+def stage_vectors(stage: Stage) -> sql.Composed:
+    """(image_id, label, embedding) of one space, dataset and split: %(space)s, %(dataset)s, %(split)s."""
+    return sql.SQL(
+        """SELECT e.image_id, i.label, e.embedding FROM {} e JOIN images i ON i.id = e.image_id
+           WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s
+           ORDER BY e.image_id"""
+    ).format(sql.Identifier(stage.table))
+
+
+def copy_centres(stage: Stage) -> sql.Composed:
+    return sql.SQL("COPY {} (clustering_id, cluster, centre) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.Identifier(f"cluster_centres_{stage.name}")
+    )

@@ -144,10 +144,11 @@ def neighbour_grid(
     dataset_name: str | None = None,
     split: str = "train",
     exact: bool = False,
+    learned: bool = False,
 ) -> Grid:
     """One PNG: a row per stage, the query image then its k nearest stored images, each tile
     captioned with the class and distance."""
-    settings = SearchSettings(k=k, exact=exact)
+    settings = SearchSettings(k=k, exact=exact, learned=learned)
     vectors = embed([image], stages, store.encoder_for(stages))
     query = as_image(image)
     ds = store.dataset(dataset_name)

@@ -16,13 +16,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
 
-from . import config, projection, queries
+from . import config, db, projection, queries
 from .errors import EmptyStageError, SpaceMismatchError, UsageError
 from .stages import Stage
+
+if TYPE_CHECKING:
+    from .learned import LearnedMap
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class SearchSettings:
     ef_search: int | None = None
     metric: queries.Metric = "l2"
     candidates: int | None = None
+    learned: bool = False
 
     def check(self) -> None:
         if self.k < 1:
@@ -108,6 +113,10 @@ class StageSearcher:
         self.space, self.rows, projected_rows, kind, params, full_exists, proj_exists = row
         if self.space is None or self.rows == 0:
             raise_empty(conn, stage, identity, split)
+        self.learned: LearnedMap | None = None
+        if settings.learned:
+            self._set_up_learned(conn)
+            return
         default_kind, default_params = index_defaults(stage)
         self.index_kind: str = kind or default_kind
         self.index_params: dict = dict(params if kind else {**default_params, "metric": "l2"})
@@ -132,6 +141,27 @@ class StageSearcher:
             projected_dim=self.projection.dim if self.projection is not None else None,
         )  # fmt: skip
 
+    def _set_up_learned(self, conn: psycopg.Connection) -> None:
+        """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""
+        from . import learned
+
+        if self.settings.metric != "l2":
+            raise UsageError("--learned searches by L2 distance in the learned space; drop --metric")
+        lmap = self.learned = learned.require(conn, self.stage)
+        covered = db.scalar(
+            conn,
+            queries.learned_count(self.stage),
+            {"space": self.space, "dataset": self.dataset, "split": self.split},
+        )
+        if covered != self.rows:
+            raise UsageError(
+                f"the learned map of stage {self.stage.name} covers {covered} of {self.rows} rows; "
+                f"run 'clipvdb learn --stage {self.stage.name}' again"
+            )
+        self.index_kind, self.index_params = "ivfflat", {"lists": int(lmap.params.get("lists", 1))}
+        self.index_exists, self.projection = True, None
+        self.sql = queries.knn_learned(self.stage, lmap.dims, exact=self.settings.exact)
+
     @property
     def candidates(self) -> int:
         return self.settings.n_candidates
@@ -145,7 +175,7 @@ class StageSearcher:
             from .indexes import default_probes
 
             lists = int(self.index_params.get("lists", 1))
-            projected = self.projection is not None
+            projected = self.projection is not None or self.learned is not None
             out.append(("ivfflat.probes", str(s.probes or default_probes(lists, projected=projected))))
         if self.index_kind == "hnsw":
             out.append(("hnsw.ef_search", str(s.ef_search or config.DEFAULT_EF_SEARCH)))
@@ -165,7 +195,10 @@ class StageSearcher:
         self.check(vectors)
         params = {"vectors": list(vectors.astype(np.float32)), "space": self.space, "dataset": self.dataset,
                   "split": self.split, "k": self.settings.k}  # fmt: skip
-        if self.projection is not None:
+        if self.learned is not None:
+            params = {**params, "projected": list(self.learned.apply(vectors))}
+            del params["vectors"]
+        elif self.projection is not None:
             params.update(projected=list(self.projection.apply(vectors)), candidates=self.candidates)
         settings = self.index_settings()
         start = time.perf_counter()

@@ -39,10 +39,12 @@ from .stages import Stage, needs_encoder, parse_stages
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
+    from .clusters import Clustering
     from .evaluate import EvalRun
     from .experiment import ExperimentResult
     from .indexes import IndexInfo
     from .ingest import IngestResult
+    from .learned import LearnedMap
     from .retrieval import Grid, Hit
 
 ProgressFn = Callable[[int, int], None]
@@ -348,6 +350,7 @@ class Store:
         against: str = "train",
         prompts: str = "study",
         batch_size: int = 32,
+        learned: bool = False,
     ) -> list[Prediction]:
         """Predictions for each image at each stage (default: every stage with rows), batch by batch.
         Images are file paths, PIL images, HxWx3 uint8 arrays or encoded bytes."""
@@ -355,7 +358,7 @@ class Store:
         from .encoding import encode_items, query_items
 
         settings = SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,  # type: ignore[arg-type]
-                                  candidates=candidates)  # fmt: skip
+                                  candidates=candidates, learned=learned)  # fmt: skip
         settings.check()
         many = images if isinstance(images, list) else [images]
         items = query_items(many)
@@ -396,6 +399,7 @@ class Store:
         display_freq: int = 0,
         dataset: str | None = None,
         prompts: str = "study",
+        learned: bool = False,
         report: Callable[[str], None] | None = None,
         progress: ProgressFn | None = None,
     ) -> EvalRun:
@@ -405,7 +409,7 @@ class Store:
         if connections < 1:
             raise UsageError("--connections must be at least 1")
         settings = SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,  # type: ignore[arg-type]
-                                  candidates=candidates)  # fmt: skip
+                                  candidates=candidates, learned=learned)  # fmt: skip
         settings.check()
         chosen = _stages(stage)
         source = _source(data)
@@ -487,12 +491,12 @@ class Store:
 
     def neighbors(
         self, image: ImageInput, stages: StagesArg, out: Path | str, *, k: int = 10, dataset: str | None = None,
-        split: str = "train", exact: bool = False,
+        split: str = "train", exact: bool = False, learned: bool = False,
     ) -> Grid:  # fmt: skip
         from .retrieval import neighbour_grid
 
         return neighbour_grid(self, image, _stages(stages), Path(out), k=k, dataset_name=dataset, split=split,
-                              exact=exact)  # fmt: skip
+                              exact=exact, learned=learned)  # fmt: skip
 
     def experiment(
         self, stage: StagesArg, sizes: list[int], *, queries: int = 100, probes: list[int] | None = None,
@@ -507,6 +511,91 @@ class Store:
         with self.connection() as conn:
             return search_experiment(conn, chosen[0], self.encoder_for(chosen), sizes, queries=queries,
                                      probes=probes, ef_search=ef_search, metric=metric)  # fmt: skip
+
+    def cluster(
+        self,
+        stage: str | Stage,
+        k: int = 10,
+        *,
+        method: str = "kmeans",
+        eps: float = 0.5,
+        min_samples: int = 5,
+        linkage: str = "ward",
+        split: str = "train",
+        dataset: str | None = None,
+        sample: int | None = None,
+        seed: int = 0,
+    ) -> Clustering:
+        """Cluster one stage's stored vectors (this store's space, one dataset and split) and store
+        the clustering; returns it with its purity, adjusted Rand index and NMI against the labels."""
+        from . import clusters
+
+        chosen = _stages(stage)
+        if len(chosen) != 1:
+            raise UsageError("cluster one stage at a time (--stage first, second, third or origin)")
+        if method not in clusters.METHODS:
+            raise UsageError(f"unknown method {method!r}; choose from {', '.join(clusters.METHODS)}")
+        if k < 1 and method != "dbscan":
+            raise UsageError("--k must be at least 1")
+        params: dict = {"seed": seed}
+        params.update({"eps": eps, "min_samples": min_samples} if method == "dbscan" else {"k": k})
+        if method == "agglomerative":
+            params["linkage"] = linkage
+        ds = self.dataset(dataset)
+        with self.connection() as conn:
+            space = catalog.find_space(conn, chosen[0], self.encoder if chosen[0].uses_clip else None)
+            if space is None:
+                raise EmptyStageError(
+                    f"stage {chosen[0].name} has no rows for these weights; run 'clipvdb ingest' first"
+                )
+            cid = clusters.fit(conn, chosen[0], space, ds.id, split, method, params, sample=sample)
+            return clusters.read(conn, cid)[0]
+
+    def learn(
+        self,
+        stage: str | Stage,
+        dims: int | None = None,
+        *,
+        method: str = "nca",
+        seconds: float = 120.0,
+        dataset: str | None = None,
+        seed: int = 0,
+    ) -> LearnedMap:
+        """Fit a learned metric on the stage's training split (never the test split), store it, and
+        write every stored vector's image under it; `--learned` searches then use it."""
+        from . import learned
+
+        chosen = _stages(stage)
+        if len(chosen) != 1:
+            raise UsageError("learn one stage at a time (--stage first, second, third or origin)")
+        ds = self.dataset(dataset)
+        try:
+            with self.connection() as conn:
+                space = catalog.find_space(conn, chosen[0], self.encoder if chosen[0].uses_clip else None)
+                if space is None:
+                    raise EmptyStageError(f"stage {chosen[0].name} has no rows for these weights; run 'clipvdb ingest'")
+                X, y = learned.training_data(conn, chosen[0], space, ds.id)
+                conn.rollback()
+                lmap = learned.fit(X, y, chosen[0], method, dims, seconds=seconds, seed=seed)
+                lmap.params["dataset"] = ds.name
+                learned.save(conn, chosen[0], lmap)
+        finally:
+            self._forget()
+        return lmap
+
+    def clusterings(self) -> list[Clustering]:
+        """Every stored clustering with its scores, newest first."""
+        from . import clusters
+
+        with self.connection() as conn:
+            return clusters.read(conn)
+
+    def cluster_grid(self, clustering_id: int, out: Path | str, *, per_cluster: int = 8) -> Path:
+        """A PNG: a row per cluster, the images nearest its centre, majority class and purity."""
+        from . import clusters
+
+        with self.connection() as conn:
+            return clusters.grid(conn, clustering_id, Path(out), per_cluster)
 
     def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
         """Vectors per stage for the images (no database needed)."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
-def create_app(store: Store, k: int = 5) -> Flask:
+def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     """The app: `k` neighbours per stage for each classified image."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
@@ -70,7 +70,7 @@ def create_app(store: Store, k: int = 5) -> Flask:
             data = stored_image_png(store, image_id)
             name = f"stored image {image_id}"
         img = load_image(data, name)  # validated like ingest input
-        preds = store.classify([img], stages, k=k)
+        preds = store.classify([img], stages, k=k, learned=learned)
         for p in preds:
             p.image = name
         buf = io.BytesIO()
@@ -103,7 +103,7 @@ def create_app(store: Store, k: int = 5) -> Flask:
     return app
 
 
-def serve(store: Store, host: str = "127.0.0.1", port: int = 8000, k: int = 5) -> None:
+def serve(store: Store, host: str = "127.0.0.1", port: int = 8000, k: int = 5, learned: bool = False) -> None:
     from werkzeug.serving import run_simple
 
-    run_simple(host, port, create_app(store, k), threaded=True)
+    run_simple(host, port, create_app(store, k, learned), threaded=True)

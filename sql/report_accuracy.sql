@@ -1,12 +1,16 @@
--- Accuracy by run and stage, complete runs only.
+-- Accuracy by run and stage, complete runs only. space says which space was searched: raw (the
+-- stored embeddings) or learned (the stage's learned map, clipvdb learn), so raw and learned runs
+-- sit side by side.
 CREATE OR REPLACE VIEW report_accuracy AS
 SELECT p.run_id,
        p.stage,
        r.k,
        count(*) AS n,
        count(*) FILTER (WHERE p.predicted = p.true_label) AS correct,
-       round(100.0 * count(*) FILTER (WHERE p.predicted = p.true_label) / count(*), 2) AS accuracy_pct
+       round(100.0 * count(*) FILTER (WHERE p.predicted = p.true_label) / count(*), 2) AS accuracy_pct,
+       CASE WHEN r.params ? 'learned' AND r.params->'learned' <> 'null'::jsonb AND p.stage <> 'origin'
+            THEN 'learned' ELSE 'raw' END AS space
 FROM predictions p
 JOIN eval_runs r ON r.id = p.run_id
 WHERE r.status = 'complete'
-GROUP BY p.run_id, p.stage, r.k;
+GROUP BY p.run_id, p.stage, r.k, r.params;

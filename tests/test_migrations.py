@@ -13,7 +13,8 @@ from clipvdb import db
 from clipvdb.reports import VIEWS
 
 TABLES = {"datasets", "classes", "images", "embedding_spaces", "stage_indexes", "eval_runs", "predictions",
-          "embeddings_first", "embeddings_second", "embeddings_third", "embeddings_origin"}  # fmt: skip
+          "embeddings_first", "embeddings_second", "embeddings_third", "embeddings_origin", "stage_counts",
+          "clusterings", "cluster_members", "cluster_centres_first", "learned_maps", "learned_first"}  # fmt: skip
 
 
 def _relations(url: str) -> set[str]:

@@ -1,0 +1,219 @@
+"""A learned metric: a linear map fitted on one stage's labelled training vectors, stored in SQL.
+
+`clipvdb learn --stage S --dims D` fits the map on the training split only (the test split never
+reaches the fit), stores it in learned_maps, writes every stored vector's image under it into
+learned_<stage> with an ivfflat index, and ingest keeps it current for later rows. `--learned` on
+classify, evaluate, neighbors and serve searches that space instead of the raw one.
+
+Methods (BENCHMARKS.md, item 10, has what each reached):
+- ``nca`` (default): PCA to 256 dimensions, then a linear map to D trained in torch on CPU with a
+  neighbourhood-components loss over in-batch neighbours (each sample's soft nearest neighbour
+  among the batch should share its label), for a time budget.
+- ``lda``: PCA to 256, then linear discriminant analysis with shrinkage (scikit-learn); at most
+  classes - 1 dimensions.
+- ``pca``: PCA to D alone (the unsupervised reference).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from . import db
+from .errors import EmptyStageError, UsageError
+from .projection import top_eigenvectors
+from .stages import Stage
+
+METHODS: tuple[str, ...] = ("nca", "lda", "pca")
+PCA_DIMS = 256
+
+
+@dataclass
+class LearnedMap:
+    stage: str
+    method: str
+    mean: np.ndarray  # (stage dim,)
+    matrix: np.ndarray  # (dims, stage dim): learned = (x - mean) @ matrix.T
+    fitted_rows: int
+    params: dict
+    fit_seconds: float
+
+    @property
+    def dims(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.matrix.T).astype(np.float32)
+
+
+def table(stage: Stage) -> str:
+    return f"learned_{stage.name}"
+
+
+def _pca(X: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = X.mean(axis=0)
+    Xc = X - mean
+    _, basis = top_eigenvectors((Xc.T @ Xc).astype(np.float64), min(dims, X.shape[1]))
+    return mean.astype(np.float32), basis[:dims].astype(np.float32)
+
+
+def fit_nca(
+    Z: np.ndarray, y: np.ndarray, dims: int, seconds: float, seed: int = 0, batch: int = 2048
+) -> tuple[np.ndarray, int]:
+    """A (dims, Z.shape[1]) map trained for `seconds` with the in-batch NCA loss."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    Zt, yt = torch.from_numpy(Z), torch.from_numpy(y)
+    # start from the strongest principal directions, one global scale: typical squared distances of
+    # about 20, so that the soft neighbour weights are neither uniform nor all on the nearest
+    sample = Zt[torch.from_numpy(rng.choice(len(Z), min(2000, len(Z)), replace=False)), :dims]
+    typical = torch.cdist(sample, sample).pow(2).median().clamp(min=1e-12)
+    W = torch.zeros(dims, Z.shape[1])
+    W[:, :dims] = torch.eye(dims) * float(torch.sqrt(20.0 / typical))
+    W.requires_grad_(True)
+    opt = torch.optim.Adam([W], lr=2e-3)
+    deadline = time.perf_counter() + seconds
+    steps = 0
+    while time.perf_counter() < deadline:
+        idx = torch.from_numpy(rng.choice(len(Z), min(batch, len(Z)), replace=False))
+        x, t = Zt[idx] @ W.T, yt[idx]
+        d = torch.cdist(x, x).pow(2)
+        d.fill_diagonal_(float("inf"))
+        logp = torch.log_softmax(-d, dim=1)
+        same = (t[:, None] == t[None, :]).float()
+        same.fill_diagonal_(0)
+        loss = -torch.logsumexp(logp + torch.log(same.clamp(min=1e-30)), dim=1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    return W.detach().numpy().astype(np.float32), steps
+
+
+def fit(X: np.ndarray, y: np.ndarray, stage: Stage, method: str, dims: int | None, *, seconds: float = 120.0,
+        seed: int = 0) -> LearnedMap:  # fmt: skip
+    """Fit a map on training vectors X (float32) with labels y."""
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
+    classes = len(np.unique(y))
+    if dims is None:
+        dims = classes - 1 if method == "lda" else 128
+    if method == "lda" and dims > classes - 1:
+        raise UsageError(f"LDA gives at most classes - 1 = {classes - 1} dimensions; use --dims {classes - 1}")
+    if not 1 <= dims <= min(PCA_DIMS, stage.dim):
+        raise UsageError(f"--dims must be between 1 and {min(PCA_DIMS, stage.dim)}; got {dims}")
+    start = time.perf_counter()
+    params: dict = {"dims": dims, "seed": seed}
+    if method == "pca":
+        mean, basis = _pca(X, dims)
+        matrix = basis
+    else:
+        mean, basis = _pca(X, PCA_DIMS)
+        Z = (X - mean) @ basis.T
+        params["pca_dims"] = PCA_DIMS
+        if method == "lda":
+            from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+            lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dims).fit(Z, y)
+            W = lda.scalings_[:, :dims].T.astype(np.float32)
+        else:
+            W, steps = fit_nca(Z.astype(np.float32), y, dims, seconds, seed)
+            params.update(seconds=seconds, steps=steps)
+        matrix = W @ basis
+    return LearnedMap(stage.name, method, mean, matrix.astype(np.float32), len(X), params,
+                      time.perf_counter() - start)  # fmt: skip
+
+
+def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
+    """Store the map and (re)write every stored vector's image under it, then its ivfflat index
+    (rows/100 lists, like a projected index); returns rows written."""
+    from . import queries
+    from .ingest import copy_rows
+
+    lists = max(1, int(db.scalar(conn, queries.total_rows(stage))) // 100)
+    lmap.params = {**lmap.params, "lists": lists}
+
+    conn.execute(
+        """INSERT INTO learned_maps (stage, method, dims, mean, matrix, fitted_rows, params, fit_seconds, fitted_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
+           ON CONFLICT (stage) DO UPDATE SET method = EXCLUDED.method, dims = EXCLUDED.dims, mean = EXCLUDED.mean,
+             matrix = EXCLUDED.matrix, fitted_rows = EXCLUDED.fitted_rows, params = EXCLUDED.params,
+             fit_seconds = EXCLUDED.fit_seconds, fitted_at = now()""",
+        (stage.name, lmap.method, lmap.dims, lmap.mean.astype("<f4").tobytes(), lmap.matrix.astype("<f4").tobytes(),
+         lmap.fitted_rows, json.dumps(lmap.params), lmap.fit_seconds),
+    )  # fmt: skip
+    t = sql.Identifier(table(stage))
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table(stage)}_ann")))
+    conn.execute(sql.SQL("TRUNCATE {}").format(t))
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN vec TYPE vector({})").format(t, sql.Literal(lmap.dims)))
+    written = 0
+    select = sql.SQL("SELECT space_id, image_id, dataset_id, split, embedding FROM {}").format(
+        sql.Identifier(stage.table)
+    )
+    copy = sql.SQL("COPY {} (space_id, image_id, dataset_id, split, vec) FROM STDIN WITH (FORMAT BINARY)").format(t)
+    with db.numpy_vectors(conn.cursor(name=f"clipvdb_learned_{stage.name}", binary=True)) as rows:
+        rows.execute(select)
+        while batch := rows.fetchmany(5000):
+            L = lmap.apply(np.stack([r[4] for r in batch]))
+            copy_rows(conn, copy, ["int4", "int8", "int4", "text", "vector"],
+                      ((r[0], r[1], r[2], r[3], v) for r, v in zip(batch, L, strict=True)))  # fmt: skip
+            written += len(batch)
+    conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
+    conn.execute(
+        sql.SQL("CREATE INDEX {} ON {} USING ivfflat (vec vector_l2_ops) WITH (lists = {})").format(
+            sql.Identifier(f"{table(stage)}_ann"), t, sql.Literal(lists)
+        )
+    )
+    conn.commit()
+    conn.execute(sql.SQL("ANALYZE {}").format(t))
+    conn.commit()
+    return written
+
+
+def load(conn: psycopg.Connection, stage: Stage) -> LearnedMap | None:
+    row = conn.execute(
+        "SELECT method, dims, mean, matrix, fitted_rows, params, fit_seconds FROM learned_maps WHERE stage = %s",
+        (stage.name,),
+    ).fetchone()
+    if row is None:
+        return None
+    method, dims, mean, matrix, fitted, params, seconds = row
+    m = np.frombuffer(matrix, dtype="<f4").astype(np.float32).reshape(dims, stage.dim)
+    return LearnedMap(stage.name, method, np.frombuffer(mean, dtype="<f4").astype(np.float32), m, fitted, params,
+                      seconds or 0.0)  # fmt: skip
+
+
+def add(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap, space: int, image_ids: list[int],
+        vectors: np.ndarray, dataset: int, split: str) -> None:  # fmt: skip
+    """Images of newly stored rows under the stored map (ingest, between fits)."""
+    conn.execute(
+        sql.SQL(
+            """INSERT INTO {} (space_id, image_id, dataset_id, split, vec)
+               SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.v
+               FROM unnest(%(ids)s::int8[], %(vecs)b::vector[]) AS u(id, v)
+               ON CONFLICT (space_id, image_id) DO NOTHING"""
+        ).format(sql.Identifier(table(stage))),
+        {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids), "vecs": list(lmap.apply(vectors))},
+    )
+
+
+def require(conn: psycopg.Connection, stage: Stage) -> LearnedMap:
+    lmap = load(conn, stage)
+    if lmap is None:
+        raise EmptyStageError(f"stage {stage.name} has no learned map; run 'clipvdb learn --stage {stage.name}' first")
+    return lmap
+
+
+def training_data(conn: psycopg.Connection, stage: Stage, space: int, dataset: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training split's vectors and labels: the only rows a fit ever sees."""
+    from .clusters import load as load_rows
+
+    _, labels, X = load_rows(conn, stage, space, dataset, "train")
+    return X, labels

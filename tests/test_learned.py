@@ -1,0 +1,80 @@
+"""The learned metric: fitted on the training split only, stored, kept current, searched with --learned."""
+
+import json
+
+import numpy as np
+import psycopg
+import pytest
+
+from clipvdb import catalog, learned
+from clipvdb.errors import EmptyStageError, UsageError
+from clipvdb.stages import STAGES
+
+
+def test_learn_then_search_the_learned_space(cli, db_url, syn_data):
+    cli("ingest", "--stage", "first", "--data", syn_data, "--workers", "0")
+    fitted = json.loads(cli("learn", "--stage", "first", "--dims", "8", "--seconds", "2", "--json").stdout)
+    assert fitted["dims"] == 8 and fitted["fitted_rows"] == 60 and fitted["method"] == "nca"
+    raw = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--json", "--workers", "0").stdout)
+    lrn = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--learned", "--json",
+                         "--workers", "0").stdout)  # fmt: skip
+    acc = json.loads(cli("report", "--run", lrn["run_id"], "--view", "report_accuracy", "--json").stdout)
+    assert acc["report_accuracy"][0]["space"] == "learned"
+    assert json.loads(cli("report", "--run", raw["run_id"], "--view", "report_accuracy", "--json").stdout)[
+        "report_accuracy"][0]["space"] == "raw"  # fmt: skip
+    runs = json.loads(cli("report", "--run", lrn["run_id"], "--view", "report_runs", "--json").stdout)
+    assert runs["report_runs"][0]["params"]["learned"]["first"]["dims"] == 8
+    # classify in the learned space: distances are the learned ones, not the raw ones
+    img = syn_data / "test" / "red-circle" / "0000.png"
+    p_raw = json.loads(cli("classify", img, "--stage", "first", "--exact", "--json").stdout)[0]
+    p_lrn = json.loads(cli("classify", img, "--stage", "first", "--learned", "--exact", "--json").stdout)[0]
+    with psycopg.connect(db_url) as c:
+        from pgvector.psycopg import register_vector
+
+        register_vector(c)
+        lmap = learned.load(c, STAGES["first"])
+        stored = c.execute(
+            "SELECT e.embedding FROM embeddings_first e JOIN images i ON i.id = e.image_id WHERE i.source = %s",
+            (p_lrn["neighbors"][0]["source"],),
+        ).fetchone()[0]
+    from clipvdb.encoding import embed
+
+    q = embed([str(img)], [STAGES["first"]], None)["first"]
+    expected = np.linalg.norm(lmap.apply(q)[0]
+                              - lmap.apply(stored.to_numpy()[None])[0])  # fmt: skip
+    assert p_lrn["distance"] == pytest.approx(expected, rel=1e-3)
+    assert p_lrn["distance"] != pytest.approx(p_raw["distance"], rel=1e-3)
+
+
+def test_the_fit_sees_the_training_split_only(store, syn_data):
+    store.ingest(syn_data, "first", split="train", workers=0)
+    store.ingest(syn_data, "first", split="test", workers=0)
+    lmap = store.learn("first", 4, method="pca")
+    assert lmap.fitted_rows == 60  # 60 training rows; the 20 test rows never reach the fit
+    with store.connection() as conn:
+        space = catalog.find_space(conn, STAGES["first"], None)
+        X, y = learned.training_data(conn, STAGES["first"], space, store.dataset().id)
+        splits = conn.execute(
+            "SELECT DISTINCT i.split FROM images i JOIN learned_first l ON l.image_id = i.id"
+        ).fetchall()
+    assert len(X) == 60
+    np.testing.assert_allclose(lmap.mean, X.mean(axis=0), rtol=1e-4, atol=1e-6)
+    assert sorted(s[0] for s in splits) == ["test", "train"]  # every stored row gets its image, fit or not
+
+
+def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data):
+    store.ingest(syn_data, "first", workers=0, limit=30)
+    with pytest.raises(EmptyStageError, match="no learned map"):
+        store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", learned=True)
+    store.learn("first", 9, method="lda")
+    store.ingest(syn_data, "first", workers=0)  # 30 more rows: their learned images go in with them
+    with store.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM learned_first").fetchone()[0] == 60
+    preds = store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", learned=True)
+    assert preds[0].predicted_class in store.dataset().classes
+    with pytest.raises(UsageError, match="at most classes - 1 = 9"):
+        store.learn("first", 12, method="lda")
+    with pytest.raises(UsageError, match="drop --metric"):
+        store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", learned=True, metric="cosine")
+    out = cli("learn", "--stage", "first", "--dims", "500", expect=2).output
+    assert "--dims must be between 1 and 256" in out and len(out.strip().splitlines()) == 1
