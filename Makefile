@@ -45,7 +45,9 @@ bench: $(VENV)/.installed
 	$(PY) -m bench --data $(SHARED_DATA)
 	@if [ -f "$(SHARED_DATA)/cifar10-jpeg.tar.gz" ] && [ ! -d "$(DATA_DIR)/cifar10" ]; then \
 	  mkdir -p $(DATA_DIR) && tar -xzf "$(SHARED_DATA)/cifar10-jpeg.tar.gz" -C $(DATA_DIR); fi
-	$(PY) -m bench.headline --data $(DATA_DIR)/cifar10 --sample $(SHARED_DATA)/samples/ship.png
+	$(PY) -m bench.headline --data $(DATA_DIR)/cifar10 --sample $(SHARED_DATA)/samples/ship.png --clip 640
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench.peers --data $(DATA_DIR)/cifar10
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m bench --quick

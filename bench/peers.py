@@ -1,0 +1,147 @@
+"""Peers on the same stage-first job: faiss in-process (exact, HNSW, and PCA + HNSW + exact re-rank,
+the algorithm clipvdb's projected index runs) and two embedded databases a user might pick instead,
+sqlite-vec (SQL, embedded) and LanceDB. Each is timed in this process against the same in-process
+exact baseline, on the same arrays: load (with index build), all queries, accuracy.
+
+    python -m bench.peers --data .cache/data/cifar10 [--queries N]
+
+Needs the `bench` extra (pip install -e '.[bench]'). A peer whose exhaustive search would take
+too long answers a subset of the queries; its row says how many, and its time is extrapolated to
+all of them and labelled as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import exact_baseline, load_pixels
+from clipvdb.sources import open_source
+
+K_CANDIDATES = 20
+
+
+def _acc(nearest: np.ndarray, ytr: np.ndarray, yte: np.ndarray) -> float:
+    return float((ytr[nearest] == yte[: len(nearest)]).mean() * 100)
+
+
+def faiss_rows(Xtr, ytr, Xte, yte) -> list[dict]:
+    import faiss
+
+    rows = []
+    start = time.perf_counter()
+    flat = faiss.IndexFlatL2(Xtr.shape[1])
+    flat.add(Xtr)
+    load = time.perf_counter() - start
+    start = time.perf_counter()
+    _, nn = flat.search(Xte, 1)
+    rows.append({"peer": "faiss IndexFlatL2 (exact)", "load_s": load, "query_s": time.perf_counter() - start,
+                 "queries": len(Xte), "accuracy": _acc(nn[:, 0], ytr, yte)})  # fmt: skip
+    start = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(Xtr.shape[1], 16)
+    hnsw.hnsw.efConstruction = 64
+    hnsw.add(Xtr)
+    load = time.perf_counter() - start
+    hnsw.hnsw.efSearch = 100
+    start = time.perf_counter()
+    _, nn = hnsw.search(Xte, 1)
+    rows.append({"peer": "faiss HNSW m 16, ef 100 (3,072-d)", "load_s": load, "query_s": time.perf_counter() - start,
+                 "queries": len(Xte), "accuracy": _acc(nn[:, 0], ytr, yte)})  # fmt: skip
+    start = time.perf_counter()
+    pca = faiss.PCAMatrix(Xtr.shape[1], 128)
+    pca.train(Xtr[:20000])
+    P = pca.apply(Xtr)
+    ph = faiss.IndexHNSWFlat(128, 16)
+    ph.hnsw.efConstruction = 64
+    ph.add(P)
+    load = time.perf_counter() - start
+    ph.hnsw.efSearch = 100
+    start = time.perf_counter()
+    _, cand = ph.search(pca.apply(Xte), K_CANDIDATES)
+    d = ((Xtr[cand] - Xte[:, None, :]) ** 2).sum(-1)
+    nn = cand[np.arange(len(cand)), d.argmin(1)]
+    rows.append({"peer": "faiss PCA 128 + HNSW + exact re-rank of 20 (the floor)", "load_s": load,
+                 "query_s": time.perf_counter() - start, "queries": len(Xte), "accuracy": _acc(nn, ytr, yte)})  # fmt: skip
+    return rows
+
+
+def sqlite_vec_row(Xtr, ytr, Xte, yte, n_queries: int) -> dict:
+    """sqlite-vec's vec0 table (exhaustive KNN; it has no ANN index), through apsw: the pyenv
+    Pythons here cannot load SQLite extensions with the standard library."""
+    import apsw
+    import sqlite_vec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        con = apsw.Connection(str(Path(tmp) / "vec.db"))
+        con.enable_load_extension(True)
+        con.load_extension(sqlite_vec.loadable_path())
+        start = time.perf_counter()
+        con.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{Xtr.shape[1]}])")
+        with con:
+            con.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
+                            ((i, Xtr[i].tobytes()) for i in range(len(Xtr))))  # fmt: skip
+        load = time.perf_counter() - start
+        start = time.perf_counter()
+        nn = [next(con.execute("SELECT rowid FROM v WHERE embedding MATCH ? ORDER BY distance LIMIT 1",
+                               (Xte[i].tobytes(),)))[0] for i in range(n_queries)]  # fmt: skip
+        secs = time.perf_counter() - start
+    return {"peer": "sqlite-vec vec0 (exhaustive; SQL, embedded)", "load_s": load, "query_s": secs,
+            "queries": n_queries, "accuracy": _acc(np.array(nn), ytr, yte)}  # fmt: skip
+
+
+def lancedb_row(Xtr, ytr, Xte, yte, n_queries: int) -> dict:
+    """LanceDB, embedded: an IVF-PQ index (its ANN index) with a refine step over the full vectors."""
+    import lancedb
+    import pyarrow as pa
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = lancedb.connect(tmp)
+        start = time.perf_counter()
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(Xtr.reshape(-1)), Xtr.shape[1])
+        table = db.create_table("v", pa.table({"id": pa.array(np.arange(len(Xtr))), "vector": vec}))
+        table.create_index(metric="l2", num_partitions=224, num_sub_vectors=96, vector_column_name="vector")
+        load = time.perf_counter() - start
+        start = time.perf_counter()
+        nn = []
+        for i in range(n_queries):
+            hit = table.search(Xte[i]).nprobes(20).refine_factor(K_CANDIDATES).limit(1).to_list()
+            nn.append(hit[0]["id"])
+        secs = time.perf_counter() - start
+    return {"peer": "LanceDB IVF-PQ (224 partitions, 20 probes, refine 20; embedded)", "load_s": load,
+            "query_s": secs, "queries": n_queries, "accuracy": _acc(np.array(nn), ytr, yte)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--queries", type=int, default=500, help="queries for the slow peers (default 500)")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/peers.json"))
+    args = ap.parse_args(argv)
+    source = open_source(args.data)
+    Xtr, ytr, _ = load_pixels(source, "train", len(source.items("train")))
+    Xte, yte, _ = load_pixels(source, "test", len(source.items("test")))
+    nearest, base_s = exact_baseline(Xtr, Xte)
+    out: dict = {"baseline_s": base_s, "baseline_accuracy": _acc(nearest, ytr, yte), "rows": []}
+    out["rows"] += faiss_rows(Xtr, ytr, Xte, yte)
+    for fn in (sqlite_vec_row, lancedb_row):
+        try:
+            out["rows"].append(fn(Xtr, ytr, Xte, yte, min(args.queries, len(Xte))))
+        except Exception as exc:  # a peer that fails is reported, not fatal
+            out["rows"].append({"peer": fn.__name__, "error": f"{exc.__class__.__name__}: {exc}"})
+    for r in out["rows"]:
+        if "query_s" in r:
+            r["query_s_all"] = r["query_s"] * len(Xte) / r["queries"]
+            r["total_s_all"] = r["load_s"] + r["query_s_all"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
