@@ -220,10 +220,13 @@ def require_schema(conn: psycopg.Connection) -> None:
     """Raise SchemaError unless the schema is at the head revision."""
     rev = revision_of(conn)
     if rev != head_revision():
-        raise SchemaError(
-            f"the database schema is at revision {rev or 'none'}, clipvdb needs {head_revision()}; "
-            "run 'clipvdb db upgrade'"
-        )
+        raise schema_behind(rev)
+
+
+def schema_behind(rev: str | None) -> SchemaError:
+    return SchemaError(
+        f"the database schema is at revision {rev or 'none'}, clipvdb needs {head_revision()}; run 'clipvdb db upgrade'"
+    )
 
 
 def open_db(url: str, *, autocommit: bool = False) -> psycopg.Connection:

@@ -26,7 +26,7 @@ from psycopg import sql
 
 from . import db
 from .errors import EmptyStageError, UsageError
-from .projection import top_eigenvectors
+from .projection import insert_mapped, top_eigenvectors, write_all
 from .stages import Stage
 
 METHODS: tuple[str, ...] = ("nca", "lda", "pca")
@@ -135,7 +135,6 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     """Store the map and (re)write every stored vector's image under it, then its ivfflat index
     (rows/100 lists, like a projected index); returns rows written."""
     from . import queries
-    from .ingest import copy_rows
 
     lists = max(1, int(db.scalar(conn, queries.total_rows(stage))) // 100)
     lmap.params = {**lmap.params, "lists": lists}
@@ -153,18 +152,7 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table(stage)}_ann")))
     conn.execute(sql.SQL("TRUNCATE {}").format(t))
     conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN vec TYPE vector({})").format(t, sql.Literal(lmap.dims)))
-    written = 0
-    select = sql.SQL("SELECT space_id, image_id, dataset_id, split, embedding FROM {}").format(
-        sql.Identifier(stage.table)
-    )
-    copy = sql.SQL("COPY {} (space_id, image_id, dataset_id, split, vec) FROM STDIN WITH (FORMAT BINARY)").format(t)
-    with db.numpy_vectors(conn.cursor(name=f"clipvdb_learned_{stage.name}", binary=True)) as rows:
-        rows.execute(select)
-        while batch := rows.fetchmany(5000):
-            L = lmap.apply(np.stack([r[4] for r in batch]))
-            copy_rows(conn, copy, ["int4", "int8", "int4", "text", "vector"],
-                      ((r[0], r[1], r[2], r[3], v) for r, v in zip(batch, L, strict=True)))  # fmt: skip
-            written += len(batch)
+    written = write_all(conn, stage, lmap.apply, table(stage), "vec")
     conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
     conn.execute(
         sql.SQL("CREATE INDEX {} ON {} USING ivfflat (vec vector_l2_ops) WITH (lists = {})").format(
@@ -193,15 +181,7 @@ def load(conn: psycopg.Connection, stage: Stage) -> LearnedMap | None:
 def add(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap, space: int, image_ids: list[int],
         vectors: np.ndarray, dataset: int, split: str) -> None:  # fmt: skip
     """Images of newly stored rows under the stored map (ingest, between fits)."""
-    conn.execute(
-        sql.SQL(
-            """INSERT INTO {} (space_id, image_id, dataset_id, split, vec)
-               SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.v
-               FROM unnest(%(ids)s::int8[], %(vecs)b::vector[]) AS u(id, v)
-               ON CONFLICT (space_id, image_id) DO NOTHING"""
-        ).format(sql.Identifier(table(stage))),
-        {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids), "vecs": list(lmap.apply(vectors))},
-    )
+    insert_mapped(conn, table(stage), "vec", space, image_ids, lmap.apply(vectors), dataset, split)
 
 
 def require(conn: psycopg.Connection, stage: Stage) -> LearnedMap:

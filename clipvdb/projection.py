@@ -10,6 +10,7 @@ among 20 candidates for every test query measured, at a twentieth of the per-dis
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,17 +112,33 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
     )  # fmt: skip
     conn.execute(queries.truncate(stage.projection_table))
     conn.execute(queries.retype_projection(stage, proj.dim))
+    return write_all(conn, stage, proj.apply, stage.projection_table, "proj")
+
+
+def write_all(conn: psycopg.Connection, stage: Stage, apply: Callable[[np.ndarray], np.ndarray], table: str,
+              column: str) -> int:  # fmt: skip
+    """Every stored embedding of the stage, mapped by `apply`, into `table`.`column` (a projected
+    index's or a learned map's table), streamed in batches; returns rows written."""
+    from .ingest import copy_rows
+
     written = 0
-    with db.numpy_vectors(conn.cursor(name=f"clipvdb_project_{stage.name}", binary=True)) as rows:
+    with db.numpy_vectors(conn.cursor(name=f"clipvdb_map_{table}", binary=True)) as rows:
         rows.execute(queries.all_embeddings(stage))
         while batch := rows.fetchmany(BATCH):
-            P = proj.apply(np.stack([r[4] for r in batch]))
-            with conn.cursor().copy(queries.copy_projection(stage)) as copy:
-                copy.set_types(["int4", "int8", "int4", "text", "vector"])
-                for r, p in zip(batch, P, strict=True):
-                    copy.write_row((r[0], r[1], r[2], r[3], p))
+            mapped = apply(np.stack([r[4] for r in batch]))
+            copy_rows(conn, queries.copy_mapped(table, column), ["int4", "int8", "int4", "text", "vector"],
+                      ((r[0], r[1], r[2], r[3], m) for r, m in zip(batch, mapped, strict=True)))  # fmt: skip
             written += len(batch)
     return written
+
+
+def insert_mapped(conn: psycopg.Connection, table: str, column: str, space: int, image_ids: list[int],
+                  mapped: np.ndarray, dataset: int, split: str) -> None:  # fmt: skip
+    """Mapped vectors of newly stored rows (ingest, between refits of a projection or a learned map)."""
+    conn.execute(
+        queries.insert_mapped(table, column),
+        {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids), "mapped": list(mapped)},
+    )
 
 
 def load(conn: psycopg.Connection, stage: Stage) -> Projection | None:
@@ -148,8 +165,4 @@ def add(
     vectors: np.ndarray, dataset: int, split: str,
 ) -> None:  # fmt: skip
     """Projections of newly stored rows, with the stored basis (ingest, between refits)."""
-    conn.execute(
-        queries.insert_projections(stage),
-        {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids),
-         "proj": list(proj.apply(vectors))},
-    )  # fmt: skip
+    insert_mapped(conn, stage.projection_table, "proj", space, image_ids, proj.apply(vectors), dataset, split)

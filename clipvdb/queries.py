@@ -233,19 +233,21 @@ def retype_projection(stage: Stage, dim: int) -> sql.Composed:
     )
 
 
-def copy_projection(stage: Stage) -> sql.Composed:
-    return sql.SQL("COPY {} (space_id, image_id, dataset_id, split, proj) FROM STDIN WITH (FORMAT BINARY)").format(
-        sql.Identifier(stage.projection_table)
+def copy_mapped(table: str, column: str) -> sql.Composed:
+    """COPY into a table of mapped vectors (projections_<stage>.proj, learned_<stage>.vec)."""
+    return sql.SQL("COPY {} (space_id, image_id, dataset_id, split, {}) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.Identifier(column)
     )
 
 
-def insert_projections(stage: Stage) -> sql.Composed:
+def insert_mapped(table: str, column: str) -> sql.Composed:
+    """Mapped vectors of newly stored rows: %(ids)s image ids, %(mapped)b their vectors."""
     return sql.SQL(
-        """INSERT INTO {} (space_id, image_id, dataset_id, split, proj)
-           SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.p
-           FROM unnest(%(ids)s::int8[], %(proj)b::vector[]) AS u(id, p)
+        """INSERT INTO {} (space_id, image_id, dataset_id, split, {})
+           SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.v
+           FROM unnest(%(ids)s::int8[], %(mapped)b::vector[]) AS u(id, v)
            ON CONFLICT (space_id, image_id) DO NOTHING"""
-    ).format(sql.Identifier(stage.projection_table))
+    ).format(sql.Identifier(table), sql.Identifier(column))
 
 
 # ---------------------------------------------------------------- indexes

@@ -162,10 +162,6 @@ class StageSearcher:
         self.index_exists, self.projection = True, None
         self.sql = queries.knn_learned(self.stage, lmap.dims, exact=self.settings.exact)
 
-    @property
-    def candidates(self) -> int:
-        return self.settings.n_candidates
-
     def index_settings(self) -> list[tuple[str, str]]:
         s = self.settings
         if s.exact:
@@ -199,7 +195,7 @@ class StageSearcher:
             params = {**params, "projected": list(self.learned.apply(vectors))}
             del params["vectors"]
         elif self.projection is not None:
-            params.update(projected=list(self.projection.apply(vectors)), candidates=self.candidates)
+            params.update(projected=list(self.projection.apply(vectors)), candidates=self.settings.n_candidates)
         settings = self.index_settings()
         start = time.perf_counter()
         with conn.transaction():

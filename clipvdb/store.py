@@ -137,10 +137,7 @@ class Store:
                         "upgrade clipvdb (pip install -U clipvdb)"
                     )
                 if not self.migrate:
-                    raise SchemaError(
-                        f"the database schema is at revision {rev or 'none'}, clipvdb needs {head}; "
-                        "run 'clipvdb db upgrade'"
-                    )
+                    raise db.schema_behind(rev)
                 self.announce(f"clipvdb: bringing the database schema from {rev or 'nothing'} to revision {head}")
                 db.upgrade(self.url)
             with db.connection(self.url) as conn:
