@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
+
 import psycopg
 
-from . import queries
+from . import db, queries
 from .encoders import Encoder
 from .errors import SourceError, UsageError
 from .sources import Source
@@ -109,18 +111,27 @@ def upsert_images(
     if not rows:
         return {}
     keys = [r[0] for r in rows]
-    conn.execute(
-        """INSERT INTO images (dataset_id, split, label, source, sha256)
-           SELECT %s, %s, l, k, h FROM unnest(%s::text[], %s::int[], %s::bytea[]) AS t(k, l, h)
-           ORDER BY k
-           ON CONFLICT (dataset_id, split, source) DO NOTHING""",
-        (dataset, split, keys, [r[1] for r in rows], [r[2] for r in rows]),
-    )
-    found = conn.execute(
+    distributed = db.distributed(conn)
+    if distributed:
+        # Citus keeps no unique constraint on (dataset, split, source) (it must include the
+        # distribution column): ingests of one dataset and split take turns per batch instead.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"clipvdb:images:{dataset}:{split}".encode()),))
+    found = dict(_find_images(conn, dataset, split, keys))
+    missing = [r for r in rows if r[0] not in found]
+    if missing:
+        conn.execute(
+            queries.insert_images(on_conflict=not distributed),
+            (dataset, split, [r[0] for r in missing], [r[1] for r in missing], [r[2] for r in missing]),
+        )
+        found.update(_find_images(conn, dataset, split, [r[0] for r in missing]))
+    return found
+
+
+def _find_images(conn: psycopg.Connection, dataset: int, split: str, keys: list[str]) -> list[tuple[str, int]]:
+    return conn.execute(
         "SELECT source, id FROM images WHERE dataset_id = %s AND split = %s AND source = ANY(%s)",
         (dataset, split, keys),
     ).fetchall()
-    return dict(found)
 
 
 def batch_image_ids(conn: psycopg.Connection, dataset: int, split: str, items, shas: list[bytes]) -> list[int]:

@@ -259,6 +259,81 @@ def db_grant_reader(state: State, name: str, password: str | None) -> None:
     click.echo(f"role {name} can read every table and view, and change nothing")
 
 
+@db.group("nodes")
+def db_nodes() -> None:
+    """A local Citus cluster under CLIPVDB_HOME: the embedded server as coordinator plus workers.
+
+    Once started, every command of this home (ingest, evaluate, classify, report, db url, serve)
+    talks to the coordinator; the tables are distributed by image across the workers.
+
+    \b
+    Example:
+      clipvdb db nodes start --workers 2 && clipvdb db nodes status
+    """
+
+
+def _print_nodes(info: dict) -> None:
+    print_table("nodes", info["nodes"], ["node", "port", "role", "active"])
+    rows = []
+    for node, tables in info["per_node"].items():
+        for table, t in tables.items():
+            rows.append({"node": node, "table": table, "shards": t.get("shards"), "rows": t.get("rows"),
+                         "size_bytes": t.get("size_bytes")})  # fmt: skip
+    print_table("distributed tables per node", rows, ["node", "table", "shards", "rows", "size_bytes"])
+    refs = [t["table"] for t in info["tables"] if t["type"] == "reference"]
+    click.echo(f"reference tables (a copy on every node): {', '.join(refs) or 'none'}")
+
+
+@db_nodes.command("start")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker nodes.")
+@json_option
+@click.pass_obj
+def db_nodes_start(state: State, workers: int, as_json: bool) -> None:
+    """Start the cluster (created on first use: Citus must be installed, see 'make citus').
+
+    A home that already holds data keeps it: its tables are distributed to the workers.
+
+    \b
+    Example:
+      clipvdb db nodes start --workers 2
+    """
+    info = state.store.start_nodes(workers)
+    if as_json:
+        _print_json(info)
+        return
+    _print_nodes(info)
+
+
+@db_nodes.command("status")
+@json_option
+@click.pass_obj
+def db_nodes_status(state: State, as_json: bool) -> None:
+    """The nodes, shards per table and rows per node.
+
+    \b
+    Example:
+      clipvdb db nodes status --json
+    """
+    info = state.store.nodes_status()
+    if as_json:
+        _print_json(info)
+        return
+    _print_nodes(info)
+
+
+@db_nodes.command("stop")
+@click.pass_obj
+def db_nodes_stop(state: State) -> None:
+    """Stop the coordinator and every worker (the next command of this home starts them again).
+
+    \b
+    Example:
+      clipvdb db nodes stop
+    """
+    stopped = state.store.stop_nodes()
+    click.echo(f"stopped {len(stopped)} nodes" if stopped else "no node was running")
+
+
 # ---------------------------------------------------------------- embed
 
 

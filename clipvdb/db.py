@@ -43,6 +43,18 @@ def scalar(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
     return row[0]
 
 
+def distributed(conn: psycopg.Connection) -> bool:
+    """Whether clipvdb's tables are distributed by Citus (migration 0008's clipvdb_distribute)."""
+    return bool(scalar(conn, "SELECT clipvdb_distributed()"))
+
+
+def recount(conn: psycopg.Connection, stage_name: str) -> None:
+    """On Citus, recompute a stage's row counts after a write (plain PostgreSQL keeps them by
+    triggers, which Citus cannot run on shards)."""
+    if distributed(conn):
+        conn.execute("SELECT clipvdb_recount(%s)", (stage_name,))
+
+
 def connection_error(exc: BaseException) -> DatabaseError:
     return DatabaseError(f"cannot connect to the database: {first_line(exc)}")
 

