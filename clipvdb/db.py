@@ -48,6 +48,16 @@ def distributed(conn: psycopg.Connection) -> bool:
     return bool(scalar(conn, "SELECT clipvdb_distributed()"))
 
 
+def shard_count(conn: psycopg.Connection, table: str) -> int:
+    """Shards of a table distributed by Citus; 1 for any other table."""
+    if not distributed(conn):
+        return 1
+    row = conn.execute(
+        "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = to_regclass(%s)", (table,)
+    ).fetchone()
+    return max(1, int(row[0])) if row else 1
+
+
 def recount(conn: psycopg.Connection, stage_name: str) -> None:
     """On Citus, recompute a stage's row counts after a write (plain PostgreSQL keeps them by
     triggers, which Citus cannot run on shards)."""

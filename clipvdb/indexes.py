@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from . import config, projection, queries
+from . import config, db, projection, queries
 from .errors import UsageError
 from .search import index_defaults
 from .stages import Stage
@@ -126,14 +126,19 @@ def build(
         projection.remove(conn, stage)
         table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)
     name = queries.index_name(stage, projected=bool(project))
+    shards = db.shard_count(conn, table)
+    if shards > 1:
+        params["shards"] = shards  # on Citus every shard has its own index over its own rows
     if kind == "ivfflat":
-        params["lists"] = lists or ideal_lists(rows, projected=bool(project))
+        params["lists"] = lists or ideal_lists(rows // shards, projected=bool(project))
     elif kind == "hnsw":
         params.update(m=int(m), ef_construction=int(ef_construction))
     if kind != "none":
         t0 = time.perf_counter()
-        conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-        conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)", (str(build_workers()),))
+        if shards > 1:
+            conn.execute(queries.set_local("citus.propagate_set_commands", "local"))
+        conn.execute(queries.set_local("maintenance_work_mem", "1GB"))
+        conn.execute(queries.set_local("max_parallel_maintenance_workers", str(build_workers())))
         conn.execute(queries.create_index(name, table, column, kind, opclass, params))
         params["index_s"] = round(time.perf_counter() - t0, 3)
     seconds = time.perf_counter() - start

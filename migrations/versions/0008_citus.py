@@ -11,6 +11,8 @@ What Citus cannot keep, and what replaces it:
   column): a plain index; ingest inserts only keys it did not find, under its per-dataset lock.
 - predictions.neighbor_id's foreign key (not on the distribution column): dropped; a neighbour
   removed later leaves its id behind instead of NULL.
+- predictions.run_id's foreign key (runs live on the coordinator, predictions on the workers):
+  dropped; runs are never deleted by clipvdb.
 - the stage_counts triggers (statement triggers with transition tables do not run on shards):
   dropped; clipvdb recounts with `clipvdb_recount(stage)` after each write.
 
@@ -32,9 +34,11 @@ STAGES = ["first", "second", "third", "origin"]
 # reference tables), images before everything co-located with it.
 REFERENCE_TABLES = [
     "datasets", "classes", "embedding_spaces", "stage_indexes", "stage_projections", "stage_counts",
-    "learned_maps", "eval_runs", "experiments", "experiment_results", "clusterings",
+    "learned_maps", "experiments", "experiment_results", "clusterings",
     *[f"cluster_centres_{s}" for s in STAGES],
 ]  # fmt: skip
+# Kept on the coordinator (a Citus local table): a run's status is written while a worker is down.
+COORDINATOR_TABLES = ["eval_runs"]
 DISTRIBUTED_TABLES = [
     *[f"{prefix}_{s}" for s in STAGES for prefix in ("embeddings", "projections", "learned")],
     "predictions", "cluster_members",
@@ -85,6 +89,9 @@ def _frozen_views_of(filename: str) -> dict[str, str]:
     return module.VIEWS
 
 
+ALL_TABLES = REFERENCE_TABLES + COORDINATOR_TABLES + ["images"] + DISTRIBUTED_TABLES
+
+
 def _array(names: list[str]) -> str:
     return "ARRAY[" + ", ".join(f"'{n}'" for n in names) + "]"
 
@@ -129,16 +136,18 @@ BEGIN
     -- transaction is refused; one connection per node avoids that.
     SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
     FOR t, s IN SELECT tgrelid::regclass::text, tgname FROM pg_trigger
-                WHERE NOT tgisinternal AND tgname LIKE '%\_count\_%' AND tgfoid::regproc::text LIKE 'clipvdb\_count\_%' LOOP
+                WHERE NOT tgisinternal AND tgname LIKE '%\\_count\\_%' AND tgfoid::regproc::text LIKE 'clipvdb\\_count\\_%' LOOP
         EXECUTE format('DROP TRIGGER %I ON %I', s, t);
     END LOOP;
     ALTER TABLE images DROP CONSTRAINT IF EXISTS images_dataset_id_split_source_key;
     CREATE INDEX IF NOT EXISTS images_key ON images (dataset_id, split, source);
     ALTER TABLE predictions DROP CONSTRAINT IF EXISTS predictions_neighbor_id_fkey;
+    ALTER TABLE predictions DROP CONSTRAINT IF EXISTS predictions_run_id_fkey;
     IF NOT EXISTS (
-        SELECT 1 FROM unnest({_array(REFERENCE_TABLES + ["images"] + DISTRIBUTED_TABLES)}) AS u(name)
+        SELECT 1 FROM unnest({_array(ALL_TABLES)}) AS u(name)
         WHERE NOT EXISTS (SELECT 1 FROM citus_tables c
-                          WHERE c.table_name = u.name::regclass AND c.citus_table_type <> 'local')
+                          WHERE c.table_name = u.name::regclass
+                            AND (c.citus_table_type <> 'local' OR u.name = ANY ({_array(COORDINATOR_TABLES)})))
     ) THEN
         RETURN 'already distributed';
     END IF;
@@ -147,7 +156,7 @@ BEGIN
     CREATE TEMP TABLE clipvdb_keys ON COMMIT DROP AS
         SELECT conrelid::regclass::text AS tbl, conname, pg_get_constraintdef(oid) AS def
         FROM pg_constraint
-        WHERE contype = 'f' AND conrelid::regclass::text = ANY ({_array(REFERENCE_TABLES + ["images"] + DISTRIBUTED_TABLES)});
+        WHERE contype = 'f' AND conrelid::regclass::text = ANY ({_array(ALL_TABLES)});
     FOR t, s IN SELECT tbl, conname FROM clipvdb_keys LOOP
         EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', t, s);
     END LOOP;
@@ -159,6 +168,16 @@ BEGIN
     FOREACH t IN ARRAY {_array(REFERENCE_TABLES)} LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = t::regclass) THEN
             PERFORM create_reference_table(t::regclass);
+            placed := placed + 1;
+        END IF;
+    END LOOP;
+    FOREACH t IN ARRAY {_array(COORDINATOR_TABLES)} LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = t::regclass) THEN
+            IF EXISTS (SELECT 1 FROM pg_dist_node WHERE groupid = 0) THEN
+                PERFORM citus_add_local_table_to_metadata(t::regclass);
+            ELSE  -- a coordinator not in its own metadata cannot hold Citus local tables
+                PERFORM create_reference_table(t::regclass);
+            END IF;
             placed := placed + 1;
         END IF;
     END LOOP;
