@@ -58,6 +58,12 @@ def shard_count(conn: psycopg.Connection, table: str) -> int:
     return max(1, int(row[0])) if row else 1
 
 
+def node_failure(exc: BaseException) -> bool:
+    """Whether a server error is Citus reporting a worker it could not reach."""
+    text = str(exc)
+    return "remote node" in text or "connection to the remote" in text or "could not connect to" in text
+
+
 def recount(conn: psycopg.Connection, stage_name: str) -> None:
     """On Citus, recompute a stage's row counts after a write (plain PostgreSQL keeps them by
     triggers, which Citus cannot run on shards)."""

@@ -189,6 +189,11 @@ def evaluate(
     except BaseException as exc:
         if mark_failed:
             mark_failed(run_id)
+        if isinstance(exc, psycopg.Error) and db.node_failure(exc):
+            raise DatabaseError(
+                f"evaluate run {run_id} failed: a Citus node did not answer ({db.first_line(exc)}); the run is "
+                "marked failed and left out of the reports; check 'clipvdb db nodes status', then run evaluate again"
+            ) from exc
         if isinstance(exc, psycopg.OperationalError):
             raise DatabaseError(
                 f"lost the database connection during evaluate run {run_id} ({db.first_line(exc)}); "

@@ -49,11 +49,19 @@ def ideal_lists(rows: int, *, projected: bool = False) -> int:
     return int(math.sqrt(rows))
 
 
-def default_probes(lists: int, *, projected: bool = False) -> int:
+MIN_SCANNED_ROWS = 500
+
+
+def default_probes(lists: int, *, projected: bool = False, rows: int | None = None) -> int:
     """Full vectors: a fifth of the lists (recall@1 0.996 at stage first, 50,000 rows, 50 lists; a
     tenth gave 0.928). Projected: a thirty-second (16 of 500): the exact re-rank of 20 candidates
-    recovers the order, and what is left to find is the nearest neighbour's list."""
-    return max(1, min(lists, math.ceil(lists / (32 if projected else 5))))
+    recovers the order, and what is left to find is the nearest neighbour's list. With `rows` (per
+    index: per shard on Citus), at least MIN_SCANNED_ROWS rows are scanned: on small tables a
+    fraction of a few lists missed neighbours (1,000 rows, 10 lists, 1 probe: 66.0 % against 73.0 %
+    exact on the generated shapes; 5 probes: 73.0 %)."""
+    fraction = math.ceil(lists / (32 if projected else 5))
+    floor = math.ceil(lists * MIN_SCANNED_ROWS / rows) if rows else 1
+    return max(1, min(lists, max(fraction, floor)))
 
 
 def build_workers() -> int:

@@ -89,11 +89,15 @@ def start(home: Path, workers: int = DEFAULT_WORKERS, shards_per_worker: int = D
         (home / NODES_FILE).write_text(json.dumps(cluster) + "\n")
     url = embedded.start(home)
     worker_urls = ensure_workers(home, cluster)
-    for wurl in worker_urls:
-        with psycopg.connect(wurl, autocommit=True) as conn:
+    for node_url in [url, *worker_urls]:
+        with psycopg.connect(node_url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+            # a node connects to itself for some plans (intermediate results): by its socket, as
+            # no node listens on TCP
+            if conn.execute("SHOW citus.local_hostname").fetchone() != (_socket_dir(node_url),):
+                conn.execute(f"ALTER SYSTEM SET citus.local_hostname = '{_socket_dir(node_url)}'")
+                conn.execute("SELECT pg_reload_conf()")
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
         conn.execute(f"ALTER DATABASE {embedded.DATABASE_NAME} SET citus.shard_count = {int(cluster['shards'])}")
         known = {r[0] for r in conn.execute("SELECT nodename FROM pg_dist_node").fetchall()}
         coordinator = _socket_dir(url)

@@ -177,7 +177,9 @@ class StageSearcher:
 
             lists = int(self.index_params.get("lists", 1))
             projected = self.projection is not None or self.learned is not None
-            out.append(("ivfflat.probes", str(s.probes or default_probes(lists, projected=projected))))
+            per_index = self.rows // max(1, int(self.index_params.get("shards", 1)))
+            probes = s.probes or default_probes(lists, projected=projected, rows=per_index)
+            out.append(("ivfflat.probes", str(probes)))
         if self.index_kind == "hnsw":
             out.append(("hnsw.ef_search", str(s.ef_search or config.DEFAULT_EF_SEARCH)))
         if self.iterative_scan:  # pgvector >= 0.8: keep scanning until k rows pass the filter

