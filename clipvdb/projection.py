@@ -64,10 +64,16 @@ def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT
     X = np.stack([r[0] for r in rows])
     mean = X.mean(axis=0)
     Xc = X - mean
-    if len(X) < stage.dim:  # fewer rows than dimensions: the thin SVD is the cheaper route
-        _, singular, vt = np.linalg.svd(Xc.astype(np.float64), full_matrices=False)
-        values, basis = singular**2, vt
-        total = float(values.sum())
+    if len(X) < stage.dim:
+        # fewer rows than dimensions: the eigenvectors of the rows' Gram matrix, mapped back (a thin
+        # SVD of 2,000 x 3,072 took 10-15 s here; this takes well under one)
+        kernel = (Xc @ Xc.T).astype(np.float64)
+        total = float(np.trace(kernel))
+        values, small = top_eigenvectors(kernel, min(dim, len(X)))
+        values, small = values[:dim], small[:dim]
+        scale = np.sqrt(np.clip(values, 1e-12, None))
+        basis = (small @ Xc.astype(np.float64)) / scale[:, None]
+        basis[values <= 1e-9 * max(total, 1e-30)] = 0.0
     else:
         gram = (Xc.T @ Xc).astype(np.float64)
         total = float(np.trace(gram))

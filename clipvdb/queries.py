@@ -121,10 +121,11 @@ def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_
             learned_dim: int | None = None) -> sql.Composed:  # fmt: skip
     """One kNN query as one statement, the shape Citus pushes down to every shard (a per-shard
     ORDER BY ... LIMIT, merged on the coordinator); Citus cannot push down `knn`'s LATERAL LIMIT.
-    %(v)b is the query vector (%(p)b its projection or learned image). With `projected_dim`, each
-    shard takes its %(candidates)s nearest by the projected index with their exact distances, the
-    coordinator keeps the global top candidates and orders them by the exact distance. Rows:
-    (image_id, label, source, distance), nearest first."""
+    %(v)b is the query vector (%(p)b its projection or learned image). Rows: (image_id, label,
+    source, distance), nearest first. With `projected_dim`, each shard takes its %(candidates)s
+    nearest by the projected index with their exact distances and the coordinator keeps the global
+    top candidates by projected distance: rows (image_id, label, source, distance, approx) that the
+    caller re-ranks by `distance`."""
     where = sql.SQL("x.space_id = %(space)s AND x.dataset_id = %(dataset)s AND x.split = %(split)s")
     if learned_dim is not None or projected_dim is not None:
         dim = learned_dim if learned_dim is not None else projected_dim
@@ -140,14 +141,14 @@ def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_
     qv = sql.SQL("%(v)b")
     emb = sql.SQL("e.embedding")
     if projected_dim is not None:
+        # no outer re-rank in SQL: over a LIMIT subquery Citus plans a second step through an
+        # intermediate result; the caller orders the candidates by `distance` instead
         return sql.SQL(
-            """SELECT c.image_id, c.label, c.source, c.distance FROM (
-                SELECT x.image_id, i.label, i.source, {dist} AS distance, {order} AS approx
-                FROM {proj} x
-                JOIN {table} e ON e.space_id = x.space_id AND e.image_id = x.image_id
-                JOIN images i ON i.id = x.image_id
-                WHERE {where} ORDER BY approx LIMIT %(candidates)s
-            ) c ORDER BY c.distance LIMIT %(k)s"""
+            """SELECT x.image_id, i.label, i.source, {dist} AS distance, {order} AS approx
+            FROM {proj} x
+            JOIN {table} e ON e.space_id = x.space_id AND e.image_id = x.image_id
+            JOIN images i ON i.id = x.image_id
+            WHERE {where} ORDER BY approx LIMIT %(candidates)s"""
         ).format(
             dist=distance(stage, metric, emb, qv, exact=False), order=order,
             proj=sql.Identifier(stage.projection_table), table=sql.Identifier(stage.table), where=where,

@@ -232,8 +232,10 @@ class StageSearcher:
                 single["v"] = vectors[i]
             if projected is not None:
                 single["p"] = projected[i]
-            for image_id, label, source, dist in conn.execute(self.sql, single, prepare=False):
-                out[i].append(Neighbor(image_id, label, source, float(dist)))
+            rows = conn.execute(self.sql, single, prepare=False).fetchall()
+            if self.projection is not None:  # candidates: re-ranked here by the exact distance
+                rows = sorted(rows, key=lambda r: r[3])[: self.settings.k]
+            out[i].extend(Neighbor(r[0], r[1], r[2], float(r[3])) for r in rows)
 
 
 def raise_empty(conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], split: str) -> None:
