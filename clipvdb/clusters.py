@@ -102,6 +102,8 @@ def fit(
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     ids, _, X = load(conn, stage, space, dataset, split)
+    conn.commit()
+    db.one_connection_per_node(conn)  # the rows below go to a reference table and its children
     if sample is not None and sample < len(X):
         keep = np.sort(np.random.default_rng(int(params.get("seed", 0))).choice(len(X), sample, replace=False))
         ids, X = ids[keep], X[keep]

@@ -56,6 +56,13 @@ def shard_count(conn: psycopg.Connection, table: str) -> int:
     return max(1, int(row[0])) if row else 1
 
 
+def one_connection_per_node(conn: psycopg.Connection) -> None:
+    """On Citus, for the open transaction: writes to a reference table and to distributed tables
+    with foreign keys to it must share one connection per node (Citus refuses them otherwise)."""
+    if distributed(conn):
+        conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+
+
 def node_failure(exc: BaseException) -> bool:
     """Whether a server error is Citus reporting a worker it could not reach."""
     text = str(exc)
