@@ -60,6 +60,8 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.headline --data $(DATA_DIR)/cifar10 --sample $(SHARED_DATA)/samples/ship.png --clip 640
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.peers --data $(DATA_DIR)/cifar10
+	@if [ -f "$(CITUS_SRC)/build.sh" ]; then $(MAKE) --no-print-directory citus && \
+	  $(PY) -m bench.cluster --data $(DATA_DIR)/cifar10 --train 10000 --test 1000; fi
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m bench --quick

@@ -34,7 +34,7 @@ from clipvdb.stages import STAGES
 CLI = [sys.executable, "-m", "clipvdb"]
 SCALES = (10_000_000, 100_000_000, 1_000_000_000)
 ROWS_PER_SHARD = 5_000_000  # a shard small enough to rebuild its index in minutes and to move
-WORKER_RAM_GB = 128  # what one worker offers its hot set (projections and their index)
+WORKER_RAM_GB = 128  # a worker's memory; half of it for the hot set (ANN index, projections)
 
 
 def timed(args: list[str], env: dict) -> tuple[float, str]:
@@ -64,43 +64,64 @@ def run_job(data: str, n_train: int, n_test: int, env: dict, cluster: bool) -> d
     return row
 
 
-def shard_figures(url: str) -> dict:
-    """Bytes per row of the stage-first tables and their indexes, summed over the shards."""
+def _sizes(conn: psycopg.Connection, table: str) -> dict:
+    """Rows, shards, and heap (with TOAST) and index bytes per row of a distributed table, summed
+    over its shards on the workers."""
+    rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    heap, index, shards = conn.execute(
+        """SELECT sum((h.result)::bigint), sum((i.result)::bigint), count(*)
+           FROM run_command_on_shards(%s, 'SELECT pg_table_size(''%%s'')') h
+           JOIN run_command_on_shards(%s, 'SELECT pg_indexes_size(''%%s'')') i USING (shardid)""",
+        (table, table),
+    ).fetchone()
+    return {"rows": rows, "shards": shards, "heap_bytes_per_row": float(heap) / max(rows, 1),
+            "index_bytes_per_row": float(index) / max(rows, 1)}  # fmt: skip
+
+
+def shard_figures(home: Path, source, n: int = 2000) -> dict:
+    """Measured on the cluster: stage first's tables from the job, and for the CLIP stages `n`
+    random vectors stored with Store.load_vectors (their default index, ivfflat on the full
+    vectors): what a row costs on the workers, per table."""
+    import numpy as np
+
+    from bench.common import FakeLM
+    from clipvdb import Store
+
     out: dict = {}
-    with psycopg.connect(url) as conn:
-        for table in ("embeddings_first", "projections_first", "images"):
-            rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            heap, index, shards = conn.execute(
-                """SELECT sum((h.result)::bigint), sum((i.result)::bigint), count(*)
-                   FROM run_command_on_shards(%s, 'SELECT pg_table_size(''%%s'')') h
-                   JOIN run_command_on_shards(%s, 'SELECT pg_indexes_size(''%%s'')') i USING (shardid)""",
-                (table, table),
-            ).fetchone()
-            heap, index = float(heap), float(index)
-            out[table] = {"rows": rows, "shards": shards, "heap_bytes_per_row": heap / max(rows, 1),
-                          "index_bytes_per_row": index / max(rows, 1)}  # fmt: skip
+    with Store(home=home, encoder=FakeLM()) as store:
+        rng = np.random.default_rng(0)
+        for name in ("second", "third", "origin"):
+            stage = STAGES[name]
+            vectors = rng.standard_normal((n, stage.dim)).astype(np.float32)
+            store.load_vectors(name, vectors, [f"random/{name}/{i}" for i in range(n)], rng.integers(0, 10, n),
+                               source, split=f"sizes-{name}")  # fmt: skip
+        with store.connection() as conn:
+            for table in ("images", *(f"embeddings_{s}" for s in STAGES), "projections_first"):
+                out[table] = _sizes(conn, table)
     return out
 
 
 def scale_estimates(figures: dict) -> list[dict]:
-    """Extrapolate: the vector column's width per stage plus the measured row and index overheads
-    of stage first (its halfvec(3072) is 6,152 bytes of the measured heap row)."""
-    first = figures["embeddings_first"]
-    overhead = first["heap_bytes_per_row"] - (2 * 3072 + 8)
-    proj = figures["projections_first"]
-    images = figures["images"]
+    """Extrapolate the measured bytes per row to SCALES vectors per stage: disk (stage table,
+    its projection at stage first, the image rows) and the hot set a worker should keep in memory
+    (the ANN index, and at stage first the projections it re-ranks from)."""
+    images = figures["images"]["heap_bytes_per_row"] + figures["images"]["index_bytes_per_row"]
     out = []
-    for name, stage in STAGES.items():
-        width = (2 if stage.column_type == "halfvec" else 4) * stage.dim + 8
-        per_row = width + overhead + first["index_bytes_per_row"] + images["heap_bytes_per_row"] + images[
-            "index_bytes_per_row"]  # fmt: skip
-        hot = proj["heap_bytes_per_row"] + proj["index_bytes_per_row"]
+    for name in STAGES:
+        table = figures[f"embeddings_{name}"]
+        disk = table["heap_bytes_per_row"] + table["index_bytes_per_row"] + images
+        hot = table["index_bytes_per_row"]
+        if name == "first":
+            proj = figures["projections_first"]
+            disk += proj["heap_bytes_per_row"] + proj["index_bytes_per_row"]
+            hot += proj["heap_bytes_per_row"] + proj["index_bytes_per_row"]
         for n in SCALES:
-            shards = max(2, math.ceil(n / ROWS_PER_SHARD))
             workers = max(2, math.ceil(n * hot / (WORKER_RAM_GB * 2**30 * 0.5)))
-            out.append({"stage": name, "vectors": n, "total_gb": n * (per_row + hot) / 2**30,
-                        "hot_gb": n * hot / 2**30, "shards": shards, "workers": workers,
-                        "disk_gb_per_worker": n * (per_row + hot) / 2**30 / workers,
+            shards = max(2 * workers, math.ceil(n / ROWS_PER_SHARD))
+            shards = math.ceil(shards / workers) * workers
+            out.append({"stage": name, "vectors": n, "bytes_per_row": round(disk), "hot_bytes_per_row": round(hot),
+                        "disk_tb": n * disk / 2**40, "workers": workers, "shards": shards,
+                        "disk_gb_per_worker": n * disk / 2**30 / workers,
                         "hot_gb_per_worker": n * hot / 2**30 / workers})  # fmt: skip
     return out
 
@@ -126,9 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             result[name] = run_job(args.data, args.train, args.test, env, cluster)
             if cluster:
-                url = timed(["db", "url"], env)[1].strip()
-                result["shards"] = shard_figures(url)
                 result["nodes"] = json.loads(timed(["db", "nodes", "status", "--json"], env)[1])
+                result["shards"] = shard_figures(home, source)
         finally:
             stop = ["db", "nodes", "stop"] if cluster else ["db", "stop"]
             subprocess.run(CLI + stop, env=env, capture_output=True)

@@ -277,11 +277,20 @@ def _print_nodes(info: dict) -> None:
     rows = []
     for node, tables in info["per_node"].items():
         for table, t in tables.items():
-            rows.append({"node": node, "table": table, "shards": t.get("shards"), "rows": t.get("rows"),
-                         "size_bytes": t.get("size_bytes")})  # fmt: skip
-    print_table("distributed tables per node", rows, ["node", "table", "shards", "rows", "size_bytes"])
+            if "rows" in t:  # images and the stage tables; --json has every table
+                rows.append({"node": node, "table": table, "shards": t.get("shards"), "rows": t["rows"],
+                             "size_bytes": t.get("size_bytes")})  # fmt: skip
+    print_table("rows per node", rows, ["node", "table", "shards", "rows", "size_bytes"])
+    dist = [t for t in info["tables"] if t["type"] == "distributed"]
+    if dist:
+        click.echo(f"distributed by image ({dist[0]['shards']} shards each): {', '.join(t['table'] for t in dist)}")
     refs = [t["table"] for t in info["tables"] if t["type"] == "reference"]
     click.echo(f"reference tables (a copy on every node): {', '.join(refs) or 'none'}")
+    local = [t["table"] for t in info["tables"] if t["type"] == "local"]
+    if local:
+        click.echo(f"on the coordinator only: {', '.join(local)}")
+    if info.get("error"):
+        click.echo(f"rows and sizes incomplete: {info['error']}", err=True)
 
 
 @db_nodes.command("start")

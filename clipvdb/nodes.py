@@ -134,35 +134,43 @@ def status(conn: psycopg.Connection) -> dict:
             "SELECT nodename, nodeport, groupid, isactive FROM pg_dist_node ORDER BY groupid"
         ).fetchall()
     ]
+    # from the coordinator's metadata alone (citus_tables would ask every worker for sizes)
     tables = [
-        {"table": r[0], "type": r[1], "distribution_column": r[2], "shards": r[3], "size_bytes": r[4]}
+        {"table": r[0], "type": r[1], "distribution_column": r[2], "shards": r[3]}
         for r in conn.execute(
-            """SELECT table_name::text, citus_table_type, distribution_column, shard_count, table_size
-               FROM citus_tables ORDER BY citus_table_type, table_name::text"""
+            """SELECT p.logicalrelid::regclass::text,
+                      CASE WHEN p.partmethod = 'h' THEN 'distributed'
+                           WHEN p.repmodel = 't' THEN 'reference' ELSE 'local' END AS kind,
+                      CASE WHEN p.partkey IS NULL THEN NULL
+                           ELSE column_to_column_name(p.logicalrelid, p.partkey) END,
+                      (SELECT count(*) FROM pg_dist_shard s WHERE s.logicalrelid = p.logicalrelid)
+               FROM pg_dist_partition p ORDER BY 2, 1"""
         ).fetchall()
     ]
-    rows = conn.execute(
-        """SELECT s.nodename, s.table_name::text, count(*), sum(s.shard_size)
-           FROM citus_shards s WHERE s.citus_table_type = 'distributed'
-           GROUP BY 1, 2 ORDER BY 1, 2"""
-    ).fetchall()
     per_node: dict[str, dict] = {}
-    for node, table, shards, size in rows:
-        per_node.setdefault(node, {})[table] = {"shards": shards, "size_bytes": int(size or 0)}
-    counts = conn.execute(
-        """SELECT s.nodename, s.table_name::text, sum((r.result)::bigint)
-           FROM run_command_on_shards('images', 'SELECT count(*) FROM %s') r
-           JOIN citus_shards s ON s.shardid = r.shardid
-           GROUP BY 1, 2"""
-    ).fetchall() if any(t["table"] == "images" for t in tables) else []  # fmt: skip
-    for node, table, n in counts:
-        per_node.setdefault(node, {}).setdefault(table, {})["rows"] = int(n)
-    for stage_table in [t["table"] for t in tables if t["table"].startswith("embeddings_")]:
-        for node, table, n in conn.execute(
-            """SELECT s.nodename, s.table_name::text, sum((r.result)::bigint)
-               FROM run_command_on_shards(%s, 'SELECT count(*) FROM %%s') r
-               JOIN citus_shards s ON s.shardid = r.shardid GROUP BY 1, 2""",
-            (stage_table,),
-        ).fetchall():
-            per_node.setdefault(node, {}).setdefault(table, {})["rows"] = int(n)
+    try:
+        with conn.transaction():  # sizes and counts ask every worker; one may be down
+            for node, table, shards, size in conn.execute(
+                """SELECT nodename, table_name::text, count(*), sum(shard_size) FROM citus_shards
+                   WHERE citus_table_type = 'distributed' GROUP BY 1, 2 ORDER BY 1, 2"""
+            ).fetchall():
+                per_node.setdefault(node, {})[table] = {"shards": shards, "size_bytes": int(size or 0)}
+            counted = [t["table"] for t in tables if t["table"] == "images" or t["table"].startswith("embeddings_")]
+            unanswered = 0
+            for name in counted:
+                for node, table, n, failed in conn.execute(
+                    """SELECT s.nodename, s.table_name::text,
+                              sum(CASE WHEN r.success THEN (r.result)::bigint END), count(*) FILTER (WHERE NOT r.success)
+                       FROM run_command_on_shards(%s, 'SELECT count(*) FROM %%s') r
+                       JOIN citus_shards s ON s.shardid = r.shardid GROUP BY 1, 2""",
+                    (name,),
+                ).fetchall():
+                    unanswered += failed
+                    if n is not None and not failed:
+                        per_node.setdefault(node, {}).setdefault(table, {})["rows"] = int(n)
+            if unanswered:
+                return {"nodes": nodes, "tables": tables, "per_node": per_node,
+                        "error": f"{unanswered} shards did not answer: is every worker running?"}  # fmt: skip
+    except psycopg.Error as exc:
+        return {"nodes": nodes, "tables": tables, "per_node": per_node, "error": str(exc).splitlines()[0]}
     return {"nodes": nodes, "tables": tables, "per_node": per_node}

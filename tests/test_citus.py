@@ -204,6 +204,9 @@ def test_worker_killed_during_evaluate(citus_home, cstore, cluster_data):
     # the run's status lives on the coordinator: it was written while the worker was down
     run_id, status = _sql(cstore, "SELECT id, status FROM eval_runs ORDER BY id DESC LIMIT 1")[0]
     assert status == "failed"
+    # the status the error points to answers while the worker is down, and says what it could not read
+    down = cstore.nodes_status()
+    assert len(down["nodes"]) == 3 and "error" in down
     # the next command of the home starts the worker again, and queries succeed
     with Store(home=citus_home, encoder=TinyEncoder()) as s:
         again = s.evaluate(cluster_data, stage="first", exact=True, num=30)
@@ -227,3 +230,22 @@ def test_nodes_without_citus(monkeypatch, tmp_path, runner):
     assert len(result.output.strip().splitlines()) == 1
     with pytest.raises(ExtensionError):
         nodes.start(tmp_path / "other")
+
+
+def test_cli_on_the_cluster(cstore, citus_home, runner, monkeypatch):
+    """Every command of the home talks to the coordinator: db url, nodes status, report."""
+    from clipvdb.cli import cli
+
+    monkeypatch.setenv("CLIPVDB_HOME", str(citus_home))
+    monkeypatch.delenv("CLIPVDB_DATABASE_URL", raising=False)
+    url = runner.invoke(cli, ["db", "url"], catch_exceptions=False).output.strip()
+    assert url == cstore.url
+    status = runner.invoke(cli, ["db", "nodes", "status"], catch_exceptions=False)
+    assert status.exit_code == 0 and "worker" in status.output and "embeddings_first" in status.output
+    data = runner.invoke(cli, ["db", "nodes", "status", "--json"], catch_exceptions=False)
+    import json
+
+    info = json.loads(data.output)
+    assert {t["table"] for t in info["tables"] if t["type"] == "reference"} >= {"datasets", "classes"}
+    report = runner.invoke(cli, ["report", "--view", "report_accuracy", "--json"], catch_exceptions=False)
+    assert report.exit_code == 0 and "report_accuracy" in report.output
