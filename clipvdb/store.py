@@ -34,7 +34,7 @@ from .images import ImageInput
 from .predict import Prediction, as_predictions, predict_batch
 from .search import SearchSettings, StageSearcher
 from .sources import Source
-from .stages import STAGE_NAMES, Stage, needs_encoder, parse_stages
+from .stages import STAGE_NAMES, STAGES, Stage, needs_encoder, parse_stages
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -629,12 +629,21 @@ class Store:
         self.__dict__.pop("url", None)
         self._ready = False
         self._prepare()
+        from . import indexes
+
         with self.connection() as conn:
-            conn.execute("SELECT clipvdb_distribute()")
+            placed = db.scalar(conn, "SELECT clipvdb_distribute()")
             conn.commit()
-            for stage in STAGE_NAMES:
-                db.recount(conn, stage)
+            for name in STAGE_NAMES:
+                db.recount(conn, name)
             conn.commit()
+            if "placed" in placed:
+                # rows that were already stored moved to the workers; their indexes are rebuilt
+                # per shard (ivfflat lists follow the rows per shard)
+                for stage in STAGES.values():
+                    current = indexes.info(conn, stage)
+                    if current.rows and current.exists:
+                        indexes.refresh(conn, stage)
         self._forget()
         return self.nodes_status()
 

@@ -13,7 +13,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from clipvdb import Store, TinyEncoder, db, embedded, nodes, queries, synthetic
+from clipvdb import Store, TinyEncoder, db, embedded, indexes, nodes, queries, synthetic
 from clipvdb.errors import DatabaseError, ExtensionError
 from clipvdb.search import SearchSettings
 from clipvdb.stages import STAGES
@@ -249,3 +249,25 @@ def test_cli_on_the_cluster(cstore, citus_home, runner, monkeypatch):
     assert {t["table"] for t in info["tables"] if t["type"] == "reference"} >= {"datasets", "classes"}
     report = runner.invoke(cli, ["report", "--view", "report_accuracy", "--json"], catch_exceptions=False)
     assert report.exit_code == 0 and "report_accuracy" in report.output
+
+
+def test_a_home_with_data_becomes_a_cluster(citus_home, syn_data, tmp_path):
+    """`db nodes start` on a home that already holds rows and runs moves them to the workers and
+    rebuilds the index per shard."""
+    home = tmp_path / "grown"
+    try:
+        with Store(home=home, encoder=TinyEncoder()) as one:
+            one.ingest(syn_data, stages="first", split="train")
+            before = one.evaluate(syn_data, stage="first", exact=True)
+            one.start_nodes(2)
+            info = one.nodes_status()
+            rows = [t["embeddings_first"]["rows"] for n, t in info["per_node"].items() if "embeddings_first" in t]
+            assert len(rows) == 2 and sum(rows) == 60
+            assert _sql(one, "SELECT status FROM eval_runs WHERE id = %s", (before.run_id,)) == [("complete",)]
+            assert _sql(one, "SELECT count(*) FROM predictions") == [(20,)]
+            with one.connection() as conn:
+                assert indexes.info(conn, FIRST).params.get("shards") == 4
+            after = one.evaluate(syn_data, stage="first", exact=True)
+            assert after.stages["first"].accuracy == before.stages["first"].accuracy
+    finally:
+        nodes.stop(home)
