@@ -136,8 +136,9 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     (rows/100 lists, like a projected index); returns rows written."""
     from . import queries
 
-    lists = max(1, int(db.scalar(conn, queries.total_rows(stage))) // 100)
-    lmap.params = {**lmap.params, "lists": lists}
+    shards = db.shard_count(conn, table(stage))  # on Citus every shard indexes its own rows
+    lists = max(1, int(db.scalar(conn, queries.total_rows(stage))) // shards // 100)
+    lmap.params = {**lmap.params, "lists": lists, **({"shards": shards} if shards > 1 else {})}
 
     conn.execute(
         """INSERT INTO learned_maps (stage, method, dims, mean, matrix, fitted_rows, params, fit_seconds, fitted_at)
@@ -153,7 +154,9 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     conn.execute(sql.SQL("TRUNCATE {}").format(t))
     conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN vec TYPE vector({})").format(t, sql.Literal(lmap.dims)))
     written = write_all(conn, stage, lmap.apply, table(stage), "vec")
-    conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
+    if shards > 1:
+        conn.execute(queries.set_local("citus.propagate_set_commands", "local"))
+    conn.execute(queries.set_local("maintenance_work_mem", "1GB"))
     conn.execute(
         sql.SQL("CREATE INDEX {} ON {} USING ivfflat (vec vector_l2_ops) WITH (lists = {})").format(
             sql.Identifier(f"{table(stage)}_ann"), t, sql.Literal(lists)

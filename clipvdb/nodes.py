@@ -160,7 +160,8 @@ def status(conn: psycopg.Connection) -> dict:
             for name in counted:
                 for node, table, n, failed in conn.execute(
                     """SELECT s.nodename, s.table_name::text,
-                              sum(CASE WHEN r.success THEN (r.result)::bigint END), count(*) FILTER (WHERE NOT r.success)
+                              sum(CASE WHEN r.success THEN (r.result)::bigint END),
+                              count(*) FILTER (WHERE NOT r.success)
                        FROM run_command_on_shards(%s, 'SELECT count(*) FROM %%s') r
                        JOIN citus_shards s ON s.shardid = r.shardid GROUP BY 1, 2""",
                     (name,),

@@ -160,7 +160,8 @@ class StageSearcher:
                 f"the learned map of stage {self.stage.name} covers {covered} of {self.rows} rows; "
                 f"run 'clipvdb learn --stage {self.stage.name}' again"
             )
-        self.index_kind, self.index_params = "ivfflat", {"lists": int(lmap.params.get("lists", 1))}
+        self.index_kind = "ivfflat"
+        self.index_params = {"lists": int(lmap.params.get("lists", 1)), "shards": int(lmap.params.get("shards", 1))}
         self.index_exists, self.projection = True, None
         if self.distributed:
             self.sql = queries.knn_one(self.stage, exact=self.settings.exact, learned_dim=lmap.dims)

@@ -133,7 +133,7 @@ def _explain(store: Store, statement, params) -> str:
         return "\n".join(r[0] for r in rows)
 
 
-def test_knn_pushed_down_to_every_shard(cstore):
+def test_knn_pushed_down_to_every_shard(cstore, cluster_data):
     with store_searcher(cstore) as (searcher, params):
         with cstore.connection() as conn:
             shards = db.shard_count(conn, "embeddings_first")
@@ -152,6 +152,13 @@ def test_knn_pushed_down_to_every_shard(cstore):
         task = text[text.index("->  Task") :]
         assert "->  Limit" in task and "Index Scan using projections_first_ann_" in task
         assert "intermediate_result" not in text
+        # a learned map: each shard walks its own ivfflat index in the learned space
+        cstore.learn("first", 16, method="pca")
+        lmap_params = {**params, "p": np.zeros(16, dtype=np.float32)}
+        text = _explain(cstore, queries.knn_one(FIRST, learned_dim=16), lmap_params)
+        assert f"Task Count: {shards}" in text and "Index Scan using learned_first_ann_" in text
+        learned = cstore.evaluate(cluster_data, stage="first", learned=True, num=50)
+        assert learned.stages["first"].n == 50
         # the single-node batched form is what Citus refuses (a LATERAL LIMIT over a table function)
         with db.connect(cstore.url, autocommit=True) as conn, pytest.raises(psycopg.errors.FeatureNotSupported):
             conn.execute(queries.knn(FIRST), {**params, "vectors": [params["v"]]})
