@@ -203,6 +203,8 @@ def db_status(state: State, as_json: bool) -> None:
     click.echo(f"server:     PostgreSQL {info['server_version']}")
     click.echo(f"pgvector:   {info['pgvector_version'] or 'not installed'}")
     click.echo(f"revision:   {info['revision'] or 'none'} (head {info['head_revision']})")
+    if info.get("citus_workers"):
+        click.echo(f"citus:      distributed over {info['citus_workers']} workers (clipvdb db nodes status)")
     click.echo(f"images:     {info['images']}")
     for stage in STAGE_NAMES:
         if stage in info["rows_per_stage"]:

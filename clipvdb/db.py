@@ -296,7 +296,11 @@ def status(url: str) -> dict:
         images = 0
         if revision is not None and scalar(conn, "SELECT to_regclass('public.images')"):
             images = scalar(conn, "SELECT count(*) FROM images")
+        workers = None
+        if scalar(conn, "SELECT to_regproc('clipvdb_distributed') IS NOT NULL") and distributed(conn):
+            workers = scalar(conn, "SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND noderole = 'primary'")
     return {
+        "citus_workers": workers,
         "server_version": server,
         "pgvector_version": pgvector,
         "revision": revision,

@@ -259,8 +259,16 @@ def status(home: Path | None = None) -> dict:
 
 
 def stop(home: Path | None = None) -> bool:
-    """Stop the embedded server. Returns False if it was not running."""
+    """Stop the embedded server, and the workers of a local Citus cluster. Returns False if the
+    server was not running."""
+    from . import nodes
+
     pgdata = data_dir(home)
+    cluster = nodes.configured(pgdata.parent)
+    if cluster:
+        for worker in nodes.worker_dirs(pgdata.parent, cluster):
+            if running(worker):
+                stop_server(worker)
     if not status(home)["running"]:
         return False
     stop_server(pgdata)

@@ -254,6 +254,8 @@ def test_cli_on_the_cluster(cstore, citus_home, runner, monkeypatch):
 
     info = json.loads(data.output)
     assert {t["table"] for t in info["tables"] if t["type"] == "reference"} >= {"datasets", "classes"}
+    db_status = runner.invoke(cli, ["db", "status"], catch_exceptions=False)
+    assert "distributed over 2 workers" in db_status.output
     report = runner.invoke(cli, ["report", "--view", "report_accuracy", "--json"], catch_exceptions=False)
     assert report.exit_code == 0 and "report_accuracy" in report.output
 
