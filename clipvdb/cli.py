@@ -441,7 +441,7 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
 @click.option(
     "--kind",
     type=click.Choice(["ivfflat", "hnsw", "none"]),
-    help="Index kind (default: the stage's; first: ivfflat --project 128, others: ivfflat).",
+    help="Index kind (default: the stage's; first: ivfflat --project 64, others: ivfflat).",
 )
 @click.option(
     "--project",

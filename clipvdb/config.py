@@ -28,7 +28,7 @@ DEFAULT_CANDIDATES = 20  # re-ranked per query on a projected index (at least 4 
 # Indexes
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
-DEFAULT_PROJECT_FIRST = 128
+DEFAULT_PROJECT_FIRST = 64
 # Pipelines
 DEFAULT_BATCH_SIZE = 64  # ingest with a CLIP stage (the encoder's batch)
 DEFAULT_FIRST_BATCH_SIZE = 256  # ingest of stage first alone: fewer, larger COPY transactions

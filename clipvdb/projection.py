@@ -3,8 +3,9 @@
 With `clipvdb index --project D`, the stage's ANN index is built on projections_<stage>.proj, the
 D-dimensional principal components of each stored embedding. A neighbour query takes a few dozen
 candidates through that small index and orders them by the exact distance on the full embedding
-(search.py). On stage first (3,072 dims) a 128-d projection keeps the true nearest neighbour
-among 20 candidates for every test query measured, at a twentieth of the per-distance cost.
+(search.py). On stage first (3,072 dims) the exact nearest neighbour of every CIFAR-10 test image
+was among the 20 nearest by a 128-d projection (35.30 % = exact), at a twenty-fourth of the
+per-distance cost; the default is 64-d, whose cheaper scans buy more ivfflat probes.
 """
 
 from __future__ import annotations

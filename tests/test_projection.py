@@ -129,8 +129,8 @@ def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_v
 def test_index_cli_builds_the_stage_default_and_project_0_removes_it(cli, conn):
     _store(conn, _low_rank(150, FIRST.dim, rank=8))
     out = json.loads(cli("index", "--stage", "first", "--json").stdout)
-    assert out[0]["kind"] == "ivfflat" and out[0]["params"]["project"] == 128 and out[0]["exists"]
-    assert conn.execute("SELECT dim FROM stage_projections WHERE stage = 'first'").fetchone()[0] == 128
+    assert out[0]["kind"] == "ivfflat" and out[0]["params"]["project"] == 64 and out[0]["exists"]
+    assert conn.execute("SELECT dim FROM stage_projections WHERE stage = 'first'").fetchone()[0] == 64
     conn.commit()
     out = json.loads(cli("index", "--stage", "first", "--kind", "ivfflat", "--project", "0", "--json").stdout)
     assert out[0]["kind"] == "ivfflat" and "project" not in out[0]["params"]
