@@ -37,11 +37,12 @@ def test_ideal_lists():
     assert indexes.ideal_lists(1_000_000) == 1000
     assert indexes.ideal_lists(4_000_000) == 2000
     assert indexes.default_probes(50) == 10
-    # projected: a twentieth of the lists, and at least 500 rows scanned per index
+    # projected: a twentieth of the lists, and at least 1,000 rows scanned per index
     assert indexes.default_probes(500, projected=True, rows=50_000) == 25
-    assert indexes.default_probes(10, projected=True, rows=1_000) == 5
+    assert indexes.default_probes(10, projected=True, rows=1_000) == 10
+    assert indexes.default_probes(100, projected=True, rows=10_000) == 10
     assert indexes.default_probes(2, projected=True, rows=250) == 2
-    assert indexes.default_probes(125, projected=True, rows=12_500) == 7
+    assert indexes.default_probes(125, projected=True, rows=12_500) == 10
 
 
 @pytest.mark.parametrize("name", ["first", "second", "third"])
