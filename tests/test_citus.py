@@ -219,7 +219,8 @@ def test_worker_killed_during_evaluate(citus_home, cstore, cluster_data):
         again = s.evaluate(cluster_data, stage="first", exact=True, num=30)
         assert again.stages["first"].n == 30
     assert all(n["active"] for n in cstore.nodes_status()["nodes"])
-    # nothing of the failed run reaches the reports, and what it stored is whole batches
+    # nothing of the failed run reaches the reports, and what it stored is whole batches (a commit
+    # cut by the kill was finished by Citus's two-phase commit recovery when the worker came back)
     assert not [r for r in cstore.reports(run_id)["report_accuracy"] if r["run_id"] == run_id]
     stored = _sql(cstore, "SELECT count(*) FROM predictions WHERE run_id = %s", (run_id,))[0][0]
     assert stored % 20 == 0
@@ -280,3 +281,39 @@ def test_a_home_with_data_becomes_a_cluster(citus_home, syn_data, tmp_path):
             assert after.stages["first"].accuracy == before.stages["first"].accuracy
     finally:
         nodes.stop(home)
+
+
+def test_downgrade_below_citus_is_refused(cstore):
+    with pytest.raises(DatabaseError) as err:
+        cstore.downgrade("0007")
+    assert "distributed by Citus" in str(err.value) and "\n" not in str(err.value)
+    assert db.current_revision(cstore.url) == db.head_revision()
+
+
+def test_concurrent_ingests_store_each_image_once(citus_home, tmp_path):
+    """No unique key on (dataset, split, source) under Citus: two ingests of the same new split at
+    once take turns per batch, and every image is stored once."""
+    import threading
+
+    data = synthetic.generate(tmp_path / "twice", {"extra": 12}, seed=3)
+    errors: list[BaseException] = []
+
+    def ingest() -> None:
+        try:
+            with Store(home=citus_home, encoder=TinyEncoder()) as s:
+                s.ingest(data, stages="first", split="extra", batch_size=16, dataset="shapes-twice")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with Store(home=citus_home, encoder=TinyEncoder()) as s:
+        rows = _sql(s, """SELECT count(*), count(DISTINCT i.source) FROM images i JOIN datasets d ON d.id = i.dataset_id
+                          WHERE d.name = 'shapes-twice'""")  # fmt: skip
+        assert rows == [(120, 120)]
+        assert _sql(s, "SELECT count(*) FROM embeddings_first e JOIN datasets d ON d.id = e.dataset_id "
+                       "WHERE d.name = 'shapes-twice'") == [(120,)]  # fmt: skip
