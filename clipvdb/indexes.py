@@ -134,7 +134,7 @@ def build(
         t2 = time.perf_counter()
         params.update(project=proj.dim, variance_kept=round(proj.variance_kept, 4),
                       fit_s=round(t1 - t0, 3), project_s=round(t2 - t1, 3))  # fmt: skip
-        table, column, opclass = stage.projection_table, "proj", "vector_l2_ops"
+        table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
     else:
         projection.remove(conn, stage)
         table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)

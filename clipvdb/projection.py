@@ -119,13 +119,13 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
     )  # fmt: skip
     conn.execute(queries.truncate(stage.projection_table))
     conn.execute(queries.retype_projection(stage, proj.dim))
-    written = write_all(conn, stage, proj.apply, stage.projection_table, "proj")
+    written = write_all(conn, stage, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)
     db.recount(conn, stage.name)
     return written
 
 
 def write_all(conn: psycopg.Connection, stage: Stage, apply: Callable[[np.ndarray], np.ndarray], table: str,
-              column: str) -> int:  # fmt: skip
+              column: str, column_type: str = "vector") -> int:  # fmt: skip
     """Every stored embedding of the stage, mapped by `apply`, into `table`.`column` (a projected
     index's or a learned map's table), streamed in batches; returns rows written."""
     from .ingest import copy_rows
@@ -135,17 +135,18 @@ def write_all(conn: psycopg.Connection, stage: Stage, apply: Callable[[np.ndarra
         rows.execute(queries.all_embeddings(stage))
         while batch := rows.fetchmany(BATCH):
             mapped = apply(np.stack([r[4] for r in batch]))
-            copy_rows(conn, queries.copy_mapped(table, column), ["int4", "int8", "int4", "text", "vector"],
-                      ((r[0], r[1], r[2], r[3], m) for r, m in zip(batch, mapped, strict=True)))  # fmt: skip
+            copy_rows(conn, queries.copy_mapped(table, column), ["int4", "int8", "int4", "text", column_type],
+                      ((r[0], r[1], r[2], r[3], db.as_param(m, column_type))
+                       for r, m in zip(batch, mapped, strict=True)))  # fmt: skip
             written += len(batch)
     return written
 
 
 def insert_mapped(conn: psycopg.Connection, table: str, column: str, space: int, image_ids: list[int],
-                  mapped: np.ndarray, dataset: int, split: str) -> None:  # fmt: skip
+                  mapped: np.ndarray, dataset: int, split: str, column_type: str = "vector") -> None:  # fmt: skip
     """Mapped vectors of newly stored rows (ingest, between refits of a projection or a learned map)."""
     conn.execute(
-        queries.insert_mapped(table, column),
+        queries.insert_mapped(table, column, column_type),
         {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids), "mapped": list(mapped)},
     )
 
@@ -175,4 +176,5 @@ def add(
     vectors: np.ndarray, dataset: int, split: str,
 ) -> None:  # fmt: skip
     """Projections of newly stored rows, with the stored basis (ingest, between refits)."""
-    insert_mapped(conn, stage.projection_table, "proj", space, image_ids, proj.apply(vectors), dataset, split)
+    insert_mapped(conn, stage.projection_table, "proj", space, image_ids, proj.apply(vectors), dataset, split,
+                  queries.PROJECTION_TYPE)  # fmt: skip

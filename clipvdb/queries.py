@@ -15,6 +15,10 @@ from psycopg import sql
 from .stages import Stage
 
 Metric = Literal["l2", "cosine", "ip"]
+# A projected index's vectors are half precision: half the pages to scan per probe (stage first,
+# 64-d, 25 of 500 lists: 7.8 s for the 10,000 CIFAR-10 queries on one connection against 9.6-10.5
+# s as vector, recall@1 0.982 against 0.981).
+PROJECTION_TYPE = "halfvec"
 IndexKind = Literal["ivfflat", "hnsw", "none"]
 
 # metric -> (operator, exact function form that no index can serve)
@@ -61,7 +65,7 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
                 FROM (
                     SELECT c.space_id, c.image_id FROM {proj} c
                     WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s
-                    ORDER BY c.proj <-> (q.p)::vector({pdim})
+                    ORDER BY c.proj <-> (q.p)::{ptype}({pdim})
                     LIMIT %(candidates)s
                 ) c
                 JOIN {table} {e} ON e.space_id = c.space_id AND e.image_id = c.image_id
@@ -73,6 +77,7 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
         ).format(
             dist=distance(stage, metric, emb, qv, exact=False),
             proj=sql.Identifier(stage.projection_table),
+            ptype=sql.SQL(PROJECTION_TYPE),
             pdim=sql.Literal(projected_dim),
             table=sql.Identifier(stage.table),
             e=e,
@@ -130,7 +135,8 @@ def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_
     if learned_dim is not None or projected_dim is not None:
         dim = learned_dim if learned_dim is not None else projected_dim
         col = sql.SQL("x.vec") if learned_dim is not None else sql.SQL("x.proj")
-        q = sql.SQL("(%(p)b)::vector({})").format(sql.Literal(dim))
+        ptype = "vector" if learned_dim is not None else PROJECTION_TYPE
+        q = sql.SQL("(%(p)b)::{}({})").format(sql.SQL(ptype), sql.Literal(dim))
         order = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
     if learned_dim is not None:
         return sql.SQL(
@@ -293,8 +299,8 @@ def all_embeddings(stage: Stage) -> sql.Composed:
 
 
 def retype_projection(stage: Stage, dim: int) -> sql.Composed:
-    return sql.SQL("ALTER TABLE {} ALTER COLUMN proj TYPE vector({})").format(
-        sql.Identifier(stage.projection_table), sql.Literal(dim)
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN proj TYPE {}({})").format(
+        sql.Identifier(stage.projection_table), sql.SQL(PROJECTION_TYPE), sql.Literal(dim)
     )
 
 
@@ -305,14 +311,15 @@ def copy_mapped(table: str, column: str) -> sql.Composed:
     )
 
 
-def insert_mapped(table: str, column: str) -> sql.Composed:
-    """Mapped vectors of newly stored rows: %(ids)s image ids, %(mapped)b their vectors."""
+def insert_mapped(table: str, column: str, column_type: str = "vector") -> sql.Composed:
+    """Mapped vectors of newly stored rows: %(ids)s image ids, %(mapped)b their vectors (sent as
+    vector[], stored as `column_type`)."""
     return sql.SQL(
         """INSERT INTO {} (space_id, image_id, dataset_id, split, {})
-           SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.v
+           SELECT %(space)s, u.id, %(dataset)s, %(split)s, u.v::{}
            FROM unnest(%(ids)s::int8[], %(mapped)b::vector[]) AS u(id, v)
            ON CONFLICT (space_id, image_id) DO NOTHING"""
-    ).format(sql.Identifier(table), sql.Identifier(column))
+    ).format(sql.Identifier(table), sql.Identifier(column), sql.SQL(column_type))
 
 
 # ---------------------------------------------------------------- indexes

@@ -149,3 +149,49 @@ def test_schema_check_names_the_fix(empty_db_url):
 
     with pytest.raises(SchemaError, match="clipvdb db upgrade"):
         db.open_db(empty_db_url)
+
+
+def test_0009_turns_projections_into_halfvec_keeping_rows_and_index(empty_db_url):
+    rng = np.random.default_rng(1)
+    P = rng.random((30, 16), dtype=np.float32)
+    db.upgrade(empty_db_url, "0008")
+    with psycopg.connect(empty_db_url) as c:
+        register_vector(c)
+        c.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
+        c.execute("INSERT INTO classes VALUES (1, 0, 'a')")
+        c.execute(
+            "INSERT INTO embedding_spaces (id, model, weights, stage, dim) VALUES (1, 'none', 'none', 'first', 3072)"
+        )
+        c.execute("ALTER TABLE projections_first ALTER COLUMN proj TYPE vector(16)")
+        for i, p in enumerate(P):
+            c.execute("INSERT INTO images (id, dataset_id, split, label, source, sha256) "
+                      "VALUES (%s, 1, 'train', 0, %s, %s)", (i + 1, f"i{i}", bytes(32)))  # fmt: skip
+            c.execute("INSERT INTO embeddings_first VALUES (1, %s, 1, 'train', %s::halfvec)", (i + 1, np.zeros(3072)))
+            c.execute("INSERT INTO projections_first VALUES (1, %s, 1, 'train', %s)", (i + 1, p))
+        c.execute("CREATE INDEX projections_first_ann ON projections_first USING ivfflat (proj vector_l2_ops) "
+                  "WITH (lists = 3)")  # fmt: skip
+
+    def state(c):
+        kind = c.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                         "WHERE attrelid = 'projections_first'::regclass AND attname = 'proj'").fetchone()[0]  # fmt: skip
+        indexdef = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'projections_first_ann'").fetchone()
+        return (
+            kind,
+            indexdef[0] if indexdef else None,
+            c.execute("SELECT count(*) FROM projections_first").fetchone()[0],
+        )
+
+    db.upgrade(empty_db_url, "0009")
+    with psycopg.connect(empty_db_url) as c:
+        kind, indexdef, rows = state(c)
+        register_vector(c)
+        stored = np.stack([db.as_array(r[0]) for r in c.execute(
+            "SELECT proj FROM projections_first ORDER BY image_id").fetchall()])  # fmt: skip
+    assert kind == "halfvec(16)" and rows == len(P)
+    np.testing.assert_array_equal(stored, P.astype(np.float16).astype(np.float32))
+    assert "USING ivfflat (proj halfvec_l2_ops) WITH (lists='3')" in indexdef
+    db.downgrade(empty_db_url, "0008")
+    with psycopg.connect(empty_db_url) as c:
+        kind, indexdef, rows = state(c)
+    assert kind == "vector(16)" and rows == len(P)
+    assert "USING ivfflat (proj vector_l2_ops) WITH (lists='3')" in indexdef or "USING ivfflat (proj) WITH" in indexdef

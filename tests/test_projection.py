@@ -81,7 +81,7 @@ def test_projected_index_finds_the_exact_neighbours_through_its_own_index(conn):
     assert info.exists and info.params["project"] == 16 and info.kind == "hnsw"
     assert conn.execute("SELECT count(*) FROM projections_first").fetchone()[0] == len(ids)
     indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'projections_first_ann'").fetchone()
-    assert indexdef and "hnsw (proj vector_l2_ops)" in indexdef[0]
+    assert indexdef and "hnsw (proj halfvec_l2_ops)" in indexdef[0]
     assert conn.execute("SELECT to_regclass('embeddings_first_ann')").fetchone()[0] is None
     exact, _ = _neighbours(conn, Q, SearchSettings(exact=True))
     got, searcher = _neighbours(conn, Q, SearchSettings())
