@@ -172,8 +172,10 @@ def test_0009_turns_projections_into_halfvec_keeping_rows_and_index(empty_db_url
                   "WITH (lists = 3)")  # fmt: skip
 
     def state(c):
-        kind = c.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                         "WHERE attrelid = 'projections_first'::regclass AND attname = 'proj'").fetchone()[0]  # fmt: skip
+        kind = c.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'projections_first'::regclass AND attname = 'proj'"
+        ).fetchone()[0]
         indexdef = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'projections_first_ann'").fetchone()
         return (
             kind,
