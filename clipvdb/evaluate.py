@@ -96,6 +96,17 @@ def _store(conn: psycopg.Connection, rows: list[tuple]) -> None:
                 copy.write_row(r)
 
 
+def _coordinator_answers(conn: psycopg.Connection) -> bool:
+    """After a connection error: whether this connection's server still answers and is a Citus
+    coordinator, so that what failed was a worker (Citus may relay a worker's own message, such as
+    'terminating connection due to unexpected postmaster exit', without naming the node)."""
+    try:
+        conn.rollback()
+        return bool(db.scalar(conn, "SELECT clipvdb_distributed()"))
+    except psycopg.Error:
+        return False
+
+
 def run_params(settings: SearchSettings, searchers: dict[str, StageSearcher], stages: list[Stage], **extra) -> dict:
     """Everything that changes an answer, as stored in eval_runs.params (report_runs shows it)."""
     return {
@@ -189,7 +200,9 @@ def evaluate(
     except BaseException as exc:
         if mark_failed:
             mark_failed(run_id)
-        if isinstance(exc, psycopg.Error) and db.node_failure(exc):
+        if isinstance(exc, psycopg.Error) and (
+            db.node_failure(exc) or (isinstance(exc, psycopg.OperationalError) and _coordinator_answers(conn))
+        ):
             raise DatabaseError(
                 f"evaluate run {run_id} failed: a Citus node did not answer ({db.first_line(exc)}); the run is "
                 "marked failed and left out of the reports; check 'clipvdb db nodes status', then run evaluate again"
