@@ -20,30 +20,19 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg
 
 from bench.common import exact_baseline, load_pixels
+from bench.headline import CLI, timed
 from clipvdb.sources import open_source
 from clipvdb.stages import STAGES
 
-CLI = [sys.executable, "-m", "clipvdb"]
 SCALES = (10_000_000, 100_000_000, 1_000_000_000)
 ROWS_PER_SHARD = 5_000_000  # a shard small enough to rebuild its index in minutes and to move
 WORKER_RAM_GB = 128  # a worker's memory; half of it for the hot set (ANN index, projections)
-
-
-def timed(args: list[str], env: dict) -> tuple[float, str]:
-    start = time.perf_counter()
-    out = subprocess.run(CLI + args, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-600:]}")
-    return elapsed, out.stdout
 
 
 def run_job(data: str, n_train: int, n_test: int, env: dict, cluster: bool) -> dict:

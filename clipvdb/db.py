@@ -56,6 +56,15 @@ def shard_count(conn: psycopg.Connection, table: str) -> int:
     return max(1, int(row[0])) if row else 1
 
 
+def set_local(conn: psycopg.Connection, settings: list[tuple[str, str]], *, distributed: bool = False) -> None:
+    """SET LOCAL each (name, value) for the open transaction; with `distributed`, Citus is first
+    asked to forward them to the shards' connections (it forwards SET LOCAL, never set_config())."""
+    if distributed:
+        conn.execute(queries.set_local("citus.propagate_set_commands", "local"))
+    for name, value in settings:
+        conn.execute(queries.set_local(name, value))
+
+
 def one_connection_per_node(conn: psycopg.Connection) -> None:
     """On Citus, for the open transaction: writes to a reference table and to distributed tables
     with foreign keys to it must share one connection per node (Citus refuses them otherwise)."""

@@ -93,19 +93,31 @@ def _clear_stale_state(pgdata: Path) -> None:
         except (ValueError, OSError):
             handles.unlink(missing_ok=True)
     pidfile = pgdata / "postmaster.pid"
-    if pidfile.exists():
-        lines = pidfile.read_text(errors="replace").splitlines()
-        alive = False
-        if len(lines) >= 8 and lines[0].strip().isdigit():
-            try:
-                os.kill(int(lines[0]), 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        if not alive:
-            pidfile.unlink(missing_ok=True)
+    if pidfile.exists() and not _alive(_recorded_pid(pgdata, min_lines=8)):  # a complete file names 8 lines
+        pidfile.unlink(missing_ok=True)
+
+
+def _recorded_pid(pgdata: Path, min_lines: int = 1) -> int | None:
+    """The postmaster pid named in the data directory's postmaster.pid, if the file holds one."""
+    pidfile = pgdata / "postmaster.pid"
+    if not pidfile.exists():
+        return None
+    lines = pidfile.read_text(errors="replace").splitlines()
+    if len(lines) < max(1, min_lines) or not lines[0].strip().isdigit():
+        return None
+    return int(lines[0])
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process (the server's system user): alive
+        return True
+    return True
 
 
 def shared_buffers_mb() -> int:
@@ -235,19 +247,7 @@ def _start_server(pgdata: Path, preload: str) -> str:
 
 def running(pgdata: Path) -> bool:
     """Whether the server of a data directory is up (its postmaster.pid names a live process)."""
-    pidfile = pgdata / "postmaster.pid"
-    if not pidfile.exists():
-        return False
-    lines = pidfile.read_text(errors="replace").splitlines()
-    if not lines or not lines[0].strip().isdigit():
-        return False
-    try:
-        os.kill(int(lines[0]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _alive(_recorded_pid(pgdata))
 
 
 def _restrict(socket_dir: Path, pgdata: Path) -> None:
@@ -266,21 +266,9 @@ def _restrict(socket_dir: Path, pgdata: Path) -> None:
 def status(home: Path | None = None) -> dict:
     """What is known about the embedded server without starting it."""
     pgdata = data_dir(home)
-    pidfile = pgdata / "postmaster.pid"
-    running = False
-    pid = None
-    if pidfile.exists():
-        lines = pidfile.read_text(errors="replace").splitlines()
-        if lines and lines[0].strip().isdigit():
-            pid = int(lines[0])
-            try:
-                os.kill(pid, 0)
-                running = True
-            except ProcessLookupError:
-                running = False
-            except PermissionError:
-                running = True
-    return {"data_dir": str(pgdata), "initialised": (pgdata / "PG_VERSION").exists(), "running": running, "pid": pid}
+    pid = _recorded_pid(pgdata)
+    return {"data_dir": str(pgdata), "initialised": (pgdata / "PG_VERSION").exists(), "running": _alive(pid),
+            "pid": pid}  # fmt: skip
 
 
 def stop(home: Path | None = None) -> bool:
@@ -294,7 +282,7 @@ def stop(home: Path | None = None) -> bool:
         for worker in nodes.worker_dirs(pgdata.parent, cluster):
             if running(worker):
                 stop_server(worker)
-    if not status(home)["running"]:
+    if not running(pgdata):
         return False
     stop_server(pgdata)
     return True

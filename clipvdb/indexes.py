@@ -148,10 +148,8 @@ def build(
         params.update(m=int(m), ef_construction=int(ef_construction))
     if kind != "none":
         t0 = time.perf_counter()
-        if shards > 1:
-            conn.execute(queries.set_local("citus.propagate_set_commands", "local"))
-        conn.execute(queries.set_local("maintenance_work_mem", "1GB"))
-        conn.execute(queries.set_local("max_parallel_maintenance_workers", str(build_workers())))
+        session = [("maintenance_work_mem", "1GB"), ("max_parallel_maintenance_workers", str(build_workers()))]
+        db.set_local(conn, session, distributed=shards > 1)
         conn.execute(queries.create_index(name, table, column, kind, opclass, params))
         params["index_s"] = round(time.perf_counter() - t0, 3)
     seconds = time.perf_counter() - start

@@ -154,9 +154,7 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     conn.execute(sql.SQL("TRUNCATE {}").format(t))
     conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN vec TYPE vector({})").format(t, sql.Literal(lmap.dims)))
     written = write_all(conn, stage, lmap.apply, table(stage), "vec")
-    if shards > 1:
-        conn.execute(queries.set_local("citus.propagate_set_commands", "local"))
-    conn.execute(queries.set_local("maintenance_work_mem", "1GB"))
+    db.set_local(conn, [("maintenance_work_mem", "1GB")], distributed=shards > 1)
     conn.execute(
         sql.SQL("CREATE INDEX {} ON {} USING ivfflat (vec vector_l2_ops) WITH (lists = {})").format(
             sql.Identifier(f"{table(stage)}_ann"), t, sql.Literal(lists)

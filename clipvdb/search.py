@@ -224,9 +224,7 @@ class StageSearcher:
                             out: list[list[Neighbor]]) -> None:  # fmt: skip
         """On Citus: the index settings as SET LOCAL, forwarded to every shard's connection, then
         one pushed-down statement per query vector (queries.knn_one)."""
-        conn.execute(queries.set_local("citus.propagate_set_commands", "local"))
-        for name, value in settings:
-            conn.execute(queries.set_local(name, value))
+        db.set_local(conn, settings, distributed=True)
         single = {k: v for k, v in params.items() if k not in ("vectors", "projected")}
         vectors, projected = params.get("vectors"), params.get("projected")
         for i in range(len(out)):

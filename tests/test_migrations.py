@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import psycopg
 import pytest
+from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
 from clipvdb import db
@@ -55,21 +56,24 @@ def _first_stage_state(c) -> tuple[str, str, str, int]:
     ).fetchone()
 
 
+def _seed_first_stage(c: psycopg.Connection, embeddings) -> None:
+    """One dataset, class and stage-first space; an image and an embeddings_first row per vector."""
+    c.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
+    c.execute("INSERT INTO classes VALUES (1, 0, 'a')")
+    c.execute("INSERT INTO embedding_spaces (id, model, weights, stage, dim) VALUES (1, 'none', 'none', 'first', 3072)")
+    for i, x in enumerate(embeddings):
+        c.execute("INSERT INTO images (id, dataset_id, split, label, source, sha256) "
+                  "VALUES (%s, 1, 'train', 0, %s, %s)", (i + 1, f"i{i}", bytes(32)))  # fmt: skip
+        c.execute("INSERT INTO embeddings_first VALUES (1, %s, 1, 'train', %s)", (i + 1, x))
+
+
 def test_0004_moves_wide_stages_to_inline_halfvec_keeping_rows_and_index(empty_db_url):
     rng = np.random.default_rng(0)
     X = rng.random((40, 3072), dtype=np.float32)
     db.upgrade(empty_db_url, "0003")
     with psycopg.connect(empty_db_url) as c:
         register_vector(c)
-        c.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
-        c.execute("INSERT INTO classes VALUES (1, 0, 'a')")
-        c.execute(
-            "INSERT INTO embedding_spaces (id, model, weights, stage, dim) VALUES (1, 'none', 'none', 'first', 3072)"
-        )
-        for i, x in enumerate(X):
-            c.execute("INSERT INTO images (id, dataset_id, split, label, source, sha256) "
-                      "VALUES (%s, 1, 'train', 0, %s, %s)", (i + 1, f"i{i}", bytes(32)))  # fmt: skip
-            c.execute("INSERT INTO embeddings_first VALUES (1, %s, 1, 'train', %s)", (i + 1, x))
+        _seed_first_stage(c, X)
         # the index as revision 0003's code built it: an expression over a halfvec cast
         c.execute("CREATE INDEX embeddings_first_ann ON embeddings_first USING hnsw "
                   "((embedding::halfvec(3072)) halfvec_l2_ops) WITH (m = 8, ef_construction = 32)")  # fmt: skip
@@ -157,16 +161,9 @@ def test_0009_turns_projections_into_halfvec_keeping_rows_and_index(empty_db_url
     db.upgrade(empty_db_url, "0008")
     with psycopg.connect(empty_db_url) as c:
         register_vector(c)
-        c.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
-        c.execute("INSERT INTO classes VALUES (1, 0, 'a')")
-        c.execute(
-            "INSERT INTO embedding_spaces (id, model, weights, stage, dim) VALUES (1, 'none', 'none', 'first', 3072)"
-        )
+        _seed_first_stage(c, [HalfVector(np.zeros(3072))] * len(P))
         c.execute("ALTER TABLE projections_first ALTER COLUMN proj TYPE vector(16)")
         for i, p in enumerate(P):
-            c.execute("INSERT INTO images (id, dataset_id, split, label, source, sha256) "
-                      "VALUES (%s, 1, 'train', 0, %s, %s)", (i + 1, f"i{i}", bytes(32)))  # fmt: skip
-            c.execute("INSERT INTO embeddings_first VALUES (1, %s, 1, 'train', %s::halfvec)", (i + 1, np.zeros(3072)))
             c.execute("INSERT INTO projections_first VALUES (1, %s, 1, 'train', %s)", (i + 1, p))
         c.execute("CREATE INDEX projections_first_ann ON projections_first USING ivfflat (proj vector_l2_ops) "
                   "WITH (lists = 3)")  # fmt: skip
