@@ -42,3 +42,12 @@ def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path):
     for stage in ("first", "second", "third", "origin"):
         assert re.search(rf"\| {stage} \| 10 \| [\d.]+ \| [\d.]+ \|", text), stage
     assert re.search(r"\| third \| halfvec\(2048\) \| 10 \| 20 \| \d+ \| \d+ \|", text), text
+
+
+def test_recall_item_finds_every_exact_neighbour_when_every_list_is_probed(syn_data):
+    from bench.recall import main
+
+    rows = main(["--data", str(syn_data), "--project", "16", "--lists", "4", "probes=4", "probes=1,candidates=1"])
+    assert [r["settings"] for r in rows] == ["probes=4", "probes=1,candidates=1"]
+    assert rows[0]["recall_at_1"] == 1.0
+    assert 0.0 <= rows[1]["recall_at_1"] <= 1.0 and rows[1]["seconds"] >= 0
