@@ -1,6 +1,6 @@
 """Benchmarks on real CIFAR-10, always as ratios against a baseline run in the same process.
 
-    python -m bench --data ../shared/data          # full run, writes BENCHMARKS.md
+    python -m bench --data ../shared/data          # full run, rewrites BENCHMARKS.md's items block
     python -m bench --quick                        # small run on generated data (tests use it)
 
 Items: (1) stage-first search: exact, ivfflat, hnsw vs in-process exact 1-NN; (2) bulk load;
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bench import markdown
 from bench.accuracy import item_accuracy
 from bench.common import FULL, QUICK, FakeLM, Report, find_source, load_pixels
 from bench.encoder import item_encoder
@@ -71,8 +72,6 @@ def main(argv: list[str] | None = None) -> Path:
             weights = (f"Item 7 used {args.model} weights '{args.pretrained}'; the other items use random "
                        "weights or random projections, which do not change their timings.")  # fmt: skip
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        if not args.append:
-            rep.parts.append("# clipvdb benchmarks\n")
         rep.p(f"Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
               f"PostgreSQL {server}, pgvector {pgv} ({where}, shared_buffers {buffers}), torch {torch.__version__}, "
               f"{'QUICK run on a small subset' if cfg.quick else 'full run'}; data: {source.location}. "
@@ -114,8 +113,10 @@ def main(argv: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.append and out.exists():
         out.write_text(out.read_text() + "\n" + rep.text())
+    elif out.exists() and "<!-- bench:items -->" in out.read_text():
+        markdown.replace_block(out, "items", rep.text())  # the notes written by hand around it stay
     else:
-        out.write_text(rep.text())
+        out.write_text("# clipvdb benchmarks\n\n" + rep.text())
     print(f"wrote {out}")
     return out
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench import markdown
 from bench.common import exact_baseline, load_pixels
 from bench.headline import CLI, timed
 from clipvdb.sources import open_source
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train", type=int, default=10_000)
     ap.add_argument("--test", type=int, default=1_000)
     ap.add_argument("--out", type=Path, default=Path("bench-out/cluster.json"))
+    ap.add_argument("--write", action="store_true", help="rewrite the cluster block of BENCHMARKS.md")
     args = ap.parse_args(argv)
     source = open_source(args.data)
     result: dict = {"train": args.train, "test": args.test, "cores": os.cpu_count()}
@@ -149,10 +151,75 @@ def main(argv: list[str] | None = None) -> dict:
         "default_query_cluster_over_single": c["default"]["query_s"] / s["default"]["query_s"],
         "exact_query_cluster_over_single": c["exact"]["query_s"] / s["exact"]["query_s"],
     }
+    result["machine"] = markdown.machine()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k not in ("nodes", "estimates")}, indent=2, default=str))
+    if args.write:
+        markdown.write("cluster", render(result), ["BENCHMARKS.md"])
     return result
+
+
+def render(r: dict) -> str:
+    """The cluster block: one node against the cluster, bytes per row, and the labelled estimates."""
+    s, c, q = r["single"], r["cluster"], r["ratios"]
+
+    def pair(x: dict) -> str:
+        return f"{x['query_s']:.2f} / {x['command_s']:.1f}"
+
+    rows = [
+        ["`ingest --stage first` with its index (command)", f"{s['ingest_s']:.1f} s", f"{c['ingest_s']:.1f} s",
+         f"{q['ingest_cluster_over_single']:.2f}x"],
+        ["`db nodes start --workers 2` (first time)", "", f"{c['nodes_start_s']:.1f} s", ""],
+        ["`evaluate` default path: accuracy", f"{s['default']['accuracy_pct']:.2f} %",
+         f"{c['default']['accuracy_pct']:.2f} %", ""],
+        ["`evaluate` default path: query s (summed, 2 connections) / command s", pair(s["default"]),
+         pair(c["default"]), f"{q['default_query_cluster_over_single']:.1f}x"],
+        ["`evaluate --exact`: accuracy", f"{s['exact']['accuracy_pct']:.2f} %", f"{c['exact']['accuracy_pct']:.2f} %", ""],
+        ["`evaluate --exact`: query s / command s", pair(s["exact"]), pair(c["exact"]),
+         f"{q['exact_query_cluster_over_single']:.2f}x"],
+    ]  # fmt: skip
+    sizes = [[f"`{t}`", f"{v['rows']:,}", str(v["shards"]), f"{v['heap_bytes_per_row']:,.0f}",
+              f"{v['index_bytes_per_row']:,.0f}"] for t, v in r["shards"].items()]  # fmt: skip
+    est = [[e["stage"], f"{e['vectors']:,}", f"{e['bytes_per_row']:,}", f"{e['hot_bytes_per_row']:,}",
+            f"{e['disk_tb']:.2f}", str(e["workers"]), str(e["shards"]), f"{e['disk_gb_per_worker']:,.0f}",
+            f"{e['hot_gb_per_worker']:,.0f}"] for e in r["estimates"]]  # fmt: skip
+    return "\n".join(
+        [
+            f"Measured {r['machine']}, one run of `python -m bench.cluster` (part of `make bench` when the Citus source "
+            "is there). Every command a subprocess with a fresh `CLIPVDB_HOME`, one node and then `db nodes start "
+            "--workers 2` (2 shards per worker), same run: the workers share the machine's cores with the coordinator, "
+            f"so on one machine the cluster shows correctness and overhead, not speed. Stage first, the first "
+            f"{r['train']:,} CIFAR-10 training images stored, the first {r['test']:,} test images queried. In-process "
+            f"exact 1-NN over the same arrays: {r['baseline']['accuracy_pct']:.2f} % in {r['baseline']['seconds']:.2f} s.",
+            "",
+            markdown.table(["", "one node", "cluster", "cluster / one node"], rows),
+            "",
+            "Bytes per row on the workers (sums over the shards; `pg_table_size` includes TOAST; the CLIP stages are "
+            "2,000 random vectors loaded with `Store.load_vectors`, default index: ivfflat on the full vectors):",
+            "",
+            markdown.table(["table", "rows", "shards", "heap bytes/row", "index bytes/row"], sizes),
+            "",
+            "Extrapolated (estimates, not measurements): disk per row = stage table heap + index + image row (+ "
+            "projection at stage first); hot = the ANN index (+ projections at stage first), to stay in memory; a worker "
+            "with 128 GB gives half to the hot set; shards of at most 5 million rows, at least two per worker.",
+            "",
+            markdown.table(
+                [
+                    "stage",
+                    "vectors",
+                    "disk bytes/row",
+                    "hot bytes/row",
+                    "disk TB",
+                    "workers",
+                    "shards",
+                    "disk GB/worker",
+                    "hot GB/worker",
+                ],
+                est,
+            ),  # fmt: skip
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class Report:
         self.parts: list[str] = []
 
     def h(self, text: str) -> None:
-        self.parts.append(f"\n## {text}\n")
+        self.parts.append(f"\n### {text}\n")
         print(f"\n== {text}", flush=True)
 
     def p(self, text: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import markdown
 from bench.common import exact_baseline, load_pixels
 from clipvdb.sources import open_source
 
@@ -126,12 +127,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--queries", type=int, default=500, help="queries for the slow peers (default 500)")
     ap.add_argument("--faiss-only", action="store_true", help="only the in-process faiss rows")
     ap.add_argument("--out", type=Path, default=Path("bench-out/peers.json"))
+    ap.add_argument(
+        "--headline",
+        type=Path,
+        default=Path("bench-out/headline.json"),
+        help="the headline run's JSON, for the clipvdb CLI row (make bench runs the headline first)",
+    )
+    ap.add_argument("--write", action="store_true", help="rewrite the peers block of BENCHMARKS.md")
     args = ap.parse_args(argv)
     source = open_source(args.data)
     Xtr, ytr, _ = load_pixels(source, "train", len(source.items("train")))
     Xte, yte, _ = load_pixels(source, "test", len(source.items("test")))
     nearest, base_s = exact_baseline(Xtr, Xte)
-    out: dict = {"baseline_s": base_s, "baseline_accuracy": _acc(nearest, ytr, yte), "rows": []}
+    out: dict = {
+        "baseline_s": base_s,
+        "baseline_accuracy": _acc(nearest, ytr, yte),
+        "queries_all": len(Xte),
+        "rows": [],
+    }
     out["rows"] += faiss_rows(Xtr, ytr, Xte, yte)
     for fn in (sqlite_vec_row, lancedb_row) if not args.faiss_only else ():
         try:
@@ -142,10 +155,61 @@ def main(argv: list[str] | None = None) -> dict:
         if "query_s" in r:
             r["query_s_all"] = r["query_s"] * len(Xte) / r["queries"]
             r["total_s_all"] = r["load_s"] + r["query_s_all"]
+    out["machine"] = markdown.machine()
+    if args.headline.exists():
+        out["clipvdb"] = json.loads(args.headline.read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+    if args.write:
+        markdown.write("peers", render(out), ["BENCHMARKS.md"])
     return out
+
+
+def render(out: dict) -> str:
+    """The peers block: every system's load, query time and accuracy on the same job, one table."""
+    rows = []
+    cli = out.get("clipvdb")
+    if cli:
+        acc = cli["evaluate"]["stages"]["first"]["accuracy_pct"]
+        rows.append(["**clipvdb CLI** (`ingest` + `evaluate --stage first`; fresh home, cold, server start and "
+                     f"schema included; headline run, baseline {cli['baseline_s']:.1f} s there)",
+                     f"{cli['ingest_s']:.1f} s", f"{cli['evaluate_s']:.1f} s", f"{cli['ingest_s'] + cli['evaluate_s']:.1f} s",
+                     f"{acc:.2f} %"])  # fmt: skip
+    for r in out["rows"]:
+        if "error" in r:
+            rows.append([r["peer"], f"failed: {r['error']}", "", "", ""])
+            continue
+        part = r["queries"] < out["queries_all"]
+        q = (f"{r['query_s_all']:,.1f} s extrapolated ({r['queries']:,} in {r['query_s']:.1f} s)" if part
+             else f"{r['query_s']:.1f} s")  # fmt: skip
+        acc = f"{r['accuracy']:.2f} %" + (f" of the first {r['queries']:,}" if part else "")
+        rows.append([r["peer"], f"{r['load_s']:.1f} s", q, f"{r['total_s_all']:,.1f} s", acc])
+    lines = [
+        f"Measured {out['machine']}, one run of `python -m bench.peers` (part of `make bench`): stage first, the "
+        f"same arrays, in-process exact baseline in the same run {out['baseline_s']:.1f} s, "
+        f"{out['baseline_accuracy']:.2f} %. A peer too slow for all queries answered the first ones; its "
+        "query time is extrapolated and its accuracy is over those only (labelled).",
+        "",
+        markdown.table(["system", "load + index", "all queries", "total", "accuracy"], rows),
+    ]
+    if cli:
+        total = cli["ingest_s"] + cli["evaluate_s"]
+        acc = cli["evaluate"]["stages"]["first"]["accuracy_pct"]
+        dbs = [r for r in out["rows"] if "total_s_all" in r and not r["peer"].startswith("faiss")]
+        faiss = {r["peer"]: r for r in out["rows"] if r["peer"].startswith("faiss") and "total_s_all" in r}
+        lines.append("")
+        for r in dbs:
+            ahead = total < r["total_s_all"] and acc >= r["accuracy"]
+            subset = f" over its first {r['queries']:,} queries" if r["queries"] < out["queries_all"] else ""
+            lines.append(f"- Against {r['peer'].split(' (')[0]}: clipvdb's total is {r['total_s_all'] / total:.1f}x "
+                         f"faster, at {acc:.2f} % against its {r['accuracy']:.2f} %{subset} "
+                         f"({'ahead' if ahead else 'not ahead'}).")  # fmt: skip
+        for name, r in faiss.items():
+            lines.append(f"- Gap to {name}: queries {cli['evaluate_s'] / r['query_s']:.1f}x its time, total "
+                         f"{total / r['total_s_all']:.2f}x, accuracy {acc - r['accuracy']:+.2f} points "
+                         "(in-process: no persistence, no SQL, no reports).")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Stage first needs no encoder and imports no torch.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import time
@@ -18,10 +19,19 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from .encoders import Encoder
 from .errors import ImageError
-from .images import ImageInput, array_to_image, as_image, first_stage_pixels, first_stage_vectors, load_image
+from .images import (
+    ImageInput,
+    array_to_image,
+    as_image,
+    first_stage_pixels,
+    first_stage_vectors,
+    load_image,
+    read_file,
+)
 from .sources import Item
 from .stages import Stage, StageOutput
 
@@ -59,13 +69,15 @@ class _Job:
 _job: _Job | None = None  # the job a forked worker decodes (inherited, never pickled)
 
 
-def _decode_image(item: Item):
+def _decode_image(item: Item, hash_item: bool) -> tuple[Image.Image, bytes]:
+    """The image, and its sha256 when asked (a file is read once for both)."""
     if item.image is not None:
-        return as_image(item.image, item.key)
+        return as_image(item.image, item.key), item.sha256() if hash_item else b""
     if item.array is not None:
-        return array_to_image(item.array)
+        return array_to_image(item.array), item.sha256() if hash_item else b""
     assert item.path is not None
-    return load_image(item.path, item.key)
+    data = read_file(item.path, item.key)
+    return load_image(data, item.key), hashlib.sha256(data).digest() if hash_item else b""
 
 
 def decode(job: _Job, start: int, stop: int) -> Decoded:
@@ -74,10 +86,9 @@ def decode(job: _Job, start: int, stop: int) -> Decoded:
     for i in range(start, stop):
         item = job.items[i]
         try:
-            img = _decode_image(item)
+            img, h = _decode_image(item, job.hash_items)
             f = first_stage_pixels(img) if job.need_first else None
             p = job.prepare(img) if job.prepare is not None else None
-            h = item.sha256() if job.hash_items else b""
         except ImageError as exc:
             failed.append((i, str(exc)))
             continue

@@ -36,6 +36,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def read_file(path: str | Path, name: str | None = None) -> bytes:
+    """A file's bytes, with load_image's one-line errors for a missing or unreadable file."""
+    label = name or str(path)
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError(f"{label}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"{label}: is a directory, not an image file") from exc
+    except PermissionError as exc:
+        raise ImageError(f"{label}: permission denied") from exc
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot be read ({exc})") from exc
+
+
 def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
     """Decode an image fully (truncation shows only on load) and return it as RGB.
 

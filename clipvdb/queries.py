@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+from pgvector import HalfVector
 from psycopg import sql
 
 from .stages import Stage
@@ -59,7 +61,7 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
     if projected_dim is not None:
         return sql.SQL(
             """SELECT q.ord, n.image_id, i.label, i.source, n.distance
-            FROM unnest(%(vectors)b::vector[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)
+            FROM unnest(%(vectors)b::{vtype}[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)
             CROSS JOIN LATERAL (
                 SELECT e.image_id, {dist} AS distance
                 FROM (
@@ -81,10 +83,11 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
             pdim=sql.Literal(projected_dim),
             table=sql.Identifier(stage.table),
             e=e,
+            vtype=sql.SQL(stage.column_type),
         )
     return sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance
-        FROM unnest(%(vectors)b::vector[]) WITH ORDINALITY AS q(v, ord)
+        FROM unnest(%(vectors)b::{vtype}[]) WITH ORDINALITY AS q(v, ord)
         CROSS JOIN LATERAL (
             SELECT e.image_id, {dist} AS distance
             FROM {table} {e}
@@ -99,7 +102,17 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
         order=distance(stage, metric, emb, qv, exact=exact),
         table=sql.Identifier(stage.table),
         e=e,
+        vtype=sql.SQL(stage.column_type),
     )
+
+
+def query_values(stage: Stage, vectors: np.ndarray) -> list:
+    """Query vectors as parameters of the type the stage stores (%(vectors)b in `knn`, %(v)b in
+    `knn_one`). A halfvec stage gets halfvec queries: a vector query would be cast for every row
+    compared (an exact scan of stage first casts 50,000 times per query)."""
+    if stage.column_type == "halfvec":
+        return [HalfVector(v) for v in vectors]
+    return list(vectors)
 
 
 def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:

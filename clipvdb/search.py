@@ -198,8 +198,8 @@ class StageSearcher:
     def search(self, conn: psycopg.Connection, vectors: np.ndarray) -> tuple[list[list[Neighbor]], float]:
         """Neighbours for each query vector, and the wall ms of the one statement (with its settings)."""
         self.check(vectors)
-        params = {"vectors": list(vectors.astype(np.float32)), "space": self.space, "dataset": self.dataset,
-                  "split": self.split, "k": self.settings.k}  # fmt: skip
+        params = {"vectors": queries.query_values(self.stage, vectors.astype(np.float32)), "space": self.space,
+                  "dataset": self.dataset, "split": self.split, "k": self.settings.k}  # fmt: skip
         if self.learned is not None:
             params = {**params, "projected": list(self.learned.apply(vectors))}
             del params["vectors"]

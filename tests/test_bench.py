@@ -51,3 +51,62 @@ def test_recall_item_finds_every_exact_neighbour_when_every_list_is_probed(syn_d
     assert [r["settings"] for r in rows] == ["probes=4", "probes=1,candidates=1"]
     assert rows[0]["recall_at_1"] == 1.0
     assert 0.0 <= rows[1]["recall_at_1"] <= 1.0 and rows[1]["seconds"] >= 0
+
+
+def test_a_block_is_replaced_between_its_markers_and_the_notes_around_it_stay(tmp_path):
+    from bench.markdown import replace_block
+
+    doc = tmp_path / "B.md"
+    doc.write_text("# title\n\nnotes before\n\n<!-- bench:x -->\nold\n<!-- /bench:x -->\n\nnotes after\n")
+    replace_block(doc, "x", "new figures\n")
+    replace_block(doc, "x", "newer figures")  # again: one block, not two
+    text = doc.read_text()
+    assert text == "# title\n\nnotes before\n\n<!-- bench:x -->\nnewer figures\n<!-- /bench:x -->\n\nnotes after\n"
+    replace_block(doc, "y", "appended")
+    assert doc.read_text().endswith("<!-- bench:y -->\nappended\n<!-- /bench:y -->\n")
+
+
+def test_headline_times_the_commands_and_writes_both_blocks(syn_data, tmp_path):
+    from bench.headline import main
+
+    for name in ("BENCHMARKS.md", "README.md"):
+        (tmp_path / name).write_text(f"# {name}\n\n<!-- bench:headline -->\n<!-- /bench:headline -->\n\nhand notes\n")
+    rows = main(["--data", str(syn_data), "--out", str(tmp_path / "h.json"), "--write", "--docs", str(tmp_path)])
+    assert rows["train"] == 60 and rows["test"] == 20
+    assert rows["ingest"]["inserted"] == {"first": 60}
+    assert rows["evaluate"]["stages"]["first"]["n"] == 20
+    assert rows["baseline_s"] > 0 and rows["ratios"]["evaluate"] == rows["evaluate_s"] / rows["baseline_s"]
+    assert 0 < rows["help_s"] < rows["ingest_s"] and rows["classify_s"] > 0
+    bench_md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert f"{rows['ingest_s']:.1f} s" in bench_md and f"{rows['ratios']['ingest']:.2f} x" in bench_md
+    assert bench_md.count("**met**") + bench_md.count("**not met**") == 4 and bench_md.endswith("hand notes\n")
+    readme = (tmp_path / "README.md").read_text()
+    assert f"**{rows['ratios']['evaluate']:.2f}x**" in readme and readme.endswith("hand notes\n")
+
+
+def _peers_result(clipvdb_total: float) -> dict:
+    cli = {"baseline_s": 20.0, "ingest_s": clipvdb_total / 2, "evaluate_s": clipvdb_total / 2,
+           "evaluate": {"stages": {"first": {"accuracy_pct": 35.1}}}}  # fmt: skip
+    rows = [
+        {"peer": "faiss IndexFlatL2 (exact)", "load_s": 0.3, "query_s": 14.0, "queries": 100, "accuracy": 35.3},
+        {"peer": "slowdb (embedded)", "load_s": 40.0, "query_s": 10.0, "queries": 10, "accuracy": 33.0},
+        {"peer": "lancedb_row", "error": "ImportError: no module"},
+    ]
+    for r in rows:
+        if "query_s" in r:
+            r["query_s_all"] = r["query_s"] * 100 / r["queries"]
+            r["total_s_all"] = r["load_s"] + r["query_s_all"]
+    return {"machine": "m", "baseline_s": 20.0, "baseline_accuracy": 35.3, "queries_all": 100, "rows": rows,
+            "clipvdb": cli}  # fmt: skip
+
+
+def test_peers_block_compares_every_peer_with_the_clipvdb_cli():
+    from bench.peers import render
+
+    text = render(_peers_result(20.0))
+    assert "| **clipvdb CLI**" in text and "| 10.0 s | 10.0 s | 20.0 s | 35.10 % |" in text
+    assert "100.0 s extrapolated (10 in 10.0 s)" in text and "33.00 % of the first 10" in text
+    assert "failed: ImportError: no module" in text
+    assert "Against slowdb: clipvdb's total is 7.0x faster, at 35.10 % against its 33.00 % over its first 10" in text
+    assert "(ahead)" in text and "Gap to faiss IndexFlatL2 (exact)" in text
+    assert "(not ahead)" in render(_peers_result(200.0))

@@ -1,0 +1,49 @@
+"""Generated blocks in BENCHMARKS.md and README.md: each bench module rewrites only the text between
+its own markers, so one `make bench` run refreshes every figure it measures and leaves the notes
+written by hand around them alone.
+
+    <!-- bench:NAME -->
+    ...generated...
+    <!-- /bench:NAME -->
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def replace_block(path: Path, name: str, body: str) -> None:
+    """Put `body` between the markers of block `name` in `path` (appended, with its markers, when the
+    file has none)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = path.read_text() if path.exists() else ""
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def machine() -> str:
+    """One line: date, CPU, cores, memory (for the head of a generated block)."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write(name: str, body: str, files: list[str]) -> None:
+    """Block `name` into each of `files` (a bench module's --write)."""
+    for f in files:
+        replace_block(Path(f), name, body)
+        print(f"wrote block '{name}' of {f}")
