@@ -108,7 +108,9 @@ def search_options(f):
                      help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).")(f)  # fmt: skip
     f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
     f = click.option(
-        "--probes", type=click.IntRange(1), help="ivfflat.probes (default: lists/5; projected index: lists/20; at least 1,000 rows scanned)."
+        "--probes",
+        type=click.IntRange(1),
+        help="ivfflat.probes (default: lists/5; projected index: lists/20; at least 1,000 rows scanned).",
     )(f)
     f = click.option("--k", "k", type=click.IntRange(1), default=1, show_default=True,
                      help="Neighbours; k > 1 is a majority vote, ties to the nearest.")(f)  # fmt: skip
