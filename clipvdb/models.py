@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import logging
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ENV_KEEP_FREED_MEMORY
 from .encoder import run_stages
 from .errors import UsageError, WeightsError
 from .stages import Stage, StageOutput
@@ -157,6 +158,27 @@ def announce(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc serve large blocks from the heap and keep what is freed, for the CPU
+    encoder's activations. By default every block over 32 MB is a fresh mmap that the kernel fills
+    with zeros page by page on first touch, and is unmapped again when freed: RN50 at batch 64 took
+    6.4 million page faults per 320 images and about 40 % of its time. With this the warm encoder ran
+    1.77x as fast (15.7 -> 27.8 images/s) with bit-identical embeddings (BENCHMARKS.md, headline
+    notes). The process keeps its peak heap until it exits. Linux with glibc only; the
+    CLIPVDB_KEEP_FREED_MEMORY=0 environment variable turns it off."""
+    if sys.platform != "linux" or os.environ.get(ENV_KEEP_FREED_MEMORY, "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     pretrained: str = DEFAULT_PRETRAINED,
@@ -226,6 +248,8 @@ def load_model(
         )
     model.eval()
     model.to(dev)
+    if dev.type == "cpu":
+        keep_freed_memory()
     if channels_last is None:
         channels_last = dev.type == "cpu"
     if channels_last:

@@ -187,3 +187,35 @@ def test_parse_stages():
     assert [s.name for s in parse_stages("origin, first")] == ["first", "origin"]
     with pytest.raises(StageError, match="unknown stage 'fourth'"):
         parse_stages("fourth")
+
+
+_ENCODE_IN_A_FRESH_PROCESS = """
+import sys, numpy as np
+from clipvdb.encoders import load_encoder
+from clipvdb.images import load_image
+from clipvdb.models import keep_freed_memory
+from clipvdb.stages import parse_stages
+enc = load_encoder("RN50", sys.argv[1], "cpu", quiet=True)
+batch = np.stack([enc.prepare(load_image(p)) for p in sys.argv[3:]])
+np.savez(sys.argv[2], kept=keep_freed_memory(), **enc.encode(batch, parse_stages("all")).vectors)
+"""
+
+
+def test_keeping_freed_memory_leaves_the_embeddings_bit_for_bit(rn50_checkpoint, images, tmp_path):
+    """The malloc setting the CPU encoder runs with (models.keep_freed_memory) is process-wide, so
+    each side runs in a fresh process: with it on (the default) and turned off by the variable."""
+    import os
+    import subprocess
+    import sys
+
+    out = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, "CLIPVDB_KEEP_FREED_MEMORY": flag}
+        path = tmp_path / f"{flag}.npz"
+        subprocess.run([sys.executable, "-c", _ENCODE_IN_A_FRESH_PROCESS, str(rn50_checkpoint), str(path),
+                        *map(str, images)], env=env, check=True)  # fmt: skip
+        out[flag] = np.load(path)
+    assert bool(out["1"]["kept"]) is (sys.platform == "linux") and not bool(out["0"]["kept"])
+    for stage in ("second", "third", "origin"):
+        assert out["1"][stage].shape == (3, STAGES[stage].dim)
+        assert np.array_equal(out["1"][stage], out["0"][stage]), stage
