@@ -25,6 +25,7 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     for stage, column in (("second", "vector(1024)"), ("third", "halfvec(2048)")):
         assert re.search(rf"\| {stage} \| {re.escape(column)} \| 10 \| 40 \| \d+ \| \d+ \|", text), stage
     assert "| all four |" in text and "channels_last" in text and "bfloat16 autocast" in text
+    assert "| freed memory kept (the default) |" in text and "Embeddings identical bit for bit: yes" in text
     assert re.search(r"\| halfvec\(3072\), storage plain \| [\d,.]+ \| 20 \| [\d.]+ \|", text)
     assert re.search(r"\| vector\(3072\), storage external \| [\d,.]+ \| 20 \| 1\.000 \|", text)
     load_row = re.search(r"\| 2 \| ([\d,]+) \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| (\d+) \|", text)
