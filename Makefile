@@ -58,7 +58,7 @@ format: $(VENV)/.installed
 bench: $(VENV)/.installed
 	@if [ -f "$(SHARED_DATA)/cifar10-jpeg.tar.gz" ] && [ ! -d "$(DATA_DIR)/cifar10" ]; then \
 	  mkdir -p $(DATA_DIR) && tar -xzf "$(SHARED_DATA)/cifar10-jpeg.tar.gz" -C $(DATA_DIR); fi
-	$(PY) -m bench.headline --data $(DATA_DIR)/cifar10 --sample $(SHARED_DATA)/samples/ship.png --clip 640 --write
+	$(PY) -m bench.headline --data $(DATA_DIR)/cifar10 --sample $(SHARED_DATA)/samples/ship.png --clip 1280 --write
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.peers --data $(DATA_DIR)/cifar10 --write
 	@if [ -f "$(CITUS_SRC)/build.sh" ]; then $(MAKE) --no-print-directory citus && \

@@ -37,7 +37,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_file(path: str | Path, name: str | None = None) -> bytes:
-    """A file's bytes, with load_image's one-line errors for a missing or unreadable file."""
+    """A file's bytes; a missing, unreadable or directory path is a one-line ImageError."""
     label = name or str(path)
     try:
         return Path(path).read_bytes()
@@ -56,11 +56,11 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
 
     Raises ImageError naming the file and the reason."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    data = source if isinstance(source, bytes) else read_file(source, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            fp = io.BytesIO(source) if isinstance(source, bytes) else source
-            with Image.open(fp) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageError(f"{label}: {img.width}x{img.height} is over the {MAX_PIXELS:,}-pixel cap")
                 img.load()
@@ -68,12 +68,6 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
                 return to_rgb(upright)
     except ImageError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageError(f"{label}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise ImageError(f"{label}: is a directory, not an image file") from exc
-    except PermissionError as exc:
-        raise ImageError(f"{label}: permission denied") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{label}: refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
