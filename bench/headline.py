@@ -176,7 +176,8 @@ def render_readme(r: dict) -> str:
     q = r["ratios"]
     first = r["evaluate"]["stages"]["first"]
     text = (
-        f"What a user types, stage first on the full CIFAR-10 copy ({r['train']:,} stored, {r['test']:,} queries), "
+        f"**Headline** (BENCHMARKS.md's summary, the same run): what a user types, stage first on the full "
+        f"CIFAR-10 copy ({r['train']:,} stored, {r['test']:,} queries), "
         f"each command a fresh subprocess, cold, against an in-process exact 1-NN over the decoded arrays in the "
         f"same run ({r['baseline_s']:.1f} s, {r['baseline_accuracy']:.2f} %; `make bench`, {r['machine']}): "
         f"`clipvdb ingest --stage first` with its index {r['ingest_s']:.1f} s (**{q['ingest']:.2f}x**); "
