@@ -146,7 +146,7 @@ def numpy_vectors(cur: psycopg.Cursor) -> psycopg.Cursor:
 
 
 def as_param(value: np.ndarray, column_type: str):
-    """A vector for COPY into a column of `column_type` ('vector' or 'halfvec')."""
+    """A vector as a parameter of `column_type` ('vector' or 'halfvec'): COPY rows and kNN queries."""
     return HalfVector(value) if column_type == "halfvec" else value
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-from pgvector import HalfVector
 from psycopg import sql
 
 from .stages import Stage
@@ -104,15 +102,6 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
         e=e,
         vtype=sql.SQL(stage.column_type),
     )
-
-
-def query_values(stage: Stage, vectors: np.ndarray) -> list:
-    """Query vectors as parameters of the type the stage stores (%(vectors)b in `knn`, %(v)b in
-    `knn_one`). A halfvec stage gets halfvec queries: a vector query would be cast for every row
-    compared (an exact scan of stage first casts 50,000 times per query)."""
-    if stage.column_type == "halfvec":
-        return [HalfVector(v) for v in vectors]
-    return list(vectors)
 
 
 def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:
