@@ -7,6 +7,7 @@ and a re-run skips what is stored (no duplicate rows, no re-encoding).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -134,12 +135,6 @@ def ingest(
         ) from exc
 
 
-def _done() -> Future:
-    f: Future = Future()
-    f.set_result(None)
-    return f
-
-
 def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict, build_index, progress):
     start = time.perf_counter()
     items: list[Item] = source.items(split)
@@ -176,39 +171,37 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
     if progress:
         progress(0, len(todo))
 
-    def store(batch: EncodedBatch) -> None:
-        image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
-        for s in stages:
-            result.inserted[s.name] += copy_vectors(
-                conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
-            )
-            if maps[s.name] is not None:
-                learned.add(conn, s, maps[s.name], spaces[s.name], image_ids, batch.vectors[s.name], dataset, split)
-            if projections[s.name] is not None:
-                projection.add(conn, s, projections[s.name], spaces[s.name], image_ids,
-                               batch.vectors[s.name], dataset, split)  # fmt: skip
-        conn.commit()
+    def store(batch: EncodedBatch) -> int:
+        if batch.items:
+            image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
+            for s in stages:
+                result.inserted[s.name] += copy_vectors(
+                    conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
+                )
+                if maps[s.name] is not None:
+                    learned.add(conn, s, maps[s.name], spaces[s.name], image_ids, batch.vectors[s.name], dataset, split)
+                if projections[s.name] is not None:
+                    projection.add(conn, s, projections[s.name], spaces[s.name], image_ids,
+                                   batch.vectors[s.name], dataset, split)  # fmt: skip
+            conn.commit()
+        return len(batch.items) + len(batch.failed)
 
     # Each batch is stored on a writer thread while the next one is decoded and encoded: its COPY,
     # projections and commit overlap the encoder instead of adding to it. One batch at most waits,
-    # and batches commit in order, so a killed ingest still leaves whole batches only.
+    # and batches commit in order, so a killed ingest still leaves whole batches only. The None at
+    # the end waits for the last one.
     with ThreadPoolExecutor(1, thread_name_prefix="clipvdb-store") as writer:
-        pending: tuple[Future, int] | None = None
-        for batch in encode_items(todo, stages, lm, batch_size=batch_size, workers=workers):
-            for item, reason in batch.failed:
+        pending: Future[int] | None = None
+        for batch in itertools.chain(encode_items(todo, stages, lm, batch_size=batch_size, workers=workers), [None]):
+            for item, reason in batch.failed if batch is not None else []:
                 if strict:
                     raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
                 result.failed.append((item.key, reason))
             if pending is not None:
-                pending[0].result()
+                done = pending.result()
                 if progress:
-                    progress(pending[1], len(todo))
-            done = len(batch.items) + len(batch.failed)
-            pending = (writer.submit(store, batch) if batch.items else _done(), done)
-        if pending is not None:
-            pending[0].result()
-            if progress:
-                progress(pending[1], len(todo))
+                    progress(done, len(todo))
+            pending = writer.submit(store, batch) if batch is not None else None
     for s in stages:
         db.recount(conn, s.name)
     conn.commit()
