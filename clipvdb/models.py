@@ -166,9 +166,9 @@ def keep_freed_memory() -> bool:
     """Have glibc's malloc serve large blocks from the heap and keep what is freed, for the CPU
     encoder's activations. By default every block over 32 MB is a fresh mmap that the kernel fills
     with zeros page by page on first touch, and is unmapped again when freed: RN50 at batch 64 took
-    6.4 million page faults per 320 images and about 40 % of its time. With this the warm encoder ran
-    1.77x as fast (15.7 -> 27.8 images/s) with bit-identical embeddings (BENCHMARKS.md, headline
-    notes). The process keeps its peak heap until it exits. Linux with glibc only; the
+    4.5 million page faults per 192 images. With this the warm encoder ran 2.20x as fast (12.9 ->
+    28.3 images/s), with bit-identical embeddings and the same peak RSS (BENCHMARKS.md, item 3).
+    The process keeps its peak heap until it exits. Linux with glibc only; the
     CLIPVDB_KEEP_FREED_MEMORY=0 environment variable turns it off."""
     if sys.platform != "linux" or os.environ.get(ENV_KEEP_FREED_MEMORY, "1") == "0":
         return False
