@@ -24,7 +24,7 @@ import torch
 
 from bench import markdown
 from bench.accuracy import item_accuracy
-from bench.common import FULL, QUICK, FakeLM, Report, find_source, load_pixels
+from bench.common import FULL, QUICK, FakeEncoder, Report, find_source, load_pixels
 from bench.encoder import item_encoder
 from bench.fp16 import item_fp16
 from bench.load import item_load
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> Path:
     source = find_source(args.data, work, args.quick)
     home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
     url = os.environ.get("CLIPVDB_BENCH_DATABASE_URL") or embedded.start(home)
-    store = Store(url, encoder=FakeLM(), pool_size=12)  # item 6 runs 8 clients at once
+    store = Store(url, encoder=FakeEncoder(), pool_size=12)  # item 6 runs 8 clients at once
     started = time.perf_counter()
     rep = Report()
     try:

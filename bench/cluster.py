@@ -74,11 +74,11 @@ def shard_figures(home: Path, source, n: int = 2000) -> dict:
     vectors): what a row costs on the workers, per table."""
     import numpy as np
 
-    from bench.common import FakeLM
+    from bench.common import FakeEncoder
     from clipvdb import Store
 
     out: dict = {}
-    with Store(home=home, encoder=FakeLM()) as store:
+    with Store(home=home, encoder=FakeEncoder()) as store:
         rng = np.random.default_rng(0)
         for name in ("second", "third", "origin"):
             stage = STAGES[name]

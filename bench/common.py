@@ -143,7 +143,7 @@ def warm(store: Store, stage, queries: np.ndarray | None = None, settings=None, 
     return time.perf_counter() - start
 
 
-class FakeLM:
+class FakeEncoder:
     """Identifies an embedding space for benchmark vectors that no model produced (random projections
     of the pixels): the bench store's encoder, never asked to encode."""
 
@@ -152,7 +152,7 @@ class FakeLM:
     is_random = True
 
 
-def run_queries(store, stage, lm, dataset, Q, settings, batch: int, clients: int = 1, split: str = "train",
+def run_queries(store, stage, encoder, dataset, Q, settings, batch: int, clients: int = 1, split: str = "train",
                 budget_s: float | None = None):  # fmt: skip
     """Neighbour ids and labels for the queries answered, their positions in Q, and wall seconds;
     `clients` connections in parallel. With `budget_s`, each client stops after its current
@@ -164,7 +164,7 @@ def run_queries(store, stage, lm, dataset, Q, settings, batch: int, clients: int
 
     def work(i: int) -> None:
         with store.connection() as conn:
-            searcher = store.searcher(stage, dataset, split, settings)
+            searcher = store.searcher(stage, settings, dataset=dataset, against=split)
             backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
             conn.commit()
             ids, labels, done = [], [], []
@@ -241,7 +241,7 @@ def fp16_nearest_changes(encoder, source: Source, n_train: int, n_test: int) -> 
     """Rows per CLIP stage (second, third): how often rounding the stored and query vectors to float16
     (what halfvec storage does) changes the exact nearest neighbour, and how many of those changes
     are near-ties (the float32 distances within 0.1 %)."""
-    from clipvdb.encoding import encode_items
+    from clipvdb.pipeline import encode_items
 
     stages = parse_stages("second,third")
 
@@ -271,7 +271,7 @@ FP16_HEADER = ["stage", "stored as", "queries", "stored", "1-NN changed by float
 
 
 def run_split(store, dataset, split, Q, settings):
-    searcher = store.searcher(STAGES["first"], dataset, split, settings)
+    searcher = store.searcher(STAGES["first"], settings, dataset=dataset, against=split)
     with store.connection() as conn:
         start = time.perf_counter()
         ids = []

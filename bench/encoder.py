@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 
 from bench.common import Config, Report, time_median
-from clipvdb.encoder import run_stages
+from clipvdb.forward_pass import run_stages
 from clipvdb.stages import STAGES, parse_stages
 
 
 @torch.inference_mode()
 def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
-    from clipvdb.models import load_model
+    from clipvdb.clip_model import load_model
 
     rep.h("3. Encoder: images/s per stage on CPU, random RN50 weights, vs open_clip encode_image")
-    lm = load_model("RN50", "random", "cpu", quiet=True)
+    encoder = load_model("RN50", "random", "cpu", quiet=True)
     threads = torch.get_num_threads()
     rows, ips32 = [], {}
     for bs in cfg.enc_batches:
@@ -23,11 +23,11 @@ def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
         if cfg.quick:
             reps = 2
         fns = {
-            "encode_image": lambda: lm.model.encode_image(x),
-            "origin": lambda: run_stages(lm.visual, x, [STAGES["origin"]], lm.device),
-            "second": lambda: run_stages(lm.visual, x, [STAGES["second"]], lm.device),
-            "third": lambda: run_stages(lm.visual, x, [STAGES["third"]], lm.device),
-            "all four": lambda: run_stages(lm.visual, x, parse_stages("all"), lm.device),
+            "encode_image": lambda: encoder.model.encode_image(x),
+            "origin": lambda: run_stages(encoder.visual, x, [STAGES["origin"]], encoder.device),
+            "second": lambda: run_stages(encoder.visual, x, [STAGES["second"]], encoder.device),
+            "third": lambda: run_stages(encoder.visual, x, [STAGES["third"]], encoder.device),
+            "all four": lambda: run_stages(encoder.visual, x, parse_stages("all"), encoder.device),
         }
         fns["encode_image"]()  # warm-up
         t = {k: time_median(f, reps) for k, f in fns.items()}
@@ -43,25 +43,25 @@ def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
     bs = cfg.enc_batches[-1] if cfg.quick else 32
     x = torch.randn(bs, 3, 224, 224)
     # the baseline is float32 NCHW; load_model's CPU default is channels_last
-    lm.visual.to(memory_format=torch.contiguous_format)
-    ref = lm.model.encode_image(x)
-    base = time_median(lambda: lm.model.encode_image(x), 3)
-    lm.visual.to(memory_format=torch.channels_last)
+    encoder.visual.to(memory_format=torch.contiguous_format)
+    ref = encoder.model.encode_image(x)
+    base = time_median(lambda: encoder.model.encode_image(x), 3)
+    encoder.visual.to(memory_format=torch.channels_last)
     xc = x.contiguous(memory_format=torch.channels_last)
-    cl_out = lm.model.encode_image(xc)
-    cl = time_median(lambda: lm.model.encode_image(xc), 3)
-    lm.visual.to(memory_format=torch.contiguous_format)
+    cl_out = encoder.model.encode_image(xc)
+    cl = time_median(lambda: encoder.model.encode_image(xc), 3)
+    encoder.visual.to(memory_format=torch.contiguous_format)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf_out = lm.model.encode_image(x).float()
-        bf = time_median(lambda: lm.model.encode_image(x), 3)
+        bf_out = encoder.model.encode_image(x).float()
+        bf = time_median(lambda: encoder.model.encode_image(x), 3)
     rel = lambda a: float((a - ref).norm() / ref.norm())  # noqa: E731
     rows = [["channels_last", cl / base, rel(cl_out)], ["bfloat16 autocast", bf / base, rel(bf_out)]]
     # a frozen inference graph: TorchScript trace, freeze (constants folded, conv + batch norm merged),
     # optimize_for_inference (oneDNN fusion where available), channels_last input
-    lm.visual.to(memory_format=torch.channels_last)
+    encoder.visual.to(memory_format=torch.channels_last)
     try:
         with torch.inference_mode(False), torch.no_grad():
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(lm.visual.eval(), xc)))
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(encoder.visual.eval(), xc)))
             frozen(xc)
             fr_out = frozen(xc)
             fr = time_median(lambda: frozen(xc), 3)
@@ -78,8 +78,8 @@ def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
 _MALLOC_RUN = """
 import json, resource, sys, time
 import numpy as np
-from clipvdb.encoders import load_encoder
-from clipvdb.models import keep_freed_memory
+from clipvdb.encoder import load_encoder
+from clipvdb.clip_model import keep_freed_memory
 from clipvdb.stages import parse_stages
 n, bs, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 enc = load_encoder("RN50", "random", "cpu", quiet=True)

@@ -9,7 +9,7 @@ from clipvdb.sources import Source
 
 
 def item_fp16(rep: Report, cfg: Config, source: Source) -> None:
-    from clipvdb.encoders import load_encoder
+    from clipvdb.encoder import load_encoder
 
     n_train, n_test = (40, 10) if cfg.quick else (1000, 100)
     rep.h(f"9. Half precision and the nearest neighbour at the CLIP stages ({n_train:,} stored, {n_test:,} queries)")

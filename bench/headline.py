@@ -196,7 +196,7 @@ def render_readme(r: dict) -> str:
 def clip_stages(source, data: str, n: int, env: dict) -> dict:
     """`clipvdb ingest --stage all` of n images (random RN50 weights) against the bare encoder: the
     same images decoded and prepared beforehand, then only `encode` for all stages, batch 64."""
-    from clipvdb.encoders import load_encoder
+    from clipvdb.encoder import load_encoder
     from clipvdb.images import load_image
     from clipvdb.stages import parse_stages
 

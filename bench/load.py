@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import Config, FakeLM, Report, load_stage
+from bench.common import Config, FakeEncoder, Report, load_stage
 from clipvdb import Store, indexes
 from clipvdb.sources import Source
 from clipvdb.stages import STAGES
@@ -26,7 +26,7 @@ def item_load(rep: Report, cfg: Config, store: Store, source: Source, data: dict
             conn.execute(f"TRUNCATE {stage.table} CASCADE")
             conn.commit()
         _, load_s, index_s = load_stage(
-            store, stage, source, "train", ktr[:n], ytr[:n], X, FakeLM() if stage.uses_clip else None
+            store, stage, source, "train", ktr[:n], ytr[:n], X, FakeEncoder() if stage.uses_clip else None
         )
         kind, params = indexes.default_index(stage)
         label = kind + (f" project={params['project']}" if params.get("project") else "")

@@ -9,7 +9,7 @@ import numpy as np
 
 from bench.common import Config, Report, ensure_first_loaded
 from clipvdb import Store, catalog, indexes
-from clipvdb.search import SearchSettings
+from clipvdb.knn import SearchSettings
 from clipvdb.sources import Source
 from clipvdb.stages import STAGES
 
@@ -30,7 +30,7 @@ def item_load_test(rep: Report, cfg: Config, store: Store, source: Source, data:
     def client(i: int) -> None:
         rng = np.random.default_rng(i)
         try:
-            searcher = store.searcher(STAGES["first"], dataset, "train", SearchSettings())
+            searcher = store.searcher(STAGES["first"], SearchSettings(), dataset=dataset)
             with store.connection() as conn:
                 while time.perf_counter() < stop_at:
                     q = Xte[rng.integers(len(Xte)) : None][:1]

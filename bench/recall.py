@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import exact_baseline, load_pixels
 from clipvdb import Store, embedded
-from clipvdb.search import SearchSettings
+from clipvdb.knn import SearchSettings
 from clipvdb.sources import open_source
 from clipvdb.stages import STAGES
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             dataset = store.dataset(None)
             for spec in args.settings:
                 kw = {k: int(v) for k, v in (kv.split("=") for kv in spec.split(","))}
-                searcher = store.searcher(STAGES["first"], dataset.id, "train", SearchSettings(**kw))
+                searcher = store.searcher(STAGES["first"], SearchSettings(**kw), dataset=dataset.name)
                 with store.connection() as conn:
                     searcher.search(conn, Q[:100])  # warm: the index pages in shared buffers
                     start = time.perf_counter()

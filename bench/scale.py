@@ -8,7 +8,7 @@ import numpy as np
 
 from bench.common import Config, Report, exact_baseline, load_stage, run_split, warm
 from clipvdb import Store, catalog, indexes
-from clipvdb.search import SearchSettings
+from clipvdb.knn import SearchSettings
 from clipvdb.sources import Source
 from clipvdb.stages import STAGES
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import BUDGET_S, STUDY, Config, FakeLM, Report, ensure_first_loaded, load_stage, run_queries
+from bench.common import BUDGET_S, STUDY, Config, FakeEncoder, Report, ensure_first_loaded, load_stage, run_queries
 from clipvdb import Store, indexes
-from clipvdb.search import SearchSettings
+from clipvdb.knn import SearchSettings
 from clipvdb.sources import Source
 from clipvdb.stages import STAGES
 
@@ -26,20 +26,20 @@ def item_study(rep: Report, cfg: Config, store: Store, source: Source, data: dic
             q_s = None  # zero-shot: one matrix product against 10 prompts, not a database query
         else:
             if name == "first":
-                Q, lm = Xte[:n], None
+                Q, encoder = Xte[:n], None
             else:
                 P = rng.standard_normal((3072, stage.dim), dtype=np.float32) / 55
                 with store.connection() as conn:
                     conn.execute(f"TRUNCATE {stage.table} CASCADE")
                     conn.commit()
-                load_stage(store, stage, source, "train", ktr, ytr, (Xtr @ P).astype(np.float32), FakeLM())
-                Q, lm = (Xte[:n] @ P).astype(np.float32), FakeLM()
+                load_stage(store, stage, source, "train", ktr, ytr, (Xtr @ P).astype(np.float32), FakeEncoder())
+                Q, encoder = (Xte[:n] @ P).astype(np.float32), FakeEncoder()
                 with store.connection() as conn:
                     conn.execute(f"SELECT sum(vector_dims(embedding)) FROM {stage.table}").fetchone()
             with store.connection() as conn:
                 kind = indexes.info(conn, stage).kind
             settings = SearchSettings(ef_search=100) if kind == "hnsw" else SearchSettings()
-            _, _, q_s, done = run_queries(store, stage, lm, s1["dataset"], Q, settings, batch=100, clients=2,
+            _, _, q_s, done = run_queries(store, stage, encoder, s1["dataset"], Q, settings, batch=100, clients=2,
                                           budget_s=BUDGET_S)  # fmt: skip
             q_s = q_s * len(Q) / max(len(done), 1)
         se, sq = STUDY[name]

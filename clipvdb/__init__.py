@@ -22,10 +22,10 @@ _EXPORTS = {
     "EvalRun": "evaluate",
     "IngestResult": "ingest",
     "IndexInfo": "indexes",
-    "SearchSettings": "search",
+    "SearchSettings": "knn",
     "Stage": "stages",
     "STAGES": "stages",
-    "TinyEncoder": "encoders",
+    "TinyEncoder": "encoder",
     "ClipvdbError": "errors",
 }
 __all__ = [
@@ -34,13 +34,13 @@ __all__ = [
 ]  # fmt: skip
 
 if TYPE_CHECKING:
-    from .encoders import TinyEncoder
+    from .encoder import TinyEncoder
     from .errors import ClipvdbError
     from .evaluate import EvalRun
     from .indexes import IndexInfo
     from .ingest import IngestResult
+    from .knn import SearchSettings
     from .predict import Prediction
-    from .search import SearchSettings
     from .stages import STAGES, Stage
     from .store import Dataset, Store
 

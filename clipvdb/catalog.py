@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import psycopg
+from PIL import Image
 
 from . import db, queries
-from .encoders import Encoder
+from .encoder import Encoder
 from .errors import SourceError, UsageError
-from .sources import Source
+from .images import array_to_image, load_image
+from .sources import Source, open_source
 from .stages import STAGES, Stage
 
 # The `first` stage uses no model: its vectors are the same whatever weights are loaded.
@@ -17,30 +22,28 @@ PIXELS_MODEL = "pixels"
 PIXELS_WEIGHTS = "none"
 
 
-def space_identity(stage: Stage, lm: Encoder | None) -> tuple[str, str]:
+def space_identity(stage: Stage, encoder: Encoder | None) -> tuple[str, str]:
     if not stage.uses_clip:
         return PIXELS_MODEL, PIXELS_WEIGHTS
-    if lm is None:
+    if encoder is None:
         raise UsageError(f"stage {stage.name} needs a model")
-    return lm.name, lm.weights
+    return encoder.name, encoder.weights
 
 
-def get_or_create_space(conn: psycopg.Connection, stage: Stage, lm: Encoder | None) -> int:
-    model, weights = space_identity(stage, lm)
+def get_or_create_space(conn: psycopg.Connection, stage: Stage, encoder: Encoder | None) -> int:
+    model, weights = space_identity(stage, encoder)
     row = conn.execute(
-        """INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES (%s, %s, %s, %s)
-           ON CONFLICT (model, weights, stage) DO UPDATE SET dim = embedding_spaces.dim
-           RETURNING id, dim""",
+        queries.UPSERT_SPACE,
         (model, weights, stage.name, stage.dim),
     ).fetchone()
     assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
     return row[0]
 
 
-def find_space(conn: psycopg.Connection, stage: Stage, lm: Encoder | None) -> int | None:
-    model, weights = space_identity(stage, lm)
+def find_space(conn: psycopg.Connection, stage: Stage, encoder: Encoder | None) -> int | None:
+    model, weights = space_identity(stage, encoder)
     row = conn.execute(
-        "SELECT id FROM embedding_spaces WHERE model = %s AND weights = %s AND stage = %s",
+        queries.FIND_SPACE,
         (model, weights, stage.name),
     ).fetchone()
     return row[0] if row else None
@@ -48,7 +51,7 @@ def find_space(conn: psycopg.Connection, stage: Stage, lm: Encoder | None) -> in
 
 def stages_with_rows(conn: psycopg.Connection) -> list[str]:
     """Names of the stages that hold any vectors, in forward-pass order."""
-    have = {r[0] for r in conn.execute(queries.stages_with_rows()).fetchall()}
+    have = {r[0] for r in conn.execute(queries.STAGES_WITH_ROWS).fetchall()}
     return [n for n in STAGES if n in have]
 
 
@@ -61,18 +64,17 @@ def register_dataset(conn: psycopg.Connection, source: Source, name: str | None 
     """The dataset's id, created with its classes on first use; its classes must not change."""
     name = name or source.name
     row = conn.execute(
-        """INSERT INTO datasets (name, source) VALUES (%s, %s)
-           ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id""",
+        queries.UPSERT_DATASET,
         (name, source.location),
     ).fetchone()
     assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
     dataset_id = row[0]
-    existing = conn.execute("SELECT name FROM classes WHERE dataset_id = %s ORDER BY label", (dataset_id,)).fetchall()
+    existing = conn.execute(queries.CLASS_NAMES, (dataset_id,)).fetchall()
     existing_names = [r[0] for r in existing]
     if not existing_names:
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO classes (dataset_id, label, name) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                queries.INSERT_CLASS,
                 [(dataset_id, i, c) for i, c in enumerate(source.classes)],
             )
     elif existing_names != source.classes:
@@ -86,11 +88,11 @@ def register_dataset(conn: psycopg.Connection, source: Source, name: str | None 
 def dataset_id(conn: psycopg.Connection, name: str | None) -> int:
     """The named dataset, or the only one when no name is given."""
     if name:
-        row = conn.execute("SELECT id FROM datasets WHERE name = %s", (name,)).fetchone()
+        row = conn.execute(queries.DATASET_BY_NAME, (name,)).fetchone()
         if row is None:
             raise UsageError(f"no dataset named {name!r}; run 'clipvdb ingest --data SRC' first")
         return row[0]
-    rows = conn.execute("SELECT id, name FROM datasets ORDER BY id").fetchall()
+    rows = conn.execute(queries.DATASETS).fetchall()
     if not rows:
         raise UsageError("the database holds no dataset yet; run 'clipvdb ingest --stage S --data SRC' first")
     if len(rows) > 1:
@@ -99,8 +101,17 @@ def dataset_id(conn: psycopg.Connection, name: str | None) -> int:
     return rows[0][0]
 
 
+def dataset_name(conn: psycopg.Connection, dataset: int) -> str:
+    return db.scalar(conn, queries.DATASET_NAME, (dataset,))
+
+
+def sample_images(conn: psycopg.Connection, n: int = 8) -> list[tuple[int, str]]:
+    """(image id, class name) of the first `n` stored images outside the training split."""
+    return [(r[0], r[1]) for r in conn.execute(queries.SAMPLE_IMAGES, (n,)).fetchall()]
+
+
 def class_names(conn: psycopg.Connection, dataset: int) -> list[str]:
-    rows = conn.execute("SELECT name FROM classes WHERE dataset_id = %s ORDER BY label", (dataset,)).fetchall()
+    rows = conn.execute(queries.CLASS_NAMES, (dataset,)).fetchall()
     return [r[0] for r in rows]
 
 
@@ -115,7 +126,7 @@ def upsert_images(
     if distributed:
         # Citus keeps no unique constraint on (dataset, split, source) (it must include the
         # distribution column): ingests of one dataset and split take turns per batch instead.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"clipvdb:images:{dataset}:{split}".encode()),))
+        conn.execute(queries.ADVISORY_XACT_LOCK, (zlib.crc32(f"clipvdb:images:{dataset}:{split}".encode()),))
     found = dict(_find_images(conn, dataset, split, keys))
     missing = [r for r in rows if r[0] not in found]
     if missing:
@@ -129,7 +140,7 @@ def upsert_images(
 
 def _find_images(conn: psycopg.Connection, dataset: int, split: str, keys: list[str]) -> list[tuple[str, int]]:
     return conn.execute(
-        "SELECT source, id FROM images WHERE dataset_id = %s AND split = %s AND source = ANY(%s)",
+        queries.FIND_IMAGES,
         (dataset, split, keys),
     ).fetchall()
 
@@ -138,3 +149,27 @@ def batch_image_ids(conn: psycopg.Connection, dataset: int, split: str, items, s
     """Image rows for one encoded batch (stored if new); their ids in the batch's order."""
     ids = upsert_images(conn, dataset, split, [(it.key, it.label, sha) for it, sha in zip(items, shas, strict=True)])
     return [ids[it.key] for it in items]
+
+
+@lru_cache(maxsize=8)
+def _source(location: str) -> Source:
+    return open_source(location)
+
+
+@lru_cache(maxsize=8)
+def _cifar_index(location: str, split: str) -> dict[str, np.ndarray]:
+    return {it.key: it.array for it in _source(location).items(split) if it.array is not None}
+
+
+def stored_image(conn: psycopg.Connection, image_id: int) -> Image.Image:
+    """The pixels of a stored image, re-read from its source (a file, or a CIFAR-10 record)."""
+    row = conn.execute(queries.IMAGE_SOURCE, (image_id,)).fetchone()
+    if row is None:
+        raise UsageError(f"no stored image {image_id}")
+    location, split, key = row
+    root = Path(location)
+    if root.is_dir() and (root / key).is_file():
+        return load_image(root / key)
+    if _source(location).kind == "cifar10-python":
+        return array_to_image(_cifar_index(location, split)[key])
+    raise UsageError(f"image {image_id} ({key}) is no longer readable at {location}")

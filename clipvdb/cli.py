@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 import click
 
 from . import __version__, config
-from .errors import ClipvdbError, UsageError
+from .errors import ClipvdbError, SkippedImagesError, UsageError
 from .output import print_json as _print_json
 from .output import print_plain, print_table
 from .output import progress as _progress
 from .stages import STAGE_CHOICES, STAGE_NAMES, Stage, parse_stages
 
 if TYPE_CHECKING:
+    from .knn import SearchSettings
     from .store import Store
 
 
@@ -44,7 +45,7 @@ class State:
 
     @cached_property
     def store(self) -> Store:
-        from .store import Store
+        from .store import Store  # numpy, psycopg and PIL: kept off the start-up of --help
 
         return Store(self.database_url, home=self.home, model=self.model, pretrained=self.pretrained,
                      device=self.device)  # fmt: skip
@@ -115,6 +116,13 @@ def search_options(f):
     f = click.option("--k", "k", type=click.IntRange(1), default=1, show_default=True,
                      help="Neighbours; k > 1 is a majority vote, ties to the nearest.")(f)  # fmt: skip
     return f
+
+
+def _settings(k, probes, ef_search, candidates, exact, metric, learned) -> SearchSettings:
+    from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
+
+    return SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric, candidates=candidates,
+                          learned=learned)  # fmt: skip
 
 
 def json_option(f):
@@ -234,11 +242,9 @@ def db_stop(state: State) -> None:
     Example:
       clipvdb db stop
     """
-    from . import embedded
-
     if state.database_url:
         raise UsageError("db stop manages the embedded server only; unset --database-url/CLIPVDB_DATABASE_URL")
-    stopped = embedded.stop(state.home)
+    stopped = state.store.stop()
     click.echo("embedded server stopped" if stopped else "embedded server was not running")
 
 
@@ -257,9 +263,7 @@ def db_grant_reader(state: State, name: str, password: str | None) -> None:
       clipvdb db grant-reader analyst --password s3cret
       psql "postgresql://analyst:s3cret@dbhost/clipvdb" -c 'SELECT * FROM report_accuracy'
     """
-    from . import db as dbm
-
-    dbm.grant_reader(state.store.url, name, password)
+    state.store.grant_reader(name, password)
     click.echo(f"role {name} can read every table and view, and change nothing")
 
 
@@ -410,8 +414,7 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
       clipvdb ingest --stage first --data cifar-10-python.tar.gz --limit 5000
       clipvdb ingest --stage all --data ./cifar10 --pretrained ~/RN50.pt
     """
-    from .errors import SkippedImagesError
-    from .sources import open_source
+    from .sources import open_source  # numpy: kept off the start-up of --help
 
     stages = _stages(stage)
     source = open_source(data)
@@ -501,10 +504,10 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
       clipvdb classify cat.png
       clipvdb classify cat.png ship.png --stage first,second --k 5 --json
     """
+    settings = _settings(k, probes, ef_search, candidates, exact, metric, learned)
     preds = state.store.classify(
-        list(images), _stages(stage) if stage else None, k=k, exact=exact, probes=probes, ef_search=ef_search,
-        metric=metric, candidates=candidates, dataset=dataset, against=against, prompts=prompts, learned=learned,
-    )  # fmt: skip
+        list(images), _stages(stage) if stage else None, settings, dataset=dataset, against=against, prompts=prompts
+    )
     if as_json:
         _print_json([p.as_dict() for p in preds])
         return
@@ -541,7 +544,7 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
       clipvdb evaluate --stage first --data cifar-10-python.tar.gz --num 1000 --exact
       clipvdb evaluate --stage all --data ./cifar10 --k 5 --display-freq 5
     """
-    from .sources import open_source
+    from .sources import open_source  # numpy: kept off the start-up of --help
 
     stages = _stages(stage)
     source = open_source(data)
@@ -549,11 +552,11 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
     progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
     with progress:
         result = state.store.evaluate(
-            source, stages, split=split, against=against, k=k, exact=exact, probes=probes, ef_search=ef_search,
-            metric=metric, candidates=candidates, num=num, batch_size=batch_size, workers=workers,
-            connections=connections, display_freq=display_freq, dataset=dataset, prompts=prompts, learned=learned,
+            source, stages, _settings(k, probes, ef_search, candidates, exact, metric, learned), split=split,
+            against=against, num=num, batch_size=batch_size, workers=workers, connections=connections,
+            display_freq=display_freq, dataset=dataset, prompts=prompts,
             report=lambda line: progress.console.print(line), progress=update,
-        )  # fmt: skip
+        )
     if as_json:
         _print_json(result.as_dict())
         return
@@ -581,19 +584,19 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
 @model_options
 @json_option
 @click.pass_obj
-def search(state: State, text, image, k, stage, dataset, exact, as_json) -> None:
+def retrieve(state: State, text, image, k, stage, dataset, exact, as_json) -> None:
     """Find stored images by TEXT (cosine distance over stored origin embeddings).
 
     \b
     Example:
-      clipvdb search "a red sports car" --k 10
-      clipvdb search "but red" --image car.png
+      clipvdb retrieve "a red sports car" --k 10
+      clipvdb retrieve "but red" --image car.png
     """
-    hits = state.store.search(text, image=image, k=k, stage=stage, dataset=dataset, exact=exact)
+    hits = state.store.retrieve(text, image=image, k=k, stage=stage, dataset=dataset, exact=exact)
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
-    print_table("search", [h.as_dict() for h in hits], ["image_id", "class_name", "source", "distance"])
+    print_table("retrieve", [h.as_dict() for h in hits], ["image_id", "class_name", "source", "distance"])
 
 
 @cli.command()
@@ -615,7 +618,8 @@ def neighbors(state: State, image, stage, k, out, dataset, exact, learned, as_js
       clipvdb neighbors cat.png --stage first,second --k 8 --out grid.png
     """
     stages = [s for s in _stages(stage) if s.name != "origin"] if stage == "all" else _stages(stage)
-    grid = state.store.neighbors(image, stages, out, k=k, dataset=dataset, exact=exact, learned=learned)
+    settings = _settings(k, None, None, None, exact, "l2", learned)
+    grid = state.store.neighbors(image, stages, out, settings, dataset=dataset)
     if as_json:
         _print_json({"path": str(grid.path), "stages": grid.stages, "columns": grid.columns, "rows": grid.rows})
         return
@@ -662,12 +666,10 @@ def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, o
     Example:
       clipvdb experiment search --stage first --sizes 1000,5000 --out recall.png
     """
-    from .experiment import plot_experiment
-
     result = state.store.experiment(_stages(stage), _ints(sizes), queries=queries, probes=_ints(probes),
                                     ef_search=_ints(ef), metric=metric)  # fmt: skip
     if out:
-        plot_experiment(result, out)
+        state.store.plot_experiment(result, out)
     if as_json:
         _print_json({"experiment_id": result.experiment_id, "rows": result.rows, "plot": str(out) if out else None})
         return
@@ -800,7 +802,7 @@ def serve(state: State, host: str, port: int, k: int, learned: bool) -> None:
     Example:
       clipvdb serve --port 8000    # then open http://127.0.0.1:8000
     """
-    from .web import serve as run_serve
+    from .web import serve as run_serve  # flask: only when serving
 
     click.echo(f"clipvdb: serving on http://{host}:{port} (Ctrl-C to stop)", err=True)
     run_serve(state.store, host=host, port=port, k=k, learned=learned)
@@ -822,15 +824,13 @@ def report(state: State, run: int | None, views: tuple[str, ...], as_json: bool)
       clipvdb report
       clipvdb report --run 3 --view report_accuracy --json
     """
-    from . import reports
-
     data = state.store.reports(run, views or None)
     if as_json:
         _print_json(data)
         return
     if data["run_id"] is None:
         raise UsageError("no complete evaluation run yet; run 'clipvdb evaluate' first")
-    _print_report(data, tuple(views) or reports.VIEWS)
+    _print_report(data, tuple(v for v in data if v != "run_id"))
 
 
 # Columns left out of the human tables (they are in --json and in psql).
@@ -892,7 +892,7 @@ def demo(state: State, data, n_train, n_test, stage, out) -> None:
       clipvdb demo
       clipvdb demo --data ./cifar10 --train 2000 --test 200
     """
-    from .demo import run_demo
+    from .demo import run_demo  # the Store and the encoder: only when the demo runs
 
     stages = _stages(stage)
     result = run_demo(

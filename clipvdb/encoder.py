@@ -1,94 +1,109 @@
-"""The stage encoder: embeddings from different depths of a CLIP ResNet's visual tower (torch).
+"""What an encoder is to clipvdb, and which one to load.
 
-Stage definitions are in stages.py. `run_stages` runs one forward pass that stops at the deepest
-stage asked for and captures every requested CLIP stage on the way.
+An encoder turns decoded images into the CLIP stages' vectors (second, third, origin) and class
+prompts into text vectors (origin's zero-shot and text search). Stage first needs no encoder.
+
+- `models.LoadedModel`: a real CLIP model through open_clip (torch), RN50 by default.
+- `TinyEncoder` (`--model tiny`): a fixed random projection in numpy, no torch, deterministic. Its
+  vectors have RN50's stage widths, so it exercises the whole database path in milliseconds; its
+  accuracy means nothing. For tests and pipeline checks, and announced as such.
+
+The split of the work matters for speed: `prepare` runs in the decoding workers and returns a
+uint8 array (one batch crosses the process boundary as one array); `encode` runs in the main
+process on the stacked batch.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
-from typing import Any
+import hashlib
+import sys
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+import numpy as np
+from PIL import Image
 
-from .errors import StageError
+from .images import first_stage_pixels, first_stage_vectors
 from .stages import STAGES, Stage, StageOutput
 
+if TYPE_CHECKING:
+    from .clip_model import LoadedModel
 
-def attnpool_tokens(attnpool: Any, x: torch.Tensor) -> torch.Tensor:
-    """The attention pool's input tokens, (HW+1, N, C), formed exactly as AttentionPool2d does."""
-    x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)
-    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
-    return x + attnpool.positional_embedding[:, None, :].to(x.dtype)
+TINY = "tiny"
 
 
-def supports_depth_stages(visual: torch.nn.Module) -> bool:
-    return all(hasattr(visual, a) for a in ("stem", "layer3", "layer4", "attnpool"))
+class Encoder(Protocol):
+    name: str
+    weights: str
+
+    @property
+    def is_random(self) -> bool: ...
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        """One decoded RGB image as the uint8 HxWx3 array `encode` takes (resize, crop)."""
+        ...
+
+    def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
+        """Vectors for the CLIP stages among `stages`, from a (N, H, W, 3) uint8 batch."""
+        ...
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """One unnormalised text vector per string, in origin's space."""
+        ...
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class TinyEncoder:
+    """A deterministic stand-in for CLIP: 32x32 pixels through fixed random tanh layers."""
 
+    name = TINY
+    weights = "tiny:v1"
+    is_random = True
+    device = "cpu"
 
-@torch.inference_mode()
-def run_stages(visual: Any, images: torch.Tensor, stages: Iterable[Stage], device: torch.device) -> StageOutput:
-    """One forward pass through a CLIP ResNet's visual tower that stops at the deepest stage asked
-    for and captures every requested CLIP stage on the way. `images` are CLIP-preprocessed.
-    `elapsed_ms` per stage is the time of the pass up to that stage (cumulative)."""
-    wanted = {s.name for s in stages if s.uses_clip}
-    out = StageOutput()
-    if not wanted:
-        return out
-    if not supports_depth_stages(visual):
-        if wanted - {"origin"}:
-            raise StageError(
-                f"stages {', '.join(sorted(wanted - {'origin'}))} need a CLIP ResNet "
-                "(RN50, RN101, RN50x4, ...); this model has no ResNet layers; use --stage origin or first"
-            )
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        d1, d2, d3 = STAGES["second"].dim, STAGES["third"].dim, STAGES["origin"].dim
+        self._w1 = (rng.standard_normal((STAGES["first"].dim, d1)) / np.sqrt(STAGES["first"].dim)).astype(np.float32)
+        self._w2 = (rng.standard_normal((d1, d2)) / np.sqrt(d1)).astype(np.float32)
+        self._w3 = (rng.standard_normal((d2, d3)) / np.sqrt(d2)).astype(np.float32)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        return first_stage_pixels(img)
+
+    def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
+        import time
+
+        wanted = {s.name for s in stages if s.uses_clip}
+        out = StageOutput()
+        if not wanted:
+            return out
         start = time.perf_counter()
-        x = visual(images.to(device))
-        _sync(device)
-        out.vectors["origin"] = x.float().cpu().numpy()
-        out.elapsed_ms["origin"] = (time.perf_counter() - start) * 1000
+        x = first_stage_vectors(batch) - np.float32(0.5)
+        h = np.tanh(x @ self._w1)
+        vectors = {"second": h}
+        if wanted - {"second"}:
+            vectors["third"] = np.tanh(h @ self._w2)
+            vectors["origin"] = vectors["third"] @ self._w3
+        for name in ("second", "third", "origin"):
+            if name in wanted:
+                out.vectors[name] = vectors[name].astype(np.float32)
+                out.elapsed_ms[name] = (time.perf_counter() - start) * 1000
         return out
 
-    deepest = max(STAGES[n].depth for n in wanted)
-    dtype = visual.conv1.weight.dtype
-    start = time.perf_counter()
-    x = images.to(device=device, dtype=dtype)
-    if next(visual.parameters()).is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous(memory_format=torch.channels_last)
-    x = visual.stem(x)
-    x = visual.layer1(x)
-    x = visual.layer2(x)
-    x = visual.layer3(x)
-    if "second" in wanted:
-        out.vectors["second"] = x.mean(dim=(2, 3)).float().cpu().numpy()
-        out.elapsed_ms["second"] = (time.perf_counter() - start) * 1000
-    if deepest <= STAGES["second"].depth:
-        return out
-    x = visual.layer4(x)
-    if "third" in wanted:
-        out.vectors["third"] = attnpool_tokens(visual.attnpool, x).mean(dim=0).float().cpu().numpy()
-        _sync(device)
-        out.elapsed_ms["third"] = (time.perf_counter() - start) * 1000
-    if deepest <= STAGES["third"].depth:
-        return out
-    out.vectors["origin"] = visual.attnpool(x).float().cpu().numpy()
-    out.elapsed_ms["origin"] = (time.perf_counter() - start) * 1000
-    return out
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            rows.append(np.random.default_rng(seed).standard_normal(STAGES["origin"].dim))
+        return np.asarray(rows, dtype=np.float32)
 
 
-def stage_dims(visual: torch.nn.Module | None, image_size: int = 224) -> dict[str, int]:
-    """Dimensions per stage for a given visual tower (RN50's when `visual` is None)."""
-    dims = {"first": STAGES["first"].dim}
-    if visual is None:
-        return {n: s.dim for n, s in STAGES.items()}
-    device = next(visual.parameters()).device
-    probe = torch.zeros(1, 3, image_size, image_size, device=device)
-    names = list(STAGES.values()) if supports_depth_stages(visual) else [STAGES["origin"]]
-    out = run_stages(visual, probe, names, device)
-    dims.update({n: v.shape[1] for n, v in out.vectors.items()})
-    return dims
+def load_encoder(model: str, pretrained: str, device: str | None = None, *, quiet: bool = False) -> Encoder:
+    """`--model tiny` gives the TinyEncoder; any other name loads CLIP through open_clip (torch)."""
+    if model == TINY:
+        if not quiet:
+            print("clipvdb: using the TINY test encoder: its vectors are not CLIP's", file=sys.stderr)
+        return TinyEncoder()
+    from .clip_model import load_model
+
+    model_: LoadedModel = load_model(model, pretrained, device, quiet=quiet)
+    return model_

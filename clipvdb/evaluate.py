@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, db, zeroshot
-from .encoders import Encoder
-from .encoding import EncodedBatch, encode_items
+from . import catalog, db, queries, zeroshot
+from .encoder import Encoder
 from .errors import DatabaseError
+from .knn import KnnSearcher, SearchSettings
+from .pipeline import EncodedBatch, encode_items
 from .predict import BatchPredictions, predict_batch
-from .search import SearchSettings, StageSearcher
 from .sources import Source
 from .stages import Stage
 
@@ -90,7 +90,7 @@ PREDICTION_TYPES = ["int4", "text", "int8", "int4", "int4", "float8", "float8", 
 
 def _store(conn: psycopg.Connection, rows: list[tuple]) -> None:
     with conn.cursor() as cur:
-        with cur.copy(f"COPY predictions ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        with cur.copy(queries.copy_predictions(PREDICTION_COLUMNS)) as copy:
             copy.set_types(PREDICTION_TYPES)
             for r in rows:
                 copy.write_row(r)
@@ -102,12 +102,12 @@ def _coordinator_answers(conn: psycopg.Connection) -> bool:
     'terminating connection due to unexpected postmaster exit', without naming the node)."""
     try:
         conn.rollback()
-        return bool(db.scalar(conn, "SELECT clipvdb_distributed()"))
+        return db.distributed(conn)
     except psycopg.Error:
         return False
 
 
-def run_params(settings: SearchSettings, searchers: dict[str, StageSearcher], stages: list[Stage], **extra) -> dict:
+def run_params(settings: SearchSettings, searchers: dict[str, KnnSearcher], stages: list[Stage], **extra) -> dict:
     """Everything that changes an answer, as stored in eval_runs.params (report_runs shows it)."""
     return {
         "metric": settings.metric, "k": settings.k, "exact": settings.exact, "probes": settings.probes,
@@ -127,10 +127,10 @@ def evaluate(
     connections: Callable[[], AbstractContextManager[list[psycopg.Connection]]],
     source: Source,
     stages: list[Stage],
-    lm: Encoder | None,
+    encoder: Encoder | None,
     settings: SearchSettings,
     *,
-    searcher: Callable[[Stage, int, str], StageSearcher],
+    searcher: Callable[[Stage, int, str], KnnSearcher],
     split: str = "test",
     against: str = "train",
     num: int | None = None,
@@ -155,16 +155,15 @@ def evaluate(
     classes = catalog.class_names(conn, dataset)
     conn.commit()
     searchers = {s.name: searcher(s, dataset, against) for s in stages if s.name != "origin"}
-    text = zeroshot.text_embeddings(lm, classes, template) if lm is not None and any(
+    text = zeroshot.text_embeddings(encoder, classes, template) if encoder is not None and any(
         s.name == "origin" for s in stages) else None  # fmt: skip
     params = run_params(settings, searchers, stages, num=num, batch_size=batch_size, against=against,
                         prompts=template if text is not None else None, connections=n_connections)  # fmt: skip
-    model = lm.name if lm is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_MODEL
-    weights = lm.weights if lm is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_WEIGHTS
+    model = encoder.name if encoder is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_MODEL
+    weights = encoder.weights if encoder is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_WEIGHTS
     run_id = db.scalar(
         conn,
-        """INSERT INTO eval_runs (dataset_id, split, stages, model, weights, k, params)
-           VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+        queries.INSERT_RUN,
         (dataset, split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
     )
     conn.commit()
@@ -173,7 +172,7 @@ def evaluate(
         if progress:
             progress(0, len(items))
         done = 0
-        batches = encode_items(items, stages, lm, batch_size=batch_size, workers=workers)
+        batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers)
         for b, (batch, preds) in enumerate(_searched(batches, stages, searchers, text, connections, n_connections)):
             result.failed.extend((it.key, reason) for it, reason in batch.failed)
             if batch.items:
@@ -191,11 +190,7 @@ def evaluate(
                 report(f"[{done}/{len(items)}] " + "  ".join(
                     f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items()))  # fmt: skip
         totals = {"decode_s": round(result.decode_ms / 1000, 3), "store_s": round(result.store_ms / 1000, 3)}
-        conn.execute(
-            """UPDATE eval_runs SET status = 'complete', finished_at = now(), params = params || %s::jsonb
-               WHERE id = %s""",
-            (json.dumps(totals), run_id),
-        )
+        conn.execute(queries.COMPLETE_RUN, (json.dumps(totals), run_id))
         conn.commit()
     except BaseException as exc:
         if mark_failed:
@@ -218,7 +213,7 @@ def evaluate(
 
 
 def _searched(
-    batches: Iterator[EncodedBatch], stages: list[Stage], searchers: dict[str, StageSearcher],
+    batches: Iterator[EncodedBatch], stages: list[Stage], searchers: dict[str, KnnSearcher],
     text: np.ndarray | None, connections, n_connections: int,
 ) -> Iterator[tuple[EncodedBatch, dict[str, BatchPredictions]]]:  # fmt: skip
     """Each encoded batch with its predictions, in order; up to n_connections batches searched at

@@ -105,3 +105,12 @@ def first_stage_vectors(pixels: np.ndarray) -> np.ndarray:
 def array_to_image(arr: np.ndarray) -> Image.Image:
     """An HxWx3 uint8 array (a CIFAR-10 record) as an RGB image."""
     return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), "RGB")
+
+
+def png_bytes(img: Image.Image, scale: int = 1) -> bytes:
+    """An image as PNG bytes, scaled up `scale` times with nearest-neighbour pixels."""
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()

@@ -19,15 +19,19 @@ import psycopg
 
 from . import config, db, projection, queries
 from .errors import UsageError
-from .search import index_defaults
 from .stages import Stage
 
 KINDS = queries.INDEX_KINDS
 
 
 def default_index(stage: Stage) -> tuple[str, dict]:
-    kind, params = index_defaults(stage)
-    return kind, dict(params)
+    """What ingest builds on a stage nobody chose an index for. Stage first: ivfflat over a 64-d PCA
+    projection, re-ranked exactly (BENCHMARKS.md, the recall@1 grid: the exact nearest neighbour for
+    0.98 of the CIFAR-10 test images, where hnsw took longer to build and to query at equal recall).
+    The CLIP stages: ivfflat on the full vectors."""
+    if stage.name == "first":
+        return "ivfflat", {"project": config.DEFAULT_PROJECT_FIRST}
+    return "ivfflat", {}
 
 
 def drop(conn: psycopg.Connection, stage: Stage) -> None:
@@ -38,10 +42,8 @@ def drop(conn: psycopg.Connection, stage: Stage) -> None:
 
 def ideal_lists(rows: int, *, projected: bool = False) -> int:
     """pgvector's guidance for full vectors: rows / 1000 up to 1M rows, sqrt(rows) above. A
-    projected index holds 512-byte vectors, cheap to scan, so its lists are ten times finer
-    (rows / 100): at stage first, 500 lists with 16 probes answered the 10,000 CIFAR-10 test images
-    at 35.09-35.25 % (two builds) in 13.6-16.7 s on one connection, against hnsw (m 16,
-    ef_construction 64, ef_search 100) at 35.05 % in 18.3 s, and built in 3 s instead of 7."""
+    projected index holds short half-precision vectors, cheap to scan, so its lists are ten times
+    finer (rows / 100)."""
     if projected:
         return max(1, rows // 100) if rows <= 10_000_000 else int(math.sqrt(rows))
     if rows <= 1_000_000:
@@ -49,21 +51,15 @@ def ideal_lists(rows: int, *, projected: bool = False) -> int:
     return int(math.sqrt(rows))
 
 
+# Fewer scanned rows than this missed neighbours on small tables (a fraction of a few lists).
 MIN_SCANNED_ROWS = 1000
 
 
 def default_probes(lists: int, *, projected: bool = False, rows: int | None = None) -> int:
-    """Full vectors: a fifth of the lists (recall@1 0.996 at stage first, 50,000 rows, 50 lists; a
-    tenth gave 0.928). Projected: a twentieth (25 of 500): the exact re-rank of 20 candidates
-    recovers the order, and what is left to find is the nearest neighbour's list. Stage first,
-    50,000 rows, 64-d projection, 500 lists, one connection, all 10,000 CIFAR-10 test images
-    against the exact 1-NN: 16 probes recall@1 0.953 in 7.9 s, 25 probes 0.981 (two builds) in
-    9.6-10.5 s, 32 probes 0.989 in 11.5-12.7 s; the earlier 128-d projection with 16 probes gave
-    0.956 in 10.4 s. With `rows` (per index: per shard on Citus), at least MIN_SCANNED_ROWS rows
-    are scanned: on small tables a fraction of a few lists missed neighbours (1,000 rows, 10 lists,
-    1 probe: 66.0 % against 73.0 % exact on the generated shapes; 5 probes: 73.0 %. 10,000 CIFAR-10
-    rows, 100 lists, 1,000 queries: 5 probes 27.5 and 28.5 % on two builds, 10 probes 29.2 %,
-    exact 28.8 %)."""
+    """Full vectors: a fifth of the lists. Projected: a twentieth, since the exact re-rank of the
+    candidates recovers the order and what is left to find is the nearest neighbour's list
+    (BENCHMARKS.md, the recall@1 grid). With `rows` (per index: per shard on Citus), at least
+    MIN_SCANNED_ROWS rows are scanned."""
     fraction = math.ceil(lists / (20 if projected else 5))
     floor = math.ceil(lists * MIN_SCANNED_ROWS / rows) if rows else 1
     return max(1, min(lists, max(fraction, floor)))
@@ -90,7 +86,7 @@ def lock_stage_index(conn: psycopg.Connection, stage: Stage) -> None:
     """Serialise index maintenance on a stage across sessions. Starts a fresh transaction first:
     two sessions that each read the table and then drop its index would otherwise deadlock."""
     conn.commit()
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"clipvdb:index:{stage.name}".encode()),))
+    conn.execute(queries.ADVISORY_XACT_LOCK, (zlib.crc32(f"clipvdb:index:{stage.name}".encode()),))
 
 
 def stored_rows(conn: psycopg.Connection, stage: Stage) -> int:
@@ -153,14 +149,7 @@ def build(
         conn.execute(queries.create_index(name, table, column, kind, opclass, params))
         params["index_s"] = round(time.perf_counter() - t0, 3)
     seconds = time.perf_counter() - start
-    conn.execute(
-        """INSERT INTO stage_indexes (stage, kind, params, built_rows, build_seconds, updated_at)
-           VALUES (%s, %s, %s, %s, %s, now())
-           ON CONFLICT (stage) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
-             built_rows = EXCLUDED.built_rows, build_seconds = EXCLUDED.build_seconds,
-             updated_at = EXCLUDED.updated_at""",
-        (stage.name, kind, json.dumps(params), rows, seconds),
-    )
+    conn.execute(queries.SAVE_STAGE_INDEX, (stage.name, kind, json.dumps(params), rows, seconds))
     conn.commit()
     if kind != "none":
         conn.execute(queries.analyze(table))
@@ -169,15 +158,11 @@ def build(
 
 
 def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
-    row = conn.execute(
-        "SELECT kind, params, build_seconds FROM stage_indexes WHERE stage = %s", (stage.name,)
-    ).fetchone()
+    row = conn.execute(queries.LOAD_STAGE_INDEX, (stage.name,)).fetchone()
     kind, params, seconds = row if row else (*default_index(stage), None)
     params = params or {}
     name = queries.index_name(stage, projected=bool(params.get("project")))
-    found = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL, pg_relation_size(to_regclass(%s))", (name, name)
-    ).fetchone()
+    found = conn.execute(queries.INDEX_SIZE, (name, name)).fetchone()
     exists, size = found if found else (False, 0)
     return IndexInfo(stage.name, kind, params, stored_rows(conn, stage), bool(exists), size or 0, seconds)
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, learned, projection, queries
-from .encoders import Encoder
-from .encoding import EncodedBatch, encode_items
-from .errors import DatabaseError, SkippedImagesError
+from . import catalog, db, indexes, learned, projection
+from .encoder import Encoder
+from .errors import DatabaseError, SkippedImagesError, UsageError
+from .pipeline import EncodedBatch, encode_items
 from .sources import Item, Source
 from .stages import Stage
+from .storage import StageRows
 
 ProgressFn = Callable[[int, int], None]
 
@@ -54,47 +55,22 @@ class IngestResult:
         }  # fmt: skip
 
 
-def _stored_keys(conn: psycopg.Connection, stage: Stage, space: int, dataset: int, split: str) -> set[str]:
-    rows = conn.execute(queries.stored_keys(stage), (space, dataset, split)).fetchall()
-    return {r[0] for r in rows}
-
-
-def copy_vectors(
-    conn: psycopg.Connection, stage: Stage, space: int, image_ids: list[int], vectors: np.ndarray,
-    dataset: int | None = None, split: str | None = None,
-) -> int:  # fmt: skip
-    """Bulk-load one batch of vectors by binary COPY. Returns rows added.
-
-    With `dataset` and `split` known, COPY goes straight into the stage table inside a savepoint;
-    if a concurrent ingest stored some of these rows first (unique violation), the batch goes again
-    through a staging table and INSERT ... ON CONFLICT DO NOTHING."""
-    if dataset is not None and split is not None:
-        try:
-            with conn.transaction():
-                copy_rows(conn, queries.copy_stage(stage), ["int4", "int8", "int4", "text", stage.column_type],
-                      ((space, i, dataset, split, db.as_param(v, stage.column_type))
-                       for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
-            return len(image_ids)
-        except psycopg.Error as exc:
-            if not db.unique_violation(exc):
-                raise
-    conn.execute(queries.create_staging(stage))
-    copy_rows(conn, queries.copy_staging(stage), ["int8", stage.column_type],
-          ((i, db.as_param(v, stage.column_type)) for i, v in zip(image_ids, vectors, strict=True)))  # fmt: skip
-    with conn.cursor() as cur:
-        cur.execute(queries.insert_from_staging(stage), (space,))
-        added = cur.rowcount
-    conn.execute(queries.truncate(f"staging_{stage.name}"))
+def store_vectors(
+    conn: psycopg.Connection,
+    rows: StageRows,
+    image_ids: list[int],
+    vectors: np.ndarray,
+    proj: projection.Projection | None = None,
+    lmap: learned.LearnedMap | None = None,
+) -> int:
+    """One batch of one stage's vectors, with their projection and learned image when the stage has
+    them; returns rows added. The caller commits."""
+    added = rows.copy(conn, image_ids, vectors)
+    if lmap is not None:
+        learned.add(conn, rows, lmap, image_ids, vectors)
+    if proj is not None:
+        projection.add(conn, rows, proj, image_ids, vectors)
     return added
-
-
-def copy_rows(conn: psycopg.Connection, statement, types: list[str], rows) -> None:
-    """Rows through one binary COPY statement (queries.copy_*), with pgvector's types set."""
-    with conn.cursor() as cur:
-        with cur.copy(statement) as copy:
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
 
 
 def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: int) -> bool:
@@ -113,7 +89,7 @@ def ingest(
     conn: psycopg.Connection,
     source: Source,
     stages: list[Stage],
-    lm: Encoder | None,
+    encoder: Encoder | None,
     *,
     split: str = "train",
     limit: int | None = None,
@@ -126,7 +102,7 @@ def ingest(
 ) -> IngestResult:
     """Encode `split` of `source` at `stages` and store it. Safe to re-run and to interrupt."""
     try:
-        return _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict,
+        return _ingest(conn, source, stages, encoder, split, limit, batch_size, workers, dataset_name, strict,
                        build_index, progress)  # fmt: skip
     except psycopg.OperationalError as exc:
         raise DatabaseError(
@@ -135,7 +111,7 @@ def ingest(
         ) from exc
 
 
-def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset_name, strict, build_index, progress):
+def _ingest(conn, source, stages, encoder, split, limit, batch_size, workers, dataset_name, strict, build_index, progress):
     start = time.perf_counter()
     items: list[Item] = source.items(split)
     if limit is not None:
@@ -144,9 +120,9 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
     # loses at most the last few batches, and a re-run stores them again (ingest is idempotent).
     conn.execute("SET synchronous_commit = off")
     dataset = catalog.register_dataset(conn, source, dataset_name)
-    spaces = {s.name: catalog.get_or_create_space(conn, s, lm) for s in stages}
+    slices = {s.name: StageRows(s, catalog.get_or_create_space(conn, s, encoder), dataset, split) for s in stages}
     conn.commit()
-    stored = {s.name: _stored_keys(conn, s, spaces[s.name], dataset, split) for s in stages}
+    stored = {name: rows.keys(conn) for name, rows in slices.items()}
     conn.commit()
     todo = [it for it in items if any(it.key not in stored[s.name] for s in stages)]
     result = IngestResult(
@@ -175,14 +151,9 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
         if batch.items:
             image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
             for s in stages:
-                result.inserted[s.name] += copy_vectors(
-                    conn, s, spaces[s.name], image_ids, batch.vectors[s.name], dataset, split
+                result.inserted[s.name] += store_vectors(
+                    conn, slices[s.name], image_ids, batch.vectors[s.name], projections[s.name], maps[s.name]
                 )
-                if maps[s.name] is not None:
-                    learned.add(conn, s, maps[s.name], spaces[s.name], image_ids, batch.vectors[s.name], dataset, split)
-                if projections[s.name] is not None:
-                    projection.add(conn, s, projections[s.name], spaces[s.name], image_ids,
-                                   batch.vectors[s.name], dataset, split)  # fmt: skip
             conn.commit()
         return len(batch.items) + len(batch.failed)
 
@@ -192,7 +163,7 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
     # the end waits for the last one.
     with ThreadPoolExecutor(1, thread_name_prefix="clipvdb-store") as writer:
         pending: Future[int] | None = None
-        for batch in itertools.chain(encode_items(todo, stages, lm, batch_size=batch_size, workers=workers), [None]):
+        for batch in itertools.chain(encode_items(todo, stages, encoder, batch_size=batch_size, workers=workers), [None]):
             for item, reason in batch.failed if batch is not None else []:
                 if strict:
                     raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
@@ -214,3 +185,63 @@ def _ingest(conn, source, stages, lm, split, limit, batch_size, workers, dataset
                 result.index[s.name] = {"kind": info.kind, **info.params}
     result.seconds = time.perf_counter() - start
     return result
+
+
+@dataclass
+class LoadResult:
+    """What `Store.load_vectors` stored: image id per key, rows added, COPY seconds, the index built."""
+
+    ids: dict[str, int]
+    added: int
+    load_seconds: float
+    index: indexes.IndexInfo | None
+
+
+def load_vectors(
+    conn: psycopg.Connection,
+    source: Source,
+    stage: Stage,
+    encoder: Encoder | None,
+    vectors: np.ndarray,
+    keys: list[str],
+    labels: list[int] | np.ndarray,
+    *,
+    split: str = "train",
+    dataset_name: str | None = None,
+    batch: int = 5000,
+    build_index: bool = True,
+    index: tuple[str, dict] | None = None,
+) -> LoadResult:
+    """Vectors computed elsewhere as one stage's rows: image rows keyed by `keys` with their labels,
+    then the vectors by binary COPY, a transaction per batch, then the stage's index."""
+    if vectors.ndim != 2 or vectors.shape[1] != stage.dim:
+        raise UsageError(f"stage {stage.name} stores {stage.dim}-dimensional vectors; got shape {vectors.shape}")
+    if not len(vectors) == len(keys) == len(labels):
+        raise UsageError(f"{len(vectors)} vectors, {len(keys)} keys and {len(labels)} labels: give one of each")
+    dataset = catalog.register_dataset(conn, source, dataset_name)
+    rows = StageRows(stage, catalog.get_or_create_space(conn, stage, encoder), dataset, split)
+    conn.commit()
+    ids: dict[str, int] = {}
+    for s in range(0, len(keys), batch):
+        part = [(k, int(y), bytes(32)) for k, y in zip(keys[s : s + batch], labels[s : s + batch], strict=True)]
+        ids.update(catalog.upsert_images(conn, dataset, split, part))
+        conn.commit()
+    # a standing projection takes the new rows at once; a rebuilt index refits it
+    proj, lmap = (None if build_index else projection.load(conn, stage)), learned.load(conn, stage)
+    if build_index:
+        indexes.lock_stage_index(conn, stage)
+        indexes.drop(conn, stage)
+        conn.commit()
+    start = time.perf_counter()
+    added = 0
+    for s in range(0, len(keys), batch):
+        added += store_vectors(conn, rows, [ids[k] for k in keys[s : s + batch]], vectors[s : s + batch], proj, lmap)
+        conn.commit()
+    load_s = time.perf_counter() - start
+    db.recount(conn, stage.name)
+    conn.commit()
+    info = None
+    if build_index:
+        kind, params = index or indexes.default_index(stage)
+        info = indexes.build(conn, stage, kind, **params)
+    return LoadResult(ids, added, load_s, info)

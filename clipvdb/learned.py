@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
-from . import db
+from . import db, queries, storage
 from .errors import EmptyStageError, UsageError
-from .projection import insert_mapped, top_eigenvectors, write_all
+from .projection import top_eigenvectors
 from .stages import Stage
+from .storage import StageRows
 
 METHODS: tuple[str, ...] = ("nca", "lda", "pca")
 PCA_DIMS = 256
@@ -49,10 +49,6 @@ class LearnedMap:
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.matrix.T).astype(np.float32)
-
-
-def table(stage: Stage) -> str:
-    return f"learned_{stage.name}"
 
 
 def _pca(X: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,43 +130,29 @@ def fit(X: np.ndarray, y: np.ndarray, stage: Stage, method: str, dims: int | Non
 def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     """Store the map and (re)write every stored vector's image under it, then its ivfflat index
     (rows/100 lists, like a projected index); returns rows written."""
-    from . import queries
-
-    shards = db.shard_count(conn, table(stage))  # on Citus every shard indexes its own rows
+    table = stage.learned_table
+    shards = db.shard_count(conn, table)  # on Citus every shard indexes its own rows
     lists = max(1, int(db.scalar(conn, queries.total_rows(stage))) // shards // 100)
     lmap.params = {**lmap.params, "lists": lists, **({"shards": shards} if shards > 1 else {})}
-
     conn.execute(
-        """INSERT INTO learned_maps (stage, method, dims, mean, matrix, fitted_rows, params, fit_seconds, fitted_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
-           ON CONFLICT (stage) DO UPDATE SET method = EXCLUDED.method, dims = EXCLUDED.dims, mean = EXCLUDED.mean,
-             matrix = EXCLUDED.matrix, fitted_rows = EXCLUDED.fitted_rows, params = EXCLUDED.params,
-             fit_seconds = EXCLUDED.fit_seconds, fitted_at = EXCLUDED.fitted_at""",
+        queries.SAVE_LEARNED_MAP,
         (stage.name, lmap.method, lmap.dims, lmap.mean.astype("<f4").tobytes(), lmap.matrix.astype("<f4").tobytes(),
          lmap.fitted_rows, json.dumps(lmap.params), lmap.fit_seconds),
     )  # fmt: skip
-    t = sql.Identifier(table(stage))
-    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table(stage)}_ann")))
-    conn.execute(sql.SQL("TRUNCATE {}").format(t))
-    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN vec TYPE vector({})").format(t, sql.Literal(lmap.dims)))
-    written = write_all(conn, stage, lmap.apply, table(stage), "vec")
+    conn.execute(queries.drop_index(f"{table}_ann"))
+    conn.execute(queries.truncate(table))
+    conn.execute(queries.retype_learned(stage, lmap.dims))
+    written = storage.map_all(conn, stage, lmap.apply, table, "vec")
     db.set_local(conn, [("maintenance_work_mem", "1GB")], distributed=shards > 1)
-    conn.execute(
-        sql.SQL("CREATE INDEX {} ON {} USING ivfflat (vec vector_l2_ops) WITH (lists = {})").format(
-            sql.Identifier(f"{table(stage)}_ann"), t, sql.Literal(lists)
-        )
-    )
+    conn.execute(queries.create_index(f"{table}_ann", table, "vec", "ivfflat", "vector_l2_ops", {"lists": lists}))
     conn.commit()
-    conn.execute(sql.SQL("ANALYZE {}").format(t))
+    conn.execute(queries.analyze(table))
     conn.commit()
     return written
 
 
 def load(conn: psycopg.Connection, stage: Stage) -> LearnedMap | None:
-    row = conn.execute(
-        "SELECT method, dims, mean, matrix, fitted_rows, params, fit_seconds FROM learned_maps WHERE stage = %s",
-        (stage.name,),
-    ).fetchone()
+    row = conn.execute(queries.LOAD_LEARNED_MAP, (stage.name,)).fetchone()
     if row is None:
         return None
     method, dims, mean, matrix, fitted, params, seconds = row
@@ -179,10 +161,9 @@ def load(conn: psycopg.Connection, stage: Stage) -> LearnedMap | None:
                       seconds or 0.0)  # fmt: skip
 
 
-def add(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap, space: int, image_ids: list[int],
-        vectors: np.ndarray, dataset: int, split: str) -> None:  # fmt: skip
+def add(conn: psycopg.Connection, rows: StageRows, lmap: LearnedMap, image_ids: list[int], vectors: np.ndarray) -> None:
     """Images of newly stored rows under the stored map (ingest, between fits)."""
-    insert_mapped(conn, table(stage), "vec", space, image_ids, lmap.apply(vectors), dataset, split)
+    rows.add_mapped(conn, rows.stage.learned_table, "vec", image_ids, lmap.apply(vectors))
 
 
 def require(conn: psycopg.Connection, stage: Stage) -> LearnedMap:
@@ -194,7 +175,5 @@ def require(conn: psycopg.Connection, stage: Stage) -> LearnedMap:
 
 def training_data(conn: psycopg.Connection, stage: Stage, space: int, dataset: int) -> tuple[np.ndarray, np.ndarray]:
     """The training split's vectors and labels: the only rows a fit ever sees."""
-    from .clusters import load as load_rows
-
-    _, labels, X = load_rows(conn, stage, space, dataset, "train")
+    _, labels, X = StageRows(stage, space, dataset, "train").read(conn)
     return X, labels

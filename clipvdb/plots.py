@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .experiment import ExperimentResult
 
 CORRECT, WRONG = "#2a9d8f", "#e76f51"
 
@@ -73,8 +79,6 @@ def plot(data: dict, out: Path, *, squared: bool = False) -> list[Path]:
     Store's `reports`); return the paths. `squared` draws the study's axis (squared L2)."""
     run = data["run_id"]
     if run is None:
-        from .errors import UsageError
-
         raise UsageError("no complete evaluation run to plot; run 'clipvdb evaluate' first")
     out.mkdir(parents=True, exist_ok=True)
     metric = (data["report_runs"][0]["metric"] if data.get("report_runs") else None) or "l2"
@@ -82,3 +86,25 @@ def plot(data: dict, out: Path, *, squared: bool = False) -> list[Path]:
              for r in data["report_accuracy"]]  # fmt: skip
     paths.append(summary(data["report_accuracy"], data["report_timing"], run, out))
     return paths
+
+
+def plot_experiment(result: ExperimentResult, out: Path) -> Path:
+    """Recall@1 against queries per second, one line per (size, index kind)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    groups: dict[tuple, list[dict]] = {}
+    for r in result.rows:
+        groups.setdefault((r["size"], r["method"]), []).append(r)
+    for (size, method), rows in sorted(groups.items()):
+        qps = [1000 / r["mean_ms"] for r in rows]
+        rec = [r["recall_at_1"] for r in rows]
+        ax.plot(qps, rec, marker="o" if method != "exact" else "s", label=f"{method}, {size:,} rows")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries per second (one client)")
+    ax.set_ylabel("recall@1 against exact search")
+    ax.set_title(f"experiment {result.experiment_id}: recall versus speed")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -13,7 +13,7 @@ import numpy as np
 import psycopg
 
 from . import zeroshot
-from .search import Neighbor, StageSearcher, vote
+from .knn import KnnSearcher, Neighbor, vote
 from .stages import Stage
 
 
@@ -50,7 +50,7 @@ class BatchPredictions:
 
 
 def predict_batch(
-    conn: psycopg.Connection | None, stage: Stage, vectors: np.ndarray, searcher: StageSearcher | None,
+    conn: psycopg.Connection | None, stage: Stage, vectors: np.ndarray, searcher: KnnSearcher | None,
     text: np.ndarray | None,
 ) -> BatchPredictions:  # fmt: skip
     """Labels for a batch of one stage's vectors: one SQL statement (or, at origin, one product)."""

@@ -11,19 +11,18 @@ per-distance cost; the default is 64-d, whose cheaper scans buy more ivfflat pro
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import psycopg
 from threadpoolctl import ThreadpoolController
 
-from . import db, queries
+from . import db, queries, storage
 from .errors import EmptyStageError, UsageError
 from .stages import MAX_VECTOR_INDEX_DIM, Stage
+from .storage import StageRows
 
 FIT_ROWS = 20_000  # rows sampled to fit the basis; the covariance of more changes little
-BATCH = 5_000
 
 
 @dataclass
@@ -109,53 +108,19 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
     """Store the basis and (re)write the projection of every stored row. Returns rows written.
     The caller (indexes.build) has dropped the projected index."""
     conn.execute(
-        """INSERT INTO stage_projections (stage, dim, mean, components, fitted_rows, variance_kept, fitted_at)
-           VALUES (%s, %s, %s, %s, %s, %s, now())
-           ON CONFLICT (stage) DO UPDATE SET dim = EXCLUDED.dim, mean = EXCLUDED.mean,
-             components = EXCLUDED.components, fitted_rows = EXCLUDED.fitted_rows,
-             variance_kept = EXCLUDED.variance_kept, fitted_at = EXCLUDED.fitted_at""",
+        queries.SAVE_PROJECTION,
         (stage.name, proj.dim, proj.mean.astype("<f4").tobytes(), proj.components.astype("<f4").tobytes(),
          proj.fitted_rows, proj.variance_kept),
     )  # fmt: skip
     conn.execute(queries.truncate(stage.projection_table))
     conn.execute(queries.retype_projection(stage, proj.dim))
-    written = write_all(conn, stage, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)
+    written = storage.map_all(conn, stage, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)
     db.recount(conn, stage.name)
     return written
 
 
-def write_all(conn: psycopg.Connection, stage: Stage, apply: Callable[[np.ndarray], np.ndarray], table: str,
-              column: str, column_type: str = "vector") -> int:  # fmt: skip
-    """Every stored embedding of the stage, mapped by `apply`, into `table`.`column` (a projected
-    index's or a learned map's table), streamed in batches; returns rows written."""
-    from .ingest import copy_rows
-
-    written = 0
-    with db.numpy_vectors(conn.cursor(name=f"clipvdb_map_{table}", binary=True)) as rows:
-        rows.execute(queries.all_embeddings(stage))
-        while batch := rows.fetchmany(BATCH):
-            mapped = apply(np.stack([r[4] for r in batch]))
-            copy_rows(conn, queries.copy_mapped(table, column), ["int4", "int8", "int4", "text", column_type],
-                      ((r[0], r[1], r[2], r[3], db.as_param(m, column_type))
-                       for r, m in zip(batch, mapped, strict=True)))  # fmt: skip
-            written += len(batch)
-    return written
-
-
-def insert_mapped(conn: psycopg.Connection, table: str, column: str, space: int, image_ids: list[int],
-                  mapped: np.ndarray, dataset: int, split: str, column_type: str = "vector") -> None:  # fmt: skip
-    """Mapped vectors of newly stored rows (ingest, between refits of a projection or a learned map)."""
-    conn.execute(
-        queries.insert_mapped(table, column, column_type),
-        {"space": space, "dataset": dataset, "split": split, "ids": list(image_ids), "mapped": list(mapped)},
-    )
-
-
 def load(conn: psycopg.Connection, stage: Stage) -> Projection | None:
-    row = conn.execute(
-        "SELECT dim, mean, components, fitted_rows, variance_kept FROM stage_projections WHERE stage = %s",
-        (stage.name,),
-    ).fetchone()
+    row = conn.execute(queries.LOAD_PROJECTION, (stage.name,)).fetchone()
     if row is None:
         return None
     dim, mean, components, fitted, kept = row
@@ -167,14 +132,10 @@ def remove(conn: psycopg.Connection, stage: Stage) -> None:
     """Forget the stage's projection (a full-width index replaces it; indexes.build has dropped the
     projected index)."""
     conn.execute(queries.truncate(stage.projection_table))
-    conn.execute("DELETE FROM stage_projections WHERE stage = %s", (stage.name,))
+    conn.execute(queries.DELETE_PROJECTION, (stage.name,))
     db.recount(conn, stage.name)
 
 
-def add(
-    conn: psycopg.Connection, stage: Stage, proj: Projection, space: int, image_ids: list[int],
-    vectors: np.ndarray, dataset: int, split: str,
-) -> None:  # fmt: skip
+def add(conn: psycopg.Connection, rows: StageRows, proj: Projection, image_ids: list[int], vectors: np.ndarray) -> None:
     """Projections of newly stored rows, with the stored basis (ingest, between refits)."""
-    insert_mapped(conn, stage.projection_table, "proj", space, image_ids, proj.apply(vectors), dataset, split,
-                  queries.PROJECTION_TYPE)  # fmt: skip
+    rows.add_mapped(conn, rows.stage.projection_table, "proj", image_ids, proj.apply(vectors), queries.PROJECTION_TYPE)

@@ -121,7 +121,7 @@ def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:
         ) n
         JOIN images i ON i.id = n.image_id
         ORDER BY q.ord, n.distance"""
-    ).format(q=q, table=sql.Identifier(f"learned_{stage.name}"), order=order)
+    ).format(q=q, table=sql.Identifier(stage.learned_table), order=order)
 
 
 def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim: int | None = None,
@@ -145,7 +145,7 @@ def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_
             """SELECT x.image_id, i.label, i.source, {col} <-> {q} AS distance
             FROM {table} x JOIN images i ON i.id = x.image_id
             WHERE {where} ORDER BY {order} LIMIT %(k)s"""
-        ).format(col=col, q=q, table=sql.Identifier(f"learned_{stage.name}"), where=where, order=order)
+        ).format(col=col, q=q, table=sql.Identifier(stage.learned_table), where=where, order=order)
     qv = sql.SQL("%(v)b")
     emb = sql.SQL("e.embedding")
     if projected_dim is not None:
@@ -170,6 +170,23 @@ def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_
         order=distance(stage, metric, emb, qv, exact=exact),
         table=sql.Identifier(stage.table),
         where=sql.SQL("e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s"),
+    )
+
+
+SAVE_LEARNED_MAP = """INSERT INTO learned_maps
+    (stage, method, dims, mean, matrix, fitted_rows, params, fit_seconds, fitted_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
+    ON CONFLICT (stage) DO UPDATE SET method = EXCLUDED.method, dims = EXCLUDED.dims, mean = EXCLUDED.mean,
+      matrix = EXCLUDED.matrix, fitted_rows = EXCLUDED.fitted_rows, params = EXCLUDED.params,
+      fit_seconds = EXCLUDED.fit_seconds, fitted_at = EXCLUDED.fitted_at"""
+LOAD_LEARNED_MAP = (
+    "SELECT method, dims, mean, matrix, fitted_rows, params, fit_seconds FROM learned_maps WHERE stage = %s"
+)
+
+
+def retype_learned(stage: Stage, dims: int) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN vec TYPE vector({})").format(
+        sql.Identifier(stage.learned_table), sql.Literal(dims)
     )
 
 
@@ -201,7 +218,7 @@ def learned_count(stage: Stage) -> sql.Composed:
     """Rows of learned_<stage> for one space, dataset and split (a --learned search's coverage check)."""
     return sql.SQL(
         "SELECT count(*) FROM {} WHERE space_id = %(space)s AND dataset_id = %(dataset)s AND split = %(split)s"
-    ).format(sql.Identifier(f"learned_{stage.name}"))
+    ).format(sql.Identifier(stage.learned_table))
 
 
 def total_rows(stage: Stage) -> sql.Composed:
@@ -220,14 +237,31 @@ def space_rows(stage: Stage) -> sql.Composed:
     ).format(sql.Literal(stage.name))
 
 
-def stages_with_rows() -> str:
-    return "SELECT DISTINCT stage FROM stage_counts WHERE n_rows > 0"
+# ---------------------------------------------------------------- datasets, classes, images, spaces
+
+UPSERT_SPACE = """INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES (%s, %s, %s, %s)
+    ON CONFLICT (model, weights, stage) DO UPDATE SET dim = embedding_spaces.dim
+    RETURNING id, dim"""
+FIND_SPACE = "SELECT id FROM embedding_spaces WHERE model = %s AND weights = %s AND stage = %s"
+UPSERT_DATASET = """INSERT INTO datasets (name, source) VALUES (%s, %s)
+    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id"""
+DATASET_BY_NAME = "SELECT id FROM datasets WHERE name = %s"
+DATASET_NAME = "SELECT name FROM datasets WHERE id = %s"
+DATASETS = "SELECT id, name FROM datasets ORDER BY id"
+CLASS_NAMES = "SELECT name FROM classes WHERE dataset_id = %s ORDER BY label"
+INSERT_CLASS = "INSERT INTO classes (dataset_id, label, name) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+FIND_IMAGES = "SELECT source, id FROM images WHERE dataset_id = %s AND split = %s AND source = ANY(%s)"
+ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+SAMPLE_IMAGES = """SELECT i.id, c.name FROM images i JOIN classes c ON c.dataset_id = i.dataset_id AND c.label = i.label
+    WHERE i.split <> 'train' ORDER BY i.id LIMIT %s"""
+STAGES_WITH_ROWS = "SELECT DISTINCT stage FROM stage_counts WHERE n_rows > 0"
+IMAGE_SOURCE = "SELECT d.source, i.split, i.source FROM images i JOIN datasets d ON d.id = i.dataset_id WHERE i.id = %s"
 
 
 def stored_keys(stage: Stage) -> sql.Composed:
     return sql.SQL(
         """SELECT i.source FROM {} e JOIN images i ON i.id = e.image_id
-           WHERE e.space_id = %s AND e.dataset_id = %s AND e.split = %s"""
+           WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s"""
     ).format(sql.Identifier(stage.table))
 
 
@@ -240,8 +274,12 @@ def copy_stage(stage: Stage) -> sql.Composed:
     )
 
 
+def staging_name(stage: Stage) -> str:
+    return f"staging_{stage.name}"
+
+
 def staging_table(stage: Stage) -> sql.Identifier:
-    return sql.Identifier(f"staging_{stage.name}")
+    return sql.Identifier(staging_name(stage))
 
 
 def create_staging(stage: Stage) -> sql.Composed:
@@ -300,6 +338,16 @@ def all_embeddings(stage: Stage) -> sql.Composed:
     )
 
 
+# a stage's PCA basis: (stage, dim, mean, components, fitted_rows, variance_kept)
+SAVE_PROJECTION = """INSERT INTO stage_projections (stage, dim, mean, components, fitted_rows, variance_kept, fitted_at)
+    VALUES (%s, %s, %s, %s, %s, %s, now())
+           ON CONFLICT (stage) DO UPDATE SET dim = EXCLUDED.dim, mean = EXCLUDED.mean,
+             components = EXCLUDED.components, fitted_rows = EXCLUDED.fitted_rows,
+             variance_kept = EXCLUDED.variance_kept, fitted_at = EXCLUDED.fitted_at"""
+LOAD_PROJECTION = "SELECT dim, mean, components, fitted_rows, variance_kept FROM stage_projections WHERE stage = %s"
+DELETE_PROJECTION = "DELETE FROM stage_projections WHERE stage = %s"
+
+
 def retype_projection(stage: Stage, dim: int) -> sql.Composed:
     return sql.SQL("ALTER TABLE {} ALTER COLUMN proj TYPE {}({})").format(
         sql.Identifier(stage.projection_table), sql.SQL(PROJECTION_TYPE), sql.Literal(dim)
@@ -325,6 +373,28 @@ def insert_mapped(table: str, column: str, column_type: str = "vector") -> sql.C
 
 
 # ---------------------------------------------------------------- indexes
+
+
+SAVE_STAGE_INDEX = """INSERT INTO stage_indexes (stage, kind, params, built_rows, build_seconds, updated_at)
+    VALUES (%s, %s, %s, %s, %s, now())
+    ON CONFLICT (stage) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
+      built_rows = EXCLUDED.built_rows, build_seconds = EXCLUDED.build_seconds, updated_at = EXCLUDED.updated_at"""
+LOAD_STAGE_INDEX = "SELECT kind, params, build_seconds FROM stage_indexes WHERE stage = %s"
+INDEX_SIZE = "SELECT to_regclass(%s) IS NOT NULL, pg_relation_size(to_regclass(%s))"
+
+
+# A searcher's set-up in one statement: the space, the row counts, the recorded index, whether it exists.
+SEARCHER_SETUP = """
+WITH s AS (SELECT id FROM embedding_spaces WHERE model = %(model)s AND weights = %(weights)s AND stage = %(stage)s)
+SELECT s.id, coalesce(c.n_rows, 0), coalesce(c.n_projected, 0), x.kind, x.params,
+       to_regclass(%(full_index)s) IS NOT NULL, to_regclass(%(proj_index)s) IS NOT NULL,
+       clipvdb_distributed()
+FROM (SELECT 1) AS one
+LEFT JOIN s ON true
+LEFT JOIN stage_counts c
+       ON c.stage = %(stage)s AND c.space_id = s.id AND c.dataset_id = %(dataset)s AND c.split = %(split)s
+LEFT JOIN stage_indexes x ON x.stage = %(stage)s
+"""
 
 
 def index_name(stage: Stage, projected: bool = False) -> str:
@@ -367,6 +437,20 @@ def set_configs(n: int) -> sql.Composed:
 # ---------------------------------------------------------------- experiments
 
 
+SPACE_ROWS = "SELECT coalesce(sum(n_rows), 0) FROM stage_counts WHERE stage = %s AND space_id = %s"
+INSERT_EXPERIMENT = "INSERT INTO experiments (stage, model, weights, metric) VALUES (%s, %s, %s, %s) RETURNING id"
+INSERT_EXPERIMENT_RESULT = """INSERT INTO experiment_results
+    (experiment_id, size, method, params, queries, recall_at_1, recall_at_10, mean_ms, p95_ms, build_s, index_bytes)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+RELATION_SIZE = "SELECT pg_relation_size(to_regclass(%s))"
+
+
+def set_session(name: str, value: str) -> sql.Composed:
+    """SET of one setting for the rest of the session."""
+    return sql.SQL("SET {} = {}").format(sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")),
+                                         sql.Literal(value))  # fmt: skip
+
+
 def scratch_copy(table: str, stage: Stage) -> sql.Composed:
     return sql.SQL(
         "CREATE TEMP TABLE {} AS SELECT image_id, embedding FROM {} WHERE space_id = %s ORDER BY image_id LIMIT %s"
@@ -383,13 +467,42 @@ def latest_embeddings(stage: Stage) -> sql.Composed:
     )
 
 
+# ---------------------------------------------------------------- evaluation runs
+
+INSERT_RUN = """INSERT INTO eval_runs (dataset_id, split, stages, model, weights, k, params)
+    VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id"""
+COMPLETE_RUN = """UPDATE eval_runs SET status = 'complete', finished_at = now(), params = params || %s::jsonb
+    WHERE id = %s"""
+FAIL_RUN = "UPDATE eval_runs SET status = 'failed', finished_at = now() WHERE id = %s"
+LATEST_RUN = "SELECT max(id) FROM eval_runs WHERE status = 'complete'"
+
+
+def copy_predictions(columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("COPY predictions ({}) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+
+
 # ---------------------------------------------------------------- reports
 
 
-def report_view(view: str, order_by: str, with_run: bool) -> sql.Composed:
-    """SELECT * from a report view (name checked by the caller against reports.VIEWS)."""
+_STAGE_ORDER = "array_position(ARRAY['first','second','third','origin'], stage)"
+# each report view's row order: runs, then stages in forward-pass order
+REPORT_ORDER = {
+    "report_runs": "run_id",
+    "report_accuracy": f"run_id, {_STAGE_ORDER}",
+    "report_timing": f"run_id, {_STAGE_ORDER}",
+    "report_confusion": f"run_id, {_STAGE_ORDER}, true_label, predicted_label",
+    "report_class_accuracy": f"run_id, {_STAGE_ORDER}, label",
+    "report_distance_histogram": f"run_id, {_STAGE_ORDER}, bin",
+    "report_distance_summary": f"run_id, {_STAGE_ORDER}, array_position(ARRAY['all','correct','wrong'], outcome)",
+}
+
+
+def report_view(view: str, with_run: bool) -> sql.Composed:
+    """SELECT * from a report view in its order, for one run (%s) or every run."""
     where = sql.SQL(" WHERE run_id = %s") if with_run else sql.SQL("")
-    return sql.SQL("SELECT * FROM {}{} ORDER BY {}").format(sql.Identifier(view), where, sql.SQL(order_by))
+    return sql.SQL("SELECT * FROM {}{} ORDER BY {}").format(sql.Identifier(view), where, sql.SQL(REPORT_ORDER[view]))
 
 
 # ---------------------------------------------------------------- clusterings
@@ -402,6 +515,29 @@ def stage_vectors(stage: Stage) -> sql.Composed:
            WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s
            ORDER BY e.image_id"""
     ).format(sql.Identifier(stage.table))
+
+
+INSERT_CLUSTERING = """INSERT INTO clusterings
+    (stage, space_id, dataset_id, split, method, params, n_clusters, n_noise, fit_seconds)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
+COPY_CLUSTER_MEMBERS = (
+    "COPY cluster_members (clustering_id, image_id, cluster, distance) FROM STDIN WITH (FORMAT BINARY)"
+)
+CLUSTERING_EXISTS = "SELECT 1 FROM clusterings WHERE id = %s"
+CLUSTER_CLASSES = """SELECT cluster, size, majority_class, purity::float8 FROM report_cluster_classes
+    WHERE clustering_id = %s AND cluster >= 0 ORDER BY size DESC, cluster"""
+NEAREST_MEMBERS = """SELECT image_id FROM cluster_members WHERE clustering_id = %s AND cluster = %s
+    ORDER BY distance LIMIT %s"""
+
+
+def clusterings(*, one: bool) -> sql.Composed:
+    """Stored clusterings with their scores (report_cluster_purity), newest first; with `one`, the
+    clustering %s only."""
+    return sql.SQL(
+        """SELECT clustering_id, stage, method, params, n, n_clusters, n_noise, fit_seconds, purity::float8,
+                  adjusted_rand_index, normalized_mutual_info, sizes
+           FROM report_cluster_purity{} ORDER BY clustering_id DESC"""
+    ).format(sql.SQL(" WHERE clustering_id = %s" if one else ""))
 
 
 def copy_centres(stage: Stage) -> sql.Composed:

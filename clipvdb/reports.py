@@ -8,26 +8,7 @@ from psycopg.rows import dict_row
 
 from . import queries
 
-VIEWS = (
-    "report_runs",
-    "report_accuracy",
-    "report_timing",
-    "report_confusion",
-    "report_class_accuracy",
-    "report_distance_histogram",
-    "report_distance_summary",
-)
-
-STAGE_ORDER = "array_position(ARRAY['first','second','third','origin'], stage)"
-_ORDER = {
-    "report_runs": "run_id",
-    "report_accuracy": f"run_id, {STAGE_ORDER}",
-    "report_timing": f"run_id, {STAGE_ORDER}",
-    "report_confusion": f"run_id, {STAGE_ORDER}, true_label, predicted_label",
-    "report_class_accuracy": f"run_id, {STAGE_ORDER}, label",
-    "report_distance_histogram": f"run_id, {STAGE_ORDER}, bin",
-    "report_distance_summary": f"run_id, {STAGE_ORDER}, array_position(ARRAY['all','correct','wrong'], outcome)",
-}
+VIEWS: tuple[str, ...] = tuple(queries.REPORT_ORDER)
 
 
 class _FloatNumericLoader(Loader):
@@ -38,7 +19,7 @@ class _FloatNumericLoader(Loader):
 
 
 def latest_run(conn: psycopg.Connection) -> int | None:
-    row = conn.execute("SELECT max(id) FROM eval_runs WHERE status = 'complete'").fetchone()
+    row = conn.execute(queries.LATEST_RUN).fetchone()
     return row[0] if row else None
 
 
@@ -47,7 +28,7 @@ def fetch(conn: psycopg.Connection, view: str, run: int | None) -> list[dict]:
         raise ValueError(view)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.adapters.register_loader("numeric", _FloatNumericLoader)
-        cur.execute(queries.report_view(view, _ORDER[view], run is not None), (run,) if run is not None else ())
+        cur.execute(queries.report_view(view, run is not None), (run,) if run is not None else ())
         return cur.fetchall()
 
 

@@ -7,7 +7,6 @@ path or an HxWx3 uint8 array.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .embedded import home_dir
 from .errors import SourceError
 from .images import IMAGE_EXTENSIONS
 
@@ -214,8 +214,6 @@ def download_cifar10(cache_dir: Path, timeout: float = 10.0) -> Path:
 def open_source(spec: str | Path, cache_dir: Path | None = None) -> Source:
     """Resolve --data: 'cifar10', a CIFAR-10 python folder or archive, or an image-folder tree."""
     if str(spec) == "cifar10":
-        from .embedded import home_dir
-
         return _cifar_from_archive(download_cifar10(cache_dir or home_dir() / "cache"))
     path = Path(spec).expanduser()
     if not path.exists():
@@ -229,23 +227,3 @@ def open_source(spec: str | Path, cache_dir: Path | None = None) -> Source:
     if (path / "cifar-10-batches-py").is_dir():
         return _cifar_from_dir(path / "cifar-10-batches-py")
     return _folder_source(path)
-
-
-def write_cifar_archive(path: Path, train: dict, test: dict, classes: list[str]) -> Path:
-    """Write a small archive in the official CIFAR-10 python format (for tests and demos).
-
-    `train` and `test` are {"data": uint8 (N, 3072), "labels": list[int]}."""
-    with tarfile.open(path, "w:gz") as tar:
-
-        def add(name: str, obj: dict) -> None:
-            data = pickle.dumps(obj)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        add("batches.meta", {b"label_names": [c.encode() for c in classes]})
-        add("data_batch_1", {b"data": train["data"], b"labels": train["labels"],
-                             b"filenames": [f"{i}.png".encode() for i in range(len(train["labels"]))]})  # fmt: skip
-        add("test_batch", {b"data": test["data"], b"labels": test["labels"],
-                           b"filenames": [f"{i}.png".encode() for i in range(len(test["labels"]))]})  # fmt: skip
-    return path

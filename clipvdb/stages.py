@@ -46,6 +46,10 @@ class Stage:
         return f"projections_{self.name}"
 
     @property
+    def learned_table(self) -> str:
+        return f"learned_{self.name}"
+
+    @property
     def column_type(self) -> ColumnType:
         """The pgvector type of the stage's embedding column: 'vector', or 'halfvec' when wider
         than pgvector can index as vector."""

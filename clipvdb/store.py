@@ -18,7 +18,6 @@ import contextlib
 import functools
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,38 +26,44 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psycopg
 
-from . import catalog, config, db
-from .encoders import Encoder, load_encoder
-from .errors import EmptyStageError, ImageError, SchemaError, UsageError
-from .images import ImageInput
+from . import (
+    catalog,
+    clusters,
+    config,
+    db,
+    embedded,
+    experiment,
+    indexes,
+    ingest,
+    learned,
+    nodes,
+    queries,
+    reports,
+    retrieval,
+    zeroshot,
+)
+from . import evaluate as evaluation
+from .clusters import Clustering
+from .encoder import Encoder, load_encoder
+from .errors import EmptyStageError, ImageError, SchemaError, StageError, UsageError
+from .evaluate import EvalRun
+from .experiment import ExperimentResult
+from .images import ImageInput, as_image, png_bytes
+from .indexes import IndexInfo
+from .ingest import IngestResult, LoadResult
+from .knn import KnnSearcher, SearchSettings
+from .learned import LearnedMap
+from .pipeline import embed, encode_items, query_items
 from .predict import Prediction, as_predictions, predict_batch
-from .search import SearchSettings, StageSearcher
-from .sources import Source
+from .retrieval import Grid, Hit
+from .sources import Source, open_source
 from .stages import STAGE_NAMES, STAGES, Stage, needs_encoder, parse_stages
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-    from .clusters import Clustering
-    from .evaluate import EvalRun
-    from .experiment import ExperimentResult
-    from .indexes import IndexInfo
-    from .ingest import IngestResult
-    from .learned import LearnedMap
-    from .retrieval import Grid, Hit
-
 ProgressFn = Callable[[int, int], None]
 StagesArg = str | Iterable[str] | list[Stage] | None
-
-
-@dataclass
-class LoadResult:
-    """What `Store.load_vectors` stored: image id per key, rows added, COPY seconds, the index built."""
-
-    ids: dict[str, int]
-    added: int
-    load_seconds: float
-    index: IndexInfo | None
 
 
 @dataclass(frozen=True)
@@ -77,11 +82,14 @@ def _stages(value: StagesArg | Stage) -> list[Stage]:
 
 
 def _source(data: str | Path | Source) -> Source:
-    if isinstance(data, Source):
-        return data
-    from .sources import open_source
+    return data if isinstance(data, Source) else open_source(str(data))
 
-    return open_source(str(data))
+
+def _one(value: StagesArg | Stage, what: str) -> Stage:
+    chosen = _stages(value)
+    if len(chosen) != 1:
+        raise UsageError(f"{what} one stage at a time (--stage first, second, third or origin)")
+    return chosen[0]
 
 
 class Store:
@@ -109,7 +117,7 @@ class Store:
         self.announce = announce or (lambda m: print(m, file=sys.stderr))
         self._lock = threading.Lock()
         self._datasets: dict[str | None, Dataset] = {}
-        self._searchers: dict[tuple, StageSearcher] = {}
+        self._searchers: dict[tuple, KnnSearcher] = {}
         self._ready = False
         self.pgvector: tuple[int, ...] = ()
 
@@ -146,7 +154,7 @@ class Store:
 
     @functools.cached_property
     def pool(self) -> ConnectionPool:
-        from psycopg_pool import ConnectionPool
+        from psycopg_pool import ConnectionPool  # its import starts threads machinery; only when connecting
 
         self._prepare()
 
@@ -215,16 +223,24 @@ class Store:
         if name not in self._datasets:
             with self.connection() as conn:
                 ds = catalog.dataset_id(conn, name)
-                label = db.scalar(conn, "SELECT name FROM datasets WHERE id = %s", (ds,))
-                self._datasets[name] = Dataset(ds, label, catalog.class_names(conn, ds))
+                self._datasets[name] = Dataset(ds, catalog.dataset_name(conn, ds), catalog.class_names(conn, ds))
         return self._datasets[name]
 
-    def searcher(self, stage: Stage, dataset: int, split: str, settings: SearchSettings) -> StageSearcher:
-        key = (stage.name, dataset, split, settings, self._identity(stage))
+    def searcher(
+        self, stage: str | Stage, settings: SearchSettings | None = None, *, dataset: str | None = None,
+        against: str = "train",
+    ) -> KnnSearcher:  # fmt: skip
+        """The set-up kNN searcher of one stage over the `against` split of a dataset (cached)."""
+        return self._searcher(_one(stage, "search"), self.dataset(dataset).id, against, settings or SearchSettings())
+
+    def _searcher(self, stage: Stage, dataset_id: int, split: str, settings: SearchSettings) -> KnnSearcher:
+        key = (stage.name, dataset_id, split, settings, self._identity(stage))
         if key not in self._searchers:
             with self.connection() as conn:
-                self._searchers[key] = StageSearcher(conn, stage, self._identity(stage), dataset, split, settings,
-                                                     iterative_scan=self.pgvector >= (0, 8, 0))  # fmt: skip
+                self._searchers[key] = KnnSearcher(
+                    conn, stage, self._identity(stage), dataset_id, split, settings,
+                    iterative_scan=self.pgvector >= (0, 8, 0), notice=self.announce,
+                )  # fmt: skip
         return self._searchers[key]
 
     def _identity(self, stage: Stage) -> tuple[str, str]:
@@ -259,8 +275,6 @@ class Store:
         progress: ProgressFn | None = None,
     ) -> IngestResult:
         """Encode `split` of `data` at `stages` and store it. Safe to re-run and to interrupt."""
-        from .ingest import ingest
-
         chosen = _stages(stages)
         source = _source(data)
         encoder = self.encoder_for(chosen)
@@ -268,9 +282,10 @@ class Store:
             batch_size = config.DEFAULT_BATCH_SIZE if encoder else config.DEFAULT_FIRST_BATCH_SIZE
         try:
             with self.connection() as conn:
-                return ingest(conn, source, chosen, encoder, split=split, limit=limit, batch_size=batch_size,
-                              workers=workers, dataset_name=dataset, strict=strict, build_index=build_index,
-                              progress=progress)  # fmt: skip
+                return ingest.ingest(
+                    conn, source, chosen, encoder, split=split, limit=limit, batch_size=batch_size, workers=workers,
+                    dataset_name=dataset, strict=strict, build_index=build_index, progress=progress,
+                )  # fmt: skip
         finally:
             self._forget()
 
@@ -292,81 +307,38 @@ class Store:
         keyed by `keys` (unique within the split) with their labels, then the vectors by binary COPY,
         a transaction per batch, then the stage's index (default: the stage's default kind). The
         vectors' space is this store's encoder (stage first: pixels)."""
-        from . import indexes
-        from .ingest import copy_vectors
-
-        chosen = _stages(stage)[0]
-        if vectors.ndim != 2 or vectors.shape[1] != chosen.dim:
-            raise UsageError(f"stage {chosen.name} stores {chosen.dim}-dimensional vectors; got shape {vectors.shape}")
-        if not len(vectors) == len(keys) == len(labels):
-            raise UsageError(f"{len(vectors)} vectors, {len(keys)} keys and {len(labels)} labels: give one of each")
-        src = _source(source)
+        chosen = _one(stage, "load")
         try:
             with self.connection() as conn:
-                ds = catalog.register_dataset(conn, src, dataset)
-                space = catalog.get_or_create_space(conn, chosen, self.encoder if chosen.uses_clip else None)
-                conn.commit()
-                ids: dict[str, int] = {}
-                for s in range(0, len(keys), batch):
-                    rows = [
-                        (k, int(y), bytes(32)) for k, y in zip(keys[s : s + batch], labels[s : s + batch], strict=True)
-                    ]
-                    ids.update(catalog.upsert_images(conn, ds, split, rows))
-                    conn.commit()
-                if build_index:
-                    indexes.lock_stage_index(conn, chosen)
-                    indexes.drop(conn, chosen)
-                    conn.commit()
-                start = time.perf_counter()
-                added = 0
-                for s in range(0, len(keys), batch):
-                    part = [ids[k] for k in keys[s : s + batch]]
-                    added += copy_vectors(conn, chosen, space, part, vectors[s : s + batch], ds, split)
-                    conn.commit()
-                load_s = time.perf_counter() - start
-                db.recount(conn, chosen.name)
-                conn.commit()
-                info = None
-                if build_index:
-                    kind, params = index or indexes.default_index(chosen)
-                    info = indexes.build(conn, chosen, kind, **params)
+                return ingest.load_vectors(
+                    conn, _source(source), chosen, self.encoder_for([chosen]), vectors, keys, labels, split=split,
+                    dataset_name=dataset, batch=batch, build_index=build_index, index=index,
+                )  # fmt: skip
         finally:
             self._forget()
-        return LoadResult(ids, added, load_s, info)
 
     def classify(
         self,
         images: ImageInput | list[ImageInput],
         stage: StagesArg = None,
+        settings: SearchSettings | None = None,
         *,
-        k: int = config.DEFAULT_K,
-        exact: bool = False,
-        probes: int | None = None,
-        ef_search: int | None = None,
-        metric: str = "l2",
-        candidates: int | None = None,
         dataset: str | None = None,
         against: str = "train",
         prompts: str = "study",
         batch_size: int = 32,
-        learned: bool = False,
     ) -> list[Prediction]:
         """Predictions for each image at each stage (default: every stage with rows), batch by batch.
         Images are file paths, PIL images, HxWx3 uint8 arrays or encoded bytes."""
-        from . import zeroshot
-        from .encoding import encode_items, query_items
-
-        settings = SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,  # type: ignore[arg-type]
-                                  candidates=candidates, learned=learned)  # fmt: skip
+        settings = settings or SearchSettings()
         settings.check()
-        many = images if isinstance(images, list) else [images]
-        items = query_items(many)
+        items = query_items(images if isinstance(images, list) else [images])
         chosen = _stages(stage) if stage else self.stored_stages()
         ds = self.dataset(dataset)
-        searchers = {s.name: self.searcher(s, ds.id, against, settings) for s in chosen if s.name != "origin"}
+        searchers = {s.name: self._searcher(s, ds.id, against, settings) for s in chosen if s.name != "origin"}
         encoder = self.encoder_for(chosen)
-        text = zeroshot.text_embeddings(encoder, ds.classes, prompts) if encoder and any(
-            s.name == "origin" for s in chosen) else None  # fmt: skip
+        origin = encoder is not None and any(s.name == "origin" for s in chosen)
+        text = zeroshot.text_embeddings(encoder, ds.classes, prompts) if origin and encoder else None
         out: list[Prediction] = []
         with self.connection() as conn:
             for batch in encode_items(items, chosen, encoder, batch_size=batch_size, workers=0, hash_items=False):
@@ -382,15 +354,10 @@ class Store:
         self,
         data: str | Path | Source,
         stage: StagesArg = "first",
+        settings: SearchSettings | None = None,
         *,
         split: str = "test",
         against: str = "train",
-        k: int = config.DEFAULT_K,
-        exact: bool = False,
-        probes: int | None = None,
-        ef_search: int | None = None,
-        metric: str = "l2",
-        candidates: int | None = None,
         num: int | None = None,
         batch_size: int = config.DEFAULT_EVAL_BATCH_SIZE,
         workers: int | None = None,
@@ -398,37 +365,32 @@ class Store:
         display_freq: int = 0,
         dataset: str | None = None,
         prompts: str = "study",
-        learned: bool = False,
         report: Callable[[str], None] | None = None,
         progress: ProgressFn | None = None,
     ) -> EvalRun:
         """Classify a labelled split, store every prediction as a run; `run.run_id` for the reports."""
-        from .evaluate import evaluate
-
         if connections < 1:
             raise UsageError("--connections must be at least 1")
-        settings = SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric,  # type: ignore[arg-type]
-                                  candidates=candidates, learned=learned)  # fmt: skip
+        settings = settings or SearchSettings()
         settings.check()
         chosen = _stages(stage)
         source = _source(data)
         encoder = self.encoder_for(chosen)
         with self.connection() as conn:
-            return evaluate(
+            return evaluation.evaluate(
                 conn, lambda: self._connections(connections), source, chosen, encoder, settings,
-                searcher=lambda s, ds, sp: self.searcher(s, ds, sp, settings),
+                searcher=lambda s, ds, sp: self._searcher(s, ds, sp, settings),
                 split=split, against=against, num=num, batch_size=batch_size, workers=workers,
                 n_connections=connections, display_freq=display_freq, dataset_name=dataset, template=prompts,
                 report=report, progress=progress, mark_failed=self._mark_failed,
             )  # fmt: skip
 
     def _mark_failed(self, run_id: int) -> None:
-        try:
+        """A run cut short stays out of the reports. On a fresh connection: the pool's may be what failed."""
+        with contextlib.suppress(psycopg.Error, SchemaError, db.DatabaseError):
             with db.connection(self.url, vector=False) as conn:
-                conn.execute("UPDATE eval_runs SET status = 'failed', finished_at = now() WHERE id = %s", (run_id,))
+                conn.execute(queries.FAIL_RUN, (run_id,))
                 conn.commit()
-        except Exception:
-            pass  # the server may be what failed; a 'running' run is excluded from the views too
 
     def index(
         self,
@@ -442,8 +404,6 @@ class Store:
         metric: str = "l2",
     ) -> list[IndexInfo]:
         """(Re)build each stage's ANN index; without `kind`, the stage's default."""
-        from . import indexes
-
         out = []
         try:
             with self.connection() as conn:
@@ -464,8 +424,6 @@ class Store:
 
     def reports(self, run: int | None = None, views: Iterable[str] | None = None) -> dict[str, Any]:
         """{"run_id": run, view: rows, ...} for one run (default: the latest complete run)."""
-        from . import reports
-
         chosen = tuple(views) if views else reports.VIEWS
         bad = [v for v in chosen if v not in reports.VIEWS]
         if bad:
@@ -474,42 +432,74 @@ class Store:
             return reports.report(conn, run, chosen)
 
     def plot(self, out: Path | str, run: int | None = None, *, squared: bool = False) -> list[Path]:
-        from .plots import plot
+        """The study's figures for one run as PNG files in `out`."""
+        from .plots import plot  # matplotlib: only when a figure is drawn
 
         return plot(self.reports(run), Path(out), squared=squared)
 
     # ------------------------------------------------------------ exploration
 
-    def search(
+    def retrieve(
         self, text: str | None = None, *, image: ImageInput | None = None, k: int = 10, stage: str = "origin",
         dataset: str | None = None, split: str = "train", exact: bool = False,
     ) -> list[Hit]:  # fmt: skip
-        from .retrieval import search
-
-        return search(self, text, image=image, k=k, stage=stage, dataset_name=dataset, split=split, exact=exact)
+        """Stored images nearest to a text (and/or image) query by cosine distance at stage origin,
+        where CLIP's image and text embeddings share one space."""
+        if stage != "origin":
+            raise StageError("text search works at stage origin only: CLIP's text embedding lives in that space")
+        query = retrieval.query_vector(self.encoder, text, image)
+        ds = self.dataset(dataset)
+        searcher = self._searcher(STAGES["origin"], ds.id, split, SearchSettings(k=k, exact=exact, metric="cosine"))
+        with self.connection() as conn:
+            found, _ = searcher.search(conn, query[None, :])
+        return retrieval.hits(found[0], ds.classes)
 
     def neighbors(
-        self, image: ImageInput, stages: StagesArg, out: Path | str, *, k: int = 10, dataset: str | None = None,
-        split: str = "train", exact: bool = False, learned: bool = False,
+        self, image: ImageInput, stages: StagesArg, out: Path | str, settings: SearchSettings | None = None, *,
+        dataset: str | None = None, split: str = "train",
     ) -> Grid:  # fmt: skip
-        from .retrieval import neighbour_grid
+        """One PNG: a row per stage, the query then its k nearest stored images, captioned."""
+        settings = settings or SearchSettings(k=10)
+        chosen = _stages(stages)
+        vectors = embed([image], chosen, self.encoder_for(chosen))
+        ds = self.dataset(dataset)
+        with self.connection() as conn:
+            found = {s.name: self._searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0]
+                     for s in chosen}  # fmt: skip
+            return retrieval.neighbour_grid(conn, as_image(image), found, ds.classes, Path(out))
 
-        return neighbour_grid(self, image, _stages(stages), Path(out), k=k, dataset_name=dataset, split=split,
-                              exact=exact, learned=learned)  # fmt: skip
+    def image_png(self, image_id: int, scale: int = 1) -> bytes:
+        """A stored image's pixels, re-read from its source, as PNG bytes (scaled up `scale` times)."""
+        with self.connection() as conn:
+            return png_bytes(catalog.stored_image(conn, image_id), scale)
+
+    def samples(self, n: int = 8) -> list[dict]:
+        """The first `n` stored images outside the training split: {"id", "class"}."""
+        with self.connection() as conn:
+            return [{"id": i, "class": c} for i, c in catalog.sample_images(conn, n)]
+
+    def stored_stage_names(self) -> list[str]:
+        """Stages that hold vectors, in forward-pass order (empty when nothing is stored)."""
+        with self.connection() as conn:
+            return catalog.stages_with_rows(conn)
 
     def experiment(
         self, stage: StagesArg, sizes: list[int], *, queries: int = 100, probes: list[int] | None = None,
         ef_search: list[int] | None = None, metric: str = "l2",
     ) -> ExperimentResult:  # fmt: skip
         """Recall and speed of exact, ivfflat and hnsw search as the stored set grows (experiment.py)."""
-        from .experiment import search_experiment
-
         chosen = _stages(stage)
         if len(chosen) != 1:
             raise UsageError("experiment search takes one --stage")
         with self.connection() as conn:
-            return search_experiment(conn, chosen[0], self.encoder_for(chosen), sizes, queries=queries,
-                                     probes=probes, ef_search=ef_search, metric=metric)  # fmt: skip
+            return experiment.search_experiment(conn, chosen[0], self.encoder_for(chosen), sizes, n_queries=queries,
+                                                probes=probes, ef_search=ef_search, metric=metric)  # fmt: skip
+
+    def plot_experiment(self, result: ExperimentResult, out: Path | str) -> Path:
+        """Recall@1 against queries per second, one line per (size, index kind), as a PNG."""
+        from .plots import plot_experiment  # matplotlib: only when a figure is drawn
+
+        return plot_experiment(result, Path(out))
 
     def cluster(
         self,
@@ -527,11 +517,7 @@ class Store:
     ) -> Clustering:
         """Cluster one stage's stored vectors (this store's space, one dataset and split) and store
         the clustering; returns it with its purity, adjusted Rand index and NMI against the labels."""
-        from . import clusters
-
-        chosen = _stages(stage)
-        if len(chosen) != 1:
-            raise UsageError("cluster one stage at a time (--stage first, second, third or origin)")
+        chosen = _one(stage, "cluster")
         if method not in clusters.METHODS:
             raise UsageError(f"unknown method {method!r}; choose from {', '.join(clusters.METHODS)}")
         if k < 1 and method != "dbscan":
@@ -542,13 +528,15 @@ class Store:
             params["linkage"] = linkage
         ds = self.dataset(dataset)
         with self.connection() as conn:
-            space = catalog.find_space(conn, chosen[0], self.encoder if chosen[0].uses_clip else None)
-            if space is None:
-                raise EmptyStageError(
-                    f"stage {chosen[0].name} has no rows for these weights; run 'clipvdb ingest' first"
-                )
-            cid = clusters.fit(conn, chosen[0], space, ds.id, split, method, params, sample=sample)
+            space = self._require_space(conn, chosen)
+            cid = clusters.fit(conn, chosen, space, ds.id, split, method, params, sample=sample)
             return clusters.read(conn, cid)[0]
+
+    def _require_space(self, conn: psycopg.Connection, stage: Stage) -> int:
+        space = catalog.find_space(conn, stage, self.encoder_for([stage]))
+        if space is None:
+            raise EmptyStageError(f"stage {stage.name} has no rows for these weights; run 'clipvdb ingest' first")
+        return space
 
     def learn(
         self,
@@ -561,45 +549,32 @@ class Store:
         seed: int = 0,
     ) -> LearnedMap:
         """Fit a learned metric on the stage's training split (never the test split), store it, and
-        write every stored vector's image under it; `--learned` searches then use it."""
-        from . import learned
-
-        chosen = _stages(stage)
-        if len(chosen) != 1:
-            raise UsageError("learn one stage at a time (--stage first, second, third or origin)")
+        write every stored vector's image under it; searches with `learned=True` then use it."""
+        chosen = _one(stage, "learn")
         ds = self.dataset(dataset)
         try:
             with self.connection() as conn:
-                space = catalog.find_space(conn, chosen[0], self.encoder if chosen[0].uses_clip else None)
-                if space is None:
-                    raise EmptyStageError(f"stage {chosen[0].name} has no rows for these weights; run 'clipvdb ingest'")
-                X, y = learned.training_data(conn, chosen[0], space, ds.id)
+                X, y = learned.training_data(conn, chosen, self._require_space(conn, chosen), ds.id)
                 conn.rollback()
-                lmap = learned.fit(X, y, chosen[0], method, dims, seconds=seconds, seed=seed)
+                lmap = learned.fit(X, y, chosen, method, dims, seconds=seconds, seed=seed)
                 lmap.params["dataset"] = ds.name
-                learned.save(conn, chosen[0], lmap)
+                learned.save(conn, chosen, lmap)
         finally:
             self._forget()
         return lmap
 
     def clusterings(self) -> list[Clustering]:
         """Every stored clustering with its scores, newest first."""
-        from . import clusters
-
         with self.connection() as conn:
             return clusters.read(conn)
 
     def cluster_grid(self, clustering_id: int, out: Path | str, *, per_cluster: int = 8) -> Path:
         """A PNG: a row per cluster, the images nearest its centre, majority class and purity."""
-        from . import clusters
-
         with self.connection() as conn:
             return clusters.grid(conn, clustering_id, Path(out), per_cluster)
 
     def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
         """Vectors per stage for the images (no database needed)."""
-        from .encoding import embed
-
         chosen = _stages(stages)
         return embed(images if isinstance(images, list) else [images], chosen, self.encoder_for(chosen))
 
@@ -611,14 +586,35 @@ class Store:
     def upgrade(self, revision: str = "head") -> str | None:
         return db.upgrade(self.url, revision)
 
+    def downgrade(self, revision: str = "base") -> str | None:
+        return db.downgrade(self.url, revision)
+
+    def grant_reader(self, role: str, password: str | None = None) -> None:
+        """Create (or update) a role that can SELECT every table and view and change nothing."""
+        db.grant_reader(self.url, role, password)
+
+    def stop(self) -> bool:
+        """Stop this home's embedded server (and a local cluster's workers); False if it was not running.
+        Not for a database given by URL."""
+        self._require_embedded("db stop")
+        self.close()
+        self.__dict__.pop("url", None)
+        self._ready = False
+        return embedded.stop(self.home)
+
+    def _require_embedded(self, command: str) -> None:
+        if self._url or config.database_url():
+            raise UsageError(
+                f"{command} manages the embedded server; a database given by CLIPVDB_DATABASE_URL is managed "
+                "where it runs"
+            )
+
     # ------------------------------------------------------------ Citus
 
     def start_nodes(self, workers: int = 2) -> dict:
         """Turn this home into a local Citus cluster (the embedded server as coordinator plus
         `workers` workers; nodes.py), bring the schema to head and distribute it; return
         nodes_status(). Not for a database given by URL: point that at a Citus coordinator."""
-        from . import embedded, nodes
-
         if self._url or config.database_url():
             raise UsageError(
                 "db nodes manages the embedded server's cluster; an external Citus coordinator is used as "
@@ -629,10 +625,8 @@ class Store:
         self.__dict__.pop("url", None)
         self._ready = False
         self._prepare()
-        from . import indexes
-
         with self.connection() as conn:
-            placed = db.scalar(conn, "SELECT clipvdb_distribute()")
+            placed = db.distribute(conn)
             conn.commit()
             for name in STAGE_NAMES:
                 db.recount(conn, name)
@@ -649,16 +643,9 @@ class Store:
 
     def nodes_status(self) -> dict:
         """Nodes, tables (reference or distributed, shards) and shards, bytes and rows per node."""
-        from . import nodes
-
         with self.connection() as conn:
             return nodes.status(conn)
 
     def stop_nodes(self) -> list[str]:
-        from . import embedded, nodes
-
         self.close()
         return nodes.stop(self.home or embedded.home_dir())
-
-    def downgrade(self, revision: str = "base") -> str | None:
-        return db.downgrade(self.url, revision)

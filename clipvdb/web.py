@@ -8,18 +8,14 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flask import Flask, Response, abort, render_template, request
 
-from . import catalog
 from .errors import ClipvdbError, ImageError
 from .images import load_image
-from .retrieval import stored_image_png
-from .stages import STAGES, parse_stages
-
-if TYPE_CHECKING:
-    from .store import Store
+from .knn import SearchSettings
+from .stages import parse_stages
+from .store import Store
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
@@ -29,17 +25,8 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
 
-    def stored_stages() -> list[str]:
-        with store.connection() as conn:
-            return catalog.stages_with_rows(conn)
-
-    def samples() -> list[dict]:
-        with store.connection() as conn:
-            rows = conn.execute(
-                """SELECT i.id, c.name FROM images i JOIN classes c ON c.dataset_id = i.dataset_id AND c.label = i.label
-                   WHERE i.split <> 'train' ORDER BY i.id LIMIT 8"""
-            ).fetchall()
-        return [{"id": r[0], "class": r[1]} for r in rows]
+    settings = SearchSettings(k=k, learned=learned)
+    stored_stages, samples = store.stored_stage_names, store.samples
 
     @app.errorhandler(ClipvdbError)
     def clipvdb_error(exc: ClipvdbError):
@@ -67,10 +54,10 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
             image_id = request.args.get("image_id", type=int)
             if image_id is None:
                 abort(400)
-            data = stored_image_png(store, image_id)
+            data = store.image_png(image_id)
             name = f"stored image {image_id}"
         img = load_image(data, name)  # validated like ingest input
-        preds = store.classify([img], stages, k=k, learned=learned)
+        preds = store.classify([img], stages, settings)
         for p in preds:
             p.image = name
         buf = io.BytesIO()
@@ -87,17 +74,16 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         n = request.args.get("k", 10, type=int)
         if n is None or not 1 <= n <= 100:
             raise ImageError("k must be a number from 1 to 100")
-        hits = store.search(q, k=n, stage=STAGES["origin"].name)
+        hits = store.retrieve(q, k=n)
         return render_template("page.html", stages=stored_stages(), samples=samples(), hits=hits, query=q, k=k)
 
     @app.get("/image/<int:image_id>.png")
     def image(image_id: int):
-        return Response(stored_image_png(store, image_id, scale=3), mimetype="image/png")
+        return Response(store.image_png(image_id, scale=3), mimetype="image/png")
 
     @app.get("/health")
     def health():
-        with store.connection() as conn:
-            catalog.stored_spaces(conn, STAGES["first"])
+        store.stored_stage_names()
         return {"ok": True}
 
     return app

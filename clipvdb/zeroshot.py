@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .encoders import Encoder
+from .encoder import Encoder
 from .errors import UsageError
 
 # The study's own prompts for CIFAR-10 (grammar as in the study).
@@ -39,11 +39,11 @@ def normalise(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
-def text_embeddings(lm: Encoder, classes: list[str], template: str = "study") -> np.ndarray:
+def text_embeddings(encoder: Encoder, classes: list[str], template: str = "study") -> np.ndarray:
     """L2-normalised text embeddings, one row per class; cached per (weights, classes, template)."""
-    key = (lm.name, lm.weights, tuple(classes), template)
+    key = (encoder.name, encoder.weights, tuple(classes), template)
     if key not in _cache:
-        _cache[key] = normalise(lm.encode_text(prompts_for(classes, template))).astype(np.float32)
+        _cache[key] = normalise(encoder.encode_text(prompts_for(classes, template))).astype(np.float32)
     return _cache[key]
 
 

@@ -110,7 +110,7 @@ def rn50_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def rn50(rn50_checkpoint):
-    from clipvdb.models import load_model
+    from clipvdb.clip_model import load_model
 
     return load_model("RN50", str(rn50_checkpoint), "cpu")
 

@@ -12,7 +12,7 @@ from PIL import Image
 from clipvdb import synthetic
 from clipvdb.errors import ImageError, SpaceMismatchError
 from clipvdb.images import load_image
-from clipvdb.search import SearchSettings, StageSearcher
+from clipvdb.knn import KnnSearcher, SearchSettings
 from clipvdb.sources import open_source
 from clipvdb.stages import STAGES
 
@@ -90,8 +90,8 @@ def test_wrong_dimension_is_refused_before_any_sql(db_url, tmp_path, store):
 
     data = synthetic.generate(tmp_path / "d", {"train": 1})
     store.ingest(open_source(data), "first", workers=0)
-    with db.open_db(db_url) as conn:
-        searcher = StageSearcher(conn, STAGES["first"], ("pixels", "none"), 1, "train", SearchSettings())
+    with db.connection(db_url) as conn:
+        searcher = KnnSearcher(conn, STAGES["first"], ("pixels", "none"), 1, "train", SearchSettings())
         conn.commit()
         with pytest.raises(SpaceMismatchError, match="1024 dimensions.*3072"):
             searcher.search(conn, np.zeros((1, 1024), np.float32))

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from archives import write_cifar_archive
 
 from clipvdb.errors import SourceError
-from clipvdb.sources import open_source, write_cifar_archive
+from clipvdb.sources import open_source
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from clipvdb import Store, TinyEncoder, db, embedded, indexes, nodes, queries, synthetic
 from clipvdb.errors import DatabaseError, ExtensionError
-from clipvdb.search import SearchSettings
+from clipvdb.knn import SearchSettings
 from clipvdb.stages import STAGES
 
 FIRST = STAGES["first"]
@@ -85,7 +85,7 @@ def _predictions(store: Store, run_id: int) -> dict[str, int]:
 
 
 def test_exact_and_default_against_brute_force_and_single_node(cstore, cluster_data, db_url):
-    exact = cstore.evaluate(cluster_data, stage="first", exact=True)
+    exact = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(exact=True))
     default = cstore.evaluate(cluster_data, stage="first")
     # brute force over the stored (half-precision) rows with the same queries
     stored = _sql(cstore, "SELECT e.embedding, i.label FROM embeddings_first e JOIN images i ON i.id = e.image_id")
@@ -102,7 +102,7 @@ def test_exact_and_default_against_brute_force_and_single_node(cstore, cluster_d
     # the single node gives the same exact answers, image by image
     with Store(db_url, encoder=TinyEncoder()) as single:
         single.ingest(cluster_data, stages="first", split="train")
-        one = single.evaluate(cluster_data, stage="first", exact=True)
+        one = single.evaluate(cluster_data, stage="first", settings=SearchSettings(exact=True))
         assert one.stages["first"].accuracy == exact.stages["first"].accuracy
         single_pred = _predictions(single, one.run_id)
     assert _predictions(cstore, exact.run_id) == single_pred
@@ -157,7 +157,7 @@ def test_knn_pushed_down_to_every_shard(cstore, cluster_data):
         lmap_params = {**params, "p": np.zeros(16, dtype=np.float32)}
         text = _explain(cstore, queries.knn_one(FIRST, learned_dim=16), lmap_params)
         assert f"Task Count: {shards}" in text and "Index Scan using learned_first_ann_" in text
-        learned = cstore.evaluate(cluster_data, stage="first", learned=True, num=50)
+        learned = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(learned=True), num=50)
         assert learned.stages["first"].n == 50
         # the single-node batched form is what Citus refuses (a LATERAL LIMIT over a table function)
         with db.connect(cstore.url, autocommit=True) as conn, pytest.raises(psycopg.errors.FeatureNotSupported):
@@ -170,7 +170,7 @@ class store_searcher:
 
     def __enter__(self):
         ds = self.store.dataset(None)
-        searcher = self.store.searcher(FIRST, ds.id, "train", SearchSettings())
+        searcher = self.store.searcher(FIRST, SearchSettings())
         v = np.zeros(FIRST.dim, dtype=np.float32)
         params = {"v": v, "space": searcher.space, "dataset": ds.id, "split": "train", "k": 1}
         return searcher, params
@@ -216,7 +216,7 @@ def test_worker_killed_during_evaluate(citus_home, cstore, cluster_data):
     assert len(down["nodes"]) == 3 and "error" in down
     # the next command of the home starts the worker again, and queries succeed
     with Store(home=citus_home, encoder=TinyEncoder()) as s:
-        again = s.evaluate(cluster_data, stage="first", exact=True, num=30)
+        again = s.evaluate(cluster_data, stage="first", settings=SearchSettings(exact=True), num=30)
         assert again.stages["first"].n == 30
     assert all(n["active"] for n in cstore.nodes_status()["nodes"])
     # nothing of the failed run reaches the reports, and what it stored is whole batches (a commit
@@ -268,7 +268,7 @@ def test_a_home_with_data_becomes_a_cluster(citus_home, syn_data, tmp_path):
     try:
         with Store(home=home, encoder=TinyEncoder()) as one:
             one.ingest(syn_data, stages="first", split="train")
-            before = one.evaluate(syn_data, stage="first", exact=True)
+            before = one.evaluate(syn_data, stage="first", settings=SearchSettings(exact=True))
             one.start_nodes(2)
             info = one.nodes_status()
             rows = [t["embeddings_first"]["rows"] for n, t in info["per_node"].items() if "embeddings_first" in t]
@@ -277,7 +277,7 @@ def test_a_home_with_data_becomes_a_cluster(citus_home, syn_data, tmp_path):
             assert _sql(one, "SELECT count(*) FROM predictions") == [(20,)]
             with one.connection() as conn:
                 assert indexes.info(conn, FIRST).params.get("shards") == 4
-            after = one.evaluate(syn_data, stage="first", exact=True)
+            after = one.evaluate(syn_data, stage="first", settings=SearchSettings(exact=True))
             assert after.stages["first"].accuracy == before.stages["first"].accuracy
     finally:
         nodes.stop(home)

@@ -102,7 +102,7 @@ def test_strict_stops_at_the_first_bad_file(db_url, tmp_path, store):
 
 
 def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatch, store):
-    import clipvdb.encoding as encoding
+    import clipvdb.pipeline as encoding
 
     real = encoding.first_stage_vectors
 

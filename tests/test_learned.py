@@ -6,7 +6,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from clipvdb import catalog, learned
+from clipvdb import SearchSettings, catalog, learned
 from clipvdb.errors import EmptyStageError, UsageError
 from clipvdb.stages import STAGES
 
@@ -37,7 +37,7 @@ def test_learn_then_search_the_learned_space(cli, db_url, syn_data):
             "SELECT e.embedding FROM embeddings_first e JOIN images i ON i.id = e.image_id WHERE i.source = %s",
             (p_lrn["neighbors"][0]["source"],),
         ).fetchone()[0]
-    from clipvdb.encoding import embed
+    from clipvdb.pipeline import embed
 
     q = embed([str(img)], [STAGES["first"]], None)["first"]
     expected = np.linalg.norm(lmap.apply(q)[0]
@@ -65,16 +65,16 @@ def test_the_fit_sees_the_training_split_only(store, syn_data):
 def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data):
     store.ingest(syn_data, "first", workers=0, limit=30)
     with pytest.raises(EmptyStageError, match="no learned map"):
-        store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", learned=True)
+        store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True))
     store.learn("first", 9, method="lda")
     store.ingest(syn_data, "first", workers=0)  # 30 more rows: their learned images go in with them
     with store.connection() as conn:
         assert conn.execute("SELECT count(*) FROM learned_first").fetchone()[0] == 60
-    preds = store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", learned=True)
+    preds = store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True))
     assert preds[0].predicted_class in store.dataset().classes
     with pytest.raises(UsageError, match="at most classes - 1 = 9"):
         store.learn("first", 12, method="lda")
     with pytest.raises(UsageError, match="drop --metric"):
-        store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", learned=True, metric="cosine")
+        store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True, metric="cosine"))
     out = cli("learn", "--stage", "first", "--dims", "500", expect=2).output
     assert "--dims must be between 1 and 256" in out and len(out.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ import pytest
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
-from clipvdb import db
+from clipvdb import Store, db
 from clipvdb.reports import VIEWS
 
 TABLES = {"datasets", "classes", "images", "embedding_spaces", "stage_indexes", "eval_runs", "predictions",
@@ -152,7 +152,7 @@ def test_schema_check_names_the_fix(empty_db_url):
     from clipvdb.errors import SchemaError
 
     with pytest.raises(SchemaError, match="clipvdb db upgrade"):
-        db.open_db(empty_db_url)
+        Store(empty_db_url, migrate=False).stored_stage_names()
 
 
 def test_0009_turns_projections_into_halfvec_keeping_rows_and_index(empty_db_url):

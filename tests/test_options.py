@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from clipvdb import catalog, indexes
-from clipvdb.ingest import copy_vectors
-from clipvdb.search import Neighbor, SearchSettings, StageSearcher, vote
+from clipvdb.storage import StageRows
+from clipvdb.knn import KnnSearcher, Neighbor, SearchSettings, vote
 from clipvdb.stages import STAGES
 
 SECOND = STAGES["second"]
@@ -25,7 +25,7 @@ def _load(conn, stage, X: np.ndarray, labels=None) -> list[int]:
     rows = [(f"k{i}", int(labels[i]), bytes(32)) for i in range(len(X))]
     ids = catalog.upsert_images(conn, 1, "train", rows)
     image_ids = [ids[r[0]] for r in rows]
-    copy_vectors(conn, stage, space, image_ids, X, 1, "train")
+    StageRows(stage, space, 1, "train").copy(conn, image_ids, X)
     conn.commit()
     return image_ids
 
@@ -35,7 +35,7 @@ class _Fake:
 
 
 def _nearest(conn, stage, identity, Q, settings) -> list[int]:
-    s = StageSearcher(conn, stage, identity, 1, "train", settings)
+    s = KnnSearcher(conn, stage, identity, 1, "train", settings)
     conn.commit()
     neigh, _ = s.search(conn, Q)
     return [n[0].image_id for n in neigh]
@@ -111,8 +111,8 @@ def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(
     all_ = _nearest(conn, first, PIXELS, Q, SearchSettings(candidates=600))
     assert all_ == truth  # every row re-ranked exactly
     assert np.mean([a == b for a, b in zip(few, truth, strict=True)]) < 0.5
-    exact = StageSearcher(conn, first, PIXELS, 1, "train", SearchSettings(exact=True, candidates=1))
-    cosine = StageSearcher(conn, first, PIXELS, 1, "train", SearchSettings(metric="cosine"))
+    exact = KnnSearcher(conn, first, PIXELS, 1, "train", SearchSettings(exact=True, candidates=1))
+    cosine = KnnSearcher(conn, first, PIXELS, 1, "train", SearchSettings(metric="cosine"))
     conn.commit()
     assert exact.projection is None and cosine.projection is None
     assert _nearest(conn, first, PIXELS, Q, SearchSettings(exact=True, candidates=1)) == truth

@@ -8,8 +8,8 @@ from psycopg import sql as psycopg_sql
 
 from clipvdb import catalog, indexes, projection
 from clipvdb.errors import UsageError
-from clipvdb.ingest import copy_vectors
-from clipvdb.search import SearchSettings, StageSearcher
+from clipvdb.storage import StageRows
+from clipvdb.knn import KnnSearcher, SearchSettings
 from clipvdb.stages import STAGES
 
 FIRST = STAGES["first"]
@@ -30,13 +30,13 @@ def _store(conn, X: np.ndarray, stage=FIRST, split: str = "train", start: int = 
     rows = [(f"{split}{start + i}", (start + i) % 2, bytes(32)) for i in range(len(X))]
     ids = catalog.upsert_images(conn, 1, split, rows)
     image_ids = [ids[key] for key, _, _ in rows]
-    copy_vectors(conn, stage, space, image_ids, X, 1, split)
+    StageRows(stage, space, 1, split).copy(conn, image_ids, X)
     conn.commit()
     return image_ids
 
 
-def _neighbours(conn, Q, settings: SearchSettings) -> tuple[list[int], StageSearcher]:
-    searcher = StageSearcher(conn, FIRST, ("pixels", "none"), 1, "train", settings)
+def _neighbours(conn, Q, settings: SearchSettings) -> tuple[list[int], KnnSearcher]:
+    searcher = KnnSearcher(conn, FIRST, ("pixels", "none"), 1, "train", settings)
     neigh, _ = searcher.search(conn, Q)
     conn.commit()
     return [n[0].image_id for n in neigh], searcher
@@ -65,7 +65,7 @@ def test_fit_takes_the_strongest_components_first(conn):
     conn.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
     conn.execute("INSERT INTO classes VALUES (1, 0, 'a')")
     ids = catalog.upsert_images(conn, 1, "train", [(f"i{i}", 0, bytes(32)) for i in range(len(X))])
-    copy_vectors(conn, stage, space, [ids[f"i{i}"] for i in range(len(X))], X, 1, "train")
+    StageRows(stage, space, 1, "train").copy(conn, [ids[f"i{i}"] for i in range(len(X))], X)
     conn.commit()
     proj = projection.fit(conn, stage, 4)  # more rows than dimensions: the covariance route
     # the data's variance falls along the axes in order, so the components are the first axes
@@ -108,7 +108,7 @@ def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_v
     extra = _low_rank(5, FIRST.dim, rank=10, seed=7)
     space = catalog.find_space(conn, FIRST, None)
     new_ids = _store(conn, extra, start=1000)
-    projection.add(conn, FIRST, proj, space, new_ids, extra, 1, "train")
+    projection.add(conn, StageRows(FIRST, space, 1, "train"), proj, new_ids, extra)
     conn.commit()
     got, searcher = _neighbours(conn, extra, SearchSettings())
     assert searcher.projection is not None and got == new_ids

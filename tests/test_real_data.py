@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clipvdb import SearchSettings
 from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
 from clipvdb.sources import open_source
 
@@ -66,7 +67,7 @@ def test_citus_cluster_on_real_cifar10_matches_numpy(citus_home, cifar_jpeg):
     src = open_source(cifar_jpeg)
     with Store(home=citus_home) as store:
         store.ingest(cifar_jpeg, stages="first", split="train", limit=3000)
-        exact = store.evaluate(cifar_jpeg, stage="first", exact=True, num=300)
+        exact = store.evaluate(cifar_jpeg, stage="first", settings=SearchSettings(exact=True), num=300)
         default = store.evaluate(cifar_jpeg, stage="first", num=300)
 
     def pixels(items):

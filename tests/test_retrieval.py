@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from clipvdb.retrieval import TILE, grid_shape
+from clipvdb.retrieval import CAPTION, TILE
 
 
 @pytest.fixture
@@ -18,23 +18,23 @@ def stored(cli, syn_data):
 
 
 def test_text_search_returns_k_rows_by_distance(cli, stored):
-    hits = json.loads(cli("search", "a red circle", "--k", "5", "--json", *stored).stdout)
+    hits = json.loads(cli("retrieve", "a red circle", "--k", "5", "--json", *stored).stdout)
     assert len(hits) == 5
     dists = [h["distance"] for h in hits]
     assert dists == sorted(dists) and all(0 <= d <= 2 for d in dists)
     assert all(h["source"].startswith("train/") for h in hits)
-    table = cli("search", "a red circle", "--k", "3", *stored).output
+    table = cli("retrieve", "a red circle", "--k", "3", *stored).output
     assert "class_name" in table
 
 
 def test_composed_query_differs_from_either_part(cli, stored, syn_data):
     img = str(syn_data / "test" / "blue-triangle" / "0000.png")
-    text_only = json.loads(cli("search", "red", "--k", "30", "--json", *stored).stdout)
-    image_only = json.loads(cli("search", "--image", img, "--k", "30", "--json", *stored).stdout)
-    both = json.loads(cli("search", "red", "--image", img, "--k", "30", "--json", *stored).stdout)
+    text_only = json.loads(cli("retrieve", "red", "--k", "30", "--json", *stored).stdout)
+    image_only = json.loads(cli("retrieve", "--image", img, "--k", "30", "--json", *stored).stdout)
+    both = json.loads(cli("retrieve", "red", "--image", img, "--k", "30", "--json", *stored).stdout)
     order = lambda hits: [h["image_id"] for h in hits]  # noqa: E731
     assert order(both) != order(text_only) and order(both) != order(image_only)
-    assert "origin" in cli("search", "red", "--stage", "first", *stored, expect=2).output
+    assert "origin" in cli("retrieve", "red", "--stage", "first", *stored, expect=2).output
 
 
 def test_metrics_order_by_their_own_distance(cli, stored, syn_data):
@@ -58,7 +58,7 @@ def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tm
     assert all(len(meta["rows"][s]) == 4 for s in meta["stages"])
     with Image.open(out) as grid:
         grid.load()
-        assert grid.size == grid_shape(2, 4)
+        assert grid.size == ((4 + 1) * TILE, 2 * (TILE + CAPTION))
         arr = np.asarray(grid.convert("RGB"))
     for row in range(2):
         for col in range(5):
@@ -68,7 +68,7 @@ def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tm
 
 
 def test_neighbour_grid_rereads_cifar_pixels(cli, tmp_path):
-    from clipvdb.sources import write_cifar_archive
+    from archives import write_cifar_archive
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (20, 3072), dtype=np.uint8)

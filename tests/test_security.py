@@ -6,7 +6,7 @@ import pytest
 
 from clipvdb import db, indexes
 from clipvdb.cli import cli as group
-from clipvdb.search import SearchSettings, StageSearcher
+from clipvdb.knn import KnnSearcher, SearchSettings
 from clipvdb.stages import STAGES
 
 
@@ -34,7 +34,7 @@ def test_grant_reader_can_select_and_change_nothing(runner, db_url, monkeypatch)
 def test_hnsw_agrees_with_exact_after_delete_vacuum_reinsert(db_url):
     stage = STAGES["second"]
     rng = np.random.default_rng(0)
-    with db.open_db(db_url) as conn:
+    with db.connection(db_url) as conn:
         conn.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
         conn.execute("INSERT INTO classes VALUES (1, 0, 'a')")
         space = conn.execute(
@@ -66,7 +66,7 @@ def test_hnsw_agrees_with_exact_after_delete_vacuum_reinsert(db_url):
         queries = rng.standard_normal((30, 1024)).astype(np.float32)
         found = {}
         for exact in (True, False):
-            s = StageSearcher(conn, stage, ("t", "t"), 1, "train", SearchSettings(exact=exact, ef_search=200))
+            s = KnnSearcher(conn, stage, ("t", "t"), 1, "train", SearchSettings(exact=exact, ef_search=200))
             conn.commit()
             neigh, _ = s.search(conn, queries)
             found[exact] = [n[0].image_id for n in neigh]

@@ -7,10 +7,10 @@ from conftest import write_png
 from PIL import Image
 
 from clipvdb import zeroshot
-from clipvdb.encoder import run_stages
-from clipvdb.encoding import embed
 from clipvdb.errors import StageError
+from clipvdb.forward_pass import run_stages
 from clipvdb.images import first_stage_pixels, load_image
+from clipvdb.pipeline import embed
 from clipvdb.stages import STAGES, parse_stages
 
 
@@ -191,9 +191,9 @@ def test_parse_stages():
 
 _ENCODE_IN_A_FRESH_PROCESS = """
 import sys, numpy as np
-from clipvdb.encoders import load_encoder
+from clipvdb.encoder import load_encoder
 from clipvdb.images import load_image
-from clipvdb.models import keep_freed_memory
+from clipvdb.clip_model import keep_freed_memory
 from clipvdb.stages import parse_stages
 enc = load_encoder("RN50", sys.argv[1], "cpu", quiet=True)
 batch = np.stack([enc.prepare(load_image(p)) for p in sys.argv[3:]])

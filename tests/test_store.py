@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import clipvdb
+from clipvdb import SearchSettings
 from clipvdb.errors import SchemaError
 
 
@@ -17,12 +18,12 @@ def test_store_ingest_classify_evaluate_report_with_paths_pil_images_and_arrays(
     assert result.inserted == {"first": 60, "second": 60, "third": 60, "origin": 60}
     path = syn_data / "test" / "red-circle" / "0000.png"
     pil = Image.open(path).convert("RGB")
-    preds = store.classify([str(path), pil, np.asarray(pil)], stage="first", k=3, exact=True)
+    preds = store.classify([str(path), pil, np.asarray(pil)], stage="first", settings=SearchSettings(k=3, exact=True))
     assert [p.stage for p in preds] == ["first"] * 3
     # the same pixels, three ways in: the same answer and the same neighbours
     assert preds[0].neighbors == preds[1].neighbors == preds[2].neighbors
     assert preds[0].nearest_distance <= preds[0].distance
-    run = store.evaluate(syn_data, "first,second", split="test", exact=True, workers=0)
+    run = store.evaluate(syn_data, "first,second", SearchSettings(exact=True), split="test", workers=0)
     rows = store.report("report_accuracy", run=run.run_id)
     assert {r["stage"]: r["correct"] for r in rows} == {n: t.correct for n, t in run.stages.items()}
     runs = store.report("report_runs", run=run.run_id)
@@ -31,7 +32,7 @@ def test_store_ingest_classify_evaluate_report_with_paths_pil_images_and_arrays(
 
 def test_distance_summary_squares_the_plain_distance(store, syn_data):
     store.ingest(syn_data, "first", workers=0)
-    run = store.evaluate(syn_data, "first", split="test", exact=True, workers=0)
+    run = store.evaluate(syn_data, "first", SearchSettings(exact=True), split="test", workers=0)
     with store.connection() as conn:
         d = np.array([r[0] for r in conn.execute(
             "SELECT nearest_distance FROM predictions WHERE run_id = %s", (run.run_id,)).fetchall()])  # fmt: skip
@@ -82,7 +83,7 @@ def test_head_revision_from_file_names_equals_alembics():
 
 
 def test_cli_import_leaves_torch_out_and_piped_tables_are_plain(cli, syn_data):
-    code = "import sys, clipvdb.cli, clipvdb.store, clipvdb.encoding; print('torch' in sys.modules)"
+    code = "import sys, clipvdb.cli, clipvdb.store, clipvdb.pipeline; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     cli("ingest", "--stage", "first", "--data", syn_data, "--workers", "0")
     out = cli("classify", syn_data / "test" / "white-dots" / "0000.png", "--stage", "first").output

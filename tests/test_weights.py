@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from clipvdb import catalog
-from clipvdb.encoder import run_stages
+from clipvdb.clip_model import load_model
 from clipvdb.errors import StageError, UsageError, WeightsError
-from clipvdb.models import load_model
+from clipvdb.forward_pass import run_stages
 from clipvdb.stages import STAGES, parse_stages
 
 
@@ -70,7 +70,7 @@ def test_openai_torchscript_archive_loads_through_open_clip(tmp_path):
     OpenAI loader and gives the same image embeddings as the model it was made from."""
     import open_clip
 
-    from clipvdb.models import is_torchscript_archive
+    from clipvdb.clip_model import is_torchscript_archive
 
     torch.manual_seed(5)
     model = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True).eval()
@@ -110,7 +110,7 @@ def test_openai_tags_build_the_quickgelu_text_tower(name):
     import open_clip
     from open_clip.transformer import QuickGELU
 
-    from clipvdb.models import openai_architecture
+    from clipvdb.clip_model import openai_architecture
 
     assert openai_architecture(name, "openai") and openai_architecture(name)
     model = open_clip.create_model(name, pretrained=None, force_quick_gelu=openai_architecture(name, "openai"))

@@ -1,4 +1,4 @@
-"""Nearest-neighbour search over one stage's stored vectors: settings, set-up, the batched query.
+"""kNN search over one stage's stored vectors: settings, set-up, the batched query, the vote.
 
 A batch of query vectors goes to PostgreSQL as one statement (queries.knn): the vectors travel as
 one binary vector[] parameter (text format costs about 4 ms per 3,072-d vector to print and parse),
@@ -13,20 +13,19 @@ the recorded index and whether it exists. No table is scanned before the query.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
 
-from . import config, db, projection, queries
+from . import config, db, indexes, learned, projection, queries
 from .errors import EmptyStageError, SpaceMismatchError, UsageError
+from .learned import LearnedMap
 from .stages import Stage
-
-if TYPE_CHECKING:
-    from .learned import LearnedMap
 
 
 @dataclass(frozen=True)
@@ -70,44 +69,23 @@ def vote(neigh: list[Neighbor]) -> tuple[int, Neighbor]:
     return best.label, best
 
 
-_SETUP = """
-WITH s AS (SELECT id FROM embedding_spaces WHERE model = %(model)s AND weights = %(weights)s AND stage = %(stage)s)
-SELECT s.id, coalesce(c.n_rows, 0), coalesce(c.n_projected, 0), x.kind, x.params,
-       to_regclass(%(full_index)s) IS NOT NULL, to_regclass(%(proj_index)s) IS NOT NULL,
-       clipvdb_distributed()
-FROM (SELECT 1) AS one
-LEFT JOIN s ON true
-LEFT JOIN stage_counts c
-       ON c.stage = %(stage)s AND c.space_id = s.id AND c.dataset_id = %(dataset)s AND c.split = %(split)s
-LEFT JOIN stage_indexes x ON x.stage = %(stage)s
-"""
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
-def index_defaults(stage: Stage) -> tuple[str, dict]:
-    """What ingest builds on a stage nobody chose an index for. Stage first: ivfflat over a 64-d
-    PCA projection (rows/100 lists, lists/20 probes), re-ranked exactly: on CIFAR-10 it found the
-    exact nearest neighbour for 0.981 of the test images (two builds) in the time the earlier 128-d
-    projection with lists/32 probes took for 0.956, and ivfflat builds in 2 s where hnsw took 7
-    (indexes.default_probes; BENCHMARKS.md, headline). No such measurement exists for the CLIP
-    stages, which keep ivfflat on the full vectors."""
-    if stage.name == "first":
-        return "ivfflat", {"project": config.DEFAULT_PROJECT_FIRST}
-    return "ivfflat", {}
-
-
-class StageSearcher:
+class KnnSearcher:
     """Answers nearest-neighbour queries for one stage, space and (dataset, split)."""
 
     def __init__(
         self, conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], dataset: int, split: str,
-        settings: SearchSettings, *, iterative_scan: bool = True,
+        settings: SearchSettings, *, iterative_scan: bool = True, notice: Callable[[str], None] | None = None,
     ):  # fmt: skip
         settings.check()
         self.iterative_scan = iterative_scan
         self.stage, self.dataset, self.split, self.settings = stage, dataset, split, settings
         model, weights = identity
         row = conn.execute(
-            _SETUP,
+            queries.SEARCHER_SETUP,
             {"model": model, "weights": weights, "stage": stage.name, "dataset": dataset, "split": split,
              "full_index": queries.index_name(stage), "proj_index": queries.index_name(stage, projected=True)},
         ).fetchone()  # fmt: skip
@@ -119,7 +97,7 @@ class StageSearcher:
         if settings.learned:
             self._set_up_learned(conn)
             return
-        default_kind, default_params = index_defaults(stage)
+        default_kind, default_params = indexes.default_index(stage)
         self.index_kind: str = kind or default_kind
         self.index_params: dict = dict(params if kind else {**default_params, "metric": "l2"})
         projected = bool(self.index_params.get("project"))
@@ -129,9 +107,7 @@ class StageSearcher:
             # A load interrupted after dropping the index leaves rows unprojected: then the full
             # vectors are searched, and the user is told how to rebuild.
             if projected_rows != self.rows:
-                from .models import announce
-
-                announce(
+                (notice or _stderr)(
                     f"stage {stage.name}: {self.rows - projected_rows} of {self.rows} rows have no projection (an "
                     "interrupted load?); searching the full vectors, which is slow; "
                     f"run 'clipvdb index --stage {stage.name}' to rebuild the index"
@@ -146,8 +122,6 @@ class StageSearcher:
 
     def _set_up_learned(self, conn: psycopg.Connection) -> None:
         """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""
-        from . import learned
-
         if self.settings.metric != "l2":
             raise UsageError("--learned searches by L2 distance in the learned space; drop --metric")
         lmap = self.learned = learned.require(conn, self.stage)
@@ -175,12 +149,10 @@ class StageSearcher:
             return []
         out: list[tuple[str, str]] = []
         if self.index_kind == "ivfflat":
-            from .indexes import default_probes
-
             lists = int(self.index_params.get("lists", 1))
             projected = self.projection is not None or self.learned is not None
             per_index = self.rows // max(1, int(self.index_params.get("shards", 1)))
-            probes = s.probes or default_probes(lists, projected=projected, rows=per_index)
+            probes = s.probes or indexes.default_probes(lists, projected=projected, rows=per_index)
             out.append(("ivfflat.probes", str(probes)))
         if self.index_kind == "hnsw":
             out.append(("hnsw.ef_search", str(s.ef_search or config.DEFAULT_EF_SEARCH)))

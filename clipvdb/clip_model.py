@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ENV_KEEP_FREED_MEMORY
-from .encoder import run_stages
 from .errors import UsageError, WeightsError
+from .forward_pass import run_stages
 from .stages import Stage, StageOutput
 
 RANDOM = "random"

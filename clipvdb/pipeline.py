@@ -17,12 +17,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .encoders import Encoder
-from .errors import ImageError
+from .encoder import Encoder
+from .errors import ImageError, UsageError
 from .images import (
     ImageInput,
     array_to_image,
@@ -195,10 +196,6 @@ def encode_items(
 
 def query_items(images: list[ImageInput]) -> list[Item]:
     """Items for images given to classify or embed: paths (checked here), PIL images, arrays, bytes."""
-    from pathlib import Path
-
-    from .errors import UsageError
-
     out = []
     for n, img in enumerate(images):
         if isinstance(img, str | Path):
