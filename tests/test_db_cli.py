@@ -1,4 +1,5 @@
-"""`clipvdb db ...` through CliRunner, on a fresh CLIPVDB_HOME with its own embedded server."""
+"""`clipvdb db ...` through CliRunner, on a fresh CLIPVDB_HOME with its own embedded server, and
+db downgrade / grant-reader --password on the test database."""
 
 import json
 import os
@@ -79,3 +80,20 @@ def test_unreachable_database_is_one_line(runner, monkeypatch):
     assert r.exit_code == 1
     assert r.output.startswith("Error: cannot connect to the database")
     assert "Traceback" not in r.output
+
+
+def test_db_downgrade_and_grant_reader_password(cli, db_url):
+    out = cli("db", "grant-reader", "analyst", "--password", "s3cret").output
+    assert "analyst" in out
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'analyst'").fetchone()[0]
+        c.execute("DROP OWNED BY analyst")
+        c.execute("DROP ROLE analyst")
+    assert "schema at revision 0005" in cli("db", "downgrade", "0005").output
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT to_regclass('stage_counts')").fetchone()[0] is None
+        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0005"
+    cli("db", "upgrade")
+    assert "base" in cli("db", "downgrade", "base").output
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT to_regclass('images')").fetchone()[0] is None

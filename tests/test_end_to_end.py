@@ -2,6 +2,7 @@
 (the RN50 code has its own tests in test_stages.py and test_weights.py)."""
 
 import json
+import time
 
 from PIL import Image
 
@@ -15,10 +16,18 @@ def test_ingest_classify_evaluate_report_plot(cli, syn_data, tmp_path):
     assert set(out["index"]) == {"first", "second", "third", "origin"}
 
     query = syn_data / "test" / "blue-triangle" / "0000.png"
+    start = time.perf_counter()
     preds = json.loads(cli("classify", query, "--stage", "all", "--k", "3", "--json", *w).stdout)
+    wall_ms = (time.perf_counter() - start) * 1000
     assert [p["stage"] for p in preds] == ["first", "second", "third", "origin"]
+    encode_ms = {p["stage"]: p["encode_ms"] for p in preds}
+    assert encode_ms["first"] == 0.0  # the pixels are the vector: no encoder pass
+    # one encoder pass, timed from its start up to each stage: it grows stage by stage
+    assert 0 < encode_ms["second"] <= encode_ms["third"] <= encode_ms["origin"] < wall_ms, (encode_ms, wall_ms)
+    # the pass and the four queries are disjoint parts of the call
+    assert encode_ms["origin"] + sum(p["query_ms"] for p in preds) < wall_ms, (preds, wall_ms)
     for p in preds:
-        assert p["encode_ms"] >= 0 and p["query_ms"] >= 0
+        assert 0 < p["query_ms"] < wall_ms, (p["stage"], p["query_ms"], wall_ms)
         if p["stage"] != "origin":
             assert len(p["neighbors"]) == 3
             assert [n["distance"] for n in p["neighbors"]] == sorted(n["distance"] for n in p["neighbors"])

@@ -1,11 +1,20 @@
-"""ANN indexes: halfvec opclasses for the wide (halfvec) stages, used by the planner; lists rule."""
+"""ANN indexes: halfvec opclasses for the wide (halfvec) stages, used by the planner; lists rule;
+the index options (--lists, --m, --ef-construction) and search options (--probes, --ef-search)
+observed in the answers the database gives, not in what the code meant to send."""
+
+import json
 
 import numpy as np
+import psycopg
 import pytest
+from conftest import exact_ids, load_vectors, nearest_ids
 from psycopg import sql as psycopg_sql
 
 from clipvdb import catalog, indexes, queries
+from clipvdb.knn import SearchSettings
 from clipvdb.stages import STAGES
+
+SECOND = STAGES["second"]
 
 
 def _fill(conn, stage, n=300, seed=0):
@@ -91,3 +100,67 @@ def test_hnsw_and_none_are_recorded_and_kept_on_refresh(conn):
     gone = indexes.build(conn, stage, "none")
     assert gone.kind == "none" and not gone.exists
     assert indexes.refresh(conn, stage).exists is False
+
+
+def test_probes_reach_the_server(conn):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
+    ids = load_vectors(conn, SECOND, X)
+    indexes.build(conn, SECOND, "ivfflat", lists=40)
+    Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
+    truth = exact_ids(X, Q, ids)
+    one = nearest_ids(conn, SECOND, ("fake", "fake"), Q, SearchSettings(probes=1))
+    every = nearest_ids(conn, SECOND, ("fake", "fake"), Q, SearchSettings(probes=40))
+    assert every == truth  # all lists scanned: exact
+    assert np.mean([a == b for a, b in zip(one, truth, strict=True)]) < 0.9  # one list of 40: far from it
+
+
+def test_ef_search_reaches_the_server(conn):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
+    ids = load_vectors(conn, SECOND, X)
+    indexes.build(conn, SECOND, "hnsw", m=4, ef_construction=8)
+    Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
+    truth = exact_ids(X, Q, ids)
+    recall = {
+        ef: np.mean(
+            [
+                a == b
+                for a, b in zip(
+                    nearest_ids(conn, SECOND, ("fake", "fake"), Q, SearchSettings(ef_search=ef)), truth, strict=True
+                )
+            ]
+        )  # fmt: skip
+        for ef in (1, 1000)
+    }
+    assert recall[1000] > recall[1] and recall[1000] >= 0.9, recall
+
+
+def test_index_options_reach_the_index(cli, conn):
+    rng = np.random.default_rng(3)
+    load_vectors(conn, SECOND, rng.standard_normal((300, SECOND.dim)).astype(np.float32))
+    conn.close()
+    out = json.loads(cli("index", "--stage", "second", "--kind", "ivfflat", "--lists", "7", "--json").stdout)[0]
+    assert out["params"]["lists"] == 7
+    out = json.loads(cli("index", "--stage", "second", "--kind", "hnsw", "--m", "4", "--ef-construction", "9",
+                         "--json").stdout)[0]  # fmt: skip
+    assert out["params"]["m"] == 4 and out["params"]["ef_construction"] == 9
+    bad = cli("index", "--stage", "second", "--kind", "hnsw", "--m", "8", "--ef-construction", "9", expect=2)
+    assert "at least 2 x --m" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_index_definitions_on_the_server(cli, db_url):
+    rng = np.random.default_rng(4)
+    with psycopg.connect(db_url) as c:
+        from pgvector.psycopg import register_vector
+
+        register_vector(c)
+        load_vectors(c, SECOND, rng.standard_normal((300, SECOND.dim)).astype(np.float32))
+    cli("index", "--stage", "second", "--kind", "hnsw", "--m", "4", "--ef-construction", "9")
+    with psycopg.connect(db_url) as c:
+        d = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'embeddings_second_ann'").fetchone()[0]
+    assert "m='4'" in d and "ef_construction='9'" in d
+    cli("index", "--stage", "second", "--kind", "ivfflat", "--lists", "7")
+    with psycopg.connect(db_url) as c:
+        d = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'embeddings_second_ann'").fetchone()[0]
+    assert "lists='7'" in d

@@ -1,4 +1,5 @@
-"""Ingest: idempotent, resumable after an interruption or kill -9, bad files skipped and named."""
+"""Ingest: idempotent, resumable after an interruption or kill -9, bad files skipped and named;
+--split and --strict through the CLI."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import psycopg
 import pytest
+from PIL import Image
 
 from clipvdb import synthetic
 from clipvdb.errors import SkippedImagesError
@@ -115,3 +117,18 @@ def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatc
     result = store.ingest(open_source(syn_data), "first", batch_size=30, workers=0)
     assert len(result.failed) == 2 and all("NaN" in r for _, r in result.failed)
     assert _rows(db_url) == (58, 58)
+
+
+def test_ingest_split_and_strict_through_the_cli(cli, db_url, syn_data, tmp_path):
+    out = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--split", "test", "--json",
+                         "--workers", "0").stdout)  # fmt: skip
+    assert out["split"] == "test" and out["inserted"] == {"first": 20}
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT DISTINCT split FROM images").fetchall() == [("test",)]
+    bad = tmp_path / "bad"
+    (bad / "train" / "x").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad / "train" / "x" / "a.png")
+    (bad / "train" / "x" / "b.png").write_bytes(b"not an image")
+    strict = cli("ingest", "--stage", "first", "--data", bad, "--strict", "--dataset", "bad", "--workers", "0",
+                 expect=3)  # fmt: skip
+    assert "b.png" in strict.output and "--strict" in strict.output

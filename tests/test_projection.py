@@ -1,18 +1,21 @@
-"""Projected indexes: the PCA basis, the projections table, candidate search with an exact re-rank."""
+"""Projected indexes: the PCA basis, the projections table, candidate search with an exact re-rank;
+--candidates reaches the server, and exact and cosine search bypass the projection."""
 
 import json
 
 import numpy as np
 import pytest
+from conftest import exact_ids, load_vectors, nearest_ids
 from psycopg import sql as psycopg_sql
 
 from clipvdb import catalog, indexes, projection
 from clipvdb.errors import UsageError
-from clipvdb.storage import StageRows
 from clipvdb.knn import KnnSearcher, SearchSettings
 from clipvdb.stages import STAGES
+from clipvdb.storage import StageRows
 
 FIRST = STAGES["first"]
+PIXELS = ("pixels", "none")
 
 
 def _low_rank(n: int, dim: int, rank: int, seed: int = 0) -> np.ndarray:
@@ -144,3 +147,23 @@ def test_project_wider_than_the_stage_is_refused(conn):
     _store(conn, _low_rank(20, FIRST.dim, rank=4))
     with pytest.raises(UsageError, match="between 1 and 2000"):
         indexes.build(conn, FIRST, "hnsw", project=2500)
+
+
+def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(conn):
+    first = STAGES["first"]
+    rng = np.random.default_rng(2)
+    X = rng.random((600, first.dim), dtype=np.float32)
+    ids = load_vectors(conn, first, X)
+    indexes.build(conn, first, "ivfflat", project=4, lists=1)  # 4 of 3,072 dims: poor candidates
+    Q = rng.random((30, first.dim), dtype=np.float32)
+    X16 = X.astype(np.float16).astype(np.float64)
+    truth = exact_ids(X16, Q.astype(np.float16).astype(np.float64), ids)
+    few = nearest_ids(conn, first, PIXELS, Q, SearchSettings(candidates=1))
+    all_ = nearest_ids(conn, first, PIXELS, Q, SearchSettings(candidates=600))
+    assert all_ == truth  # every row re-ranked exactly
+    assert np.mean([a == b for a, b in zip(few, truth, strict=True)]) < 0.5
+    exact = StageSearcher(conn, first, PIXELS, 1, "train", SearchSettings(exact=True, candidates=1))
+    cosine = StageSearcher(conn, first, PIXELS, 1, "train", SearchSettings(metric="cosine"))
+    conn.commit()
+    assert exact.projection is None and cosine.projection is None
+    assert nearest_ids(conn, first, PIXELS, Q, SearchSettings(exact=True, candidates=1)) == truth

@@ -1,4 +1,5 @@
-"""The report views return the right numbers on hand-made predictions."""
+"""The report views return the right numbers on hand-made predictions; `clipvdb report` picks a run
+(--run) and a view (--view), and `clipvdb plot --run` plots that run."""
 
 import json
 
@@ -89,3 +90,19 @@ def test_runs_view_and_running_runs_excluded(conn, run):
     assert [(r["run_id"], r["status"], r["images"]) for r in runs] == [(1, "complete", 4), (2, "running", 1)]
     for view in reports.VIEWS[1:]:
         assert all(r["run_id"] == 1 for r in reports.fetch(conn, view, None)), view
+
+
+def test_report_run_view_and_unknown_view_and_plot_run(cli, syn_data, tmp_path):
+    w = ["--workers", "0"]
+    cli("ingest", "--stage", "first", "--data", syn_data, *w)
+    r1 = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--num", "4", "--json", *w).stdout)
+    r2 = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--num", "6", "--json", *w).stdout)
+    one = json.loads(cli("report", "--run", r1["run_id"], "--view", "report_accuracy", "--json").stdout)
+    assert one["run_id"] == r1["run_id"] and set(one) == {"run_id", "report_accuracy"}
+    assert one["report_accuracy"][0]["n"] == 4
+    latest = json.loads(cli("report", "--view", "report_accuracy", "--json").stdout)
+    assert latest["run_id"] == r2["run_id"] and latest["report_accuracy"][0]["n"] == 6
+    bad = cli("report", "--view", "report_nothing", expect=2)
+    assert "unknown view 'report_nothing'" in bad.output and len(bad.output.strip().splitlines()) == 1
+    paths = cli("plot", "--run", r1["run_id"], "--out", tmp_path / "p").output.split()
+    assert all(f"run{r1['run_id']}_" in p for p in paths) and len(paths) == 2

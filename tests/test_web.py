@@ -1,4 +1,5 @@
-"""The web page, driven in a real headless Chromium: upload, predictions, gallery, text search."""
+"""The web page, driven in a real headless Chromium: upload, predictions, gallery, text search;
+the app's k, image_id and search k through Flask's test client."""
 
 import os
 import shutil
@@ -127,3 +128,19 @@ def test_uploads_are_validated(server):
     assert status == 400 and "not a readable image" in body
     status, body = post(b"\0" * (MAX_UPLOAD_BYTES + 1))
     assert status == 413 and "larger than" in body
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_web_k_image_id_and_search_k(store, syn_data, k):
+    from clipvdb.web import create_app
+
+    store.ingest(syn_data, "first,origin", workers=0)
+    store.evaluate(syn_data, "first", workers=0, num=2)
+    client = create_app(store, k=k).test_client()
+    with store.connection() as conn:
+        test_id = conn.execute("SELECT min(id) FROM images WHERE split = 'test'").fetchone()[0]
+    page = client.get(f"/classify?image_id={test_id}&stage=first").get_data(as_text=True)
+    assert page.count('<div class="tile"><img src="/image/') == k and f"stored image {test_id}" in page
+    hits = client.get("/search?q=a+red+circle&k=3").get_data(as_text=True)
+    assert hits.count("/image/") == 3  # one tile per hit; the sample links go to /classify, not /image/
+    assert client.get("/search?q=x&k=0").status_code == 400

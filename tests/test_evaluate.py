@@ -1,0 +1,42 @@
+"""Evaluate: --metric, --against, --prompts and --dataset reach the run and its report row; two
+datasets in one database stay apart."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+
+def test_evaluate_metric_prompts_against_and_two_datasets(cli, db_url, syn_data, tmp_path):
+    w = ["--model", "tiny", "--workers", "0"]
+    cli("ingest", "--stage", "first,origin", "--data", syn_data, *w)
+    cli("ingest", "--stage", "first", "--data", syn_data, "--split", "test", *w)
+    # a second dataset in the same database: its own classes, chosen by --dataset
+    other = tmp_path / "other"
+    for split in ("train", "test"):
+        for i, colour in enumerate([(250, 0, 0), (0, 0, 250)]):
+            folder = other / split / ("reds" if i == 0 else "blues")
+            folder.mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), colour, np.uint8)).save(folder / "a.png")
+    cli("ingest", "--stage", "first", "--data", other, "--dataset", "colours", *w)
+    ambiguous = cli("classify", syn_data / "test" / "red-circle" / "0000.png", "--stage", "first", expect=2)
+    assert "several datasets" in ambiguous.output
+    runs = {}
+    for args in (["--metric", "cosine"], ["--metric", "l2", "--against", "test"], ["--prompts", "photo"]):
+        stage = "origin" if "--prompts" in args else "first"
+        out = json.loads(cli("evaluate", "--stage", stage, "--data", syn_data, "--dataset", "syn", "--json",
+                             *args, *w).stdout)  # fmt: skip
+        runs[tuple(args)] = out
+    rows = {}
+    for out in runs.values():
+        rep = json.loads(cli("report", "--run", out["run_id"], "--view", "report_runs", "--json").stdout)
+        rows[out["run_id"]] = rep["report_runs"][0]
+    cos = rows[runs[("--metric", "cosine")]["run_id"]]
+    assert cos["metric"] == "cosine" and cos["params"]["against"] == "train"
+    same = runs[("--metric", "l2", "--against", "test")]
+    assert rows[same["run_id"]]["params"]["against"] == "test"
+    assert same["stages"]["first"]["accuracy_pct"] == 100.0  # each test image finds itself
+    assert rows[runs[("--prompts", "photo")]["run_id"]]["prompts"] == "photo"
+    colours = json.loads(cli("classify", other / "test" / "reds" / "a.png", "--stage", "first", "--dataset",
+                             "colours", "--json").stdout)  # fmt: skip
+    assert colours[0]["predicted_class"] == "reds"
