@@ -162,8 +162,8 @@ def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(
     all_ = nearest_ids(conn, first, PIXELS, Q, SearchSettings(candidates=600))
     assert all_ == truth  # every row re-ranked exactly
     assert np.mean([a == b for a, b in zip(few, truth, strict=True)]) < 0.5
-    exact = StageSearcher(conn, first, PIXELS, 1, "train", SearchSettings(exact=True, candidates=1))
-    cosine = StageSearcher(conn, first, PIXELS, 1, "train", SearchSettings(metric="cosine"))
+    exact = KnnSearcher(conn, first, PIXELS, 1, "train", SearchSettings(exact=True, candidates=1))
+    cosine = KnnSearcher(conn, first, PIXELS, 1, "train", SearchSettings(metric="cosine"))
     conn.commit()
     assert exact.projection is None and cosine.projection is None
     assert nearest_ids(conn, first, PIXELS, Q, SearchSettings(exact=True, candidates=1)) == truth
