@@ -416,6 +416,11 @@ class Store:
             self._forget()
         return out
 
+    def index_info(self, stage: str | Stage) -> IndexInfo:
+        """The stage's index as recorded and as it stands: kind, parameters, rows, size."""
+        with self.connection() as conn:
+            return indexes.info(conn, _one(stage, "index_info takes"))
+
     # ------------------------------------------------------------ reports
 
     def report(self, view: str, run: int | None = None) -> list[dict]:
