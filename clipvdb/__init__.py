@@ -29,9 +29,19 @@ _EXPORTS = {
     "ClipvdbError": "errors",
 }
 __all__ = [
-    "__version__", "Store", "Dataset", "Prediction", "EvalRun", "IngestResult", "IndexInfo", "SearchSettings",
-    "Stage", "STAGES", "TinyEncoder", "ClipvdbError",
-]  # fmt: skip
+    "__version__",
+    "Store",
+    "Dataset",
+    "Prediction",
+    "EvalRun",
+    "IngestResult",
+    "IndexInfo",
+    "SearchSettings",
+    "Stage",
+    "STAGES",
+    "TinyEncoder",
+    "ClipvdbError",
+]
 
 if TYPE_CHECKING:
     from .encoder import TinyEncoder

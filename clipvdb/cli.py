@@ -47,8 +47,9 @@ class State:
     def store(self) -> Store:
         from .store import Store  # numpy, psycopg and PIL: kept off the start-up of --help
 
-        return Store(self.database_url, home=self.home, model=self.model, pretrained=self.pretrained,
-                     device=self.device)  # fmt: skip
+        return Store(
+            self.database_url, home=self.home, model=self.model, pretrained=self.pretrained, device=self.device
+        )
 
     @property
     def url(self) -> str:
@@ -85,12 +86,27 @@ def _store(name: str):
 
 def model_options(f):
     """--model, --pretrained, --device: stored in ctx.obj."""
-    f = click.option("--device", envvar=config.ENV_DEVICE, expose_value=False, callback=_store("device"),
-                     help="cpu, cuda, mps (default: auto: cuda, then mps, then cpu).")(f)  # fmt: skip
-    f = click.option("--pretrained", envvar=config.ENV_PRETRAINED, expose_value=False, callback=_store("pretrained"),
-                     help="Weights: an open_clip tag (default openai), a checkpoint PATH, or random.")(f)  # fmt: skip
-    f = click.option("--model", envvar=config.ENV_MODEL, expose_value=False, callback=_store("model"),
-                     help="open_clip model name (default RN50); 'tiny' is a no-torch test encoder.")(f)  # fmt: skip
+    f = click.option(
+        "--device",
+        envvar=config.ENV_DEVICE,
+        expose_value=False,
+        callback=_store("device"),
+        help="cpu, cuda, mps (default: auto: cuda, then mps, then cpu).",
+    )(f)
+    f = click.option(
+        "--pretrained",
+        envvar=config.ENV_PRETRAINED,
+        expose_value=False,
+        callback=_store("pretrained"),
+        help="Weights: an open_clip tag (default openai), a checkpoint PATH, or random.",
+    )(f)
+    f = click.option(
+        "--model",
+        envvar=config.ENV_MODEL,
+        expose_value=False,
+        callback=_store("model"),
+        help="open_clip model name (default RN50); 'tiny' is a no-torch test encoder.",
+    )(f)
     return f
 
 
@@ -102,27 +118,42 @@ def learned_option(f):
 
 def search_options(f):
     f = learned_option(f)
-    f = click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True,
-                     help="Distance: l2 (the study's), cosine, or inner product.")(f)  # fmt: skip
+    f = click.option(
+        "--metric",
+        type=click.Choice(["l2", "cosine", "ip"]),
+        default="l2",
+        show_default=True,
+        help="Distance: l2 (the study's), cosine, or inner product.",
+    )(f)
     f = click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")(f)
-    f = click.option("--candidates", type=click.IntRange(1),
-                     help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).")(f)  # fmt: skip
+    f = click.option(
+        "--candidates",
+        type=click.IntRange(1),
+        help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).",
+    )(f)
     f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
     f = click.option(
         "--probes",
         type=click.IntRange(1),
         help="ivfflat.probes (default: lists/5; projected index: lists/20; at least 1,000 rows scanned).",
     )(f)
-    f = click.option("--k", "k", type=click.IntRange(1), default=1, show_default=True,
-                     help="Neighbours; k > 1 is a majority vote, ties to the nearest.")(f)  # fmt: skip
+    f = click.option(
+        "--k",
+        "k",
+        type=click.IntRange(1),
+        default=1,
+        show_default=True,
+        help="Neighbours; k > 1 is a majority vote, ties to the nearest.",
+    )(f)
     return f
 
 
 def _settings(k, probes, ef_search, candidates, exact, metric, learned) -> SearchSettings:
     from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
 
-    return SearchSettings(k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric, candidates=candidates,
-                          learned=learned)  # fmt: skip
+    return SearchSettings(
+        k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric, candidates=candidates, learned=learned
+    )
 
 
 def json_option(f):
@@ -134,10 +165,17 @@ def _stages(value: str) -> list[Stage]:
 
 
 @click.group(cls=ClipvdbGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--database-url", envvar=config.ENV_DATABASE_URL,
-              help="PostgreSQL URL with pgvector >= 0.7 (default: the embedded server).")  # fmt: skip
-@click.option("--home", envvar=config.ENV_HOME, type=click.Path(path_type=Path),
-              help="Where the embedded server keeps its data (default: user data dir).")  # fmt: skip
+@click.option(
+    "--database-url",
+    envvar=config.ENV_DATABASE_URL,
+    help="PostgreSQL URL with pgvector >= 0.7 (default: the embedded server).",
+)
+@click.option(
+    "--home",
+    envvar=config.ENV_HOME,
+    type=click.Path(path_type=Path),
+    help="Where the embedded server keeps its data (default: user data dir).",
+)
 @click.option("--debug", is_flag=True, envvar=config.ENV_DEBUG, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="clipvdb")
 @click.pass_context
@@ -286,8 +324,15 @@ def _print_nodes(info: dict) -> None:
     for node, tables in info["per_node"].items():
         for table, t in tables.items():
             if "rows" in t:  # images and the stage tables; --json has every table
-                rows.append({"node": node, "table": table, "shards": t.get("shards"), "rows": t["rows"],
-                             "size_bytes": t.get("size_bytes")})  # fmt: skip
+                rows.append(
+                    {
+                        "node": node,
+                        "table": table,
+                        "shards": t.get("shards"),
+                        "rows": t["rows"],
+                        "size_bytes": t.get("size_bytes"),
+                    }
+                )
     print_table("rows per node", rows, ["node", "table", "shards", "rows", "size_bytes"])
     dist = [t for t in info["tables"] if t["type"] == "distributed"]
     if dist:
@@ -383,8 +428,16 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
         return
     for i, path in enumerate(images):
         for s in stages:
-            click.echo(json.dumps({"image": path, "stage": s.name, "dim": int(out[s.name].shape[1]),
-                                   "embedding": [round(float(x), 7) for x in out[s.name][i]]}))  # fmt: skip
+            click.echo(
+                json.dumps(
+                    {
+                        "image": path,
+                        "stage": s.name,
+                        "dim": int(out[s.name].shape[1]),
+                        "embedding": [round(float(x), 7) for x in out[s.name][i]],
+                    }
+                )
+            )
 
 
 # ---------------------------------------------------------------- ingest / index
@@ -397,8 +450,11 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
 )
 @click.option("--split", default="train", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images of the split.")
-@click.option("--batch-size", type=click.IntRange(1),
-              help="Images per batch and transaction (default: 256 for stage first alone, else 64).")  # fmt: skip
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    help="Images per batch and transaction (default: 256 for stage first alone, else 64).",
+)
 @click.option("--workers", type=click.IntRange(0), help="Image-decoding workers (default: cores - 1, at most 4).")
 @click.option("--dataset", help="Dataset name (default: from the source).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
@@ -422,9 +478,17 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
     progress, update = _progress(f"ingest {','.join(s.name for s in stages)}")
     with progress:
         result = state.store.ingest(
-            source, stages, split=split, limit=limit, batch_size=batch_size, workers=workers, dataset=dataset,
-            strict=strict, build_index=not no_index, progress=update,
-        )  # fmt: skip
+            source,
+            stages,
+            split=split,
+            limit=limit,
+            batch_size=batch_size,
+            workers=workers,
+            dataset=dataset,
+            strict=strict,
+            build_index=not no_index,
+            progress=update,
+        )
     if as_json:
         _print_json(result.as_dict())
     else:
@@ -471,8 +535,9 @@ def index(state: State, stage, kind, project, lists, m, ef_construction, metric,
       clipvdb index --stage first --kind hnsw --project 128 --m 16 --ef-construction 64
       clipvdb index --stage second --kind ivfflat --lists 100
     """
-    infos = state.store.index(_stages(stage), kind, project=project, lists=lists, m=m,
-                              ef_construction=ef_construction, metric=metric)  # fmt: skip
+    infos = state.store.index(
+        _stages(stage), kind, project=project, lists=lists, m=m, ef_construction=ef_construction, metric=metric
+    )
     out = [i.__dict__ for i in infos]
     if as_json:
         _print_json(out)
@@ -495,8 +560,22 @@ def index(state: State, stage, kind, project, lists, m, ef_construction, metric,
 @model_options
 @json_option
 @click.pass_obj
-def classify(state: State, images, stage, dataset, against, prompts, k, probes, ef_search, candidates, exact,
-             metric, learned, as_json) -> None:  # fmt: skip
+def classify(
+    state: State,
+    images,
+    stage,
+    dataset,
+    against,
+    prompts,
+    k,
+    probes,
+    ef_search,
+    candidates,
+    exact,
+    metric,
+    learned,
+    as_json,
+) -> None:
     """Classify IMAGES by nearest stored neighbour at each stage (origin: zero-shot).
 
     \b
@@ -511,9 +590,18 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
     if as_json:
         _print_json([p.as_dict() for p in preds])
         return
-    rows = [{"image": p.image, "stage": p.stage, "class": p.predicted_class, "distance": p.distance,
-             "neighbour": (p.neighbors[0]["source"] if p.neighbors else "zero-shot"),
-             "encode_ms": p.encode_ms, "query_ms": p.query_ms} for p in preds]  # fmt: skip
+    rows = [
+        {
+            "image": p.image,
+            "stage": p.stage,
+            "class": p.predicted_class,
+            "distance": p.distance,
+            "neighbour": (p.neighbors[0]["source"] if p.neighbors else "zero-shot"),
+            "encode_ms": p.encode_ms,
+            "query_ms": p.query_ms,
+        }
+        for p in preds
+    ]
     print_table("predictions", rows)
 
 
@@ -525,18 +613,48 @@ def classify(state: State, images, stage, dataset, against, prompts, k, probes, 
 @click.option("--num", type=click.IntRange(1), help="Only the first N images of the split.")
 @click.option("--batch-size", type=click.IntRange(1), default=config.DEFAULT_EVAL_BATCH_SIZE, show_default=True)
 @click.option("--workers", type=click.IntRange(0), help="Image-decoding processes (default: cores - 1, at most 4).")
-@click.option("--connections", type=click.IntRange(1), default=2, show_default=True,
-              help="Database connections searching batches at once.")  # fmt: skip
-@click.option("--display-freq", type=click.IntRange(0), default=10, show_default=True,
-              help="Print running accuracy every F batches (0: never).")  # fmt: skip
+@click.option(
+    "--connections",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Database connections searching batches at once.",
+)
+@click.option(
+    "--display-freq",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="Print running accuracy every F batches (0: never).",
+)
 @click.option("--dataset", help="Dataset name (default: from the source).")
 @click.option("--prompts", default="study", show_default=True, help="Zero-shot prompts for origin.")
 @search_options
 @model_options
 @json_option
 @click.pass_obj
-def evaluate(state: State, stage, data, split, against, num, batch_size, workers, connections, display_freq, dataset,
-             prompts, k, probes, ef_search, candidates, exact, metric, learned, as_json) -> None:  # fmt: skip
+def evaluate(
+    state: State,
+    stage,
+    data,
+    split,
+    against,
+    num,
+    batch_size,
+    workers,
+    connections,
+    display_freq,
+    dataset,
+    prompts,
+    k,
+    probes,
+    ef_search,
+    candidates,
+    exact,
+    metric,
+    learned,
+    as_json,
+) -> None:
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
     \b
@@ -552,16 +670,28 @@ def evaluate(state: State, stage, data, split, against, num, batch_size, workers
     progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
     with progress:
         result = state.store.evaluate(
-            source, stages, _settings(k, probes, ef_search, candidates, exact, metric, learned), split=split,
-            against=against, num=num, batch_size=batch_size, workers=workers, connections=connections,
-            display_freq=display_freq, dataset=dataset, prompts=prompts,
-            report=lambda line: progress.console.print(line), progress=update,
+            source,
+            stages,
+            _settings(k, probes, ef_search, candidates, exact, metric, learned),
+            split=split,
+            against=against,
+            num=num,
+            batch_size=batch_size,
+            workers=workers,
+            connections=connections,
+            display_freq=display_freq,
+            dataset=dataset,
+            prompts=prompts,
+            report=lambda line: progress.console.print(line),
+            progress=update,
         )
     if as_json:
         _print_json(result.as_dict())
         return
-    rows = [{"stage": n, "n": t.n, "accuracy_%": t.accuracy, "encoder_s": t.encode_ms / 1000,
-             "query_s": t.query_ms / 1000} for n, t in result.stages.items()]  # fmt: skip
+    rows = [
+        {"stage": n, "n": t.n, "accuracy_%": t.accuracy, "encoder_s": t.encode_ms / 1000, "query_s": t.query_ms / 1000}
+        for n, t in result.stages.items()
+    ]
     print_table(f"run {result.run_id}: {result.dataset}/{result.split}", rows)
     click.echo(
         f"{result.images} images in {result.seconds:.1f} s ({result.images_per_s:.0f} images/s); "
@@ -666,8 +796,9 @@ def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, o
     Example:
       clipvdb experiment search --stage first --sizes 1000,5000 --out recall.png
     """
-    result = state.store.experiment(_stages(stage), _ints(sizes), queries=queries, probes=_ints(probes),
-                                    ef_search=_ints(ef), metric=metric)  # fmt: skip
+    result = state.store.experiment(
+        _stages(stage), _ints(sizes), queries=queries, probes=_ints(probes), ef_search=_ints(ef), metric=metric
+    )
     if out:
         state.store.plot_experiment(result, out)
     if as_json:
@@ -681,8 +812,13 @@ def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, o
 @cli.command()
 @click.option("--stage", "stage", required=True, help="One stage.")
 @click.option("--dims", type=click.IntRange(1), help="Learned dimensions (default 128; lda: classes - 1).")
-@click.option("--method", type=click.Choice(["nca", "lda", "pca"]), default="nca", show_default=True,
-              help="nca: map trained on in-batch neighbours; lda: discriminant analysis; pca: reference.")  # fmt: skip
+@click.option(
+    "--method",
+    type=click.Choice(["nca", "lda", "pca"]),
+    default="nca",
+    show_default=True,
+    help="nca: map trained on in-batch neighbours; lda: discriminant analysis; pca: reference.",
+)
 @click.option("--seconds", type=click.FloatRange(1), default=120.0, show_default=True, help="nca training budget.")
 @click.option("--dataset", help="Dataset (default: the only one).")
 @model_options
@@ -697,13 +833,21 @@ def learn(state: State, stage, dims, method, seconds, dataset, as_json) -> None:
       clipvdb evaluate --stage first --data ./cifar10 --learned
     """
     lmap = state.store.learn(stage, dims, method=method, seconds=seconds, dataset=dataset)
-    out = {"stage": lmap.stage, "method": lmap.method, "dims": lmap.dims, "fitted_rows": lmap.fitted_rows,
-           "fit_seconds": round(lmap.fit_seconds, 2), "params": lmap.params}  # fmt: skip
+    out = {
+        "stage": lmap.stage,
+        "method": lmap.method,
+        "dims": lmap.dims,
+        "fitted_rows": lmap.fitted_rows,
+        "fit_seconds": round(lmap.fit_seconds, 2),
+        "params": lmap.params,
+    }
     if as_json:
         _print_json(out)
         return
-    click.echo(f"learned map for stage {lmap.stage}: {lmap.method}, {lmap.dims} dimensions, fitted on "
-               f"{lmap.fitted_rows:,} training rows in {lmap.fit_seconds:.1f} s")  # fmt: skip
+    click.echo(
+        f"learned map for stage {lmap.stage}: {lmap.method}, {lmap.dims} dimensions, fitted on "
+        f"{lmap.fitted_rows:,} training rows in {lmap.fit_seconds:.1f} s"
+    )
 
 
 @cli.group()
@@ -727,8 +871,13 @@ def cluster() -> None:
 @click.option("--method", type=click.Choice(["kmeans", "agglomerative", "dbscan"]), default="kmeans", show_default=True)
 @click.option("--eps", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="DBSCAN radius.")
 @click.option("--min-samples", type=click.IntRange(1), default=5, show_default=True, help="DBSCAN core size.")
-@click.option("--linkage", type=click.Choice(["ward", "complete", "average", "single"]), default="ward",
-              show_default=True, help="Agglomerative linkage.")  # fmt: skip
+@click.option(
+    "--linkage",
+    type=click.Choice(["ward", "complete", "average", "single"]),
+    default="ward",
+    show_default=True,
+    help="Agglomerative linkage.",
+)
 @click.option("--split", default="train", show_default=True, help="Stored split to cluster.")
 @click.option("--dataset", help="Dataset (default: the only one).")
 @click.option("--sample", type=click.IntRange(2), help="Cluster a seeded random sample of N rows.")
@@ -743,8 +892,17 @@ def cluster_fit(state: State, stage, k, method, eps, min_samples, linkage, split
       clipvdb cluster fit --stage first --k 10
       clipvdb cluster fit --stage second --method dbscan --eps 4 --min-samples 10 --sample 5000
     """
-    c = state.store.cluster(stage, k, method=method, eps=eps, min_samples=min_samples, linkage=linkage, split=split,
-                            dataset=dataset, sample=sample)  # fmt: skip
+    c = state.store.cluster(
+        stage,
+        k,
+        method=method,
+        eps=eps,
+        min_samples=min_samples,
+        linkage=linkage,
+        split=split,
+        dataset=dataset,
+        sample=sample,
+    )
     if as_json:
         _print_json(c.__dict__)
         return
@@ -769,8 +927,23 @@ def cluster_list(state: State, as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    print_table("clusterings", rows, ["id", "stage", "method", "params", "n", "n_clusters", "n_noise", "purity",
-                                      "adjusted_rand_index", "normalized_mutual_info", "fit_seconds"])  # fmt: skip
+    print_table(
+        "clusterings",
+        rows,
+        [
+            "id",
+            "stage",
+            "method",
+            "params",
+            "n",
+            "n_clusters",
+            "n_noise",
+            "purity",
+            "adjusted_rand_index",
+            "normalized_mutual_info",
+            "fit_seconds",
+        ],
+    )
 
 
 @cluster.command("show")
@@ -896,9 +1069,15 @@ def demo(state: State, data, n_train, n_test, stage, out) -> None:
 
     stages = _stages(stage)
     result = run_demo(
-        state.store, data=data, n_train=n_train, n_test=n_test, stages=stages, out=out, say=click.echo,
+        state.store,
+        data=data,
+        n_train=n_train,
+        n_test=n_test,
+        stages=stages,
+        out=out,
+        say=click.echo,
         progress=_progress,
-    )  # fmt: skip
+    )
     assert result.report is not None and result.evaluation is not None
     _print_report(result.report, ("report_runs", "report_accuracy", "report_timing"))
     click.echo("more: clipvdb report (confusion, per-class accuracy, distance histogram)")

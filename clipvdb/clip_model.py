@@ -198,8 +198,9 @@ def load_model(
     if name not in open_clip.list_models():
         raise UsageError(f"unknown model {name!r}; open_clip knows e.g. RN50, RN101, RN50x4, ViT-B-32")
     path = Path(pretrained).expanduser()
-    quick_gelu = openai_architecture(name, pretrained if pretrained in open_clip.list_pretrained_tags_by_model(name)
-                                     else None)  # fmt: skip
+    quick_gelu = openai_architecture(
+        name, pretrained if pretrained in open_clip.list_pretrained_tags_by_model(name) else None
+    )
     if pretrained == RANDOM:
         torch.manual_seed(RANDOM_SEED)
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, force_quick_gelu=quick_gelu)
@@ -255,5 +256,12 @@ def load_model(
     if channels_last:
         model.visual.to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer(name)
-    return LoadedModel(name=name, weights=weights, model=model, preprocess=preprocess, tokenizer=tokenizer, device=dev,
-                       quick_gelu=quick_gelu)  # fmt: skip
+    return LoadedModel(
+        name=name,
+        weights=weights,
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        device=dev,
+        quick_gelu=quick_gelu,
+    )

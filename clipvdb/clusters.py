@@ -84,9 +84,16 @@ def centres_of(X: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def fit(
-    conn: psycopg.Connection, stage: Stage, space: int, dataset: int, split: str, method: str, params: dict,
-    *, sample: int | None = None,
-) -> int:  # fmt: skip
+    conn: psycopg.Connection,
+    stage: Stage,
+    space: int,
+    dataset: int,
+    split: str,
+    method: str,
+    params: dict,
+    *,
+    sample: int | None = None,
+) -> int:
     """Fit and store a clustering; returns its id. Commits."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -114,12 +121,17 @@ def fit(
         conn,
         queries.COPY_CLUSTER_MEMBERS,
         ["int4", "int8", "int4", "float8"],
-        ((clustering_id, int(i), int(c), None if np.isnan(d) else float(d))
-         for i, c, d in zip(ids, labels, distance, strict=True)),
-    )  # fmt: skip
-    db.copy_rows(conn, queries.copy_centres(stage), ["int4", "int4", stage.column_type],
-              ((clustering_id, c, db.as_param(v.astype(np.float32), stage.column_type))
-               for c, v in sorted(centres.items())))  # fmt: skip
+        (
+            (clustering_id, int(i), int(c), None if np.isnan(d) else float(d))
+            for i, c, d in zip(ids, labels, distance, strict=True)
+        ),
+    )
+    db.copy_rows(
+        conn,
+        queries.copy_centres(stage),
+        ["int4", "int4", stage.column_type],
+        ((clustering_id, c, db.as_param(v.astype(np.float32), stage.column_type)) for c, v in sorted(centres.items())),
+    )
     conn.commit()
     return clustering_id
 
@@ -130,8 +142,10 @@ def read(conn: psycopg.Connection, clustering_id: int | None = None) -> list[Clu
         queries.clusterings(one=clustering_id is not None), (clustering_id,) if clustering_id is not None else ()
     ).fetchall()
     conn.rollback()
-    return [Clustering(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or 0.0, r[8], r[9], r[10], list(r[11] or []))
-            for r in rows]  # fmt: skip
+    return [
+        Clustering(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or 0.0, r[8], r[9], r[10], list(r[11] or []))
+        for r in rows
+    ]
 
 
 TILE = 64

@@ -46,8 +46,7 @@ def pick_source(data: str | None, n_train: int, n_test: int) -> tuple[Source, li
         root = home_dir() / "cache" / "synthetic"
         per = {"train": math.ceil(n_train / len(synthetic.CLASSES)), "test": math.ceil(n_test / len(synthetic.CLASSES))}
         synthetic.generate(root, per)
-        notice = (f"NO REAL DATA: CIFAR-10 could not be had ({exc}). Using a SYNTHETIC 10-class set "
-                  f"generated in {root}.")  # fmt: skip
+        notice = f"NO REAL DATA: CIFAR-10 could not be had ({exc}). Using a SYNTHETIC 10-class set generated in {root}."
         return open_source(root), [notice]
 
 
@@ -62,8 +61,10 @@ def pick_model(
         return load_encoder(model, config.DEFAULT_PRETRAINED, device), []
     except WeightsError as exc:
         encoder = load_encoder(model, "random", device, quiet=True)
-        return encoder, [f"NO CLIP WEIGHTS: {exc}. The CLIP stages below use RANDOM weights: their "
-                    "accuracy says nothing about CLIP. Only stage 'first' (raw pixels) is meaningful."]  # fmt: skip
+        return encoder, [
+            f"NO CLIP WEIGHTS: {exc}. The CLIP stages below use RANDOM weights: their "
+            "accuracy says nothing about CLIP. Only stage 'first' (raw pixels) is meaningful."
+        ]
 
 
 def run_demo(

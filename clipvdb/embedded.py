@@ -268,8 +268,12 @@ def status(home: Path | None = None) -> dict:
     """What is known about the embedded server without starting it."""
     pgdata = data_dir(home)
     pid = _recorded_pid(pgdata)
-    return {"data_dir": str(pgdata), "initialised": (pgdata / "PG_VERSION").exists(), "running": _alive(pid),
-            "pid": pid}  # fmt: skip
+    return {
+        "data_dir": str(pgdata),
+        "initialised": (pgdata / "PG_VERSION").exists(),
+        "running": _alive(pid),
+        "pid": pid,
+    }
 
 
 def stop(home: Path | None = None) -> bool:

@@ -70,22 +70,60 @@ class EvalRun:
 
     def as_dict(self) -> dict:
         return {
-            "run_id": self.run_id, "dataset": self.dataset, "split": self.split,
-            "seconds": round(self.seconds, 3), "images": self.images, "images_per_s": round(self.images_per_s, 1),
-            "decode_s": round(self.decode_ms / 1000, 3), "store_s": round(self.store_ms / 1000, 3),
-            "stages": {n: {"n": t.n, "correct": t.correct, "accuracy_pct": round(t.accuracy, 2),
-                           "encode_s": round(t.encode_ms / 1000, 3), "query_s": round(t.query_ms / 1000, 3)}
-                       for n, t in self.stages.items()},
+            "run_id": self.run_id,
+            "dataset": self.dataset,
+            "split": self.split,
+            "seconds": round(self.seconds, 3),
+            "images": self.images,
+            "images_per_s": round(self.images_per_s, 1),
+            "decode_s": round(self.decode_ms / 1000, 3),
+            "store_s": round(self.store_ms / 1000, 3),
+            "stages": {
+                n: {
+                    "n": t.n,
+                    "correct": t.correct,
+                    "accuracy_pct": round(t.accuracy, 2),
+                    "encode_s": round(t.encode_ms / 1000, 3),
+                    "query_s": round(t.query_ms / 1000, 3),
+                }
+                for n, t in self.stages.items()
+            },
             "failed": [{"item": k, "reason": r} for k, r in self.failed],
-        }  # fmt: skip
+        }
 
 
 PREDICTION_COLUMNS = (
-    "run_id", "stage", "image_id", "predicted", "true_label", "distance", "nearest_distance", "neighbor_id",
-    "decode_ms", "encode_ms", "query_ms", "batch_no", "batch_size", "batch_query_ms",
-)  # fmt: skip
-PREDICTION_TYPES = ["int4", "text", "int8", "int4", "int4", "float8", "float8", "int8",
-                    "float8", "float8", "float8", "int4", "int4", "float8"]  # fmt: skip
+    "run_id",
+    "stage",
+    "image_id",
+    "predicted",
+    "true_label",
+    "distance",
+    "nearest_distance",
+    "neighbor_id",
+    "decode_ms",
+    "encode_ms",
+    "query_ms",
+    "batch_no",
+    "batch_size",
+    "batch_query_ms",
+)
+PREDICTION_TYPES = [
+    "int4",
+    "text",
+    "int8",
+    "int4",
+    "int4",
+    "float8",
+    "float8",
+    "int8",
+    "float8",
+    "float8",
+    "float8",
+    "int4",
+    "int4",
+    "float8",
+]
 
 
 def _store(conn: psycopg.Connection, rows: list[tuple]) -> None:
@@ -110,16 +148,31 @@ def _coordinator_answers(conn: psycopg.Connection) -> bool:
 def run_params(settings: SearchSettings, searchers: dict[str, KnnSearcher], stages: list[Stage], **extra) -> dict:
     """Everything that changes an answer, as stored in eval_runs.params (report_runs shows it)."""
     return {
-        "metric": settings.metric, "k": settings.k, "exact": settings.exact, "probes": settings.probes,
+        "metric": settings.metric,
+        "k": settings.k,
+        "exact": settings.exact,
+        "probes": settings.probes,
         "ef_search": settings.ef_search,
-        "learned": {n: {"method": m.method, "dims": m.dims, "fitted_rows": m.fitted_rows, **m.params}
-                    for n, m in ((n, s.learned) for n, s in searchers.items()) if m is not None} or None,
+        "learned": {
+            n: {"method": m.method, "dims": m.dims, "fitted_rows": m.fitted_rows, **m.params}
+            for n, m in ((n, s.learned) for n, s in searchers.items())
+            if m is not None
+        }
+        or None,
         "candidates": settings.n_candidates if any(s.projection is not None for s in searchers.values()) else None,
-        "index": {n: {"kind": s.index_kind, "exists": s.index_exists, "used": not settings.exact,
-                      "projected": s.projection is not None, **s.index_params} for n, s in searchers.items()},
+        "index": {
+            n: {
+                "kind": s.index_kind,
+                "exists": s.index_exists,
+                "used": not settings.exact,
+                "projected": s.projection is not None,
+                **s.index_params,
+            }
+            for n, s in searchers.items()
+        },
         "storage": {s.name: s.sql_type for s in stages},
         **extra,
-    }  # fmt: skip
+    }
 
 
 def evaluate(
@@ -155,10 +208,21 @@ def evaluate(
     classes = catalog.class_names(conn, dataset)
     conn.commit()
     searchers = {s.name: searcher(s, dataset, against) for s in stages if s.name != "origin"}
-    text = zeroshot.text_embeddings(encoder, classes, template) if encoder is not None and any(
-        s.name == "origin" for s in stages) else None  # fmt: skip
-    params = run_params(settings, searchers, stages, num=num, batch_size=batch_size, against=against,
-                        prompts=template if text is not None else None, connections=n_connections)  # fmt: skip
+    text = (
+        zeroshot.text_embeddings(encoder, classes, template)
+        if encoder is not None and any(s.name == "origin" for s in stages)
+        else None
+    )
+    params = run_params(
+        settings,
+        searchers,
+        stages,
+        num=num,
+        batch_size=batch_size,
+        against=against,
+        prompts=template if text is not None else None,
+        connections=n_connections,
+    )
     model = encoder.name if encoder is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_MODEL
     weights = encoder.weights if encoder is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_WEIGHTS
     run_id = db.scalar(
@@ -187,8 +251,9 @@ def evaluate(
             if progress:
                 progress(len(batch.items) + len(batch.failed), len(items))
             if report and display_freq and (b + 1) % display_freq == 0:
-                report(f"[{done}/{len(items)}] " + "  ".join(
-                    f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items()))  # fmt: skip
+                report(
+                    f"[{done}/{len(items)}] " + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())
+                )
         totals = {"decode_s": round(result.decode_ms / 1000, 3), "store_s": round(result.store_ms / 1000, 3)}
         conn.execute(queries.COMPLETE_RUN, (json.dumps(totals), run_id))
         conn.commit()
@@ -213,9 +278,13 @@ def evaluate(
 
 
 def _searched(
-    batches: Iterator[EncodedBatch], stages: list[Stage], searchers: dict[str, KnnSearcher],
-    text: np.ndarray | None, connections, n_connections: int,
-) -> Iterator[tuple[EncodedBatch, dict[str, BatchPredictions]]]:  # fmt: skip
+    batches: Iterator[EncodedBatch],
+    stages: list[Stage],
+    searchers: dict[str, KnnSearcher],
+    text: np.ndarray | None,
+    connections,
+    n_connections: int,
+) -> Iterator[tuple[EncodedBatch, dict[str, BatchPredictions]]]:
     """Each encoded batch with its predictions, in order; up to n_connections batches searched at
     once on their own connections while the main thread encodes the next."""
     lent: queue.Queue = queue.Queue()
@@ -226,8 +295,11 @@ def _searched(
         def work(batch: EncodedBatch) -> dict[str, BatchPredictions]:
             c = lent.get()
             try:
-                return {s.name: predict_batch(c, s, batch.vectors[s.name], searchers.get(s.name), text)
-                        for s in stages} if batch.items else {}  # fmt: skip
+                return (
+                    {s.name: predict_batch(c, s, batch.vectors[s.name], searchers.get(s.name), text) for s in stages}
+                    if batch.items
+                    else {}
+                )
             finally:
                 lent.put(c)
 
@@ -242,8 +314,9 @@ def _searched(
             yield first, fut.result()
 
 
-def _rows(run_id, batch_no, batch: EncodedBatch, stages, preds: dict[str, BatchPredictions], image_ids,
-          result: EvalRun) -> list[tuple]:  # fmt: skip
+def _rows(
+    run_id, batch_no, batch: EncodedBatch, stages, preds: dict[str, BatchPredictions], image_ids, result: EvalRun
+) -> list[tuple]:
     n = len(batch.items)
     labels = np.array([it.label for it in batch.items])
     decode_ms = batch.decode_ms / max(n + len(batch.failed), 1)
@@ -258,7 +331,22 @@ def _rows(run_id, batch_no, batch: EncodedBatch, stages, preds: dict[str, BatchP
         t.encode_ms += encode_ms * n
         t.query_ms += p.batch_ms
         for i in range(n):
-            rows.append((run_id, s.name, image_ids[i], int(p.labels[i]), int(labels[i]), float(p.distance[i]),
-                         float(p.nearest_distance[i]), p.neighbor_id[i], decode_ms, encode_ms, query_ms,
-                         batch_no, n, p.batch_ms))  # fmt: skip
+            rows.append(
+                (
+                    run_id,
+                    s.name,
+                    image_ids[i],
+                    int(p.labels[i]),
+                    int(labels[i]),
+                    float(p.distance[i]),
+                    float(p.nearest_distance[i]),
+                    p.neighbor_id[i],
+                    decode_ms,
+                    encode_ms,
+                    query_ms,
+                    batch_no,
+                    n,
+                    p.batch_ms,
+                )
+            )
     return rows

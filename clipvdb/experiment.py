@@ -118,13 +118,20 @@ def _record(conn: psycopg.Connection, exp_id, size, method, params, ids, truth, 
     r1 = float(np.mean([bool(i) and bool(t) and i[0] == t[0] for i, t in zip(ids, truth, strict=True)]))
     r10 = float(np.mean([len(set(i) & set(t)) / max(len(t), 1) for i, t in zip(ids, truth, strict=True)]))
     p95 = float(np.percentile(times, 95)) if times else 0.0
-    row = {"size": size, "method": method, "params": params, "queries": len(times), "recall_at_1": r1,
-           "recall_at_10": r10, "mean_ms": statistics.fmean(times), "p95_ms": p95, "build_s": build_s,
-           "index_bytes": size_bytes}  # fmt: skip
+    row = {
+        "size": size,
+        "method": method,
+        "params": params,
+        "queries": len(times),
+        "recall_at_1": r1,
+        "recall_at_10": r10,
+        "mean_ms": statistics.fmean(times),
+        "p95_ms": p95,
+        "build_s": build_s,
+        "index_bytes": size_bytes,
+    }
     conn.execute(
         queries.INSERT_EXPERIMENT_RESULT,
         (exp_id, size, method, json.dumps(params), len(times), r1, r10, row["mean_ms"], p95, build_s, size_bytes),
     )
     return row
-
-

@@ -128,8 +128,12 @@ def build(
         t1 = time.perf_counter()
         projection.save(conn, stage, proj)
         t2 = time.perf_counter()
-        params.update(project=proj.dim, variance_kept=round(proj.variance_kept, 4),
-                      fit_s=round(t1 - t0, 3), project_s=round(t2 - t1, 3))  # fmt: skip
+        params.update(
+            project=proj.dim,
+            variance_kept=round(proj.variance_kept, 4),
+            fit_s=round(t1 - t0, 3),
+            project_s=round(t2 - t1, 3),
+        )
         table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
     else:
         projection.remove(conn, stage)

@@ -47,12 +47,18 @@ class IngestResult:
 
     def as_dict(self) -> dict:
         return {
-            "dataset": self.dataset, "split": self.split, "stages": self.stages,
-            "total": self.total, "already_stored": self.already_stored, "inserted": self.inserted,
-            "failed": [{"item": k, "reason": r} for k, r in self.failed], "ignored": self.ignored,
-            "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
+            "dataset": self.dataset,
+            "split": self.split,
+            "stages": self.stages,
+            "total": self.total,
+            "already_stored": self.already_stored,
+            "inserted": self.inserted,
+            "failed": [{"item": k, "reason": r} for k, r in self.failed],
+            "ignored": self.ignored,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 2),
             "index": self.index,
-        }  # fmt: skip
+        }
 
 
 def store_vectors(
@@ -102,8 +108,20 @@ def ingest(
 ) -> IngestResult:
     """Encode `split` of `source` at `stages` and store it. Safe to re-run and to interrupt."""
     try:
-        return _ingest(conn, source, stages, encoder, split, limit, batch_size, workers, dataset_name, strict,
-                       build_index, progress)  # fmt: skip
+        return _ingest(
+            conn,
+            source,
+            stages,
+            encoder,
+            split,
+            limit,
+            batch_size,
+            workers,
+            dataset_name,
+            strict,
+            build_index,
+            progress,
+        )
     except psycopg.OperationalError as exc:
         raise DatabaseError(
             f"lost the database connection during ingest ({db.first_line(exc)}); whole batches were kept: "
@@ -111,7 +129,9 @@ def ingest(
         ) from exc
 
 
-def _ingest(conn, source, stages, encoder, split, limit, batch_size, workers, dataset_name, strict, build_index, progress):
+def _ingest(
+    conn, source, stages, encoder, split, limit, batch_size, workers, dataset_name, strict, build_index, progress
+):
     start = time.perf_counter()
     items: list[Item] = source.items(split)
     if limit is not None:
@@ -126,10 +146,14 @@ def _ingest(conn, source, stages, encoder, split, limit, batch_size, workers, da
     conn.commit()
     todo = [it for it in items if any(it.key not in stored[s.name] for s in stages)]
     result = IngestResult(
-        dataset=dataset_name or source.name, split=split, stages=[s.name for s in stages],
-        total=len(items), already_stored=len(items) - len(todo),
-        inserted={s.name: 0 for s in stages}, ignored=list(source.ignored or []),
-    )  # fmt: skip
+        dataset=dataset_name or source.name,
+        split=split,
+        stages=[s.name for s in stages],
+        total=len(items),
+        already_stored=len(items) - len(todo),
+        inserted={s.name: 0 for s in stages},
+        ignored=list(source.ignored or []),
+    )
     for key, reason in source.rejected or []:
         if strict:
             raise SkippedImagesError(f"{reason} (stopped by --strict)")
@@ -163,7 +187,9 @@ def _ingest(conn, source, stages, encoder, split, limit, batch_size, workers, da
     # the end waits for the last one.
     with ThreadPoolExecutor(1, thread_name_prefix="clipvdb-store") as writer:
         pending: Future[int] | None = None
-        for batch in itertools.chain(encode_items(todo, stages, encoder, batch_size=batch_size, workers=workers), [None]):
+        for batch in itertools.chain(
+            encode_items(todo, stages, encoder, batch_size=batch_size, workers=workers), [None]
+        ):
             for item, reason in batch.failed if batch is not None else []:
                 if strict:
                     raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")

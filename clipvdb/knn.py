@@ -77,18 +77,33 @@ class KnnSearcher:
     """Answers nearest-neighbour queries for one stage, space and (dataset, split)."""
 
     def __init__(
-        self, conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], dataset: int, split: str,
-        settings: SearchSettings, *, iterative_scan: bool = True, notice: Callable[[str], None] | None = None,
-    ):  # fmt: skip
+        self,
+        conn: psycopg.Connection,
+        stage: Stage,
+        identity: tuple[str, str],
+        dataset: int,
+        split: str,
+        settings: SearchSettings,
+        *,
+        iterative_scan: bool = True,
+        notice: Callable[[str], None] | None = None,
+    ):
         settings.check()
         self.iterative_scan = iterative_scan
         self.stage, self.dataset, self.split, self.settings = stage, dataset, split, settings
         model, weights = identity
         row = conn.execute(
             queries.SEARCHER_SETUP,
-            {"model": model, "weights": weights, "stage": stage.name, "dataset": dataset, "split": split,
-             "full_index": queries.index_name(stage), "proj_index": queries.index_name(stage, projected=True)},
-        ).fetchone()  # fmt: skip
+            {
+                "model": model,
+                "weights": weights,
+                "stage": stage.name,
+                "dataset": dataset,
+                "split": split,
+                "full_index": queries.index_name(stage),
+                "proj_index": queries.index_name(stage, projected=True),
+            },
+        ).fetchone()
         assert row is not None
         self.space, self.rows, projected_rows, kind, params, full_exists, proj_exists, self.distributed = row
         if self.space is None or self.rows == 0:
@@ -173,8 +188,13 @@ class KnnSearcher:
         # typed as the stage stores them: a vector query against a halfvec stage would be cast again
         # for every row compared (an exact scan of stage first: 50,000 casts per query)
         typed = [db.as_param(v, self.stage.column_type) for v in vectors.astype(np.float32)]
-        params = {"vectors": typed, "space": self.space, "dataset": self.dataset, "split": self.split,
-                  "k": self.settings.k}  # fmt: skip
+        params = {
+            "vectors": typed,
+            "space": self.space,
+            "dataset": self.dataset,
+            "split": self.split,
+            "k": self.settings.k,
+        }
         if self.learned is not None:
             params = {**params, "projected": list(self.learned.apply(vectors))}
             del params["vectors"]
@@ -195,8 +215,9 @@ class KnnSearcher:
                     out[ord_ - 1].append(Neighbor(image_id, label, source, float(dist)))
         return out, (time.perf_counter() - start) * 1000
 
-    def _search_distributed(self, conn: psycopg.Connection, params: dict, settings: list[tuple[str, str]],
-                            out: list[list[Neighbor]]) -> None:  # fmt: skip
+    def _search_distributed(
+        self, conn: psycopg.Connection, params: dict, settings: list[tuple[str, str]], out: list[list[Neighbor]]
+    ) -> None:
         """On Citus: the index settings as SET LOCAL, forwarded to every shard's connection, then
         one pushed-down statement per query vector (queries.knn_one)."""
         db.set_local(conn, settings, distributed=True)
@@ -215,8 +236,11 @@ class KnnSearcher:
 
 def raise_empty(conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], split: str) -> None:
     model, weights = identity
-    others = [f"{m}/{w} ({n} rows)" for m, w, n in conn.execute(queries.space_rows(stage)).fetchall()
-              if (m, w) != (model, weights)]  # fmt: skip
+    others = [
+        f"{m}/{w} ({n} rows)"
+        for m, w, n in conn.execute(queries.space_rows(stage)).fetchall()
+        if (m, w) != (model, weights)
+    ]
     hint = f"; stored rows at this stage come from {', '.join(others)}" if others else ""
     if not stage.uses_clip:
         flags = ""

@@ -93,8 +93,9 @@ def fit_nca(
     return W.detach().numpy().astype(np.float32), steps
 
 
-def fit(X: np.ndarray, y: np.ndarray, stage: Stage, method: str, dims: int | None, *, seconds: float = 120.0,
-        seed: int = 0) -> LearnedMap:  # fmt: skip
+def fit(
+    X: np.ndarray, y: np.ndarray, stage: Stage, method: str, dims: int | None, *, seconds: float = 120.0, seed: int = 0
+) -> LearnedMap:
     """Fit a map on training vectors X (float32) with labels y."""
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
@@ -123,8 +124,7 @@ def fit(X: np.ndarray, y: np.ndarray, stage: Stage, method: str, dims: int | Non
             W, steps = fit_nca(Z.astype(np.float32), y, dims, seconds, seed)
             params.update(seconds=seconds, steps=steps)
         matrix = W @ basis
-    return LearnedMap(stage.name, method, mean, matrix.astype(np.float32), len(X), params,
-                      time.perf_counter() - start)  # fmt: skip
+    return LearnedMap(stage.name, method, mean, matrix.astype(np.float32), len(X), params, time.perf_counter() - start)
 
 
 def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
@@ -136,9 +136,17 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     lmap.params = {**lmap.params, "lists": lists, **({"shards": shards} if shards > 1 else {})}
     conn.execute(
         queries.SAVE_LEARNED_MAP,
-        (stage.name, lmap.method, lmap.dims, lmap.mean.astype("<f4").tobytes(), lmap.matrix.astype("<f4").tobytes(),
-         lmap.fitted_rows, json.dumps(lmap.params), lmap.fit_seconds),
-    )  # fmt: skip
+        (
+            stage.name,
+            lmap.method,
+            lmap.dims,
+            lmap.mean.astype("<f4").tobytes(),
+            lmap.matrix.astype("<f4").tobytes(),
+            lmap.fitted_rows,
+            json.dumps(lmap.params),
+            lmap.fit_seconds,
+        ),
+    )
     conn.execute(queries.drop_index(f"{table}_ann"))
     conn.execute(queries.truncate(table))
     conn.execute(queries.retype_learned(stage, lmap.dims))
@@ -157,8 +165,9 @@ def load(conn: psycopg.Connection, stage: Stage) -> LearnedMap | None:
         return None
     method, dims, mean, matrix, fitted, params, seconds = row
     m = np.frombuffer(matrix, dtype="<f4").astype(np.float32).reshape(dims, stage.dim)
-    return LearnedMap(stage.name, method, np.frombuffer(mean, dtype="<f4").astype(np.float32), m, fitted, params,
-                      seconds or 0.0)  # fmt: skip
+    return LearnedMap(
+        stage.name, method, np.frombuffer(mean, dtype="<f4").astype(np.float32), m, fitted, params, seconds or 0.0
+    )
 
 
 def add(conn: psycopg.Connection, rows: StageRows, lmap: LearnedMap, image_ids: list[int], vectors: np.ndarray) -> None:

@@ -130,8 +130,12 @@ def status(conn: psycopg.Connection) -> dict:
                     if n is not None and not failed:
                         per_node.setdefault(node, {}).setdefault(table, {})["rows"] = int(n)
             if unanswered:
-                return {"nodes": nodes, "tables": tables, "per_node": per_node,
-                        "error": f"{unanswered} shards did not answer: is every worker running?"}  # fmt: skip
+                return {
+                    "nodes": nodes,
+                    "tables": tables,
+                    "per_node": per_node,
+                    "error": f"{unanswered} shards did not answer: is every worker running?",
+                }
     except psycopg.Error as exc:
         return {"nodes": nodes, "tables": tables, "per_node": per_node, "error": str(exc).splitlines()[0]}
     return {"nodes": nodes, "tables": tables, "per_node": per_node}

@@ -79,9 +79,15 @@ def progress(label: str) -> tuple:
             return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s")
 
     bar = Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        Rate(), TimeRemainingColumn(), transient=False, console=Console(stderr=True),
-    )  # fmt: skip
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        Rate(),
+        TimeRemainingColumn(),
+        transient=False,
+        console=Console(stderr=True),
+    )
     task = bar.add_task(label, total=None)
 
     def update(advance: int, total: int) -> None:

@@ -103,11 +103,13 @@ def decode(job: _Job, start: int, stop: int) -> Decoded:
         if p is not None:
             prepared.append(p)
     return Decoded(
-        index=index, sha=sha, failed=failed,
+        index=index,
+        sha=sha,
+        failed=failed,
         first=np.stack(first) if first else None,
         prepared=np.stack(prepared) if prepared else None,
         decode_ms=(time.perf_counter() - t0) * 1000,
-    )  # fmt: skip
+    )
 
 
 def _decode_in_worker(start: int, stop: int) -> Decoded:

@@ -82,8 +82,10 @@ def plot(data: dict, out: Path, *, squared: bool = False) -> list[Path]:
         raise UsageError("no complete evaluation run to plot; run 'clipvdb evaluate' first")
     out.mkdir(parents=True, exist_ok=True)
     metric = (data["report_runs"][0]["metric"] if data.get("report_runs") else None) or "l2"
-    paths = [histogram(data["report_distance_histogram"], r["stage"], run, out, squared=squared, metric=metric)
-             for r in data["report_accuracy"]]  # fmt: skip
+    paths = [
+        histogram(data["report_distance_histogram"], r["stage"], run, out, squared=squared, metric=metric)
+        for r in data["report_accuracy"]
+    ]
     paths.append(summary(data["report_accuracy"], data["report_timing"], run, out))
     return paths
 

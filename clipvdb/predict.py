@@ -50,9 +50,12 @@ class BatchPredictions:
 
 
 def predict_batch(
-    conn: psycopg.Connection | None, stage: Stage, vectors: np.ndarray, searcher: KnnSearcher | None,
+    conn: psycopg.Connection | None,
+    stage: Stage,
+    vectors: np.ndarray,
+    searcher: KnnSearcher | None,
     text: np.ndarray | None,
-) -> BatchPredictions:  # fmt: skip
+) -> BatchPredictions:
     """Labels for a batch of one stage's vectors: one SQL statement (or, at origin, one product)."""
     if stage.name == "origin":
         assert text is not None
@@ -97,6 +100,6 @@ def as_predictions(keys: list[str], b: BatchPredictions, classes: list[str], enc
                 }
                 for x in b.neighbors[i]
             ],
-        )  # fmt: skip
+        )
         for i, key in enumerate(keys)
     ]

@@ -109,9 +109,15 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
     The caller (indexes.build) has dropped the projected index."""
     conn.execute(
         queries.SAVE_PROJECTION,
-        (stage.name, proj.dim, proj.mean.astype("<f4").tobytes(), proj.components.astype("<f4").tobytes(),
-         proj.fitted_rows, proj.variance_kept),
-    )  # fmt: skip
+        (
+            stage.name,
+            proj.dim,
+            proj.mean.astype("<f4").tobytes(),
+            proj.components.astype("<f4").tobytes(),
+            proj.fitted_rows,
+            proj.variance_kept,
+        ),
+    )
     conn.execute(queries.truncate(stage.projection_table))
     conn.execute(queries.retype_projection(stage, proj.dim))
     written = storage.map_all(conn, stage, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)

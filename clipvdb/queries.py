@@ -124,8 +124,14 @@ def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:
     ).format(q=q, table=sql.Identifier(stage.learned_table), order=order)
 
 
-def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim: int | None = None,
-            learned_dim: int | None = None) -> sql.Composed:  # fmt: skip
+def knn_one(
+    stage: Stage,
+    metric: str = "l2",
+    *,
+    exact: bool = False,
+    projected_dim: int | None = None,
+    learned_dim: int | None = None,
+) -> sql.Composed:
     """One kNN query as one statement, the shape Citus pushes down to every shard (a per-shard
     ORDER BY ... LIMIT, merged on the coordinator); Citus cannot push down `knn`'s LATERAL LIMIT.
     %(v)b is the query vector (%(p)b its projection or learned image). Rows: (image_id, label,
@@ -158,9 +164,12 @@ def knn_one(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_
             JOIN images i ON i.id = x.image_id
             WHERE {where} ORDER BY approx LIMIT %(candidates)s"""
         ).format(
-            dist=distance(stage, metric, emb, qv, exact=False), order=order,
-            proj=sql.Identifier(stage.projection_table), table=sql.Identifier(stage.table), where=where,
-        )  # fmt: skip
+            dist=distance(stage, metric, emb, qv, exact=False),
+            order=order,
+            proj=sql.Identifier(stage.projection_table),
+            table=sql.Identifier(stage.table),
+            where=where,
+        )
     return sql.SQL(
         """SELECT e.image_id, i.label, i.source, {dist} AS distance
         FROM {table} e JOIN images i ON i.id = e.image_id
@@ -193,8 +202,9 @@ def retype_learned(stage: Stage, dims: int) -> sql.Composed:
 def set_local(name: str, value: str) -> sql.Composed:
     """SET LOCAL of one setting (Citus forwards SET LOCAL to the shards' connections when
     citus.propagate_set_commands is 'local'; set_config() calls are never forwarded)."""
-    return sql.SQL("SET LOCAL {} = {}").format(sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")),
-                                               sql.Literal(value))  # fmt: skip
+    return sql.SQL("SET LOCAL {} = {}").format(
+        sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")), sql.Literal(value)
+    )
 
 
 def knn_scratch(table: str, stage: Stage, metric: str, *, exact: bool) -> sql.Composed:
@@ -447,8 +457,9 @@ RELATION_SIZE = "SELECT pg_relation_size(to_regclass(%s))"
 
 def set_session(name: str, value: str) -> sql.Composed:
     """SET of one setting for the rest of the session."""
-    return sql.SQL("SET {} = {}").format(sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")),
-                                         sql.Literal(value))  # fmt: skip
+    return sql.SQL("SET {} = {}").format(
+        sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")), sql.Literal(value)
+    )
 
 
 def scratch_copy(table: str, stage: Stage) -> sql.Composed:

@@ -170,9 +170,16 @@ class Store:
 
         try:
             return ConnectionPool(
-                self.url, min_size=1, max_size=max(self.pool_size, 2), configure=configure, reset=reset, open=True,
-                name="clipvdb", timeout=30, check=ConnectionPool.check_connection,
-            )  # fmt: skip
+                self.url,
+                min_size=1,
+                max_size=max(self.pool_size, 2),
+                configure=configure,
+                reset=reset,
+                open=True,
+                name="clipvdb",
+                timeout=30,
+                check=ConnectionPool.check_connection,
+            )
         except psycopg.OperationalError as exc:
             raise db.connection_error(exc) from exc
 
@@ -227,9 +234,13 @@ class Store:
         return self._datasets[name]
 
     def searcher(
-        self, stage: str | Stage, settings: SearchSettings | None = None, *, dataset: str | None = None,
+        self,
+        stage: str | Stage,
+        settings: SearchSettings | None = None,
+        *,
+        dataset: str | None = None,
         against: str = "train",
-    ) -> KnnSearcher:  # fmt: skip
+    ) -> KnnSearcher:
         """The set-up kNN searcher of one stage over the `against` split of a dataset (cached)."""
         return self._searcher(_one(stage, "search"), self.dataset(dataset).id, against, settings or SearchSettings())
 
@@ -238,9 +249,15 @@ class Store:
         if key not in self._searchers:
             with self.connection() as conn:
                 self._searchers[key] = KnnSearcher(
-                    conn, stage, self._identity(stage), dataset_id, split, settings,
-                    iterative_scan=self.pgvector >= (0, 8, 0), notice=self.announce,
-                )  # fmt: skip
+                    conn,
+                    stage,
+                    self._identity(stage),
+                    dataset_id,
+                    split,
+                    settings,
+                    iterative_scan=self.pgvector >= (0, 8, 0),
+                    notice=self.announce,
+                )
         return self._searchers[key]
 
     def _identity(self, stage: Stage) -> tuple[str, str]:
@@ -283,9 +300,19 @@ class Store:
         try:
             with self.connection() as conn:
                 return ingest.ingest(
-                    conn, source, chosen, encoder, split=split, limit=limit, batch_size=batch_size, workers=workers,
-                    dataset_name=dataset, strict=strict, build_index=build_index, progress=progress,
-                )  # fmt: skip
+                    conn,
+                    source,
+                    chosen,
+                    encoder,
+                    split=split,
+                    limit=limit,
+                    batch_size=batch_size,
+                    workers=workers,
+                    dataset_name=dataset,
+                    strict=strict,
+                    build_index=build_index,
+                    progress=progress,
+                )
         finally:
             self._forget()
 
@@ -311,9 +338,19 @@ class Store:
         try:
             with self.connection() as conn:
                 return ingest.load_vectors(
-                    conn, _source(source), chosen, self.encoder_for([chosen]), vectors, keys, labels, split=split,
-                    dataset_name=dataset, batch=batch, build_index=build_index, index=index,
-                )  # fmt: skip
+                    conn,
+                    _source(source),
+                    chosen,
+                    self.encoder_for([chosen]),
+                    vectors,
+                    keys,
+                    labels,
+                    split=split,
+                    dataset_name=dataset,
+                    batch=batch,
+                    build_index=build_index,
+                    index=index,
+                )
         finally:
             self._forget()
 
@@ -378,12 +415,26 @@ class Store:
         encoder = self.encoder_for(chosen)
         with self.connection() as conn:
             return evaluation.evaluate(
-                conn, lambda: self._connections(connections), source, chosen, encoder, settings,
+                conn,
+                lambda: self._connections(connections),
+                source,
+                chosen,
+                encoder,
+                settings,
                 searcher=lambda s, ds, sp: self._searcher(s, ds, sp, settings),
-                split=split, against=against, num=num, batch_size=batch_size, workers=workers,
-                n_connections=connections, display_freq=display_freq, dataset_name=dataset, template=prompts,
-                report=report, progress=progress, mark_failed=self._mark_failed,
-            )  # fmt: skip
+                split=split,
+                against=against,
+                num=num,
+                batch_size=batch_size,
+                workers=workers,
+                n_connections=connections,
+                display_freq=display_freq,
+                dataset_name=dataset,
+                template=prompts,
+                report=report,
+                progress=progress,
+                mark_failed=self._mark_failed,
+            )
 
     def _mark_failed(self, run_id: int) -> None:
         """A run cut short stays out of the reports. On a fresh connection: the pool's may be what failed."""
@@ -410,8 +461,18 @@ class Store:
                 for s in _stages(stage):
                     chosen, defaults = (kind, {}) if kind else indexes.default_index(s)
                     dims = defaults.get("project") if project is None else project
-                    out.append(indexes.build(conn, s, chosen, lists=lists, m=m, ef_construction=ef_construction,
-                                             metric=metric, project=dims or None))  # fmt: skip
+                    out.append(
+                        indexes.build(
+                            conn,
+                            s,
+                            chosen,
+                            lists=lists,
+                            m=m,
+                            ef_construction=ef_construction,
+                            metric=metric,
+                            project=dims or None,
+                        )
+                    )
         finally:
             self._forget()
         return out
@@ -445,9 +506,16 @@ class Store:
     # ------------------------------------------------------------ exploration
 
     def retrieve(
-        self, text: str | None = None, *, image: ImageInput | None = None, k: int = 10, stage: str = "origin",
-        dataset: str | None = None, split: str = "train", exact: bool = False,
-    ) -> list[Hit]:  # fmt: skip
+        self,
+        text: str | None = None,
+        *,
+        image: ImageInput | None = None,
+        k: int = 10,
+        stage: str = "origin",
+        dataset: str | None = None,
+        split: str = "train",
+        exact: bool = False,
+    ) -> list[Hit]:
         """Stored images nearest to a text (and/or image) query by cosine distance at stage origin,
         where CLIP's image and text embeddings share one space."""
         if stage != "origin":
@@ -460,17 +528,25 @@ class Store:
         return retrieval.hits(found[0], ds.classes)
 
     def neighbors(
-        self, image: ImageInput, stages: StagesArg, out: Path | str, settings: SearchSettings | None = None, *,
-        dataset: str | None = None, split: str = "train",
-    ) -> Grid:  # fmt: skip
+        self,
+        image: ImageInput,
+        stages: StagesArg,
+        out: Path | str,
+        settings: SearchSettings | None = None,
+        *,
+        dataset: str | None = None,
+        split: str = "train",
+    ) -> Grid:
         """One PNG: a row per stage, the query then its k nearest stored images, captioned."""
         settings = settings or SearchSettings(k=10)
         chosen = _stages(stages)
         vectors = embed([image], chosen, self.encoder_for(chosen))
         ds = self.dataset(dataset)
         with self.connection() as conn:
-            found = {s.name: self._searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0]
-                     for s in chosen}  # fmt: skip
+            found = {
+                s.name: self._searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0]
+                for s in chosen
+            }
             return retrieval.neighbour_grid(conn, as_image(image), found, ds.classes, Path(out))
 
     def image_png(self, image_id: int, scale: int = 1) -> bytes:
@@ -489,16 +565,30 @@ class Store:
             return catalog.stages_with_rows(conn)
 
     def experiment(
-        self, stage: StagesArg, sizes: list[int], *, queries: int = 100, probes: list[int] | None = None,
-        ef_search: list[int] | None = None, metric: str = "l2",
-    ) -> ExperimentResult:  # fmt: skip
+        self,
+        stage: StagesArg,
+        sizes: list[int],
+        *,
+        queries: int = 100,
+        probes: list[int] | None = None,
+        ef_search: list[int] | None = None,
+        metric: str = "l2",
+    ) -> ExperimentResult:
         """Recall and speed of exact, ivfflat and hnsw search as the stored set grows (experiment.py)."""
         chosen = _stages(stage)
         if len(chosen) != 1:
             raise UsageError("experiment search takes one --stage")
         with self.connection() as conn:
-            return experiment.search_experiment(conn, chosen[0], self.encoder_for(chosen), sizes, n_queries=queries,
-                                                probes=probes, ef_search=ef_search, metric=metric)  # fmt: skip
+            return experiment.search_experiment(
+                conn,
+                chosen[0],
+                self.encoder_for(chosen),
+                sizes,
+                n_queries=queries,
+                probes=probes,
+                ef_search=ef_search,
+                metric=metric,
+            )
 
     def plot_experiment(self, result: ExperimentResult, out: Path | str) -> Path:
         """Recall@1 against queries per second, one line per (size, index kind), as a PNG."""

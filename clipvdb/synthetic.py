@@ -11,13 +11,29 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = [
-    "red-circle", "green-square", "blue-triangle", "yellow-bar", "purple-ring",
-    "orange-cross", "cyan-diamond", "white-dots", "black-stripe", "pink-blob",
-]  # fmt: skip
+    "red-circle",
+    "green-square",
+    "blue-triangle",
+    "yellow-bar",
+    "purple-ring",
+    "orange-cross",
+    "cyan-diamond",
+    "white-dots",
+    "black-stripe",
+    "pink-blob",
+]
 _COLOURS = [
-    (220, 40, 40), (40, 180, 60), (50, 80, 220), (230, 210, 40), (140, 60, 170),
-    (240, 140, 30), (40, 200, 210), (245, 245, 245), (20, 20, 20), (240, 120, 180),
-]  # fmt: skip
+    (220, 40, 40),
+    (40, 180, 60),
+    (50, 80, 220),
+    (230, 210, 40),
+    (140, 60, 170),
+    (240, 140, 30),
+    (40, 200, 210),
+    (245, 245, 245),
+    (20, 20, 20),
+    (240, 120, 180),
+]
 
 
 def make_image(label: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
@@ -52,8 +68,10 @@ def make_image(label: int, rng: np.random.Generator, size: int = 32) -> Image.Im
     elif shape == 8:
         d.rectangle((cx - r // 3, 0, cx + r // 3, size), fill=c)
     else:
-        pts = [(cx + int(r * np.cos(a)) + int(rng.integers(-3, 4)), cy + int(r * np.sin(a)))
-               for a in np.linspace(0, 2 * np.pi, 9)[:-1]]  # fmt: skip
+        pts = [
+            (cx + int(r * np.cos(a)) + int(rng.integers(-3, 4)), cy + int(r * np.sin(a)))
+            for a in np.linspace(0, 2 * np.pi, 9)[:-1]
+        ]
         d.polygon(pts, fill=c)
     return img
 

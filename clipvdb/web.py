@@ -63,8 +63,15 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         buf = io.BytesIO()
         img.resize((96, 96)).save(buf, "PNG")
         preview = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-        return render_template("page.html", stages=stored_stages(), samples=samples(), predictions=preds,
-                               query_name=name, preview=preview, k=k)  # fmt: skip
+        return render_template(
+            "page.html",
+            stages=stored_stages(),
+            samples=samples(),
+            predictions=preds,
+            query_name=name,
+            preview=preview,
+            k=k,
+        )
 
     @app.get("/search")
     def text_search():

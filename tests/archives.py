@@ -21,8 +21,20 @@ def write_cifar_archive(path: Path, train: dict, test: dict, classes: list[str])
             tar.addfile(info, io.BytesIO(data))
 
         add("batches.meta", {b"label_names": [c.encode() for c in classes]})
-        add("data_batch_1", {b"data": train["data"], b"labels": train["labels"],
-                             b"filenames": [f"{i}.png".encode() for i in range(len(train["labels"]))]})  # fmt: skip
-        add("test_batch", {b"data": test["data"], b"labels": test["labels"],
-                           b"filenames": [f"{i}.png".encode() for i in range(len(test["labels"]))]})  # fmt: skip
+        add(
+            "data_batch_1",
+            {
+                b"data": train["data"],
+                b"labels": train["labels"],
+                b"filenames": [f"{i}.png".encode() for i in range(len(train["labels"]))],
+            },
+        )
+        add(
+            "test_batch",
+            {
+                b"data": test["data"],
+                b"labels": test["labels"],
+                b"filenames": [f"{i}.png".encode() for i in range(len(test["labels"]))],
+            },
+        )
     return path

@@ -56,12 +56,20 @@ def _migrate(host, port, user, dbname, password, **_):
 
 
 migrated_proc = factories.postgresql_noproc(
-    host=PG["host"], port=PG["port"], user=PG["user"], password=PG["password"], dbname="clipvdb_test",
+    host=PG["host"],
+    port=PG["port"],
+    user=PG["user"],
+    password=PG["password"],
+    dbname="clipvdb_test",
     load=[_migrate],
-)  # fmt: skip
+)
 empty_proc = factories.postgresql_noproc(
-    host=PG["host"], port=PG["port"], user=PG["user"], password=PG["password"], dbname="clipvdb_empty",
-)  # fmt: skip
+    host=PG["host"],
+    port=PG["port"],
+    user=PG["user"],
+    password=PG["password"],
+    dbname="clipvdb_empty",
+)
 pg = factories.postgresql("migrated_proc")
 pg_empty = factories.postgresql("empty_proc")
 

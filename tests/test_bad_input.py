@@ -55,8 +55,11 @@ def test_nasty_file_names_are_stored_verbatim(db_url, tmp_path, store, name):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\x00"),
-               min_size=1, max_size=40).filter(lambda s: s not in (".", "..")))  # fmt: skip
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\x00"), min_size=1, max_size=40
+    ).filter(lambda s: s not in (".", ".."))
+)
 def test_any_class_folder_name_round_trips(db_url, tmp_path_factory, store, name):
     root = tmp_path_factory.mktemp("h")
     folder = root / "train" / name

@@ -9,8 +9,16 @@ def test_quick_benchmark_writes_every_table(tmp_path):
 
     out = main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "B.md")])
     text = out.read_text()
-    for heading in ("## 1. Stage first", "## 2. Bulk load", "## 3. Encoder", "## 4. The study's table", "## 5. Scale",
-                    "## 6. Load", "## 8. Storage", "## 9. Half precision"):  # fmt: skip
+    for heading in (
+        "## 1. Stage first",
+        "## 2. Bulk load",
+        "## 3. Encoder",
+        "## 4. The study's table",
+        "## 5. Scale",
+        "## 6. Load",
+        "## 8. Storage",
+        "## 9. Half precision",
+    ):
         assert heading in text
     assert "PostgreSQL 17" in text and "pgvector 0.8" in text and "cores" in text
     assert "Baseline (in-process exact 1-NN" in text and "time / baseline time" in text
@@ -18,8 +26,12 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     assert re.search(r"\| projected hnsw m=16 efc=64 project=128 \(variance kept [\d.]+\) ef_search=40 \|", text)
     assert re.search(r"\| projected hnsw ef_search=40, all queries \| 100 \| 2 \| 200 \|", text), text
     assert re.search(r"Goal check \((met|not met)\): fastest full pass", text)
-    for stage, column in (("first", "halfvec(3072)"), ("second", "vector(1024)"), ("third", "halfvec(2048)"),
-                          ("origin", "vector(1024)")):  # fmt: skip
+    for stage, column in (
+        ("first", "halfvec(3072)"),
+        ("second", "vector(1024)"),
+        ("third", "halfvec(2048)"),
+        ("origin", "vector(1024)"),
+    ):
         assert re.search(rf"\| {stage} \| {re.escape(column)} \| [\d,]+ \| [\d.]+ \| [\d,.]+ \|", text), stage
     assert re.search(r"\| first \| halfvec\(3072\) \| [^|]+\| [^|]+\| [^|]+\| ivfflat project=64 \|", text)
     assert re.search(r"\| [\d,]+ \| projected hnsw, project=128 ef_search=100 \(build \d+ s\) \| [\d.]+ \|", text)
@@ -36,9 +48,25 @@ def test_quick_benchmark_writes_every_table(tmp_path):
 def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path):
     from bench.__main__ import main
 
-    out = main(["--quick", "--items", "7", "--model", "tiny", "--pretrained", "random", "--accuracy-train", "20",
-                "--accuracy-test",
-                "10", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "A.md")])  # fmt: skip
+    out = main(
+        [
+            "--quick",
+            "--items",
+            "7",
+            "--model",
+            "tiny",
+            "--pretrained",
+            "random",
+            "--accuracy-train",
+            "20",
+            "--accuracy-test",
+            "10",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(tmp_path / "A.md"),
+        ]
+    )
     text = out.read_text()
     assert "## 7. Accuracy per stage" in text and "RANDOM weights" in text
     for stage in ("first", "second", "third", "origin"):
@@ -95,8 +123,12 @@ def test_headline_times_the_commands_and_writes_both_blocks(syn_data, tmp_path):
 
 
 def _peers_result(clipvdb_total: float) -> dict:
-    cli = {"baseline_s": 20.0, "ingest_s": clipvdb_total / 2, "evaluate_s": clipvdb_total / 2,
-           "evaluate": {"stages": {"first": {"accuracy_pct": 35.1}}}}  # fmt: skip
+    cli = {
+        "baseline_s": 20.0,
+        "ingest_s": clipvdb_total / 2,
+        "evaluate_s": clipvdb_total / 2,
+        "evaluate": {"stages": {"first": {"accuracy_pct": 35.1}}},
+    }
     rows = [
         {"peer": "faiss IndexFlatL2 (exact)", "load_s": 0.3, "query_s": 14.0, "queries": 100, "accuracy": 35.3},
         {"peer": "slowdb (embedded)", "load_s": 40.0, "query_s": 10.0, "queries": 10, "accuracy": 33.0},
@@ -106,8 +138,14 @@ def _peers_result(clipvdb_total: float) -> dict:
         if "query_s" in r:
             r["query_s_all"] = r["query_s"] * 100 / r["queries"]
             r["total_s_all"] = r["load_s"] + r["query_s_all"]
-    return {"machine": "m", "baseline_s": 20.0, "baseline_accuracy": 35.3, "queries_all": 100, "rows": rows,
-            "clipvdb": cli}  # fmt: skip
+    return {
+        "machine": "m",
+        "baseline_s": 20.0,
+        "baseline_accuracy": 35.3,
+        "queries_all": 100,
+        "rows": rows,
+        "clipvdb": cli,
+    }
 
 
 def test_peers_block_compares_every_peer_with_the_clipvdb_cli():

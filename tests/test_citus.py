@@ -312,8 +312,14 @@ def test_concurrent_ingests_store_each_image_once(citus_home, tmp_path):
         t.join()
     assert not errors
     with Store(home=citus_home, encoder=TinyEncoder()) as s:
-        rows = _sql(s, """SELECT count(*), count(DISTINCT i.source) FROM images i JOIN datasets d ON d.id = i.dataset_id
-                          WHERE d.name = 'shapes-twice'""")  # fmt: skip
+        rows = _sql(
+            s,
+            """SELECT count(*), count(DISTINCT i.source) FROM images i JOIN datasets d ON d.id = i.dataset_id
+                          WHERE d.name = 'shapes-twice'""",
+        )
         assert rows == [(120, 120)]
-        assert _sql(s, "SELECT count(*) FROM embeddings_first e JOIN datasets d ON d.id = e.dataset_id "
-                       "WHERE d.name = 'shapes-twice'") == [(120,)]  # fmt: skip
+        assert _sql(
+            s,
+            "SELECT count(*) FROM embeddings_first e JOIN datasets d ON d.id = e.dataset_id "
+            "WHERE d.name = 'shapes-twice'",
+        ) == [(120,)]

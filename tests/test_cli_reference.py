@@ -39,6 +39,5 @@ def test_every_command_has_a_heading_in_the_cli_reference():
 
 def test_cli_reference_is_current():
     script = ROOT / "docs" / "cli_reference.py"
-    r = subprocess.run([sys.executable, str(script), "--check"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
+    r = subprocess.run([sys.executable, str(script), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"{script.relative_to(ROOT)} --check exited {r.returncode}:\n{r.stdout}{r.stderr}"

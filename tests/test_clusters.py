@@ -28,8 +28,9 @@ def test_kmeans_is_stored_and_the_views_match_scikit_learn(store, db_url, syn_da
     assert c.n == len(rows) == 60 and c.n_clusters == len(set(clusters)) <= 10 and c.n_noise == 0
     assert c.adjusted_rand_index == pytest.approx(adjusted_rand_score(labels, clusters), abs=1e-9)
     assert c.normalized_mutual_info == pytest.approx(normalized_mutual_info_score(labels, clusters), abs=1e-9)
-    majority = sum(max(np.bincount([lab for cl, lab in zip(clusters, labels, strict=True) if cl == k]))
-                   for k in set(clusters))  # fmt: skip
+    majority = sum(
+        max(np.bincount([lab for cl, lab in zip(clusters, labels, strict=True) if cl == k])) for k in set(clusters)
+    )
     assert c.purity == pytest.approx(majority / 60, abs=1e-4)
     assert sorted(c.sizes, reverse=True) == c.sizes and sum(c.sizes) == 60
     # each member's distance is to its cluster's stored centre
@@ -37,9 +38,12 @@ def test_kmeans_is_stored_and_the_views_match_scikit_learn(store, db_url, syn_da
         from pgvector.psycopg import register_vector
 
         register_vector(conn)
-        centre = np.asarray(conn.execute(
-            "SELECT centre FROM cluster_centres_first WHERE clustering_id = %s AND cluster = 0", (c.id,)
-        ).fetchone()[0].to_numpy(), dtype=np.float64)  # fmt: skip
+        centre = np.asarray(
+            conn.execute("SELECT centre FROM cluster_centres_first WHERE clustering_id = %s AND cluster = 0", (c.id,))
+            .fetchone()[0]
+            .to_numpy(),
+            dtype=np.float64,
+        )
         emb = conn.execute(
             """SELECT e.embedding, m.distance FROM cluster_members m
                JOIN embeddings_first e ON e.image_id = m.image_id WHERE m.clustering_id = %s AND m.cluster = 0
@@ -93,8 +97,11 @@ def test_cli_fit_list_show(cli, syn_data, tmp_path):
     cli("ingest", "--stage", "first", "--data", syn_data, "--workers", "0")
     fitted = json.loads(cli("cluster", "fit", "--stage", "first", "--k", "5", "--json").stdout)
     assert fitted["n_clusters"] == 5 and 0 < fitted["purity"] <= 1
-    sampled = json.loads(cli("cluster", "fit", "--stage", "first", "--method", "agglomerative", "--k", "4",
-                             "--sample", "30", "--json").stdout)  # fmt: skip
+    sampled = json.loads(
+        cli(
+            "cluster", "fit", "--stage", "first", "--method", "agglomerative", "--k", "4", "--sample", "30", "--json"
+        ).stdout
+    )
     assert sampled["n"] == 30 and sampled["params"]["sample"] == 30
     listed = json.loads(cli("cluster", "list", "--json").stdout)
     assert [c["id"] for c in listed] == [sampled["id"], fitted["id"]]

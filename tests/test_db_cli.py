@@ -36,8 +36,14 @@ def test_db_commands_on_a_fresh_home(runner, fresh_home):
     assert "PostgreSQL 17" in r.output and "pgvector:" in r.output and f"revision:   {head}" in r.output
     url = runner.invoke(group, ["db", "url"], catch_exceptions=False).output.strip()
     with psycopg.connect(url) as c:
-        for view in ("report_accuracy", "report_timing", "report_confusion", "report_class_accuracy",
-                     "report_distance_histogram", "report_runs"):  # fmt: skip
+        for view in (
+            "report_accuracy",
+            "report_timing",
+            "report_confusion",
+            "report_class_accuracy",
+            "report_distance_histogram",
+            "report_runs",
+        ):
             c.execute(f"SELECT * FROM {view}").fetchall()
         # no TCP listener; unix socket only
         assert c.execute("SHOW listen_addresses").fetchone()[0] == ""

@@ -35,8 +35,9 @@ def test_ingest_classify_evaluate_report_plot(cli, syn_data, tmp_path):
     table = cli("classify", query, "--stage", "first").output
     assert "first" in table and "query_ms" in table
 
-    ev = json.loads(cli("evaluate", "--stage", "all", "--data", syn_data, "--num", "6", "--json",
-                        "--batch-size", "4", *w).stdout)  # fmt: skip
+    ev = json.loads(
+        cli("evaluate", "--stage", "all", "--data", syn_data, "--num", "6", "--json", "--batch-size", "4", *w).stdout
+    )
     assert {s: v["n"] for s, v in ev["stages"].items()} == {"first": 6, "second": 6, "third": 6, "origin": 6}
 
     report = json.loads(cli("report", "--json").stdout)

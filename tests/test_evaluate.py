@@ -24,8 +24,9 @@ def test_evaluate_metric_prompts_against_and_two_datasets(cli, db_url, syn_data,
     runs = {}
     for args in (["--metric", "cosine"], ["--metric", "l2", "--against", "test"], ["--prompts", "photo"]):
         stage = "origin" if "--prompts" in args else "first"
-        out = json.loads(cli("evaluate", "--stage", stage, "--data", syn_data, "--dataset", "syn", "--json",
-                             *args, *w).stdout)  # fmt: skip
+        out = json.loads(
+            cli("evaluate", "--stage", stage, "--data", syn_data, "--dataset", "syn", "--json", *args, *w).stdout
+        )
         runs[tuple(args)] = out
     rows = {}
     for out in runs.values():
@@ -37,6 +38,7 @@ def test_evaluate_metric_prompts_against_and_two_datasets(cli, db_url, syn_data,
     assert rows[same["run_id"]]["params"]["against"] == "test"
     assert same["stages"]["first"]["accuracy_pct"] == 100.0  # each test image finds itself
     assert rows[runs[("--prompts", "photo")]["run_id"]]["prompts"] == "photo"
-    colours = json.loads(cli("classify", other / "test" / "reds" / "a.png", "--stage", "first", "--dataset",
-                             "colours", "--json").stdout)  # fmt: skip
+    colours = json.loads(
+        cli("classify", other / "test" / "reds" / "a.png", "--stage", "first", "--dataset", "colours", "--json").stdout
+    )
     assert colours[0]["predicted_class"] == "reds"

@@ -20,15 +20,29 @@ def _count(url, sql="SELECT count(*) FROM embeddings_first"):
 
 
 def _ingest_cmd(data, *extra):
-    return [sys.executable, "-m", "clipvdb", "ingest", "--stage", "first", "--data", str(data),
-            "--batch-size", "50", "--workers", "0", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "clipvdb",
+        "ingest",
+        "--stage",
+        "first",
+        "--data",
+        str(data),
+        "--batch-size",
+        "50",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 def test_ctrl_c_exits_130_and_rolls_back(db_url, tmp_path):
     data = synthetic.generate(tmp_path / "d", {"train": 150})
     env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
-    proc = subprocess.Popen(_ingest_cmd(data, "--no-index"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _ingest_cmd(data, "--no-index"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 60
     while time.time() < deadline and _count(db_url) == 0:
         time.sleep(0.02)
@@ -63,8 +77,10 @@ def test_two_ingests_at_once(db_url, tmp_path):
     with psycopg.connect(db_url, autocommit=True) as holder:
         key = zlib.crc32(b"clipvdb:index:first")
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))
-        procs = [subprocess.Popen(_ingest_cmd(data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]  # fmt: skip
+        procs = [
+            subprocess.Popen(_ingest_cmd(data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         deadline = time.time() + 60
         while _waiting_on_advisory_locks(db_url) < 2 and time.time() < deadline:
             time.sleep(0.05)
@@ -126,8 +142,7 @@ def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp
                 )
 
     with pytest.raises(DatabaseError, match="lost the database connection during evaluate run"):
-        store.evaluate(src, "first", batch_size=10, workers=0,
-                 progress=cut_after_first_batch)  # fmt: skip
+        store.evaluate(src, "first", batch_size=10, workers=0, progress=cut_after_first_batch)
     assert _count(db_url, "SELECT status FROM eval_runs") == "failed"
     assert _count(db_url, "SELECT count(*) FROM report_accuracy") == 0
     again = store.evaluate(src, "first", workers=0)

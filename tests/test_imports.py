@@ -208,8 +208,13 @@ def _torch_modules(modules: list[str]) -> list[str]:
 
 
 def _run_importtime(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "clipvdb", *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "clipvdb", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
 
 
 def test_help_imports_no_torch():

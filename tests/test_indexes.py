@@ -20,10 +20,14 @@ SECOND = STAGES["second"]
 def _fill(conn, stage, n=300, seed=0):
     conn.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x') ON CONFLICT DO NOTHING")
     conn.execute("INSERT INTO classes VALUES (1, 0, 'a') ON CONFLICT DO NOTHING")
-    space = catalog.get_or_create_space(conn, stage, None) if not stage.uses_clip else conn.execute(
-        "INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES ('RN50', 'test', %s, %s) RETURNING id",
-        (stage.name, stage.dim),
-    ).fetchone()[0]  # fmt: skip
+    space = (
+        catalog.get_or_create_space(conn, stage, None)
+        if not stage.uses_clip
+        else conn.execute(
+            "INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES ('RN50', 'test', %s, %s) RETURNING id",
+            (stage.name, stage.dim),
+        ).fetchone()[0]
+    )
     rng = np.random.default_rng(seed)
     for i in range(n):
         image_id = conn.execute(
@@ -69,8 +73,13 @@ def test_index_is_used_by_the_neighbour_query(conn, name):
         # vector_l2_ops is the default opclass, which pg_indexes leaves out
         assert "halfvec" not in indexdef and "USING ivfflat (embedding" in indexdef
     space = conn.execute("SELECT id FROM embedding_spaces WHERE stage = %s", (name,)).fetchone()[0]
-    params = {"vectors": list(np.random.default_rng(1).random((2, stage.dim), dtype=np.float32)),
-              "space": space, "dataset": 1, "split": "train", "k": 1}  # fmt: skip
+    params = {
+        "vectors": list(np.random.default_rng(1).random((2, stage.dim), dtype=np.float32)),
+        "space": space,
+        "dataset": 1,
+        "split": "train",
+        "k": 1,
+    }
     conn.commit()
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")  # tiny tables: make the planner show its choice
@@ -130,7 +139,7 @@ def test_ef_search_reaches_the_server(conn):
                     nearest_ids(conn, SECOND, ("fake", "fake"), Q, SearchSettings(ef_search=ef)), truth, strict=True
                 )
             ]
-        )  # fmt: skip
+        )
         for ef in (1, 1000)
     }
     assert recall[1000] > recall[1] and recall[1000] >= 0.9, recall
@@ -142,8 +151,9 @@ def test_index_options_reach_the_index(cli, conn):
     conn.close()
     out = json.loads(cli("index", "--stage", "second", "--kind", "ivfflat", "--lists", "7", "--json").stdout)[0]
     assert out["params"]["lists"] == 7
-    out = json.loads(cli("index", "--stage", "second", "--kind", "hnsw", "--m", "4", "--ef-construction", "9",
-                         "--json").stdout)[0]  # fmt: skip
+    out = json.loads(
+        cli("index", "--stage", "second", "--kind", "hnsw", "--m", "4", "--ef-construction", "9", "--json").stdout
+    )[0]
     assert out["params"]["m"] == 4 and out["params"]["ef_construction"] == 9
     bad = cli("index", "--stage", "second", "--kind", "hnsw", "--m", "8", "--ef-construction", "9", expect=2)
     assert "at least 2 x --m" in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -34,8 +34,9 @@ def test_same_ingest_twice_leaves_the_same_rows(cli, db_url, syn_data):
 
 
 def test_limit_takes_a_balanced_subset(cli, db_url, syn_data):
-    out = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--limit", "20", "--json",
-                         "--workers", "0").stdout)  # fmt: skip
+    out = json.loads(
+        cli("ingest", "--stage", "first", "--data", syn_data, "--limit", "20", "--json", "--workers", "0").stdout
+    )
     assert out["total"] == 20 and out["inserted"] == {"first": 20}
     with psycopg.connect(db_url) as c:
         per_label = c.execute("SELECT label, count(*) FROM images GROUP BY label ORDER BY label").fetchall()
@@ -62,8 +63,21 @@ def test_interrupted_ingest_resumes_without_duplicates(db_url, syn_data, store):
 def test_kill_9_mid_ingest_then_rerun_completes(db_url, tmp_path):
     data = synthetic.generate(tmp_path / "big", {"train": 150})
     env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
-    cmd = [sys.executable, "-m", "clipvdb", "ingest", "--stage", "first", "--data", str(data),
-           "--batch-size", "50", "--workers", "0", "--no-index"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "clipvdb",
+        "ingest",
+        "--stage",
+        "first",
+        "--data",
+        str(data),
+        "--batch-size",
+        "50",
+        "--workers",
+        "0",
+        "--no-index",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and _rows(db_url)[0] == 0:
@@ -120,8 +134,9 @@ def test_nan_vectors_are_refused_and_the_rest_go_in(db_url, syn_data, monkeypatc
 
 
 def test_ingest_split_and_strict_through_the_cli(cli, db_url, syn_data, tmp_path):
-    out = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--split", "test", "--json",
-                         "--workers", "0").stdout)  # fmt: skip
+    out = json.loads(
+        cli("ingest", "--stage", "first", "--data", syn_data, "--split", "test", "--json", "--workers", "0").stdout
+    )
     assert out["split"] == "test" and out["inserted"] == {"first": 20}
     with psycopg.connect(db_url) as c:
         assert c.execute("SELECT DISTINCT split FROM images").fetchall() == [("test",)]
@@ -129,6 +144,7 @@ def test_ingest_split_and_strict_through_the_cli(cli, db_url, syn_data, tmp_path
     (bad / "train" / "x").mkdir(parents=True)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad / "train" / "x" / "a.png")
     (bad / "train" / "x" / "b.png").write_bytes(b"not an image")
-    strict = cli("ingest", "--stage", "first", "--data", bad, "--strict", "--dataset", "bad", "--workers", "0",
-                 expect=3)  # fmt: skip
+    strict = cli(
+        "ingest", "--stage", "first", "--data", bad, "--strict", "--dataset", "bad", "--workers", "0", expect=3
+    )
     assert "b.png" in strict.output and "--strict" in strict.output

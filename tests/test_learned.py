@@ -16,12 +16,17 @@ def test_learn_then_search_the_learned_space(cli, db_url, syn_data):
     fitted = json.loads(cli("learn", "--stage", "first", "--dims", "8", "--seconds", "2", "--json").stdout)
     assert fitted["dims"] == 8 and fitted["fitted_rows"] == 60 and fitted["method"] == "nca"
     raw = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--json", "--workers", "0").stdout)
-    lrn = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--learned", "--json",
-                         "--workers", "0").stdout)  # fmt: skip
+    lrn = json.loads(
+        cli("evaluate", "--stage", "first", "--data", syn_data, "--learned", "--json", "--workers", "0").stdout
+    )
     acc = json.loads(cli("report", "--run", lrn["run_id"], "--view", "report_accuracy", "--json").stdout)
     assert acc["report_accuracy"][0]["space"] == "learned"
-    assert json.loads(cli("report", "--run", raw["run_id"], "--view", "report_accuracy", "--json").stdout)[
-        "report_accuracy"][0]["space"] == "raw"  # fmt: skip
+    assert (
+        json.loads(cli("report", "--run", raw["run_id"], "--view", "report_accuracy", "--json").stdout)[
+            "report_accuracy"
+        ][0]["space"]
+        == "raw"
+    )
     runs = json.loads(cli("report", "--run", lrn["run_id"], "--view", "report_runs", "--json").stdout)
     assert runs["report_runs"][0]["params"]["learned"]["first"]["dims"] == 8
     # classify in the learned space: distances are the learned ones, not the raw ones
@@ -40,8 +45,7 @@ def test_learn_then_search_the_learned_space(cli, db_url, syn_data):
     from clipvdb.pipeline import embed
 
     q = embed([str(img)], [STAGES["first"]], None)["first"]
-    expected = np.linalg.norm(lmap.apply(q)[0]
-                              - lmap.apply(stored.to_numpy()[None])[0])  # fmt: skip
+    expected = np.linalg.norm(lmap.apply(q)[0] - lmap.apply(stored.to_numpy()[None])[0])
     assert p_lrn["distance"] == pytest.approx(expected, rel=1e-3)
     assert p_lrn["distance"] != pytest.approx(p_raw["distance"], rel=1e-3)
 
@@ -75,6 +79,8 @@ def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data)
     with pytest.raises(UsageError, match="at most classes - 1 = 9"):
         store.learn("first", 12, method="lda")
     with pytest.raises(UsageError, match="drop --metric"):
-        store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True, metric="cosine"))
+        store.classify(
+            [str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True, metric="cosine")
+        )
     out = cli("learn", "--stage", "first", "--dims", "500", expect=2).output
     assert "--dims must be between 1 and 256" in out and len(out.strip().splitlines()) == 1

@@ -13,9 +13,25 @@ from pgvector.psycopg import register_vector
 from clipvdb import Store, db
 from clipvdb.reports import VIEWS
 
-TABLES = {"datasets", "classes", "images", "embedding_spaces", "stage_indexes", "eval_runs", "predictions",
-          "embeddings_first", "embeddings_second", "embeddings_third", "embeddings_origin", "stage_counts",
-          "clusterings", "cluster_members", "cluster_centres_first", "learned_maps", "learned_first"}  # fmt: skip
+TABLES = {
+    "datasets",
+    "classes",
+    "images",
+    "embedding_spaces",
+    "stage_indexes",
+    "eval_runs",
+    "predictions",
+    "embeddings_first",
+    "embeddings_second",
+    "embeddings_third",
+    "embeddings_origin",
+    "stage_counts",
+    "clusterings",
+    "cluster_members",
+    "cluster_centres_first",
+    "learned_maps",
+    "learned_first",
+}
 
 
 def _relations(url: str) -> set[str]:
@@ -36,13 +52,19 @@ def test_upgrade_downgrade_upgrade(empty_db_url):
 
 def test_stage_columns_have_fixed_dimensions(db_url):
     with psycopg.connect(db_url) as c:
-        rows = dict(c.execute(
-            """SELECT c.relname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+        rows = dict(
+            c.execute(
+                """SELECT c.relname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                JOIN pg_class c ON c.oid = a.attrelid
                WHERE c.relname LIKE 'embeddings_%' AND a.attname = 'embedding'"""
-        ).fetchall())  # fmt: skip
-    assert rows == {"embeddings_first": "halfvec(3072)", "embeddings_second": "vector(1024)",
-                    "embeddings_third": "halfvec(2048)", "embeddings_origin": "vector(1024)"}  # fmt: skip
+            ).fetchall()
+        )
+    assert rows == {
+        "embeddings_first": "halfvec(3072)",
+        "embeddings_second": "vector(1024)",
+        "embeddings_third": "halfvec(2048)",
+        "embeddings_origin": "vector(1024)",
+    }
 
 
 def _first_stage_state(c) -> tuple[str, str, str, int]:
@@ -62,8 +84,10 @@ def _seed_first_stage(c: psycopg.Connection, embeddings) -> None:
     c.execute("INSERT INTO classes VALUES (1, 0, 'a')")
     c.execute("INSERT INTO embedding_spaces (id, model, weights, stage, dim) VALUES (1, 'none', 'none', 'first', 3072)")
     for i, x in enumerate(embeddings):
-        c.execute("INSERT INTO images (id, dataset_id, split, label, source, sha256) "
-                  "VALUES (%s, 1, 'train', 0, %s, %s)", (i + 1, f"i{i}", bytes(32)))  # fmt: skip
+        c.execute(
+            "INSERT INTO images (id, dataset_id, split, label, source, sha256) VALUES (%s, 1, 'train', 0, %s, %s)",
+            (i + 1, f"i{i}", bytes(32)),
+        )
         c.execute("INSERT INTO embeddings_first VALUES (1, %s, 1, 'train', %s)", (i + 1, x))
 
 
@@ -75,8 +99,10 @@ def test_0004_moves_wide_stages_to_inline_halfvec_keeping_rows_and_index(empty_d
         register_vector(c)
         _seed_first_stage(c, X)
         # the index as revision 0003's code built it: an expression over a halfvec cast
-        c.execute("CREATE INDEX embeddings_first_ann ON embeddings_first USING hnsw "
-                  "((embedding::halfvec(3072)) halfvec_l2_ops) WITH (m = 8, ef_construction = 32)")  # fmt: skip
+        c.execute(
+            "CREATE INDEX embeddings_first_ann ON embeddings_first USING hnsw "
+            "((embedding::halfvec(3072)) halfvec_l2_ops) WITH (m = 8, ef_construction = 32)"
+        )
         before = _first_stage_state(c)
     assert before[0] == "vector(3072)" and before[3] > 0  # 12 KB rows are TOASTed
 
@@ -84,8 +110,12 @@ def test_0004_moves_wide_stages_to_inline_halfvec_keeping_rows_and_index(empty_d
     with psycopg.connect(empty_db_url) as c:
         register_vector(c)
         kind, storage, indexdef, toast_bytes = _first_stage_state(c)
-        stored = np.stack([db.as_array(r[0]) for r in c.execute(
-            "SELECT embedding FROM embeddings_first ORDER BY image_id").fetchall()])  # fmt: skip
+        stored = np.stack(
+            [
+                db.as_array(r[0])
+                for r in c.execute("SELECT embedding FROM embeddings_first ORDER BY image_id").fetchall()
+            ]
+        )
         c.execute("INSERT INTO embeddings_first VALUES (1, 1, 1, 'train', %s) ON CONFLICT DO NOTHING", (X[0],))
     assert (kind, storage) == ("halfvec(3072)", "p")
     assert "USING hnsw (embedding halfvec_l2_ops) WITH (m='8', ef_construction='32')" in indexdef
@@ -114,8 +144,12 @@ def test_concurrent_upgrades_on_a_fresh_database(empty_db_url):
 
     with psycopg.connect(empty_db_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (lock,))
-        procs = [subprocess.Popen([sys.executable, "-c", code, empty_db_url], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, empty_db_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
         deadline = time.time() + 60
         while waiting() < 2 and time.time() < deadline:
             time.sleep(0.05)
@@ -165,8 +199,10 @@ def test_0009_turns_projections_into_halfvec_keeping_rows_and_index(empty_db_url
         c.execute("ALTER TABLE projections_first ALTER COLUMN proj TYPE vector(16)")
         for i, p in enumerate(P):
             c.execute("INSERT INTO projections_first VALUES (1, %s, 1, 'train', %s)", (i + 1, p))
-        c.execute("CREATE INDEX projections_first_ann ON projections_first USING ivfflat (proj vector_l2_ops) "
-                  "WITH (lists = 3)")  # fmt: skip
+        c.execute(
+            "CREATE INDEX projections_first_ann ON projections_first USING ivfflat (proj vector_l2_ops) "
+            "WITH (lists = 3)"
+        )
 
     def state(c):
         kind = c.execute(
@@ -184,8 +220,9 @@ def test_0009_turns_projections_into_halfvec_keeping_rows_and_index(empty_db_url
     with psycopg.connect(empty_db_url) as c:
         kind, indexdef, rows = state(c)
         register_vector(c)
-        stored = np.stack([db.as_array(r[0]) for r in c.execute(
-            "SELECT proj FROM projections_first ORDER BY image_id").fetchall()])  # fmt: skip
+        stored = np.stack(
+            [db.as_array(r[0]) for r in c.execute("SELECT proj FROM projections_first ORDER BY image_id").fetchall()]
+        )
     assert kind == "halfvec(16)" and rows == len(P)
     np.testing.assert_array_equal(stored, P.astype(np.float16).astype(np.float32))
     assert "USING ivfflat (proj halfvec_l2_ops) WITH (lists='3')" in indexdef

@@ -94,8 +94,15 @@ def test_projected_index_finds_the_exact_neighbours_through_its_own_index(conn):
         conn.execute("SET LOCAL enable_seqscan = off")  # tiny tables: make the planner show its choice
         conn.execute("SET LOCAL enable_bitmapscan = off")
         conn.execute("SET LOCAL enable_sort = off")
-        params = {"vectors": list(Q[:2]), "projected": list(searcher.projection.apply(Q[:2])), "space": searcher.space,
-                  "dataset": 1, "split": "train", "k": 1, "candidates": 20}  # fmt: skip
+        params = {
+            "vectors": list(Q[:2]),
+            "projected": list(searcher.projection.apply(Q[:2])),
+            "space": searcher.space,
+            "dataset": 1,
+            "split": "train",
+            "k": 1,
+            "candidates": 20,
+        }
         plan = "\n".join(r[0] for r in conn.execute(psycopg_sql.SQL("EXPLAIN ") + searcher.sql, params).fetchall())
     assert "projections_first_ann" in plan, plan
 

@@ -29,8 +29,9 @@ def test_stage_first_on_real_cifar10_matches_numpy(cli, cifar_jpeg):
     src = open_source(cifar_jpeg)
     assert src.classes[:3] == ["airplane", "automobile", "bird"]
     cli("ingest", "--stage", "first", "--data", cifar_jpeg, "--limit", "1000")
-    out = json.loads(cli("evaluate", "--stage", "first", "--data", cifar_jpeg, "--num", "100", "--exact",
-                         "--json").stdout)  # fmt: skip
+    out = json.loads(
+        cli("evaluate", "--stage", "first", "--data", cifar_jpeg, "--num", "100", "--exact", "--json").stdout
+    )
 
     def pixels(items):
         return first_stage_vectors(np.stack([first_stage_pixels(load_image(it.path)) for it in items]))

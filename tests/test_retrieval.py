@@ -57,8 +57,9 @@ def test_metrics_order_by_their_own_distance(cli, stored, store, syn_data):
     }
     out = {}
     for metric in ("l2", "cosine", "ip"):
-        preds = json.loads(cli("classify", img, "--stage", "first", "--k", "5", "--exact", "--metric", metric,
-                               "--json").stdout)  # fmt: skip
+        preds = json.loads(
+            cli("classify", img, "--stage", "first", "--k", "5", "--exact", "--metric", metric, "--json").stdout
+        )
         out[metric] = [n["distance"] for n in preds[0]["neighbors"]]
         assert out[metric] == sorted(out[metric])
         # each neighbour's distance is numpy's on the query's and the neighbour's pixels; stage first is
@@ -72,8 +73,9 @@ def test_metrics_order_by_their_own_distance(cli, stored, store, syn_data):
 def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tmp_path):
     img = syn_data / "test" / "red-circle" / "0000.png"
     out = tmp_path / "grid.png"
-    meta = json.loads(cli("neighbors", img, "--stage", "first,origin", "--k", "4", "--out", out, "--json",
-                          *stored).stdout)  # fmt: skip
+    meta = json.loads(
+        cli("neighbors", img, "--stage", "first,origin", "--k", "4", "--out", out, "--json", *stored).stdout
+    )
     assert meta["columns"] == 5 and meta["stages"] == ["first", "origin"]
     assert all(len(meta["rows"][s]) == 4 for s in meta["stages"])
     with Image.open(out) as grid:
@@ -92,13 +94,18 @@ def test_neighbour_grid_rereads_cifar_pixels(cli, tmp_path):
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
-    arch = write_cifar_archive(tmp_path / "c.tar.gz", {"data": data, "labels": [i % 10 for i in range(20)]},
-                               {"data": data[:2], "labels": [0, 1]}, [f"c{i}" for i in range(10)])  # fmt: skip
+    arch = write_cifar_archive(
+        tmp_path / "c.tar.gz",
+        {"data": data, "labels": [i % 10 for i in range(20)]},
+        {"data": data[:2], "labels": [0, 1]},
+        [f"c{i}" for i in range(10)],
+    )
     cli("ingest", "--stage", "first", "--data", arch, "--workers", "0")
     q = tmp_path / "q.png"
     Image.fromarray(data[3].reshape(3, 32, 32).transpose(1, 2, 0)).save(q)
-    meta = json.loads(cli("neighbors", q, "--stage", "first", "--k", "2", "--out", tmp_path / "g.png", "--exact",
-                          "--json").stdout)  # fmt: skip
+    meta = json.loads(
+        cli("neighbors", q, "--stage", "first", "--k", "2", "--out", tmp_path / "g.png", "--exact", "--json").stdout
+    )
     assert meta["rows"]["first"][0]["distance"] == pytest.approx(0.0, abs=1e-5)
 
 
@@ -116,8 +123,9 @@ def test_experiment_fills_its_table_and_a_full_scan_index_agrees_with_exact(cli,
     assert all(r["recall_at_1"] == 1.0 for r in full), full
     assert {r["method"] for r in out["rows"]} == {"exact", "ivfflat", "hnsw"}
     with psycopg.connect(db_url) as c:
-        n = c.execute("SELECT count(*) FROM report_experiments WHERE experiment_id = %s",
-                      (out["experiment_id"],)).fetchone()[0]  # fmt: skip
+        n = c.execute(
+            "SELECT count(*) FROM report_experiments WHERE experiment_id = %s", (out["experiment_id"],)
+        ).fetchone()[0]
     assert n == len(out["rows"]) == 2 * (1 + 2 + 1)
     Image.open(tmp_path / "rq.png").verify()
     too_big = cli("experiment", "search", "--stage", "first", "--sizes", "1000", expect=2)

@@ -19,8 +19,12 @@ def test_grant_reader_can_select_and_change_nothing(runner, db_url, monkeypatch)
     with psycopg.connect(**info) as c:
         for view in ("report_accuracy", "report_runs", "images", "embeddings_first"):
             c.execute(f"SELECT * FROM {view} LIMIT 1").fetchall()
-        for sql in ("INSERT INTO datasets (name, source) VALUES ('x', 'y')", "DELETE FROM images",
-                    "CREATE TABLE evil (x int)", "DROP VIEW report_accuracy"):  # fmt: skip
+        for sql in (
+            "INSERT INTO datasets (name, source) VALUES ('x', 'y')",
+            "DELETE FROM images",
+            "CREATE TABLE evil (x int)",
+            "DROP VIEW report_accuracy",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(sql)
             c.rollback()

@@ -176,8 +176,16 @@ def test_clip_preprocessing_is_openais(rn50):
     np.testing.assert_allclose(norm.mean, (0.48145466, 0.4578275, 0.40821073))
     np.testing.assert_allclose(norm.std, (0.26862954, 0.26130258, 0.27577711))
     # a 448x224 image: short side to 224 (bicubic), then the centre 224x224
-    img = Image.fromarray(np.concatenate([np.zeros((224, 112, 3), np.uint8), np.full((224, 224, 3), 200, np.uint8),
-                                          np.zeros((224, 112, 3), np.uint8)], axis=1))  # fmt: skip
+    img = Image.fromarray(
+        np.concatenate(
+            [
+                np.zeros((224, 112, 3), np.uint8),
+                np.full((224, 224, 3), 200, np.uint8),
+                np.zeros((224, 112, 3), np.uint8),
+            ],
+            axis=1,
+        )
+    )
     out = rn50.prepare(img)
     assert out.shape == (224, 224, 3) and (out == 200).all()
 
@@ -212,8 +220,11 @@ def test_keeping_freed_memory_leaves_the_embeddings_bit_for_bit(rn50_checkpoint,
     for flag in ("1", "0"):
         env = {**os.environ, "CLIPVDB_KEEP_FREED_MEMORY": flag}
         path = tmp_path / f"{flag}.npz"
-        subprocess.run([sys.executable, "-c", _ENCODE_IN_A_FRESH_PROCESS, str(rn50_checkpoint), str(path),
-                        *map(str, images)], env=env, check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", _ENCODE_IN_A_FRESH_PROCESS, str(rn50_checkpoint), str(path), *map(str, images)],
+            env=env,
+            check=True,
+        )
         out[flag] = np.load(path)
     assert bool(out["1"]["kept"]) is (sys.platform == "linux") and not bool(out["0"]["kept"])
     for stage in ("second", "third", "origin"):

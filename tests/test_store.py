@@ -34,8 +34,14 @@ def test_distance_summary_squares_the_plain_distance(store, syn_data):
     store.ingest(syn_data, "first", workers=0)
     run = store.evaluate(syn_data, "first", SearchSettings(exact=True), split="test", workers=0)
     with store.connection() as conn:
-        d = np.array([r[0] for r in conn.execute(
-            "SELECT nearest_distance FROM predictions WHERE run_id = %s", (run.run_id,)).fetchall()])  # fmt: skip
+        d = np.array(
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT nearest_distance FROM predictions WHERE run_id = %s", (run.run_id,)
+                ).fetchall()
+            ]
+        )
     summary = {r["outcome"]: r for r in store.report("report_distance_summary", run=run.run_id)}
     assert summary["all"]["n"] == len(d) == summary["correct"]["n"] + summary["wrong"]["n"]
     assert summary["all"]["median"] == pytest.approx(np.median(d))

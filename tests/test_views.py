@@ -26,10 +26,15 @@ def run(conn):
         (json.dumps({"exact": True}),),
     )
     # run 1, first: image 1 right (d=1), 2 wrong (d=3), 3 right (d=2), 4 wrong (d=5)
-    rows = [(1, "first", 1, 0, 0, 1.0, 10.0, 2.0), (1, "first", 2, 1, 0, 3.0, 20.0, 4.0),
-            (1, "first", 3, 1, 1, 2.0, 30.0, 6.0), (1, "first", 4, 0, 1, 5.0, 40.0, 8.0),
-            (1, "second", 1, 0, 0, 0.5, 1.0, 1.0), (1, "second", 3, 0, 1, 0.5, 3.0, 1.0),
-            (2, "first", 1, 1, 0, 9.0, 1.0, 1.0)]  # fmt: skip
+    rows = [
+        (1, "first", 1, 0, 0, 1.0, 10.0, 2.0),
+        (1, "first", 2, 1, 0, 3.0, 20.0, 4.0),
+        (1, "first", 3, 1, 1, 2.0, 30.0, 6.0),
+        (1, "first", 4, 0, 1, 5.0, 40.0, 8.0),
+        (1, "second", 1, 0, 0, 0.5, 1.0, 1.0),
+        (1, "second", 3, 0, 1, 0.5, 3.0, 1.0),
+        (2, "first", 1, 1, 0, 9.0, 1.0, 1.0),
+    ]
     for r in rows:
         conn.execute(
             "INSERT INTO predictions (run_id, stage, image_id, predicted, true_label, distance, encode_ms, query_ms) "
@@ -62,15 +67,25 @@ def test_timing(conn, run):
 def test_confusion(conn, run):
     rows = reports.fetch(conn, "report_confusion", 1)
     cells = {(r["stage"], r["true_class"], r["predicted_class"]): r["n"] for r in rows}
-    assert cells == {("first", "a", "a"): 1, ("first", "a", "b"): 1, ("first", "b", "b"): 1,
-                     ("first", "b", "a"): 1, ("second", "a", "a"): 1, ("second", "b", "a"): 1}  # fmt: skip
+    assert cells == {
+        ("first", "a", "a"): 1,
+        ("first", "a", "b"): 1,
+        ("first", "b", "b"): 1,
+        ("first", "b", "a"): 1,
+        ("second", "a", "a"): 1,
+        ("second", "b", "a"): 1,
+    }
 
 
 def test_class_accuracy(conn, run):
     rows = reports.fetch(conn, "report_class_accuracy", 1)
     got = {(r["stage"], r["class"]): (r["n"], r["correct"], r["accuracy_pct"]) for r in rows}
-    assert got == {("first", "a"): (2, 1, 50.0), ("first", "b"): (2, 1, 50.0),
-                   ("second", "a"): (1, 1, 100.0), ("second", "b"): (1, 0, 0.0)}  # fmt: skip
+    assert got == {
+        ("first", "a"): (2, 1, 50.0),
+        ("first", "b"): (2, 1, 50.0),
+        ("second", "a"): (1, 1, 100.0),
+        ("second", "b"): (1, 0, 0.0),
+    }
 
 
 def test_distance_histogram(conn, run):

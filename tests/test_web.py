@@ -21,8 +21,12 @@ def _ensure_chromium() -> tuple[str, str]:
     if not (browser and driver) and shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], env=env,
-                       capture_output=True, timeout=900)  # fmt: skip
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+            env=env,
+            capture_output=True,
+            timeout=900,
+        )
         browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver):
         pytest.skip("chromium and chromium-driver could not be installed (apt-get install chromium chromium-driver)")
@@ -42,8 +46,13 @@ def server(cli, db_url, syn_data):
     cli("evaluate", "--stage", "first", "--data", syn_data, "--num", "4", "--workers", "0")
     port = _free_port()
     env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
-    proc = subprocess.Popen([sys.executable, "-m", "clipvdb", "serve", "--port", str(port), *w], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipvdb", "serve", "--port", str(port), *w],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -77,9 +86,18 @@ def test_page_in_a_real_browser(server, syn_data, tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1400"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1400",
+    ):
         opts.add_argument(flag)
     drv = webdriver.Chrome(service=Service(driver_path), options=opts)
     try:
@@ -116,8 +134,14 @@ def test_uploads_are_validated(server):
 
     def post(body: bytes, name: str = "x.png"):
         boundary = uuid.uuid4().hex
-        data = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-                f"Content-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+        data = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + body
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         host, port = server.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         conn.request("POST", "/classify", data, {"Content-Type": f"multipart/form-data; boundary={boundary}"})

@@ -99,8 +99,9 @@ def test_openai_torchscript_archive_loads_through_open_clip(tmp_path):
     prompts = ["a cat", "an automobile"]
     np.testing.assert_allclose(sd.encode_text(prompts), lm.encode_text(prompts), rtol=1e-4, atol=1e-5)
     with torch.no_grad():
-        np.testing.assert_allclose(sd.model.encode_image(x).numpy(), lm.model.encode_image(x).numpy(),
-                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            sd.model.encode_image(x).numpy(), lm.model.encode_image(x).numpy(), rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("name", ["RN50", "RN101", "RN50x4", "ViT-B-32"])
@@ -118,5 +119,6 @@ def test_openai_tags_build_the_quickgelu_text_tower(name):
     assert acts and all(isinstance(m, QuickGELU) for m in acts)
     if name == "RN50":
         lm = load_model(name, "random", "cpu", quiet=True)
-        assert lm.quick_gelu and all(isinstance(m, QuickGELU) for m in lm.model.transformer.modules()
-                                     if isinstance(m, QuickGELU | torch.nn.GELU))  # fmt: skip
+        assert lm.quick_gelu and all(
+            isinstance(m, QuickGELU) for m in lm.model.transformer.modules() if isinstance(m, QuickGELU | torch.nn.GELU)
+        )

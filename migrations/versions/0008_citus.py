@@ -33,16 +33,25 @@ STAGES = ["first", "second", "third", "origin"]
 # Frozen placement: parents before children (a reference table's foreign keys must point at
 # reference tables), images before everything co-located with it.
 REFERENCE_TABLES = [
-    "datasets", "classes", "embedding_spaces", "stage_indexes", "stage_projections", "stage_counts",
-    "learned_maps", "experiments", "experiment_results", "clusterings",
+    "datasets",
+    "classes",
+    "embedding_spaces",
+    "stage_indexes",
+    "stage_projections",
+    "stage_counts",
+    "learned_maps",
+    "experiments",
+    "experiment_results",
+    "clusterings",
     *[f"cluster_centres_{s}" for s in STAGES],
-]  # fmt: skip
+]
 # Kept on the coordinator (a Citus local table): a run's status is written while a worker is down.
 COORDINATOR_TABLES = ["eval_runs"]
 DISTRIBUTED_TABLES = [
     *[f"{prefix}_{s}" for s in STAGES for prefix in ("embeddings", "projections", "learned")],
-    "predictions", "cluster_members",
-]  # fmt: skip
+    "predictions",
+    "cluster_members",
+]
 
 
 # Frozen copy of the one view this revision changes (sql/report_runs.sql is the live one).
