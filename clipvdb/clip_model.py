@@ -27,8 +27,8 @@ from PIL import Image
 
 from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ENV_KEEP_FREED_MEMORY
 from .errors import UsageError, WeightsError
-from .forward_pass import run_stages
-from .stages import Stage, StageOutput
+from .forward_pass import run_stages, stage_widths
+from .stages import Stage, StageOutput, declare
 
 RANDOM = "random"
 RANDOM_SEED = 0
@@ -50,6 +50,10 @@ class LoadedModel:
     @property
     def visual(self) -> torch.nn.Module:
         return self.model.visual
+
+    @functools.cached_property
+    def stages(self) -> dict[str, Stage]:
+        return declare(stage_widths(self.visual))
 
     @property
     def is_random(self) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .images import first_stage_pixels, first_stage_vectors
-from .stages import STAGES, Stage, StageOutput
+from .stages import STAGES, Stage, StageOutput, declare
 
 if TYPE_CHECKING:
     from .clip_model import LoadedModel
@@ -34,6 +34,11 @@ TINY = "tiny"
 class Encoder(Protocol):
     name: str
     weights: str
+
+    @property
+    def stages(self) -> dict[str, Stage]:
+        """The stages the model computes, with their widths (stages.declare)."""
+        ...
 
     @property
     def is_random(self) -> bool: ...
@@ -52,17 +57,20 @@ class Encoder(Protocol):
 
 
 class TinyEncoder:
-    """A deterministic stand-in for CLIP: 32x32 pixels through fixed random tanh layers."""
+    """A deterministic stand-in for CLIP: 32x32 pixels through fixed random tanh layers. It declares
+    RN50's stage widths unless given others (`widths`: {"second": d1, "third": d2, "origin": d3})."""
 
     name = TINY
-    weights = "tiny:v1"
     is_random = True
     device = "cpu"
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, widths: dict[str, int] | None = None):
         rng = np.random.default_rng(seed)
-        d1, d2, d3 = STAGES["second"].dim, STAGES["third"].dim, STAGES["origin"].dim
-        self._w1 = (rng.standard_normal((STAGES["first"].dim, d1)) / np.sqrt(STAGES["first"].dim)).astype(np.float32)
+        self.stages = declare(widths) if widths else STAGES
+        self.weights = "tiny:v1" if not widths else "tiny:v1:" + ",".join(f"{n}={d}" for n, d in widths.items())
+        first = self.stages["first"].dim
+        d1, d2, d3 = self.stages["second"].dim, self.stages["third"].dim, self.stages["origin"].dim
+        self._w1 = (rng.standard_normal((first, d1)) / np.sqrt(first)).astype(np.float32)
         self._w2 = (rng.standard_normal((d1, d2)) / np.sqrt(d1)).astype(np.float32)
         self._w3 = (rng.standard_normal((d2, d3)) / np.sqrt(d2)).astype(np.float32)
 
@@ -93,7 +101,7 @@ class TinyEncoder:
         rows = []
         for t in texts:
             seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            rows.append(np.random.default_rng(seed).standard_normal(STAGES["origin"].dim))
+            rows.append(np.random.default_rng(seed).standard_normal(self.stages["origin"].dim))
         return np.asarray(rows, dtype=np.float32)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .errors import StageError
-from .stages import STAGES, Stage, StageOutput
+from .stages import DEPTHS, Stage, StageOutput
 
 
 def attnpool_tokens(attnpool: Any, x: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,17 @@ def attnpool_tokens(attnpool: Any, x: torch.Tensor) -> torch.Tensor:
 
 def supports_depth_stages(visual: torch.nn.Module) -> bool:
     return all(hasattr(visual, a) for a in ("stem", "layer3", "layer4", "attnpool"))
+
+
+def stage_widths(visual: Any) -> dict[str, int]:
+    """The widths of the stages a visual tower computes, read from its layers (no forward pass): a
+    CLIP ResNet computes second (layer3's channels), third (layer4's) and origin; any other tower
+    origin alone."""
+    widths = {"origin": int(visual.output_dim)}
+    if supports_depth_stages(visual):
+        widths["second"] = int(visual.layer3[-1].bn3.num_features)
+        widths["third"] = int(visual.attnpool.positional_embedding.shape[1])
+    return widths
 
 
 def _sync(device: torch.device) -> None:
@@ -54,7 +65,7 @@ def run_stages(visual: Any, images: torch.Tensor, stages: Iterable[Stage], devic
         out.elapsed_ms["origin"] = (time.perf_counter() - start) * 1000
         return out
 
-    deepest = max(STAGES[n].depth for n in wanted)
+    deepest = max(DEPTHS[n] for n in wanted)
     dtype = visual.conv1.weight.dtype
     start = time.perf_counter()
     x = images.to(device=device, dtype=dtype)
@@ -67,14 +78,14 @@ def run_stages(visual: Any, images: torch.Tensor, stages: Iterable[Stage], devic
     if "second" in wanted:
         out.vectors["second"] = x.mean(dim=(2, 3)).float().cpu().numpy()
         out.elapsed_ms["second"] = (time.perf_counter() - start) * 1000
-    if deepest <= STAGES["second"].depth:
+    if deepest <= DEPTHS["second"]:
         return out
     x = visual.layer4(x)
     if "third" in wanted:
         out.vectors["third"] = attnpool_tokens(visual.attnpool, x).mean(dim=0).float().cpu().numpy()
         _sync(device)
         out.elapsed_ms["third"] = (time.perf_counter() - start) * 1000
-    if deepest <= STAGES["third"].depth:
+    if deepest <= DEPTHS["third"]:
         return out
     out.vectors["origin"] = visual.attnpool(x).float().cpu().numpy()
     out.elapsed_ms["origin"] = (time.perf_counter() - start) * 1000

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, learned, projection
+from . import catalog, db, indexes, learned, projection, storage
 from .encoder import Encoder
 from .errors import DatabaseError, SkippedImagesError, UsageError
 from .pipeline import EncodedBatch, encode_items
@@ -140,6 +140,8 @@ def _ingest(
     # loses at most the last few batches, and a re-run stores them again (ingest is idempotent).
     conn.execute("SET synchronous_commit = off")
     dataset = catalog.register_dataset(conn, source, dataset_name)
+    for s in stages:
+        storage.fit_width(conn, s)
     slices = {s.name: StageRows(s, catalog.get_or_create_space(conn, s, encoder), dataset, split) for s in stages}
     conn.commit()
     stored = {name: rows.keys(conn) for name, rows in slices.items()}
@@ -245,6 +247,7 @@ def load_vectors(
     if not len(vectors) == len(keys) == len(labels):
         raise UsageError(f"{len(vectors)} vectors, {len(keys)} keys and {len(labels)} labels: give one of each")
     dataset = catalog.register_dataset(conn, source, dataset_name)
+    storage.fit_width(conn, stage)
     rows = StageRows(stage, catalog.get_or_create_space(conn, stage, encoder), dataset, split)
     conn.commit()
     ids: dict[str, int] = {}

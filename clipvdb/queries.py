@@ -277,6 +277,19 @@ def stored_keys(stage: Stage) -> sql.Composed:
 
 # ---------------------------------------------------------------- loading
 
+COLUMN_TYPE = """SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+    WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped"""
+
+
+def retype_stage(stage: Stage) -> list[sql.Composed]:
+    """The stage's vector columns (its embeddings, its cluster centres) as the stage's type."""
+    return [
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+            sql.Identifier(table), sql.Identifier(column), _type(stage)
+        )
+        for table, column in ((stage.table, "embedding"), (f"cluster_centres_{stage.name}", "centre"))
+    ]
+
 
 def copy_stage(stage: Stage) -> sql.Composed:
     return sql.SQL("COPY {} (space_id, image_id, dataset_id, split, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
@@ -554,4 +567,66 @@ def clusterings(*, one: bool) -> sql.Composed:
 def copy_centres(stage: Stage) -> sql.Composed:
     return sql.SQL("COPY {} (clustering_id, cluster, centre) FROM STDIN WITH (FORMAT BINARY)").format(
         sql.Identifier(f"cluster_centres_{stage.name}")
+    )
+
+
+# ---------------------------------------------------------------- server facts and benchmark tables
+
+# (PostgreSQL version, pgvector version, shared_buffers): the head of a benchmark report
+SERVER_FACTS = """SELECT current_setting('server_version'),
+    (SELECT extversion FROM pg_extension WHERE extname = 'vector'), current_setting('shared_buffers')"""
+BACKEND_PID = "SELECT pg_backend_pid()"
+# a table's bytes with its TOAST table and indexes (a vector stored out of line lives in TOAST)
+TOTAL_RELATION_SIZE = "SELECT pg_total_relation_size(%s)"
+# heap (with TOAST) and index bytes of a distributed table, summed over its shards, and the shard count
+SHARD_SIZES = """SELECT sum((h.result)::bigint), sum((i.result)::bigint), count(*)
+    FROM run_command_on_shards(%s, 'SELECT pg_table_size(''%%s'')') h
+    JOIN run_command_on_shards(%s, 'SELECT pg_indexes_size(''%%s'')') i USING (shardid)"""
+
+
+def split_rows(stage: Stage) -> sql.Composed:
+    """Rows stored at a stage in one split (%s), all spaces and datasets (from stage_counts)."""
+    return sql.SQL("SELECT coalesce(sum(n_rows), 0)::bigint FROM stage_counts WHERE stage = {} AND split = %s").format(
+        sql.Literal(stage.name)
+    )
+
+
+def truncate_cascade(table: str) -> sql.Composed:
+    """Empty a table and the tables that reference it (a stage's projections, clusterings)."""
+    return sql.SQL("TRUNCATE {} CASCADE").format(sql.Identifier(table))
+
+
+def table_rows(table: str) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+
+
+def touch_vectors(table: str) -> sql.Composed:
+    """Read every stored vector of a table once (brings its pages, TOAST included, into shared buffers)."""
+    return sql.SQL("SELECT sum(vector_dims(embedding)) FROM {}").format(sql.Identifier(table))
+
+
+def scratch_vectors_table(table: str, column_type: str, dim: int) -> sql.Composed:
+    """A scratch table of (image_id, embedding column_type(dim)) for storage comparisons."""
+    return sql.SQL("CREATE TABLE {} (image_id bigint PRIMARY KEY, embedding {}({}) NOT NULL)").format(
+        sql.Identifier(table), sql.SQL(column_type), sql.Literal(dim)
+    )
+
+
+def column_storage(table: str, column: str, storage: Literal["PLAIN", "EXTERNAL", "EXTENDED", "MAIN"]) -> sql.Composed:
+    """ALTER TABLE ... SET STORAGE: PLAIN keeps a value in line, EXTERNAL moves a large one to TOAST
+    uncompressed."""
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE {}").format(
+        sql.Identifier(table), sql.Identifier(column), sql.SQL(storage)
+    )
+
+
+def copy_scratch_vectors(table: str) -> sql.Composed:
+    return sql.SQL("COPY {} (image_id, embedding) FROM STDIN WITH (FORMAT BINARY)").format(sql.Identifier(table))
+
+
+def scratch_nearest(table: str, column_type: str, dim: int) -> sql.Composed:
+    """The image id nearest to %s by exact L2 distance (the function form: no index serves it); the
+    query is cast to the column's type so that the stored vectors are compared as they are."""
+    return sql.SQL("SELECT image_id FROM {} ORDER BY l2_distance(embedding, (%s)::{}({})) LIMIT 1").format(
+        sql.Identifier(table), sql.SQL(column_type), sql.Literal(dim)
     )

@@ -1,6 +1,6 @@
 """Stage definitions: plain data, no torch (importing this module costs nothing).
 
-The stages (the study's definitions; dimensions are RN50's):
+The stages (the study's definitions, for RN50; a model declares its own widths with `declare`):
 
 - ``first``:  no CLIP at all; the image resized to 32x32, scaled to [0, 1], channel-first, flattened.
 - ``second``: CLIP preprocessing, then the visual tower's stem, layer1, layer2, layer3; spatial mean.
@@ -21,9 +21,9 @@ import numpy as np
 
 from .errors import StageError
 
-# pgvector indexes `vector` up to 2,000 dimensions. Wider stages are stored as halfvec (migration
-# 0004): that type can be indexed up to 4,000 dimensions, and a 3,072-d row (6 KB) fits in a page, so
-# it is never TOASTed (BENCHMARKS.md: faster loads and scans, the same 1-NN up to near-ties).
+# pgvector indexes `vector` up to 2,000 dimensions. Wider stages are stored as halfvec: that type can
+# be indexed up to 4,000 dimensions, and a 3,072-d row (6 KB) fits in a page, so it is never TOASTed
+# (BENCHMARKS.md, item 8: faster loads and scans, the same 1-NN up to near-ties).
 MAX_VECTOR_INDEX_DIM = 2000
 
 ColumnType = Literal["vector", "halfvec"]
@@ -60,15 +60,28 @@ class Stage:
         return f"{self.column_type}({self.dim})"
 
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        Stage("first", 3072, 0, False, "raw pixels, 32x32x3 in [0, 1]"),
-        Stage("second", 1024, 1, True, "mean of layer3 (stem..layer3)"),
-        Stage("third", 2048, 2, True, "mean of attention-pool input tokens (..layer4)"),
-        Stage("origin", 1024, 3, True, "CLIP image embedding (attention-pool output)"),
-    )
+DEPTHS = {"first": 0, "second": 1, "third": 2, "origin": 3}
+DESCRIPTIONS = {
+    "first": "raw pixels, 32x32x3 in [0, 1]",
+    "second": "about half the network (RN50: mean of layer3)",
+    "third": "nearly all of it (RN50: mean of the attention-pool input tokens)",
+    "origin": "the model's own output (CLIP: the image embedding, classified zero-shot)",
 }
+FIRST_DIM = 3 * 32 * 32
+
+
+def declare(widths: dict[str, int]) -> dict[str, Stage]:
+    """A model's stages: each stage it computes with its width, and stage first (pixels, no model),
+    in forward-pass order. An encoder declares its stages this way; the storage follows them."""
+    unknown = set(widths) - set(DEPTHS)
+    if unknown:
+        raise StageError(f"unknown stage {sorted(unknown)[0]!r}; stages are {', '.join(DEPTHS)}")
+    declared = {"first": FIRST_DIM, **{n: int(d) for n, d in widths.items() if n != "first"}}
+    return {n: Stage(n, declared[n], DEPTHS[n], n != "first", DESCRIPTIONS[n]) for n in DEPTHS if n in declared}
+
+
+# RN50's stages: the widths the migrations give the stage tables
+STAGES: dict[str, Stage] = declare({"second": 1024, "third": 2048, "origin": 1024})
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
 STAGE_CHOICES = "first|second|third|origin|all, or a comma-separated list"
 

@@ -15,10 +15,27 @@ import numpy as np
 import psycopg
 
 from . import db, queries
-from .errors import EmptyStageError
+from .errors import EmptyStageError, StageError
 from .stages import Stage
 
 MAP_BATCH = 5_000  # rows per COPY when a whole stage is mapped again
+
+
+def fit_width(conn: psycopg.Connection, stage: Stage) -> None:
+    """Make the stage's tables hold vectors of `stage`'s width, the one its model declares: an empty
+    stage table takes the new type; one that holds vectors of another width is an error. Commits."""
+    stored = db.scalar(conn, queries.COLUMN_TYPE, (stage.table, "embedding"))
+    if stored == stage.sql_type:
+        return
+    if db.scalar(conn, queries.total_rows(stage)):
+        raise StageError(
+            f"stage {stage.name} of this database holds {stored} vectors and this model's stage {stage.name} is "
+            f"{stage.sql_type}; keep this model's vectors in another database (--home or --database-url)"
+        )
+    conn.execute(queries.drop_index(queries.index_name(stage)))
+    for statement in queries.retype_stage(stage):
+        conn.execute(statement)
+    conn.commit()
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ class Dataset:
     classes: list[str]
 
 
-def _stages(value: StagesArg | Stage) -> list[Stage]:
+def _parse(value: StagesArg | Stage) -> list[Stage]:
     if isinstance(value, Stage):
         return [value]
     if isinstance(value, list) and value and isinstance(value[0], Stage):
@@ -83,13 +83,6 @@ def _stages(value: StagesArg | Stage) -> list[Stage]:
 
 def _source(data: str | Path | Source) -> Source:
     return data if isinstance(data, Source) else open_source(str(data))
-
-
-def _one(value: StagesArg | Stage, what: str) -> Stage:
-    chosen = _stages(value)
-    if len(chosen) != 1:
-        raise UsageError(f"{what} one stage at a time (--stage first, second, third or origin)")
-    return chosen[0]
 
 
 class Store:
@@ -242,7 +235,9 @@ class Store:
         against: str = "train",
     ) -> KnnSearcher:
         """The set-up kNN searcher of one stage over the `against` split of a dataset (cached)."""
-        return self._searcher(_one(stage, "search"), self.dataset(dataset).id, against, settings or SearchSettings())
+        return self._searcher(
+            self._one(stage, "search"), self.dataset(dataset).id, against, settings or SearchSettings()
+        )
 
     def _searcher(self, stage: Stage, dataset_id: int, split: str, settings: SearchSettings) -> KnnSearcher:
         key = (stage.name, dataset_id, split, settings, self._identity(stage))
@@ -268,12 +263,32 @@ class Store:
         self._searchers.clear()
         self._datasets.clear()
 
+    def _stages(self, value: StagesArg | Stage) -> list[Stage]:
+        """Stages by name, as this store's model declares them (its widths); stage first needs no model."""
+        chosen = _parse(value)
+        if not needs_encoder(chosen):
+            return chosen
+        declared = getattr(self.encoder, "stages", STAGES)  # an encoder that declares none has RN50's
+        missing = [s.name for s in chosen if s.uses_clip and s.name not in declared]
+        if missing:
+            raise StageError(
+                f"stages {', '.join(missing)} need a CLIP ResNet (RN50, RN101, RN50x4, ...); {self.encoder.name} "
+                f"computes {', '.join(declared)}; use --stage {' or '.join(declared)}"
+            )
+        return [declared[s.name] if s.uses_clip else s for s in chosen]
+
+    def _one(self, value: StagesArg | Stage, what: str) -> Stage:
+        chosen = self._stages(value)
+        if len(chosen) != 1:
+            raise UsageError(f"{what} one stage at a time (--stage first, second, third or origin)")
+        return chosen[0]
+
     def stored_stages(self) -> list[Stage]:
         with self.connection() as conn:
             names = catalog.stages_with_rows(conn)
         if not names:
             raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
-        return parse_stages(names)
+        return self._stages(names)
 
     # ------------------------------------------------------------ the main job
 
@@ -292,7 +307,7 @@ class Store:
         progress: ProgressFn | None = None,
     ) -> IngestResult:
         """Encode `split` of `data` at `stages` and store it. Safe to re-run and to interrupt."""
-        chosen = _stages(stages)
+        chosen = self._stages(stages)
         source = _source(data)
         encoder = self.encoder_for(chosen)
         if batch_size is None:
@@ -334,7 +349,7 @@ class Store:
         keyed by `keys` (unique within the split) with their labels, then the vectors by binary COPY,
         a transaction per batch, then the stage's index (default: the stage's default kind). The
         vectors' space is this store's encoder (stage first: pixels)."""
-        chosen = _one(stage, "load")
+        chosen = self._one(stage, "load")
         try:
             with self.connection() as conn:
                 return ingest.load_vectors(
@@ -370,7 +385,7 @@ class Store:
         settings = settings or SearchSettings()
         settings.check()
         items = query_items(images if isinstance(images, list) else [images])
-        chosen = _stages(stage) if stage else self.stored_stages()
+        chosen = self._stages(stage) if stage else self.stored_stages()
         ds = self.dataset(dataset)
         searchers = {s.name: self._searcher(s, ds.id, against, settings) for s in chosen if s.name != "origin"}
         encoder = self.encoder_for(chosen)
@@ -410,7 +425,7 @@ class Store:
             raise UsageError("--connections must be at least 1")
         settings = settings or SearchSettings()
         settings.check()
-        chosen = _stages(stage)
+        chosen = self._stages(stage)
         source = _source(data)
         encoder = self.encoder_for(chosen)
         with self.connection() as conn:
@@ -458,7 +473,7 @@ class Store:
         out = []
         try:
             with self.connection() as conn:
-                for s in _stages(stage):
+                for s in self._stages(stage):
                     chosen, defaults = (kind, {}) if kind else indexes.default_index(s)
                     dims = defaults.get("project") if project is None else project
                     out.append(
@@ -480,7 +495,7 @@ class Store:
     def index_info(self, stage: str | Stage) -> IndexInfo:
         """The stage's index as recorded and as it stands: kind, parameters, rows, size."""
         with self.connection() as conn:
-            return indexes.info(conn, _one(stage, "index_info takes"))
+            return indexes.info(conn, self._one(stage, "index_info takes"))
 
     # ------------------------------------------------------------ reports
 
@@ -522,7 +537,9 @@ class Store:
             raise StageError("text search works at stage origin only: CLIP's text embedding lives in that space")
         query = retrieval.query_vector(self.encoder, text, image)
         ds = self.dataset(dataset)
-        searcher = self._searcher(STAGES["origin"], ds.id, split, SearchSettings(k=k, exact=exact, metric="cosine"))
+        searcher = self._searcher(
+            self._one("origin", "retrieve"), ds.id, split, SearchSettings(k=k, exact=exact, metric="cosine")
+        )
         with self.connection() as conn:
             found, _ = searcher.search(conn, query[None, :])
         return retrieval.hits(found[0], ds.classes)
@@ -539,7 +556,7 @@ class Store:
     ) -> Grid:
         """One PNG: a row per stage, the query then its k nearest stored images, captioned."""
         settings = settings or SearchSettings(k=10)
-        chosen = _stages(stages)
+        chosen = self._stages(stages)
         vectors = embed([image], chosen, self.encoder_for(chosen))
         ds = self.dataset(dataset)
         with self.connection() as conn:
@@ -575,7 +592,7 @@ class Store:
         metric: str = "l2",
     ) -> ExperimentResult:
         """Recall and speed of exact, ivfflat and hnsw search as the stored set grows (experiment.py)."""
-        chosen = _stages(stage)
+        chosen = self._stages(stage)
         if len(chosen) != 1:
             raise UsageError("experiment search takes one --stage")
         with self.connection() as conn:
@@ -612,7 +629,7 @@ class Store:
     ) -> Clustering:
         """Cluster one stage's stored vectors (this store's space, one dataset and split) and store
         the clustering; returns it with its purity, adjusted Rand index and NMI against the labels."""
-        chosen = _one(stage, "cluster")
+        chosen = self._one(stage, "cluster")
         if method not in clusters.METHODS:
             raise UsageError(f"unknown method {method!r}; choose from {', '.join(clusters.METHODS)}")
         if k < 1 and method != "dbscan":
@@ -645,7 +662,7 @@ class Store:
     ) -> LearnedMap:
         """Fit a learned metric on the stage's training split (never the test split), store it, and
         write every stored vector's image under it; searches with `learned=True` then use it."""
-        chosen = _one(stage, "learn")
+        chosen = self._one(stage, "learn")
         ds = self.dataset(dataset)
         try:
             with self.connection() as conn:
@@ -670,7 +687,7 @@ class Store:
 
     def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
         """Vectors per stage for the images (no database needed)."""
-        chosen = _stages(stages)
+        chosen = self._stages(stages)
         return embed(images if isinstance(images, list) else [images], chosen, self.encoder_for(chosen))
 
     # ------------------------------------------------------------ administration
