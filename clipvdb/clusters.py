@@ -97,7 +97,7 @@ def fit(
     """Fit and store a clustering; returns its id. Commits."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    ids, _, X = StageRows(stage, space, dataset, split).read(conn)
+    ids, _, X = StageRows(stage, space, dataset, split).read(conn, "cluster")
     conn.commit()
     db.one_connection_per_node(conn)  # the rows below go to a reference table and its children
     if sample is not None and sample < len(X):

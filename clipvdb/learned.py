@@ -184,5 +184,5 @@ def require(conn: psycopg.Connection, stage: Stage) -> LearnedMap:
 
 def training_data(conn: psycopg.Connection, stage: Stage, space: int, dataset: int) -> tuple[np.ndarray, np.ndarray]:
     """The training split's vectors and labels: the only rows a fit ever sees."""
-    _, labels, X = StageRows(stage, space, dataset, "train").read(conn)
+    _, labels, X = StageRows(stage, space, dataset, "train").read(conn, "learn from")
     return X, labels

@@ -605,18 +605,30 @@ def touch_vectors(table: str) -> sql.Composed:
     return sql.SQL("SELECT sum(vector_dims(embedding)) FROM {}").format(sql.Identifier(table))
 
 
+VECTOR_TYPES = ("vector", "halfvec")
+STORAGE_MODES = ("PLAIN", "EXTERNAL", "EXTENDED", "MAIN")
+
+
+def _vector_type(column_type: str, dim: int) -> sql.Composed:
+    if column_type not in VECTOR_TYPES:
+        raise ValueError(f"not a pgvector type: {column_type!r}")
+    return sql.SQL("{}({})").format(sql.SQL(column_type), sql.Literal(int(dim)))
+
+
 def scratch_vectors_table(table: str, column_type: str, dim: int) -> sql.Composed:
     """A scratch table of (image_id, embedding column_type(dim)) for storage comparisons."""
-    return sql.SQL("CREATE TABLE {} (image_id bigint PRIMARY KEY, embedding {}({}) NOT NULL)").format(
-        sql.Identifier(table), sql.SQL(column_type), sql.Literal(dim)
+    return sql.SQL("CREATE TABLE {} (image_id bigint PRIMARY KEY, embedding {} NOT NULL)").format(
+        sql.Identifier(table), _vector_type(column_type, dim)
     )
 
 
-def column_storage(table: str, column: str, storage: Literal["PLAIN", "EXTERNAL", "EXTENDED", "MAIN"]) -> sql.Composed:
-    """ALTER TABLE ... SET STORAGE: PLAIN keeps a value in line, EXTERNAL moves a large one to TOAST
-    uncompressed."""
+def column_storage(table: str, column: str, storage: str) -> sql.Composed:
+    """ALTER TABLE ... SET STORAGE (STORAGE_MODES): PLAIN keeps a value in line, EXTERNAL moves a
+    large one to TOAST uncompressed."""
+    if storage.upper() not in STORAGE_MODES:
+        raise ValueError(f"not a storage mode: {storage!r}")
     return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE {}").format(
-        sql.Identifier(table), sql.Identifier(column), sql.SQL(storage)
+        sql.Identifier(table), sql.Identifier(column), sql.SQL(storage.upper())
     )
 
 
@@ -625,8 +637,8 @@ def copy_scratch_vectors(table: str) -> sql.Composed:
 
 
 def scratch_nearest(table: str, column_type: str, dim: int) -> sql.Composed:
-    """The image id nearest to %s by exact L2 distance (the function form: no index serves it); the
-    query is cast to the column's type so that the stored vectors are compared as they are."""
-    return sql.SQL("SELECT image_id FROM {} ORDER BY l2_distance(embedding, (%s)::{}({})) LIMIT 1").format(
-        sql.Identifier(table), sql.SQL(column_type), sql.Literal(dim)
+    """The image id nearest to %s (sent as vector) by exact L2 distance (the function form: no index
+    serves it); the query is cast to the column's type so that the stored vectors are compared as they are."""
+    return sql.SQL("SELECT image_id FROM {} ORDER BY l2_distance(embedding, (%s)::vector::{}) LIMIT 1").format(
+        sql.Identifier(table), _vector_type(column_type, dim)
     )

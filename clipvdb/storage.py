@@ -88,13 +88,14 @@ class StageRows:
         conn.execute(queries.truncate(queries.staging_name(stage)))
         return added
 
-    def read(self, conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image ids, labels and vectors (float32), ordered by image id."""
+    def read(self, conn: psycopg.Connection, purpose: str = "read") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ids, labels and vectors (float32), ordered by image id; `purpose` names the job in
+        the error when there are none."""
         cur = db.numpy_vectors(conn.cursor(binary=True))
         rows = cur.execute(queries.stage_vectors(self.stage), self.params).fetchall()
         if not rows:
             raise EmptyStageError(
-                f"stage {self.stage.name} has no {self.split} rows for these weights; run 'clipvdb ingest' first"
+                f"stage {self.stage.name} has no {self.split} rows to {purpose}; run 'clipvdb ingest' first"
             )
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         labels = np.array([r[1] for r in rows], dtype=np.int64)
