@@ -33,7 +33,7 @@ from bench.scale import item_scale
 from bench.search import item_search
 from bench.storage import item_storage
 from bench.study import item_study
-from clipvdb import Store, embedded
+from clipvdb import Store, embedded, queries
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -62,26 +62,33 @@ def main(argv: list[str] | None = None) -> Path:
     rep = Report()
     try:
         with store.connection() as conn:
-            server = conn.execute("SHOW server_version").fetchone()[0]
-            pgv = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
-            buffers = conn.execute("SHOW shared_buffers").fetchone()[0]
+            server, pgv, buffers = conn.execute(queries.SERVER_FACTS).fetchone()
         where = "external server" if os.environ.get("CLIPVDB_BENCH_DATABASE_URL") else "embedded"
         if args.pretrained in (None, "random") or args.model == "tiny":
-            weights = "No figure here used real CLIP weights: none can be downloaded on this machine."
+            weights = "No figure here used real CLIP weights (item 7 takes them with --pretrained)."
         else:
-            weights = (f"Item 7 used {args.model} weights '{args.pretrained}'; the other items use random "
-                       "weights or random projections, which do not change their timings.")  # fmt: skip
+            weights = (
+                f"Item 7 used {args.model} weights '{args.pretrained}'; the other items use random "
+                "weights or random projections, which do not change their timings."
+            )
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        rep.p(f"Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
-              f"PostgreSQL {server}, pgvector {pgv} ({where}, shared_buffers {buffers}), torch {torch.__version__}, "
-              f"{'QUICK run on a small subset' if cfg.quick else 'full run'}; data: {source.location}. "
-              f"Every speed figure is a ratio against a baseline measured in the same run. {weights}")  # fmt: skip
+        run = "QUICK run on a small subset" if cfg.quick else "full run"
+        rep.p(
+            f"Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+            f"PostgreSQL {server}, pgvector {pgv} ({where}, shared_buffers {buffers}), torch {torch.__version__}, "
+            f"{run}; data: {Path(source.location).name}. "
+            f"Every speed figure is a ratio against a baseline measured in the same run. {weights}"
+        )
         t0 = time.perf_counter()
         needs_pixels = bool(items & {1, 2, 4, 5, 6, 8})
-        data = {"train": load_pixels(source, "train", cfg.n_train if needs_pixels else 0),
-                "test": load_pixels(source, "test", cfg.n_test if needs_pixels else 0)}  # fmt: skip
-        rep.p(f"Decoded {len(data['train'][0]):,} train and {len(data['test'][0]):,} test images in "
-              f"{time.perf_counter() - t0:.1f} s.")  # fmt: skip
+        data = {
+            "train": load_pixels(source, "train", cfg.n_train if needs_pixels else 0),
+            "test": load_pixels(source, "test", cfg.n_test if needs_pixels else 0),
+        }
+        rep.p(
+            f"Decoded {len(data['train'][0]):,} train and {len(data['test'][0]):,} test images in "
+            f"{time.perf_counter() - t0:.1f} s."
+        )
         s1 = item_search(rep, cfg, store, source, data) if items & {1, 4, 5} else {}
         if 2 in items:
             item_load(rep, cfg, store, source, data)
@@ -92,19 +99,21 @@ def main(argv: list[str] | None = None) -> Path:
             item_scale(rep, cfg, store, source, data, s1)
         if 6 in items:
             item_load_test(rep, cfg, store, source, data)
-        if 8 in items:
-            item_storage(rep, cfg, store, source, data)
-        if 9 in items:
-            item_fp16(rep, cfg, source)
         if args.pretrained:
             n_tr = args.accuracy_train or (200 if cfg.quick else 50_000)
             n_te = args.accuracy_test or (20 if cfg.quick else 10_000)
             item_accuracy(rep, cfg, store, source, args.pretrained, args.model, n_tr, n_te)
         elif not args.append and {1, 2, 3} <= items:  # a full run says why item 7 is missing
             rep.h("7. Accuracy per stage with real weights")
-            rep.p("Not run: no CLIP weights on this machine. Where they are available, run "
-                  "`python -m bench --data ../shared/data --items 7 --pretrained openai` (or a checkpoint path) "
-                  "for the study's accuracy table; a GPU makes the 60,000 encodings practical.")  # fmt: skip
+            rep.p(
+                "Not run: no CLIP weights were given. Where they are available, run "
+                "`python -m bench --data ../shared/data --items 7 --pretrained openai` (or a checkpoint path) "
+                "for the study's accuracy table; a GPU makes the 60,000 encodings practical."
+            )
+        if 8 in items:
+            item_storage(rep, cfg, store, source, data)
+        if 9 in items:
+            item_fp16(rep, cfg, source)
         rep.p(f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s.")
     finally:
         store.close()

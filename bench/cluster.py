@@ -5,11 +5,12 @@
 Every command runs as a subprocess with a fresh CLIPVDB_HOME, as a user types it: `ingest` and
 `evaluate` (default path and --exact) on the single embedded server, then `db nodes start
 --workers 2` and the same commands on the coordinator. The in-process exact 1-NN over the same
-pixel arrays is the accuracy reference. On this 2-core machine the two workers share the cores
-with the coordinator, so the cluster cannot be faster: the item shows correctness and overhead.
+pixel arrays is the accuracy reference. On one machine the two workers share its cores with the
+coordinator, so the cluster cannot be faster: the item shows correctness and overhead.
 
 Per-shard bytes per row (heap and index, measured on the cluster) are extrapolated to 10 million,
-100 million and 1 billion vectors per stage for the README's "Scaling out" table: estimates.
+100 million and 1 billion vectors per stage for docs/citus.md ("Bytes per row and an estimate for
+larger sets"): estimates.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import psycopg
 from bench import markdown
 from bench.common import exact_baseline, load_pixels
 from bench.headline import CLI, timed
+from clipvdb import STAGES, queries
 from clipvdb.sources import open_source
-from clipvdb.stages import STAGES
 
 SCALES = (10_000_000, 100_000_000, 1_000_000_000)
 ROWS_PER_SHARD = 5_000_000  # a shard small enough to rebuild its index in minutes and to move
@@ -49,23 +50,22 @@ def run_job(data: str, n_train: int, n_test: int, env: dict, cluster: bool) -> d
             ["evaluate", "--stage", "first", "--data", data, "--num", str(n_test), "--json", *extra], env
         )
         result = json.loads(out)
-        row[name] = {"command_s": seconds, "query_s": result["stages"]["first"]["query_s"],
-                     "accuracy_pct": result["stages"]["first"]["accuracy_pct"]}  # fmt: skip
+        first = result["stages"]["first"]
+        row[name] = {"command_s": seconds, "query_s": first["query_s"], "accuracy_pct": first["accuracy_pct"]}
     return row
 
 
 def _sizes(conn: psycopg.Connection, table: str) -> dict:
     """Rows, shards, and heap (with TOAST) and index bytes per row of a distributed table, summed
     over its shards on the workers."""
-    rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    heap, index, shards = conn.execute(
-        """SELECT sum((h.result)::bigint), sum((i.result)::bigint), count(*)
-           FROM run_command_on_shards(%s, 'SELECT pg_table_size(''%%s'')') h
-           JOIN run_command_on_shards(%s, 'SELECT pg_indexes_size(''%%s'')') i USING (shardid)""",
-        (table, table),
-    ).fetchone()
-    return {"rows": rows, "shards": shards, "heap_bytes_per_row": float(heap) / max(rows, 1),
-            "index_bytes_per_row": float(index) / max(rows, 1)}  # fmt: skip
+    rows = conn.execute(queries.table_rows(table)).fetchone()[0]
+    heap, index, shards = conn.execute(queries.SHARD_SIZES, (table, table)).fetchone()
+    return {
+        "rows": rows,
+        "shards": shards,
+        "heap_bytes_per_row": float(heap) / max(rows, 1),
+        "index_bytes_per_row": float(index) / max(rows, 1),
+    }
 
 
 def shard_figures(home: Path, source, n: int = 2000) -> dict:
@@ -83,10 +83,10 @@ def shard_figures(home: Path, source, n: int = 2000) -> dict:
         for name in ("second", "third", "origin"):
             stage = STAGES[name]
             vectors = rng.standard_normal((n, stage.dim)).astype(np.float32)
-            store.load_vectors(name, vectors, [f"random/{name}/{i}" for i in range(n)], rng.integers(0, 10, n),
-                               source, split=f"sizes-{name}")  # fmt: skip
+            keys = [f"random/{name}/{i}" for i in range(n)]
+            store.load_vectors(name, vectors, keys, rng.integers(0, 10, n), source, split=f"sizes-{name}")
         with store.connection() as conn:
-            for table in ("images", *(f"embeddings_{s}" for s in STAGES), "projections_first"):
+            for table in ("images", *(s.table for s in STAGES.values()), STAGES["first"].projection_table):
                 out[table] = _sizes(conn, table)
     return out
 
@@ -109,10 +109,19 @@ def scale_estimates(figures: dict) -> list[dict]:
             workers = max(2, math.ceil(n * hot / (WORKER_RAM_GB * 2**30 * 0.5)))
             shards = max(2 * workers, math.ceil(n / ROWS_PER_SHARD))
             shards = math.ceil(shards / workers) * workers
-            out.append({"stage": name, "vectors": n, "bytes_per_row": round(disk), "hot_bytes_per_row": round(hot),
-                        "disk_tb": n * disk / 2**40, "workers": workers, "shards": shards,
-                        "disk_gb_per_worker": n * disk / 2**30 / workers,
-                        "hot_gb_per_worker": n * hot / 2**30 / workers})  # fmt: skip
+            out.append(
+                {
+                    "stage": name,
+                    "vectors": n,
+                    "bytes_per_row": round(disk),
+                    "hot_bytes_per_row": round(hot),
+                    "disk_tb": n * disk / 2**40,
+                    "workers": workers,
+                    "shards": shards,
+                    "disk_gb_per_worker": n * disk / 2**30 / workers,
+                    "hot_gb_per_worker": n * hot / 2**30 / workers,
+                }
+            )
     return out
 
 
@@ -168,22 +177,73 @@ def render(r: dict) -> str:
         return f"{x['query_s']:.2f} / {x['command_s']:.1f}"
 
     rows = [
-        ["`ingest --stage first` with its index (command)", f"{s['ingest_s']:.1f} s", f"{c['ingest_s']:.1f} s",
-         f"{q['ingest_cluster_over_single']:.2f}x"],
+        [
+            "`ingest --stage first` with its index (command)",
+            f"{s['ingest_s']:.1f} s",
+            f"{c['ingest_s']:.1f} s",
+            f"{q['ingest_cluster_over_single']:.2f}x",
+        ],
         ["`db nodes start --workers 2` (first time)", "", f"{c['nodes_start_s']:.1f} s", ""],
-        ["`evaluate` default path: accuracy", f"{s['default']['accuracy_pct']:.2f} %",
-         f"{c['default']['accuracy_pct']:.2f} %", ""],
-        ["`evaluate` default path: query s (summed, 2 connections) / command s", pair(s["default"]),
-         pair(c["default"]), f"{q['default_query_cluster_over_single']:.1f}x"],
-        ["`evaluate --exact`: accuracy", f"{s['exact']['accuracy_pct']:.2f} %", f"{c['exact']['accuracy_pct']:.2f} %", ""],
-        ["`evaluate --exact`: query s / command s", pair(s["exact"]), pair(c["exact"]),
-         f"{q['exact_query_cluster_over_single']:.2f}x"],
-    ]  # fmt: skip
-    sizes = [[f"`{t}`", f"{v['rows']:,}", str(v["shards"]), f"{v['heap_bytes_per_row']:,.0f}",
-              f"{v['index_bytes_per_row']:,.0f}"] for t, v in r["shards"].items()]  # fmt: skip
-    est = [[e["stage"], f"{e['vectors']:,}", f"{e['bytes_per_row']:,}", f"{e['hot_bytes_per_row']:,}",
-            f"{e['disk_tb']:.2f}", str(e["workers"]), str(e["shards"]), f"{e['disk_gb_per_worker']:,.0f}",
-            f"{e['hot_gb_per_worker']:,.0f}"] for e in r["estimates"]]  # fmt: skip
+        [
+            "`evaluate` default path: accuracy",
+            f"{s['default']['accuracy_pct']:.2f} %",
+            f"{c['default']['accuracy_pct']:.2f} %",
+            "",
+        ],
+        [
+            "`evaluate` default path: query s (summed, 2 connections) / command s",
+            pair(s["default"]),
+            pair(c["default"]),
+            f"{q['default_query_cluster_over_single']:.1f}x",
+        ],
+        [
+            "`evaluate --exact`: accuracy",
+            f"{s['exact']['accuracy_pct']:.2f} %",
+            f"{c['exact']['accuracy_pct']:.2f} %",
+            "",
+        ],
+        [
+            "`evaluate --exact`: query s / command s",
+            pair(s["exact"]),
+            pair(c["exact"]),
+            f"{q['exact_query_cluster_over_single']:.2f}x",
+        ],
+    ]
+    sizes = [
+        [
+            f"`{t}`",
+            f"{v['rows']:,}",
+            str(v["shards"]),
+            f"{v['heap_bytes_per_row']:,.0f}",
+            f"{v['index_bytes_per_row']:,.0f}",
+        ]
+        for t, v in r["shards"].items()
+    ]
+    est = [
+        [
+            e["stage"],
+            f"{e['vectors']:,}",
+            f"{e['bytes_per_row']:,}",
+            f"{e['hot_bytes_per_row']:,}",
+            f"{e['disk_tb']:.2f}",
+            str(e["workers"]),
+            str(e["shards"]),
+            f"{e['disk_gb_per_worker']:,.0f}",
+            f"{e['hot_gb_per_worker']:,.0f}",
+        ]
+        for e in r["estimates"]
+    ]
+    est_header = [
+        "stage",
+        "vectors",
+        "disk bytes/row",
+        "hot bytes/row",
+        "disk TB",
+        "workers",
+        "shards",
+        "disk GB/worker",
+        "hot GB/worker",
+    ]
     return "\n".join(
         [
             f"Measured {r['machine']}, one run of `python -m bench.cluster` (part of `make bench` when the Citus source "
@@ -204,20 +264,7 @@ def render(r: dict) -> str:
             "projection at stage first); hot = the ANN index (+ projections at stage first), to stay in memory; a worker "
             "with 128 GB gives half to the hot set; shards of at most 5 million rows, at least two per worker.",
             "",
-            markdown.table(
-                [
-                    "stage",
-                    "vectors",
-                    "disk bytes/row",
-                    "hot bytes/row",
-                    "disk TB",
-                    "workers",
-                    "shards",
-                    "disk GB/worker",
-                    "hot GB/worker",
-                ],
-                est,
-            ),  # fmt: skip
+            markdown.table(est_header, est),
         ]
     )
 

@@ -9,14 +9,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from clipvdb import Store, indexes, synthetic
+from clipvdb import STAGES, SearchSettings, Stage, Store, queries, synthetic
 from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
 from clipvdb.sources import Source, open_source
-from clipvdb.stages import STAGES, parse_stages
+from clipvdb.stages import parse_stages
+
+if TYPE_CHECKING:
+    from clipvdb import LoadResult
 
 BUDGET_S = 90.0  # the most one measured pass may take; a pass stopped early reports what it answered
 
@@ -43,11 +47,32 @@ class Config:
     scale_sizes: list[int]
 
 
-FULL = Config(False, 50_000, 10_000, 500, 100, [1, 2, 5, 10], [40, 100, 200], [1, 32, 128], 64,
-              [5_000, 20_000, 50_000, 200_000])  # fmt: skip
+FULL = Config(
+    quick=False,
+    n_train=50_000,
+    n_test=10_000,
+    n_query=500,
+    n_exact_db=100,
+    probes=[1, 2, 5, 10],
+    ef_search=[40, 100, 200],
+    enc_batches=[1, 32, 128],
+    enc_images=64,
+    scale_sizes=[5_000, 20_000, 50_000, 200_000],
+)
 
 
-QUICK = Config(True, 2_000, 200, 100, 20, [1, 5], [40], [1, 4], 8, [500, 2_000])
+QUICK = Config(
+    quick=True,
+    n_train=2_000,
+    n_test=200,
+    n_query=100,
+    n_exact_db=20,
+    probes=[1, 5],
+    ef_search=[40],
+    enc_batches=[1, 4],
+    enc_images=8,
+    scale_sizes=[500, 2_000],
+)
 
 
 class Report:
@@ -87,8 +112,9 @@ def load_pixels(source: Source, split: str, n: int) -> tuple[np.ndarray, np.ndar
     items = source.items(split)[:n]
     if not items:
         return np.empty((0, 3072), np.float32), np.array([], dtype=int), []
-    pixels = np.stack([first_stage_pixels(load_image(it.path, it.key)) if it.path is not None else it.array
-                       for it in items])  # fmt: skip
+    pixels = np.stack(
+        [first_stage_pixels(load_image(it.path, it.key)) if it.path is not None else it.array for it in items]
+    )
     X = first_stage_vectors(pixels)
     return X, np.array([it.label for it in items]), [it.key for it in items]
 
@@ -106,41 +132,78 @@ def exact_baseline(Xtr: np.ndarray, Xte: np.ndarray, chunk: int = 500) -> tuple[
     return out, time.perf_counter() - start
 
 
-def load_stage(store: Store, stage, source: Source, split: str, keys, labels, X: np.ndarray, space_lm=None,
-               batch: int = 5000, index: tuple[str, dict] | None = None) -> tuple[dict[str, int], float, float]:  # fmt: skip
-    """Store.load_vectors: image rows, vectors by binary COPY, then an index (default: the stage's).
-    Returns key->id, seconds for the vectors alone, seconds for the index build."""
-    result = store.load_vectors(stage, X, list(keys), list(labels), source, split=split, batch=batch, index=index)
-    return result.ids, result.load_seconds, result.index.build_seconds or 0.0 if result.index else 0.0
+def load_stage(
+    store: Store,
+    stage: Stage,
+    source: Source,
+    split: str,
+    keys,
+    labels,
+    X: np.ndarray,
+    *,
+    batch: int = 5000,
+    index: tuple[str, dict] | None = None,
+) -> LoadResult:
+    """Store.load_vectors: image rows, vectors by binary COPY, then an index (default: the stage's)."""
+    return store.load_vectors(stage, X, list(keys), list(labels), source, split=split, batch=batch, index=index)
 
 
-def ensure_first_loaded(store: Store, source: Source, data: dict) -> None:
-    """The whole training set at stage first with its default index (item 2 leaves 20,000 rows)."""
+def index_seconds(result: LoadResult) -> float:
+    """Seconds the load's index build took (0 when it built none)."""
+    return (result.index.build_seconds or 0.0) if result.index else 0.0
+
+
+def empty_stage(store: Store, stage: Stage) -> None:
+    """Remove every row of a stage (with its projections and what else references them)."""
+    with store.connection() as conn:
+        conn.execute(queries.truncate_cascade(stage.table))
+        conn.commit()
+
+
+def ensure_first_loaded(store: Store, source: Source, data: dict) -> dict[str, int]:
+    """The whole training set at stage first with its default index (item 2 leaves 20,000 rows).
+    Returns the training images' ids by key."""
     Xtr, ytr, ktr = data["train"]
     stage = STAGES["first"]
+    idx = store.index_info(stage)
     with store.connection() as conn:
-        idx = indexes.info(conn, stage)
-        train_rows = conn.execute("SELECT count(*) FROM embeddings_first WHERE split = 'train'").fetchone()[0]
+        train_rows = conn.execute(queries.split_rows(stage), ("train",)).fetchone()[0]
         if idx.exists and idx.rows == train_rows == len(Xtr):
-            return
-        conn.execute("TRUNCATE embeddings_first CASCADE")
-        conn.commit()
-    load_stage(store, stage, source, "train", ktr, ytr, Xtr)
+            dataset = store.dataset(source.name).id
+            return dict(conn.execute(queries.FIND_IMAGES, (dataset, "train", list(ktr))).fetchall())
+    empty_stage(store, stage)
+    return load_stage(store, stage, source, "train", ktr, ytr, Xtr).ids
 
 
-def warm(store: Store, stage, queries: np.ndarray | None = None, settings=None, dataset=None, split="train") -> float:
-    """Bring a stage's vectors (and, with queries, its ANN index) into shared buffers, untimed by the
-    callers. On this machine the first touch of new shared memory is very slow (the VM backs it
-    lazily), which would otherwise be charged to whichever measurement runs first."""
-    start = time.perf_counter()
+def touch(store: Store, stage: Stage) -> None:
+    """Read every stored vector of the stage once (into shared buffers)."""
     with store.connection() as conn:
-        conn.execute(f"SELECT sum(vector_dims(embedding)) FROM {stage.table}").fetchone()
+        conn.execute(queries.touch_vectors(stage.table)).fetchone()
         conn.commit()
-    if queries is not None:
-        run_queries(
-            store, stage, None, dataset, queries, settings, batch=100, clients=1, split=split, budget_s=BUDGET_S
-        )
+
+
+def warm(
+    store: Store,
+    stage: Stage,
+    Q: np.ndarray | None = None,
+    settings: SearchSettings | None = None,
+    dataset: str | None = None,
+    split: str = "train",
+) -> float:
+    """Bring a stage's vectors (and, with queries, its ANN index) into shared buffers, untimed by the
+    callers. The first touch of new shared memory can be very slow (a VM may back it lazily), which
+    would otherwise be charged to whichever measurement runs first."""
+    start = time.perf_counter()
+    touch(store, stage)
+    if Q is not None:
+        run_queries(store, stage, dataset, Q, settings, batch=100, clients=1, split=split, budget_s=BUDGET_S)
     return time.perf_counter() - start
+
+
+def default_probes(store: Store, stage: Stage, dataset: str | None = None, split: str = "train") -> int:
+    """The ivfflat probes a search with default settings uses on the stage's current index."""
+    searcher = store.searcher(stage, SearchSettings(), dataset=dataset, against=split)
+    return int(dict(searcher.index_settings()).get("ivfflat.probes", 0))
 
 
 class FakeEncoder:
@@ -150,10 +213,20 @@ class FakeEncoder:
     name = "bench-projection"
     weights = "none"
     is_random = True
+    stages = STAGES
 
 
-def run_queries(store, stage, encoder, dataset, Q, settings, batch: int, clients: int = 1, split: str = "train",
-                budget_s: float | None = None):  # fmt: skip
+def run_queries(
+    store: Store,
+    stage: Stage,
+    dataset: str | None,
+    Q: np.ndarray,
+    settings: SearchSettings | None,
+    batch: int,
+    clients: int = 1,
+    split: str = "train",
+    budget_s: float | None = None,
+):
     """Neighbour ids and labels for the queries answered, their positions in Q, and wall seconds;
     `clients` connections in parallel. With `budget_s`, each client stops after its current
     statement once the budget is spent (the caller reports how many queries were answered)."""
@@ -165,7 +238,7 @@ def run_queries(store, stage, encoder, dataset, Q, settings, batch: int, clients
     def work(i: int) -> None:
         with store.connection() as conn:
             searcher = store.searcher(stage, settings, dataset=dataset, against=split)
-            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            backend = conn.execute(queries.BACKEND_PID).fetchone()[0]
             conn.commit()
             ids, labels, done = [], [], []
             server0, client0 = _cpu_seconds(backend), time.thread_time()
@@ -221,8 +294,8 @@ def _machine_busy_seconds() -> float:
 
 def cpu_note() -> str:
     c = LAST_CPU
-    return (f"{c.get('client', 0):.1f} / {c.get('server', 0):.1f} / "
-            f"{c.get('bench process', 0) - c.get('client', 0):.1f} / {c.get('machine', 0):.1f}")  # fmt: skip
+    other = c.get("bench process", 0) - c.get("client", 0)
+    return f"{c.get('client', 0):.1f} / {c.get('server', 0):.1f} / {other:.1f} / {c.get('machine', 0):.1f}"
 
 
 def time_median(fn, reps: int) -> float:
@@ -237,20 +310,15 @@ def time_median(fn, reps: int) -> float:
 STUDY_ACCURACY = {"origin": 70.53, "first": 35.39, "second": 71.5, "third": 77.31}
 
 
-def fp16_nearest_changes(encoder, source: Source, n_train: int, n_test: int) -> list[list]:
+def fp16_nearest_changes(store: Store, source: Source, n_train: int, n_test: int) -> list[list]:
     """Rows per CLIP stage (second, third): how often rounding the stored and query vectors to float16
     (what halfvec storage does) changes the exact nearest neighbour, and how many of those changes
-    are near-ties (the float32 distances within 0.1 %)."""
-    from clipvdb.pipeline import encode_items
-
+    are near-ties (the float32 distances within 0.1 %). The vectors are the store's encoder's."""
     stages = parse_stages("second,third")
 
     def vectors(items):
-        parts: dict[str, list] = {s.name: [] for s in stages}
-        for b in encode_items(items, stages, encoder, batch_size=32, hash_items=False):
-            for name in parts:
-                parts[name].append(b.vectors[name])
-        return {name: np.concatenate(v).astype(np.float64) for name, v in parts.items()}
+        images = [it.path if it.path is not None else it.array for it in items]
+        return {name: v.astype(np.float64) for name, v in store.embed(images, stages).items()}
 
     X, Q = vectors(source.items("train")[:n_train]), vectors(source.items("test")[:n_test])
     rows = []
@@ -270,7 +338,7 @@ def fp16_nearest_changes(encoder, source: Source, n_train: int, n_test: int) -> 
 FP16_HEADER = ["stage", "stored as", "queries", "stored", "1-NN changed by float16", "of which near-ties (< 0.1 %)"]
 
 
-def run_split(store, dataset, split, Q, settings):
+def run_split(store: Store, dataset: str | None, split: str, Q: np.ndarray, settings: SearchSettings):
     searcher = store.searcher(STAGES["first"], settings, dataset=dataset, against=split)
     with store.connection() as conn:
         start = time.perf_counter()

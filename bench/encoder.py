@@ -36,8 +36,10 @@ def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
             rows.append([bs, k, bs / t[k], t[k] / base, t[k] / t["origin"]])
             if bs == max(b for b in cfg.enc_batches if b <= 32):
                 ips32[k] = bs / t[k]
-    rep.p(f"torch {torch.__version__}, {threads} threads; median of repeated batches; timing is independent of "
-          "the weights' values. Goals: origin < 1.05 x encode_image; second <= 0.75 x origin; all four <= 1.1 x origin.")  # fmt: skip
+    rep.p(
+        f"torch {torch.__version__}, {threads} threads; median of repeated batches; timing is independent of "
+        "the weights' values. Goals: origin < 1.05 x encode_image; second <= 0.75 x origin; all four <= 1.1 x origin."
+    )
     rep.table(["batch", "path", "images/s", "time / encode_image", "time / origin"], rows)
     # channels_last and bfloat16 autocast, tried at one batch size
     bs = cfg.enc_batches[-1] if cfg.quick else 32
@@ -68,8 +70,10 @@ def item_encoder(rep: Report, cfg: Config) -> dict[str, float]:
         rows.append(["frozen TorchScript (conv+bn folded, optimize_for_inference)", fr / base, rel(fr_out)])
     except Exception as exc:  # report the failure, do not stop the bench
         rows.append([f"frozen TorchScript: failed ({exc.__class__.__name__})", "", ""])
-    rep.p("A variant is adopted only if its embeddings stay within 1e-5 relative of encode_image: channels_last "
-          "is the CPU default; the others are measured and reported, not used.")  # fmt: skip
+    rep.p(
+        "A variant is adopted only if its embeddings stay within 1e-5 relative of encode_image: channels_last "
+        "is the CPU default; the others are measured and reported, not used."
+    )
     rep.table([f"variant (batch {bs})", "time / float32 NCHW", "relative error"], rows)
     malloc_rows(rep, cfg)
     return ips32
@@ -118,11 +122,30 @@ def malloc_rows(rep: Report, cfg: Config) -> None:
             subprocess.run([sys.executable, "-c", _MALLOC_RUN, str(n), str(bs), out], env=env, check=True)
             r = json.loads(open(out).read())
             outs[flag] = dict(np.load(out + ".npz"))
-            rows.append([label, r["cold"], r["warm"], f"{r['cold_faults']:,}", f"{r['warm_faults']:,}",
-                         f"{r['maxrss_mb']:,.0f}"])  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    r["cold"],
+                    r["warm"],
+                    f"{r['cold_faults']:,}",
+                    f"{r['warm_faults']:,}",
+                    f"{r['maxrss_mb']:,.0f}",
+                ]
+            )
     same = all(np.array_equal(outs["0"][k], outs["1"][k]) for k in outs["0"])
-    rep.p(f"glibc's malloc, {n} random images at batch {bs}, all four stages, each setting in a fresh process "
-          f"(first pass, then the same batches again). Embeddings identical bit for bit: {'yes' if same else 'NO'}; "
-          f"warm speed-up {rows[1][2] / rows[0][2]:.2f}x.")  # fmt: skip
-    rep.table(["malloc", "images/s, first pass", "images/s, second pass", "page faults, first", "page faults, second",
-               "peak RSS MB"], rows)  # fmt: skip
+    rep.p(
+        f"glibc's malloc, {n} random images at batch {bs}, all four stages, each setting in a fresh process "
+        f"(first pass, then the same batches again). Embeddings identical bit for bit: {'yes' if same else 'NO'}; "
+        f"warm speed-up {rows[1][2] / rows[0][2]:.2f}x."
+    )
+    rep.table(
+        [
+            "malloc",
+            "images/s, first pass",
+            "images/s, second pass",
+            "page faults, first",
+            "page faults, second",
+            "peak RSS MB",
+        ],
+        rows,
+    )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import Config, FakeEncoder, Report, load_stage
-from clipvdb import Store, indexes
+from bench.common import Config, Report, empty_stage, index_seconds, load_stage
+from clipvdb import STAGES, Store
 from clipvdb.sources import Source
-from clipvdb.stages import STAGES
 
 
 def item_load(rep: Report, cfg: Config, store: Store, source: Source, data: dict) -> None:
@@ -22,21 +21,29 @@ def item_load(rep: Report, cfg: Config, store: Store, source: Source, data: dict
             X = Xtr[:n]
         else:
             X = (Xtr[:n] @ rng.standard_normal((3072, stage.dim), dtype=np.float32) / 55).astype(np.float32)
-        with store.connection() as conn:
-            conn.execute(f"TRUNCATE {stage.table} CASCADE")
-            conn.commit()
-        _, load_s, index_s = load_stage(
-            store, stage, source, "train", ktr[:n], ytr[:n], X, FakeEncoder() if stage.uses_clip else None
-        )
-        kind, params = indexes.default_index(stage)
-        label = kind + (f" project={params['project']}" if params.get("project") else "")
+        empty_stage(store, stage)
+        loaded = load_stage(store, stage, source, "train", ktr[:n], ytr[:n], X)
+        load_s, index_s = loaded.load_seconds, index_seconds(loaded)
+        index = loaded.index
+        label = "none" if index is None else index.kind
+        if index is not None and index.params.get("project"):
+            label += f" project={index.params['project']}"
         rows.append([name, stage.sql_type, n, load_s, n / load_s, label, index_s, n / (load_s + index_s)])
-    rep.p("Vectors only (image rows exist); 5,000 vectors per transaction; first uses the real pixels, the "
-          "others random projections of them (load cost depends on size, not values). Index: the stage's default "
-          "(for first: PCA fit, projections written, hnsw built).")  # fmt: skip
-    rep.table(["stage", "column", "vectors", "load s", "vectors/s", "default index", "index build s",
-               "vectors/s incl. index"], rows)  # fmt: skip
-    with store.connection() as conn:
-        for name in ("second", "third", "origin"):
-            conn.execute(f"TRUNCATE {STAGES[name].table} CASCADE")
-        conn.commit()
+    rep.p(
+        "Vectors only (image rows exist); 5,000 vectors per transaction; first uses the real pixels, the "
+        "others random projections of them (load cost depends on size, not values). Index: the stage's default "
+        "(for first: PCA fit, projections written, then the index built over the projections)."
+    )
+    header = [
+        "stage",
+        "column",
+        "vectors",
+        "load s",
+        "vectors/s",
+        "default index",
+        "index build s",
+        "vectors/s incl. index",
+    ]
+    rep.table(header, rows)
+    for name in ("second", "third", "origin"):
+        empty_stage(store, STAGES[name])

@@ -8,10 +8,8 @@ import time
 import numpy as np
 
 from bench.common import Config, Report, ensure_first_loaded
-from clipvdb import Store, catalog, indexes
-from clipvdb.knn import SearchSettings
+from clipvdb import STAGES, SearchSettings, Store
 from clipvdb.sources import Source
-from clipvdb.stages import STAGES
 
 
 def item_load_test(rep: Report, cfg: Config, store: Store, source: Source, data: dict) -> dict:
@@ -20,9 +18,8 @@ def item_load_test(rep: Report, cfg: Config, store: Store, source: Source, data:
     clients, seconds = (8, 60.0) if not cfg.quick else (2, 3.0)
     rep.h(f"6. Load: {clients} concurrent clients classifying for {seconds:.0f} s (stage first, default index)")
     ensure_first_loaded(store, source, data)
-    with store.connection() as conn:
-        idx = indexes.info(conn, STAGES["first"])
-        dataset = catalog.dataset_id(conn, source.name)
+    idx = store.index_info(STAGES["first"])
+    dataset = source.name
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     stop_at = time.perf_counter() + seconds
@@ -48,12 +45,17 @@ def item_load_test(rep: Report, cfg: Config, store: Store, source: Source, data:
     for t in threads:
         t.join(seconds + 60)
     lat = np.array([x for part in latencies for x in part])
-    rep.p(f"Python clients, one connection each, over the embedded server's unix socket; index {idx.kind} "
-          f"{idx.params}; {idx.rows:,} stored vectors. Bounded: {seconds:.0f} s, then every client stops.")  # fmt: skip
-    rep.table(["clients", "queries", "queries/s", "p50 ms", "p95 ms", "max ms", "errors"],
-              [[clients, len(lat), len(lat) / seconds, float(np.percentile(lat, 50)) if len(lat) else 0.0,
-                float(np.percentile(lat, 95)) if len(lat) else 0.0, float(lat.max()) if len(lat) else 0.0,
-                len(errors)]])  # fmt: skip
+    rep.p(
+        f"Python clients, one connection each, over the embedded server's unix socket; index {idx.kind} "
+        f"{idx.params}; {idx.rows:,} stored vectors. Bounded: {seconds:.0f} s, then every client stops."
+    )
+    p50 = p95 = top = 0.0
+    if len(lat):
+        p50, p95, top = float(np.percentile(lat, 50)), float(np.percentile(lat, 95)), float(lat.max())
+    rep.table(
+        ["clients", "queries", "queries/s", "p50 ms", "p95 ms", "max ms", "errors"],
+        [[clients, len(lat), len(lat) / seconds, p50, p95, top, len(errors)]],
+    )
     for e in errors[:5]:
         rep.p(f"error: {e}")
     return {"queries": len(lat), "errors": len(errors)}

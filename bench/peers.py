@@ -31,6 +31,10 @@ def _acc(nearest: np.ndarray, ytr: np.ndarray, yte: np.ndarray) -> float:
     return float((ytr[nearest] == yte[: len(nearest)]).mean() * 100)
 
 
+def _row(peer: str, load_s: float, query_s: float, queries: int, accuracy: float) -> dict:
+    return {"peer": peer, "load_s": load_s, "query_s": query_s, "queries": queries, "accuracy": accuracy}
+
+
 def faiss_rows(Xtr, ytr, Xte, yte) -> list[dict]:
     import faiss
 
@@ -41,8 +45,9 @@ def faiss_rows(Xtr, ytr, Xte, yte) -> list[dict]:
     load = time.perf_counter() - start
     start = time.perf_counter()
     _, nn = flat.search(Xte, 1)
-    rows.append({"peer": "faiss IndexFlatL2 (exact)", "load_s": load, "query_s": time.perf_counter() - start,
-                 "queries": len(Xte), "accuracy": _acc(nn[:, 0], ytr, yte)})  # fmt: skip
+    rows.append(
+        _row("faiss IndexFlatL2 (exact)", load, time.perf_counter() - start, len(Xte), _acc(nn[:, 0], ytr, yte))
+    )
     start = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(Xtr.shape[1], 16)
     hnsw.hnsw.efConstruction = 64
@@ -51,8 +56,9 @@ def faiss_rows(Xtr, ytr, Xte, yte) -> list[dict]:
     hnsw.hnsw.efSearch = 100
     start = time.perf_counter()
     _, nn = hnsw.search(Xte, 1)
-    rows.append({"peer": "faiss HNSW m 16, ef 100 (3,072-d)", "load_s": load, "query_s": time.perf_counter() - start,
-                 "queries": len(Xte), "accuracy": _acc(nn[:, 0], ytr, yte)})  # fmt: skip
+    rows.append(
+        _row("faiss HNSW m 16, ef 100 (3,072-d)", load, time.perf_counter() - start, len(Xte), _acc(nn[:, 0], ytr, yte))
+    )
     start = time.perf_counter()
     pca = faiss.PCAMatrix(Xtr.shape[1], 128)
     pca.train(Xtr[:20000])
@@ -70,14 +76,21 @@ def faiss_rows(Xtr, ytr, Xte, yte) -> list[dict]:
         c, q = cand[s : s + 500], Xte[s : s + 500]
         d = sq[c] - 2 * np.einsum("qkd,qd->qk", Xtr[c], q)
         nn[s : s + 500] = c[np.arange(len(c)), d.argmin(1)]
-    rows.append({"peer": "faiss PCA 128 + HNSW + exact re-rank of 20 (the floor)", "load_s": load,
-                 "query_s": time.perf_counter() - start, "queries": len(Xte), "accuracy": _acc(nn, ytr, yte)})  # fmt: skip
+    rows.append(
+        _row(
+            "faiss PCA 128 + HNSW + exact re-rank of 20 (the floor)",
+            load,
+            time.perf_counter() - start,
+            len(Xte),
+            _acc(nn, ytr, yte),
+        )
+    )
     return rows
 
 
 def sqlite_vec_row(Xtr, ytr, Xte, yte, n_queries: int) -> dict:
-    """sqlite-vec's vec0 table (exhaustive KNN; it has no ANN index), through apsw: the pyenv
-    Pythons here cannot load SQLite extensions with the standard library."""
+    """sqlite-vec's vec0 table (exhaustive KNN; it has no ANN index), through apsw: a Python built
+    without loadable-extension support cannot load SQLite extensions with the standard library."""
     import apsw
     import sqlite_vec
 
@@ -88,15 +101,14 @@ def sqlite_vec_row(Xtr, ytr, Xte, yte, n_queries: int) -> dict:
         start = time.perf_counter()
         con.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{Xtr.shape[1]}])")
         with con:
-            con.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
-                            ((i, Xtr[i].tobytes()) for i in range(len(Xtr))))  # fmt: skip
+            rows = ((i, Xtr[i].tobytes()) for i in range(len(Xtr)))
+            con.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)", rows)
         load = time.perf_counter() - start
         start = time.perf_counter()
-        nn = [next(con.execute("SELECT rowid FROM v WHERE embedding MATCH ? ORDER BY distance LIMIT 1",
-                               (Xte[i].tobytes(),)))[0] for i in range(n_queries)]  # fmt: skip
+        nearest = "SELECT rowid FROM v WHERE embedding MATCH ? ORDER BY distance LIMIT 1"
+        nn = [next(con.execute(nearest, (Xte[i].tobytes(),)))[0] for i in range(n_queries)]
         secs = time.perf_counter() - start
-    return {"peer": "sqlite-vec vec0 (exhaustive; SQL, embedded)", "load_s": load, "query_s": secs,
-            "queries": n_queries, "accuracy": _acc(np.array(nn), ytr, yte)}  # fmt: skip
+    return _row("sqlite-vec vec0 (exhaustive; SQL, embedded)", load, secs, n_queries, _acc(np.array(nn), ytr, yte))
 
 
 def lancedb_row(Xtr, ytr, Xte, yte, n_queries: int) -> dict:
@@ -117,8 +129,13 @@ def lancedb_row(Xtr, ytr, Xte, yte, n_queries: int) -> dict:
             hit = table.search(Xte[i]).nprobes(20).refine_factor(K_CANDIDATES).limit(1).to_list()
             nn.append(hit[0]["id"])
         secs = time.perf_counter() - start
-    return {"peer": "LanceDB IVF-PQ (224 partitions, 20 probes, refine 20; embedded)", "load_s": load,
-            "query_s": secs, "queries": n_queries, "accuracy": _acc(np.array(nn), ytr, yte)}  # fmt: skip
+    return _row(
+        "LanceDB IVF-PQ (224 partitions, 20 probes, refine 20; embedded)",
+        load,
+        secs,
+        n_queries,
+        _acc(np.array(nn), ytr, yte),
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -172,17 +189,26 @@ def render(out: dict) -> str:
     cli = out.get("clipvdb")
     if cli:
         acc = cli["evaluate"]["stages"]["first"]["accuracy_pct"]
-        rows.append(["**clipvdb CLI** (`ingest` + `evaluate --stage first`; fresh home, cold, server start and "
-                     f"schema included; headline run, baseline {cli['baseline_s']:.1f} s there)",
-                     f"{cli['ingest_s']:.1f} s", f"{cli['evaluate_s']:.1f} s", f"{cli['ingest_s'] + cli['evaluate_s']:.1f} s",
-                     f"{acc:.2f} %"])  # fmt: skip
+        rows.append(
+            [
+                "**clipvdb CLI** (`ingest` + `evaluate --stage first`; fresh home, cold, server start and "
+                f"schema included; headline run, baseline {cli['baseline_s']:.1f} s there)",
+                f"{cli['ingest_s']:.1f} s",
+                f"{cli['evaluate_s']:.1f} s",
+                f"{cli['ingest_s'] + cli['evaluate_s']:.1f} s",
+                f"{acc:.2f} %",
+            ]
+        )
     for r in out["rows"]:
         if "error" in r:
             rows.append([r["peer"], f"failed: {r['error']}", "", "", ""])
             continue
         part = r["queries"] < out["queries_all"]
-        q = (f"{r['query_s_all']:,.1f} s extrapolated ({r['queries']:,} in {r['query_s']:.1f} s)" if part
-             else f"{r['query_s']:.1f} s")  # fmt: skip
+        q = (
+            f"{r['query_s_all']:,.1f} s extrapolated ({r['queries']:,} in {r['query_s']:.1f} s)"
+            if part
+            else f"{r['query_s']:.1f} s"
+        )
         acc = f"{r['accuracy']:.2f} %" + (f" of the first {r['queries']:,}" if part else "")
         rows.append([r["peer"], f"{r['load_s']:.1f} s", q, f"{r['total_s_all']:,.1f} s", acc])
     lines = [
@@ -202,13 +228,17 @@ def render(out: dict) -> str:
         for r in dbs:
             ahead = total < r["total_s_all"] and acc >= r["accuracy"]
             subset = f" over its first {r['queries']:,} queries" if r["queries"] < out["queries_all"] else ""
-            lines.append(f"- Against {r['peer'].split(' (')[0]}: clipvdb's total is {r['total_s_all'] / total:.1f}x "
-                         f"faster, at {acc:.2f} % against its {r['accuracy']:.2f} %{subset} "
-                         f"({'ahead' if ahead else 'not ahead'}).")  # fmt: skip
+            lines.append(
+                f"- Against {r['peer'].split(' (')[0]}: clipvdb's total is {r['total_s_all'] / total:.1f}x "
+                f"faster, at {acc:.2f} % against its {r['accuracy']:.2f} %{subset} "
+                f"({'ahead' if ahead else 'not ahead'})."
+            )
         for name, r in faiss.items():
-            lines.append(f"- Gap to {name}: queries {cli['evaluate_s'] / r['query_s']:.1f}x its time, total "
-                         f"{total / r['total_s_all']:.2f}x, accuracy {acc - r['accuracy']:+.2f} points "
-                         "(in-process: no persistence, no SQL, no reports).")  # fmt: skip
+            lines.append(
+                f"- Gap to {name}: queries {cli['evaluate_s'] / r['query_s']:.1f}x its time, total "
+                f"{total / r['total_s_all']:.2f}x, accuracy {acc - r['accuracy']:+.2f} points "
+                "(in-process: no persistence, no SQL, no reports)."
+            )
     return "\n".join(lines)
 
 

@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 from bench.common import exact_baseline, load_pixels
-from clipvdb import Store, embedded
-from clipvdb.knn import SearchSettings
+from clipvdb import STAGES, SearchSettings, Store, embedded
 from clipvdb.sources import open_source
-from clipvdb.stages import STAGES
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -61,8 +59,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         correct += sum(int(a[0].label == y[b + i]) for i, a in enumerate(answers))
                         hits += sum(int(a[0].source == truth[b + i]) for i, a in enumerate(answers))
                     seconds = time.perf_counter() - start
-                row = {"settings": spec, "seconds": round(seconds, 2), "accuracy_pct": round(100 * correct / len(Q), 2),
-                       "recall_at_1": round(hits / len(Q), 4)}  # fmt: skip
+                row = {
+                    "settings": spec,
+                    "seconds": round(seconds, 2),
+                    "accuracy_pct": round(100 * correct / len(Q), 2),
+                    "recall_at_1": round(hits / len(Q), 4),
+                }
                 print(row, flush=True)
                 out.append(row)
     finally:

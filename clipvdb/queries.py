@@ -468,6 +468,9 @@ INSERT_EXPERIMENT_RESULT = """INSERT INTO experiment_results
 RELATION_SIZE = "SELECT pg_relation_size(to_regclass(%s))"
 
 
+RESET_ALL = "RESET ALL"
+
+
 def set_session(name: str, value: str) -> sql.Composed:
     """SET of one setting for the rest of the session."""
     return sql.SQL("SET {} = {}").format(

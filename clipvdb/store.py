@@ -158,7 +158,7 @@ class Store:
             conn.commit()
 
         def reset(conn: psycopg.Connection) -> None:
-            conn.execute("RESET ALL")  # session settings (ingest's synchronous_commit) stay with their user
+            conn.execute(queries.RESET_ALL)  # session settings (ingest's synchronous_commit) stay with their user
             conn.commit()
 
         try:
