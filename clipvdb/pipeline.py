@@ -9,9 +9,13 @@ Stage first needs no encoder and imports no torch.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -117,6 +121,19 @@ def _decode_in_worker(start: int, stop: int) -> Decoded:
     return decode(_job, start, stop)
 
 
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a decoding worker: be killed when the process that forked it ends, however it ends (a kill
+    -9 included), so that no worker outlives an interrupted ingest or evaluate. Linux only."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent was gone before the request took effect
+        os._exit(1)
+
+
 def default_workers(encoding: bool = True) -> int:
     """Decoding processes, at most 4: one per core beyond the first when the main process runs the
     encoder; one per core for stage first alone, where the main process mostly waits on COPY
@@ -134,7 +151,12 @@ def decoded_batches(job: _Job, batch_size: int, workers: int) -> Iterator[Decode
         return
     _job = job
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             ahead: deque[Future] = deque()
             todo = iter(spans)
             for s, e in todo:

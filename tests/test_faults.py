@@ -147,3 +147,42 @@ def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp
     assert _count(db_url, "SELECT count(*) FROM report_accuracy") == 0
     again = store.evaluate(src, "first", workers=0)
     assert _count(db_url, "SELECT array_agg(run_id) FROM report_accuracy") == [again.run_id]
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Live processes whose command line holds `marker` (zombies excluded)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the decoding workers' parent-death signal is Linux's")
+def test_decode_workers_die_with_a_killed_ingest(db_url, tmp_path):
+    data = synthetic.generate(tmp_path / "orphans", {"train": 400})
+    env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
+    marker = f"orphan-check-{os.getpid()}"
+    cmd = [*_ingest_cmd(data, "--no-index", "--dataset", marker)]
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_pids_with(marker)) < 3:  # the ingest and its two workers
+        time.sleep(0.02)
+    workers = [p for p in _pids_with(marker) if p != proc.pid]
+    assert len(workers) >= 2, "the ingest never started its decoding workers"
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(p in _pids_with(marker) for p in workers):
+        time.sleep(0.05)
+    assert [p for p in workers if p in _pids_with(marker)] == []
