@@ -73,6 +73,17 @@ class ClipvdbGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("clipvdb: interrupted; the open batch was rolled back", err=True)
             ctx.exit(130)
+        except Exception as exc:
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            import psycopg  # loaded already when a database error gets here; kept off the start-up of --help
+
+            if not isinstance(exc, psycopg.Error):
+                raise
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            if isinstance(exc, psycopg.OperationalError):
+                raise CliError(f"lost the database connection ({first}); run the command again") from exc
+            raise CliError(f"the database refused: {first}; run with --debug for the details") from exc
 
 
 def _store(name: str):
