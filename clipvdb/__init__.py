@@ -18,39 +18,37 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Store": "store",
     "Dataset": "store",
+    "SearchSettings": "knn",
+    "KnnSearcher": "knn",
     "Prediction": "predict",
     "EvalRun": "evaluate",
     "IngestResult": "ingest",
+    "LoadResult": "ingest",
     "IndexInfo": "indexes",
-    "SearchSettings": "knn",
+    "Hit": "retrieval",
+    "Grid": "retrieval",
+    "Clustering": "clusters",
+    "LearnedMap": "learned",
+    "ExperimentResult": "experiment",
     "Stage": "stages",
     "STAGES": "stages",
     "TinyEncoder": "encoder",
     "ClipvdbError": "errors",
 }
-__all__ = [
-    "__version__",
-    "Store",
-    "Dataset",
-    "Prediction",
-    "EvalRun",
-    "IngestResult",
-    "IndexInfo",
-    "SearchSettings",
-    "Stage",
-    "STAGES",
-    "TinyEncoder",
-    "ClipvdbError",
-]
+__all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from .clusters import Clustering
     from .encoder import TinyEncoder
     from .errors import ClipvdbError
     from .evaluate import EvalRun
+    from .experiment import ExperimentResult
     from .indexes import IndexInfo
-    from .ingest import IngestResult
-    from .knn import SearchSettings
+    from .ingest import IngestResult, LoadResult
+    from .knn import KnnSearcher, SearchSettings
+    from .learned import LearnedMap
     from .predict import Prediction
+    from .retrieval import Grid, Hit
     from .stages import STAGES, Stage
     from .store import Dataset, Store
 
