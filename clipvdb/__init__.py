@@ -35,7 +35,27 @@ _EXPORTS = {
     "TinyEncoder": "encoder",
     "ClipvdbError": "errors",
 }
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "Store",
+    "Dataset",
+    "SearchSettings",
+    "KnnSearcher",
+    "Prediction",
+    "EvalRun",
+    "IngestResult",
+    "LoadResult",
+    "IndexInfo",
+    "Hit",
+    "Grid",
+    "Clustering",
+    "LearnedMap",
+    "ExperimentResult",
+    "Stage",
+    "STAGES",
+    "TinyEncoder",
+    "ClipvdbError",
+]
 
 if TYPE_CHECKING:
     from .clusters import Clustering
