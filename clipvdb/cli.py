@@ -5,6 +5,7 @@ Nothing heavy is imported at module level: `clipvdb --help` and stage first neve
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -427,9 +428,7 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
     stages = _stages(stage)
     out = state.store.embed(list(images), stages)
     if fmt == "npy":
-        import io
-
-        import numpy as np
+        import numpy as np  # kept off the start-up of --help
 
         if len(stages) != 1:
             raise UsageError("--format npy writes one array; ask for one --stage")

@@ -64,7 +64,7 @@ class LoadedModel:
     # Same operations in the same order as open_clip's transform, so the same floats.
     @functools.cached_property
     def _split_preprocess(self) -> tuple[list, tuple[float, ...], tuple[float, ...]]:
-        from torchvision import transforms as T
+        from torchvision import transforms as T  # torchvision: only once a CLIP model is loaded
 
         steps = list(self.preprocess.transforms)
         cut = next(i for i, t in enumerate(steps) if isinstance(t, T.ToTensor))
@@ -119,7 +119,7 @@ def openai_architecture(name: str, tag: str | None = None) -> bool:
     """Whether `name` (with `tag`, or any of its tags) was trained with QuickGELU. open_clip's plain
     `RN50` config uses nn.GELU, but OpenAI trained every CLIP model with QuickGELU, and open_clip's
     factory only logs the mismatch: the text tower would run the wrong activation."""
-    import open_clip
+    import open_clip  # open_clip (and its timm, huggingface imports): only when a CLIP model is loaded
 
     tags = [tag] if tag else open_clip.list_pretrained_tags_by_model(name)
     return any(bool((open_clip.get_pretrained_cfg(name, t) or {}).get("quick_gelu")) for t in tags)
@@ -146,7 +146,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _hub_offline():
     """Make huggingface_hub use its local cache only (it otherwise retries for most of a minute)."""
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # optional: open_clip works without it
     except ImportError:
         yield
         return
@@ -195,7 +195,7 @@ def load_model(
 
     `channels_last` defaults to on for CPU: it measured 0.62x the time of NCHW for RN50 at batch 32
     with identical embeddings (BENCHMARKS.md, item 3)."""
-    import open_clip
+    import open_clip  # open_clip (and its timm, huggingface imports): only when a CLIP model is loaded
 
     logging.getLogger("root").setLevel(logging.CRITICAL)
     dev = device if isinstance(device, torch.device) else pick_device(device)

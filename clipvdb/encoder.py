@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -78,8 +79,6 @@ class TinyEncoder:
         return first_stage_pixels(img)
 
     def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
-        import time
-
         wanted = {s.name for s in stages if s.uses_clip}
         out = StageOutput()
         if not wanted:
@@ -111,7 +110,7 @@ def load_encoder(model: str, pretrained: str, device: str | None = None, *, quie
         if not quiet:
             print("clipvdb: using the TINY test encoder: its vectors are not CLIP's", file=sys.stderr)
         return TinyEncoder()
-    from .clip_model import load_model
+    from .clip_model import load_model  # torch and open_clip: only for a CLIP model
 
     model_: LoadedModel = load_model(model, pretrained, device, quiet=quiet)
     return model_

@@ -62,7 +62,7 @@ def fit_nca(
     Z: np.ndarray, y: np.ndarray, dims: int, seconds: float, seed: int = 0, batch: int = 2048
 ) -> tuple[np.ndarray, int]:
     """A (dims, Z.shape[1]) map trained for `seconds` with the in-batch NCA loss."""
-    import torch
+    import torch  # only when a map is trained
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -116,7 +116,7 @@ def fit(
         Z = (X - mean) @ basis.T
         params["pca_dims"] = PCA_DIMS
         if method == "lda":
-            from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+            from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # scikit-learn: only for lda
 
             lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dims).fit(Z, y)
             W = lda.scalings_[:, :dims].T.astype(np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 
@@ -24,8 +25,6 @@ PORT = 5432  # every node listens on its own socket directory, so they share the
 
 
 def _socket_dir(url: str) -> str:
-    from urllib.parse import parse_qs, urlsplit
-
     return parse_qs(urlsplit(url).query)["host"][0]
 
 

@@ -33,7 +33,7 @@ def print_table(title: str, rows: list[dict], columns: list[str] | None = None) 
     columns = columns or (list(rows[0]) if rows else [])
     numeric = {c: bool(rows) and isinstance(rows[0].get(c), int | float) for c in columns}
     if is_terminal():
-        from rich.console import Console
+        from rich.console import Console  # rich: only for a terminal, kept off the start-up of --help
         from rich.table import Table
 
         table = Table(title=title, title_justify="left")
@@ -59,7 +59,7 @@ def print_plain(title: str, grid: list[list[str]], numeric: list[bool] | None = 
 
 def progress(label: str) -> tuple:
     """A progress bar on stderr and its update(advance, total) function."""
-    from rich.console import Console
+    from rich.console import Console  # rich: kept off the start-up of --help
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
