@@ -8,6 +8,7 @@ table). Projections and learned maps keep a mapped copy of every stored vector i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ from .errors import EmptyStageError, StageError
 from .stages import Stage
 
 MAP_BATCH = 5_000  # rows per COPY when a whole stage is mapped again
+
+
+def as_stored(conn: psycopg.Connection, stage: Stage) -> Stage:
+    """The stage with the width its table holds (what an index over every space of it must use)."""
+    stored = db.scalar(conn, queries.COLUMN_TYPE, (stage.table, "embedding"))
+    dim = int(stored[stored.index("(") + 1 : -1])
+    return stage if dim == stage.dim else dataclasses.replace(stage, dim=dim)
 
 
 def fit_width(conn: psycopg.Connection, stage: Stage) -> None:

@@ -40,6 +40,7 @@ from . import (
     queries,
     reports,
     retrieval,
+    storage,
     zeroshot,
 )
 from . import evaluate as evaluation
@@ -473,7 +474,7 @@ class Store:
         out = []
         try:
             with self.connection() as conn:
-                for s in self._stages(stage):
+                for s in (storage.as_stored(conn, s) for s in _parse(stage)):
                     chosen, defaults = (kind, {}) if kind else indexes.default_index(s)
                     dims = defaults.get("project") if project is None else project
                     out.append(
@@ -746,7 +747,7 @@ class Store:
             if "placed" in placed:
                 # rows that were already stored moved to the workers; their indexes are rebuilt
                 # per shard (ivfflat lists follow the rows per shard)
-                for stage in STAGES.values():
+                for stage in (storage.as_stored(conn, s) for s in STAGES.values()):
                     current = indexes.info(conn, stage)
                     if current.rows and current.exists:
                         indexes.refresh(conn, stage)

@@ -45,6 +45,8 @@ def test_an_empty_stage_takes_the_models_width_and_a_filled_one_refuses_another(
         q = store.embed([image], "second")["second"][0]
         x = store.embed([syn_data / pred.neighbors[0]["source"]], "second")["second"][0]
         assert pred.distance == pytest.approx(float(np.linalg.norm(q - x)), rel=1e-4)
+        [index] = store.index("second", "ivfflat", lists=2)  # an index follows the stored width too
+        assert index.exists and index.rows == 20 and index.params["lists"] == 2
     with Store(db_url, encoder=TinyEncoder()) as store, pytest.raises(StageError, match="vector\\(96\\)"):
         store.ingest(syn_data, "second", limit=5, workers=0)
     assert _column(db_url, "embeddings_second", "embedding") == "vector(96)"
