@@ -30,7 +30,7 @@ from bench.fp16 import item_fp16
 from bench.load import item_load
 from bench.load_test import item_load_test
 from bench.scale import item_scale
-from bench.search import item_search
+from bench.knn import item_knn
 from bench.storage import item_storage
 from bench.study import item_study
 from clipvdb import Store, embedded, queries
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"Decoded {len(data['train'][0]):,} train and {len(data['test'][0]):,} test images in "
             f"{time.perf_counter() - t0:.1f} s."
         )
-        s1 = item_search(rep, cfg, store, source, data) if items & {1, 4, 5} else {}
+        s1 = item_knn(rep, cfg, store, source, data) if items & {1, 4, 5} else {}
         if 2 in items:
             item_load(rep, cfg, store, source, data)
         ips = item_encoder(rep, cfg) if 3 in items or 4 in items else {}

@@ -23,7 +23,7 @@ from clipvdb import STAGES, SearchSettings, Store
 from clipvdb.sources import Source
 
 
-def item_search(rep: Report, cfg: Config, store: Store, source: Source, data: dict) -> dict:
+def item_knn(rep: Report, cfg: Config, store: Store, source: Source, data: dict) -> dict:
     Xtr, ytr, ktr = data["train"]
     Xte, yte, _ = data["test"]
     stage = STAGES["first"]
