@@ -27,10 +27,10 @@ from bench.accuracy import item_accuracy
 from bench.common import FULL, QUICK, FakeEncoder, Report, find_source, load_pixels
 from bench.encoder import item_encoder
 from bench.fp16 import item_fp16
+from bench.knn import item_knn
 from bench.load import item_load
 from bench.load_test import item_load_test
 from bench.scale import item_scale
-from bench.knn import item_knn
 from bench.storage import item_storage
 from bench.study import item_study
 from clipvdb import Store, embedded, queries
