@@ -1,16 +1,22 @@
-"""`clipvdb serve`: a small server-rendered page to classify an image, browse its neighbours, and
-search stored images by text. Bound to 127.0.0.1 by default; uploads are size-capped and decoded
-with the same checks as ingest input. Every request goes through one Store (one connection pool);
-an upload is decoded once, in memory."""
+"""`clipvdb serve`: small server-rendered pages. Classify an image, browse its neighbours and search
+stored images by text; and look at what is stored: every evaluation run, one run's accuracy, time,
+distances and errors, runs side by side, clusterings, search experiments, the data and the
+database's health. Every figure comes from the report views through the Store; charts are inline
+SVG drawn here (charts.py), each followed by a table of its numbers; nothing needs JavaScript or
+the network. Bound to 127.0.0.1 by default; uploads are size-capped and decoded with the same
+checks as ingest input. Every request goes through one Store (one connection pool); an upload is
+decoded once, in memory."""
 
 from __future__ import annotations
 
 import base64
 import io
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, abort, render_template, request
 
+from . import charts
 from .errors import ClipvdbError, ImageError
 from .images import load_image
 from .knn import SearchSettings
@@ -18,6 +24,170 @@ from .stages import parse_stages
 from .store import Store
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+STAGE_ORDER = ("first", "second", "third", "origin")
+NAV = (
+    ("index", "Classify"),
+    ("runs", "Runs"),
+    ("clusters", "Clusters"),
+    ("experiments", "Experiments"),
+    ("data", "Data"),
+)
+# /runs: the columns a visitor can sort by (besides accuracy_<stage>)
+RUN_SORTS = ("run_id", "dataset", "stages", "model", "k", "status", "images", "seconds")
+MAX_COMPARE = 8
+
+
+def _sort_key(value: Any) -> tuple:
+    """Sort None last, numbers as numbers, everything else as text."""
+    if value is None:
+        return (1, 0, "")
+    if isinstance(value, int | float):
+        return (0, value, "")
+    return (0, 0, str(value))
+
+
+def sorted_runs(runs: list[dict], column: str, desc: bool) -> list[dict]:
+    """Runs sorted by a column of /runs (accuracy_<stage>: that stage's accuracy); None stays last."""
+
+    def value(r: dict) -> Any:
+        if column.startswith("accuracy_"):
+            return r["accuracy"].get(column.removeprefix("accuracy_"))
+        v = r.get(column)
+        return ",".join(v) if isinstance(v, list) else v
+
+    present = [r for r in runs if value(r) is not None]
+    missing = [r for r in runs if value(r) is None]
+    return sorted(present, key=lambda r: _sort_key(value(r)), reverse=desc) + missing
+
+
+def index_settings(index: dict | None) -> str:
+    """report_runs.index as one line: per stage its kind and parameters, or 'exact'."""
+    if not index:
+        return ""
+    out = []
+    for stage in sorted(index, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 9):
+        i = index[stage] or {}
+        if not i.get("used", True):
+            out.append(f"{stage}: exact")
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in i.items() if k not in ("kind", "used", "exists", "projected"))
+        out.append(f"{stage}: {i.get('kind', '?')}" + (f" ({params})" if params else ""))
+    return "; ".join(out)
+
+
+def ms_per_image(t: dict) -> float:
+    """The study's cost of a prediction: the encoder pass to the stage plus the query, per image."""
+    return (t.get("encode_ms_mean") or 0.0) + (t.get("query_ms_mean") or 0.0)
+
+
+def trade_off(per_run: dict[str, tuple[list[dict], list[dict]]]) -> tuple[str, list[dict]]:
+    """The trade-off chart (accuracy against encoder + query ms per image) with one series per run,
+    and its points as table rows. `per_run`: name -> (report_accuracy rows, report_timing rows)."""
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    rows = []
+    for name, (accuracy, timing) in per_run.items():
+        ms = {t["stage"]: ms_per_image(t) for t in timing}
+        pts = []
+        for a in accuracy:
+            if a["stage"] in ms:
+                pts.append((ms[a["stage"]], float(a["accuracy_pct"]), a["stage"]))
+                rows.append(
+                    {"series": name, "stage": a["stage"], "ms": ms[a["stage"]], "accuracy_pct": a["accuracy_pct"]}
+                )
+        series[name] = pts
+    svg = charts.line_chart(
+        series, title="Accuracy against time per image", x_label="encoder + query ms per image", y_label="accuracy %"
+    )
+    return svg, rows
+
+
+def histograms(rows: list[dict]) -> list[dict]:
+    """report_distance_histogram per stage with every one of its 20 bins (the view leaves out empty
+    ones): {"stage", "bins": [{bin, bin_lo, bin_hi, n_correct, n_wrong}], "svg"}."""
+    out = []
+    for stage in _stages_of(rows):
+        have = {r["bin"]: r for r in rows if r["stage"] == stage}
+        any_row = next(iter(have.values()))
+        width = float(any_row["bin_hi"]) - float(any_row["bin_lo"])
+        lo = float(any_row["bin_lo"]) - (any_row["bin"] - 1) * width
+        n = 20 if width > 0 else 1
+        bins = [
+            have.get(b)
+            or {"bin": b, "bin_lo": lo + (b - 1) * width, "bin_hi": lo + b * width, "n_correct": 0, "n_wrong": 0}
+            for b in range(1, n + 1)
+        ]
+        edges = [float(b["bin_lo"]) for b in bins] + [float(bins[-1]["bin_hi"])]
+        if width == 0:
+            edges[-1] = edges[0] + 1e-9
+        svg = charts.histogram(
+            edges,
+            {"correct": [int(b["n_correct"]) for b in bins], "wrong": [int(b["n_wrong"]) for b in bins]},
+            title=f"Distance to the nearest neighbour, stage {stage}",
+            x_label="distance",
+        )
+        out.append({"stage": stage, "bins": bins, "svg": svg})
+    return out
+
+
+def _stages_of(rows: list[dict]) -> list[str]:
+    seen = {r["stage"] for r in rows}
+    return [s for s in STAGE_ORDER if s in seen]
+
+
+def confusion(rows: list[dict]) -> list[dict]:
+    """report_confusion per stage as a matrix: {"stage", "rows" (true labels), "labels" (every label
+    seen, the columns), "names" (label -> class), "cells": {(true, predicted): n}, "max"}."""
+    out = []
+    for stage in _stages_of(rows):
+        mine = [r for r in rows if r["stage"] == stage]
+        labels = {r["true_label"]: r["true_class"] for r in mine}
+        labels.update({r["predicted_label"]: r["predicted_class"] or str(r["predicted_label"]) for r in mine})
+        order = sorted(labels)
+        cells = {(r["true_label"], r["predicted_label"]): r["n"] for r in mine}
+        true_labels = sorted({r["true_label"] for r in mine})
+        out.append(
+            {
+                "stage": stage,
+                "rows": true_labels,
+                "labels": order,
+                "names": labels,
+                "cells": cells,
+                "max": max(cells.values()),
+            }
+        )
+    return out
+
+
+def class_accuracy_chart(rows: list[dict]) -> str:
+    stages = _stages_of(rows)
+    classes: dict[int, str] = {}
+    for r in rows:
+        classes.setdefault(r["label"], r["class"])
+    by = {(r["stage"], r["label"]): float(r["accuracy_pct"]) for r in rows}
+    return charts.bar_chart(
+        [classes[c] for c in sorted(classes)],
+        {s: [by.get((s, c)) for c in sorted(classes)] for s in stages},
+        title="Accuracy per class",
+        x_label="true class",
+        y_label="accuracy %",
+        y_max=100.0,
+        width=max(charts.WIDTH, 60 * len(classes) + 220),
+    )
+
+
+def parse_ids(values: list[str]) -> list[int]:
+    """?ids=1,2 or ?ids=1&ids=2 (the /runs form's checkboxes) as run ids, in order, once each."""
+    out: list[int] = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit():
+                abort(400, description=f"not a run id: {part!r}")
+            if int(part) not in out:
+                out.append(int(part))
+    return out
 
 
 def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
@@ -28,6 +198,13 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     settings = SearchSettings(k=k, learned=learned)
     stored_stages, samples = store.stored_stage_names, store.samples
 
+    @app.context_processor
+    def nav() -> dict:
+        return {"nav": NAV, "fmt": charts.fmt}
+
+    def page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
+        return render_template(template, **values), status
+
     @app.errorhandler(ClipvdbError)
     def clipvdb_error(exc: ClipvdbError):
         return render_template("page.html", error=str(exc), stages=stored_stages(), samples=[]), 400
@@ -36,6 +213,14 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     def too_large(_exc):
         msg = f"upload is larger than {MAX_UPLOAD_BYTES // 2**20} MiB; send a smaller image"
         return render_template("page.html", error=msg, stages=stored_stages(), samples=[]), 413
+
+    @app.errorhandler(404)
+    def not_found(exc):
+        return page("notfound.html", 404, heading="Not found", message=exc.description or "no such page")
+
+    @app.errorhandler(400)
+    def bad_request(exc):
+        return page("notfound.html", 400, heading="Bad request", message=exc.description or "bad request")
 
     @app.get("/")
     def index():
@@ -93,7 +278,148 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         store.stored_stage_names()
         return {"ok": True}
 
+    # ------------------------------------------------------------ reports
+
+    @app.get("/runs")
+    def runs():
+        rows = store.runs()
+        stages = [s for s in STAGE_ORDER if any(s in r["accuracy"] for r in rows)]
+        allowed = (*RUN_SORTS, *(f"accuracy_{s}" for s in stages))
+        column = request.args.get("sort", "run_id")
+        if column not in allowed:
+            abort(400, description=f"cannot sort by {column!r}; choose from {', '.join(allowed)}")
+        desc = request.args.get("desc", "1" if column == "run_id" else "0") == "1"
+        return page(
+            "runs.html",
+            runs=sorted_runs(rows, column, desc),
+            stages=stages,
+            sort=column,
+            desc=desc,
+            index_settings=index_settings,
+        )
+
+    @app.get("/runs/compare")
+    def compare():
+        ids = parse_ids(request.args.getlist("ids"))
+        if not ids:
+            abort(400, description="choose runs to compare: /runs/compare?ids=1,2")
+        if len(ids) > MAX_COMPARE:
+            abort(400, description=f"compare at most {MAX_COMPARE} runs at a time")
+        found = [store.reports(i, ("report_runs", "report_accuracy", "report_timing")) for i in ids]
+        missing = [r["run_id"] for r in found if not r["report_runs"]]
+        if missing:
+            abort(404, description=f"no run {missing[0]}; /runs lists the stored runs")
+        svg, points = trade_off({f"run {r['run_id']}": (r["report_accuracy"], r["report_timing"]) for r in found})
+        stages = [s for s in STAGE_ORDER if any(a["stage"] == s for r in found for a in r["report_accuracy"])]
+        cells = {(r["run_id"], a["stage"]): {"accuracy": a} for r in found for a in r["report_accuracy"]}
+        for r in found:
+            for t in r["report_timing"]:
+                cells.setdefault((r["run_id"], t["stage"]), {})["timing"] = t
+        return page(
+            "compare.html",
+            runs=[r["report_runs"][0] for r in found],
+            stages=stages,
+            cells=cells,
+            chart=svg,
+            points=points,
+            ms_per_image=ms_per_image,
+            index_settings=index_settings,
+        )
+
+    @app.get("/runs/<int:run_id>")
+    def run(run_id: int):
+        r = store.run(run_id)
+        if r is None:
+            abort(404, description=f"no run {run_id}; /runs lists the stored runs")
+        timing = {t["stage"]: t for t in r["report_timing"]}
+        svg, points = trade_off({f"run {run_id}": (r["report_accuracy"], r["report_timing"])})
+        return page(
+            "run.html",
+            r=r,
+            run=r["run"],
+            timing=timing,
+            chart=svg,
+            points=points,
+            histograms=histograms(r["report_distance_histogram"]),
+            confusion=confusion(r["report_confusion"]),
+            class_chart=class_accuracy_chart(r["report_class_accuracy"]) if r["report_class_accuracy"] else "",
+            ms_per_image=ms_per_image,
+            index_settings=index_settings,
+        )
+
+    @app.get("/clusters")
+    def clusters():
+        found = store.clusterings()
+        chosen_id = request.args.get("id", type=int)
+        chosen = next((c for c in found if c.id == chosen_id), None) if chosen_id is not None else None
+        if chosen_id is not None and chosen is None:
+            abort(404, description=f"no clustering {chosen_id}; /clusters lists the stored ones")
+        chosen = chosen or (found[0] if found else None)
+        svg = ""
+        if found:
+            shown = list(reversed(found))  # oldest first, left to right
+            svg = charts.bar_chart(
+                [f"#{c.id} {c.method}" for c in shown],
+                {
+                    "purity": [c.purity for c in shown],
+                    "ARI": [c.adjusted_rand_index for c in shown],
+                    "NMI": [c.normalized_mutual_info for c in shown],
+                },
+                title="Clusters against labels",
+                x_label="clustering",
+                y_label="score",
+                y_max=1.0,
+            )
+        grid = store.cluster_members(chosen.id) if chosen else []
+        return page("clusters.html", clusterings=found, chosen=chosen, grid=grid, chart=svg)
+
+    @app.get("/experiments")
+    def experiments():
+        rows = store.experiments()
+        groups: dict[int, list[dict]] = {}
+        for e in rows:
+            groups.setdefault(e["experiment_id"], []).append(e)
+        shown = []
+        for exp_id, mine in groups.items():
+            series: dict[str, list[tuple[float, float, str]]] = {}
+            for e in sorted(mine, key=lambda e: (e["size"], e["mean_ms"] or 0.0)):
+                if e["mean_ms"] is not None and e["recall_at_1"] is not None:
+                    series.setdefault(f"{e['size']:,} stored", []).append(
+                        (e["mean_ms"], e["recall_at_1"], setting_label(e))
+                    )
+            svg = charts.line_chart(
+                series,
+                title=f"Experiment {exp_id}: recall@1 against ms per query, stage {mine[0]['stage']}",
+                x_label="mean ms per query",
+                y_label="recall@1",
+                lines=False,
+            )
+            shown.append({"id": exp_id, "rows": mine, "chart": svg, "first": mine[0]})
+        return page("experiments.html", experiments=shown, setting_label=setting_label)
+
+    @app.get("/data")
+    def data():
+        overview = store.data_overview()
+        stages = overview["stages"]
+        svg = ""
+        if stages:
+            svg = charts.bar_chart(
+                [s["stage"] for s in stages],
+                {"bytes per row": [s["bytes_per_row"] for s in stages]},
+                title="Bytes per stored row (table, TOAST and indexes)",
+                x_label="stage",
+                y_label="bytes per row",
+            )
+        return page("data.html", o=overview, chart=svg)
+
     return app
+
+
+def setting_label(e: dict) -> str:
+    """An experiment row's setting: exact, ivfflat probes=10, hnsw ef_search=40."""
+    params = e.get("params") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("lists", "m", "ef_construction"))
+    return f"{e['method']} {shown}".strip()
 
 
 def serve(store: Store, host: str = "127.0.0.1", port: int = 8000, k: int = 5, learned: bool = False) -> None:
