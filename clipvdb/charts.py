@@ -52,6 +52,15 @@ def _text(x: float, y: float, s: str, anchor: str = "middle", extra: str = "") -
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{escape(s)}</text>'
 
 
+def tick_label(v: float, ticks_: Sequence[float]) -> str:
+    """A tick's label with as many decimals as the step between ticks needs (0.025 -> 3)."""
+    step = abs(ticks_[1] - ticks_[0]) if len(ticks_) > 1 else 1.0
+    decimals = 0
+    while decimals < 6 and abs(round(step, decimals) - step) > step * 1e-6:
+        decimals += 1
+    return f"{v:,.{decimals}f}"
+
+
 class _Frame:
     """Plot area, axes and legend shared by the three kinds."""
 
@@ -73,7 +82,7 @@ class _Frame:
         for t in self.yticks:
             yy = self.y(t)
             p.append(f'<line x1="{self.x0}" x2="{self.x1}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e5e7eb"/>')
-            p.append(_text(self.x0 - 6, yy + 4, fmt(t), "end"))
+            p.append(_text(self.x0 - 6, yy + 4, tick_label(t, self.yticks), "end"))
         p.append(f'<line x1="{self.x0}" x2="{self.x0}" y1="{self.y1}" y2="{self.y0}" stroke="#374151"/>')
         p.append(f'<line x1="{self.x0}" x2="{self.x1}" y1="{self.y0}" y2="{self.y0}" stroke="#374151"/>')
         p.append(_text((self.x0 + self.x1) / 2, self.height - 8, self.x_label))
@@ -152,14 +161,21 @@ def line_chart(
     x_label: str,
     y_label: str,
     lines: bool = True,
+    labels: bool = True,
+    y_max: float | None = None,
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> str:
     """Points (x, y, label) per series, joined in the given order when `lines`; each point is
-    marked and labelled (a stage name, an index setting)."""
+    marked, and labelled on the chart when `labels` (a stage name), else in its tooltip only.
+    `y_max`: the top of the y axis (recall: 1)."""
     xs = [p[0] for ps in series.values() for p in ps]
     ys = [p[1] for ps in series.values() for p in ps]
-    f = _Frame(title, x_label, y_label, _range(ys, zero=False), width, height)
+    y_range = _range(ys, zero=False)
+    if y_max is not None and max(ys, default=y_max) <= y_max:
+        lo = min(ys, default=y_max)
+        y_range = (lo if lo < y_max else y_max - 0.1 * (abs(y_max) or 1.0), y_max)
+    f = _Frame(title, x_label, y_label, y_range, width, height)
     f.axes()
     xt = ticks(*_range(xs, zero=True))
     xlo, xhi = xt[0], xt[-1]
@@ -168,7 +184,7 @@ def line_chart(
         return f.x0 + (v - xlo) / ((xhi - xlo) or 1.0) * (f.x1 - f.x0)
 
     for t in xt:
-        f.parts.append(_text(x(t), f.y0 + 14, fmt(t)))
+        f.parts.append(_text(x(t), f.y0 + 14, tick_label(t, xt)))
     for j, (name, ps) in enumerate(series.items()):
         c = colour(j)
         if lines and len(ps) > 1:
@@ -179,7 +195,7 @@ def line_chart(
                 f'<circle cx="{x(px):.1f}" cy="{f.y(py):.1f}" r="4" fill="{c}">'
                 f"<title>{escape(f'{name} {label}: {fmt(px)}, {fmt(py)}')}</title></circle>"
             )
-            if label:
+            if label and labels:
                 f.parts.append(_text(x(px) + 6, f.y(py) - 6, label, "start", f' fill="{c}"'))
     f.legend(list(series))
     return f.svg()
@@ -206,9 +222,10 @@ def histogram(
     def x(v: float) -> float:
         return f.x0 + (v - lo) / span * (f.x1 - f.x0)
 
-    for t in ticks(lo, hi):
+    xt = ticks(lo, hi)
+    for t in xt:
         if lo <= t <= hi:
-            f.parts.append(_text(x(t), f.y0 + 14, fmt(t)))
+            f.parts.append(_text(x(t), f.y0 + 14, tick_label(t, xt)))
     n_ser = max(len(series), 1)
     for b in range(n_bins):
         left, right = x(edges[b]), x(edges[b + 1]) if b + 1 < len(edges) else x(hi)

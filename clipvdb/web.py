@@ -393,6 +393,8 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
                 x_label="mean ms per query",
                 y_label="recall@1",
                 lines=False,
+                labels=False,
+                y_max=1.0,
             )
             shown.append({"id": exp_id, "rows": mine, "chart": svg, "first": mine[0]})
         return page("experiments.html", experiments=shown, setting_label=setting_label)
