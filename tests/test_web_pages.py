@@ -444,3 +444,91 @@ def test_every_page_answers_in_under_300_ms_with_10000_images(store, capsys):
         print("\nmedian of 3 per page, 10,000-image run:", {u: f"{t * 1000:.0f} ms" for u, t in times.items()})
     slow = {u: t for u, t in times.items() if t >= 0.3}
     assert not slow, f"pages at or over 300 ms: {slow}"
+
+
+# ---------------------------------------------------------------- a real browser
+
+
+@pytest.fixture
+def live(store, runs):
+    """The app on a free port of 127.0.0.1, served from a thread, over the test database."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from clipvdb.web import create_app
+
+    server = make_server("127.0.0.1", 0, create_app(store), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
+
+
+def test_pages_in_a_real_browser(live, runs, tmp_path):
+    """Each page loads in headless Chromium with no console error, its images decoded, and draws
+    something (a screenshot with more than one colour)."""
+    from test_web import _ensure_chromium
+
+    browser, driver_path = _ensure_chromium()
+    from PIL import Image
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1150,1500",
+    ):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    a, b = runs
+    pages = {
+        "classify": "/",
+        "runs": "/runs",
+        "run": f"/runs/{a}",
+        "compare": f"/runs/compare?ids={a},{b}",
+        "clusters": "/clusters",
+        "experiments": "/experiments",
+        "data": "/data",
+    }
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    shots = {}
+    try:
+        for name, url in pages.items():
+            drv.get(live + url)
+            assert drv.title.startswith("clipvdb"), (url, drv.title)
+            drv.execute_script(  # lazy images below the fold: load them all before looking
+                "document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')"
+            )
+            WebDriverWait(drv, 60).until(
+                lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)")
+            )
+            broken = drv.execute_script(
+                "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length"
+            )
+            svgs = drv.execute_script("return document.querySelectorAll('svg.chart').length")
+            severe = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+            assert not severe, (url, severe)
+            assert broken == 0, (url, broken)
+            if name in ("run", "compare", "clusters", "experiments", "data"):
+                assert svgs >= 1, url
+            shots[name] = tmp_path / f"{name}.png"
+            drv.save_screenshot(str(shots[name]))
+    finally:
+        drv.quit()
+    for name, path in shots.items():
+        with Image.open(path) as img:
+            assert img.size[0] >= 1000, name
+            assert len(set(img.convert("RGB").getdata())) > 1, f"the screenshot of {name} is blank"
