@@ -23,7 +23,6 @@ from .output import progress as _progress
 from .stages import STAGE_CHOICES, STAGE_NAMES, Stage, parse_stages
 
 if TYPE_CHECKING:
-    from .knn import SearchSettings
     from .store import Store
 
 
@@ -150,21 +149,40 @@ def search_options(f):
         help="ivfflat.probes (default: lists/5; projected index: lists/20; at least 1,000 rows scanned).",
     )(f)
     f = click.option(
+        "--vote",
+        type=click.Choice(["majority", "weighted", "dino"]),
+        default="majority",
+        show_default=True,
+        help="How k > 1 neighbours decide: majority (ties to the nearest), weighted (1/distance), "
+        "dino (exp(cosine similarity / 0.07)).",
+    )(f)
+    f = click.option(
         "--k",
         "k",
-        type=click.IntRange(1),
-        default=1,
+        default="1",
         show_default=True,
-        help="Neighbours; k > 1 is a majority vote, ties to the nearest.",
+        help="Neighbours that vote. evaluate takes several (--k 1,5,20): the first decides the stored "
+        "predictions, and report_accuracy_by_k gives every k and vote from the same search.",
     )(f)
     return f
 
 
-def _settings(k, probes, ef_search, candidates, exact, metric, learned) -> SearchSettings:
+def _settings(k, probes, ef_search, candidates, exact, metric, learned, vote="majority", several=False):
     from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
 
+    ks = _ints(str(k))
+    if len(ks) > 1 and not several:
+        raise UsageError("several --k values are for evaluate; give one k here")
     return SearchSettings(
-        k=k, exact=exact, probes=probes, ef_search=ef_search, metric=metric, candidates=candidates, learned=learned
+        vote=vote,
+        ks=tuple(ks) if len(ks) > 1 else (),
+        k=ks[0],
+        exact=exact,
+        probes=probes,
+        ef_search=ef_search,
+        metric=metric,
+        candidates=candidates,
+        learned=learned,
     )
 
 
@@ -578,6 +596,7 @@ def classify(
     against,
     prompts,
     k,
+    vote,
     probes,
     ef_search,
     candidates,
@@ -593,7 +612,7 @@ def classify(
       clipvdb classify cat.png
       clipvdb classify cat.png ship.png --stage first,second --k 5 --json
     """
-    settings = _settings(k, probes, ef_search, candidates, exact, metric, learned)
+    settings = _settings(k, probes, ef_search, candidates, exact, metric, learned, vote)
     preds = state.store.classify(
         list(images), _stages(stage) if stage else None, settings, dataset=dataset, against=against, prompts=prompts
     )
@@ -657,6 +676,7 @@ def evaluate(
     dataset,
     prompts,
     k,
+    vote,
     probes,
     ef_search,
     candidates,
@@ -671,6 +691,8 @@ def evaluate(
     Example:
       clipvdb evaluate --stage first --data cifar-10-python.tar.gz --num 1000 --exact
       clipvdb evaluate --stage all --data ./cifar10 --k 5 --display-freq 5
+      clipvdb evaluate --stage first --data ./cifar10 --k 1,5,20 --metric cosine
+      clipvdb report --view report_accuracy_by_k
     """
     from .sources import open_source  # numpy: kept off the start-up of --help
 
@@ -682,7 +704,7 @@ def evaluate(
         result = state.store.evaluate(
             source,
             stages,
-            _settings(k, probes, ef_search, candidates, exact, metric, learned),
+            _settings(k, probes, ef_search, candidates, exact, metric, learned, vote, several=True),
             split=split,
             against=against,
             num=num,

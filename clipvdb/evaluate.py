@@ -150,6 +150,8 @@ def run_params(settings: SearchSettings, searchers: dict[str, KnnSearcher], stag
     return {
         "metric": settings.metric,
         "k": settings.k,
+        "vote": settings.vote,
+        "ks": list(settings.ks) or None,
         "exact": settings.exact,
         "probes": settings.probes,
         "ef_search": settings.ef_search,
@@ -244,6 +246,8 @@ def evaluate(
                 image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
                 rows = _rows(run_id, b, batch, stages, preds, image_ids, result)
                 _store(conn, rows)
+                if settings.ks:
+                    _store_neighbors(conn, run_id, stages, preds, image_ids)
                 conn.commit()
                 result.store_ms += (time.perf_counter() - t0) * 1000
             result.decode_ms += batch.decode_ms
@@ -312,6 +316,23 @@ def _searched(
         while ahead:
             first, fut = ahead.popleft()
             yield first, fut.result()
+
+
+def _store_neighbors(conn: psycopg.Connection, run_id: int, stages, preds, image_ids) -> None:
+    """Each query's nearest neighbours, stored once, so that report_accuracy_by_k scores every k
+    and vote from one search."""
+    db.copy_rows(
+        conn,
+        queries.COPY_RUN_NEIGHBORS,
+        ["int4", "text", "int8", "int2", "int8", "int4", "float8", "float8"],
+        (
+            (run_id, s.name, image_ids[i], rank, n.image_id, n.label, n.distance, n.similarity)
+            for s in stages
+            if s.name != "origin"
+            for i, found in enumerate(preds[s.name].neighbors)
+            for rank, n in enumerate(found, start=1)
+        ),
+    )
 
 
 def _rows(

@@ -13,9 +13,9 @@ the recorded index and whether it exists. No table is scanned before the query.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,9 +27,20 @@ from .errors import EmptyStageError, SpaceMismatchError, UsageError
 from .learned import LearnedMap
 from .stages import Stage
 
+# How the k neighbours' labels become one label (`vote`):
+# - majority: the most frequent label, ties to the label of the nearest neighbour;
+# - weighted: each neighbour votes 1 / distance;
+# - dino: each neighbour votes exp(cosine similarity / 0.07), DINO's weighted k-NN.
+VOTES: tuple[str, ...] = ("majority", "weighted", "dino")
+DINO_TEMPERATURE = 0.07
+
 
 @dataclass(frozen=True)
 class SearchSettings:
+    """Everything that changes a kNN answer. `ks`: more k values to score from the same search
+    (evaluate stores each query's max(k, *ks) nearest neighbours, and report_accuracy_by_k gives
+    the accuracy at each k under each vote)."""
+
     k: int = config.DEFAULT_K
     exact: bool = False
     probes: int | None = None
@@ -37,16 +48,31 @@ class SearchSettings:
     metric: queries.Metric = "l2"
     candidates: int | None = None
     learned: bool = False
+    vote: str = "majority"
+    ks: tuple[int, ...] = ()
 
     def check(self) -> None:
-        if self.k < 1:
+        if self.k < 1 or any(k < 1 for k in self.ks):
             raise UsageError("--k must be at least 1")
         if self.metric not in queries.METRICS:
             raise UsageError(f"unknown metric {self.metric!r}; choose from {', '.join(queries.METRICS)}")
+        if self.vote not in VOTES:
+            raise UsageError(f"unknown vote {self.vote!r}; choose from {', '.join(VOTES)}")
+
+    @property
+    def similarity(self) -> bool:
+        """Whether each neighbour's cosine similarity is needed: for the dino vote, or to store the
+        neighbours of an evaluate that scores several k."""
+        return self.vote == "dino" or bool(self.ks)
+
+    @property
+    def depth(self) -> int:
+        """Neighbours fetched per query: enough for k and every k in ks."""
+        return max((self.k, *self.ks))
 
     @property
     def n_candidates(self) -> int:
-        return self.candidates or max(config.DEFAULT_CANDIDATES, 4 * self.k)
+        return self.candidates or max(config.DEFAULT_CANDIDATES, 4 * self.depth)
 
 
 @dataclass
@@ -55,17 +81,27 @@ class Neighbor:
     label: int
     source: str
     distance: float
+    similarity: float = float("nan")  # cosine similarity to the query (the dino vote's)
 
 
-def vote(neigh: list[Neighbor]) -> tuple[int, Neighbor]:
-    """Majority label among the neighbours; ties go to the label with the nearest neighbour."""
-    counts = Counter(n.label for n in neigh)
-    top = max(counts.values())
+def vote(neigh: list[Neighbor], how: str = "majority") -> tuple[int, Neighbor]:
+    """The label the neighbours vote for, and the nearest neighbour of that label. Ties go to the
+    label with the nearest neighbour."""
     nearest: dict[int, Neighbor] = {}
     for n in neigh:
-        if counts[n.label] == top and (n.label not in nearest or n.distance < nearest[n.label].distance):
+        if n.label not in nearest or n.distance < nearest[n.label].distance:
             nearest[n.label] = n
-    best = min(nearest.values(), key=lambda n: (n.distance, n.label))
+    score: dict[int, float] = {}
+    for n in neigh:
+        if how == "majority":
+            weight = 1.0
+        elif how == "weighted":
+            weight = 1.0 / max(n.distance, 1e-12)
+        else:
+            weight = math.exp(n.similarity / DINO_TEMPERATURE)
+        score[n.label] = score.get(n.label, 0.0) + weight
+    top = max(score.values())
+    best = min((nearest[label] for label, s in score.items() if s == top), key=lambda n: (n.distance, n.label))
     return best.label, best
 
 
@@ -130,10 +166,10 @@ class KnnSearcher:
             else:
                 self.projection = projection.load(conn, stage)
         projected_dim = self.projection.dim if self.projection is not None else None
-        if self.distributed:
-            self.sql = queries.knn_one(stage, settings.metric, exact=settings.exact, projected_dim=projected_dim)
-        else:
-            self.sql = queries.knn(stage, settings.metric, exact=settings.exact, projected_dim=projected_dim)
+        form = queries.knn_one if self.distributed else queries.knn
+        self.sql = form(
+            stage, settings.metric, exact=settings.exact, projected_dim=projected_dim, similarity=settings.similarity
+        )
 
     def _set_up_learned(self, conn: psycopg.Connection) -> None:
         """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""
@@ -153,10 +189,11 @@ class KnnSearcher:
         self.index_kind = "ivfflat"
         self.index_params = {"lists": int(lmap.params.get("lists", 1)), "shards": int(lmap.params.get("shards", 1))}
         self.index_exists, self.projection = True, None
+        s = self.settings
         if self.distributed:
-            self.sql = queries.knn_one(self.stage, exact=self.settings.exact, learned_dim=lmap.dims)
+            self.sql = queries.knn_one(self.stage, exact=s.exact, learned_dim=lmap.dims, similarity=s.similarity)
         else:
-            self.sql = queries.knn_learned(self.stage, lmap.dims, exact=self.settings.exact)
+            self.sql = queries.knn_learned(self.stage, lmap.dims, exact=s.exact, similarity=s.similarity)
 
     def index_settings(self) -> list[tuple[str, str]]:
         s = self.settings
@@ -193,7 +230,7 @@ class KnnSearcher:
             "space": self.space,
             "dataset": self.dataset,
             "split": self.split,
-            "k": self.settings.k,
+            "k": self.settings.depth,
         }
         if self.learned is not None:
             params = {**params, "projected": list(self.learned.apply(vectors))}
@@ -211,8 +248,9 @@ class KnnSearcher:
                     conn.execute(queries.set_configs(len(settings)), [x for pair in settings for x in pair])
                 # never a prepared statement: after five runs PostgreSQL may switch to a generic plan, which
                 # cannot see the LIMIT values and was measured 3.5x slower per batch (160 -> 550 ms)
-                for ord_, image_id, label, source, dist in conn.execute(self.sql, params, prepare=False):
-                    out[ord_ - 1].append(Neighbor(image_id, label, source, float(dist)))
+                for row in conn.execute(self.sql, params, prepare=False):
+                    sim = float(row[5]) if len(row) > 5 and row[5] is not None else float("nan")
+                    out[row[0] - 1].append(Neighbor(row[1], row[2], row[3], float(row[4]), sim))
         return out, (time.perf_counter() - start) * 1000
 
     def _search_distributed(
@@ -230,8 +268,10 @@ class KnnSearcher:
                 single["p"] = projected[i]
             rows = conn.execute(self.sql, single, prepare=False).fetchall()
             if self.projection is not None:  # candidates: re-ranked here by the exact distance
-                rows = sorted(rows, key=lambda r: r[3])[: self.settings.k]
-            out[i].extend(Neighbor(r[0], r[1], r[2], float(r[3])) for r in rows)
+                rows = sorted(rows, key=lambda r: r[3])[: self.settings.depth]
+            out[i].extend(
+                Neighbor(r[0], r[1], r[2], float(r[3]), float(r[4]) if r[4] is not None else float("nan")) for r in rows
+            )
 
 
 def raise_empty(conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], split: str) -> None:

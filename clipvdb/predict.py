@@ -65,7 +65,8 @@ def predict_batch(
         return BatchPredictions(stage.name, labels, dist, dist, [None] * len(labels), [[] for _ in labels], ms)
     assert searcher is not None and conn is not None
     neigh, ms = searcher.search(conn, vectors)
-    voted = [vote(nb) for nb in neigh]
+    k, how = searcher.settings.k, searcher.settings.vote
+    voted = [vote(nb[:k], how) for nb in neigh]
     return BatchPredictions(
         stage.name,
         labels=np.array([v[0] for v in voted], dtype=np.int64),

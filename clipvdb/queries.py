@@ -47,18 +47,37 @@ def distance(stage: Stage, metric: str, column: sql.Composable, query: sql.Compo
     return sql.SQL("{}({}, {})").format(sql.SQL(fn), column, q)
 
 
-def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim: int | None = None) -> sql.Composed:
+def _similarity(table: str, column: str, query: sql.Composable, qtype: sql.Composable, on: bool):
+    """The cosine similarity of each neighbour to its query (the dino vote's), looked up by key for
+    the k rows a query returns, never for every row scanned; nothing when not asked for."""
+    if not on:
+        return sql.SQL(""), sql.SQL("")
+    col = sql.SQL(", 1 - cosine_distance(s.{}, ({})::{}) AS similarity").format(sql.Identifier(column), query, qtype)
+    join = sql.SQL(" JOIN {} s ON s.space_id = %(space)s AND s.image_id = n.image_id").format(sql.Identifier(table))
+    return col, join
+
+
+def knn(
+    stage: Stage,
+    metric: str = "l2",
+    *,
+    exact: bool = False,
+    projected_dim: int | None = None,
+    similarity: bool = False,
+) -> sql.Composed:
     """A batch of kNN queries as one statement: %(vectors)b is a vector[] (one query each), answered
     by a LATERAL `ORDER BY embedding <op> q LIMIT %(k)s` over one space, dataset and split. With
     `projected_dim`, %(projected)b holds the queries' projections: %(candidates)s candidates come
     through the projected index and are re-ranked by the exact distance on the full embedding.
-    Rows: (query ordinal from 1, image_id, label, source, distance), nearest first per query."""
+    Rows: (query ordinal from 1, image_id, label, source, distance[, similarity]), nearest first per
+    query."""
     e = sql.Identifier("e")
     emb = sql.SQL("e.embedding")
     qv = sql.SQL("q.v")
+    sim, sim_join = _similarity(stage.table, "embedding", qv, _type(stage), similarity)
     if projected_dim is not None:
         return sql.SQL(
-            """SELECT q.ord, n.image_id, i.label, i.source, n.distance
+            """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
             FROM unnest(%(vectors)b::{vtype}[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)
             CROSS JOIN LATERAL (
                 SELECT e.image_id, {dist} AS distance
@@ -72,7 +91,7 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
                 ORDER BY distance
                 LIMIT %(k)s
             ) n
-            JOIN images i ON i.id = n.image_id
+            JOIN images i ON i.id = n.image_id{sim_join}
             ORDER BY q.ord, n.distance"""
         ).format(
             dist=distance(stage, metric, emb, qv, exact=False),
@@ -82,9 +101,11 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
             table=sql.Identifier(stage.table),
             e=e,
             vtype=sql.SQL(stage.column_type),
+            sim=sim,
+            sim_join=sim_join,
         )
     return sql.SQL(
-        """SELECT q.ord, n.image_id, i.label, i.source, n.distance
+        """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
         FROM unnest(%(vectors)b::{vtype}[]) WITH ORDINALITY AS q(v, ord)
         CROSS JOIN LATERAL (
             SELECT e.image_id, {dist} AS distance
@@ -93,7 +114,7 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
             ORDER BY {order}
             LIMIT %(k)s
         ) n
-        JOIN images i ON i.id = n.image_id
+        JOIN images i ON i.id = n.image_id{sim_join}
         ORDER BY q.ord, n.distance"""
     ).format(
         dist=distance(stage, metric, emb, qv, exact=False),
@@ -101,16 +122,19 @@ def knn(stage: Stage, metric: str = "l2", *, exact: bool = False, projected_dim:
         table=sql.Identifier(stage.table),
         e=e,
         vtype=sql.SQL(stage.column_type),
+        sim=sim,
+        sim_join=sim_join,
     )
 
 
-def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:
+def knn_learned(stage: Stage, dim: int, *, exact: bool = False, similarity: bool = False) -> sql.Composed:
     """Batched kNN in a stage's learned space: %(projected)b holds the queries' images under the
     map; neighbours come from learned_<stage> ordered by L2 distance there (index unless `exact`)."""
     col, q = sql.SQL("c.vec"), sql.SQL("(q.p)::vector({})").format(sql.Literal(dim))
     order = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
+    sim, sim_join = _similarity(stage.learned_table, "vec", sql.SQL("q.p"), sql.SQL("vector"), similarity)
     return sql.SQL(
-        """SELECT q.ord, n.image_id, i.label, i.source, n.distance
+        """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
         FROM unnest(%(projected)b::vector[]) WITH ORDINALITY AS q(p, ord)
         CROSS JOIN LATERAL (
             SELECT c.image_id, c.vec <-> {q} AS distance
@@ -119,9 +143,9 @@ def knn_learned(stage: Stage, dim: int, *, exact: bool = False) -> sql.Composed:
             ORDER BY {order}
             LIMIT %(k)s
         ) n
-        JOIN images i ON i.id = n.image_id
+        JOIN images i ON i.id = n.image_id{sim_join}
         ORDER BY q.ord, n.distance"""
-    ).format(q=q, table=sql.Identifier(stage.learned_table), order=order)
+    ).format(q=q, table=sql.Identifier(stage.learned_table), order=order, sim=sim, sim_join=sim_join)
 
 
 def knn_one(
@@ -131,14 +155,15 @@ def knn_one(
     exact: bool = False,
     projected_dim: int | None = None,
     learned_dim: int | None = None,
+    similarity: bool = False,
 ) -> sql.Composed:
     """One kNN query as one statement, the shape Citus pushes down to every shard (a per-shard
     ORDER BY ... LIMIT, merged on the coordinator); Citus cannot push down `knn`'s LATERAL LIMIT.
     %(v)b is the query vector (%(p)b its projection or learned image). Rows: (image_id, label,
-    source, distance), nearest first. With `projected_dim`, each shard takes its %(candidates)s
-    nearest by the projected index with their exact distances and the coordinator keeps the global
-    top candidates by projected distance: rows (image_id, label, source, distance, approx) that the
-    caller re-ranks by `distance`."""
+    source, distance, similarity), nearest first; similarity is NULL unless asked for. With
+    `projected_dim`, each shard takes its %(candidates)s nearest by the projected index with their
+    exact distances and the coordinator keeps the global top candidates by projected distance: rows
+    (image_id, label, source, distance, similarity, approx) that the caller re-ranks by `distance`."""
     where = sql.SQL("x.space_id = %(space)s AND x.dataset_id = %(dataset)s AND x.split = %(split)s")
     if learned_dim is not None or projected_dim is not None:
         dim = learned_dim if learned_dim is not None else projected_dim
@@ -147,18 +172,24 @@ def knn_one(
         q = sql.SQL("(%(p)b)::{}({})").format(sql.SQL(ptype), sql.Literal(dim))
         order = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
     if learned_dim is not None:
+        sim = sql.SQL("1 - cosine_distance({}, {})").format(col, q) if similarity else sql.SQL("NULL::float8")
         return sql.SQL(
-            """SELECT x.image_id, i.label, i.source, {col} <-> {q} AS distance
+            """SELECT x.image_id, i.label, i.source, {col} <-> {q} AS distance, {sim} AS similarity
             FROM {table} x JOIN images i ON i.id = x.image_id
             WHERE {where} ORDER BY {order} LIMIT %(k)s"""
-        ).format(col=col, q=q, table=sql.Identifier(stage.learned_table), where=where, order=order)
+        ).format(col=col, q=q, table=sql.Identifier(stage.learned_table), where=where, order=order, sim=sim)
     qv = sql.SQL("%(v)b")
     emb = sql.SQL("e.embedding")
+    sim = (
+        sql.SQL("1 - cosine_distance(e.embedding, ({})::{})").format(qv, _type(stage))
+        if similarity
+        else sql.SQL("NULL::float8")
+    )
     if projected_dim is not None:
         # no outer re-rank in SQL: over a LIMIT subquery Citus plans a second step through an
         # intermediate result; the caller orders the candidates by `distance` instead
         return sql.SQL(
-            """SELECT x.image_id, i.label, i.source, {dist} AS distance, {order} AS approx
+            """SELECT x.image_id, i.label, i.source, {dist} AS distance, {sim} AS similarity, {order} AS approx
             FROM {proj} x
             JOIN {table} e ON e.space_id = x.space_id AND e.image_id = x.image_id
             JOIN images i ON i.id = x.image_id
@@ -169,9 +200,10 @@ def knn_one(
             proj=sql.Identifier(stage.projection_table),
             table=sql.Identifier(stage.table),
             where=where,
+            sim=sim,
         )
     return sql.SQL(
-        """SELECT e.image_id, i.label, i.source, {dist} AS distance
+        """SELECT e.image_id, i.label, i.source, {dist} AS distance, {sim} AS similarity
         FROM {table} e JOIN images i ON i.id = e.image_id
         WHERE {where} ORDER BY {order} LIMIT %(k)s"""
     ).format(
@@ -179,6 +211,7 @@ def knn_one(
         order=distance(stage, metric, emb, qv, exact=exact),
         table=sql.Identifier(stage.table),
         where=sql.SQL("e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s"),
+        sim=sim,
     )
 
 
@@ -501,6 +534,8 @@ INSERT_RUN = """INSERT INTO eval_runs (dataset_id, split, stages, model, weights
 COMPLETE_RUN = """UPDATE eval_runs SET status = 'complete', finished_at = now(), params = params || %s::jsonb
     WHERE id = %s"""
 FAIL_RUN = "UPDATE eval_runs SET status = 'failed', finished_at = now() WHERE id = %s"
+COPY_RUN_NEIGHBORS = """COPY run_neighbors (run_id, stage, image_id, rank, neighbor_id, label, distance, similarity)
+    FROM STDIN WITH (FORMAT BINARY)"""
 LATEST_RUN = "SELECT max(id) FROM eval_runs WHERE status = 'complete'"
 
 
@@ -523,6 +558,7 @@ REPORT_ORDER = {
     "report_class_accuracy": f"run_id, {_STAGE_ORDER}, label",
     "report_distance_histogram": f"run_id, {_STAGE_ORDER}, bin",
     "report_distance_summary": f"run_id, {_STAGE_ORDER}, array_position(ARRAY['all','correct','wrong'], outcome)",
+    "report_accuracy_by_k": f"run_id, {_STAGE_ORDER}, k, array_position(ARRAY['majority','weighted','dino'], vote)",
 }
 
 

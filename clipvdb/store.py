@@ -274,7 +274,8 @@ class Store:
         missing = [s.name for s in chosen if s.uses_clip and s.name not in declared]
         if missing:
             raise StageError(
-                f"stages {', '.join(missing)} need a CLIP ResNet (RN50, RN101, RN50x4, ...); {self.encoder.name} "
+                f"stages {', '.join(missing)} need a CLIP ResNet or vision transformer (RN50, ViT-B-32, ...); "
+                f"{self.encoder.name} "
                 f"computes {', '.join(declared)}; use --stage {' or '.join(declared)}"
             )
         return [declared[s.name] if s.uses_clip else s for s in chosen]

@@ -121,6 +121,11 @@ def test_every_report_view_and_classify(cstore, cluster_data):
     image = next((cluster_data / "test").rglob("*.png"))
     pred = cstore.classify(str(image), stage="first")
     assert len(pred) == 1 and pred[0].stage == "first" and pred[0].predicted_class == image.parent.name
+    # several k from one search: the neighbours go to the workers, the view counts every k and vote
+    several = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(k=1, ks=(1, 3)), num=40)
+    by_k = {(r["k"], r["vote"]): r for r in cstore.report("report_accuracy_by_k", run=several.run_id)}
+    assert len(by_k) == 6 and all(r["n"] == 40 for r in by_k.values())
+    assert by_k[(1, "majority")]["correct"] == several.stages["first"].correct
 
 
 def _explain(store: Store, statement, params) -> str:

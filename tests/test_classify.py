@@ -21,3 +21,29 @@ def test_k_votes_through_the_cli(cli, syn_data):
     neighbours = [Neighbor(nb["image_id"], nb["label"], nb["source"], nb["distance"]) for nb in pred["neighbors"]]
     assert len(labels) == 5 and pred["predicted"] == vote(neighbours)[0]
     assert pred["nearest_distance"] == pred["neighbors"][0]["distance"] <= pred["distance"]
+
+
+def test_weighted_and_dino_votes_against_a_hand_computation():
+    import math
+
+    # label 0: two far neighbours; label 1: one near neighbour
+    near = Neighbor(1, 1, "a", 0.5, similarity=0.90)
+    far = [Neighbor(2, 0, "b", 2.0, similarity=0.85), Neighbor(3, 0, "c", 3.0, similarity=0.80)]
+    found = [near, *far]
+    assert vote(found, "majority")[0] == 0  # two votes beat one
+    # weighted: label 1 scores 1/0.5 = 2.0, label 0 scores 1/2 + 1/3 = 0.833
+    assert 1 / 0.5 > 1 / 2.0 + 1 / 3.0 and vote(found, "weighted")[0] == 1
+    # dino: exp(0.90 / 0.07) = 3.8e5 against exp(0.85 / 0.07) + exp(0.80 / 0.07) = 2.8e5
+    one, zero = math.exp(0.90 / 0.07), math.exp(0.85 / 0.07) + math.exp(0.80 / 0.07)
+    assert one > zero and vote(found, "dino")[0] == 1
+    closer = [Neighbor(1, 1, "a", 0.5, similarity=0.80), *far]  # now label 0's similarities win
+    assert math.exp(0.80 / 0.07) < zero and vote(closer, "dino")[0] == 0
+    label, best = vote(found, "weighted")
+    assert best is near  # the nearest neighbour of the winning label comes with it
+
+
+def test_several_k_are_for_evaluate(cli, syn_data):
+    cli("ingest", "--stage", "first", "--data", syn_data, "--workers", "0")
+    img = syn_data / "test" / "red-circle" / "0000.png"
+    result = cli("classify", img, "--stage", "first", "--k", "1,5", expect=2)
+    assert "several --k values are for evaluate" in result.output

@@ -42,3 +42,33 @@ def test_evaluate_metric_prompts_against_and_two_datasets(cli, db_url, syn_data,
         cli("classify", other / "test" / "reds" / "a.png", "--stage", "first", "--dataset", "colours", "--json").stdout
     )
     assert colours[0]["predicted_class"] == "reds"
+
+
+def test_accuracy_by_k_and_vote_from_one_search_equals_separate_runs(store, syn_data):
+    """One evaluate with --k 1,3,7 stores each query's 7 nearest neighbours once; the view's
+    accuracy at each k and vote equals a separate run at that k with that vote."""
+    from clipvdb import SearchSettings
+
+    store.ingest(syn_data, "first,second", workers=0)
+    both = "first,second"
+    one = store.evaluate(syn_data, both, SearchSettings(k=1, ks=(1, 3, 7), exact=True, metric="cosine"), workers=0)
+    by_k = {(r["stage"], r["k"], r["vote"]): r for r in store.report("report_accuracy_by_k", run=one.run_id)}
+    assert {k for _, k, _ in by_k} == {1, 3, 7} and {v for _, _, v in by_k} == {"majority", "weighted", "dino"}
+    assert len(by_k) == 2 * 3 * 3
+    with store.connection() as conn:
+        stored = conn.execute(
+            "SELECT count(*), count(DISTINCT (stage, image_id)), max(rank) FROM run_neighbors WHERE run_id = %s",
+            (one.run_id,),
+        ).fetchone()
+    assert stored == (2 * one.images * 7, 2 * one.images, 7)  # every query's 7 neighbours, once
+    for k in (1, 3, 7):
+        for how in ("majority", "weighted", "dino"):
+            alone = store.evaluate(
+                syn_data, both, SearchSettings(k=k, vote=how, exact=True, metric="cosine"), workers=0
+            )
+            for stage, totals in alone.stages.items():
+                row = by_k[(stage, k, how)]
+                assert (row["n"], row["correct"]) == (totals.n, totals.correct), (stage, k, how)
+    # with k = 1 every vote is the nearest neighbour's label
+    for stage in ("first", "second"):
+        assert len({by_k[(stage, 1, how)]["correct"] for how in ("majority", "weighted", "dino")}) == 1

@@ -56,13 +56,20 @@ def test_wrong_checkpoint_is_a_weights_error(tmp_path):
         load_model("RN50", str(bad), "cpu")
 
 
-def test_vit_origin_works_and_depth_stages_refuse():
+def test_vit_origin_works_and_a_tower_without_stages_refuses():
     lm = load_model("ViT-B-32", "random", "cpu", quiet=True)
     x = torch.zeros(1, 3, 224, 224)
     out = run_stages(lm.visual, x, [STAGES["origin"]], lm.device)
     assert out.vectors["origin"].shape == (1, 512) and np.isfinite(out.vectors["origin"]).all()
-    with pytest.raises(StageError, match="need a CLIP ResNet"):
-        run_stages(lm.visual, x, parse_stages("second"), lm.device)
+
+    class Tower(torch.nn.Module):  # neither a CLIP ResNet nor a CLIP vision transformer
+        output_dim = 4
+
+        def forward(self, images):
+            return images.flatten(1)[:, :4]
+
+    with pytest.raises(StageError, match="need a CLIP ResNet or vision transformer"):
+        run_stages(Tower(), x, parse_stages("second"), lm.device)
 
 
 def test_openai_torchscript_archive_loads_through_open_clip(tmp_path):
