@@ -190,6 +190,18 @@ def parse_ids(values: list[str]) -> list[int]:
     return out
 
 
+def accuracy_by_k_chart(rows: list[dict]) -> str:
+    """report_accuracy_by_k as lines: accuracy against k, one line per stage and vote."""
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    for row in rows:
+        series.setdefault(f"{row['stage']} {row['vote']}", []).append(
+            (float(row["k"]), float(row["accuracy_pct"]), f"k={row['k']}")
+        )
+    return charts.line_chart(
+        series, title="Accuracy by k and vote, one search", x_label="k", y_label="accuracy %", labels=False
+    )
+
+
 def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     """The app: `k` neighbours per stage for each classified image."""
     app = Flask(__name__)
@@ -343,6 +355,7 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
             histograms=histograms(r["report_distance_histogram"]),
             confusion=confusion(r["report_confusion"]),
             class_chart=class_accuracy_chart(r["report_class_accuracy"]) if r["report_class_accuracy"] else "",
+            by_k_chart=accuracy_by_k_chart(r["report_accuracy_by_k"]) if r["report_accuracy_by_k"] else "",
             ms_per_image=ms_per_image,
             index_settings=index_settings,
         )

@@ -532,3 +532,24 @@ def test_pages_in_a_real_browser(live, runs, tmp_path):
         with Image.open(path) as img:
             assert img.size[0] >= 1000, name
             assert len(set(img.convert("RGB").getdata())) > 1, f"the screenshot of {name} is blank"
+
+
+def test_run_page_shows_accuracy_by_k_and_vote(store, client, syn_data):
+    """A run that scored several k shows report_accuracy_by_k as a chart and its table; a run that
+    did not has no such section."""
+    store.ingest(syn_data, "first", workers=0)
+    several = store.evaluate(syn_data, "first", SearchSettings(k=1, ks=(1, 3, 5)), workers=0)
+    single = store.evaluate(syn_data, "first", SearchSettings(k=3), workers=0)
+    page = parse(get(client, f"/runs/{several.run_id}"))
+    rows = view(
+        store,
+        "SELECT * FROM report_accuracy_by_k WHERE run_id = %s ORDER BY k, array_position("
+        "ARRAY['majority','weighted','dino'], vote)",
+        (several.run_id,),
+    )
+    assert len(rows) == 9
+    shown = body(page.tables["accuracy-by-k"])
+    assert shown == [
+        [r["stage"], str(r["k"]), r["vote"], str(r["n"]), str(r["correct"]), f2(r["accuracy_pct"])] for r in rows
+    ]
+    assert "accuracy-by-k" not in parse(get(client, f"/runs/{single.run_id}")).tables
