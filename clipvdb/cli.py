@@ -109,7 +109,7 @@ class ClipvdbGroup(click.Group):
                 raise
             raise CliError(str(exc), exc.exit_code) from exc
         except Terminated:
-            click.echo("clipvdb: terminated (SIGTERM); the open batch was rolled back", err=True)
+            click.echo("clipvdb: terminated (SIGTERM); open work was rolled back", err=True)
             ctx.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("clipvdb: interrupted; the open batch was rolled back", err=True)
