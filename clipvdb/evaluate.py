@@ -145,6 +145,19 @@ def _coordinator_answers(conn: psycopg.Connection) -> bool:
         return False
 
 
+def fail_abandoned_runs(conn: psycopg.Connection) -> list[int]:
+    """Mark failed every 'running' run whose session is gone (its process was killed: no handler ran);
+    returns their ids. The caller commits."""
+    running = [r[0] for r in conn.execute(queries.RUNNING_RUNS).fetchall()]
+    if not running:
+        return []
+    held = {r[0] for r in conn.execute(queries.HELD_RUN_LOCKS, (queries.RUN_LOCK_KEY,)).fetchall()}
+    abandoned = [r for r in running if r not in held]
+    if abandoned:
+        conn.execute(queries.FAIL_RUNS, (abandoned,))
+    return abandoned
+
+
 def run_params(settings: SearchSettings, searchers: dict[str, KnnSearcher], stages: list[Stage], **extra) -> dict:
     """Everything that changes an answer, as stored in eval_runs.params (report_runs shows it)."""
     return {
@@ -206,6 +219,7 @@ def evaluate(
     items = source.items(split)
     if num is not None:
         items = items[:num]
+    fail_abandoned_runs(conn)
     dataset = catalog.register_dataset(conn, source, dataset_name)
     classes = catalog.class_names(conn, dataset)
     conn.commit()
@@ -232,6 +246,7 @@ def evaluate(
         queries.INSERT_RUN,
         (dataset, split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
     )
+    conn.execute(queries.LOCK_RUN, (queries.RUN_LOCK_KEY, run_id))  # held from before the row is seen
     conn.commit()
     result = EvalRun(run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages})
     try:
@@ -261,9 +276,14 @@ def evaluate(
         totals = {"decode_s": round(result.decode_ms / 1000, 3), "store_s": round(result.store_ms / 1000, 3)}
         conn.execute(queries.COMPLETE_RUN, (json.dumps(totals), run_id))
         conn.commit()
+        conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run_id))
+        conn.commit()
     except BaseException as exc:
         if mark_failed:
             mark_failed(run_id)
+        _release(conn, run_id)
+        if isinstance(exc, psycopg.errors.DiskFull):
+            raise db.disk_full_error(exc, f"run evaluate again (run {run_id} is marked failed)") from exc
         if isinstance(exc, psycopg.Error) and (
             db.node_failure(exc) or (isinstance(exc, psycopg.OperationalError) and _coordinator_answers(conn))
         ):
@@ -274,11 +294,22 @@ def evaluate(
         if isinstance(exc, psycopg.OperationalError):
             raise DatabaseError(
                 f"lost the database connection during evaluate run {run_id} ({db.first_line(exc)}); "
-                "the run is left out of the reports; run evaluate again"
+                "the run is marked failed and left out of the reports; run evaluate again"
             ) from exc
         raise
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _release(conn: psycopg.Connection, run_id: int) -> None:
+    """Give back a failed run's lock when its connection still works (a pooled one lives on)."""
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run_id))
+        conn.commit()
+    except psycopg.Error:
+        pass
 
 
 def _searched(

