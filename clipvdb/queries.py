@@ -739,3 +739,21 @@ WEB_STAGE_ROWS = """SELECT c.stage, s.model, s.weights, s.dim, d.name AS dataset
     WHERE c.n_rows > 0
     GROUP BY c.stage, s.model, s.weights, s.dim, d.name, c.split
     ORDER BY array_position(ARRAY['first','second','third','origin'], c.stage), s.model, s.weights, d.name, c.split"""
+
+
+# ---------------------------------------------------------------- a Citus cluster's nodes
+
+ADD_NODE = "SELECT citus_add_node(%s, %s)"
+# block_writes: a shard's writes wait while it moves and reads go on; the logical-replication mode
+# would need wal_level = logical on every node
+REBALANCE_START = "SELECT citus_rebalance_start(shard_transfer_mode := 'block_writes')"
+REBALANCE_STATUS = "SELECT state, details FROM citus_rebalance_status() WHERE job_id = %s"
+DRAIN_NODE = "SELECT citus_drain_node(%s, %s, shard_transfer_mode := 'block_writes')"
+REMOVE_NODE = "SELECT citus_remove_node(%s, %s)"
+
+
+def set_system(name: str, value: str) -> sql.Composed:
+    """ALTER SYSTEM SET of one setting (takes effect on reload)."""
+    return sql.SQL("ALTER SYSTEM SET {} = {}").format(
+        sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")), sql.Literal(value)
+    )

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from clipvdb import Store, TinyEncoder, db, embedded, indexes, nodes, queries, synthetic
-from clipvdb.errors import DatabaseError, ExtensionError
+from clipvdb.errors import DatabaseError, ExtensionError, UsageError
 from clipvdb.knn import SearchSettings
 from clipvdb.stages import STAGES
 
@@ -328,3 +328,79 @@ def test_concurrent_ingests_store_each_image_once(citus_home, tmp_path):
             "SELECT count(*) FROM embeddings_first e JOIN datasets d ON d.id = e.dataset_id "
             "WHERE d.name = 'shapes-twice'",
         ) == [(120,)]
+
+
+def test_a_worker_added_rebalanced_under_a_running_evaluate_and_removed(citus_home, syn_data, tmp_path):
+    """db nodes add, rebalance and remove on a live cluster: evaluates keep answering while the
+    shards move (no failed query), every answer is the one before, and draining a worker loses
+    nothing."""
+    import threading
+
+    home = tmp_path / "growing"
+    exact = SearchSettings(exact=True)
+
+    def answers(store: Store, run_id: int) -> list[tuple]:
+        return _sql(
+            store,
+            "SELECT stage, image_id, predicted, neighbor_id FROM predictions WHERE run_id = %s ORDER BY 1, 2",
+            (run_id,),
+        )
+
+    try:
+        with Store(home=home, encoder=TinyEncoder()) as store:
+            store.ingest(syn_data, stages="first", split="train")
+            store.start_nodes(1)
+            before = answers(store, store.evaluate(syn_data, stage="first", settings=exact).run_id)
+            assert len(before) == 20
+            info = store.add_node()
+            workers = [n["node"] for n in info["nodes"] if n["role"] == "worker"]
+            assert len(workers) == 2
+            during: list[int] = []
+            errors: list[BaseException] = []
+            moving = threading.Event()
+            finished = threading.Event()
+
+            def evaluate_meanwhile() -> None:
+                try:
+                    with Store(home=home, encoder=TinyEncoder()) as other:
+                        while not finished.is_set() or not during:
+                            moving.wait(60)
+                            during.append(other.evaluate(syn_data, stage="first", settings=exact, batch_size=2).run_id)
+                except BaseException as exc:  # the test fails below, naming it
+                    errors.append(exc)
+
+            thread = threading.Thread(target=evaluate_meanwhile)
+            thread.start()
+            seen: list[tuple[int, int]] = []
+
+            def progress(done: int, total: int) -> None:
+                moving.set()
+                seen.append((done, total))
+
+            result = store.rebalance(progress)
+            ended = _sql(store, "SELECT clock_timestamp()")[0][0]
+            finished.set()
+            thread.join(120)
+            assert not thread.is_alive() and errors == []
+            assert result["moves"] >= 1 and seen[-1] == (result["moves"], result["moves"])
+            assert during and all(answers(store, run) == before for run in during)
+            first_start = _sql(store, "SELECT min(started_at) FROM eval_runs WHERE id = ANY(%s)", (during,))[0][0]
+            assert first_start < ended  # an evaluate ran while the shards moved
+            placed = store.nodes_status()["per_node"]
+            rows = {node: t["embeddings_first"]["rows"] for node, t in placed.items() if "embeddings_first" in t}
+            assert sorted(rows) == sorted(workers) and all(n > 0 for n in rows.values()) and sum(rows.values()) == 60
+            assert store.rebalance()["moves"] == 0  # every worker holds its share now
+
+            info = store.remove_node()
+            assert [n["node"] for n in info["nodes"] if n["role"] == "worker"] == workers[:1]
+            rows = {
+                node: t["embeddings_first"]["rows"] for node, t in info["per_node"].items() if "embeddings_first" in t
+            }
+            assert rows == {workers[0]: 60}
+            after = answers(store, store.evaluate(syn_data, stage="first", settings=exact).run_id)
+            assert after == before
+            assert not (home / "workers" / "2").exists()
+            with pytest.raises(UsageError, match="at least one worker"):
+                store.remove_node()
+    finally:
+        nodes.stop(home)
