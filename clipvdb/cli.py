@@ -456,6 +456,75 @@ def db_nodes_status(state: State, as_json: bool) -> None:
     _print_nodes(info)
 
 
+@db_nodes.command("add")
+@click.option("--host", help="An external worker (PostgreSQL with Citus and pgvector); default: a new local one.")
+@click.option("--port", default=5432, show_default=True, type=click.IntRange(1, 65535))
+@json_option
+@click.pass_obj
+def db_nodes_add(state: State, host: str | None, port: int, as_json: bool) -> None:
+    """Add a worker; its shards come with 'clipvdb db nodes rebalance'.
+
+    \b
+    Example:
+      clipvdb db nodes add && clipvdb db nodes rebalance
+      clipvdb db nodes add --host 10.0.0.7 --port 5432
+    """
+    info = state.store.add_node(host, port)
+    if as_json:
+        _print_json(info)
+        return
+    _print_nodes(info)
+
+
+@db_nodes.command("rebalance")
+@json_option
+@click.pass_obj
+def db_nodes_rebalance(state: State, as_json: bool) -> None:
+    """Move shards until every worker holds its share, waiting to the end.
+
+    Queries go on while shards move; writes to a moving shard wait for it.
+
+    \b
+    Example:
+      clipvdb db nodes rebalance
+    """
+    progress, update = _progress("rebalance", unit="moves")
+    moved = [0]
+
+    def advance(done: int, total: int) -> None:
+        update(done - moved[0], total)
+        moved[0] = done
+
+    with progress:
+        result = state.store.rebalance(progress=advance)
+    if as_json:
+        _print_json(result)
+        return
+    if result["job"] is None:
+        click.echo("every worker already holds its share: nothing moved")
+    else:
+        click.echo(f"rebalanced: {result['moves']} shard moves in {result['seconds']:.1f} s")
+
+
+@db_nodes.command("remove")
+@click.option("--host", help="An external worker to remove; default: the last local worker.")
+@click.option("--port", default=5432, show_default=True, type=click.IntRange(1, 65535))
+@json_option
+@click.pass_obj
+def db_nodes_remove(state: State, host: str | None, port: int, as_json: bool) -> None:
+    """Drain a worker (its shards move to the others, nothing is lost), then remove it.
+
+    \b
+    Example:
+      clipvdb db nodes remove
+    """
+    info = state.store.remove_node(host, port)
+    if as_json:
+        _print_json(info)
+        return
+    _print_nodes(info)
+
+
 @db_nodes.command("stop")
 @click.pass_obj
 def db_nodes_stop(state: State) -> None:

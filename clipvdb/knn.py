@@ -7,6 +7,10 @@ stage's ANN index, unless `exact` orders by a function form that no index serves
 index (projection.py) the LATERAL takes candidates by the projected vector and orders them by the
 exact distance on the full embedding.
 
+On Citus, which refuses that LATERAL over a distributed table, the batch's vectors go by binary COPY
+into a reference table and each shard is searched by one delegated call (`_search_shards`,
+migration 0011).
+
 A searcher's set-up is one statement: the space, the row counts (stage_counts, kept by triggers),
 the recorded index and whether it exists. No table is scanned before the query.
 """
@@ -14,6 +18,7 @@ the recorded index and whether it exists. No table is scanned before the query.
 from __future__ import annotations
 
 import math
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -166,10 +171,25 @@ class KnnSearcher:
             else:
                 self.projection = projection.load(conn, stage)
         projected_dim = self.projection.dim if self.projection is not None else None
-        form = queries.knn_one if self.distributed else queries.knn
-        self.sql = form(
-            stage, settings.metric, exact=settings.exact, projected_dim=projected_dim, similarity=settings.similarity
+        if self.distributed:
+            self._set_up_shards(conn, projected_dim=projected_dim)
+        else:
+            self.sql = queries.knn(
+                stage,
+                settings.metric,
+                exact=settings.exact,
+                projected_dim=projected_dim,
+                similarity=settings.similarity,
+            )
+
+    def _set_up_shards(self, conn: psycopg.Connection, **dims: int | None) -> None:
+        """On Citus: the per-shard statement and one anchor per shard (an image id that routes a
+        delegated call to that shard)."""
+        s = self.settings
+        self.shard_sql, self.shard_tables = queries.knn_shard(
+            self.stage, s.metric, exact=s.exact, similarity=s.similarity, **dims
         )
+        self.anchors = [r[0] for r in conn.execute(queries.SHARD_ANCHORS).fetchall()]
 
     def _set_up_learned(self, conn: psycopg.Connection) -> None:
         """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""
@@ -191,7 +211,7 @@ class KnnSearcher:
         self.index_exists, self.projection = True, None
         s = self.settings
         if self.distributed:
-            self.sql = queries.knn_one(self.stage, exact=s.exact, learned_dim=lmap.dims, similarity=s.similarity)
+            self._set_up_shards(conn, learned_dim=lmap.dims)
         else:
             self.sql = queries.knn_learned(self.stage, lmap.dims, exact=s.exact, similarity=s.similarity)
 
@@ -240,38 +260,76 @@ class KnnSearcher:
         settings = self.index_settings()
         start = time.perf_counter()
         out: list[list[Neighbor]] = [[] for _ in range(len(vectors))]
+        if self.distributed:
+            self._search_shards(conn, vectors, params, settings, out)
+            return out, (time.perf_counter() - start) * 1000
         with conn.transaction():
-            if self.distributed:
-                self._search_distributed(conn, params, settings, out)
-            else:
-                if settings:
-                    conn.execute(queries.set_configs(len(settings)), [x for pair in settings for x in pair])
-                # never a prepared statement: after five runs PostgreSQL may switch to a generic plan, which
-                # cannot see the LIMIT values and was measured 3.5x slower per batch (160 -> 550 ms)
-                for row in conn.execute(self.sql, params, prepare=False):
-                    sim = float(row[5]) if len(row) > 5 and row[5] is not None else float("nan")
-                    out[row[0] - 1].append(Neighbor(row[1], row[2], row[3], float(row[4]), sim))
+            if settings:
+                conn.execute(queries.set_configs(len(settings)), [x for pair in settings for x in pair])
+            # never a prepared statement: after five runs PostgreSQL may switch to a generic plan, which
+            # cannot see the LIMIT values and was measured 3.5x slower per batch (160 -> 550 ms)
+            for row in conn.execute(self.sql, params, prepare=False):
+                sim = float(row[5]) if len(row) > 5 and row[5] is not None else float("nan")
+                out[row[0] - 1].append(Neighbor(row[1], row[2], row[3], float(row[4]), sim))
         return out, (time.perf_counter() - start) * 1000
 
-    def _search_distributed(
-        self, conn: psycopg.Connection, params: dict, settings: list[tuple[str, str]], out: list[list[Neighbor]]
+    def _search_shards(
+        self,
+        conn: psycopg.Connection,
+        vectors: np.ndarray,
+        params: dict,
+        settings: list[tuple[str, str]],
+        out: list[list[Neighbor]],
     ) -> None:
-        """On Citus: the index settings as SET LOCAL, forwarded to every shard's connection, then
-        one pushed-down statement per query vector (queries.knn_one)."""
-        db.set_local(conn, settings, distributed=True)
-        single = {k: v for k, v in params.items() if k not in ("vectors", "projected")}
-        vectors, projected = params.get("vectors"), params.get("projected")
-        for i in range(len(out)):
-            if vectors is not None:
-                single["v"] = vectors[i]
-            if projected is not None:
-                single["p"] = projected[i]
-            rows = conn.execute(self.sql, single, prepare=False).fetchall()
-            if self.projection is not None:  # candidates: re-ranked here by the exact distance
-                rows = sorted(rows, key=lambda r: r[3])[: self.settings.depth]
-            out[i].extend(
-                Neighbor(r[0], r[1], r[2], float(r[3]), float(r[4]) if r[4] is not None else float("nan")) for r in rows
+        """On Citus: the batch's vectors by binary COPY into knn_queries (a reference table, so a
+        copy on every worker), then one delegated call per shard that runs the single node's
+        LATERAL top-k over its shard; the shards' top k merged here. The transaction rolls back:
+        the query rows never outlive the search."""
+        batch = secrets.randbits(62)
+        full: list = params.get("vectors") or []
+        mapped: list | None = params.get("projected")
+        learned_space = self.learned is not None
+        kind = self.stage.column_type
+        rows = []
+        with conn.transaction(force_rollback=True):
+            db.copy_rows(
+                conn,
+                queries.COPY_KNN_QUERIES,
+                ["int8", "int4", "vector", "halfvec", "halfvec"],
+                (
+                    (
+                        batch,
+                        i + 1,
+                        (mapped or [])[i] if learned_space else (full[i] if kind == "vector" else None),
+                        None if learned_space or kind == "vector" else full[i],
+                        db.as_param(mapped[i], "halfvec") if mapped and not learned_space else None,
+                    )
+                    for i in range(len(vectors))
+                ),
             )
+            flat = [x for pair in settings for x in pair]
+            for anchor in self.anchors:
+                rows += conn.execute(
+                    queries.KNN_SHARD,
+                    (
+                        anchor,
+                        batch,
+                        self.shard_sql,
+                        self.shard_tables,
+                        params["k"],
+                        params.get("candidates", 0),
+                        self.space,
+                        self.dataset,
+                        self.split,
+                        flat,
+                    ),
+                    prepare=False,
+                ).fetchall()
+        for ord_, image_id, label, source, dist, sim in sorted(rows, key=lambda r: (r[0], r[4], r[1])):
+            if len(out[ord_ - 1]) < params["k"]:
+                out[ord_ - 1].append(
+                    Neighbor(image_id, label, source, float(dist), float(sim) if sim is not None else float("nan"))
+                )
 
 
 def raise_empty(conn: psycopg.Connection, stage: Stage, identity: tuple[str, str], split: str) -> None:

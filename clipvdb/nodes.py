@@ -10,14 +10,18 @@ migration 0008, which runs wherever Citus is found, external coordinators includ
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 
-from . import embedded
+from . import db, embedded, queries
+from .db import first_line
 from .embedded import MISSING_CITUS, NODES_FILE, citus_installed, configured, ensure_workers, worker_dirs
-from .errors import ExtensionError, UsageError
+from .errors import DatabaseError, ExtensionError, UsageError
 
 DEFAULT_WORKERS = 2
 DEFAULT_SHARDS_PER_WORKER = 2
@@ -49,13 +53,7 @@ def start(home: Path, workers: int = DEFAULT_WORKERS, shards_per_worker: int = D
     url = embedded.start(home)
     worker_urls = ensure_workers(home, cluster)
     for node_url in [url, *worker_urls]:
-        with psycopg.connect(node_url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
-            # a node connects to itself for some plans (intermediate results): by its socket, as
-            # no node listens on TCP
-            if conn.execute("SHOW citus.local_hostname").fetchone() != (_socket_dir(node_url),):
-                conn.execute(f"ALTER SYSTEM SET citus.local_hostname = '{_socket_dir(node_url)}'")
-                conn.execute("SELECT pg_reload_conf()")
+        _prepare_node(node_url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE {embedded.DATABASE_NAME} SET citus.shard_count = {int(cluster['shards'])}")
         known = {r[0] for r in conn.execute("SELECT nodename FROM pg_dist_node").fetchall()}
@@ -66,6 +64,96 @@ def start(home: Path, workers: int = DEFAULT_WORKERS, shards_per_worker: int = D
             if _socket_dir(wurl) not in known:
                 conn.execute("SELECT citus_add_node(%s, %s)", (_socket_dir(wurl), PORT))
     return url
+
+
+def _prepare_node(url: str) -> None:
+    """Citus in a node's database, and the node's own name for the connections it makes to itself
+    (some plans read intermediate results back): its socket folder, as no node listens on TCP."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+        if conn.execute("SHOW citus.local_hostname").fetchone() != (_socket_dir(url),):
+            conn.execute(queries.set_system("citus.local_hostname", _socket_dir(url)))
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def _require_cluster(home: Path) -> dict:
+    cluster = configured(home)
+    if cluster is None:
+        raise UsageError(f"{home} has no cluster; start one with 'clipvdb db nodes start'")
+    return cluster
+
+
+def add(home: Path, host: str | None = None, port: int = PORT) -> str:
+    """Add a worker: a new local one under the home (started and prepared here), or an external
+    one at `host`:`port` that already runs PostgreSQL with Citus and pgvector. Its shards come with
+    `rebalance`. Returns the node's name."""
+    home = home.expanduser().resolve()
+    cluster = _require_cluster(home)
+    url = embedded.start(home)
+    if host is None:
+        cluster = {**cluster, "workers": int(cluster["workers"]) + 1}
+        new = ensure_workers(home, cluster)[-1]
+        _prepare_node(new)
+        (home / NODES_FILE).write_text(json.dumps(cluster) + "\n")
+        host, port = _socket_dir(new), PORT
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            conn.execute(queries.ADD_NODE, (host, port))
+        except psycopg.Error as exc:
+            raise DatabaseError(f"Citus could not add the node {host}:{port}: {first_line(exc)}") from exc
+    return host
+
+
+def rebalance(
+    conn: psycopg.Connection, progress: Callable[[int, int], None] | None = None, *, poll: float = 0.5
+) -> dict:
+    """Move shards until every worker holds its share (Citus's background rebalancer), waiting to
+    the end; writes to a shard wait while it moves, reads go on. `progress(done, total)` after each
+    poll. Returns {"job": id or None, "moves": n, "seconds": s}."""
+    start = time.perf_counter()
+    job = db.scalar(conn, queries.REBALANCE_START)
+    if job is None:  # nothing to move
+        return {"job": None, "moves": 0, "seconds": 0.0}
+    while True:
+        row = conn.execute(queries.REBALANCE_STATUS, (job,)).fetchone()
+        if row is None:
+            raise DatabaseError(f"Citus has no status for its rebalance job {job}; see citus_rebalance_status()")
+        state, details = row
+        counts = (details or {}).get("task_state_counts", {})
+        total = sum(counts.values())
+        if progress:
+            progress(counts.get("done", 0), total)
+        if state in ("finished", "failed", "cancelled"):
+            break
+        time.sleep(poll)
+    if state != "finished":
+        raise DatabaseError(f"the rebalance (Citus job {job}) ended {state}; see citus_rebalance_status()")
+    return {"job": job, "moves": total, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def remove(home: Path, host: str | None = None, port: int = PORT) -> str | None:
+    """Drain a worker (its shards move to the others, nothing is lost) and remove it: the last local
+    worker, or the external one at `host`:`port`. Returns the node's name."""
+    home = home.expanduser().resolve()
+    cluster = _require_cluster(home)
+    url = embedded.start(home)
+    local = host is None
+    if local:
+        if int(cluster["workers"]) <= 1:
+            raise UsageError("a cluster keeps at least one worker; 'clipvdb db nodes stop' stops them all")
+        pgdata = worker_dirs(home, cluster)[-1]
+        host, port = _socket_dir(embedded.start_server(pgdata, preload="citus")), PORT
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            conn.execute(queries.DRAIN_NODE, (host, port))
+            conn.execute(queries.REMOVE_NODE, (host, port))
+        except psycopg.Error as exc:
+            raise DatabaseError(f"Citus could not drain and remove the node {host}:{port}: {first_line(exc)}") from exc
+    if local:
+        embedded.stop_server(pgdata)
+        shutil.rmtree(pgdata.parent)
+        (home / NODES_FILE).write_text(json.dumps({**cluster, "workers": int(cluster["workers"]) - 1}) + "\n")
+    return host
 
 
 def stop(home: Path) -> list[str]:

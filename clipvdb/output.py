@@ -57,8 +57,8 @@ def print_plain(title: str, grid: list[list[str]], numeric: list[bool] | None = 
     print()
 
 
-def progress(label: str) -> tuple:
-    """A progress bar on stderr and its update(advance, total) function."""
+def progress(label: str, unit: str = "img") -> tuple:
+    """A progress bar on stderr and its update(advance, total) function; the rate is in `unit`s."""
     from rich.console import Console  # rich: kept off the start-up of --help
     from rich.progress import (
         BarColumn,
@@ -76,7 +76,7 @@ def progress(label: str) -> tuple:
 
         def render(self, task):
             speed = task.finished_speed or task.speed
-            return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s")
+            return Text(f"{speed:6.1f} {unit}/s" if speed else f"   -- {unit}/s")
 
     bar = Progress(
         TextColumn(f"[bold]{label}"),

@@ -148,73 +148,6 @@ def knn_learned(stage: Stage, dim: int, *, exact: bool = False, similarity: bool
     ).format(q=q, table=sql.Identifier(stage.learned_table), order=order, sim=sim, sim_join=sim_join)
 
 
-def knn_one(
-    stage: Stage,
-    metric: str = "l2",
-    *,
-    exact: bool = False,
-    projected_dim: int | None = None,
-    learned_dim: int | None = None,
-    similarity: bool = False,
-) -> sql.Composed:
-    """One kNN query as one statement, the shape Citus pushes down to every shard (a per-shard
-    ORDER BY ... LIMIT, merged on the coordinator); Citus cannot push down `knn`'s LATERAL LIMIT.
-    %(v)b is the query vector (%(p)b its projection or learned image). Rows: (image_id, label,
-    source, distance, similarity), nearest first; similarity is NULL unless asked for. With
-    `projected_dim`, each shard takes its %(candidates)s nearest by the projected index with their
-    exact distances and the coordinator keeps the global top candidates by projected distance: rows
-    (image_id, label, source, distance, similarity, approx) that the caller re-ranks by `distance`."""
-    where = sql.SQL("x.space_id = %(space)s AND x.dataset_id = %(dataset)s AND x.split = %(split)s")
-    if learned_dim is not None or projected_dim is not None:
-        dim = learned_dim if learned_dim is not None else projected_dim
-        col = sql.SQL("x.vec") if learned_dim is not None else sql.SQL("x.proj")
-        ptype = "vector" if learned_dim is not None else PROJECTION_TYPE
-        q = sql.SQL("(%(p)b)::{}({})").format(sql.SQL(ptype), sql.Literal(dim))
-        order = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
-    if learned_dim is not None:
-        sim = sql.SQL("1 - cosine_distance({}, {})").format(col, q) if similarity else sql.SQL("NULL::float8")
-        return sql.SQL(
-            """SELECT x.image_id, i.label, i.source, {col} <-> {q} AS distance, {sim} AS similarity
-            FROM {table} x JOIN images i ON i.id = x.image_id
-            WHERE {where} ORDER BY {order} LIMIT %(k)s"""
-        ).format(col=col, q=q, table=sql.Identifier(stage.learned_table), where=where, order=order, sim=sim)
-    qv = sql.SQL("%(v)b")
-    emb = sql.SQL("e.embedding")
-    sim = (
-        sql.SQL("1 - cosine_distance(e.embedding, ({})::{})").format(qv, _type(stage))
-        if similarity
-        else sql.SQL("NULL::float8")
-    )
-    if projected_dim is not None:
-        # no outer re-rank in SQL: over a LIMIT subquery Citus plans a second step through an
-        # intermediate result; the caller orders the candidates by `distance` instead
-        return sql.SQL(
-            """SELECT x.image_id, i.label, i.source, {dist} AS distance, {sim} AS similarity, {order} AS approx
-            FROM {proj} x
-            JOIN {table} e ON e.space_id = x.space_id AND e.image_id = x.image_id
-            JOIN images i ON i.id = x.image_id
-            WHERE {where} ORDER BY approx LIMIT %(candidates)s"""
-        ).format(
-            dist=distance(stage, metric, emb, qv, exact=False),
-            order=order,
-            proj=sql.Identifier(stage.projection_table),
-            table=sql.Identifier(stage.table),
-            where=where,
-            sim=sim,
-        )
-    return sql.SQL(
-        """SELECT e.image_id, i.label, i.source, {dist} AS distance, {sim} AS similarity
-        FROM {table} e JOIN images i ON i.id = e.image_id
-        WHERE {where} ORDER BY {order} LIMIT %(k)s"""
-    ).format(
-        dist=distance(stage, metric, emb, qv, exact=False),
-        order=distance(stage, metric, emb, qv, exact=exact),
-        table=sql.Identifier(stage.table),
-        where=sql.SQL("e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s"),
-        sim=sim,
-    )
-
-
 SAVE_LEARNED_MAP = """INSERT INTO learned_maps
     (stage, method, dims, mean, matrix, fitted_rows, params, fit_seconds, fitted_at)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
@@ -749,3 +682,96 @@ WEB_STAGE_ROWS = """SELECT c.stage, s.model, s.weights, s.dim, d.name AS dataset
     WHERE c.n_rows > 0
     GROUP BY c.stage, s.model, s.weights, s.dim, d.name, c.split
     ORDER BY array_position(ARRAY['first','second','third','origin'], c.stage), s.model, s.weights, d.name, c.split"""
+
+
+# ---------------------------------------------------------------- a Citus cluster's nodes
+
+ADD_NODE = "SELECT citus_add_node(%s, %s)"
+# block_writes: a shard's writes wait while it moves and reads go on; the logical-replication mode
+# would need wal_level = logical on every node
+REBALANCE_START = "SELECT citus_rebalance_start(shard_transfer_mode := 'block_writes')"
+REBALANCE_STATUS = "SELECT state, details FROM citus_rebalance_status() WHERE job_id = %s"
+DRAIN_NODE = "SELECT citus_drain_node(%s, %s, shard_transfer_mode := 'block_writes')"
+REMOVE_NODE = "SELECT citus_remove_node(%s, %s)"
+
+
+def set_system(name: str, value: str) -> sql.Composed:
+    """ALTER SYSTEM SET of one setting (takes effect on reload)."""
+    return sql.SQL("ALTER SYSTEM SET {} = {}").format(
+        sql.SQL(".").join(sql.Identifier(p) for p in name.split(".")), sql.Literal(value)
+    )
+
+
+# ---------------------------------------------------------------- batched kNN on Citus
+
+# A batch's vectors on Citus go into knn_queries (a reference table) for one search; each shard is
+# searched by clipvdb_knn_shard (migration 0011), delegated to the worker holding it.
+COPY_KNN_QUERIES = "COPY knn_queries (batch_id, ord, v, h, p) FROM STDIN WITH (FORMAT BINARY)"
+KNN_SHARD = "SELECT * FROM clipvdb_knn_shard(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+KNN_SHARD_PLAN = "SELECT * FROM clipvdb_knn_shard_plan(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# one image id in each shard of images: the value that routes a delegated call to that shard
+SHARD_ANCHORS = """SELECT DISTINCT ON (shard) v FROM (
+    SELECT get_shard_id_for_distribution_column('images', v) AS shard, v FROM generate_series(1, 100000) AS v
+) s ORDER BY shard, v"""
+
+
+def knn_shard(
+    stage: Stage,
+    metric: str = "l2",
+    *,
+    exact: bool = False,
+    projected_dim: int | None = None,
+    learned_dim: int | None = None,
+    similarity: bool = False,
+) -> tuple[str, list[str]]:
+    """The per-shard statement of a batched kNN search on Citus, and the tables whose shard names
+    clipvdb_knn_shard puts in (%1$I the searched table, %2$I the projections, %3$I images, %4$I
+    knn_queries). Its parameters: $1 the batch, $2 k, $3 space, $4 dataset, $5 split, $6 the
+    candidates of a projected index. Rows as `knn`'s, with similarity NULL unless asked for."""
+    q = sql.SQL("%4$I")
+    where = sql.SQL("x.space_id = $3 AND x.dataset_id = $4 AND x.split = $5")
+    inner: sql.Composable
+    sim_q: sql.Composable
+    qv: sql.Composable
+    if learned_dim is not None:
+        qv = sql.SQL("(q.v)::vector({})").format(sql.Literal(learned_dim))
+        order = sql.SQL("l2_distance(x.vec, {})").format(qv) if exact else sql.SQL("x.vec <-> {}").format(qv)
+        inner = sql.SQL(
+            "SELECT x.image_id, x.vec <-> {qv} AS distance FROM %1$I x WHERE {where} ORDER BY {order}"
+        ).format(qv=qv, where=where, order=order)
+        sim_col, sim_q = "vec", qv
+        table = stage.learned_table
+    else:
+        qv = sql.SQL("q.v") if stage.column_type == "vector" else sql.SQL("q.h")
+        emb = sql.SQL("x.embedding")
+        dist = distance(stage, metric, emb, qv, exact=False)
+        if projected_dim is not None:
+            inner = sql.SQL(
+                """SELECT x.image_id, {dist} AS distance
+                FROM (SELECT c.space_id, c.image_id FROM %2$I c
+                      WHERE c.space_id = $3 AND c.dataset_id = $4 AND c.split = $5
+                      ORDER BY c.proj <-> (q.p)::{ptype}({pdim}) LIMIT $6) c
+                JOIN %1$I x ON x.space_id = c.space_id AND x.image_id = c.image_id
+                ORDER BY distance"""
+            ).format(dist=dist, ptype=sql.SQL(PROJECTION_TYPE), pdim=sql.Literal(projected_dim))
+        else:
+            order = distance(stage, metric, emb, qv, exact=exact)
+            inner = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where} ORDER BY {order}").format(
+                dist=dist, where=where, order=order
+            )
+        sim_col, sim_q = "embedding", sql.SQL("({})::{}").format(qv, _type(stage))
+        table = stage.table
+    sim = (
+        sql.SQL("1 - cosine_distance(s.{}, {})").format(sql.Identifier(sim_col), sim_q)
+        if similarity
+        else sql.SQL("NULL::float8")
+    )
+    sim_join = sql.SQL(" JOIN %1$I s ON s.space_id = $3 AND s.image_id = n.image_id") if similarity else sql.SQL("")
+    statement = sql.SQL(
+        """SELECT q.ord, n.image_id, i.label, i.source, n.distance::float8, ({sim})::float8
+        FROM {q} q
+        CROSS JOIN LATERAL ({inner} LIMIT $2) n
+        JOIN %3$I i ON i.id = n.image_id{sim_join}
+        WHERE q.batch_id = $1"""
+    ).format(sim=sim, q=q, inner=inner, sim_join=sim_join)
+    return statement.as_string(None), [table, stage.projection_table, "images", "knn_queries"]

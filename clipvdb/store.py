@@ -832,6 +832,32 @@ class Store:
         with self.connection() as conn:
             return nodes.status(conn)
 
+    def add_node(self, host: str | None = None, port: int = nodes.PORT) -> dict:
+        """Add a worker to this home's cluster (a new local one, or an external one at `host`);
+        its share of the shards comes with `rebalance()`. Returns nodes_status()."""
+        self._require_embedded("db nodes add")
+        nodes.add(self.home or embedded.home_dir(), host, port)
+        self._forget()
+        return self.nodes_status()
+
+    def rebalance(self, progress: ProgressFn | None = None) -> dict:
+        """Move shards until every worker holds its share, waiting to the end (queries go on; a
+        moving shard's writes wait). {"job", "moves", "seconds"}."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            try:
+                return nodes.rebalance(conn, progress)
+            finally:
+                conn.autocommit = False
+
+    def remove_node(self, host: str | None = None, port: int = nodes.PORT) -> dict:
+        """Drain a worker (its shards move to the others) and remove it: the last local worker, or
+        the external one at `host`. Returns nodes_status()."""
+        self._require_embedded("db nodes remove")
+        nodes.remove(self.home or embedded.home_dir(), host, port)
+        self._forget()
+        return self.nodes_status()
+
     def stop_nodes(self) -> list[str]:
         self.close()
         return nodes.stop(self.home or embedded.home_dir())

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from clipvdb import Store, TinyEncoder, db, embedded, indexes, nodes, queries, synthetic
-from clipvdb.errors import DatabaseError, ExtensionError
+from clipvdb.errors import DatabaseError, ExtensionError, UsageError
 from clipvdb.knn import SearchSettings
 from clipvdb.stages import STAGES
 
@@ -138,33 +138,81 @@ def _explain(store: Store, statement, params) -> str:
         return "\n".join(r[0] for r in rows)
 
 
-def test_knn_pushed_down_to_every_shard(cstore, cluster_data):
-    with store_searcher(cstore) as (searcher, params):
-        with cstore.connection() as conn:
-            shards = db.shard_count(conn, "embeddings_first")
-        assert shards == 4
-        # exact: every shard sorts its rows and keeps k; the coordinator merges the shards' rows
-        text = _explain(cstore, queries.knn_one(FIRST, exact=True), params)
-        assert "Custom Scan (Citus Adaptive)" in text and f"Task Count: {shards}" in text
-        task = text[text.index("->  Task") :]
-        assert "->  Limit" in task and "Sort Key: (l2_distance(e.embedding" in task
-        assert "on embeddings_first_1" in task  # a shard (embeddings_first_<shard id>), not the shell
-        # projected ANN: every shard takes its candidates through its own ivfflat index, with their
-        # exact distances; the coordinator keeps the top candidates, in one distributed step
-        proj = {**params, "p": np.zeros(searcher.projection.dim, dtype=np.float32), "candidates": 20}
-        text = _explain(cstore, queries.knn_one(FIRST, projected_dim=searcher.projection.dim), proj)
-        assert f"Task Count: {shards}" in text
-        task = text[text.index("->  Task") :]
-        assert "->  Limit" in task and "Index Scan using projections_first_ann_" in task
-        assert "intermediate_result" not in text
-        # a learned map: each shard walks its own ivfflat index in the learned space
-        cstore.learn("first", 16, method="pca")
-        lmap_params = {**params, "p": np.zeros(16, dtype=np.float32)}
-        text = _explain(cstore, queries.knn_one(FIRST, learned_dim=16), lmap_params)
-        assert f"Task Count: {shards}" in text and "Index Scan using learned_first_ann_" in text
-        learned = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(learned=True), num=50)
-        assert learned.stages["first"].n == 50
-        # the single-node batched form is what Citus refuses (a LATERAL LIMIT over a table function)
+def _shard_plans(store: Store, searcher, vectors: np.ndarray) -> list[str]:
+    """Each shard's EXPLAIN ANALYZE of a batch search, through clipvdb_knn_shard_plan, delegated
+    like the search itself; the batch's rows exist only inside the transaction."""
+    plans = []
+    with store.connection() as conn, conn.transaction(force_rollback=True):
+        kind = searcher.stage.column_type
+        learned_space = searcher.learned is not None
+        mapped = (
+            searcher.learned.apply(vectors)
+            if learned_space
+            else (searcher.projection.apply(vectors) if searcher.projection is not None else None)
+        )
+        db.copy_rows(
+            conn,
+            queries.COPY_KNN_QUERIES,
+            ["int8", "int4", "vector", "halfvec", "halfvec"],
+            [
+                (
+                    7,
+                    i + 1,
+                    mapped[i] if learned_space else (v if kind == "vector" else None),
+                    None if learned_space or kind == "vector" else db.as_param(v, "halfvec"),
+                    db.as_param(mapped[i], "halfvec") if mapped is not None and not learned_space else None,
+                )
+                for i, v in enumerate(vectors)
+            ],
+        )
+        # tiny shards: make the planner show its choice, as the single-node index tests do
+        flat = [x for pair in [*searcher.index_settings(), ("enable_seqscan", "off")] for x in pair]
+        for anchor in searcher.anchors:
+            rows = conn.execute(
+                queries.KNN_SHARD_PLAN,
+                (anchor, 7, searcher.shard_sql, searcher.shard_tables, 1, 20, searcher.space, searcher.dataset,
+                 "train", flat),
+            ).fetchall()  # fmt: skip
+            plans.append("\n".join(r[0] for r in rows))
+    return plans
+
+
+def test_batched_knn_searches_every_shard_in_one_delegated_call(cstore, cluster_data):
+    """A batch's vectors travel once (knn_queries, a reference table); every shard runs the single
+    node's LATERAL top-k through its own index, in one call delegated to the worker holding it."""
+    with cstore.connection() as conn:
+        shards = db.shard_count(conn, "embeddings_first")
+    assert shards == 4
+    q = np.random.default_rng(0).random((3, FIRST.dim), dtype=np.float32)
+    exact = cstore.searcher(FIRST, SearchSettings(exact=True))
+    assert len(exact.anchors) == shards
+    for plan in _shard_plans(cstore, exact, q):
+        assert "Limit" in plan and "Sort Key: (l2_distance(x.embedding" in plan and "embeddings_first_1" in plan
+    projected = cstore.searcher(FIRST, SearchSettings())
+    assert projected.projection is not None
+    for plan in _shard_plans(cstore, projected, q):
+        assert "Index Scan using projections_first_ann_" in plan and "knn_queries_" in plan
+    # the call is routed to one worker: Citus's distributed function delegation, one task
+    with cstore.connection() as conn:
+        text = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN (COSTS OFF) " + queries.KNN_SHARD,
+                (exact.anchors[0], 1, exact.shard_sql, exact.shard_tables, 1, 0, exact.space, exact.dataset, "train",
+                 []),
+            ).fetchall()
+        )  # fmt: skip
+        conn.rollback()
+    assert "Task Count: 1" in text and "clipvdb_knn_shard" in text
+    # a learned map: each shard walks its own ivfflat index in the learned space
+    cstore.learn("first", 16, method="pca")
+    learned_searcher = cstore.searcher(FIRST, SearchSettings(learned=True))
+    for plan in _shard_plans(cstore, learned_searcher, q):
+        assert "Index Scan using learned_first_ann_" in plan
+    learned = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(learned=True), num=50)
+    assert learned.stages["first"].n == 50
+    # the single-node batched form is what Citus refuses (a LATERAL LIMIT over a table function)
+    with store_searcher(cstore) as (_, params):
         with db.connect(cstore.url, autocommit=True) as conn, pytest.raises(psycopg.errors.FeatureNotSupported):
             conn.execute(queries.knn(FIRST), {**params, "vectors": [params["v"]]})
 
@@ -328,3 +376,79 @@ def test_concurrent_ingests_store_each_image_once(citus_home, tmp_path):
             "SELECT count(*) FROM embeddings_first e JOIN datasets d ON d.id = e.dataset_id "
             "WHERE d.name = 'shapes-twice'",
         ) == [(120,)]
+
+
+def test_a_worker_added_rebalanced_under_a_running_evaluate_and_removed(citus_home, syn_data, tmp_path):
+    """db nodes add, rebalance and remove on a live cluster: evaluates keep answering while the
+    shards move (no failed query), every answer is the one before, and draining a worker loses
+    nothing."""
+    import threading
+
+    home = tmp_path / "growing"
+    exact = SearchSettings(exact=True)
+
+    def answers(store: Store, run_id: int) -> list[tuple]:
+        return _sql(
+            store,
+            "SELECT stage, image_id, predicted, neighbor_id FROM predictions WHERE run_id = %s ORDER BY 1, 2",
+            (run_id,),
+        )
+
+    try:
+        with Store(home=home, encoder=TinyEncoder()) as store:
+            store.ingest(syn_data, stages="first", split="train")
+            store.start_nodes(1)
+            before = answers(store, store.evaluate(syn_data, stage="first", settings=exact).run_id)
+            assert len(before) == 20
+            info = store.add_node()
+            workers = [n["node"] for n in info["nodes"] if n["role"] == "worker"]
+            assert len(workers) == 2
+            during: list[int] = []
+            errors: list[BaseException] = []
+            moving = threading.Event()
+            finished = threading.Event()
+
+            def evaluate_meanwhile() -> None:
+                try:
+                    with Store(home=home, encoder=TinyEncoder()) as other:
+                        while not finished.is_set() or not during:
+                            moving.wait(60)
+                            during.append(other.evaluate(syn_data, stage="first", settings=exact, batch_size=2).run_id)
+                except BaseException as exc:  # the test fails below, naming it
+                    errors.append(exc)
+
+            thread = threading.Thread(target=evaluate_meanwhile)
+            thread.start()
+            seen: list[tuple[int, int]] = []
+
+            def progress(done: int, total: int) -> None:
+                moving.set()
+                seen.append((done, total))
+
+            result = store.rebalance(progress)
+            ended = _sql(store, "SELECT clock_timestamp()")[0][0]
+            finished.set()
+            thread.join(120)
+            assert not thread.is_alive() and errors == []
+            assert result["moves"] >= 1 and seen[-1] == (result["moves"], result["moves"])
+            assert during and all(answers(store, run) == before for run in during)
+            first_start = _sql(store, "SELECT min(started_at) FROM eval_runs WHERE id = ANY(%s)", (during,))[0][0]
+            assert first_start < ended  # an evaluate ran while the shards moved
+            placed = store.nodes_status()["per_node"]
+            rows = {node: t["embeddings_first"]["rows"] for node, t in placed.items() if "embeddings_first" in t}
+            assert sorted(rows) == sorted(workers) and all(n > 0 for n in rows.values()) and sum(rows.values()) == 60
+            assert store.rebalance()["moves"] == 0  # every worker holds its share now
+
+            info = store.remove_node()
+            assert [n["node"] for n in info["nodes"] if n["role"] == "worker"] == workers[:1]
+            rows = {
+                node: t["embeddings_first"]["rows"] for node, t in info["per_node"].items() if "embeddings_first" in t
+            }
+            assert rows == {workers[0]: 60}
+            after = answers(store, store.evaluate(syn_data, stage="first", settings=exact).run_id)
+            assert after == before
+            assert not (home / "workers" / "2").exists()
+            with pytest.raises(UsageError, match="at least one worker"):
+                store.remove_node()
+    finally:
+        nodes.stop(home)

@@ -96,13 +96,16 @@ def _functions_of(filename: str) -> str:
     return module.FUNCTIONS.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
 
 
+# 0008's functions, clipvdb_distribute() placing run_neighbors too (frozen as of this revision)
+FUNCTIONS = _functions_of("0008_citus.py").replace(PLACED_MARK, PLACE.strip(), 1)
+
+
 def upgrade() -> None:
     op.execute(TABLE)
     for text in VIEWS.values():
         op.execute(text)
-    functions = _functions_of("0008_citus.py")
-    assert PLACED_MARK in functions
-    op.execute(functions.replace(PLACED_MARK, PLACE.strip(), 1))
+    assert PLACE.strip() in FUNCTIONS
+    op.execute(FUNCTIONS)
     op.execute(
         """
         DO $$
