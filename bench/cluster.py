@@ -37,10 +37,10 @@ ROWS_PER_SHARD = 5_000_000  # a shard small enough to rebuild its index in minut
 WORKER_RAM_GB = 128  # a worker's memory; half of it for the hot set (ANN index, projections)
 
 
-def run_job(data: str, n_train: int, n_test: int, env: dict, cluster: bool) -> dict:
+def run_job(data: str, n_train: int, n_test: int, env: dict, workers: int) -> dict:
     row: dict = {}
-    if cluster:
-        row["nodes_start_s"], _ = timed(["db", "nodes", "start", "--workers", "2", "--json"], env)
+    if workers:
+        row["nodes_start_s"], _ = timed(["db", "nodes", "start", "--workers", str(workers), "--json"], env)
     row["ingest_s"], out = timed(
         ["ingest", "--stage", "first", "--data", data, "--split", "train", "--limit", str(n_train), "--json"], env
     )
@@ -53,6 +53,28 @@ def run_job(data: str, n_train: int, n_test: int, env: dict, cluster: bool) -> d
         first = result["stages"]["first"]
         row[name] = {"command_s": seconds, "query_s": first["query_s"], "accuracy_pct": first["accuracy_pct"]}
     return row
+
+
+def grow_under_load(data: str, n_test: int, env: dict) -> dict:
+    """On a running cluster: `db nodes add` and `db nodes rebalance` while an evaluate of the same
+    queries runs beside them; its exit status and accuracy against the same evaluate before."""
+    import time
+
+    evaluate = [*CLI, "evaluate", "--stage", "first", "--data", data, "--num", str(n_test), "--json"]
+    proc = subprocess.Popen(evaluate, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the evaluate past its start-up, querying
+    add_s, _ = timed(["db", "nodes", "add", "--json"], env)
+    rebalance_s, out = timed(["db", "nodes", "rebalance", "--json"], env)
+    stdout, stderr = proc.communicate(timeout=600)
+    during = json.loads(stdout)["stages"]["first"] if proc.returncode == 0 else None
+    return {
+        "add_s": add_s,
+        "rebalance_s": rebalance_s,
+        "rebalance": json.loads(out),
+        "evaluate_exit": proc.returncode,
+        "evaluate_error": stderr.strip().splitlines()[-1:] if proc.returncode else [],
+        "evaluate_accuracy_pct": during["accuracy_pct"] if during else None,
+    }
 
 
 def _sizes(conn: psycopg.Connection, table: str) -> dict:
@@ -140,25 +162,29 @@ def main(argv: list[str] | None = None) -> dict:
     nearest, base_s = exact_baseline(Xtr, Xte)
     result["baseline"] = {"seconds": base_s, "accuracy_pct": float((ytr[nearest] == yte).mean() * 100)}
     del Xtr, Xte
-    for name, cluster in (("single", False), ("cluster", True)):
+    for name, workers in (("single", 0), ("cluster", 2), ("cluster3", 3)):
         home = Path(tempfile.mkdtemp(prefix=f"clipvdb-{name}-"))
         env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"}
         env.update(CLIPVDB_HOME=str(home), PYTHONUNBUFFERED="1")
         try:
-            result[name] = run_job(args.data, args.train, args.test, env, cluster)
-            if cluster:
+            result[name] = run_job(args.data, args.train, args.test, env, workers)
+            if name == "cluster":
+                result["grow"] = grow_under_load(args.data, args.test, env)
                 result["nodes"] = json.loads(timed(["db", "nodes", "status", "--json"], env)[1])
                 result["shards"] = shard_figures(home, source)
         finally:
-            stop = ["db", "nodes", "stop"] if cluster else ["db", "stop"]
+            stop = ["db", "nodes", "stop"] if workers else ["db", "stop"]
             subprocess.run(CLI + stop, env=env, capture_output=True)
             shutil.rmtree(home, ignore_errors=True)
     result["estimates"] = scale_estimates(result["shards"])
-    s, c = result["single"], result["cluster"]
+    s, c, c3 = result["single"], result["cluster"], result["cluster3"]
     result["ratios"] = {
         "ingest_cluster_over_single": c["ingest_s"] / s["ingest_s"],
         "default_query_cluster_over_single": c["default"]["query_s"] / s["default"]["query_s"],
         "exact_query_cluster_over_single": c["exact"]["query_s"] / s["exact"]["query_s"],
+        "ingest_cluster3_over_single": c3["ingest_s"] / s["ingest_s"],
+        "default_query_cluster3_over_single": c3["default"]["query_s"] / s["default"]["query_s"],
+        "exact_query_cluster3_over_single": c3["exact"]["query_s"] / s["exact"]["query_s"],
     }
     result["machine"] = markdown.machine()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,44 +197,51 @@ def main(argv: list[str] | None = None) -> dict:
 
 def render(r: dict) -> str:
     """The cluster block: one node against the cluster, bytes per row, and the labelled estimates."""
-    s, c, q = r["single"], r["cluster"], r["ratios"]
+    s, c, c3, q, g = r["single"], r["cluster"], r["cluster3"], r["ratios"], r["grow"]
 
     def pair(x: dict) -> str:
         return f"{x['query_s']:.2f} / {x['command_s']:.1f}"
+
+    def acc(x: dict, name: str) -> str:
+        return f"{x[name]['accuracy_pct']:.2f} %"
 
     rows = [
         [
             "`ingest --stage first` with its index (command)",
             f"{s['ingest_s']:.1f} s",
             f"{c['ingest_s']:.1f} s",
-            f"{q['ingest_cluster_over_single']:.2f}x",
+            f"{c3['ingest_s']:.1f} s",
+            f"{q['ingest_cluster_over_single']:.2f}x / {q['ingest_cluster3_over_single']:.2f}x",
         ],
-        ["`db nodes start --workers 2` (first time)", "", f"{c['nodes_start_s']:.1f} s", ""],
-        [
-            "`evaluate` default path: accuracy",
-            f"{s['default']['accuracy_pct']:.2f} %",
-            f"{c['default']['accuracy_pct']:.2f} %",
-            "",
-        ],
+        ["`db nodes start` (first time)", "", f"{c['nodes_start_s']:.1f} s", f"{c3['nodes_start_s']:.1f} s", ""],
+        ["`evaluate` default path: accuracy", acc(s, "default"), acc(c, "default"), acc(c3, "default"), ""],
         [
             "`evaluate` default path: query s (summed, 2 connections) / command s",
             pair(s["default"]),
             pair(c["default"]),
-            f"{q['default_query_cluster_over_single']:.1f}x",
+            pair(c3["default"]),
+            f"{q['default_query_cluster_over_single']:.2f}x / {q['default_query_cluster3_over_single']:.2f}x",
         ],
-        [
-            "`evaluate --exact`: accuracy",
-            f"{s['exact']['accuracy_pct']:.2f} %",
-            f"{c['exact']['accuracy_pct']:.2f} %",
-            "",
-        ],
+        ["`evaluate --exact`: accuracy", acc(s, "exact"), acc(c, "exact"), acc(c3, "exact"), ""],
         [
             "`evaluate --exact`: query s / command s",
             pair(s["exact"]),
             pair(c["exact"]),
-            f"{q['exact_query_cluster_over_single']:.2f}x",
+            pair(c3["exact"]),
+            f"{q['exact_query_cluster_over_single']:.2f}x / {q['exact_query_cluster3_over_single']:.2f}x",
         ],
     ]
+    grow = (
+        f"Growing the 2-worker cluster while an `evaluate` of the same {r['test']:,} queries runs beside it: "
+        f"`db nodes add` {g['add_s']:.1f} s, `db nodes rebalance` {g['rebalance_s']:.1f} s "
+        f"({g['rebalance']['moves']} shard moves); the evaluate "
+        + (
+            f"exited 0 at {g['evaluate_accuracy_pct']:.2f} % (the same queries before: "
+            f"{c['default']['accuracy_pct']:.2f} %)."
+            if g["evaluate_exit"] == 0
+            else f"failed ({g['evaluate_exit']}: {' '.join(g['evaluate_error'])})."
+        )
+    )
     sizes = [
         [
             f"`{t}`",
@@ -248,12 +281,15 @@ def render(r: dict) -> str:
         [
             f"Measured {r['machine']}, one run of `python -m bench.cluster` (part of `make bench` when the Citus source "
             "is there). Every command a subprocess with a fresh `CLIPVDB_HOME`, one node and then `db nodes start "
-            "--workers 2` (2 shards per worker), same run: the workers share the machine's cores with the coordinator, "
+            "--workers 2` and `--workers 3` (2 shards per worker), same run: the workers share the machine's cores with the "
+            "coordinator, "
             f"so on one machine the cluster shows correctness and overhead, not speed. Stage first, the first "
             f"{r['train']:,} CIFAR-10 training images stored, the first {r['test']:,} test images queried. In-process "
             f"exact 1-NN over the same arrays: {r['baseline']['accuracy_pct']:.2f} % in {r['baseline']['seconds']:.2f} s.",
             "",
-            markdown.table(["", "one node", "cluster", "cluster / one node"], rows),
+            markdown.table(["", "one node", "2 workers", "3 workers", "2 / 3 workers over one node"], rows),
+            "",
+            grow,
             "",
             "Bytes per row on the workers (sums over the shards; `pg_table_size` includes TOAST; the CLIP stages are "
             "2,000 random vectors loaded with `Store.load_vectors`, default index: ivfflat on the full vectors):",

@@ -36,7 +36,21 @@ def test_ingest_classify_evaluate_report_plot(cli, syn_data, tmp_path):
     assert "first" in table and "query_ms" in table
 
     ev = json.loads(
-        cli("evaluate", "--stage", "all", "--data", syn_data, "--num", "6", "--json", "--batch-size", "4", *w).stdout
+        cli(
+            "evaluate",
+            "--stage",
+            "all",
+            "--data",
+            syn_data,
+            "--num",
+            "6",
+            "--json",
+            "--batch-size",
+            "4",
+            "--k",
+            "1,3",
+            *w,
+        ).stdout
     )
     assert {s: v["n"] for s, v in ev["stages"].items()} == {"first": 6, "second": 6, "third": 6, "origin": 6}
 
@@ -47,6 +61,10 @@ def test_ingest_classify_evaluate_report_plot(cli, syn_data, tmp_path):
     acc = {r["stage"]: r for r in report["report_accuracy"]}
     for stage, v in ev["stages"].items():
         assert acc[stage]["correct"] == v["correct"]
+    by_k = {(r["stage"], r["k"], r["vote"]): r["correct"] for r in report["report_accuracy_by_k"]}
+    assert {s for s, _, _ in by_k} == {"first", "second", "third"}  # origin is zero-shot: no neighbours
+    for stage in ("first", "second", "third"):
+        assert by_k[(stage, 1, "majority")] == ev["stages"][stage]["correct"]
     assert "report_confusion" in cli("report").output
 
     paths = cli("plot", "--out", tmp_path / "plots").output.split()
