@@ -752,7 +752,12 @@ def classify(
 @click.option("--split", default="test", show_default=True)
 @click.option("--against", default="train", show_default=True, help="Stored split to search.")
 @click.option("--num", type=click.IntRange(1), help="Only the first N images of the split.")
-@click.option("--batch-size", type=click.IntRange(1), default=config.DEFAULT_EVAL_BATCH_SIZE, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    help=f"Images per search statement (default: {config.DEFAULT_EVAL_BATCH_SIZE}; "
+    f"{config.DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED} on Citus).",
+)
 @click.option("--workers", type=click.IntRange(0), help="Image-decoding processes (default: cores - 1, at most 4).")
 @click.option(
     "--connections",

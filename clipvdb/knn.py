@@ -223,8 +223,9 @@ class KnnSearcher:
         if self.index_kind == "ivfflat":
             lists = int(self.index_params.get("lists", 1))
             projected = self.projection is not None or self.learned is not None
-            per_index = self.rows // max(1, int(self.index_params.get("shards", 1)))
-            probes = s.probes or indexes.default_probes(lists, projected=projected, rows=per_index)
+            # lists are per index (per shard on Citus); the floor of scanned rows is for the whole
+            # search, so that the shards together scan what one index would
+            probes = s.probes or indexes.default_probes(lists, projected=projected, rows=self.rows)
             out.append(("ivfflat.probes", str(probes)))
         if self.index_kind == "hnsw":
             out.append(("hnsw.ef_search", str(s.ef_search or config.DEFAULT_EF_SEARCH)))
@@ -273,6 +274,13 @@ class KnnSearcher:
                 out[row[0] - 1].append(Neighbor(row[1], row[2], row[3], float(row[4]), sim))
         return out, (time.perf_counter() - start) * 1000
 
+    def _shard_candidates(self, candidates: int) -> int:
+        """Candidates each shard re-ranks: twice its share of the whole search's, at least k. A
+        shard ranks its own rows only, so the true neighbour sits higher in its list than in one
+        over every row."""
+        shards = max(1, len(self.anchors))
+        return max(self.settings.depth, math.ceil(2 * candidates / shards)) if candidates else 0
+
     def _search_shards(
         self,
         conn: psycopg.Connection,
@@ -317,7 +325,7 @@ class KnnSearcher:
                         self.shard_sql,
                         self.shard_tables,
                         params["k"],
-                        params.get("candidates", 0),
+                        self._shard_candidates(params.get("candidates", 0)),
                         self.space,
                         self.dataset,
                         self.split,

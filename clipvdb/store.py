@@ -414,7 +414,7 @@ class Store:
         split: str = "test",
         against: str = "train",
         num: int | None = None,
-        batch_size: int = config.DEFAULT_EVAL_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         connections: int = 2,
         display_freq: int = 0,
@@ -423,7 +423,8 @@ class Store:
         report: Callable[[str], None] | None = None,
         progress: ProgressFn | None = None,
     ) -> EvalRun:
-        """Classify a labelled split, store every prediction as a run; `run.run_id` for the reports."""
+        """Classify a labelled split, store every prediction as a run; `run.run_id` for the reports.
+        `batch_size`: images per search statement (default 100; 400 on Citus)."""
         if connections < 1:
             raise UsageError("--connections must be at least 1")
         settings = settings or SearchSettings()
@@ -432,6 +433,12 @@ class Store:
         source = _source(data)
         encoder = self.encoder_for(chosen)
         with self.connection() as conn:
+            if batch_size is None:
+                distributed = db.distributed(conn)
+                conn.rollback()
+                batch_size = (
+                    config.DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED if distributed else config.DEFAULT_EVAL_BATCH_SIZE
+                )
             return evaluation.evaluate(
                 conn,
                 lambda: self._connections(connections),

@@ -45,7 +45,7 @@ from faults_helpers import (
     wait_for,
 )
 
-from clipvdb import Store, TinyEncoder, embedded, synthetic
+from clipvdb import Store, TinyEncoder, db, embedded, synthetic
 from clipvdb.sources import open_source
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 5  # 200 training and 50 test images
@@ -437,6 +437,25 @@ def test_cluster_killed(shared, data):
     assert count(shared.url, "SELECT count(*) FROM clusterings") == 1
     assert count(shared.url, "SELECT count(*) FROM cluster_members") == TRAIN
     assert count(shared.url, "SELECT count(*) FROM cluster_centres_first") == 3
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigterm"])
+def test_db_upgrade_killed(fault, empty_db_url, request):
+    """db upgrade killed inside a migration (0010 waits for the test's lock on predictions): the
+    upgrade's one transaction rolls back, the schema stays at the revision before, and the next
+    upgrade reaches head."""
+    env = {**os.environ, "CLIPVDB_DATABASE_URL": empty_db_url}
+    t = Target(empty_db_url, env, marker=_marker(request))
+    t.ok("db", "upgrade", "0009")
+    holder = Holder(empty_db_url).hold("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+    proc = t.start("db", "upgrade")
+    apply(fault, t, proc, blocked(t, holder, proc))
+    finish(fault, t, proc, holder, *(("terminated",) if fault == "sigterm" else ()))
+    assert db.current_revision(empty_db_url) == "0009"
+    assert count(empty_db_url, "SELECT count(*) FROM pg_class WHERE relname IN ('run_neighbors', 'knn_queries')") == 0
+    t.ok("db", "upgrade")
+    assert db.current_revision(empty_db_url) == db.head_revision()
+    assert count(empty_db_url, "SELECT count(*) FROM pg_class WHERE relname IN ('run_neighbors', 'knn_queries')") == 2
 
 
 # ------------------------------------------------------------------ serve

@@ -37,6 +37,10 @@ CREATE TABLE knn_queries (
     p halfvec,
     PRIMARY KEY (batch_id, ord)
 );
+-- in line, never TOASTed: a 3,072-d halfvec (6 KB) would otherwise be compressed out of line and
+-- decompressed for every row a query is compared with
+ALTER TABLE knn_queries ALTER COLUMN v SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN,
+    ALTER COLUMN p SET STORAGE PLAIN;
 COMMENT ON TABLE knn_queries IS 'a kNN batch''s query vectors on Citus, for the length of one search (rolled back)';
 """
 
