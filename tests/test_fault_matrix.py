@@ -446,7 +446,7 @@ def test_db_upgrade_killed(fault, empty_db_url, request):
     upgrade reaches head."""
     env = {**os.environ, "CLIPVDB_DATABASE_URL": empty_db_url}
     t = Target(empty_db_url, env, marker=_marker(request))
-    t.ok("db", "upgrade", "0009")
+    t.ok("db", "upgrade", "--revision", "0009")
     holder = Holder(empty_db_url).hold("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
     proc = t.start("db", "upgrade")
     apply(fault, t, proc, blocked(t, holder, proc))
