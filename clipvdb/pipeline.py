@@ -133,6 +133,10 @@ def _die_with_parent(parent: int) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent was gone before the request took effect
         os._exit(1)
+    # the parent handles Ctrl-C and SIGTERM (it inherited handlers that raise in its main thread):
+    # a worker ignores Ctrl-C sent to the process group and dies quietly when the pool ends it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def default_workers(encoding: bool = True) -> int:
