@@ -75,7 +75,16 @@ class Target:
     def start(self, *args) -> subprocess.Popen:
         if not self.procs:
             self.baseline = backend_pids(self.url)
-        proc = subprocess.Popen(clipvdb(*args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            clipvdb(*args),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # a test run started in the background inherits SIGINT ignored (as shells do for `cmd &`);
+            # the command under test gets the default, as in a terminal
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         self.procs.append(proc)
         return proc
 
