@@ -1,6 +1,5 @@
 """Faults: interrupted, concurrent and disconnected work loses nothing and doubles nothing."""
 
-import contextlib
 import os
 import shutil
 import signal
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from faults_helpers import kill_all, pids_with, server_processes
 
 from clipvdb import embedded, synthetic
 from clipvdb.errors import DatabaseError
@@ -153,24 +153,6 @@ def test_connection_lost_mid_evaluate_is_clear_and_kept_out_of_views(db_url, tmp
     assert _count(db_url, "SELECT array_agg(run_id) FROM report_accuracy") == [again.run_id]
 
 
-def _pids_with(marker: str) -> list[int]:
-    """Live processes whose command line holds `marker` (zombies excluded)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state != "Z":
-            out.append(int(entry))
-    return out
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="the decoding workers' parent-death signal is Linux's")
 def test_decode_workers_die_with_a_killed_ingest(db_url, tmp_path):
     data = synthetic.generate(tmp_path / "orphans", {"train": 400})
@@ -180,23 +162,16 @@ def test_decode_workers_die_with_a_killed_ingest(db_url, tmp_path):
     cmd[cmd.index("--workers") + 1] = "2"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and len(_pids_with(marker)) < 3:  # the ingest and its two workers
+    while time.time() < deadline and len(pids_with(marker)) < 3:  # the ingest and its two workers
         time.sleep(0.02)
-    workers = [p for p in _pids_with(marker) if p != proc.pid]
+    workers = [p for p in pids_with(marker) if p != proc.pid]
     assert len(workers) >= 2, "the ingest never started its decoding workers"
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.time() + 10
-    while time.time() < deadline and any(p in _pids_with(marker) for p in workers):
+    while time.time() < deadline and any(p in pids_with(marker) for p in workers):
         time.sleep(0.05)
-    assert [p for p in workers if p in _pids_with(marker)] == []
-
-
-def _server_processes(pgdata) -> list[int]:
-    """The postmaster of a data directory and every process it started."""
-    pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [pid, *map(int, children)]
+    assert [p for p in workers if p in pids_with(marker)] == []
 
 
 def test_every_server_process_killed_during_an_ingest_and_the_next_command_at_once(tmp_path):
@@ -219,9 +194,7 @@ def test_every_server_process_killed_during_an_ingest_and_the_next_command_at_on
         while time.time() < deadline and _count(url) < 500:
             time.sleep(0.02)
         assert _count(url) >= 500, "the ingest never stored a batch"
-        for pid in _server_processes(embedded.data_dir(home)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_all(server_processes(embedded.data_dir(home)))
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and "Traceback" not in err and "run the same ingest again" in err, err
         status = subprocess.run(
