@@ -240,8 +240,9 @@ class KnnSearcher:
                 f"{self.stage.dim}-dimensional vectors"
             )
 
-    def search(self, conn: psycopg.Connection, vectors: np.ndarray) -> tuple[list[list[Neighbor]], float]:
-        """Neighbours for each query vector, and the wall ms of the one statement (with its settings)."""
+    def query_params(self, vectors: np.ndarray) -> dict:
+        """The parameters of a batch's search: the query vectors (or their images under a learned
+        map), their projections for a projected index, and where to look."""
         self.check(vectors)
         # typed as the stage stores them: a vector query against a halfvec stage would be cast again
         # for every row compared (an exact scan of stage first: 50,000 casts per query)
@@ -258,11 +259,16 @@ class KnnSearcher:
             del params["vectors"]
         elif self.projection is not None:
             params.update(projected=list(self.projection.apply(vectors)), candidates=self.settings.n_candidates)
+        return params
+
+    def search(self, conn: psycopg.Connection, vectors: np.ndarray) -> tuple[list[list[Neighbor]], float]:
+        """Neighbours for each query vector, and the wall ms of the one statement (with its settings)."""
+        params = self.query_params(vectors)
         settings = self.index_settings()
         start = time.perf_counter()
         out: list[list[Neighbor]] = [[] for _ in range(len(vectors))]
         if self.distributed:
-            self._search_shards(conn, vectors, params, settings, out)
+            self._search_shards(conn, params, settings, out)
             return out, (time.perf_counter() - start) * 1000
         with conn.transaction():
             if settings:
@@ -281,10 +287,47 @@ class KnnSearcher:
         shards = max(1, len(self.anchors))
         return max(self.settings.depth, math.ceil(2 * candidates / shards)) if candidates else 0
 
+    def copy_batch(self, conn: psycopg.Connection, batch: int, params: dict) -> None:
+        """A batch's query vectors into knn_queries (on Citus), as `query_params` made them: the
+        vector in the stage's type, or the learned image, and the projection."""
+        full: list = params.get("vectors") or []
+        mapped: list = params.get("projected") or []
+        learned_space = self.learned is not None
+        kind = self.stage.column_type
+        db.copy_rows(
+            conn,
+            queries.COPY_KNN_QUERIES,
+            ["int8", "int4", "vector", "halfvec", "halfvec"],
+            (
+                (
+                    batch,
+                    i + 1,
+                    mapped[i] if learned_space else (full[i] if kind == "vector" else None),
+                    None if learned_space or kind == "vector" else full[i],
+                    db.as_param(mapped[i], "halfvec") if mapped and not learned_space else None,
+                )
+                for i in range(max(len(full), len(mapped)))
+            ),
+        )
+
+    def shard_args(self, anchor: int, batch: int, params: dict, settings: list[tuple[str, str]]) -> tuple:
+        """The arguments of clipvdb_knn_shard (and clipvdb_knn_shard_plan) for one shard."""
+        return (
+            anchor,
+            batch,
+            self.shard_sql,
+            self.shard_tables,
+            params["k"],
+            self._shard_candidates(params.get("candidates", 0)),
+            self.space,
+            self.dataset,
+            self.split,
+            [x for pair in settings for x in pair],
+        )
+
     def _search_shards(
         self,
         conn: psycopg.Connection,
-        vectors: np.ndarray,
         params: dict,
         settings: list[tuple[str, str]],
         out: list[list[Neighbor]],
@@ -294,44 +337,12 @@ class KnnSearcher:
         LATERAL top-k over its shard; the shards' top k merged here. The transaction rolls back:
         the query rows never outlive the search."""
         batch = secrets.randbits(62)
-        full: list = params.get("vectors") or []
-        mapped: list | None = params.get("projected")
-        learned_space = self.learned is not None
-        kind = self.stage.column_type
         rows = []
         with conn.transaction(force_rollback=True):
-            db.copy_rows(
-                conn,
-                queries.COPY_KNN_QUERIES,
-                ["int8", "int4", "vector", "halfvec", "halfvec"],
-                (
-                    (
-                        batch,
-                        i + 1,
-                        (mapped or [])[i] if learned_space else (full[i] if kind == "vector" else None),
-                        None if learned_space or kind == "vector" else full[i],
-                        db.as_param(mapped[i], "halfvec") if mapped and not learned_space else None,
-                    )
-                    for i in range(len(vectors))
-                ),
-            )
-            flat = [x for pair in settings for x in pair]
+            self.copy_batch(conn, batch, params)
             for anchor in self.anchors:
                 rows += conn.execute(
-                    queries.KNN_SHARD,
-                    (
-                        anchor,
-                        batch,
-                        self.shard_sql,
-                        self.shard_tables,
-                        params["k"],
-                        self._shard_candidates(params.get("candidates", 0)),
-                        self.space,
-                        self.dataset,
-                        self.split,
-                        flat,
-                    ),
-                    prepare=False,
+                    queries.KNN_SHARD, self.shard_args(anchor, batch, params, settings), prepare=False
                 ).fetchall()
         for ord_, image_id, label, source, dist, sim in sorted(rows, key=lambda r: (r[0], r[4], r[1])):
             if len(out[ord_ - 1]) < params["k"]:

@@ -142,37 +142,13 @@ def _shard_plans(store: Store, searcher, vectors: np.ndarray) -> list[str]:
     """Each shard's EXPLAIN ANALYZE of a batch search, through clipvdb_knn_shard_plan, delegated
     like the search itself; the batch's rows exist only inside the transaction."""
     plans = []
+    params = searcher.query_params(vectors)
+    # tiny shards: make the planner show its choice, as the single-node index tests do
+    settings = [*searcher.index_settings(), ("enable_seqscan", "off")]
     with store.connection() as conn, conn.transaction(force_rollback=True):
-        kind = searcher.stage.column_type
-        learned_space = searcher.learned is not None
-        mapped = (
-            searcher.learned.apply(vectors)
-            if learned_space
-            else (searcher.projection.apply(vectors) if searcher.projection is not None else None)
-        )
-        db.copy_rows(
-            conn,
-            queries.COPY_KNN_QUERIES,
-            ["int8", "int4", "vector", "halfvec", "halfvec"],
-            [
-                (
-                    7,
-                    i + 1,
-                    mapped[i] if learned_space else (v if kind == "vector" else None),
-                    None if learned_space or kind == "vector" else db.as_param(v, "halfvec"),
-                    db.as_param(mapped[i], "halfvec") if mapped is not None and not learned_space else None,
-                )
-                for i, v in enumerate(vectors)
-            ],
-        )
-        # tiny shards: make the planner show its choice, as the single-node index tests do
-        flat = [x for pair in [*searcher.index_settings(), ("enable_seqscan", "off")] for x in pair]
+        searcher.copy_batch(conn, 7, params)
         for anchor in searcher.anchors:
-            rows = conn.execute(
-                queries.KNN_SHARD_PLAN,
-                (anchor, 7, searcher.shard_sql, searcher.shard_tables, 1, 20, searcher.space, searcher.dataset,
-                 "train", flat),
-            ).fetchall()  # fmt: skip
+            rows = conn.execute(queries.KNN_SHARD_PLAN, searcher.shard_args(anchor, 7, params, settings)).fetchall()
             plans.append("\n".join(r[0] for r in rows))
     return plans
 
@@ -194,14 +170,8 @@ def test_batched_knn_searches_every_shard_in_one_delegated_call(cstore, cluster_
         assert "Index Scan using projections_first_ann_" in plan and "knn_queries_" in plan
     # the call is routed to one worker: Citus's distributed function delegation, one task
     with cstore.connection() as conn:
-        text = "\n".join(
-            r[0]
-            for r in conn.execute(
-                "EXPLAIN (COSTS OFF) " + queries.KNN_SHARD,
-                (exact.anchors[0], 1, exact.shard_sql, exact.shard_tables, 1, 0, exact.space, exact.dataset, "train",
-                 []),
-            ).fetchall()
-        )  # fmt: skip
+        args = exact.shard_args(exact.anchors[0], 1, exact.query_params(q), [])
+        text = "\n".join(r[0] for r in conn.execute("EXPLAIN (COSTS OFF) " + queries.KNN_SHARD, args).fetchall())
         conn.rollback()
     assert "Task Count: 1" in text and "clipvdb_knn_shard" in text
     # a learned map: each shard walks its own ivfflat index in the learned space
