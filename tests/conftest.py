@@ -5,6 +5,8 @@ generated images, and a random-initialised RN50 checkpoint so that nothing is do
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -169,7 +171,6 @@ def citus_home(tmp_path_factory) -> Path:
     """A home holding a local Citus cluster (coordinator + 2 workers) with the schema distributed.
     Builds Citus from ../shared/citus when it is there and not installed yet; skips only where
     the source is absent."""
-    import subprocess
 
     from clipvdb import nodes
 
@@ -237,3 +238,50 @@ def exact_ids(X, Q, ids):
     """The true nearest neighbour (L2) of each query row, by numpy brute force."""
     d = ((Q[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1)
     return [ids[j] for j in d.argmin(1)]
+
+
+# ------------------------------------------------------------------ headless Chromium
+
+
+def _ensure_chromium() -> tuple[str, str]:
+    """Debian's chromium and chromedriver, installed here if missing (CI runs as root)."""
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver) and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+            env=env,
+            capture_output=True,
+            timeout=900,
+        )
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium and chromium-driver could not be installed (apt-get install chromium chromium-driver)")
+    return browser, driver
+
+
+def headless_chromium(profile: Path, window: str, *, browser_logs: bool = False):
+    """A headless Chromium driven by Selenium (skips where Chromium cannot be had); the caller quits it."""
+    browser, driver_path = _ensure_chromium()
+    from selenium import webdriver  # only the browser tests need Selenium
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={window}",
+    ):
+        opts.add_argument(flag)
+    if browser_logs:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=opts)

@@ -2,7 +2,6 @@
 the app's k, image_id and search k through Flask's test client."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -10,27 +9,10 @@ import time
 import urllib.request
 
 import pytest
+from conftest import headless_chromium
 from PIL import Image
 
 from clipvdb.web import MAX_UPLOAD_BYTES
-
-
-def _ensure_chromium() -> tuple[str, str]:
-    """Debian's chromium and chromedriver, installed here if missing (CI runs as root)."""
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver) and shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
-            env=env,
-            capture_output=True,
-            timeout=900,
-        )
-        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("chromium and chromium-driver could not be installed (apt-get install chromium chromium-driver)")
-    return browser, driver
 
 
 def _free_port() -> int:
@@ -79,27 +61,9 @@ def _wait_for(drv, css: str, timeout: float = 180) -> None:
 
 
 def test_page_in_a_real_browser(server, syn_data, tmp_path):
-    browser, driver_path = _ensure_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1200,1400",
-    ):
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    drv = headless_chromium(tmp_path / "profile", "1200,1400")
     try:
         drv.get(server)
         assert "clipvdb" in drv.title

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from conftest import headless_chromium
 from psycopg.rows import dict_row
 
 from clipvdb.knn import SearchSettings
@@ -469,30 +470,9 @@ def live(store, runs):
 def test_pages_in_a_real_browser(live, runs, tmp_path):
     """Each page loads in headless Chromium with no console error, its images decoded, and draws
     something (a screenshot with more than one colour)."""
-    from test_web import _ensure_chromium
-
-    browser, driver_path = _ensure_chromium()
     from PIL import Image
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1150,1500",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     a, b = runs
     pages = {
         "classify": "/",
@@ -503,7 +483,7 @@ def test_pages_in_a_real_browser(live, runs, tmp_path):
         "experiments": "/experiments",
         "data": "/data",
     }
-    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    drv = headless_chromium(tmp_path / "profile", "1150,1500", browser_logs=True)
     shots = {}
     try:
         for name, url in pages.items():
