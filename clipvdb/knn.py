@@ -28,7 +28,7 @@ import numpy as np
 import psycopg
 
 from . import config, db, indexes, learned, projection, queries
-from .errors import EmptyStageError, SpaceMismatchError, UsageError
+from .errors import DatabaseError, EmptyStageError, SpaceMismatchError, UsageError
 from .learned import LearnedMap
 from .stages import Stage
 
@@ -190,6 +190,11 @@ class KnnSearcher:
             self.stage, s.metric, exact=s.exact, similarity=s.similarity, **dims
         )
         self.anchors = [r[0] for r in conn.execute(queries.SHARD_ANCHORS).fetchall()]
+        shards = db.shard_count(conn, "images")
+        if len(self.anchors) != shards:
+            raise DatabaseError(
+                f"no image id routes a search call to {shards - len(self.anchors)} of the {shards} shards of images"
+            )
 
     def _set_up_learned(self, conn: psycopg.Connection) -> None:
         """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""

@@ -710,8 +710,10 @@ COPY_KNN_QUERIES = "COPY knn_queries (batch_id, ord, v, h, p) FROM STDIN WITH (F
 KNN_SHARD = "SELECT * FROM clipvdb_knn_shard(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 KNN_SHARD_PLAN = "SELECT * FROM clipvdb_knn_shard_plan(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 # one image id in each shard of images: the value that routes a delegated call to that shard
+# 64 ids per shard: each shard is missed with probability e^-64 (the searcher checks it found all)
 SHARD_ANCHORS = """SELECT DISTINCT ON (shard) v FROM (
-    SELECT get_shard_id_for_distribution_column('images', v) AS shard, v FROM generate_series(1, 100000) AS v
+    SELECT get_shard_id_for_distribution_column('images', v) AS shard, v
+    FROM generate_series(1, 64 * (SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'images'::regclass)) AS v
 ) s ORDER BY shard, v"""
 
 
