@@ -17,8 +17,7 @@ def item_fp16(rep: Report, cfg: Config, source: Source) -> None:
     rows = fp16_nearest_changes(store, source, n_train, n_test)
     rep.p(
         "RN50 with RANDOM weights (seed 0), exact 1-NN in numpy, float32 against both sides rounded to float16 "
-        f"as halfvec stores them; {time.perf_counter() - start:.0f} s. Stage third is stored as halfvec; stage "
-        "second is vector(1024) and is shown for comparison. Stage first: item 8. With real weights, item 7 "
-        "reports the same table."
+        f"as halfvec stores them; {time.perf_counter() - start:.0f} s. Every stage is stored as halfvec. "
+        "Stage first: item 8. With real weights, item 7 reports the same table."
     )
     rep.table(FP16_HEADER, rows)

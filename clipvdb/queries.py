@@ -248,12 +248,15 @@ COLUMN_TYPE = """SELECT format_type(atttypid, atttypmod) FROM pg_attribute
 
 
 def retype_stage(stage: Stage) -> list[sql.Composed]:
-    """The stage's vector columns (its embeddings, its cluster centres) as the stage's type."""
+    """The stage's vector columns (its embeddings, its cluster centres) as the stage's type; the
+    embeddings kept in line (a type change resets a column's storage to the type's default)."""
     return [
-        sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
-            sql.Identifier(table), sql.Identifier(column), _type(stage)
-        )
-        for table, column in ((stage.table, "embedding"), (f"cluster_centres_{stage.name}", "centre"))
+        sql.SQL("ALTER TABLE {} ALTER COLUMN embedding TYPE {}, ALTER COLUMN embedding SET STORAGE PLAIN").format(
+            sql.Identifier(stage.table), _type(stage)
+        ),
+        sql.SQL("ALTER TABLE {} ALTER COLUMN centre TYPE {}").format(
+            sql.Identifier(f"cluster_centres_{stage.name}"), _type(stage)
+        ),
     ]
 
 

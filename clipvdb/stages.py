@@ -21,9 +21,11 @@ import numpy as np
 
 from .errors import StageError
 
-# pgvector indexes `vector` up to 2,000 dimensions. Wider stages are stored as halfvec: that type can
-# be indexed up to 4,000 dimensions, and a 3,072-d row (6 KB) fits in a page, so it is never TOASTed
-# (BENCHMARKS.md, item 8: faster loads and scans, the same 1-NN up to near-ties).
+# Every stage is stored as halfvec with STORAGE PLAIN: a row stays in its table page (a 3,072-d row
+# is 6 KB; a 1,024-d one 2 KB, three to a page where vector(1,024) took a page each), pgvector indexes
+# halfvec up to 4,000 dimensions, and half precision changed none of the nearest neighbours measured
+# (BENCHMARKS.md, items 8 and 9). Projections and learned maps of up to 2,000 dimensions index as
+# vector.
 MAX_VECTOR_INDEX_DIM = 2000
 
 ColumnType = Literal["vector", "halfvec"]
@@ -51,9 +53,8 @@ class Stage:
 
     @property
     def column_type(self) -> ColumnType:
-        """The pgvector type of the stage's embedding column: 'vector', or 'halfvec' when wider
-        than pgvector can index as vector."""
-        return "halfvec" if self.dim > MAX_VECTOR_INDEX_DIM else "vector"
+        """The pgvector type of the stage's embedding column (migration 0012: halfvec for all)."""
+        return "halfvec"
 
     @property
     def sql_type(self) -> str:

@@ -28,14 +28,14 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     assert re.search(r"Goal check \((met|not met)\): fastest full pass", text)
     for stage, column in (
         ("first", "halfvec(3072)"),
-        ("second", "vector(1024)"),
+        ("second", "halfvec(1024)"),
         ("third", "halfvec(2048)"),
-        ("origin", "vector(1024)"),
+        ("origin", "halfvec(1024)"),
     ):
         assert re.search(rf"\| {stage} \| {re.escape(column)} \| [\d,]+ \| [\d.]+ \| [\d,.]+ \|", text), stage
     assert re.search(r"\| first \| halfvec\(3072\) \| [^|]+\| [^|]+\| [^|]+\| ivfflat project=64 \|", text)
     assert re.search(r"\| [\d,]+ \| projected hnsw, project=128 ef_search=100 \(build \d+ s\) \| [\d.]+ \|", text)
-    for stage, column in (("second", "vector(1024)"), ("third", "halfvec(2048)")):
+    for stage, column in (("second", "halfvec(1024)"), ("third", "halfvec(2048)")):
         assert re.search(rf"\| {stage} \| {re.escape(column)} \| 10 \| 40 \| \d+ \| \d+ \|", text), stage
     assert "| all four |" in text and "channels_last" in text and "bfloat16 autocast" in text
     assert "| freed memory kept (the default) |" in text and "Embeddings identical bit for bit: yes" in text

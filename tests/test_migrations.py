@@ -61,9 +61,9 @@ def test_stage_columns_have_fixed_dimensions(db_url):
         )
     assert rows == {
         "embeddings_first": "halfvec(3072)",
-        "embeddings_second": "vector(1024)",
+        "embeddings_second": "halfvec(1024)",
         "embeddings_third": "halfvec(2048)",
-        "embeddings_origin": "vector(1024)",
+        "embeddings_origin": "halfvec(1024)",
     }
 
 
@@ -128,6 +128,66 @@ def test_0004_moves_wide_stages_to_inline_halfvec_keeping_rows_and_index(empty_d
         assert c.execute("SELECT count(*) FROM embeddings_first").fetchone()[0] == len(X)
     assert (kind, storage) == ("vector(3072)", "e")
     assert "USING hnsw (((embedding)::halfvec(3072)) halfvec_l2_ops) WITH (m='8'" in indexdef
+
+
+def _stage_state(c, stage: str) -> tuple[str, str, str, int, int]:
+    """Column type, storage, ANN index definition, TOAST bytes and table bytes of a stage table."""
+    return c.execute(
+        """SELECT format_type(a.atttypid, a.atttypmod), a.attstorage,
+                  (SELECT indexdef FROM pg_indexes WHERE indexname = t.relname || '_ann'),
+                  pg_relation_size(t.reltoastrelid), pg_relation_size(t.oid)
+           FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid
+           WHERE t.relname = %s AND a.attname = 'embedding'""",
+        (f"embeddings_{stage}",),
+    ).fetchone()
+
+
+def test_0012_stores_the_1024_d_stages_as_inline_halfvec_keeping_rows_and_index(empty_db_url):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((60, 1024)).astype(np.float32)
+    db.upgrade(empty_db_url, "0011")
+    with psycopg.connect(empty_db_url) as c:
+        register_vector(c)
+        c.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x')")
+        c.execute("INSERT INTO classes VALUES (1, 0, 'a')")
+        c.execute(
+            "INSERT INTO embedding_spaces (id, model, weights, stage, dim) VALUES (1, 'RN50', 'w', 'second', 1024)"
+        )
+        for i, x in enumerate(X):
+            c.execute(
+                "INSERT INTO images (id, dataset_id, split, label, source, sha256) VALUES (%s, 1, 'train', 0, %s, %s)",
+                (i + 1, f"i{i}", bytes(32)),
+            )
+            c.execute("INSERT INTO embeddings_second VALUES (1, %s, 1, 'train', %s)", (i + 1, x))
+        c.execute(
+            "CREATE INDEX embeddings_second_ann ON embeddings_second "
+            "USING ivfflat (embedding vector_l2_ops) WITH (lists = 3)"
+        )
+        before = _stage_state(c, "second")
+    assert before[0] == "vector(1024)" and before[3] + before[4] >= len(X) * 4096  # 4 KB rows, TOASTed
+
+    db.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        register_vector(c)
+        kind, storage, indexdef, toast_bytes, table_bytes = _stage_state(c, "second")
+        stored = np.stack(
+            [db.as_array(r[0]) for r in c.execute("SELECT embedding FROM embeddings_second ORDER BY image_id")]
+        )
+        centre = c.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'cluster_centres_second'::regclass AND attname = 'centre'"
+        ).fetchone()[0]
+    assert (kind, storage, centre) == ("halfvec(1024)", "p", "halfvec(1024)")
+    assert "USING ivfflat (embedding halfvec_l2_ops) WITH (lists='3')" in indexdef
+    assert toast_bytes == 0 and table_bytes <= len(X) * 4400  # in line, about half a page per row or less
+    np.testing.assert_array_equal(stored, X.astype(np.float16).astype(np.float32))
+
+    db.downgrade(empty_db_url, "0011")
+    with psycopg.connect(empty_db_url) as c:
+        kind, storage, indexdef, _, _ = _stage_state(c, "second")
+        assert c.execute("SELECT count(*) FROM embeddings_second").fetchone()[0] == len(X)
+    assert (kind, storage) == ("vector(1024)", "e")
+    assert "USING ivfflat (embedding) WITH (lists='3')" in indexdef  # vector's default operator class: l2
 
 
 def test_concurrent_upgrades_on_a_fresh_database(empty_db_url):
