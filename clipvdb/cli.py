@@ -999,6 +999,74 @@ def learn(state: State, stage, dims, method, seconds, dataset, as_json) -> None:
     )
 
 
+@cli.command()
+@click.option("--data", required=True, help="Labelled images: the same forms as ingest --data.")
+@click.option("--split", default="train", show_default=True, help="The split to train on (only this one is read).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint file to write (default: the home's models/NAME.pt, found by --model NAME).",
+)
+@click.option("--name", default="cnn", show_default=True, help="The model's name (its stored vectors carry it).")
+@click.option(
+    "--minutes", type=click.FloatRange(0.1), default=13.0, show_default=True, help="Time budget: picks the epochs."
+)
+@click.option("--epochs", type=click.IntRange(1), help="Epochs (default: as many as fit in --minutes).")
+@click.option("--widths", default="48,96,192", show_default=True, help="Channels of the three residual blocks.")
+@click.option("--batch-size", type=click.IntRange(2), default=512, show_default=True)
+@click.option(
+    "--lr", type=click.FloatRange(0, min_open=True), default=0.4, show_default=True, help="Peak learning rate."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Train on the first N images of the split.")
+@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: one per core).")
+@click.option("--device", envvar=config.ENV_DEVICE, help="cpu (default) or cuda.")
+@json_option
+@click.pass_obj
+def train(
+    state: State, data, split, out, name, minutes, epochs, widths, batch_size, lr, seed, limit, workers, device, as_json
+) -> None:
+    """Train a compact residual CNN on a labelled split; the checkpoint is then a --model.
+
+    Its stages: second (half the network), third (the pooled features), origin (its own
+    classifier); first is the pixels, as for every model.
+
+    \b
+    Example:
+      clipvdb train --data ./cifar10 --out cifar-cnn.pt
+      clipvdb ingest --stage all --data ./cifar10 --model cifar-cnn.pt
+      clipvdb evaluate --stage all --data ./cifar10 --model cifar-cnn.pt --k 1,5,20
+    """
+    if device:
+        state.device = device
+    progress, update = _progress("train", show="loss {loss:.3f}")
+    with progress:
+        result = state.store.train(
+            data,
+            out,
+            name=name,
+            split=split,
+            minutes=minutes,
+            epochs=epochs,
+            widths=tuple(_ints(widths)),
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            limit=limit,
+            workers=workers,
+            progress=update,
+            say=lambda line: progress.console.print(line),
+        )
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    click.echo(
+        f"{result.path}: {result.name}, {result.epochs} epochs on {result.images:,} images in {result.seconds:.0f} s "
+        f"({result.images_per_s:.0f} images/s), final loss {result.final_loss:.3f}, "
+        f"training accuracy {result.train_accuracy:.1%}; sha256 {result.sha256[:16]}"
+    )
+
+
 @cli.group()
 def cluster() -> None:
     """Cluster a stage's stored vectors; scores against the labels are SQL views.

@@ -3,7 +3,9 @@
 An encoder turns decoded images into the CLIP stages' vectors (second, third, origin) and class
 prompts into text vectors (origin's zero-shot and text search). Stage first needs no encoder.
 
-- `models.LoadedModel`: a real CLIP model through open_clip (torch), RN50 by default.
+- `clip_model.LoadedModel`: a real CLIP model through open_clip (torch), RN50 by default.
+- `trained_model.TrainedEncoder` (`--model PATH` or a name in the home's models folder): a compact
+  CNN that `clipvdb train` fitted; its origin is its own classifier (`class_vectors`).
 - `TinyEncoder` (`--model tiny`): a fixed random projection in numpy, no torch, deterministic. Its
   vectors have RN50's stage widths, so it exercises the whole database path in milliseconds; its
   accuracy means nothing. For tests and pipeline checks, and announced as such.
@@ -18,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
 
+from .errors import UsageError
 from .images import first_stage_pixels, first_stage_vectors
 from .stages import STAGES, Stage, StageOutput, declare
 
@@ -30,6 +34,27 @@ if TYPE_CHECKING:
     from .clip_model import LoadedModel
 
 TINY = "tiny"
+CHECKPOINT_SUFFIX = ".pt"
+
+
+def models_dir(home: Path) -> Path:
+    """Where `clipvdb train --name NAME` puts a checkpoint, so that `--model NAME` finds it."""
+    return home / "models"
+
+
+def find_checkpoint(model: str, home: Path | None) -> Path | None:
+    """The checkpoint `--model` names: a .pt file path, or a name in the home's models folder; None
+    for a model name that is neither (an open_clip name)."""
+    path = Path(model).expanduser()
+    if path.suffix == CHECKPOINT_SUFFIX or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"checkpoint not found: {model}; make one with 'clipvdb train --data SRC --out {model}'")
+        return path
+    if home is not None and "/" not in model:
+        named = models_dir(home) / f"{model}{CHECKPOINT_SUFFIX}"
+        if named.is_file():
+            return named
+    return None
 
 
 class Encoder(Protocol):
@@ -55,6 +80,10 @@ class Encoder(Protocol):
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """One unnormalised text vector per string, in origin's space."""
         ...
+
+
+# An encoder with a classifier of its own (TrainedEncoder) also has `class_vectors(classes)`: one
+# row per class in origin's space, used at origin in place of the class prompts' text vectors.
 
 
 class TinyEncoder:
@@ -104,12 +133,20 @@ class TinyEncoder:
         return np.asarray(rows, dtype=np.float32)
 
 
-def load_encoder(model: str, pretrained: str, device: str | None = None, *, quiet: bool = False) -> Encoder:
-    """`--model tiny` gives the TinyEncoder; any other name loads CLIP through open_clip (torch)."""
+def load_encoder(
+    model: str, pretrained: str, device: str | None = None, *, quiet: bool = False, home: Path | None = None
+) -> Encoder:
+    """`--model tiny` gives the TinyEncoder; a checkpoint path (or the name of one in `home`'s
+    models folder) the trained CNN; any other name loads CLIP through open_clip (torch)."""
     if model == TINY:
         if not quiet:
             print("clipvdb: using the TINY test encoder: its vectors are not CLIP's", file=sys.stderr)
         return TinyEncoder()
+    checkpoint = find_checkpoint(model, home)
+    if checkpoint is not None:
+        from .trained_model import TrainedEncoder  # torch: only for a trained model
+
+        return TrainedEncoder(checkpoint, device)
     from .clip_model import load_model  # torch and open_clip: only for a CLIP model
 
     model_: LoadedModel = load_model(model, pretrained, device, quiet=quiet)

@@ -57,8 +57,9 @@ def print_plain(title: str, grid: list[list[str]], numeric: list[bool] | None = 
     print()
 
 
-def progress(label: str, unit: str = "img") -> tuple:
-    """A progress bar on stderr and its update(advance, total) function; the rate is in `unit`s."""
+def progress(label: str, unit: str = "img", show: str | None = None) -> tuple:
+    """A progress bar on stderr and its update(advance, total, **fields) function; the rate is in
+    `unit`s. `show` is a format string of the fields shown after the rate (e.g. "loss {loss:.3f}")."""
     from rich.console import Console  # rich: kept off the start-up of --help
     from rich.progress import (
         BarColumn,
@@ -78,20 +79,28 @@ def progress(label: str, unit: str = "img") -> tuple:
             speed = task.finished_speed or task.speed
             return Text(f"{speed:6.1f} {unit}/s" if speed else f"   -- {unit}/s")
 
+    class Fields(TextColumn):
+        def __init__(self):
+            super().__init__("")
+
+        def render(self, task):
+            return Text(show.format(**task.fields) if show and task.fields else "")
+
     bar = Progress(
         TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
         Rate(),
+        *([Fields()] if show else []),
         TimeRemainingColumn(),
         transient=False,
         console=Console(stderr=True),
     )
     task = bar.add_task(label, total=None)
 
-    def update(advance: int, total: int) -> None:
-        bar.update(task, total=total, advance=advance)
+    def update(advance: int, total: int, **fields) -> None:
+        bar.update(task, total=total, advance=advance, **fields)
 
     return bar, update
 

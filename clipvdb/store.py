@@ -46,7 +46,7 @@ from . import (
 )
 from . import evaluate as evaluation
 from .clusters import Clustering
-from .encoder import Encoder, load_encoder
+from .encoder import CHECKPOINT_SUFFIX, Encoder, load_encoder, models_dir
 from .errors import EmptyStageError, ImageError, SchemaError, StageError, UsageError
 from .evaluate import EvalRun
 from .experiment import ExperimentResult
@@ -63,6 +63,8 @@ from .stages import STAGE_NAMES, STAGES, Stage, needs_encoder, parse_stages
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
+
+    from .training import TrainResult
 
 ProgressFn = Callable[[int, int], None]
 StagesArg = str | Iterable[str] | list[Stage] | None
@@ -115,6 +117,11 @@ class Store:
         self._searchers: dict[tuple, KnnSearcher] = {}
         self._ready = False
         self.pgvector: tuple[int, ...] = ()
+
+    @property
+    def home_dir(self) -> Path:
+        """This store's home: given, else CLIPVDB_HOME, else the user data directory."""
+        return self.home or embedded.home_dir()
 
     # ------------------------------------------------------------ connections
 
@@ -209,7 +216,9 @@ class Store:
     def encoder(self) -> Encoder:
         """The encoder (loaded on first use: stage first never needs it)."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.model, self.pretrained or config.DEFAULT_PRETRAINED, self.device)
+            self._encoder = load_encoder(
+                self.model, self.pretrained or config.DEFAULT_PRETRAINED, self.device, home=self.home_dir
+            )
         return self._encoder
 
     @encoder.setter
@@ -766,6 +775,28 @@ class Store:
         with self.connection() as conn:
             return clusters.grid(conn, clustering_id, Path(out), per_cluster)
 
+    def train(
+        self,
+        data: str | Path | Source,
+        out: Path | str | None = None,
+        *,
+        name: str = "cnn",
+        split: str = "train",
+        progress: Callable[..., None] | None = None,
+        say: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> TrainResult:
+        """Train the compact CNN on a labelled split (no database needed) and write its checkpoint to
+        `out`, or to the home's models folder as NAME.pt so that `--model NAME` finds it. `options`:
+        widths, epochs, minutes, batch_size, lr, seed, limit, workers (training.train)."""
+        from . import training  # torch: only when training
+
+        path = Path(out).expanduser() if out else models_dir(self.home_dir) / f"{name}{CHECKPOINT_SUFFIX}"
+        device = None if self.device == config.DEFAULT_DEVICE else self.device
+        return training.train(
+            _source(data), path, split=split, name=name, device=device, progress=progress, say=say, **options
+        )
+
     def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
         """Vectors per stage for the images (no database needed)."""
         chosen = self._stages(stages)
@@ -814,7 +845,7 @@ class Store:
                 "CLIPVDB_DATABASE_URL as it is (the migrations distribute the tables there)"
             )
         self.close()
-        nodes.start(self.home or embedded.home_dir(), workers)
+        nodes.start(self.home_dir, workers)
         self.__dict__.pop("url", None)
         self._ready = False
         self._prepare()
@@ -843,7 +874,7 @@ class Store:
         """Add a worker to this home's cluster (a new local one, or an external one at `host`);
         its share of the shards comes with `rebalance()`. Returns nodes_status()."""
         self._require_embedded("db nodes add")
-        nodes.add(self.home or embedded.home_dir(), host, port)
+        nodes.add(self.home_dir, host, port)
         self._forget()
         return self.nodes_status()
 
@@ -861,10 +892,10 @@ class Store:
         """Drain a worker (its shards move to the others) and remove it: the last local worker, or
         the external one at `host`. Returns nodes_status()."""
         self._require_embedded("db nodes remove")
-        nodes.remove(self.home or embedded.home_dir(), host, port)
+        nodes.remove(self.home_dir, host, port)
         self._forget()
         return self.nodes_status()
 
     def stop_nodes(self) -> list[str]:
         self.close()
-        return nodes.stop(self.home or embedded.home_dir())
+        return nodes.stop(self.home_dir)

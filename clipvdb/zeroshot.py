@@ -1,4 +1,5 @@
-"""Zero-shot classification for the `origin` stage: class-name prompts through CLIP's text tower."""
+"""Classification at the `origin` stage: CLIP's zero-shot (class-name prompts through the text
+tower), or a trained model's own classifier."""
 
 from __future__ import annotations
 
@@ -40,10 +41,14 @@ def normalise(v: np.ndarray) -> np.ndarray:
 
 
 def text_embeddings(encoder: Encoder, classes: list[str], template: str = "study") -> np.ndarray:
-    """L2-normalised text embeddings, one row per class; cached per (weights, classes, template)."""
+    """L2-normalised rows, one per class, in origin's space; cached per (weights, classes, template).
+    CLIP's are the class prompts' text vectors; an encoder with a classifier of its own gives its
+    classes as unit vectors (`class_vectors`), so the nearest row is the classifier's answer."""
     key = (encoder.name, encoder.weights, tuple(classes), template)
     if key not in _cache:
-        _cache[key] = normalise(encoder.encode_text(prompts_for(classes, template))).astype(np.float32)
+        own = getattr(encoder, "class_vectors", None)
+        rows = own(classes) if own is not None else encoder.encode_text(prompts_for(classes, template))
+        _cache[key] = normalise(rows).astype(np.float32)
     return _cache[key]
 
 

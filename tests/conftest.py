@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import warnings
 from pathlib import Path
@@ -98,6 +99,21 @@ def conn(db_url):
 def syn_data(tmp_path_factory) -> Path:
     """A generated image-folder set: 6 train and 2 test images per class, 10 classes."""
     return synthetic.generate(tmp_path_factory.mktemp("syn") / "syn", {"train": 6, "test": 2})
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg(tmp_path_factory) -> Path:
+    """The real CIFAR-10 JPEG folders from ../shared/data, extracted once (skips when absent)."""
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"real data not present: {CIFAR_ARCHIVE} (see ../shared/data/README.md)")
+    root = tmp_path_factory.mktemp("real")
+    with tarfile.open(CIFAR_ARCHIVE) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar10"
 
 
 @pytest.fixture(scope="session")

@@ -1,28 +1,15 @@
 """Optional end to end on the real CIFAR-10 copy in ../shared/data (skipped when it is absent)."""
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from clipvdb import SearchSettings
 from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
 from clipvdb.sources import open_source
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
-
-
-@pytest.fixture(scope="module")
-def cifar_jpeg(tmp_path_factory):
-    if not ARCHIVE.exists():
-        pytest.skip(f"real data not present: {ARCHIVE} (see ../shared/data/README.md)")
-    root = tmp_path_factory.mktemp("real")
-    with tarfile.open(ARCHIVE) as tar:
-        tar.extractall(root, filter="data")
-    return root / "cifar10"
 
 
 def test_stage_first_on_real_cifar10_matches_numpy(cli, cifar_jpeg):
