@@ -68,6 +68,8 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.peers --data $(DATA_DIR)/cifar10 --write
 	@if [ -f "$(CITUS_SRC)/build.sh" ]; then $(MAKE) --no-print-directory citus && \
 	  $(PY) -m bench.cluster --data $(DATA_DIR)/cifar10 --train 10000 --test 1000 --write; fi
+	$(PY) -m bench.trained --data $(DATA_DIR)/cifar10 --write
+	$(PY) -m bench.scale --data $(DATA_DIR)/cifar10 --scale-data $(DATA_DIR)/cifar10-1m --write
 	$(PY) -m bench --data $(SHARED_DATA)
 
 bench-quick: $(VENV)/.installed

@@ -30,7 +30,7 @@ from bench.fp16 import item_fp16
 from bench.knn import item_knn
 from bench.load import item_load
 from bench.load_test import item_load_test
-from bench.scale import item_scale
+from bench.scale_methods import item_scale
 from bench.storage import item_storage
 from bench.study import item_study
 from clipvdb import Store, embedded, queries

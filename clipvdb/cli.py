@@ -311,7 +311,7 @@ def db_downgrade(state: State, revision: str) -> None:
 @json_option
 @click.pass_obj
 def db_status(state: State, as_json: bool) -> None:
-    """Server and pgvector versions, schema revision, rows per stage.
+    """Server and pgvector versions, schema revision, rows per stage, each stage's index and why.
 
     \b
     Example:
@@ -330,6 +330,10 @@ def db_status(state: State, as_json: bool) -> None:
     for stage in STAGE_NAMES:
         if stage in info["rows_per_stage"]:
             click.echo(f"{stage + ':':<11} {info['rows_per_stage'][stage]} rows")
+            index = info["indexes"].get(stage)
+            if index:
+                missing = "" if index["exists"] else " (not built yet: clipvdb index --stage " + stage + ")"
+                click.echo(f"{'':<11} index: {index['why']}{missing}")
 
 
 @db.command("url")

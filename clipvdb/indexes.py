@@ -40,12 +40,22 @@ def drop(conn: psycopg.Connection, stage: Stage) -> None:
     conn.execute(queries.drop_index(queries.index_name(stage, projected=True)))
 
 
+# Above this many rows per index, a projected index's lists grow as sqrt(rows) and its probes stay
+# fixed, so that a query scans a number of rows that grows as sqrt(rows) instead of a fixed fraction
+# of them (BENCHMARKS.md, "How cost grows": recall@1 and query time at 50,000, 200,000 and 1,000,000).
+SQRT_FROM_ROWS = 100_000
+SQRT_PROBES = 50  # lists/20 at SQRT_FROM_ROWS: the two rules meet there
+
+
 def ideal_lists(rows: int, *, projected: bool = False) -> int:
     """pgvector's guidance for full vectors: rows / 1000 up to 1M rows, sqrt(rows) above. A
     projected index holds short half-precision vectors, cheap to scan, so its lists are ten times
-    finer (rows / 100)."""
+    finer: rows / 100 up to SQRT_FROM_ROWS, then sqrt(rows) x sqrt(SQRT_FROM_ROWS) / 100 (the two
+    meet there)."""
     if projected:
-        return max(1, rows // 100) if rows <= 10_000_000 else int(math.sqrt(rows))
+        if rows <= SQRT_FROM_ROWS:
+            return max(1, rows // 100)
+        return max(1, int(math.sqrt(rows) * math.sqrt(SQRT_FROM_ROWS) / 100))
     if rows <= 1_000_000:
         return max(1, rows // 1000)
     return int(math.sqrt(rows))
@@ -55,14 +65,38 @@ def ideal_lists(rows: int, *, projected: bool = False) -> int:
 MIN_SCANNED_ROWS = 1000
 
 
-def default_probes(lists: int, *, projected: bool = False, rows: int | None = None) -> int:
+def default_probes(lists: int, *, projected: bool = False, rows: int | None = None, shards: int = 1) -> int:
     """Full vectors: a fifth of the lists. Projected: a twentieth, since the exact re-rank of the
     candidates recovers the order and what is left to find is the nearest neighbour's list
-    (BENCHMARKS.md, the recall@1 grid). With `rows` (per index: per shard on Citus), at least
-    MIN_SCANNED_ROWS rows are scanned."""
-    fraction = math.ceil(lists / (20 if projected else 5))
+    (BENCHMARKS.md, the recall@1 grid); above SQRT_FROM_ROWS rows per index (per shard on Citus),
+    SQRT_PROBES whatever the lists. With `rows` (of the whole search), at least MIN_SCANNED_ROWS rows
+    are scanned."""
+    if projected and rows is not None and rows // max(shards, 1) > SQRT_FROM_ROWS:
+        fraction = SQRT_PROBES
+    else:
+        fraction = math.ceil(lists / (20 if projected else 5))
     floor = math.ceil(lists * MIN_SCANNED_ROWS / rows) if rows else 1
     return max(1, min(lists, max(fraction, floor)))
+
+
+def explain(kind: str, params: dict, rows: int) -> str:
+    """What the index of a stage is and why, in one line (db status)."""
+    if kind == "none":
+        return "no ANN index: every search scans all rows (exact)"
+    what = f"{kind} over a {params['project']}-d PCA projection" if params.get("project") else f"{kind}"
+    if kind == "hnsw":
+        return f"{what}, m={params.get('m')}, ef_construction={params.get('ef_construction')}"
+    projected = bool(params.get("project"))
+    lists = int(params.get("lists", 1))
+    shards = max(int(params.get("shards", 1)), 1)
+    probes = default_probes(lists, projected=projected, rows=rows, shards=shards)
+    if projected and rows // shards > SQRT_FROM_ROWS:
+        rule = f"lists ~ sqrt(rows) and {SQRT_PROBES} probes above {SQRT_FROM_ROWS:,} rows: a query scans ~sqrt(rows)"
+    elif projected:
+        rule = "lists = rows/100, probes = lists/20: a query scans ~5 % of the rows"
+    else:
+        rule = "lists = rows/1000, probes = lists/5"
+    return f"{what}, {lists} lists, {probes} probes by default ({rule})"
 
 
 def build_workers() -> int:

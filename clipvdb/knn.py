@@ -230,7 +230,8 @@ class KnnSearcher:
             projected = self.projection is not None or self.learned is not None
             # lists are per index (per shard on Citus); the floor of scanned rows is for the whole
             # search, so that the shards together scan what one index would
-            probes = s.probes or indexes.default_probes(lists, projected=projected, rows=self.rows)
+            shards = int(self.index_params.get("shards", 1))
+            probes = s.probes or indexes.default_probes(lists, projected=projected, rows=self.rows, shards=shards)
             out.append(("ivfflat.probes", str(probes)))
         if self.index_kind == "hnsw":
             out.append(("hnsw.ef_search", str(s.ef_search or config.DEFAULT_EF_SEARCH)))

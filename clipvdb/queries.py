@@ -569,6 +569,19 @@ SHARD_SIZES = """SELECT sum((h.result)::bigint), sum((i.result)::bigint), count(
     JOIN run_command_on_shards(%s, 'SELECT pg_indexes_size(''%%s'')') i USING (shardid)"""
 
 
+# Bytes of stage first's tables on one node: rows, heap (with TOAST), its indexes, the projection
+# table and its indexes, and the image rows (bench.scale).
+STAGE_FIRST_BYTES = """SELECT (SELECT count(*) FROM embeddings_first),
+    pg_table_size('embeddings_first'), pg_indexes_size('embeddings_first'),
+    pg_table_size('projections_first'), pg_indexes_size('projections_first'),
+    pg_total_relation_size('images')"""
+
+# Each query image's nearest neighbour in a run, as source keys: (query source, neighbour source).
+RUN_NEIGHBOR_SOURCES = """SELECT q.source, n.source FROM predictions p
+    JOIN images q ON q.id = p.image_id JOIN images n ON n.id = p.neighbor_id
+    WHERE p.run_id = %s AND p.stage = %s"""
+
+
 def split_rows(stage: Stage) -> sql.Composed:
     """Rows stored at a stage in one split (%s), all spaces and datasets (from stage_counts)."""
     return sql.SQL("SELECT coalesce(sum(n_rows), 0)::bigint FROM stage_counts WHERE stage = {} AND split = %s").format(

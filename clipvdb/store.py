@@ -805,7 +805,22 @@ class Store:
     # ------------------------------------------------------------ administration
 
     def status(self) -> dict:
-        return db.status(self.url)
+        """Server, pgvector, schema revision, rows per stage, and each stored stage's index: its kind,
+        parameters and why (the defaults follow the stored rows: indexes.explain)."""
+        info = db.status(self.url)
+        info["indexes"] = {}
+        if info["revision"] == info["head_revision"]:
+            with self.connection() as conn:
+                for name, rows in info["rows_per_stage"].items():
+                    if rows:
+                        idx = indexes.info(conn, storage.as_stored(conn, STAGES[name]))
+                        info["indexes"][name] = {
+                            "kind": idx.kind,
+                            "params": idx.params,
+                            "exists": idx.exists,
+                            "why": indexes.explain(idx.kind, idx.params, rows),
+                        }
+        return info
 
     def upgrade(self, revision: str = "head") -> str | None:
         return db.upgrade(self.url, revision)

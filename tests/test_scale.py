@@ -1,6 +1,7 @@
 """The scale data set (bench/scale_data.py) and the index defaults chosen from the stored size."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +39,58 @@ def test_the_scale_set_carries_labels_and_is_deterministic(tmp_path):
     make(src, tmp_path / "c", total=180, seed=8, workers=1)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_the_scale_bench_runs_end_to_end_on_small_sizes(tmp_path):
+    from bench.scale import main
+
+    src = synthetic.generate(tmp_path / "src", {"train": 20, "test": 3})
+    out = tmp_path / "scale.json"
+    result = main(
+        ["--data", str(src), "--scale-data", str(tmp_path / "scale"), "--sizes", "200,400", "--out", str(out)]
+    )
+    assert [r["stored"] for r in result["sizes"]] == [200, 400]
+    for r in result["sizes"]:
+        assert r["ingest"]["total"] == r["stored"] == r["bytes"]["rows"]
+        assert 0.0 <= r["recall_at_1"] <= 1.0 and r["recall_sample"] == 3
+        assert r["ingest_run"]["client_rss"] > 10 * 2**20 and r["ingest_run"]["server_rss"] > 0
+        assert r["bytes"]["heap_bytes_per_row"] > 3072 * 2  # a halfvec(3072) row at least
+    assert json.loads(out.read_text())["sizes"][1]["stored"] == 400
+
+
+def test_projected_defaults_follow_the_rows():
+    from clipvdb import indexes
+
+    # up to 100,000 rows: lists = rows/100 and probes = lists/20 (5 % of the rows scanned)
+    assert indexes.ideal_lists(50_000, projected=True) == 500
+    assert indexes.default_probes(500, projected=True, rows=50_000) == 25
+    assert indexes.ideal_lists(100_000, projected=True) == 1000
+    assert indexes.default_probes(1000, projected=True, rows=100_000) == indexes.SQRT_PROBES
+    # above: lists ~ sqrt(rows) and fixed probes, so a query scans ~sqrt(rows) rows
+    lists_1m = indexes.ideal_lists(1_000_000, projected=True)
+    assert lists_1m == int(1000 * 100_000**0.5 / 100)
+    assert indexes.default_probes(lists_1m, projected=True, rows=1_000_000) == indexes.SQRT_PROBES
+    scanned = {n: indexes.SQRT_PROBES * n / indexes.ideal_lists(n, projected=True) for n in (200_000, 800_000)}
+    assert 1.9 < scanned[800_000] / scanned[200_000] < 2.1  # 4x the rows, 2x the scan
+    # on Citus the rule reads the rows per shard: 32 shards of 31,250 rows stay on lists/20
+    assert indexes.default_probes(312, projected=True, rows=1_000_000, shards=32) == 16
+    assert "sqrt(rows)" in indexes.explain("ivfflat", {"project": 64, "lists": lists_1m}, 1_000_000)
+    assert "5 % of the rows" in indexes.explain("ivfflat", {"project": 64, "lists": 500}, 50_000)
+
+
+def test_a_large_store_gets_the_sqrt_rule_and_db_status_says_so(cli, syn_data, monkeypatch, db_url):
+    """A simulated large N: the threshold lowered to 20 rows, 60 stored images take the sqrt rule."""
+    from clipvdb import indexes
+
+    monkeypatch.setattr(indexes, "SQRT_FROM_ROWS", 20)
+    monkeypatch.setattr(indexes, "MIN_SCANNED_ROWS", 1)
+    monkeypatch.setattr(indexes, "SQRT_PROBES", 2)
+    small = json.loads(cli("db", "status", "--json").stdout)
+    assert small["indexes"] == {}  # nothing stored yet
+    out = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--json").stdout)
+    assert out["index"]["first"]["lists"] == max(1, int(60**0.5 * 20**0.5 / 100))
+    status = json.loads(cli("db", "status", "--json").stdout)
+    why = status["indexes"]["first"]["why"]
+    assert status["indexes"]["first"]["kind"] == "ivfflat" and "sqrt(rows)" in why, why
+    text = cli("db", "status").stdout
+    assert "index: ivfflat over a 64-d PCA projection" in text
