@@ -6,7 +6,9 @@ folder) loads it as an encoder. Its stages mirror the study's:
 - ``first``:  pixels, as for every model.
 - ``second``: after the stem and two of the three residual blocks (about half the network's compute);
               spatial mean.
-- ``third``:  after the last block, max-pooled: the features the classifier reads.
+- ``third``:  after the last block, max-pooled: the features the classifier reads, scaled to unit
+              length, so that their L2 distance orders as their cosine similarity (the usual way to
+              compare a network's features by nearest neighbour).
 - ``origin``: the network's own classifier (its logits); the prediction is their argmax, the
               no-database answer, as zero-shot is for CLIP.
 
@@ -91,7 +93,7 @@ class CompactNet(nn.Module):
             return out
         feats = F.adaptive_max_pool2d(self.blocks[2](x), 1).flatten(1)
         if "third" in wanted:
-            out["third"] = (feats, (time.perf_counter() - start) * 1000)
+            out["third"] = (F.normalize(feats, dim=1), (time.perf_counter() - start) * 1000)
         if deepest <= DEPTHS["third"]:
             return out
         out["origin"] = (self.head(feats) * LOGIT_SCALE, (time.perf_counter() - start) * 1000)

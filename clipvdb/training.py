@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .clip_model import keep_freed_memory
 from .errors import SourceError, UsageError
 from .pipeline import _Job, decoded_batches, default_workers
 from .sources import Source
@@ -152,6 +153,7 @@ def train(
     if minutes <= 0:
         raise UsageError("--minutes must be positive")
     t_start = time.perf_counter()
+    keep_freed_memory()
     torch.manual_seed(seed)
     dev = torch.device("cpu" if device in (None, "auto") else device)
     pixels, labels, skipped = load_split(source, split, limit, workers)
