@@ -199,3 +199,16 @@ def test_a_short_training_on_real_cifar10_beats_stage_first(cifar_jpeg, tmp_path
     first_acc, third_acc = one_nn(pixels(train_x), pixels(test_x)), one_nn(*third)
     assert third_acc > first_acc + 0.15, (first_acc, third_acc)
     assert os.path.getsize(result.path) < 5_000_000
+
+
+def test_the_shipped_checkpoint_is_what_its_command_makes():
+    from clipvdb.demo import SHIPPED_COMMAND, SHIPPED_MODEL
+
+    ckpt = read_checkpoint(SHIPPED_MODEL)
+    args = SHIPPED_COMMAND.split()
+    assert ckpt.record["epochs"] == int(args[args.index("--epochs") + 1])
+    assert ckpt.record["seed"] == int(args[args.index("--seed") + 1])
+    assert ckpt.record["split"] == "train" and ckpt.record["images"] == 50_000
+    assert ckpt.classes[:3] == ["airplane", "automobile", "bird"] and len(ckpt.classes) == 10
+    enc = TrainedEncoder(SHIPPED_MODEL)
+    assert {n: s.dim for n, s in enc.stages.items()} == {"first": 3072, "second": 96, "third": 192, "origin": 10}
