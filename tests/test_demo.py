@@ -18,6 +18,6 @@ def test_demo_falls_back_and_says_so(cli, monkeypatch, tmp_path):
     assert "report_accuracy" in out
     assert "stage origin skipped" in out  # the CNN's classifier knows CIFAR-10's classes, not the shapes
     pngs = sorted(Path(tmp_path / "out").glob("*.png"))
-    assert len(pngs) == 3
+    assert len(pngs) == 4  # accuracy and time, and a distance histogram per kNN stage (first, second, third)
     for p in pngs:
         Image.open(p).verify()
