@@ -1,4 +1,4 @@
-"""ANN indexes: halfvec opclasses for the wide (halfvec) stages, used by the planner; lists rule;
+"""ANN indexes: halfvec opclasses for every stage, used by the planner; lists rule;
 the index options (--lists, --m, --ef-construction) and search options (--probes, --ef-search)
 observed in the answers the database gives, not in what the code meant to send."""
 
@@ -67,11 +67,7 @@ def test_index_is_used_by_the_neighbour_query(conn, name):
     indexdef = conn.execute(
         "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (queries.index_name(stage),)
     ).fetchone()[0]
-    if stage.dim > 2000:
-        assert "USING ivfflat (embedding halfvec_l2_ops)" in indexdef
-    else:
-        # vector_l2_ops is the default opclass, which pg_indexes leaves out
-        assert "halfvec" not in indexdef and "USING ivfflat (embedding" in indexdef
+    assert "USING ivfflat (embedding halfvec_l2_ops)" in indexdef  # every stage is stored as halfvec
     space = conn.execute("SELECT id FROM embedding_spaces WHERE stage = %s", (name,)).fetchone()[0]
     params = {
         "vectors": list(np.random.default_rng(1).random((2, stage.dim), dtype=np.float32)),
