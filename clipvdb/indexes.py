@@ -99,6 +99,14 @@ def explain(kind: str, params: dict, rows: int) -> str:
     return f"{what}, {lists} lists, {probes} probes by default ({rule})"
 
 
+def build_memory_mb(kind: str, lists: int) -> int:
+    """maintenance_work_mem for an index build: 1 GB, or what pgvector's ivfflat k-means needs when
+    that is more (it samples 50 rows per list and keeps a float bound per sample and list: 200 x
+    lists^2 bytes; 3,162 lists, the default at 1,000,000 rows, need about 2 GB)."""
+    need = 200 * int(lists) ** 2 if kind == "ivfflat" else 0
+    return max(1024, math.ceil(need * 1.2 / 2**20) + 128)
+
+
 def build_workers() -> int:
     """Parallel maintenance workers for an index build (pgvector 0.8 builds HNSW and ivfflat in
     parallel): one per core beyond the leader."""
@@ -182,7 +190,10 @@ def build(
         params.update(m=int(m), ef_construction=int(ef_construction))
     if kind != "none":
         t0 = time.perf_counter()
-        session = [("maintenance_work_mem", "1GB"), ("max_parallel_maintenance_workers", str(build_workers()))]
+        session = [
+            ("maintenance_work_mem", f"{build_memory_mb(kind, params.get('lists', 1))}MB"),
+            ("max_parallel_maintenance_workers", str(build_workers())),
+        ]
         db.set_local(conn, session, distributed=shards > 1)
         conn.execute(queries.create_index(name, table, column, kind, opclass, params))
         params["index_s"] = round(time.perf_counter() - t0, 3)

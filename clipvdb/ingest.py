@@ -125,6 +125,11 @@ def ingest(
     except psycopg.errors.DiskFull as exc:
         raise db.disk_full_error(exc, "run the same ingest again (whole batches were kept)") from exc
     except psycopg.OperationalError as exc:
+        if not conn.closed and not conn.broken:  # the server refused a statement (a limit), still there
+            raise DatabaseError(
+                f"the database refused a statement during ingest ({db.first_line(exc)}); whole batches were "
+                "kept: fix the cause, then run the same ingest again"
+            ) from exc
         raise DatabaseError(
             f"lost the database connection during ingest ({db.first_line(exc)}); whole batches were kept: "
             "run the same ingest again"
