@@ -94,3 +94,13 @@ def test_a_large_store_gets_the_sqrt_rule_and_db_status_says_so(cli, syn_data, m
     assert status["indexes"]["first"]["kind"] == "ivfflat" and "sqrt(rows)" in why, why
     text = cli("db", "status").stdout
     assert "index: ivfflat over a 64-d PCA projection" in text
+
+
+def test_an_ivfflat_build_gets_the_memory_its_kmeans_needs():
+    from clipvdb import indexes
+
+    assert indexes.build_memory_mb("ivfflat", 500) == 1024  # the floor
+    lists = indexes.ideal_lists(1_000_000, projected=True)
+    # pgvector refused 3,162 lists with 1 GB ("memory required is 1969 MB")
+    assert indexes.build_memory_mb("ivfflat", lists) * 2**20 > 1969 * 2**20
+    assert indexes.build_memory_mb("hnsw", lists) == 1024
