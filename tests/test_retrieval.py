@@ -28,9 +28,10 @@ def test_text_search_returns_k_rows_by_distance(cli, stored, store, syn_data):
     dists = [h["distance"] for h in hits]
     assert dists == sorted(dists)
     # each distance is numpy's cosine distance between the text's vector and the image's origin vector
-    # (the store fixture holds the same tiny encoder as --model tiny; origin is stored as float32)
-    text = store.encoder.encode_text(["a red circle"])[0]
-    images = store.embed([syn_data / h["source"] for h in hits], "origin")["origin"]
+    # (the store fixture holds the same tiny encoder as --model tiny; both sides are half precision
+    # in the database: the stored vectors and the query, typed as the column)
+    text = store.encoder.encode_text(["a red circle"])[0].astype(np.float16)
+    images = store.embed([syn_data / h["source"] for h in hits], "origin")["origin"].astype(np.float16)
     assert dists == pytest.approx(_cosine_distance(text, images).tolist(), rel=1e-4, abs=1e-6)
     assert all(h["source"].startswith("train/") for h in hits)
     table = cli("retrieve", "a red circle", "--k", "3", *stored).output
