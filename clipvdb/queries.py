@@ -247,17 +247,20 @@ COLUMN_TYPE = """SELECT format_type(atttypid, atttypmod) FROM pg_attribute
     WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped"""
 
 
-def retype_stage(stage: Stage) -> list[sql.Composed]:
+def retype_stage(stage: Stage, *, distributed: bool = False) -> list[sql.Composed]:
     """The stage's vector columns (its embeddings, its cluster centres) as the stage's type; the
-    embeddings kept in line (a type change resets a column's storage to the type's default)."""
-    return [
-        sql.SQL("ALTER TABLE {} ALTER COLUMN embedding TYPE {}, ALTER COLUMN embedding SET STORAGE PLAIN").format(
-            sql.Identifier(stage.table), _type(stage)
-        ),
+    embeddings kept in line (a type change resets a column's storage to the type's default), except
+    on Citus, which refuses SET STORAGE on a distributed table."""
+    table = sql.Identifier(stage.table)
+    out = [sql.SQL("ALTER TABLE {} ALTER COLUMN embedding TYPE {}").format(table, _type(stage))]
+    if not distributed:
+        out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(table))
+    out.append(
         sql.SQL("ALTER TABLE {} ALTER COLUMN centre TYPE {}").format(
             sql.Identifier(f"cluster_centres_{stage.name}"), _type(stage)
-        ),
-    ]
+        )
+    )
+    return out
 
 
 def copy_stage(stage: Stage) -> sql.Composed:

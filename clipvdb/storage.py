@@ -41,7 +41,7 @@ def fit_width(conn: psycopg.Connection, stage: Stage) -> None:
             f"{stage.sql_type}; keep this model's vectors in another database (--home or --database-url)"
         )
     conn.execute(queries.drop_index(queries.index_name(stage)))
-    for statement in queries.retype_stage(stage):
+    for statement in queries.retype_stage(stage, distributed=db.distributed(conn)):
         conn.execute(statement)
     conn.commit()
 

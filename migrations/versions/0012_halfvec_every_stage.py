@@ -58,6 +58,10 @@ def _index_defs(table: str) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows if re.search(r"USING (ivfflat|hnsw) \(embedding[ )]", r[1])]
 
 
+def _distributed() -> bool:
+    return bool(op.get_bind().execute(text("SELECT clipvdb_distributed()")).scalar())
+
+
 def _retype(stage: str, old: str, new: str, storage: str) -> None:
     table = f"embeddings_{stage}"
     current = _column_type(table, "embedding")
@@ -67,10 +71,9 @@ def _retype(stage: str, old: str, new: str, storage: str) -> None:
     indexes = _index_defs(table)
     for name, _ in indexes:
         op.execute(f"DROP INDEX IF EXISTS {name}")
-    op.execute(
-        f"ALTER TABLE {table} ALTER COLUMN embedding TYPE {new}({dim}) USING embedding::{new}({dim}), "
-        f"ALTER COLUMN embedding SET STORAGE {storage}"
-    )
+    op.execute(f"ALTER TABLE {table} ALTER COLUMN embedding TYPE {new}({dim}) USING embedding::{new}({dim})")
+    if not _distributed():  # Citus refuses SET STORAGE on a distributed table: its default stays
+        op.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE {storage}")
     centres = f"cluster_centres_{stage}"
     if _column_type(centres, "centre"):
         op.execute(f"ALTER TABLE {centres} ALTER COLUMN centre TYPE {new}({dim}) USING centre::{new}({dim})")
