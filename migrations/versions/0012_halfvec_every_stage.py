@@ -68,6 +68,10 @@ def _retype(stage: str, old: str, new: str, storage: str) -> None:
     if not current or not current.startswith(f"{old}("):
         return
     dim = int(current[current.index("(") + 1 : -1])
+    if _distributed():
+        # one connection per worker, so that a later migration step in the same transaction may still
+        # create or drop functions (Citus refuses that after a parallel operation on a distributed table)
+        op.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
     indexes = _index_defs(table)
     for name, _ in indexes:
         op.execute(f"DROP INDEX IF EXISTS {name}")
