@@ -252,9 +252,8 @@ def retype_stage(stage: Stage, *, distributed: bool = False) -> list[sql.Compose
     embeddings kept in line (a type change resets a column's storage to the type's default), except
     on Citus, which refuses SET STORAGE on a distributed table."""
     table = sql.Identifier(stage.table)
-    out = [sql.SQL("ALTER TABLE {} ALTER COLUMN embedding TYPE {}").format(table, _type(stage))]
-    if not distributed:
-        out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(table))
+    retype = sql.SQL("ALTER TABLE {} ALTER COLUMN embedding TYPE {}").format(table, _type(stage))
+    out = [retype if distributed else retype + sql.SQL(", ALTER COLUMN embedding SET STORAGE PLAIN")]
     out.append(
         sql.SQL("ALTER TABLE {} ALTER COLUMN centre TYPE {}").format(
             sql.Identifier(f"cluster_centres_{stage.name}"), _type(stage)

@@ -75,9 +75,11 @@ def _retype(stage: str, old: str, new: str, storage: str) -> None:
     indexes = _index_defs(table)
     for name, _ in indexes:
         op.execute(f"DROP INDEX IF EXISTS {name}")
-    op.execute(f"ALTER TABLE {table} ALTER COLUMN embedding TYPE {new}({dim}) USING embedding::{new}({dim})")
-    if not _distributed():  # Citus refuses SET STORAGE on a distributed table: its default stays
-        op.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE {storage}")
+    retype = f"ALTER TABLE {table} ALTER COLUMN embedding TYPE {new}({dim}) USING embedding::{new}({dim})"
+    if _distributed():  # Citus refuses SET STORAGE on a distributed table: its default stays
+        op.execute(retype)
+    else:  # in the same statement, so that the table's rewrite already keeps the rows in line
+        op.execute(f"{retype}, ALTER COLUMN embedding SET STORAGE {storage}")
     centres = f"cluster_centres_{stage}"
     if _column_type(centres, "centre"):
         op.execute(f"ALTER TABLE {centres} ALTER COLUMN centre TYPE {new}({dim}) USING centre::{new}({dim})")
