@@ -42,7 +42,8 @@ def _ingest_cmd(data, *extra):
 
 
 def test_ctrl_c_exits_130_and_rolls_back(db_url, tmp_path):
-    data = synthetic.generate(tmp_path / "d", {"train": 150})
+    # enough images that the ingest (about 3,000 images/s) is still running when the signal comes
+    data = synthetic.generate(tmp_path / "d", {"train": 600})
     env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
     proc = subprocess.Popen(
         _ingest_cmd(data, "--no-index"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -63,7 +64,7 @@ def test_ctrl_c_exits_130_and_rolls_back(db_url, tmp_path):
     assert waiting == 0
     rerun = subprocess.run(_ingest_cmd(data), env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
-    assert _count(db_url) == 1500
+    assert _count(db_url) == 6000
 
 
 def _waiting_on_advisory_locks(url: str) -> int:
