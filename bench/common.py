@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -21,6 +23,19 @@ from clipvdb.stages import parse_stages
 
 if TYPE_CHECKING:
     from clipvdb import LoadResult
+
+CLI = [sys.executable, "-m", "clipvdb"]  # the command a user types, as a subprocess of this Python
+
+
+def timed(args: list[str], env: dict) -> tuple[float, str]:
+    """One clipvdb command as a subprocess, timed from outside: (seconds, stdout); exits on failure."""
+    start = time.perf_counter()
+    out = subprocess.run(CLI + args, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-600:]}")
+    return elapsed, out.stdout
+
 
 BUDGET_S = 90.0  # the most one measured pass may take; a pass stopped early reports what it answered
 

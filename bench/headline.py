@@ -16,7 +16,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,19 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import markdown
-from bench.common import exact_baseline, load_pixels
+from bench.common import CLI, exact_baseline, load_pixels, timed
 from clipvdb.sources import open_source
-
-CLI = [sys.executable, "-m", "clipvdb"]
-
-
-def timed(args: list[str], env: dict) -> tuple[float, str]:
-    start = time.perf_counter()
-    out = subprocess.run(CLI + args, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-400:]}")
-    return elapsed, out.stdout
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,13 +27,13 @@ import numpy as np
 import torch
 
 from bench import markdown
+from bench.common import CLI
 from bench.scale_data import make
 from clipvdb import Store, queries
 from clipvdb.images import first_stage_vectors
 from clipvdb.sources import open_source
 from clipvdb.training import load_split
 
-CLI = [sys.executable, "-m", "clipvdb"]
 SIZES = [50_000, 200_000, 1_000_000]
 SAMPLE_EVERY = 10  # recall@1 on every tenth test image: 1,000 queries
 GOALS = {"ingest_rate_of_50k": 0.8, "index_s_1m": 300.0, "recall": 0.95, "query_ms_of_50k": 3.0}

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,26 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from bench import markdown
+from bench.common import CLI, timed
 from clipvdb import Store
 from clipvdb.sources import open_source
 from clipvdb.stages import parse_stages
 from clipvdb.trained_model import TrainedEncoder
 from clipvdb.training import load_split
 
-CLI = [sys.executable, "-m", "clipvdb"]
 GOAL_TRAIN_S = 15 * 60
 GOAL_THIRD_PCT = 85.0
 GOAL_ENCODE_MS = 1.0
 STUDY_PCT = {"first": 35.39, "second": 71.5, "third": 77.31, "origin": 70.53}
-
-
-def timed(args: list[str], env: dict) -> tuple[float, str]:
-    start = time.perf_counter()
-    out = subprocess.run(CLI + args, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-600:]}")
-    return elapsed, out.stdout
 
 
 def encoder_ms(checkpoint: Path, pixels: np.ndarray, batch: int = 256) -> dict[str, float]:
