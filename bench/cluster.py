@@ -29,7 +29,7 @@ import psycopg
 from bench import markdown
 from bench.common import exact_baseline, load_pixels
 from bench.headline import CLI, timed
-from clipvdb import STAGES, queries
+from clipvdb import STAGES, Store, queries
 from clipvdb.sources import open_source
 
 SCALES = (10_000_000, 100_000_000, 1_000_000_000)
@@ -51,8 +51,29 @@ def run_job(data: str, n_train: int, n_test: int, env: dict, workers: int) -> di
         )
         result = json.loads(out)
         first = result["stages"]["first"]
-        row[name] = {"command_s": seconds, "query_s": first["query_s"], "accuracy_pct": first["accuracy_pct"]}
+        row[name] = {
+            "command_s": seconds,
+            "query_s": first["query_s"],
+            "accuracy_pct": first["accuracy_pct"],
+            "run_id": result["run_id"],
+        }
     return row
+
+
+def recall_at_1(home: Path, run_id: int, truth: dict) -> float:
+    """The share of queries whose stored nearest neighbour is the exact nearest of the in-process
+    search, or as near as it (a tie)."""
+    with Store(home=home) as store, store.connection() as conn:
+        found = dict(conn.execute(queries.RUN_NEIGHBOR_SOURCES, (run_id, "first")).fetchall())
+    position = {k: i for i, k in enumerate(truth["train_keys"])}
+    Xtr, Xte, nearest = truth["Xtr"], truth["Xte"], truth["nearest"]
+    hits = 0
+    for j, key in enumerate(truth["test_keys"]):
+        i = position.get(found.get(key, ""), -1)
+        if i >= 0:
+            best = float(((Xtr[nearest[j]] - Xte[j]) ** 2).sum())
+            hits += int(i == nearest[j] or float(((Xtr[i] - Xte[j]) ** 2).sum()) <= best * (1 + 1e-6))
+    return hits / len(truth["test_keys"])
 
 
 def grow_under_load(data: str, n_test: int, env: dict) -> dict:
@@ -157,17 +178,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     source = open_source(args.data)
     result: dict = {"train": args.train, "test": args.test, "cores": os.cpu_count()}
-    Xtr, ytr, _ = load_pixels(source, "train", args.train)
-    Xte, yte, _ = load_pixels(source, "test", args.test)
+    Xtr, ytr, train_keys = load_pixels(source, "train", args.train)
+    Xte, yte, test_keys = load_pixels(source, "test", args.test)
     nearest, base_s = exact_baseline(Xtr, Xte)
     result["baseline"] = {"seconds": base_s, "accuracy_pct": float((ytr[nearest] == yte).mean() * 100)}
-    del Xtr, Xte
+    truth = {"Xtr": Xtr, "Xte": Xte, "nearest": nearest, "train_keys": train_keys, "test_keys": test_keys}
     for name, workers in (("single", 0), ("cluster", 2), ("cluster3", 3)):
         home = Path(tempfile.mkdtemp(prefix=f"clipvdb-{name}-"))
         env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"}
         env.update(CLIPVDB_HOME=str(home), PYTHONUNBUFFERED="1")
         try:
             result[name] = run_job(args.data, args.train, args.test, env, workers)
+            for path in ("default", "exact"):
+                result[name][path]["recall_at_1"] = recall_at_1(home, result[name][path]["run_id"], truth)
             if name == "cluster":
                 result["grow"] = grow_under_load(args.data, args.test, env)
                 result["nodes"] = json.loads(timed(["db", "nodes", "status", "--json"], env)[1])
@@ -216,6 +239,11 @@ def render(r: dict) -> str:
         ["`db nodes start` (first time)", "", f"{c['nodes_start_s']:.1f} s", f"{c3['nodes_start_s']:.1f} s", ""],
         ["`evaluate` default path: accuracy", acc(s, "default"), acc(c, "default"), acc(c3, "default"), ""],
         [
+            "`evaluate` default path: recall@1 (the exact nearest found)",
+            *(f"{x['default']['recall_at_1']:.3f}" for x in (s, c, c3)),
+            "",
+        ],
+        [
             "`evaluate` default path: query s (summed, 2 connections) / command s",
             pair(s["default"]),
             pair(c["default"]),
@@ -223,6 +251,7 @@ def render(r: dict) -> str:
             f"{q['default_query_cluster_over_single']:.2f}x / {q['default_query_cluster3_over_single']:.2f}x",
         ],
         ["`evaluate --exact`: accuracy", acc(s, "exact"), acc(c, "exact"), acc(c3, "exact"), ""],
+        ["`evaluate --exact`: recall@1", *(f"{x['exact']['recall_at_1']:.3f}" for x in (s, c, c3)), ""],
         [
             "`evaluate --exact`: query s / command s",
             pair(s["exact"]),

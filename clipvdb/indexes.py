@@ -63,6 +63,10 @@ def ideal_lists(rows: int, *, projected: bool = False) -> int:
 
 # Fewer scanned rows than this missed neighbours on small tables (a fraction of a few lists).
 MIN_SCANNED_ROWS = 1000
+# Fewer probes than this missed the nearest neighbour's list on small indexes: a Citus shard of
+# 2,500 rows (25 lists) found the exact nearest for 0.92 of the queries with 3 probes and 0.98 with
+# 5 (BENCHMARKS.md, the cluster item's recall@1).
+MIN_PROBES = 5
 
 
 def default_probes(lists: int, *, projected: bool = False, rows: int | None = None, shards: int = 1) -> int:
@@ -70,13 +74,13 @@ def default_probes(lists: int, *, projected: bool = False, rows: int | None = No
     candidates recovers the order and what is left to find is the nearest neighbour's list
     (BENCHMARKS.md, the recall@1 grid); above SQRT_FROM_ROWS rows per index (per shard on Citus),
     SQRT_PROBES whatever the lists. With `rows` (of the whole search), at least MIN_SCANNED_ROWS rows
-    are scanned."""
+    are scanned; and never fewer than MIN_PROBES lists per index, or all of them."""
     if projected and rows is not None and rows // max(shards, 1) > SQRT_FROM_ROWS:
         fraction = SQRT_PROBES
     else:
         fraction = math.ceil(lists / (20 if projected else 5))
     floor = math.ceil(lists * MIN_SCANNED_ROWS / rows) if rows else 1
-    return max(1, min(lists, max(fraction, floor)))
+    return max(1, min(lists, max(fraction, floor, MIN_PROBES)))
 
 
 def explain(kind: str, params: dict, rows: int) -> str:

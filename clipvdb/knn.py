@@ -287,11 +287,11 @@ class KnnSearcher:
         return out, (time.perf_counter() - start) * 1000
 
     def _shard_candidates(self, candidates: int) -> int:
-        """Candidates each shard re-ranks: twice its share of the whole search's, at least k. A
-        shard ranks its own rows only, so the true neighbour sits higher in its list than in one
-        over every row."""
+        """Candidates each shard re-ranks: its share of the whole search's, at least k. A shard
+        ranks its own rows only, so a row's rank there is about its rank over every row divided by
+        the shards: the shards' shares together re-rank what one node would."""
         shards = max(1, len(self.anchors))
-        return max(self.settings.depth, math.ceil(2 * candidates / shards)) if candidates else 0
+        return max(self.settings.depth, math.ceil(candidates / shards)) if candidates else 0
 
     def copy_batch(self, conn: psycopg.Connection, batch: int, params: dict) -> None:
         """A batch's query vectors into knn_queries (on Citus), as `query_params` made them: the

@@ -56,6 +56,9 @@ def test_ideal_lists():
     assert indexes.default_probes(100, projected=True, rows=10_000) == 10
     assert indexes.default_probes(2, projected=True, rows=250) == 2
     assert indexes.default_probes(125, projected=True, rows=12_500) == 10
+    # a Citus shard's small index (25 lists of 2,500 rows): at least MIN_PROBES lists, never more than it has
+    assert indexes.default_probes(25, projected=True, rows=10_000, shards=4) == indexes.MIN_PROBES == 5
+    assert indexes.default_probes(3, projected=True, rows=1_000_000, shards=4) == 3
 
 
 @pytest.mark.parametrize("name", ["first", "second", "third"])
