@@ -30,6 +30,7 @@ from bench import markdown
 from bench.common import CLI
 from bench.scale_data import make
 from clipvdb import Store, queries
+from clipvdb.encoder import TINY, load_encoder
 from clipvdb.images import first_stage_vectors
 from clipvdb.sources import open_source
 from clipvdb.training import load_split
@@ -167,6 +168,42 @@ def one_size(n: int, scale: str, env_base: dict, sample_keys: list[str], truth: 
     return r
 
 
+def table_bytes(home: Path) -> dict[str, int]:
+    with Store(home=home) as store, store.connection() as conn:
+        return {name: int(size) for name, size in conn.execute(queries.TABLE_BYTES).fetchall()}
+
+
+def clip_stage_bytes(data: str, env_base: dict, n: int) -> dict:
+    """What an ingest at each CLIP stage adds per image, every table counted (heap, TOAST, every
+    index, the image rows): `clipvdb ingest --stage S --model tiny` (RN50's stage widths, the whole
+    database path) of n images into a fresh home per stage, the schema's bytes before and after."""
+    out: dict = {"images": n, "stages": {}}
+    for stage in ("second", "third", "origin"):
+        home = Path(tempfile.mkdtemp(prefix=f"clipvdb-bytes-{stage}-"))
+        env = dict(env_base, CLIPVDB_HOME=str(home))
+        try:
+            run(["db", "status", "--json"], env, home)  # the schema, empty
+            before = table_bytes(home)
+            ing = run(
+                ["ingest", "--stage", stage, "--model", "tiny", "--data", data, "--limit", str(n), "--json"], env, home
+            )
+            after = table_bytes(home)
+            stored = json.loads(ing["stdout"])
+            dim = load_encoder(TINY, None).stages[stage].dim
+            grown = {t: after[t] - before.get(t, 0) for t in after if after[t] != before.get(t, 0)}
+            out["stages"][stage] = {
+                "dim": dim,
+                "float32_bytes": 4 * dim,
+                "bytes_per_image": sum(grown.values()) / n,
+                "tables": {t: b / n for t, b in sorted(grown.items(), key=lambda x: -x[1])},
+                "index": stored.get("index", {}).get(stage),
+            }
+        finally:
+            subprocess.run(CLI + ["db", "stop"], env=env, capture_output=True)
+            shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="an image-folder CIFAR-10 copy (train/ and test/)")
@@ -175,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("bench-out/scale.json"))
     ap.add_argument("--plot", type=Path, default=Path("docs/scale.png"))
     ap.add_argument("--write", action="store_true", help="rewrite the scale block of BENCHMARKS.md and the plot")
+    ap.add_argument("--clip-images", type=int, default=20_000, help="images per CLIP-stage bytes measurement (0: skip)")
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     made = make(Path(args.data), Path(args.scale_data), max(sizes))
@@ -211,6 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
             json.dumps({k: v for k, v in r.items() if k not in ("ingest", "evaluate", "timing", "found")}, default=str)
         )
     del train_pixels
+    if args.clip_images:
+        result["clip_bytes"] = clip_stage_bytes(args.data, env, args.clip_images)
+        print(json.dumps(result["clip_bytes"], default=str))
     result["machine"] = markdown.machine()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
@@ -265,6 +306,25 @@ def plot(result: dict, path: Path) -> None:
 
 def _yes(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
+
+
+def _clip_lines(clip: dict | None) -> list[str]:
+    """What a CLIP-stage ingest adds per image, against the 1.5x goal."""
+    if not clip:
+        return []
+    parts = []
+    for stage, b in clip["stages"].items():
+        ratio = b["bytes_per_image"] / b["float32_bytes"]
+        parts.append(
+            f"{stage} ({b['dim']:,}-d) {b['bytes_per_image']:,.0f} bytes, {ratio:.2f}x the float32 vector's "
+            f"{b['float32_bytes']:,} (<= 1.5x): {_yes(ratio <= 1.5)}"
+        )
+    return [
+        f"- What a CLIP-stage ingest adds per image (`clipvdb ingest --stage S --model tiny`, RN50's widths, "
+        f"{clip['images']:,} images into a fresh home; every table: heap, TOAST, indexes, the image rows): "
+        + "; ".join(parts)
+        + ".",
+    ]
 
 
 def render(result: dict) -> str:
@@ -324,6 +384,7 @@ def render(result: dict) -> str:
         f"index build {big_build:.0f} s (<= 300 s): {_yes(big_build <= 300)}; recall@1 {big['recall_at_1']:.3f} "
         f"(>= 0.95): {_yes(big['recall_at_1'] >= 0.95)}; query ms per image {q_ratio:.2f}x the {base['stored']:,} one "
         f"(<= 3x for 20x the rows): {_yes(q_ratio <= 3)}.",
+        *_clip_lines(result.get("clip_bytes")),
         "- Query ms per image is the kNN statements' time per image (`report_timing.query_ms_mean`: batches of 100 "
         "on 2 connections); the evaluate column is the whole command, decoding and storing predictions included.",
         "",

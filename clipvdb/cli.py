@@ -185,11 +185,17 @@ def search_options(f):
         type=click.IntRange(1),
         help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).",
     )(f)
-    f = click.option("--ef-search", type=click.IntRange(1), help="hnsw.ef_search (hnsw indexes).")(f)
+    f = click.option(
+        "--ef-search",
+        type=click.IntRange(1),
+        help=f"hnsw.ef_search (default: {config.DEFAULT_EF_SEARCH}; stage first's default hnsw: "
+        f"{config.PROJECTED_EF_SEARCH}).",
+    )(f)
     f = click.option(
         "--probes",
         type=click.IntRange(1),
-        help="ivfflat.probes (default: lists/5; projected index: lists/20; at least 1,000 rows scanned).",
+        help="ivfflat.probes (default: lists/5; projected index: lists/20, 50 above 100,000 rows; at least 5 "
+        "lists and 1,000 rows scanned).",
     )(f)
     f = click.option(
         "--vote",
@@ -654,7 +660,8 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
 @click.option(
     "--kind",
     type=click.Choice(["ivfflat", "hnsw", "none"]),
-    help="Index kind (default: the stage's; first: ivfflat --project 64, others: ivfflat).",
+    help="Index kind (default: the stage's rule; first: ivfflat --project 64, hnsw --project 64 above "
+    "100,000 rows per index; others: ivfflat).",
 )
 @click.option(
     "--project",
@@ -662,8 +669,13 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
     help="Index a D-dimensional PCA projection and re-rank candidates exactly (0: full vectors).",
 )
 @click.option("--lists", type=click.IntRange(1), help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M).")
-@click.option("--m", "m", type=click.IntRange(2), default=config.DEFAULT_M, show_default=True, help="hnsw m.")
-@click.option("--ef-construction", type=click.IntRange(4), default=config.DEFAULT_EF_CONSTRUCTION, show_default=True)
+@click.option("--m", "m", type=click.IntRange(2), help=f"hnsw m (default: {config.DEFAULT_M}).")
+@click.option(
+    "--ef-construction",
+    type=click.IntRange(4),
+    help=f"hnsw ef_construction (default: {config.DEFAULT_EF_CONSTRUCTION}; stage first's default hnsw: "
+    f"{config.PROJECTED_EF_CONSTRUCTION}).",
+)
 @click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True)
 @json_option
 @click.pass_obj

@@ -24,14 +24,37 @@ from .stages import Stage
 KINDS = queries.INDEX_KINDS
 
 
-def default_index(stage: Stage) -> tuple[str, dict]:
-    """What ingest builds on a stage nobody chose an index for. Stage first: ivfflat over a 64-d PCA
-    projection, re-ranked exactly (BENCHMARKS.md, the recall@1 grid: the exact nearest neighbour for
-    0.98 of the CIFAR-10 test images, where hnsw took longer to build and to query at equal recall).
-    The CLIP stages: ivfflat on the full vectors."""
+# Above this many rows per index, stage first's default index is hnsw over the projection: a query
+# walks a graph (cost ~ log rows) where ivfflat sorts every row of its probed lists (cost ~ the
+# rows scanned). At 1,000,000 rows hnsw found the exact nearest for 0.97 of the queries in 2.2 ms,
+# where ivfflat needed 3.7 ms for 0.97 (BENCHMARKS.md, "How cost grows"); at 50,000 ivfflat builds
+# and answers faster.
+HNSW_FROM_ROWS = 100_000
+# The projected hnsw's build and search: ef_construction 40 builds 1,000,000 rows in 171 s (64:
+# 220 s) at the same recall; ef_search 60 is where recall@1 passed 0.97 there.
+PROJECTED_HNSW = {
+    "m": config.DEFAULT_M,
+    "ef_construction": config.PROJECTED_EF_CONSTRUCTION,
+    "ef_search": config.PROJECTED_EF_SEARCH,
+}
+
+
+def default_index(stage: Stage, rows: int = 0, shards: int = 1) -> tuple[str, dict]:
+    """What ingest builds on a stage nobody chose an index for, for `rows` stored over `shards`.
+    Stage first: ivfflat over a 64-d PCA projection, re-ranked exactly (BENCHMARKS.md, the
+    recall@1 grid: the exact nearest neighbour for 0.98 of the CIFAR-10 test images, where hnsw
+    took longer to build and to query at equal recall); above HNSW_FROM_ROWS rows per index, hnsw
+    over the same projection. The CLIP stages: ivfflat on the full vectors."""
     if stage.name == "first":
+        if rows // max(shards, 1) > HNSW_FROM_ROWS:
+            return "hnsw", {"project": config.DEFAULT_PROJECT_FIRST, **PROJECTED_HNSW}
         return "ivfflat", {"project": config.DEFAULT_PROJECT_FIRST}
     return "ivfflat", {}
+
+
+def stored_default(conn: psycopg.Connection, stage: Stage) -> tuple[str, dict]:
+    """default_index for what the stage stores now."""
+    return default_index(stage, stored_rows(conn, stage), db.shard_count(conn, stage.table))
 
 
 def drop(conn: psycopg.Connection, stage: Stage) -> None:
@@ -89,7 +112,11 @@ def explain(kind: str, params: dict, rows: int) -> str:
         return "no ANN index: every search scans all rows (exact)"
     what = f"{kind} over a {params['project']}-d PCA projection" if params.get("project") else f"{kind}"
     if kind == "hnsw":
-        return f"{what}, m={params.get('m')}, ef_construction={params.get('ef_construction')}"
+        ef_search = params.get("ef_search", config.DEFAULT_EF_SEARCH)
+        line = f"{what}, m={params.get('m')}, ef_construction={params.get('ef_construction')}, ef_search={ef_search}"
+        if params.get("default") and params.get("project"):
+            line += f" (above {HNSW_FROM_ROWS:,} rows per index: a query's cost grows about as log(rows))"
+        return line
     projected = bool(params.get("project"))
     lists = int(params.get("lists", 1))
     shards = max(int(params.get("shards", 1)), 1)
@@ -150,9 +177,13 @@ def build(
     ef_construction: int = config.DEFAULT_EF_CONSTRUCTION,
     metric: str = "l2",
     project: int | None = None,
+    ef_search: int | None = None,
+    by_default: bool = False,
 ) -> IndexInfo:
     """(Re)build the stage's index and record the choice; with `project`, refit the projection
-    and index that instead of the full vectors. Commits. `params` records each phase's seconds."""
+    and index that instead of the full vectors. Commits. `params` records each phase's seconds,
+    an hnsw's default `ef_search`, and `default` when the size rule chose (a later rebuild
+    chooses again for the rows it finds)."""
     if kind not in KINDS:
         raise UsageError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     if metric not in queries.METRIC_OPS:
@@ -166,6 +197,8 @@ def build(
     lock_stage_index(conn, stage)
     rows = stored_rows(conn, stage)
     params: dict = {"metric": metric}
+    if by_default:
+        params["default"] = True
     start = time.perf_counter()
     drop(conn, stage)
     if project:
@@ -192,6 +225,8 @@ def build(
         params["lists"] = lists or ideal_lists(rows // shards, projected=bool(project))
     elif kind == "hnsw":
         params.update(m=int(m), ef_construction=int(ef_construction))
+        if ef_search:
+            params["ef_search"] = int(ef_search)
     if kind != "none":
         t0 = time.perf_counter()
         session = [
@@ -212,19 +247,32 @@ def build(
 
 def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     row = conn.execute(queries.LOAD_STAGE_INDEX, (stage.name,)).fetchone()
-    kind, params, seconds = row if row else (*default_index(stage), None)
+    rows = stored_rows(conn, stage)
+    if row:
+        kind, params, seconds = row
+    else:
+        kind, params = stored_default(conn, stage)
+        params, seconds = {**params, "default": True}, None
     params = params or {}
     name = queries.index_name(stage, projected=bool(params.get("project")))
     found = conn.execute(queries.INDEX_SIZE, (name, name)).fetchone()
     exists, size = found if found else (False, 0)
-    return IndexInfo(stage.name, kind, params, stored_rows(conn, stage), bool(exists), size or 0, seconds)
+    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds)
+
+
+def build_default(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
+    """Build what the size rule chooses for the rows stored now, and record it as the default."""
+    kind, params = stored_default(conn, stage)
+    return build(conn, stage, kind, by_default=True, **params)
 
 
 def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     """After a load: rebuild with the recorded kind and parameters (lists re-derived from rows, the
-    projection refitted)."""
+    projection refitted), or, where the size rule chose, with what it chooses now."""
     current = info(conn, stage)
     params = dict(current.params)
+    if params.get("default"):
+        return build_default(conn, stage)
     return build(
         conn,
         stage,
@@ -233,4 +281,5 @@ def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
         ef_construction=params.get("ef_construction", config.DEFAULT_EF_CONSTRUCTION),
         metric=params.get("metric", "l2"),
         project=params.get("project"),
+        ef_search=params.get("ef_search"),
     )

@@ -79,12 +79,17 @@ def store_vectors(
     return added
 
 
+# A load of at least this many rows, and of a fifth of what is stored, drops the index and builds
+# it afresh at the end.
+BULK_LOAD_ROWS = 1000
+
+
 def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: int) -> bool:
     """A large load goes faster without the ANN index (ingest rebuilds it afterwards, refitting a
-    projection). Returns whether it was dropped."""
+    projection, choosing the default kind again for the new size). Returns whether it was dropped."""
     indexes.lock_stage_index(conn, stage)
     rows = indexes.stored_rows(conn, stage)
-    dropped = adding >= 1000 and adding >= rows // 5
+    dropped = adding >= BULK_LOAD_ROWS and adding >= rows // 5
     if dropped:
         indexes.drop(conn, stage)
     conn.commit()
@@ -285,6 +290,5 @@ def load_vectors(
     conn.commit()
     info = None
     if build_index:
-        kind, params = index or indexes.default_index(stage)
-        info = indexes.build(conn, stage, kind, **params)
+        info = indexes.build(conn, stage, index[0], **index[1]) if index else indexes.build_default(conn, stage)
     return LoadResult(ids, added, load_s, info)

@@ -153,7 +153,7 @@ class KnnSearcher:
         if settings.learned:
             self._set_up_learned(conn)
             return
-        default_kind, default_params = indexes.default_index(stage)
+        default_kind, default_params = indexes.default_index(stage, self.rows)
         self.index_kind: str = kind or default_kind
         self.index_params: dict = dict(params if kind else {**default_params, "metric": "l2"})
         projected = bool(self.index_params.get("project"))
@@ -234,7 +234,8 @@ class KnnSearcher:
             probes = s.probes or indexes.default_probes(lists, projected=projected, rows=self.rows, shards=shards)
             out.append(("ivfflat.probes", str(probes)))
         if self.index_kind == "hnsw":
-            out.append(("hnsw.ef_search", str(s.ef_search or config.DEFAULT_EF_SEARCH)))
+            ef_search = s.ef_search or self.index_params.get("ef_search") or config.DEFAULT_EF_SEARCH
+            out.append(("hnsw.ef_search", str(ef_search)))
         if self.iterative_scan:  # pgvector >= 0.8: keep scanning until k rows pass the filter
             out += [("ivfflat.iterative_scan", "relaxed_order"), ("hnsw.iterative_scan", "relaxed_order")]
         return out

@@ -578,6 +578,11 @@ STAGE_FIRST_BYTES = """SELECT (SELECT count(*) FROM embeddings_first),
     pg_table_size('projections_first'), pg_indexes_size('projections_first'),
     pg_total_relation_size('images')"""
 
+# Every table of the schema with its indexes and TOAST, in bytes: (table, bytes).
+TABLE_BYTES = """SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname = current_schema()"""
+
 # Each query image's nearest neighbour in a run, as source keys: (query source, neighbour source).
 RUN_NEIGHBOR_SOURCES = """SELECT q.source, n.source FROM predictions p
     JOIN images q ON q.id = p.image_id JOIN images n ON n.id = p.neighbor_id

@@ -484,29 +484,25 @@ class Store:
         *,
         project: int | None = None,
         lists: int | None = None,
-        m: int = config.DEFAULT_M,
-        ef_construction: int = config.DEFAULT_EF_CONSTRUCTION,
+        m: int | None = None,
+        ef_construction: int | None = None,
         metric: str = "l2",
     ) -> list[IndexInfo]:
-        """(Re)build each stage's ANN index; without `kind`, the stage's default."""
+        """(Re)build each stage's ANN index; without `kind`, what the stage's size rule chooses
+        (recorded as the default, so that a later load chooses again for its size), with any
+        parameter given here in place of the rule's."""
+        given = {"project": project, "lists": lists, "m": m, "ef_construction": ef_construction}
         out = []
         try:
             with self.connection() as conn:
                 for s in (storage.as_stored(conn, s) for s in _parse(stage)):
-                    chosen, defaults = (kind, {}) if kind else indexes.default_index(s)
-                    dims = defaults.get("project") if project is None else project
-                    out.append(
-                        indexes.build(
-                            conn,
-                            s,
-                            chosen,
-                            lists=lists,
-                            m=m,
-                            ef_construction=ef_construction,
-                            metric=metric,
-                            project=dims or None,
-                        )
-                    )
+                    if kind is None and metric == "l2" and all(v is None for v in given.values()):
+                        out.append(indexes.build_default(conn, s))
+                        continue
+                    chosen, defaults = (kind, {}) if kind else indexes.stored_default(conn, s)
+                    params = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+                    params["project"] = params.get("project") or None
+                    out.append(indexes.build(conn, s, chosen, metric=metric, **params))
         finally:
             self._forget()
         return out

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from bench.scale_data import make
-from clipvdb import synthetic
+from clipvdb import STAGES, synthetic
 from clipvdb.sources import open_source
 
 
@@ -48,7 +48,12 @@ def test_the_scale_bench_runs_end_to_end_on_small_sizes(tmp_path):
     out = tmp_path / "scale.json"
     result = main(
         ["--data", str(src), "--scale-data", str(tmp_path / "scale"), "--sizes", "200,400", "--out", str(out)]
+        + ["--clip-images", "60"]
     )
+    for stage, b in result["clip_bytes"]["stages"].items():
+        # a halfvec per image at least, in the stage's table, and the image rows beside it
+        assert b["tables"][f"embeddings_{stage}"] > b["dim"] * 2 and b["tables"]["images"] > 0, b
+        assert b["bytes_per_image"] >= sum(b["tables"].values()) - 1e-6
     assert [r["stored"] for r in result["sizes"]] == [200, 400]
     for r in result["sizes"]:
         assert r["ingest"]["total"] == r["stored"] == r["bytes"]["rows"]
@@ -74,26 +79,43 @@ def test_projected_defaults_follow_the_rows():
     assert 1.9 < scanned[800_000] / scanned[200_000] < 2.1  # 4x the rows, 2x the scan
     # on Citus the rule reads the rows per shard: 32 shards of 31,250 rows stay on lists/20
     assert indexes.default_probes(312, projected=True, rows=1_000_000, shards=32) == 16
+    # the default kind: ivfflat up to HNSW_FROM_ROWS rows per index, hnsw over the projection above
+    assert indexes.default_index(STAGES["first"], 100_000) == ("ivfflat", {"project": 64})
+    kind, params = indexes.default_index(STAGES["first"], 1_000_000)
+    assert kind == "hnsw" and params["project"] == 64 and params["ef_search"] == indexes.PROJECTED_HNSW["ef_search"]
+    assert indexes.default_index(STAGES["first"], 1_000_000, shards=32)[0] == "ivfflat"  # 31,250 per shard
+    assert indexes.default_index(STAGES["third"], 1_000_000) == ("ivfflat", {})
     assert "sqrt(rows)" in indexes.explain("ivfflat", {"project": 64, "lists": lists_1m}, 1_000_000)
     assert "5 % of the rows" in indexes.explain("ivfflat", {"project": 64, "lists": 500}, 50_000)
 
 
-def test_a_large_store_gets_the_sqrt_rule_and_db_status_says_so(cli, syn_data, monkeypatch, db_url):
-    """A simulated large N: the threshold lowered to 20 rows, 60 stored images take the sqrt rule."""
-    from clipvdb import indexes
+def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, monkeypatch, db_url):
+    """A simulated large N: the hnsw threshold lowered to 40 rows. 30 stored images get the
+    projected ivfflat, 60 the projected hnsw with its own ef_search; a kind chosen by hand stays
+    until `clipvdb index` without --kind gives the choice back to the rule."""
+    from clipvdb import Store, indexes, ingest
 
-    monkeypatch.setattr(indexes, "SQRT_FROM_ROWS", 20)
-    monkeypatch.setattr(indexes, "MIN_SCANNED_ROWS", 1)
-    monkeypatch.setattr(indexes, "SQRT_PROBES", 2)
-    small = json.loads(cli("db", "status", "--json").stdout)
-    assert small["indexes"] == {}  # nothing stored yet
+    monkeypatch.setattr(indexes, "HNSW_FROM_ROWS", 40)
+    monkeypatch.setattr(ingest, "BULK_LOAD_ROWS", 1)
+    assert json.loads(cli("db", "status", "--json").stdout)["indexes"] == {}  # nothing stored yet
+    out = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--limit", "30", "--json").stdout)
+    assert out["index"]["first"]["kind"] == "ivfflat" and out["index"]["first"]["default"] is True
     out = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--json").stdout)
-    assert out["index"]["first"]["lists"] == max(1, int(60**0.5 * 20**0.5 / 100))
-    status = json.loads(cli("db", "status", "--json").stdout)
-    why = status["indexes"]["first"]["why"]
-    assert status["indexes"]["first"]["kind"] == "ivfflat" and "sqrt(rows)" in why, why
-    text = cli("db", "status").stdout
-    assert "index: ivfflat over a 64-d PCA projection" in text
+    first = out["index"]["first"]
+    assert first["kind"] == "hnsw" and first["project"] == 64 and first["ef_search"] == 60, first
+    status = json.loads(cli("db", "status", "--json").stdout)["indexes"]["first"]
+    assert status["kind"] == "hnsw" and "log(rows)" in status["why"] and "ef_search=60" in status["why"], status
+    with Store(db_url, model="tiny") as store:
+        searcher = store.searcher("first")
+        assert ("hnsw.ef_search", "60") in searcher.index_settings()
+    # each stored image, queried, finds itself through the hnsw index
+    evaluated = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--split", "train", "--json").stdout)
+    assert evaluated["stages"]["first"]["n"] == 60 and evaluated["stages"]["first"]["accuracy_pct"] == 100.0
+    cli("index", "--stage", "first", "--kind", "ivfflat", "--project", "8")
+    assert "default" not in json.loads(cli("db", "status", "--json").stdout)["indexes"]["first"]["params"]
+    rebuilt = json.loads(cli("index", "--stage", "first", "--json").stdout)[0]
+    assert rebuilt["kind"] == "hnsw" and rebuilt["params"]["default"] is True
+    assert "index: hnsw over a 64-d PCA projection" in cli("db", "status").stdout
 
 
 def test_an_ivfflat_build_gets_the_memory_its_kmeans_needs():
