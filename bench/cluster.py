@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 
 from bench import markdown
-from bench.common import exact_baseline, load_pixels
+from bench.common import exact_baseline, load_pixels, neighbor_sources
 from bench.headline import CLI, timed
 from clipvdb import STAGES, Store, queries
 from clipvdb.sources import open_source
@@ -64,7 +64,7 @@ def recall_at_1(home: Path, run_id: int, truth: dict) -> float:
     """The share of queries whose stored nearest neighbour is the exact nearest of the in-process
     search, or as near as it (a tie)."""
     with Store(home=home) as store, store.connection() as conn:
-        found = dict(conn.execute(queries.RUN_NEIGHBOR_SOURCES, (run_id, "first")).fetchall())
+        found = neighbor_sources(conn, run_id, "first")
     position = {k: i for i, k in enumerate(truth["train_keys"])}
     Xtr, Xte, nearest = truth["Xtr"], truth["Xte"], truth["nearest"]
     hits = 0

@@ -378,3 +378,11 @@ def find_source(data: str | None, work: Path, quick: bool) -> Source:
     if not quick:
         raise SystemExit("the full benchmark needs --data (../shared/data); use --quick for generated data")
     return open_source(synthetic.generate(work / "synthetic", {"train": 200, "test": 20}))
+
+
+def neighbor_sources(conn, run_id: int, stage: str) -> dict[str, str]:
+    """Each query image's nearest neighbour in a run, as source keys: {query key: neighbour key}."""
+    pairs = conn.execute(queries.RUN_NEIGHBOR_IDS, (run_id, stage)).fetchall()
+    ids = sorted({i for pair in pairs for i in pair})
+    source = dict(conn.execute(queries.IMAGE_SOURCES, (ids,)).fetchall())
+    return {source[q]: source[n] for q, n in pairs}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench import markdown
-from bench.common import CLI
+from bench.common import CLI, neighbor_sources
 from bench.scale_data import make
 from clipvdb import Store, queries
 from clipvdb.encoder import TINY, load_encoder
@@ -153,7 +153,7 @@ def one_size(n: int, scale: str, env_base: dict, sample_keys: list[str], truth: 
             r["timing"] = store.report("report_timing", run_id)
             with store.connection() as conn:
                 r["bytes"] = sizes_of(conn)
-                found = dict(conn.execute(queries.RUN_NEIGHBOR_SOURCES, (run_id, "first")).fetchall())
+                found = neighbor_sources(conn, run_id, "first")
                 r["status"] = store.index_info("first")
         position = {k: i for i, k in enumerate(train_keys[:n])}
         idx, _ = truth

@@ -583,10 +583,10 @@ TABLE_BYTES = """SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname = current_schema()"""
 
-# Each query image's nearest neighbour in a run, as source keys: (query source, neighbour source).
-RUN_NEIGHBOR_SOURCES = """SELECT q.source, n.source FROM predictions p
-    JOIN images q ON q.id = p.image_id JOIN images n ON n.id = p.neighbor_id
-    WHERE p.run_id = %s AND p.stage = %s"""
+# Each query image's nearest neighbour in a run, as image ids, and the source keys of images: two
+# statements, since a join of predictions to images on both ids would repartition on Citus.
+RUN_NEIGHBOR_IDS = "SELECT image_id, neighbor_id FROM predictions WHERE run_id = %s AND stage = %s"
+IMAGE_SOURCES = "SELECT id, source FROM images WHERE id = ANY(%s)"
 
 
 def split_rows(stage: Stage) -> sql.Composed:
