@@ -130,12 +130,22 @@ def explain(kind: str, params: dict, rows: int) -> str:
     return f"{what}, {lists} lists, {probes} probes by default ({rule})"
 
 
-def build_memory_mb(kind: str, lists: int) -> int:
-    """maintenance_work_mem for an index build: 1 GB, or what pgvector's ivfflat k-means needs when
-    that is more (it samples 50 rows per list and keeps a float bound per sample and list: 200 x
-    lists^2 bytes; 3,162 lists, the default at 1,000,000 rows, need about 2 GB)."""
-    need = 200 * int(lists) ** 2 if kind == "ivfflat" else 0
-    return max(1024, math.ceil(need * 1.2 / 2**20) + 128)
+def build_memory_mb(kind: str, lists: int = 1, *, rows: int = 0, dim: int = 0, m: int = config.DEFAULT_M) -> int:
+    """maintenance_work_mem for an index build: 1 GB, or what the build needs when that is more.
+    ivfflat's k-means samples 50 rows per list and keeps a float bound per sample and list: 200 x
+    lists^2 bytes (3,162 lists, the default at 1,000,000 rows, need about 2 GB). hnsw builds fast
+    while its graph fits: about 2 x dim + 16 x m + 44 bytes per row (half-precision vectors and
+    neighbour lists; 1,000,000 rows of a 64-d projection made a 434 MB index), at most a quarter of
+    the machine's memory: past it the build goes on, slower, where ivfflat would refuse."""
+    if kind == "ivfflat":
+        return max(1024, math.ceil(200 * int(lists) ** 2 * 1.2 / 2**20) + 128)
+    need = int(rows) * (2 * int(dim) + 16 * int(m) + 44) if kind == "hnsw" else 0
+    want = max(1024, math.ceil(need * 1.2 / 2**20) + 128)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return want
+    return max(1024, min(want, physical // 4))
 
 
 def build_workers() -> int:
@@ -214,9 +224,11 @@ def build(
             project_s=round(t2 - t1, 3),
         )
         table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
+        dim = proj.dim
     else:
         projection.remove(conn, stage)
         table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)
+        dim = stage.dim
     name = queries.index_name(stage, projected=bool(project))
     shards = db.shard_count(conn, table)
     if shards > 1:
@@ -230,7 +242,10 @@ def build(
     if kind != "none":
         t0 = time.perf_counter()
         session = [
-            ("maintenance_work_mem", f"{build_memory_mb(kind, params.get('lists', 1))}MB"),
+            (
+                "maintenance_work_mem",
+                f"{build_memory_mb(kind, params.get('lists', 1), rows=rows // shards, dim=dim, m=int(m))}MB",
+            ),
             ("max_parallel_maintenance_workers", str(build_workers())),
         ]
         db.set_local(conn, session, distributed=shards > 1)

@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -125,4 +127,9 @@ def test_an_ivfflat_build_gets_the_memory_its_kmeans_needs():
     lists = indexes.ideal_lists(1_000_000, projected=True)
     # pgvector refused 3,162 lists with 1 GB ("memory required is 1969 MB")
     assert indexes.build_memory_mb("ivfflat", lists) * 2**20 > 1969 * 2**20
-    assert indexes.build_memory_mb("hnsw", lists) == 1024
+    # hnsw: the graph in memory; 1,000,000 rows of a 64-d projection made a 434 MB index: the floor
+    assert indexes.build_memory_mb("hnsw", rows=1_000_000, dim=64) == 1024
+    ten_million = indexes.build_memory_mb("hnsw", rows=10_000_000, dim=64)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert ten_million == max(1024, min(physical // 4, math.ceil(10_000_000 * 428 * 1.2 / 2**20) + 128))
+    assert ten_million > 1024 or physical // 4 <= 1024
