@@ -24,11 +24,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import psycopg
 
 from bench import markdown
-from bench.common import exact_baseline, load_pixels, neighbor_sources
-from bench.headline import CLI, timed
+from bench.common import CLI, FakeEncoder, exact_baseline, load_pixels, neighbor_sources, recall_with_ties, timed
 from clipvdb import STAGES, Store, queries
 from clipvdb.sources import open_source
 
@@ -66,14 +66,8 @@ def recall_at_1(home: Path, run_id: int, truth: dict) -> float:
     with Store(home=home) as store, store.connection() as conn:
         found = neighbor_sources(conn, run_id, "first")
     position = {k: i for i, k in enumerate(truth["train_keys"])}
-    Xtr, Xte, nearest = truth["Xtr"], truth["Xte"], truth["nearest"]
-    hits = 0
-    for j, key in enumerate(truth["test_keys"]):
-        i = position.get(found.get(key, ""), -1)
-        if i >= 0:
-            best = float(((Xtr[nearest[j]] - Xte[j]) ** 2).sum())
-            hits += int(i == nearest[j] or float(((Xtr[i] - Xte[j]) ** 2).sum()) <= best * (1 + 1e-6))
-    return hits / len(truth["test_keys"])
+    found_at = np.array([position.get(found.get(key, ""), -1) for key in truth["test_keys"]])
+    return recall_with_ties(found_at, truth["nearest"], truth["Xte"], lambda idx: truth["Xtr"][idx])
 
 
 def grow_under_load(data: str, n_test: int, env: dict) -> dict:
@@ -115,11 +109,6 @@ def shard_figures(home: Path, source, n: int = 2000) -> dict:
     """Measured on the cluster: stage first's tables from the job, and for the CLIP stages `n`
     random vectors stored with Store.load_vectors (their default index, ivfflat on the full
     vectors): what a row costs on the workers, per table."""
-    import numpy as np
-
-    from bench.common import FakeEncoder
-    from clipvdb import Store
-
     out: dict = {}
     with Store(home=home, encoder=FakeEncoder()) as store:
         rng = np.random.default_rng(0)

@@ -380,6 +380,19 @@ def find_source(data: str | None, work: Path, quick: bool) -> Source:
     return open_source(synthetic.generate(work / "synthetic", {"train": 200, "test": 20}))
 
 
+def recall_with_ties(found: np.ndarray, exact: np.ndarray, queries_: np.ndarray, vectors_of) -> float:
+    """Recall@1: the share of queries whose found neighbour (a stored index, -1 for none) is the
+    exact nearest, or as near as it; both distances computed here the same way, in float64, from
+    `vectors_of(indices)`."""
+    q = queries_.astype(np.float64)
+    ok = found >= 0
+    dist = np.full(len(found), np.inf)
+    best = ((vectors_of(exact).astype(np.float64) - q) ** 2).sum(1)
+    if ok.any():
+        dist[ok] = ((vectors_of(found[ok]).astype(np.float64) - q[ok]) ** 2).sum(1)
+    return float(np.mean((found == exact) | (dist <= best * (1 + 1e-9))))
+
+
 def neighbor_sources(conn, run_id: int, stage: str) -> dict[str, str]:
     """Each query image's nearest neighbour in a run, as source keys: {query key: neighbour key}."""
     pairs = conn.execute(queries.RUN_NEIGHBOR_IDS, (run_id, stage)).fetchall()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench import markdown
-from bench.common import CLI, neighbor_sources
+from bench.common import CLI, neighbor_sources, recall_with_ties
 from bench.scale_data import make
 from clipvdb import Store, queries
 from clipvdb.encoder import TINY, load_encoder
@@ -238,19 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"}
     env["PYTHONUNBUFFERED"] = "1"
     result: dict = {"scale_set": made, "exact_s": exact_s, "sizes": []}
-    q = first_stage_vectors(test_pixels[sample]).astype(np.float64)
+    q = first_stage_vectors(test_pixels[sample])
     for n in sizes:
         r = one_size(n, args.scale_data, env, sample_keys, truth[n], train_keys)
-        # recall@1 with ties: the found image is the exact nearest, or as near as it (both distances
-        # computed the same way here, directly, in float64)
-        found = np.asarray(r["found"])
-        exact = truth[n][0]
-        ok = found >= 0
-        dist = np.full(len(found), np.inf)
-        best = ((first_stage_vectors(pixels_at(train_items, exact)).astype(np.float64) - q) ** 2).sum(1)
-        if ok.any():
-            dist[ok] = ((first_stage_vectors(pixels_at(train_items, found[ok])).astype(np.float64) - q[ok]) ** 2).sum(1)
-        r["recall_at_1"] = float(np.mean((found == exact) | (dist <= best * (1 + 1e-9))))
+        r["recall_at_1"] = recall_with_ties(
+            np.asarray(r["found"]), truth[n][0], q, lambda idx: first_stage_vectors(pixels_at(train_items, idx))
+        )
         result["sizes"].append(r)
         print(
             json.dumps({k: v for k, v in r.items() if k not in ("ingest", "evaluate", "timing", "found")}, default=str)

@@ -91,13 +91,15 @@ def make(data: Path, out: Path, total: int, seed: int = 0, workers: int | None =
     for it in train:
         assert it.path is not None
         cls = source.classes[it.label]
-        _link(Path(it.path), out / "train" / cls / "base" / Path(it.path).name)
-        rel.append((cls, Path(it.path).name))
+        path = Path(it.path)
+        _link(path, out / "train" / cls / "base" / path.name)
+        rel.append((cls, path.name))
         for c in range(1, copies + 1):
             (out / "train" / cls / f"copy{c:02d}").mkdir(parents=True, exist_ok=True)
     for it in source.items("test"):
         assert it.path is not None
-        _link(Path(it.path), out / "test" / source.classes[it.label] / Path(it.path).name)
+        path = Path(it.path)
+        _link(path, out / "test" / source.classes[it.label] / path.name)
     global _job
     _job = ([it.path for it in train], rel, out, seed, copies)
     chunk = 500

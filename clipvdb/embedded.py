@@ -128,15 +128,22 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
+def physical_memory_mb() -> int | None:
+    """The machine's memory in MB, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def shared_buffers_mb() -> int:
     """CLIPVDB_SHARED_BUFFERS (MB), else a quarter of memory up to 2 GB: enough to keep the ANN
     indexes of a CIFAR-sized set in shared memory (PostgreSQL's default is 128 MB)."""
     env = os.environ.get(config.ENV_SHARED_BUFFERS)
     if env:
         return max(16, int(env))
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    except (ValueError, OSError, AttributeError):
+    total = physical_memory_mb()
+    if total is None:
         return 128
     return int(max(128, min(2048, total // 4)))
 

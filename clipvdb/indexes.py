@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from . import config, db, projection, queries
+from . import config, db, embedded, projection, queries
 from .errors import UsageError
 from .stages import Stage
 
@@ -141,11 +141,8 @@ def build_memory_mb(kind: str, lists: int = 1, *, rows: int = 0, dim: int = 0, m
         return max(1024, math.ceil(200 * int(lists) ** 2 * 1.2 / 2**20) + 128)
     need = int(rows) * (2 * int(dim) + 16 * int(m) + 44) if kind == "hnsw" else 0
     want = max(1024, math.ceil(need * 1.2 / 2**20) + 128)
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    except (ValueError, OSError, AttributeError):
-        return want
-    return max(1024, min(want, physical // 4))
+    physical = embedded.physical_memory_mb()
+    return want if physical is None else max(1024, min(want, physical // 4))
 
 
 def build_workers() -> int:
@@ -266,7 +263,7 @@ def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     if row:
         kind, params, seconds = row
     else:
-        kind, params = stored_default(conn, stage)
+        kind, params = default_index(stage, rows, db.shard_count(conn, stage.table))
         params, seconds = {**params, "default": True}, None
     params = params or {}
     name = queries.index_name(stage, projected=bool(params.get("project")))

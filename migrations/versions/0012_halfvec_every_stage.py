@@ -68,7 +68,8 @@ def _retype(stage: str, old: str, new: str, storage: str) -> None:
     if not current or not current.startswith(f"{old}("):
         return
     dim = int(current[current.index("(") + 1 : -1])
-    if _distributed():
+    distributed = _distributed()
+    if distributed:
         # one connection per worker, so that a later migration step in the same transaction may still
         # create or drop functions (Citus refuses that after a parallel operation on a distributed table)
         op.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
@@ -76,7 +77,7 @@ def _retype(stage: str, old: str, new: str, storage: str) -> None:
     for name, _ in indexes:
         op.execute(f"DROP INDEX IF EXISTS {name}")
     retype = f"ALTER TABLE {table} ALTER COLUMN embedding TYPE {new}({dim}) USING embedding::{new}({dim})"
-    if _distributed():  # Citus refuses SET STORAGE on a distributed table: its default stays
+    if distributed:  # Citus refuses SET STORAGE on a distributed table: its default stays
         op.execute(retype)
     else:  # in the same statement, so that the table's rewrite already keeps the rows in line
         op.execute(f"{retype}, ALTER COLUMN embedding SET STORAGE {storage}")
