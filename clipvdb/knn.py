@@ -8,8 +8,8 @@ index (projection.py) the LATERAL takes candidates by the projected vector and o
 exact distance on the full embedding.
 
 On Citus, which refuses that LATERAL over a distributed table, the batch's vectors go by binary COPY
-into a reference table and each shard is searched by one delegated call (`_search_shards`,
-migration 0011).
+into a reference table and one statement runs the same LATERAL on every shard at once
+(`_search_shards`, migrations 0011 and 0013).
 
 A searcher's set-up is one statement: the space, the row counts (stage_counts, kept by triggers),
 the recorded index and whether it exists. No table is scanned before the query.
@@ -183,18 +183,25 @@ class KnnSearcher:
             )
 
     def _set_up_shards(self, conn: psycopg.Connection, **dims: int | None) -> None:
-        """On Citus: the per-shard statement and one anchor per shard (an image id that routes a
-        delegated call to that shard)."""
+        """On Citus: the per-shard statement and the anchors (knn_anchors: an image id in each shard
+        of images, which routes a search task to that shard), filled first where a shard has none."""
         s = self.settings
         self.shard_sql, self.shard_tables = queries.knn_shard(
             self.stage, s.metric, exact=s.exact, similarity=s.similarity, **dims
         )
-        self.anchors = [r[0] for r in conn.execute(queries.SHARD_ANCHORS).fetchall()]
         shards = db.shard_count(conn, "images")
-        if len(self.anchors) != shards:
-            raise DatabaseError(
-                f"no image id routes a search call to {shards - len(self.anchors)} of the {shards} shards of images"
-            )
+        for attempt in range(2):
+            self.anchors = [r[0] for r in conn.execute(queries.KNN_ANCHORS).fetchall()]
+            reached = db.scalar(conn, queries.KNN_ANCHOR_SHARDS, (self.anchors,))
+            if reached == shards:
+                return
+            if attempt == 0:
+                with conn.transaction():
+                    conn.execute(queries.FILL_KNN_ANCHORS)
+        raise DatabaseError(
+            f"knn_anchors reaches {reached} of the {shards} shards of images; "
+            "run 'clipvdb db nodes status' to check the cluster, then 'clipvdb db migrate'"
+        )
 
     def _set_up_learned(self, conn: psycopg.Connection) -> None:
         """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""
@@ -317,10 +324,9 @@ class KnnSearcher:
             ),
         )
 
-    def shard_args(self, anchor: int, batch: int, params: dict, settings: list[tuple[str, str]]) -> tuple:
-        """The arguments of clipvdb_knn_shard (and clipvdb_knn_shard_plan) for one shard."""
+    def call_args(self, batch: int, params: dict, settings: list[tuple[str, str]]) -> tuple:
+        """The arguments of clipvdb_knn_shard (and clipvdb_knn_shard_plan) after the anchor."""
         return (
-            anchor,
             batch,
             self.shard_sql,
             self.shard_tables,
@@ -340,17 +346,13 @@ class KnnSearcher:
         out: list[list[Neighbor]],
     ) -> None:
         """On Citus: the batch's vectors by binary COPY into knn_queries (a reference table, so a
-        copy on every worker), then one delegated call per shard that runs the single node's
-        LATERAL top-k over its shard; the shards' top k merged here. The transaction rolls back:
-        the query rows never outlive the search."""
+        copy on every worker), then one statement that runs the single node's LATERAL top-k on
+        every shard at once (queries.KNN_SHARDS); the shards' top k merged here. The transaction
+        rolls back: the query rows never outlive the search."""
         batch = secrets.randbits(62)
-        rows = []
         with conn.transaction(force_rollback=True):
             self.copy_batch(conn, batch, params)
-            for anchor in self.anchors:
-                rows += conn.execute(
-                    queries.KNN_SHARD, self.shard_args(anchor, batch, params, settings), prepare=False
-                ).fetchall()
+            rows = conn.execute(queries.KNN_SHARDS, self.call_args(batch, params, settings), prepare=False).fetchall()
         for ord_, image_id, label, source, dist, sim in sorted(rows, key=lambda r: (r[0], r[4], r[1])):
             if len(out[ord_ - 1]) < params["k"]:
                 out[ord_ - 1].append(

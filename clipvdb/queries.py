@@ -117,8 +117,10 @@ def knn(
         JOIN images i ON i.id = n.image_id{sim_join}
         ORDER BY q.ord, n.distance"""
     ).format(
-        dist=distance(stage, metric, emb, qv, exact=False),
-        order=distance(stage, metric, emb, qv, exact=exact),
+        # exact: the distance is the sort key itself, computed once per row (a select-list `<->`
+        # beside an ORDER BY l2_distance() is computed for every row scanned too: twice the work)
+        dist=distance(stage, metric, emb, qv, exact=exact),
+        order=sql.SQL("distance") if exact else distance(stage, metric, emb, qv, exact=False),
         table=sql.Identifier(stage.table),
         e=e,
         vtype=sql.SQL(stage.column_type),
@@ -131,13 +133,15 @@ def knn_learned(stage: Stage, dim: int, *, exact: bool = False, similarity: bool
     """Batched kNN in a stage's learned space: %(projected)b holds the queries' images under the
     map; neighbours come from learned_<stage> ordered by L2 distance there (index unless `exact`)."""
     col, q = sql.SQL("c.vec"), sql.SQL("(q.p)::vector({})").format(sql.Literal(dim))
-    order = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
+    # exact: the sort key is the selected distance, computed once per row (see `knn`)
+    dist = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
+    order = sql.SQL("distance") if exact else dist
     sim, sim_join = _similarity(stage.learned_table, "vec", sql.SQL("q.p"), sql.SQL("vector"), similarity)
     return sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
         FROM unnest(%(projected)b::vector[]) WITH ORDINALITY AS q(p, ord)
         CROSS JOIN LATERAL (
-            SELECT c.image_id, c.vec <-> {q} AS distance
+            SELECT c.image_id, {dist} AS distance
             FROM {table} c
             WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s
             ORDER BY {order}
@@ -145,7 +149,7 @@ def knn_learned(stage: Stage, dim: int, *, exact: bool = False, similarity: bool
         ) n
         JOIN images i ON i.id = n.image_id{sim_join}
         ORDER BY q.ord, n.distance"""
-    ).format(q=q, table=sql.Identifier(stage.learned_table), order=order, sim=sim, sim_join=sim_join)
+    ).format(dist=dist, table=sql.Identifier(stage.learned_table), order=order, sim=sim, sim_join=sim_join)
 
 
 SAVE_LEARNED_MAP = """INSERT INTO learned_maps
@@ -727,17 +731,26 @@ def set_system(name: str, value: str) -> sql.Composed:
 
 # ---------------------------------------------------------------- batched kNN on Citus
 
-# A batch's vectors on Citus go into knn_queries (a reference table) for one search; each shard is
-# searched by clipvdb_knn_shard (migration 0011), delegated to the worker holding it.
+# A batch's vectors on Citus go into knn_queries (a reference table) for one search; one statement
+# then runs clipvdb_knn_shard (migration 0011) on every shard of images at once: a multi-shard query
+# over knn_anchors (migration 0013, one row per shard). Its join to the batch's first row of
+# knn_queries makes each task read the placement this transaction's COPY wrote, which Citus does on
+# the connection that wrote it: without the join a task on a fresh connection would see no vectors.
 COPY_KNN_QUERIES = "COPY knn_queries (batch_id, ord, v, h, p) FROM STDIN WITH (FORMAT BINARY)"
-KNN_SHARD = "SELECT * FROM clipvdb_knn_shard(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+KNN_SHARDS = """SELECT f.* FROM knn_anchors a
+JOIN knn_queries q ON q.batch_id = %s AND q.ord = 1
+CROSS JOIN LATERAL clipvdb_knn_shard(a.anchor, q.batch_id, %s, %s, %s, %s, %s, %s, %s, %s) f"""
 KNN_SHARD_PLAN = "SELECT * FROM clipvdb_knn_shard_plan(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-# one image id in each shard of images: the value that routes a delegated call to that shard
-# 64 ids per shard: each shard is missed with probability e^-64 (the searcher checks it found all)
-SHARD_ANCHORS = """SELECT DISTINCT ON (shard) v FROM (
+KNN_ANCHORS = "SELECT anchor FROM knn_anchors ORDER BY anchor"
+# the shards of images that the anchors reach
+KNN_ANCHOR_SHARDS = "SELECT count(DISTINCT get_shard_id_for_distribution_column('images', a)) FROM unnest(%s::bigint[]) a"
+# migration 0013's fill, for a cluster whose shards changed after it ran (ON CONFLICT: idempotent)
+FILL_KNN_ANCHORS = """INSERT INTO knn_anchors
+SELECT DISTINCT ON (shard) v FROM (
     SELECT get_shard_id_for_distribution_column('images', v) AS shard, v
     FROM generate_series(1, 64 * (SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'images'::regclass)) AS v
-) s ORDER BY shard, v"""
+) s ORDER BY shard, v
+ON CONFLICT DO NOTHING"""
 
 
 def knn_shard(
@@ -760,10 +773,10 @@ def knn_shard(
     qv: sql.Composable
     if learned_dim is not None:
         qv = sql.SQL("(q.v)::vector({})").format(sql.Literal(learned_dim))
-        order = sql.SQL("l2_distance(x.vec, {})").format(qv) if exact else sql.SQL("x.vec <-> {}").format(qv)
-        inner = sql.SQL(
-            "SELECT x.image_id, x.vec <-> {qv} AS distance FROM %1$I x WHERE {where} ORDER BY {order}"
-        ).format(qv=qv, where=where, order=order)
+        ldist = sql.SQL("l2_distance(x.vec, {})").format(qv) if exact else sql.SQL("x.vec <-> {}").format(qv)
+        inner = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where} ORDER BY {order}").format(
+            dist=ldist, where=where, order=sql.SQL("distance") if exact else ldist
+        )
         sim_col, sim_q = "vec", qv
         table = stage.learned_table
     else:
@@ -779,10 +792,11 @@ def knn_shard(
                 JOIN %1$I x ON x.space_id = c.space_id AND x.image_id = c.image_id
                 ORDER BY distance"""
             ).format(dist=dist, ptype=sql.SQL(PROJECTION_TYPE), pdim=sql.Literal(projected_dim))
-        else:
-            order = distance(stage, metric, emb, qv, exact=exact)
+        else:  # exact: the sort key is the selected distance, computed once per row (as in `knn`)
             inner = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where} ORDER BY {order}").format(
-                dist=dist, where=where, order=order
+                dist=distance(stage, metric, emb, qv, exact=exact),
+                where=where,
+                order=sql.SQL("distance") if exact else dist,
             )
         sim_col, sim_q = "embedding", sql.SQL("({})::{}").format(qv, _type(stage))
         table = stage.table

@@ -139,8 +139,8 @@ def _explain(store: Store, statement, params) -> str:
 
 
 def _shard_plans(store: Store, searcher, vectors: np.ndarray) -> list[str]:
-    """Each shard's EXPLAIN ANALYZE of a batch search, through clipvdb_knn_shard_plan, delegated
-    like the search itself; the batch's rows exist only inside the transaction."""
+    """Each shard's EXPLAIN ANALYZE of a batch search, through clipvdb_knn_shard_plan (a call
+    delegated to the shard's worker); the batch's rows exist only inside the transaction."""
     plans = []
     params = searcher.query_params(vectors)
     # tiny shards: make the planner show its choice, as the single-node index tests do
@@ -148,14 +148,14 @@ def _shard_plans(store: Store, searcher, vectors: np.ndarray) -> list[str]:
     with store.connection() as conn, conn.transaction(force_rollback=True):
         searcher.copy_batch(conn, 7, params)
         for anchor in searcher.anchors:
-            rows = conn.execute(queries.KNN_SHARD_PLAN, searcher.shard_args(anchor, 7, params, settings)).fetchall()
+            rows = conn.execute(queries.KNN_SHARD_PLAN, (anchor, *searcher.call_args(7, params, settings))).fetchall()
             plans.append("\n".join(r[0] for r in rows))
     return plans
 
 
-def test_batched_knn_searches_every_shard_in_one_delegated_call(cstore, cluster_data):
-    """A batch's vectors travel once (knn_queries, a reference table); every shard runs the single
-    node's LATERAL top-k through its own index, in one call delegated to the worker holding it."""
+def test_batched_knn_searches_every_shard_in_one_statement(cstore, cluster_data):
+    """A batch's vectors travel once (knn_queries, a reference table); one statement runs the single
+    node's LATERAL top-k on every shard, each through its own index."""
     with cstore.connection() as conn:
         shards = db.shard_count(conn, "embeddings_first")
     assert shards == 4
@@ -168,12 +168,13 @@ def test_batched_knn_searches_every_shard_in_one_delegated_call(cstore, cluster_
     assert projected.projection is not None
     for plan in _shard_plans(cstore, projected, q):
         assert "Index Scan using projections_first_ann_" in plan and "knn_queries_" in plan
-    # the call is routed to one worker: Citus's distributed function delegation, one task
+    # the search is one multi-shard statement: a task on each shard's worker
     with cstore.connection() as conn:
-        args = exact.shard_args(exact.anchors[0], 1, exact.query_params(q), [])
-        text = "\n".join(r[0] for r in conn.execute("EXPLAIN (COSTS OFF) " + queries.KNN_SHARD, args).fetchall())
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("EXPLAIN (COSTS OFF) " + queries.KNN_SHARDS, exact.call_args(1, exact.query_params(q), []))
+        text = "\n".join(r[0] for r in cur.fetchall())
         conn.rollback()
-    assert "Task Count: 1" in text and "clipvdb_knn_shard" in text
+    assert f"Task Count: {shards}" in text and "clipvdb_knn_shard" in text, text
     # a learned map: each shard walks its own ivfflat index in the learned space
     cstore.learn("first", 16, method="pca")
     learned_searcher = cstore.searcher(FIRST, SearchSettings(learned=True))
