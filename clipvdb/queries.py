@@ -743,7 +743,9 @@ CROSS JOIN LATERAL clipvdb_knn_shard(a.anchor, q.batch_id, %s, %s, %s, %s, %s, %
 KNN_SHARD_PLAN = "SELECT * FROM clipvdb_knn_shard_plan(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 KNN_ANCHORS = "SELECT anchor FROM knn_anchors ORDER BY anchor"
 # the shards of images that the anchors reach
-KNN_ANCHOR_SHARDS = "SELECT count(DISTINCT get_shard_id_for_distribution_column('images', a)) FROM unnest(%s::bigint[]) a"
+KNN_ANCHOR_SHARDS = (
+    "SELECT count(DISTINCT get_shard_id_for_distribution_column('images', a)) FROM unnest(%s::bigint[]) a"
+)
 # migration 0013's fill, for a cluster whose shards changed after it ran (ON CONFLICT: idempotent)
 FILL_KNN_ANCHORS = """INSERT INTO knn_anchors
 SELECT DISTINCT ON (shard) v FROM (
