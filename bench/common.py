@@ -298,6 +298,27 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def server_cpu_s(home: Path) -> float:
+    """CPU seconds spent so far by the PostgreSQL servers whose data directories lie under `home`
+    (every node of a local cluster): each postmaster's own time, its ended children's (cutime and
+    cstime: a backend's time moves there when it exits) and its live children's."""
+    procs: dict[int, tuple[int, list[int], bytes]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:  # ended while listed
+            continue
+        procs[int(name)] = (int(fields[1]), [int(x) for x in fields[11:15]], cmd)
+    mark = str(home).encode() + b"/"
+    roots = {pid for pid, (_, _, cmd) in procs.items() if b"postgres\0-D\0" in cmd and mark in cmd}
+    ticks = sum(sum(times) for pid, (_, times, _) in procs.items() if pid in roots)
+    ticks += sum(times[0] + times[1] for _, (ppid, times, _) in procs.items() if ppid in roots)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _machine_busy_seconds() -> float:
     """CPU seconds not idle across the machine (all cores), from /proc/stat; 0 if unknown."""
     try:

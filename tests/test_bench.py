@@ -158,3 +158,27 @@ def test_peers_block_compares_every_peer_with_the_clipvdb_cli():
     assert "Against slowdb: clipvdb's total is 7.0x faster, at 35.10 % against its 33.00 % over its first 10" in text
     assert "(ahead)" in text and "Gap to faiss IndexFlatL2 (exact)" in text
     assert "(not ahead)" in render(_peers_result(200.0))
+
+
+def test_server_cpu_counts_a_homes_servers_and_their_ended_backends(tmp_path):
+    """bench.cluster's CPU per query: what a home's servers spent, a backend's time kept after it
+    exits, another home's servers not counted."""
+    import psycopg
+
+    from bench.common import server_cpu_s
+    from clipvdb import embedded
+
+    home = tmp_path / "home"
+    url = embedded.start(home)
+    try:
+        before = server_cpu_s(home)
+        start = time.perf_counter()
+        with psycopg.connect(url) as conn:  # the backend exits with the connection
+            conn.execute("SELECT count(*) FROM generate_series(1, 4000000) g WHERE g % 7 = 0").fetchone()
+        wall = time.perf_counter() - start
+        time.sleep(0.2)  # the postmaster reaps the backend
+        spent = server_cpu_s(home) - before
+        assert wall * 0.5 <= spent <= wall + 0.5, (spent, wall)
+        assert server_cpu_s(tmp_path / "hom") == 0.0  # a path prefix of this home is another home
+    finally:
+        embedded.stop(home)

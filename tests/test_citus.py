@@ -188,6 +188,30 @@ def test_batched_knn_searches_every_shard_in_one_statement(cstore, cluster_data)
             conn.execute(queries.knn(FIRST), {**params, "vectors": [params["v"]]})
 
 
+def test_every_shard_searched_and_a_missing_anchor_refilled(cstore):
+    """knn_anchors routes a task to every shard: a stored vector of each shard finds itself; with
+    one anchor gone, a new searcher puts it back (the search would miss that shard's rows)."""
+    with cstore.connection() as conn:
+        shards = db.shard_count(conn, "images")
+        conn.execute("DELETE FROM knn_anchors WHERE anchor = (SELECT min(anchor) FROM knn_anchors)")
+        conn.commit()
+    assert _sql(cstore, "SELECT count(*) FROM knn_anchors") == [(shards - 1,)]
+    searcher = cstore.searcher(FIRST, SearchSettings(exact=True, k=1))
+    assert len(searcher.anchors) == shards
+    assert _sql(cstore, "SELECT count(*) FROM knn_anchors") == [(shards,)]
+    one_per_shard = _sql(
+        cstore,
+        "SELECT DISTINCT ON (get_shard_id_for_distribution_column('images', image_id)) image_id, embedding "
+        "FROM embeddings_first ORDER BY get_shard_id_for_distribution_column('images', image_id), image_id",
+    )
+    assert len(one_per_shard) == shards
+    vectors = np.stack([np.asarray(e.to_numpy(), dtype=np.float32) for _, e in one_per_shard])
+    with cstore.connection() as conn:
+        found, _ = searcher.search(conn, vectors)
+    assert [f[0].image_id for f in found] == [i for i, _ in one_per_shard]
+    assert all(f[0].distance == 0 for f in found)
+
+
 class store_searcher:
     def __init__(self, store: Store):
         self.store = store
