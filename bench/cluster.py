@@ -2,11 +2,14 @@
 
     python -m bench.cluster --data .cache/data/cifar10 --train 10000 --test 1000
 
-Every command runs as a subprocess with a fresh CLIPVDB_HOME, as a user types it: `ingest` and
-`evaluate` (default path and --exact) on the single embedded server, then `db nodes start
---workers 2` and the same commands on the coordinator. The in-process exact 1-NN over the same
-pixel arrays is the accuracy reference. On one machine the two workers share its cores with the
-coordinator, so the cluster cannot be faster: the item shows correctness and overhead.
+Every command runs as a subprocess with a fresh CLIPVDB_HOME, as a user types it: on the single
+embedded server, on `db nodes start --workers 2` and on `--workers 3`, `ingest`, then `evaluate`
+(default path and --exact) in rounds: every home is up at once and the evaluates are interleaved,
+the order turning each round, so a drift of the machine reaches all three alike; each path's run
+with the median query time stands. The in-process exact 1-NN over the same pixel arrays is the
+accuracy reference. On one machine the workers share its cores with the coordinator, so the
+cluster cannot be faster: the item shows correctness and overhead, and the CPU every node spends
+per query.
 
 Per-shard bytes per row (heap and index, measured on the cluster) are extrapolated to 10 million,
 100 million and 1 billion vectors per stage for docs/citus.md ("Bytes per row and an estimate for
@@ -46,10 +49,8 @@ ROWS_PER_SHARD = 5_000_000  # a shard small enough to rebuild its index in minut
 WORKER_RAM_GB = 128  # a worker's memory; half of it for the hot set (ANN index, projections)
 
 
-def run_job(data: str, n_train: int, n_test: int, home: Path, env: dict, workers: int, repeat: int) -> dict:
-    """Start the nodes, ingest, then each evaluate path `repeat` times: the run with the median
-    query time stands for the path, every run's times kept beside it. Server CPU is what every
-    node's processes spent during the command."""
+def set_up(data: str, n_train: int, env: dict, workers: int) -> dict:
+    """Start the nodes (a cluster) and ingest the training images, each command timed."""
     row: dict = {}
     if workers:
         row["nodes_start_s"], _ = timed(["db", "nodes", "start", "--workers", str(workers), "--json"], env)
@@ -57,28 +58,42 @@ def run_job(data: str, n_train: int, n_test: int, home: Path, env: dict, workers
         ["ingest", "--stage", "first", "--data", data, "--split", "train", "--limit", str(n_train), "--json"], env
     )
     row["ingest"] = json.loads(out)
-    for name, extra in (("default", []), ("exact", ["--exact"])):
-        runs = []
-        for _ in range(repeat):
-            cpu0 = server_cpu_s(home)
-            seconds, out = timed(
-                ["evaluate", "--stage", "first", "--data", data, "--num", str(n_test), "--json", *extra], env
-            )
-            cpu = server_cpu_s(home) - cpu0
-            result = json.loads(out)
-            first = result["stages"]["first"]
-            runs.append(
-                {
-                    "command_s": seconds,
-                    "query_s": first["query_s"],
-                    "server_cpu_ms_per_query": cpu * 1000 / first["n"],
-                    "accuracy_pct": first["accuracy_pct"],
-                    "run_id": result["run_id"],
-                }
-            )
-        median = sorted(runs, key=lambda r: r["query_s"])[len(runs) // 2]
-        row[name] = {**median, "runs": runs}
     return row
+
+
+def evaluate_once(data: str, n_test: int, home: Path, env: dict, exact: bool) -> dict:
+    """One evaluate command: its time, the query time it reports, and the CPU every node of the
+    home spent during it, per query."""
+    cpu0 = server_cpu_s(home)
+    seconds, out = timed(
+        [
+            "evaluate",
+            "--stage",
+            "first",
+            "--data",
+            data,
+            "--num",
+            str(n_test),
+            "--json",
+            *(["--exact"] if exact else []),
+        ],
+        env,
+    )
+    cpu = server_cpu_s(home) - cpu0
+    result = json.loads(out)
+    first = result["stages"]["first"]
+    return {
+        "command_s": seconds,
+        "query_s": first["query_s"],
+        "server_cpu_ms_per_query": cpu * 1000 / first["n"],
+        "accuracy_pct": first["accuracy_pct"],
+        "run_id": result["run_id"],
+    }
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median query time, every run's figures beside it."""
+    return {**sorted(runs, key=lambda r: r["query_s"])[len(runs) // 2], "runs": runs}
 
 
 def recall_at_1(home: Path, run_id: int, truth: dict) -> float:
@@ -184,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train", type=int, default=10_000)
     ap.add_argument("--test", type=int, default=1_000)
     ap.add_argument("--out", type=Path, default=Path("bench-out/cluster.json"))
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each evaluate path; the median stands")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of evaluates; each path's median run stands")
     ap.add_argument("--write", action="store_true", help="rewrite the cluster block of BENCHMARKS.md")
     args = ap.parse_args(argv)
     source = open_source(args.data)
@@ -194,22 +209,35 @@ def main(argv: list[str] | None = None) -> dict:
     nearest, base_s = exact_baseline(Xtr, Xte)
     result["baseline"] = {"seconds": base_s, "accuracy_pct": float((ytr[nearest] == yte).mean() * 100)}
     truth = {"Xtr": Xtr, "Xte": Xte, "nearest": nearest, "train_keys": train_keys, "test_keys": test_keys}
-    for name, workers in (("single", 0), ("cluster", 2), ("cluster3", 3)):
-        home = Path(tempfile.mkdtemp(prefix=f"clipvdb-{name}-"))
+    configs = (("single", 0), ("cluster", 2), ("cluster3", 3))
+    homes = {name: Path(tempfile.mkdtemp(prefix=f"clipvdb-{name}-")) for name, _ in configs}
+    envs = {}
+    for name, _ in configs:
         env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"}
-        env.update(CLIPVDB_HOME=str(home), PYTHONUNBUFFERED="1")
-        try:
-            result[name] = run_job(args.data, args.train, args.test, home, env, workers, args.repeat)
+        envs[name] = {**env, "CLIPVDB_HOME": str(homes[name]), "PYTHONUNBUFFERED": "1"}
+    try:
+        for name, workers in configs:
+            result[name] = set_up(args.data, args.train, envs[name], workers)
+        # every home up at once, the evaluates interleaved (the order turning each round), so
+        # that a drift of the machine over the run reaches one node and the clusters alike
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for round_ in range(args.repeat):
+            for name, _ in configs[round_ % 3 :] + configs[: round_ % 3]:
+                for path in ("default", "exact"):
+                    run = evaluate_once(args.data, args.test, homes[name], envs[name], path == "exact")
+                    runs.setdefault((name, path), []).append(run)
+        for name, _ in configs:
             for path in ("default", "exact"):
-                result[name][path]["recall_at_1"] = recall_at_1(home, result[name][path]["run_id"], truth)
-            if name == "cluster":
-                result["grow"] = grow_under_load(args.data, args.test, env)
-                result["nodes"] = json.loads(timed(["db", "nodes", "status", "--json"], env)[1])
-                result["shards"] = shard_figures(home, source)
-        finally:
+                result[name][path] = median_run(runs[name, path])
+                result[name][path]["recall_at_1"] = recall_at_1(homes[name], result[name][path]["run_id"], truth)
+        result["grow"] = grow_under_load(args.data, args.test, envs["cluster"])
+        result["nodes"] = json.loads(timed(["db", "nodes", "status", "--json"], envs["cluster"])[1])
+        result["shards"] = shard_figures(homes["cluster"], source)
+    finally:
+        for name, workers in configs:
             stop = ["db", "nodes", "stop"] if workers else ["db", "stop"]
-            subprocess.run(CLI + stop, env=env, capture_output=True)
-            shutil.rmtree(home, ignore_errors=True)
+            subprocess.run(CLI + stop, env=envs[name], capture_output=True)
+            shutil.rmtree(homes[name], ignore_errors=True)
     result["estimates"] = scale_estimates(result["shards"])
     s, c, c3 = result["single"], result["cluster"], result["cluster3"]
     result["ratios"] = {
@@ -342,8 +370,8 @@ def render(r: dict) -> str:
             f"so on one machine the cluster shows correctness and overhead, not speed. Stage first, the first "
             f"{r['train']:,} CIFAR-10 training images stored, the first {r['test']:,} test images queried. In-process "
             f"exact 1-NN over the same arrays: {r['baseline']['accuracy_pct']:.2f} % in {r['baseline']['seconds']:.2f} s. "
-            f"Each evaluate path runs {r['repeat']} times on its home: the run with the median query time stands "
-            "(the runs' range in brackets). Server CPU: what every node's PostgreSQL processes spent during the "
+            f"The three homes are up at once and their evaluates interleaved in {r['repeat']} rounds (the order "
+            "turning each round): each path's run with the median query time stands (the runs' range in brackets). Server CPU: what every node's PostgreSQL processes spent during the "
             "command, per query; on separate machines it is what bounds a cluster's throughput.",
             "",
             markdown.table(["", "one node", "2 workers", "3 workers", "2 / 3 workers over one node"], rows),
