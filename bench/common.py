@@ -298,10 +298,11 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def server_cpu_s(home: Path) -> float:
-    """CPU seconds spent so far by the PostgreSQL servers whose data directories lie under `home`
-    (every node of a local cluster): each postmaster's own time, its ended children's (cutime and
-    cstime: a backend's time moves there when it exits) and its live children's."""
+def server_cpu_s(home: Path) -> dict[str, float]:
+    """CPU seconds spent so far by each PostgreSQL server whose data directory lies under `home`
+    (every node of a local cluster), by data directory relative to `home` ("pgdata" for one node
+    or the coordinator): each postmaster's own time, its ended children's (cutime and cstime: a
+    backend's time moves there when it exits) and its live children's."""
     procs: dict[int, tuple[int, list[int], bytes]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -312,11 +313,20 @@ def server_cpu_s(home: Path) -> float:
         except OSError:  # ended while listed
             continue
         procs[int(name)] = (int(fields[1]), [int(x) for x in fields[11:15]], cmd)
-    mark = str(home).encode() + b"/"
-    roots = {pid for pid, (_, _, cmd) in procs.items() if b"postgres\0-D\0" in cmd and mark in cmd}
-    ticks = sum(sum(times) for pid, (_, times, _) in procs.items() if pid in roots)
-    ticks += sum(times[0] + times[1] for _, (ppid, times, _) in procs.items() if ppid in roots)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    base = home.resolve()  # the servers are started with resolved paths
+    roots: dict[int, str] = {}
+    for pid, (_, _, cmd) in procs.items():
+        args = cmd.split(b"\0")
+        if args[0].endswith(b"postgres") and b"-D" in args[:-1]:
+            data = Path(os.fsdecode(args[args.index(b"-D") + 1]))
+            if data.is_relative_to(base):
+                roots[pid] = str(data.relative_to(base))
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {name: sum(procs[pid][1]) / tick for pid, name in roots.items()}
+    for ppid, times, _ in procs.values():
+        if ppid in roots:
+            out[roots[ppid]] += (times[0] + times[1]) / tick
+    return out
 
 
 def _machine_busy_seconds() -> float:

@@ -37,7 +37,7 @@ DEFAULT_PROJECT_FIRST = 64
 DEFAULT_BATCH_SIZE = 64  # ingest with a CLIP stage (the encoder's batch)
 DEFAULT_FIRST_BATCH_SIZE = 256  # ingest of stage first alone: fewer, larger COPY transactions
 DEFAULT_EVAL_BATCH_SIZE = 100
-# on Citus a batch costs one COPY of its vectors and one call per shard, whatever its size
+# on Citus a batch costs one COPY of its vectors and one statement over every shard, whatever its size
 DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED = 400
 DEFAULT_POOL_SIZE = 4
 

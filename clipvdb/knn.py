@@ -8,11 +8,12 @@ index (projection.py) the LATERAL takes candidates by the projected vector and o
 exact distance on the full embedding.
 
 On Citus, which refuses that LATERAL over a distributed table, the batch's vectors go by binary COPY
-into a reference table and one statement runs the same LATERAL on every shard at once
-(`_search_shards`, migrations 0011 and 0013).
+into a reference table and one statement runs the same LATERAL on every shard (`_search_shards`,
+migrations 0011 and 0013).
 
 A searcher's set-up is one statement: the space, the row counts (stage_counts, kept by triggers),
-the recorded index and whether it exists. No table is scanned before the query.
+the recorded index and whether it exists. No table is scanned before the query (on Citus the
+set-up also reads knn_anchors, one row per shard).
 """
 
 from __future__ import annotations
@@ -183,8 +184,9 @@ class KnnSearcher:
             )
 
     def _set_up_shards(self, conn: psycopg.Connection, **dims: int | None) -> None:
-        """On Citus: the per-shard statement and the anchors (knn_anchors: an image id in each shard
-        of images, which routes a search task to that shard), filled first where a shard has none."""
+        """On Citus: the per-shard statement and the anchors (knn_anchors: one id value per shard of
+        images, which routes a search task to that shard). Anchors that miss a shard or share one
+        (the shards were re-cut) are replaced, in the caller's transaction: Store commits it."""
         s = self.settings
         self.shard_sql, self.shard_tables = queries.knn_shard(
             self.stage, s.metric, exact=s.exact, similarity=s.similarity, **dims
@@ -193,14 +195,15 @@ class KnnSearcher:
         for attempt in range(2):
             self.anchors = [r[0] for r in conn.execute(queries.KNN_ANCHORS).fetchall()]
             reached = db.scalar(conn, queries.KNN_ANCHOR_SHARDS, (self.anchors,))
-            if reached == shards:
+            if len(self.anchors) == reached == shards:
                 return
             if attempt == 0:
                 with conn.transaction():
+                    conn.execute(queries.CLEAR_KNN_ANCHORS)
                     conn.execute(queries.FILL_KNN_ANCHORS)
         raise DatabaseError(
-            f"knn_anchors reaches {reached} of the {shards} shards of images; "
-            "run 'clipvdb db nodes status' to check the cluster, then 'clipvdb db migrate'"
+            f"{len(self.anchors)} search anchors reach {reached} of the {shards} shards of images after a refill; "
+            "'clipvdb db nodes status' shows which shards have no placement"
         )
 
     def _set_up_learned(self, conn: psycopg.Connection) -> None:
@@ -347,7 +350,7 @@ class KnnSearcher:
     ) -> None:
         """On Citus: the batch's vectors by binary COPY into knn_queries (a reference table, so a
         copy on every worker), then one statement that runs the single node's LATERAL top-k on
-        every shard at once (queries.KNN_SHARDS); the shards' top k merged here. The transaction
+        every shard (queries.KNN_SHARDS); the shards' top k merged here. The transaction
         rolls back: the query rows never outlive the search."""
         batch = secrets.randbits(62)
         with conn.transaction(force_rollback=True):

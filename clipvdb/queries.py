@@ -732,10 +732,11 @@ def set_system(name: str, value: str) -> sql.Composed:
 # ---------------------------------------------------------------- batched kNN on Citus
 
 # A batch's vectors on Citus go into knn_queries (a reference table) for one search; one statement
-# then runs clipvdb_knn_shard (migration 0011) on every shard of images at once: a multi-shard query
-# over knn_anchors (migration 0013, one row per shard). Its join to the batch's first row of
-# knn_queries makes each task read the placement this transaction's COPY wrote, which Citus does on
-# the connection that wrote it: without the join a task on a fresh connection would see no vectors.
+# then runs clipvdb_knn_shard (migration 0011) on every shard of images: a multi-shard query over
+# knn_anchors (migration 0013, one row per shard). Its join to the batch's first row of knn_queries
+# makes each task read the placement this transaction's COPY wrote, which Citus does on the
+# connection that wrote it (a worker's shards one after another there, the workers in parallel):
+# without the join a task on a fresh connection would see no vectors.
 COPY_KNN_QUERIES = "COPY knn_queries (batch_id, ord, v, h, p) FROM STDIN WITH (FORMAT BINARY)"
 KNN_SHARDS = """SELECT f.* FROM knn_anchors a
 JOIN knn_queries q ON q.batch_id = %s AND q.ord = 1
@@ -746,7 +747,8 @@ KNN_ANCHORS = "SELECT anchor FROM knn_anchors ORDER BY anchor"
 KNN_ANCHOR_SHARDS = (
     "SELECT count(DISTINCT get_shard_id_for_distribution_column('images', a)) FROM unnest(%s::bigint[]) a"
 )
-# migration 0013's fill, for a cluster whose shards changed after it ran (ON CONFLICT: idempotent)
+# migration 0013's fill, for a cluster whose shards changed after it ran (after CLEAR_KNN_ANCHORS)
+CLEAR_KNN_ANCHORS = "DELETE FROM knn_anchors"
 FILL_KNN_ANCHORS = """INSERT INTO knn_anchors
 SELECT DISTINCT ON (shard) v FROM (
     SELECT get_shard_id_for_distribution_column('images', v) AS shard, v

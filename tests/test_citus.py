@@ -35,6 +35,12 @@ def cstore(citus_home, cluster_data):
         yield s
 
 
+# anchors, and the shards of images they reach
+_ANCHORS_REACH = (
+    "SELECT count(*), count(DISTINCT get_shard_id_for_distribution_column('images', anchor)) FROM knn_anchors"
+)
+
+
 def _sql(store: Store, query, params=None) -> list[tuple]:
     with store.connection() as conn:
         rows = conn.execute(query, params).fetchall()
@@ -52,6 +58,10 @@ def test_placement(cstore):
     assert tables["eval_runs"]["type"] == "local"  # on the coordinator: writable while a worker is down
     colocation = dict(_sql(cstore, "SELECT table_name::text, colocation_id FROM citus_tables"))
     assert colocation["embeddings_first"] == colocation["images"] == colocation["predictions"]
+    # the search anchors: one per shard of images, moving with them
+    assert tables["knn_anchors"]["type"] == "distributed" and tables["knn_anchors"]["distribution_column"] == "anchor"
+    assert colocation["knn_anchors"] == colocation["images"]
+    assert _sql(cstore, _ANCHORS_REACH) == [(4, 4)]
     # distributing again changes nothing
     assert _sql(cstore, "SELECT clipvdb_distribute()")[0][0] == "already distributed"
 
@@ -190,7 +200,8 @@ def test_batched_knn_searches_every_shard_in_one_statement(cstore, cluster_data)
 
 def test_every_shard_searched_and_a_missing_anchor_refilled(cstore):
     """knn_anchors routes a task to every shard: a stored vector of each shard finds itself; with
-    one anchor gone, a new searcher puts it back (the search would miss that shard's rows)."""
+    one anchor gone, a new searcher puts it back (the search would miss that shard's rows); with
+    two in one shard, it keeps one (the shard would be searched twice)."""
     with cstore.connection() as conn:
         shards = db.shard_count(conn, "images")
         conn.execute("DELETE FROM knn_anchors WHERE anchor = (SELECT min(anchor) FROM knn_anchors)")
@@ -210,6 +221,21 @@ def test_every_shard_searched_and_a_missing_anchor_refilled(cstore):
         found, _ = searcher.search(conn, vectors)
     assert [f[0].image_id for f in found] == [i for i, _ in one_per_shard]
     assert all(f[0].distance == 0 for f in found)
+    with cstore.connection() as conn:  # a second anchor in the shard of the first
+        conn.execute(
+            "INSERT INTO knn_anchors SELECT v FROM generate_series(1, 1000) v "
+            "WHERE get_shard_id_for_distribution_column('images', v) = "
+            "get_shard_id_for_distribution_column('images', (SELECT min(anchor) FROM knn_anchors)) "
+            "AND v NOT IN (SELECT anchor FROM knn_anchors) LIMIT 1"
+        )
+        conn.commit()
+    assert _sql(cstore, _ANCHORS_REACH) == [(shards + 1, shards)]
+    again = cstore.searcher(FIRST, SearchSettings(exact=True, k=2))
+    assert len(again.anchors) == shards and _sql(cstore, _ANCHORS_REACH) == [(shards, shards)]
+    with cstore.connection() as conn:
+        found, _ = again.search(conn, vectors)
+    assert [[n.image_id for n in f][:1] for f in found] == [[i] for i, _ in one_per_shard]
+    assert all(len({n.image_id for n in f}) == 2 for f in found)  # no neighbour twice
 
 
 class store_searcher:
@@ -323,6 +349,8 @@ def test_a_home_with_data_becomes_a_cluster(citus_home, syn_data, tmp_path):
             assert len(rows) == 2 and sum(rows) == 60
             assert _sql(one, "SELECT status FROM eval_runs WHERE id = %s", (before.run_id,)) == [("complete",)]
             assert _sql(one, "SELECT count(*) FROM predictions") == [(20,)]
+            # clipvdb_distribute() placed and filled the search anchors before any searcher ran
+            assert _sql(one, _ANCHORS_REACH) == [(4, 4)]
             with one.connection() as conn:
                 assert indexes.info(conn, FIRST).params.get("shards") == 4
             after = one.evaluate(syn_data, stage="first", settings=SearchSettings(exact=True))

@@ -1,11 +1,12 @@
-"""Batched kNN on Citus in one statement: every shard searched at once.
+"""Batched kNN on Citus in one statement over every shard.
 
 0011 searched a batch with one delegated call per shard, one after another. Here a table with one
 row per shard of images, knn_anchors, lets one statement reach every shard: a multi-shard query over
-it calls clipvdb_knn_shard(anchor, ...) on each shard's worker, and Citus runs the shards' tasks in
-parallel. The statement joins the batch's first row of knn_queries, the reference table the
-search's COPY wrote in the same transaction; Citus runs a task that reads a placement written in
-the transaction on the connection that wrote it, so every task sees the batch's vectors.
+it calls clipvdb_knn_shard(anchor, ...) on each shard's worker. The statement joins the batch's
+first row of knn_queries, the reference table the search's COPY wrote in the same transaction;
+Citus runs a task that reads a placement written in the transaction on the connection that wrote
+it, so every task sees the batch's vectors: the workers search in parallel, each worker's shards
+one after another on that connection.
 
 knn_anchors is distributed by `anchor` and co-located with images, so its rows move with the
 shards when a worker is added or drained. On plain PostgreSQL it stays empty and unused.
@@ -28,10 +29,10 @@ depends_on = None
 
 TABLE = """
 CREATE TABLE knn_anchors (anchor bigint PRIMARY KEY);
-COMMENT ON TABLE knn_anchors IS 'on Citus, one image id per shard of images: a batched kNN search runs a task on each anchor''s shard';
+COMMENT ON TABLE knn_anchors IS 'on Citus, one id value per shard of images: a batched kNN search runs a task on each anchor''s shard';
 """
 
-# one image id in each shard of images (64 candidates per shard: a shard is missed with
+# one id value in each shard of images (64 candidates per shard: a shard is missed with
 # probability e^-64; a searcher checks that every shard has its anchor)
 FILL = """INSERT INTO knn_anchors
         SELECT DISTINCT ON (shard) v FROM (
