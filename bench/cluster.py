@@ -284,7 +284,7 @@ def render(r: dict) -> str:
             f"{s['ingest_s']:.1f} s",
             f"{c['ingest_s']:.1f} s",
             f"{c3['ingest_s']:.1f} s",
-            f"{q['ingest_cluster_over_single']:.2f}x / {q['ingest_cluster3_over_single']:.2f}x",
+            f"{q['ingest_cluster_over_single']:.2f}x / {q['ingest_cluster3_over_single']:.2f}x the time",
         ],
         ["`db nodes start` (first time)", "", f"{c['nodes_start_s']:.1f} s", f"{c3['nodes_start_s']:.1f} s", ""],
         ["`evaluate` default path: accuracy", acc(s, "default"), acc(c, "default"), acc(c3, "default"), ""],
