@@ -275,6 +275,10 @@ def render(r: dict) -> str:
     def cpu(x: dict) -> str:
         return f"{x['server_cpu_ms_per_query']:.2f} ({x['coordinator_cpu_ms_per_query']:.2f})"
 
+    def cpu_ratios(path: str) -> str:
+        base = s[path]["server_cpu_ms_per_query"]
+        return " / ".join(f"{x[path]['server_cpu_ms_per_query'] / base:.2f}x" for x in (c, c3))
+
     def acc(x: dict, name: str) -> str:
         return f"{x[name]['accuracy_pct']:.2f} %"
 
@@ -303,8 +307,7 @@ def render(r: dict) -> str:
         [
             "`evaluate` default path: server CPU ms per query, every node (the coordinator's)",
             *(cpu(x["default"]) for x in (s, c, c3)),
-            f"{c['default']['server_cpu_ms_per_query'] / s['default']['server_cpu_ms_per_query']:.2f}x / "
-            f"{c3['default']['server_cpu_ms_per_query'] / s['default']['server_cpu_ms_per_query']:.2f}x",
+            cpu_ratios("default"),
         ],
         ["`evaluate --exact`: accuracy", acc(s, "exact"), acc(c, "exact"), acc(c3, "exact"), ""],
         ["`evaluate --exact`: recall@1", *(f"{x['exact']['recall_at_1']:.3f}" for x in (s, c, c3)), ""],
@@ -318,8 +321,7 @@ def render(r: dict) -> str:
         [
             "`evaluate --exact`: server CPU ms per query, every node (the coordinator's)",
             *(cpu(x["exact"]) for x in (s, c, c3)),
-            f"{c['exact']['server_cpu_ms_per_query'] / s['exact']['server_cpu_ms_per_query']:.2f}x / "
-            f"{c3['exact']['server_cpu_ms_per_query'] / s['exact']['server_cpu_ms_per_query']:.2f}x",
+            cpu_ratios("exact"),
         ],
     ]
     grow = (

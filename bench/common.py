@@ -289,10 +289,16 @@ def run_queries(
 LAST_CPU: dict[str, float] = {}  # CPU seconds of the last run_queries call, by whom
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...; utime is [11],
+    stime [12], cutime [13], cstime [14]); OSError once the process has ended."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int) -> float:
     """user + system CPU seconds of a local process (the embedded server's backend); 0 if unknown."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
@@ -308,7 +314,7 @@ def server_cpu_s(home: Path) -> dict[str, float]:
         if not name.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(name)
             cmd = Path(f"/proc/{name}/cmdline").read_bytes()
         except OSError:  # ended while listed
             continue

@@ -167,7 +167,7 @@ def test_server_cpu_counts_a_homes_servers_and_their_ended_backends(tmp_path):
 
     import psycopg
 
-    from bench.common import server_cpu_s
+    from bench.common import _cpu_seconds, server_cpu_s
     from clipvdb import embedded
 
     home = tmp_path / "home"
@@ -179,8 +179,7 @@ def test_server_cpu_counts_a_homes_servers_and_their_ended_backends(tmp_path):
         with psycopg.connect(url) as conn:  # the backend exits with the connection
             conn.execute("SELECT count(*) FROM generate_series(1, 4000000) g WHERE g % 7 = 0").fetchone()
             pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            backend = (int(fields[11]) + int(fields[12])) * tick
+            backend = _cpu_seconds(pid)
         assert backend > 0.05  # the query took CPU time
         for _ in range(50):  # until the postmaster has reaped the backend
             if not os.path.exists(f"/proc/{pid}"):
