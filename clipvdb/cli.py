@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import signal
 import sys
 import threading
@@ -1322,6 +1323,9 @@ def demo(state: State, data, n_train, n_test, stage, out) -> None:
 
 
 def main() -> None:
+    # psycopg's pool logs a warning when it drops or fails to reset a broken connection; the
+    # command's one-line error already says what happened, so that log stays off the user's stderr
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     cli(prog_name="clipvdb")
 
 

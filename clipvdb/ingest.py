@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, learned, projection, queries, storage
+from . import catalog, db, indexes, learned, projection, storage
 from .encoder import Encoder
 from .errors import DatabaseError, SkippedImagesError, UsageError
 from .pipeline import EncodedBatch, encode_items
@@ -148,9 +148,6 @@ def _ingest(
     items: list[Item] = source.items(split)
     if limit is not None:
         items = items[:limit]
-    # Each batch commits; waiting for its WAL flush (one fsync per batch) is not needed: a crash
-    # loses at most the last few batches, and a re-run stores them again (ingest is idempotent).
-    conn.execute(queries.set_session("synchronous_commit", "off"))
     dataset = catalog.register_dataset(conn, source, dataset_name)
     for s in stages:
         storage.fit_width(conn, s)

@@ -59,7 +59,8 @@ def print_plain(title: str, grid: list[list[str]], numeric: list[bool] | None = 
 
 def progress(label: str, unit: str = "img", show: str | None = None) -> tuple:
     """A progress bar on stderr and its update(advance, total, **fields) function; the rate is in
-    `unit`s. `show` is a format string of the fields shown after the rate (e.g. "loss {loss:.3f}")."""
+    `unit`s. `show` is a format string of the fields shown after the rate (e.g. "loss {loss:.3f}").
+    Shown on a terminal only: a redirected stderr gets no bar, so that a failure there is one line."""
     from rich.console import Console  # rich: kept off the start-up of --help
     from rich.progress import (
         BarColumn,
@@ -86,6 +87,7 @@ def progress(label: str, unit: str = "img", show: str | None = None) -> tuple:
         def render(self, task):
             return Text(show.format(**task.fields) if show and task.fields else "")
 
+    console = Console(stderr=True)
     bar = Progress(
         TextColumn(f"[bold]{label}"),
         BarColumn(),
@@ -95,7 +97,8 @@ def progress(label: str, unit: str = "img", show: str | None = None) -> tuple:
         *([Fields()] if show else []),
         TimeRemainingColumn(),
         transient=False,
-        console=Console(stderr=True),
+        console=console,
+        disable=not console.is_terminal,
     )
     task = bar.add_task(label, total=None)
 

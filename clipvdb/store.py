@@ -167,7 +167,7 @@ class Store:
             conn.commit()
 
         def reset(conn: psycopg.Connection) -> None:
-            conn.execute(queries.RESET_ALL)  # session settings (ingest's synchronous_commit) stay with their user
+            conn.execute(queries.RESET_ALL)  # session settings (an experiment's) stay with their user
             conn.commit()
 
         try:

@@ -7,7 +7,10 @@ waiting on it, applies the fault, then lets go. So the committed work at the fau
 an ingest blocked at its batch k has stored batches 0..k-1, an evaluate its first k batches of
 predictions. Every cell then checks (1) the rows against that, and a re-run against the whole set,
 (2) that the next command works at once, (3) one line on stderr with the documented exit code, never a
-traceback, (4) that no process is left behind.
+traceback, (4) that no process is left behind: every command starts in a process group of its own,
+its descendants are recorded while it is blocked, and after it ends neither a member of the group
+nor a recorded descendant may be alive. Nothing checkpoints before a kill: what a command committed
+must survive a crash by itself.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -30,17 +33,19 @@ from pathlib import Path
 import psycopg
 import pytest
 from faults_helpers import (
+    Holder,
+    assert_nothing_left,
     assert_one_line_error,
     backend_pids,
+    blocked,
     children,
     clipvdb,
     count,
-    flush_wal,
+    descendants,
     gone,
+    hold_image_row,
     invalid_indexes,
     kill_all,
-    lock_waiters,
-    pids_with,
     server_processes,
     wait_for,
 )
@@ -68,9 +73,10 @@ class Target:
     url: str
     env: dict[str, str]
     home: Path | None = None
-    marker: str = ""
+    marker: str = ""  # the cell's dataset name
     procs: list[subprocess.Popen] = field(default_factory=list)
     baseline: set[int] = field(default_factory=set)  # backends before the first command (fixtures')
+    recorded: dict[int, set[int]] = field(default_factory=dict)  # a command's descendants while blocked
 
     def start(self, *args) -> subprocess.Popen:
         if not self.procs:
@@ -81,12 +87,23 @@ class Target:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # a process group of its own, whose members the orphan check looks for afterwards
+            process_group=0,
             # a test run started in the background inherits SIGINT ignored (as shells do for `cmd &`);
             # the command under test gets the default, as in a terminal
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.procs.append(proc)
         return proc
+
+    def blocked(self, holder: Holder, proc: subprocess.Popen) -> int:
+        """`proc`'s backend once it waits on the holder; its descendants are recorded then."""
+        backend = blocked(self.url, holder, proc)
+        self.recorded[proc.pid] = descendants(proc.pid)
+        return backend
+
+    def assert_nothing_left(self, proc: subprocess.Popen) -> None:
+        assert_nothing_left(proc.pid, self.recorded.get(proc.pid, set()))
 
     def run(self, *args, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run(clipvdb(*args), env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -151,48 +168,6 @@ def target(request) -> Target:
 # ------------------------------------------------------------------ blocking a command
 
 
-class Holder:
-    """A connection of the test that holds what the command needs next, in an open transaction."""
-
-    def __init__(self, url: str):
-        self.conn = psycopg.connect(url)
-        self.pid = self.conn.info.backend_pid
-
-    def hold(self, sql: str, params=None) -> Holder:
-        self.conn.execute(sql, params)
-        return self
-
-    def release(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self.conn.rollback()
-        with contextlib.suppress(psycopg.Error):
-            self.conn.execute("SELECT pg_advisory_unlock_all()")
-            self.conn.commit()
-        with contextlib.suppress(psycopg.Error):
-            self.conn.close()
-
-
-def blocked(target: Target, holder: Holder, proc: subprocess.Popen) -> int:
-    """The backend of `proc` once it waits on the holder (fails fast if the command ended instead)."""
-
-    def waiting():
-        if proc.poll() is not None:
-            raise AssertionError(f"the command ended before it was blocked: {proc.communicate()}")
-        return lock_waiters(target.url, besides=holder.pid)
-
-    return wait_for(waiting, "the command to wait on the test's lock")[0]
-
-
-def hold_image_row(url: str, split: str, key: str, label: int, dataset: str) -> Holder:
-    """An uncommitted images row with the key a batch will insert: that batch's upsert waits for it."""
-    with psycopg.connect(url) as c:
-        ds = c.execute("SELECT id FROM datasets WHERE name = %s", (dataset,)).fetchone()[0]
-    return Holder(url).hold(
-        "INSERT INTO images (dataset_id, split, label, source, sha256) VALUES (%s, %s, %s, %s, %s)",
-        (ds, split, label, key, bytes(32)),
-    )
-
-
 # ------------------------------------------------------------------ faults
 
 
@@ -222,7 +197,6 @@ def apply(fault: str, target: Target, proc: subprocess.Popen, backend: int) -> N
             assert c.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0]
     elif fault in ("postmaster", "all"):
         assert target.home is not None
-        flush_wal(target.url)  # ingest commits asynchronously; see docs/faults.md
         pgdata = embedded.data_dir(target.home)
         everything = server_processes(pgdata)
         kill_all(everything if fault == "all" else everything[:1])
@@ -246,7 +220,7 @@ def finish(fault: str, target: Target, proc: subprocess.Popen, holder: Holder, *
         assert proc.returncode == EXIT.get(fault, 1), (proc.returncode, err)
         assert_one_line_error(err, SAYS[fault], *says)
     assert "Traceback" not in out + err
-    wait_for(lambda: not pids_with(target.marker), "the command's processes (decoding workers) to end", timeout=20)
+    target.assert_nothing_left(proc)
     if fault not in ("postmaster", "all"):
         # the killed command's backends end once they are let go: nothing stays connected
         wait_for(lambda: not backend_pids(target.url) - target.baseline, "the command's backends to end", timeout=30)
@@ -329,7 +303,7 @@ def test_ingest(phase, fault, target, data):
         expected = TRAIN
         holder = Holder(target.url).hold("LOCK TABLE projections_first IN SHARE ROW EXCLUSIVE MODE")
         proc = target.start(*cmd)
-    backend = blocked(target, holder, proc)
+    backend = target.blocked(holder, proc)
     if phase == "index":
         assert _totals(target.url) == (TRAIN, TRAIN, TRAIN), "the build should come after every batch"
     apply(fault, target, proc, backend)
@@ -337,9 +311,9 @@ def test_ingest(phase, fault, target, data):
     status = next_command_works(fault, target)
     images, rows, distinct = _totals(target.url)
     if fault == "worker":
-        # the blocked batch commits once let go, and so may every batch decoded ahead of the broken
-        # one (up to 2 per worker) before the broken pool is seen: whole batches, and no more
-        assert expected <= rows <= expected + (1 + 2 * workers) * BATCH and (rows - 1) % BATCH == 0
+        # the blocked batch 2 commits once let go; batch 3 too when its decoding had finished before
+        # the kill (it was handed to the writer's queue then); nothing decoded after it is stored
+        assert rows in (expected + BATCH, expected + 2 * BATCH), (rows, expected)
     else:
         assert rows == expected, (rows, expected)
     assert images == rows == distinct == status["images"]
@@ -370,23 +344,24 @@ def test_evaluate(fault, target, data):
     holder = hold_image_row(target.url, "test", key.key, key.label, target.marker)
     cmd = ["evaluate", "--stage", "first", "--data", data, "--dataset", target.marker, "--workers", 0]
     proc = target.start(*cmd, "--batch-size", EVAL_BATCH, "--connections", 1)
-    backend = blocked(target, holder, proc)
+    backend = target.blocked(holder, proc)
     apply(fault, target, proc, backend)
     finish(fault, target, proc, holder, *(("marked failed",) if fault == "backend" else ()))
     next_command_works(fault, target)
     report = target.ok("report", "--json")
     assert json.loads(report.stdout)["run_id"] is None, "a run cut short is never the report's run"
-    preds = "SELECT count(*), count(DISTINCT (stage, image_id)) FROM predictions WHERE run_id = 1"
+    preds = "SELECT count(*), count(DISTINCT (stage, image_id)) FROM predictions WHERE run_id = %s"
     with psycopg.connect(target.url) as c:
-        assert c.execute(preds).fetchone() == (BLOCKED_BATCH * EVAL_BATCH,) * 2
+        assert c.execute(preds, (1,)).fetchone() == (BLOCKED_BATCH * EVAL_BATCH,) * 2
         status = c.execute("SELECT status FROM eval_runs WHERE id = 1").fetchone()[0]
     assert status == ("failed" if fault in ("sigterm", "backend") else "running")
     target.ok(*cmd)
     with psycopg.connect(target.url) as c:
-        runs = c.execute("SELECT id, status FROM eval_runs ORDER BY id").fetchall()
-        assert runs == [(1, "failed"), (2, "complete")]
-        assert c.execute(preds.replace("= 1", "= 2")).fetchone() == (TEST, TEST)
-        assert [r[0] for r in c.execute("SELECT DISTINCT run_id FROM report_accuracy")] == [2]
+        # after a crash the run ids jump (a sequence logs values ahead of use), so the second is read
+        (first, failed), (second, complete) = c.execute("SELECT id, status FROM eval_runs ORDER BY id").fetchall()
+        assert (first, failed, complete) == (1, "failed", "complete")
+        assert c.execute(preds, (second,)).fetchone() == (TEST, TEST)
+        assert [r[0] for r in c.execute("SELECT DISTINCT run_id FROM report_accuracy")] == [second]
 
 
 # ------------------------------------------------------------------ index, learn, cluster
@@ -406,7 +381,7 @@ def test_index_rebuild(fault, shared, data):
         before = s.index_info("first")
     holder = Holder(shared.url).hold("LOCK TABLE projections_first IN SHARE ROW EXCLUSIVE MODE")
     proc = shared.start("index", "--stage", "first")
-    backend = blocked(shared, holder, proc)
+    backend = shared.blocked(holder, proc)
     apply(fault, shared, proc, backend)
     finish(fault, shared, proc, holder)
     assert invalid_indexes(shared.url) == []
@@ -424,7 +399,7 @@ def test_learn_killed(shared, data):
     _stored(shared, data)
     holder = Holder(shared.url).hold("LOCK TABLE learned_first IN ACCESS SHARE MODE")
     proc = shared.start("learn", "--stage", "first", "--method", "pca", "--dims", 8)
-    apply("sigkill", shared, proc, blocked(shared, holder, proc))
+    apply("sigkill", shared, proc, shared.blocked(holder, proc))
     finish("sigkill", shared, proc, holder)
     assert count(shared.url, "SELECT count(*) FROM learned_maps") == 0
     assert count(shared.url, "SELECT count(*) FROM learned_first") == 0
@@ -439,7 +414,7 @@ def test_cluster_killed(shared, data):
     _stored(shared, data)
     holder = Holder(shared.url).hold("LOCK TABLE cluster_members IN SHARE MODE")
     proc = shared.start("cluster", "fit", "--stage", "first", "--k", 3)
-    apply("sigkill", shared, proc, blocked(shared, holder, proc))
+    apply("sigkill", shared, proc, shared.blocked(holder, proc))
     finish("sigkill", shared, proc, holder)
     for table in ("clusterings", "cluster_members", "cluster_centres_first"):
         assert count(shared.url, f"SELECT count(*) FROM {table}") == 0, table
@@ -463,7 +438,7 @@ def test_db_upgrade_killed(fault, empty_db_url, request):
     t.ok("db", "upgrade", "--revision", "0009")
     holder = Holder(empty_db_url).hold("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
     proc = t.start("db", "upgrade")
-    apply(fault, t, proc, blocked(t, holder, proc))
+    apply(fault, t, proc, t.blocked(holder, proc))
     finish(fault, t, proc, holder, *(("terminated",) if fault == "sigterm" else ()))
     assert db.current_revision(empty_db_url) == "0009"
     assert count(empty_db_url, _LATER_TABLES) == 0
@@ -487,6 +462,15 @@ def _get(url: str, timeout: float = 60) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+_SERVE_ROUTINE = ("clipvdb: serving on", "This is a development server", " * Running on", "Press CTRL+C", '"GET ')
+
+
+def _said(log: str) -> list[str]:
+    """What `clipvdb serve` wrote to stderr less its start-up banner and its access log lines."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    return [ln for ln in plain.splitlines() if ln.strip() and not any(r in ln for r in _SERVE_ROUTINE)]
 
 
 @pytest.mark.parametrize("fault", ["sigterm", "backend"])
@@ -520,15 +504,15 @@ def test_serve_under_a_request(fault, shared, data):
 
     request = threading.Thread(target=ask, daemon=True)
     request.start()
-    backend = blocked(shared, holder, proc)
+    backend = shared.blocked(holder, proc)
     if fault == "sigterm":
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 143, err
-        assert_one_line_error(err, "terminated")
+        assert_one_line_error("\n".join(_said(err)), "terminated")
         holder.release()
         wait_for(lambda: not backend_pids(shared.url) - shared.baseline, "the server's connections to end", timeout=30)
-        assert gone(proc.pid) and children(proc.pid) == []
+        shared.assert_nothing_left(proc)
         return
     with psycopg.connect(shared.url, autocommit=True) as c:
         c.execute("SELECT pg_terminate_backend(%s)", (backend,))
@@ -539,7 +523,11 @@ def test_serve_under_a_request(fault, shared, data):
     assert _get(base + "/health")[0] == 200
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert proc.returncode == 143, err
+    logged, stopped = _said(err)  # one line for the lost connection, nothing else (a pool warning, say)
+    assert "ERROR in web: clipvdb: GET /health: lost the database connection" in logged, err
+    assert_one_line_error(stopped, "terminated")
+    shared.assert_nothing_left(proc)
 
 
 # ------------------------------------------------------------------ many clients
@@ -551,15 +539,13 @@ def test_64_classify_processes_at_once(shared, data):
     every one answers; a connection refused for want of a slot is retried, never an error."""
     _stored(shared, data)
     query = next((data / "test").glob("*/*.png"))
-    start = time.monotonic()
     procs = [shared.start("classify", query, "--stage", "first", "--json") for _ in range(64)]
-    outs = [p.communicate(timeout=90) for p in procs]
-    seconds = time.monotonic() - start
+    # no bound on the time: 64 start-ups share the machine's cores (on 2 busy cores, minutes)
+    outs = [p.communicate(timeout=900) for p in procs]
     failed = [(p.returncode, err[-300:]) for p, (_, err) in zip(procs, outs, strict=True) if p.returncode != 0]
     assert failed == []
     assert all(json.loads(out)[0]["stage"] == "first" for out, _ in outs)
-    assert all("Traceback" not in err for _, err in outs)
-    assert seconds < 90
+    assert all(err == "" for _, err in outs)
 
 
 def test_a_full_server_is_waited_for(db_url):
@@ -642,3 +628,58 @@ def test_disk_full_during_ingest(small_disk, tmp_path, data):
     t.ok(*cmd)
     assert _totals(t.url) == (1000, 1000, 1000)
     assert invalid_indexes(t.url) == []
+
+
+# ------------------------------------------------------------------ the checks, against planted faults
+
+
+def _group_leader(script: str) -> subprocess.Popen:
+    return subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, text=True, process_group=0)
+
+
+def test_the_orphan_check_finds_a_process_left_in_the_group():
+    """A command that exits leaving a child in its process group fails the check."""
+    proc = _group_leader("sleep 60 >/dev/null 2>&1 & exit 0")
+    proc.wait(timeout=10)
+    try:
+        with pytest.raises(AssertionError, match="left behind"):
+            assert_nothing_left(proc.pid, set(), timeout=0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert_nothing_left(proc.pid, set())  # and passes once the group is empty
+
+
+def test_the_orphan_check_finds_a_recorded_child_that_left_the_group():
+    """A child that moved to a session of its own is caught by the descendants recorded while the
+    command ran."""
+    proc = _group_leader("setsid sleep 60 >/dev/null 2>&1 & read line")
+    wait_for(lambda: [p for p in descendants(proc.pid) if os.getpgid(p) != proc.pid], "the child's own session")
+    recorded = descendants(proc.pid)
+    proc.communicate("\n", timeout=10)
+    try:
+        with pytest.raises(AssertionError, match="left behind"):
+            assert_nothing_left(proc.pid, recorded, timeout=0.5)
+    finally:
+        kill_all(sorted(recorded))
+    assert_nothing_left(proc.pid, recorded)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        "Error: lost the database connection; run the same ingest again\nWarning: something else\n",
+        "ingest first ━━━━━━  100/299\nError: lost the database connection; run the same ingest again\n",
+        "lost the database connection; run the same ingest again\n",
+        "Error: lost the database connection\n",
+        "",
+    ],
+)
+def test_the_one_line_check_refuses(err):
+    """A second line, a line without the error prefix, a line without the expected text, nothing."""
+    with pytest.raises(AssertionError):
+        assert_one_line_error(err, "run the same ingest again")
+
+
+def test_the_one_line_check_accepts_one_error_line():
+    assert_one_line_error("Error: lost the database connection; run the same ingest again\n", "again")
