@@ -2,9 +2,10 @@
 
 It uses real CIFAR-10 and the OpenAI weights when it can get them. Without CLIP weights it uses the
 compact CNN that ships with clipvdb (`SHIPPED_MODEL`, trained by `clipvdb train` on CIFAR-10's
-training split; `SHIPPED_COMMAND` reproduces it), so the stages' trade-off is a real one offline, and
-says so loudly; without that file, random CLIP weights, announced as meaningless. Without CIFAR-10 it
-falls back to a synthetic 10-class set. Results are never presented as CLIP's when they are not.
+training split; docs/models.md says how), so the stages' trade-off is a real one offline, and says
+so loudly, naming the training from the checkpoint's own record; without that file, random CLIP
+weights, announced as meaningless. Without CIFAR-10 it falls back to a synthetic 10-class set.
+Results are never presented as CLIP's when they are not.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from .store import Store
 
 BANNER = "!" * 78
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "cifar10-cnn.pt"
-SHIPPED_COMMAND = "clipvdb train --data .cache/data/cifar10 --out clipvdb/models/cifar10-cnn.pt --epochs 8 --seed 0"
 
 
 @dataclass
@@ -66,9 +66,11 @@ def pick_model(
     except WeightsError as exc:
         if model == config.DEFAULT_MODEL and SHIPPED_MODEL.is_file():
             encoder = load_encoder(str(SHIPPED_MODEL), "", device)
+            record = encoder.checkpoint.record  # type: ignore[attr-defined]  # a TrainedEncoder
             return encoder, [
-                f"NO CLIP WEIGHTS: {exc}. Stages second, third and origin below come from clipvdb's own CNN, "
-                f"trained on CIFAR-10's training split ({SHIPPED_MODEL.name}, made by '{SHIPPED_COMMAND}'), "
+                f"NO CLIP WEIGHTS: {exc}. Stages second, third and origin below come from clipvdb's own CNN "
+                f"({SHIPPED_MODEL.name}: 'clipvdb train' on {record['images']:,} images of CIFAR-10's "
+                f"{record['split']} split, {record['epochs']} epochs, seed {record['seed']}; docs/models.md), "
                 "NOT from CLIP."
             ]
         encoder = load_encoder(model, "random", device, quiet=True)

@@ -200,6 +200,7 @@ def train(
         return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
     per_epoch = _steps_per_epoch(len(labels), batch_size)
+    budget = minutes if epochs is None else None  # recorded: the epochs came from the time budget
     if epochs is None:
         # the timing probe: a few steps on a copy of the start state, then the start state restored
         state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -249,6 +250,7 @@ def train(
         "skipped": skipped,
         "seed": seed,
         "epochs": epochs,
+        "budget_minutes": budget,
         "steps": total,
         "batch_size": batch_size,
         "lr": lr,

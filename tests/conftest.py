@@ -105,11 +105,16 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
 
 
+def require_real_data() -> None:
+    """Skip the calling test, with the reason every real-data test gives, where the real CIFAR-10 copy is absent."""
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"real data not present: {CIFAR_ARCHIVE} (see ../shared/data/README.md)")
+
+
 @pytest.fixture(scope="session")
 def cifar_jpeg(tmp_path_factory) -> Path:
     """The real CIFAR-10 JPEG folders from ../shared/data, extracted once (skips when absent)."""
-    if not CIFAR_ARCHIVE.exists():
-        pytest.skip(f"real data not present: {CIFAR_ARCHIVE} (see ../shared/data/README.md)")
+    require_real_data()
     root = tmp_path_factory.mktemp("real")
     with tarfile.open(CIFAR_ARCHIVE) as tar:
         tar.extractall(root, filter="data")

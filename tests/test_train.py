@@ -70,9 +70,18 @@ def test_same_seed_same_weights(shapes, tmp_path):
     assert any(not torch.allclose(wa[k].float(), wc[k].float()) for k in wa if wa[k].is_floating_point())
 
 
-def test_the_time_budget_picks_the_epochs(shapes, tmp_path):
-    short = train(open_source(shapes), tmp_path / "s.pt", minutes=0.2, widths=(4, 4, 4), batch_size=50, workers=0)
-    assert short.epochs >= 1 and short.seconds < 0.2 * 60 + 10
+def test_the_time_budget_picks_the_epochs_and_leaves_no_trace(shapes, tmp_path):
+    """The budget's timing probe trains on a copy it throws away: the run it sized equals a run given
+    those epochs, so a checkpoint made under a budget is reproduced with --epochs (docs/models.md)."""
+    kw = {"widths": (4, 4, 4), "batch_size": 50, "workers": 0, "seed": 5}
+    short = train(open_source(shapes), tmp_path / "s.pt", minutes=0.2, **kw)
+    assert short.seconds < 0.2 * 60 + 10
+    fixed = train(open_source(shapes), tmp_path / "f.pt", epochs=short.epochs, **kw)
+    a, b = read_checkpoint(tmp_path / "s.pt"), read_checkpoint(tmp_path / "f.pt")
+    for k in a.state_dict:
+        torch.testing.assert_close(a.state_dict[k], b.state_dict[k], rtol=1e-4, atol=1e-5)
+    assert short.loss_per_epoch == pytest.approx(fixed.loss_per_epoch, rel=1e-4)
+    assert a.record["budget_minutes"] == 0.2 and b.record["budget_minutes"] is None
 
 
 def test_stages_stop_early_and_one_pass_equals_a_pass_per_stage(checkpoint):
@@ -199,16 +208,3 @@ def test_a_short_training_on_real_cifar10_beats_stage_first(cifar_jpeg, tmp_path
     first_acc, third_acc = one_nn(pixels(train_x), pixels(test_x)), one_nn(*third)
     assert third_acc > first_acc + 0.15, (first_acc, third_acc)
     assert os.path.getsize(result.path) < 5_000_000
-
-
-def test_the_shipped_checkpoint_is_what_its_command_makes():
-    from clipvdb.demo import SHIPPED_COMMAND, SHIPPED_MODEL
-
-    ckpt = read_checkpoint(SHIPPED_MODEL)
-    args = SHIPPED_COMMAND.split()
-    assert ckpt.record["epochs"] == int(args[args.index("--epochs") + 1])
-    assert ckpt.record["seed"] == int(args[args.index("--seed") + 1])
-    assert ckpt.record["split"] == "train" and ckpt.record["images"] == 50_000
-    assert ckpt.classes[:3] == ["airplane", "automobile", "bird"] and len(ckpt.classes) == 10
-    enc = TrainedEncoder(SHIPPED_MODEL)
-    assert {n: s.dim for n, s in enc.stages.items()} == {"first": 3072, "second": 96, "third": 192, "origin": 10}
