@@ -4,12 +4,14 @@ generated images, and a random-initialised RN50 checkpoint so that nothing is do
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
@@ -52,6 +54,24 @@ def url_for(dbname: str) -> str:
 def pytest_sessionfinish(session, exitstatus):
     if _HOME is not None:
         embedded.stop(_HOME)
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The skipped tests counted by reason, after every run; with CLIPVDB_SKIPS_JSON set, each skip
+    (test and reason) written there as JSON for .ci/skips, which fails CI when a group skips although
+    what it needs is present."""
+    skips = [{"test": r.nodeid, "reason": _skip_reason(r)} for r in terminalreporter.stats.get("skipped", [])]
+    terminalreporter.write_sep("-", f"skipped tests by reason: {len(skips)}")
+    for reason, n in Counter(s["reason"] for s in skips).most_common():
+        terminalreporter.write_line(f"{n:5d}  {reason}")
+    if path := os.environ.get("CLIPVDB_SKIPS_JSON"):
+        Path(path).write_text(json.dumps({"exitstatus": int(exitstatus), "skipped": skips}, indent=1) + "\n")
 
 
 def _migrate(host, port, user, dbname, password, **_):
