@@ -5,6 +5,10 @@ decodes a whole batch and returns it as one uint8 array per input (`first`'s 32x
 encoder's prepared input), so a batch crosses the process boundary once. Floats appear only in the
 main process: stage first's vectors from the pixels, the CLIP stages from `Encoder.encode`.
 Stage first needs no encoder and imports no torch.
+
+Given a `Timeline`, the pipeline records each batch's decoding and encoding as pieces of work with
+their wall-clock spans, so that a command running them beside other work (evaluate's searches) can
+share its wall time among them without counting overlapping work twice.
 """
 
 from __future__ import annotations
@@ -16,18 +20,20 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .encoder import Encoder
+from .encoder import Encoder, TinyEncoder
 from .errors import ImageError, UsageError, WorkerError
 from .images import (
     ImageInput,
@@ -42,9 +48,111 @@ from .sources import Item
 from .stages import Stage, StageOutput
 
 
+class Timeline:
+    """Pieces of a command's work with their wall-clock spans, and each piece's share of the wall
+    time. At every moment the time elapsed is split among the pieces in progress (a batch decoding
+    in a worker, being encoded, searched on a connection, stored) in proportion to the threads each
+    runs on, as the scheduler shares the cores: an encoder pass weighs its encoder's threads, any
+    other piece one (one decoding process, one server backend). Shares never count overlapping work
+    twice: they add up, with the time when no piece was in progress (`idle_s`), to the wall time
+    since `start`. A piece's share is final once the sweep has passed its end.
+
+    Times are time.perf_counter() values: CLOCK_MONOTONIC on Linux, one clock for every process, so
+    a forked decoding worker's spans are on the main process's clock. Thread-safe: a piece begun on
+    another thread takes its start under the lock, so the sweep never passes a piece it has not seen.
+    A piece that may have started but is not seen yet (a batch queued to a worker) holds the sweep at
+    its earliest possible start (`expect`)."""
+
+    def __init__(self, start: float | None = None):
+        self._lock = threading.Lock()
+        self.start = self.swept = time.perf_counter() if start is None else start
+        self.idle_s = 0.0
+        self._open: dict[Hashable, tuple[float, float]] = {}  # key: (start, weight)
+        self._closed: dict[Hashable, tuple[float, float, float]] = {}  # key: (start, end, weight)
+        self._unseen: dict[Hashable, float] = {}
+        self._share: dict[Hashable, float] = {}
+        self._final: dict[Hashable, float] = {}
+
+    def begin(self, key: Hashable, weight: float = 1.0) -> None:
+        with self._lock:
+            self._open[key] = (time.perf_counter(), weight)
+
+    def end(self, key: Hashable) -> None:
+        with self._lock:
+            start, weight = self._open.pop(key)
+            self._closed[key] = (start, time.perf_counter(), weight)
+
+    @contextmanager
+    def piece(self, key: Hashable, weight: float = 1.0) -> Iterator[None]:
+        self.begin(key, weight)
+        try:
+            yield
+        finally:
+            self.end(key)
+
+    def expect(self, key: Hashable, after: float) -> None:
+        """A piece that may start at any time from `after` on, and is added once it is seen."""
+        with self._lock:
+            self._unseen[key] = after
+
+    def add(self, key: Hashable, start: float, end: float, weight: float = 1.0) -> None:
+        """A finished piece seen late (a batch a worker decoded)."""
+        with self._lock:
+            self._unseen.pop(key, None)
+            # never before the sweep: a piece expected from `after` cannot have started earlier
+            self._closed[key] = (max(start, self.swept), max(end, self.swept), weight)
+
+    def advance(self) -> None:
+        """Share out the wall time from the last sweep to now (or to the earliest start of a piece
+        not seen yet)."""
+        with self._lock:
+            horizon = min([time.perf_counter(), *self._unseen.values()])
+            if horizon <= self.swept:
+                return
+            spans = {**self._closed, **{k: (s, horizon, w) for k, (s, w) in self._open.items()}}
+            cuts = sorted(
+                {self.swept, horizon} | {t for s, e, _ in spans.values() for t in (s, e) if self.swept < t < horizon}
+            )
+            for a, b in zip(cuts, cuts[1:], strict=False):
+                active = [(k, w) for k, (s, e, w) in spans.items() if s <= a and e >= b]
+                total = sum(w for _, w in active)
+                for k, w in active:
+                    self._share[k] = self._share.get(k, 0.0) + (b - a) * w / total
+                if not active:
+                    self.idle_s += b - a
+            self.swept = horizon
+            for k, (_, e, _) in list(self._closed.items()):
+                if e <= horizon:
+                    self._final[k] = self._share.pop(k, 0.0)
+                    del self._closed[k]
+
+    def final(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._final
+
+    def take(self, key: Hashable) -> float:
+        """A final piece's share in seconds, forgotten once taken."""
+        with self._lock:
+            return self._final.pop(key)
+
+    @property
+    def wall_s(self) -> float:
+        return self.swept - self.start
+
+
+def encoder_threads(encoder: Encoder | None) -> int | None:
+    """The threads a torch encoder computes with (torch's intra-op threads); None for the tiny
+    numpy encoder or none. torch is read from sys.modules: a torch encoder has imported it."""
+    torch = sys.modules.get("torch")
+    if encoder is None or isinstance(encoder, TinyEncoder) or torch is None:
+        return None
+    return int(torch.get_num_threads())
+
+
 @dataclass
 class Decoded:
-    """One batch, decoded: the items that decoded, their arrays, and those that did not."""
+    """One batch, decoded: the items that decoded, their arrays, and those that did not. `started`
+    and `ended` (perf_counter, in the process that decoded it) span the decoding."""
 
     index: list[int]
     sha: list[bytes]
@@ -52,16 +160,23 @@ class Decoded:
     prepared: np.ndarray | None
     failed: list[tuple[int, str]]
     decode_ms: float
+    started: float = 0.0
+    ended: float = 0.0
 
 
 @dataclass
 class EncodedBatch:
+    """One batch's vectors. `no`: its place in the run (0, 1, ...), the key of its pieces in a
+    Timeline: ("decode", no) and, when an encoder ran, ("encode", no). `elapsed_ms` per stage is the
+    encoder's pass up to that stage (cumulative: stages share one pass)."""
+
     items: list[Item]
     sha: list[bytes]
     vectors: dict[str, np.ndarray]
     elapsed_ms: dict[str, float]
     decode_ms: float = 0.0
     failed: list[tuple[Item, str]] = field(default_factory=list)
+    no: int = 0
 
 
 @dataclass
@@ -107,13 +222,16 @@ def decode(job: _Job, start: int, stop: int) -> Decoded:
             first.append(f)
         if p is not None:
             prepared.append(p)
+    t1 = time.perf_counter()
     return Decoded(
         index=index,
         sha=sha,
         failed=failed,
         first=np.stack(first) if first else None,
         prepared=np.stack(prepared) if prepared else None,
-        decode_ms=(time.perf_counter() - t0) * 1000,
+        decode_ms=(t1 - t0) * 1000,
+        started=t0,
+        ended=t1,
     )
 
 
@@ -146,14 +264,24 @@ def default_workers(encoding: bool = True) -> int:
     return min(4, max(0, (os.cpu_count() or 1) - (1 if encoding else 0)))
 
 
-def decoded_batches(job: _Job, batch_size: int, workers: int) -> Iterator[Decoded]:
-    """Decoded batches in order; with workers, up to 2 per worker decoded ahead."""
+def decoded_batches(job: _Job, batch_size: int, workers: int, timeline: Timeline | None = None) -> Iterator[Decoded]:
+    """Decoded batches in order; with workers, up to 2 per worker decoded ahead. With a timeline,
+    batch i's decoding is its piece ("decode", i)."""
     global _job
     spans = [(s, min(s + batch_size, len(job.items))) for s in range(0, len(job.items), batch_size)]
     if workers <= 0 or len(spans) <= 1:
-        for s, e in spans:
-            yield decode(job, s, e)
+        for i, (s, e) in enumerate(spans):
+            d = decode(job, s, e)
+            if timeline is not None:
+                timeline.add(("decode", i), d.started, d.ended)
+            yield d
         return
+
+    def submit(pool: ProcessPoolExecutor, i: int) -> Future:
+        if timeline is not None:
+            timeline.expect(("decode", i), time.perf_counter())
+        return pool.submit(_decode_in_worker, *spans[i])
+
     _job = job
     try:
         with ProcessPoolExecutor(
@@ -163,16 +291,20 @@ def decoded_batches(job: _Job, batch_size: int, workers: int) -> Iterator[Decode
             initargs=(os.getpid(),),
         ) as pool:
             ahead: deque[Future] = deque()
-            todo = iter(spans)
-            for s, e in todo:
-                ahead.append(pool.submit(_decode_in_worker, s, e))
+            todo = iter(range(len(spans)))
+            for i in todo:
+                ahead.append(submit(pool, i))
                 if len(ahead) >= 2 * workers:
                     break
+            received = 0
             while ahead:
                 done = ahead.popleft().result()
+                if timeline is not None:
+                    timeline.add(("decode", received), done.started, done.ended)
+                received += 1
                 nxt = next(todo, None)
                 if nxt is not None:
-                    ahead.append(pool.submit(_decode_in_worker, *nxt))
+                    ahead.append(submit(pool, nxt))
                 yield done
     except BrokenProcessPool as exc:
         # a worker was killed (kill -9, the out-of-memory killer); the pool ended the others
@@ -191,15 +323,18 @@ def encode_items(
     batch_size: int = 64,
     workers: int | None = None,
     hash_items: bool = True,
+    timeline: Timeline | None = None,
 ) -> Iterator[EncodedBatch]:
-    """Yield one EncodedBatch per batch: vectors for the items that decoded and are finite."""
+    """Yield one EncodedBatch per batch: vectors for the items that decoded and are finite. With a
+    timeline, each batch's decoding and encoding are pieces of it (EncodedBatch.no)."""
     need_first = any(not s.uses_clip for s in stages)
     clip_stages = [s for s in stages if s.uses_clip]
     if clip_stages and encoder is None:
         raise ImageError(f"stage {clip_stages[0].name} needs an encoder")
     job = _Job(items, need_first, encoder.prepare if clip_stages and encoder else None, hash_items)
     workers = default_workers(bool(clip_stages)) if workers is None else workers
-    for d in decoded_batches(job, batch_size, workers):
+    threads = encoder_threads(encoder) if timeline is not None and clip_stages else None
+    for no, d in enumerate(decoded_batches(job, batch_size, workers, timeline)):
         failed = [(items[i], reason) for i, reason in d.failed]
         out = StageOutput()
         if d.index:
@@ -209,7 +344,13 @@ def encode_items(
                 out.elapsed_ms["first"] = 0.0
             if clip_stages:
                 assert encoder is not None and d.prepared is not None
-                clip_out = encoder.encode(d.prepared, clip_stages)
+                if timeline is not None:
+                    timeline.begin(("encode", no), float(threads or 1))
+                try:
+                    clip_out = encoder.encode(d.prepared, clip_stages)
+                finally:
+                    if timeline is not None:
+                        timeline.end(("encode", no))
                 out.vectors.update(clip_out.vectors)
                 out.elapsed_ms.update(clip_out.elapsed_ms)
         # An image whose vector is NaN or infinite at any stage is refused; the rest go on.
@@ -226,6 +367,7 @@ def encode_items(
             elapsed_ms=out.elapsed_ms,
             decode_ms=d.decode_ms,
             failed=failed,
+            no=no,
         )
 
 
