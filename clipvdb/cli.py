@@ -859,10 +859,7 @@ def evaluate(
         for n, t in result.stages.items()
     ]
     print_table(f"run {result.run_id}: {result.dataset}/{result.split}", rows)
-    click.echo(
-        f"{result.images} images in {result.seconds:.1f} s ({result.images_per_s:.0f} images/s); "
-        f"decode {result.decode_ms / 1000:.1f} s, store {result.store_ms / 1000:.1f} s (summed over batches)"
-    )
+    click.echo(result.summary())
     for _key, reason in result.failed:
         click.echo(f"skipped: {reason}", err=True)
 

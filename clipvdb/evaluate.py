@@ -2,9 +2,19 @@
 
 The pipeline keeps both cores busy: images decode in worker processes, the main process encodes,
 each batch's kNN statement runs on one of `connections` pooled connections while the next batch
-is encoded, and predictions are stored by binary COPY. Per image, decode, encode, query and store
-times are recorded apart; a batch's query time is its statement's time (batch_query_ms, with
-batch_size), never time spent waiting for the pipeline.
+is encoded, and predictions are stored by binary COPY.
+
+Time per image is what an image costs: the command's wall time shared among the work in progress
+(pipeline.Timeline). At every moment the time elapsed is split among the pieces running then (a
+batch decoding, being encoded, searched at a stage on a connection, stored) in proportion to their
+threads (an encoder pass: the encoder's threads; any other piece: one), so work that overlaps is
+never counted twice, and decode + encode (the pass, once) + every stage's query + store + other (no
+piece in progress) add up to the wall time. A stage's encode time is its share of the
+batch's pass up to that stage's depth: stages asked together share one pass that stops at the
+deepest, and each is charged the cumulative cost of reaching its depth. A batch's rows are stored
+once its pieces' shares are final (a few batches behind). The statement's own time stays in
+batch_query_ms; how many connections, decoding workers, encoder threads and cores ran is in the
+run's params.
 
 The study's perf_test.py options: --num, --batch-size, --display-freq. A run is stored as
 'running' and only marked 'complete' at the end, so the report views never show half a run.
@@ -13,6 +23,7 @@ The study's perf_test.py options: --num, --batch-size, --display-freq. A run is 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import time
 from collections import deque
@@ -28,7 +39,7 @@ from . import catalog, db, queries, zeroshot
 from .encoder import Encoder
 from .errors import DatabaseError
 from .knn import KnnSearcher, SearchSettings
-from .pipeline import EncodedBatch, encode_items
+from .pipeline import EncodedBatch, Timeline, default_workers, encode_items, encoder_threads
 from .predict import BatchPredictions, predict_batch
 from .sources import Source
 from .stages import Stage
@@ -36,13 +47,21 @@ from .stages import Stage
 ReportFn = Callable[[str], None]
 ProgressFn = Callable[[int, int], None]
 
+TIMING = "wall share"  # eval_runs.params->>'timing': how encode_ms and query_ms were measured
+
 
 @dataclass
 class StageTotals:
+    """One stage's counts and times in ms: encode_ms and query_ms are shares of the wall time (the
+    pass up to this stage; this stage's statements), the batch_* ones the encoder's and the
+    statements' own time summed over batches (overlapping work counted in each)."""
+
     n: int = 0
     correct: int = 0
     encode_ms: float = 0.0
     query_ms: float = 0.0
+    batch_encode_ms: float = 0.0
+    batch_query_ms: float = 0.0
 
     @property
     def accuracy(self) -> float:
@@ -58,7 +77,9 @@ class EvalRun:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     decode_ms: float = 0.0
+    encode_ms: float = 0.0
     store_ms: float = 0.0
+    concurrency: dict = field(default_factory=dict)
 
     @property
     def images(self) -> int:
@@ -68,6 +89,28 @@ class EvalRun:
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def query_ms(self) -> float:
+        return sum(t.query_ms for t in self.stages.values())
+
+    @property
+    def other_ms(self) -> float:
+        """The wall time no piece of work was in progress: setting up, building rows, waiting."""
+        return max(0.0, self.seconds * 1000 - self.decode_ms - self.encode_ms - self.query_ms - self.store_ms)
+
+    def summary(self) -> str:
+        """One line: the images, the wall time, how it was shared out, and what ran at once."""
+        c = self.concurrency
+        threads = f", {c['encoder_threads']} encoder threads" if c.get("encoder_threads") else ""
+        return (
+            f"{self.images} images in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s) with "
+            f"{c.get('connections')} connections, {c.get('workers')} decoding workers{threads} on "
+            f"{c.get('cores')} cores; the wall time shared among the work in progress: decode "
+            f"{self.decode_ms / 1000:.1f} s, encode {self.encode_ms / 1000:.1f} s (one pass), query "
+            f"{self.query_ms / 1000:.1f} s (every stage), store {self.store_ms / 1000:.1f} s, other "
+            f"{self.other_ms / 1000:.1f} s"
+        )
+
     def as_dict(self) -> dict:
         return {
             "run_id": self.run_id,
@@ -76,8 +119,13 @@ class EvalRun:
             "seconds": round(self.seconds, 3),
             "images": self.images,
             "images_per_s": round(self.images_per_s, 1),
+            "timing": TIMING,
+            "concurrency": self.concurrency,
             "decode_s": round(self.decode_ms / 1000, 3),
+            "encode_s": round(self.encode_ms / 1000, 3),
+            "query_s": round(self.query_ms / 1000, 3),
             "store_s": round(self.store_ms / 1000, 3),
+            "other_s": round(self.other_ms / 1000, 3),
             "stages": {
                 n: {
                     "n": t.n,
@@ -85,11 +133,17 @@ class EvalRun:
                     "accuracy_pct": round(t.accuracy, 2),
                     "encode_s": round(t.encode_ms / 1000, 3),
                     "query_s": round(t.query_ms / 1000, 3),
+                    "batch_encode_s": round(t.batch_encode_ms / 1000, 3),
+                    "batch_query_s": round(t.batch_query_ms / 1000, 3),
                 }
                 for n, t in self.stages.items()
             },
             "failed": [{"item": k, "reason": r} for k, r in self.failed],
         }
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 PREDICTION_COLUMNS = (
@@ -216,6 +270,7 @@ def evaluate(
     batch's search (n_connections at once); `searcher(stage, dataset, split)` gives a set-up
     searcher (the Store caches them)."""
     start = time.perf_counter()
+    timeline = Timeline(start)
     items = source.items(split)
     if num is not None:
         items = items[:num]
@@ -229,6 +284,14 @@ def evaluate(
         if encoder is not None and any(s.name == "origin" for s in stages)
         else None
     )
+    clip = any(s.uses_clip for s in stages)
+    workers = default_workers(clip) if workers is None else workers
+    concurrency = {
+        "connections": n_connections,
+        "workers": workers,
+        "encoder_threads": encoder_threads(encoder) if clip else None,
+        "cores": usable_cores(),
+    }
     params = run_params(
         settings,
         searchers,
@@ -237,10 +300,11 @@ def evaluate(
         batch_size=batch_size,
         against=against,
         prompts=template if text is not None else None,
-        connections=n_connections,
+        timing=TIMING,
+        **concurrency,
     )
-    model = encoder.name if encoder is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_MODEL
-    weights = encoder.weights if encoder is not None and any(s.uses_clip for s in stages) else catalog.PIXELS_WEIGHTS
+    model = encoder.name if encoder is not None and clip else catalog.PIXELS_MODEL
+    weights = encoder.weights if encoder is not None and clip else catalog.PIXELS_WEIGHTS
     run_id = db.scalar(
         conn,
         queries.INSERT_RUN,
@@ -248,24 +312,31 @@ def evaluate(
     )
     conn.execute(queries.LOCK_RUN, (queries.RUN_LOCK_KEY, run_id))  # held from before the row is seen
     conn.commit()
-    result = EvalRun(run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages})
+    result = EvalRun(
+        run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages}, concurrency=concurrency
+    )
     try:
         if progress:
             progress(0, len(items))
         done = 0
-        batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers)
-        for b, (batch, preds) in enumerate(_searched(batches, stages, searchers, text, connections, n_connections)):
+        searched: deque[tuple[EncodedBatch, dict[str, BatchPredictions]]] = deque()
+        stored: list[int] = []
+
+        def store_ready(everything: bool = False) -> None:
+            timeline.advance()
+            while searched and (everything or _final(timeline, searched[0][0], stages)):
+                batch, preds = searched.popleft()
+                if _store_batch(conn, run_id, batch, preds, stages, settings, dataset, split, result, timeline):
+                    stored.append(batch.no)
+
+        batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers, timeline=timeline)
+        for b, (batch, preds) in enumerate(
+            _searched(batches, stages, searchers, text, connections, n_connections, timeline)
+        ):
             result.failed.extend((it.key, reason) for it, reason in batch.failed)
-            if batch.items:
-                t0 = time.perf_counter()
-                image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
-                rows = _rows(run_id, b, batch, stages, preds, image_ids, result)
-                _store(conn, rows)
-                if settings.ks:
-                    _store_neighbors(conn, run_id, stages, preds, image_ids)
-                conn.commit()
-                result.store_ms += (time.perf_counter() - t0) * 1000
-            result.decode_ms += batch.decode_ms
+            _count(batch, stages, preds, result)
+            searched.append((batch, preds))
+            store_ready()
             done += len(batch.items) + len(batch.failed)
             if progress:
                 progress(len(batch.items) + len(batch.failed), len(items))
@@ -273,7 +344,17 @@ def evaluate(
                 report(
                     f"[{done}/{len(items)}] " + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())
                 )
-        totals = {"decode_s": round(result.decode_ms / 1000, 3), "store_s": round(result.store_ms / 1000, 3)}
+        store_ready(everything=True)  # every piece has ended and been seen: every share is final
+        timeline.advance()
+        result.store_ms = sum(timeline.take(("store", no)) for no in stored) * 1000
+        totals = {
+            "decode_s": round(result.decode_ms / 1000, 3),
+            "encode_s": round(result.encode_ms / 1000, 3),
+            "query_s": round(result.query_ms / 1000, 3),
+            "store_s": round(result.store_ms / 1000, 3),
+            "other_s": round(timeline.idle_s, 3),
+            "wall_s": round(timeline.wall_s, 3),
+        }
         conn.execute(queries.COMPLETE_RUN, (json.dumps(totals), run_id))
         conn.commit()
         conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run_id))
@@ -319,22 +400,24 @@ def _searched(
     text: np.ndarray | None,
     connections,
     n_connections: int,
+    timeline: Timeline,
 ) -> Iterator[tuple[EncodedBatch, dict[str, BatchPredictions]]]:
     """Each encoded batch with its predictions, in order; up to n_connections batches searched at
-    once on their own connections while the main thread encodes the next."""
+    once on their own connections while the main thread encodes the next. Each stage's search of a
+    batch is a piece of the timeline: ("query", batch no, stage)."""
     lent: queue.Queue = queue.Queue()
     with connections() as conns, ThreadPoolExecutor(max(1, n_connections)) as pool:
         for c in conns:
             lent.put(c)
 
+        def search(c: psycopg.Connection, batch: EncodedBatch, s: Stage) -> BatchPredictions:
+            with timeline.piece(("query", batch.no, s.name)):
+                return predict_batch(c, s, batch.vectors[s.name], searchers.get(s.name), text)
+
         def work(batch: EncodedBatch) -> dict[str, BatchPredictions]:
             c = lent.get()
             try:
-                return (
-                    {s.name: predict_batch(c, s, batch.vectors[s.name], searchers.get(s.name), text) for s in stages}
-                    if batch.items
-                    else {}
-                )
+                return {s.name: search(c, batch, s) for s in stages} if batch.items else {}
             finally:
                 lent.put(c)
 
@@ -366,22 +449,79 @@ def _store_neighbors(conn: psycopg.Connection, run_id: int, stages, preds, image
     )
 
 
-def _rows(
-    run_id, batch_no, batch: EncodedBatch, stages, preds: dict[str, BatchPredictions], image_ids, result: EvalRun
-) -> list[tuple]:
-    n = len(batch.items)
+def _count(batch: EncodedBatch, stages, preds: dict[str, BatchPredictions], result: EvalRun) -> None:
+    """A searched batch's images and right answers per stage (counted at once, for the progress)."""
+    if not batch.items:
+        return
     labels = np.array([it.label for it in batch.items])
-    decode_ms = batch.decode_ms / max(n + len(batch.failed), 1)
+    for s in stages:
+        t = result.stages[s.name]
+        t.n += len(batch.items)
+        t.correct += int((preds[s.name].labels == labels).sum())
+
+
+def _encoded(batch: EncodedBatch, stages) -> bool:
+    """Whether the encoder ran on the batch (a piece ("encode", no) of the timeline)."""
+    return any(s.uses_clip and s.name in batch.elapsed_ms for s in stages)
+
+
+def _final(timeline: Timeline, batch: EncodedBatch, stages) -> bool:
+    """Whether every piece of the batch has its final share of the wall time."""
+    keys: list[tuple] = [("decode", batch.no)]
+    keys += [("encode", batch.no)] if _encoded(batch, stages) else []
+    keys += [("query", batch.no, s.name) for s in stages] if batch.items else []
+    return all(timeline.final(k) for k in keys)
+
+
+def _store_batch(
+    conn, run_id, batch: EncodedBatch, preds, stages, settings, dataset, split, result: EvalRun, timeline: Timeline
+) -> bool:
+    """Store a batch's predictions with its pieces' shares of the wall time (a piece ("store", no)
+    of its own); whether there was anything to store."""
+    decode_s = timeline.take(("decode", batch.no))
+    encode_s = timeline.take(("encode", batch.no)) if _encoded(batch, stages) else 0.0
+    query_s = {s.name: timeline.take(("query", batch.no, s.name)) for s in stages} if batch.items else {}
+    result.decode_ms += decode_s * 1000
+    result.encode_ms += encode_s * 1000
+    if not batch.items:
+        return False
+    with timeline.piece(("store", batch.no)):
+        image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
+        _store(conn, _rows(run_id, batch, stages, preds, image_ids, result, decode_s, encode_s, query_s))
+        if settings.ks:
+            _store_neighbors(conn, run_id, stages, preds, image_ids)
+        conn.commit()
+    return True
+
+
+def _rows(
+    run_id,
+    batch: EncodedBatch,
+    stages,
+    preds: dict[str, BatchPredictions],
+    image_ids,
+    result: EvalRun,
+    decode_s: float,
+    encode_s: float,
+    query_s: dict[str, float],
+) -> list[tuple]:
+    """One row per image and stage. Per image: the batch's shares of the wall time over its images;
+    a stage's encode is the pass's share times the part of the pass up to that stage."""
+    n = len(batch.items)
+    labels = [it.label for it in batch.items]
+    decode_ms = decode_s * 1000 / max(n + len(batch.failed), 1)
+    pass_ms = max(batch.elapsed_ms.values(), default=0.0)
     rows: list[tuple] = []
     for s in stages:
         p = preds[s.name]
-        encode_ms = batch.elapsed_ms.get(s.name, 0.0) / n
-        query_ms = p.batch_ms / n
+        elapsed = batch.elapsed_ms.get(s.name, 0.0)
+        encode_ms = encode_s * 1000 * (elapsed / pass_ms if pass_ms > 0 else 0.0) / n
+        query_ms = query_s[s.name] * 1000 / n
         t = result.stages[s.name]
-        t.n += n
-        t.correct += int((p.labels == labels).sum())
         t.encode_ms += encode_ms * n
-        t.query_ms += p.batch_ms
+        t.query_ms += query_ms * n
+        t.batch_encode_ms += elapsed
+        t.batch_query_ms += p.batch_ms
         for i in range(n):
             rows.append(
                 (
@@ -396,7 +536,7 @@ def _rows(
                     decode_ms,
                     encode_ms,
                     query_ms,
-                    batch_no,
+                    batch.no,
                     n,
                     p.batch_ms,
                 )
