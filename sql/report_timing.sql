@@ -1,8 +1,15 @@
--- Time by run and stage (milliseconds), complete runs only. Per image: decode, encode and query
--- are recorded apart (storing is per run: report_runs.params->'store_s'). encode_ms is the encoder pass up to this stage (several stages share
--- one pass, so deeper stages include the shallower ones). A batch of queries is one SQL statement:
--- query_ms is that statement's time divided by the batch size, and the batch_query_ms_* columns
--- are taken over batches (query_batches of them), not over images.
+-- Time by run and stage (milliseconds per image), complete runs only. Times are what an image costs:
+-- the run's wall time shared among the work in progress (timing 'wall share'): at every moment the
+-- time elapsed is split among the pieces running then (a batch decoding, being encoded, searched at
+-- a stage on a connection, stored) in proportion to their threads (an encoder pass: the encoder's
+-- threads; any other piece: one), so overlapping work is never counted twice.
+-- encode_ms at a stage is the cumulative cost of the encoder pass up to that stage's depth (stages
+-- asked together share one pass: deeper stages include the shallower ones). Per image,
+-- decode_ms_mean + the deepest stage's encode_ms_mean + every stage's query_ms_mean + store_ms_mean
+-- + other_ms_mean = wall_ms_per_image. batch_query_ms_* are a statement's own time, taken over
+-- batches (query_batches of them), not over images. connections, workers (decoding processes),
+-- encoder_threads and cores say what ran at once. Runs recorded before timing 'wall share' are
+-- 'summed batches': each batch's own time, overlapping work counted in each.
 CREATE OR REPLACE VIEW report_timing AS
 WITH p AS (
     SELECT p.*
@@ -38,6 +45,15 @@ SELECT i.*,
        b.query_batches,
        b.batch_size_mean,
        b.batch_query_ms_p50,
-       b.batch_query_ms_p95
+       b.batch_query_ms_p95,
+       CASE WHEN r.params->>'timing' = 'wall share' THEN 'wall share' ELSE 'summed batches' END AS timing,
+       (r.params->>'connections')::int AS connections,
+       (r.params->>'workers')::int AS workers,
+       (r.params->>'encoder_threads')::int AS encoder_threads,
+       (r.params->>'cores')::int AS cores,
+       1000.0 * (r.params->>'store_s')::float8 / i.n AS store_ms_mean,
+       1000.0 * (r.params->>'other_s')::float8 / i.n AS other_ms_mean,
+       1000.0 * (r.params->>'wall_s')::float8 / i.n AS wall_ms_per_image
 FROM per_image i
-JOIN per_batch b USING (run_id, stage);
+JOIN per_batch b USING (run_id, stage)
+JOIN eval_runs r ON r.id = i.run_id;

@@ -1,0 +1,125 @@
+"""Time per image as wall-time shares: report_timing says how a run's times were measured and what ran at once.
+
+An evaluate shares its wall time among the work in progress (a batch decoding, being encoded, searched
+at a stage on a connection, stored), so overlapping work is never counted twice; eval_runs.params
+records `timing` ('wall share'), the concurrency (`connections`, `workers`, `encoder_threads`,
+`cores`) and the run's totals (`decode_s`, `encode_s`, `query_s`, `store_s`, `other_s`, `wall_s`).
+report_timing shows them per run and stage: runs recorded before are 'summed batches'. The
+predictions columns' comments say what encode_ms, query_ms and decode_ms hold now.
+The view SQL below is a frozen copy of sql/report_timing.sql as of this revision.
+
+Revision ID: 0014
+Revises: 0013
+Create Date: 2026-12-02
+"""
+
+import importlib.util
+from pathlib import Path
+
+from alembic import op
+
+revision = "0014"
+down_revision = "0013"
+branch_labels = None
+depends_on = None
+
+VIEWS = {
+    "report_timing": """\
+-- Time by run and stage (milliseconds per image), complete runs only. Times are what an image costs:
+-- the run's wall time shared among the work in progress (timing 'wall share'): at every moment the
+-- time elapsed is split among the pieces running then (a batch decoding, being encoded, searched at
+-- a stage on a connection, stored) in proportion to their threads (an encoder pass: the encoder's
+-- threads; any other piece: one), so overlapping work is never counted twice.
+-- encode_ms at a stage is the cumulative cost of the encoder pass up to that stage's depth (stages
+-- asked together share one pass: deeper stages include the shallower ones). Per image,
+-- decode_ms_mean + the deepest stage's encode_ms_mean + every stage's query_ms_mean + store_ms_mean
+-- + other_ms_mean = wall_ms_per_image. batch_query_ms_* are a statement's own time, taken over
+-- batches (query_batches of them), not over images. connections, workers (decoding processes),
+-- encoder_threads and cores say what ran at once. Runs recorded before timing 'wall share' are
+-- 'summed batches': each batch's own time, overlapping work counted in each.
+CREATE OR REPLACE VIEW report_timing AS
+WITH p AS (
+    SELECT p.*
+    FROM predictions p
+    JOIN eval_runs r ON r.id = p.run_id
+    WHERE r.status = 'complete'
+), per_image AS (
+    SELECT run_id,
+           stage,
+           count(*) AS n,
+           avg(decode_ms) AS decode_ms_mean,
+           avg(encode_ms) AS encode_ms_mean,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY encode_ms) AS encode_ms_p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY encode_ms) AS encode_ms_p95,
+           avg(query_ms) AS query_ms_mean,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY query_ms) AS query_ms_p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY query_ms) AS query_ms_p95,
+           sum(encode_ms) / 1000.0 AS encode_s_total,
+           sum(query_ms) / 1000.0 AS query_s_total
+    FROM p
+    GROUP BY run_id, stage
+), per_batch AS (
+    SELECT run_id,
+           stage,
+           count(*) AS query_batches,
+           avg(batch_size) AS batch_size_mean,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_query_ms) AS batch_query_ms_p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY batch_query_ms) AS batch_query_ms_p95
+    FROM (SELECT DISTINCT run_id, stage, batch_no, batch_size, batch_query_ms FROM p) b
+    GROUP BY run_id, stage
+)
+SELECT i.*,
+       b.query_batches,
+       b.batch_size_mean,
+       b.batch_query_ms_p50,
+       b.batch_query_ms_p95,
+       CASE WHEN r.params->>'timing' = 'wall share' THEN 'wall share' ELSE 'summed batches' END AS timing,
+       (r.params->>'connections')::int AS connections,
+       (r.params->>'workers')::int AS workers,
+       (r.params->>'encoder_threads')::int AS encoder_threads,
+       (r.params->>'cores')::int AS cores,
+       1000.0 * (r.params->>'store_s')::float8 / i.n AS store_ms_mean,
+       1000.0 * (r.params->>'other_s')::float8 / i.n AS other_ms_mean,
+       1000.0 * (r.params->>'wall_s')::float8 / i.n AS wall_ms_per_image
+FROM per_image i
+JOIN per_batch b USING (run_id, stage)
+JOIN eval_runs r ON r.id = i.run_id;
+""",
+}
+
+COMMENTS = """
+COMMENT ON COLUMN predictions.encode_ms IS
+    'ms per image: the share of the wall time of the encoder pass up to this stage (cumulative: stages asked together share one pass)';
+COMMENT ON COLUMN predictions.query_ms IS
+    'ms per image: the share of the wall time of its batch''s statement at this stage (batch_query_ms is the statement''s own time)';
+COMMENT ON COLUMN predictions.decode_ms IS 'ms per image: the share of the wall time of decoding its batch';
+"""
+
+# as 0006 left them
+COMMENTS_0006 = """
+COMMENT ON COLUMN predictions.encode_ms IS
+    'ms per image of the encoder pass up to this stage (stages asked together share one pass)';
+COMMENT ON COLUMN predictions.query_ms IS 'batch_query_ms / batch_size: this image''s share of its batch statement';
+COMMENT ON COLUMN predictions.decode_ms IS NULL;
+"""
+
+
+def _frozen_views_of(filename: str) -> dict[str, str]:
+    """An earlier revision's frozen view copies (the downgrade restores them)."""
+    spec = importlib.util.spec_from_file_location(filename[:-3], Path(__file__).with_name(filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VIEWS
+
+
+def upgrade() -> None:
+    # new columns at the end: CREATE OR REPLACE keeps what depends on the view
+    for text in VIEWS.values():
+        op.execute(text)
+    op.execute(COMMENTS)
+
+
+def downgrade() -> None:
+    op.execute("DROP VIEW IF EXISTS report_timing")
+    op.execute(_frozen_views_of("0006_counts_timing.py")["report_timing"])
+    op.execute(COMMENTS_0006)
