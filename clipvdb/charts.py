@@ -2,7 +2,8 @@
 them. Three kinds: grouped bars (`bar_chart`), points joined by lines (`line_chart`: accuracy
 against milliseconds per image, recall against milliseconds per query) and a histogram of counts
 over bins (`histogram`). Each returns one <svg> element as text; the page puts the same numbers in
-a <table> after it."""
+a <table> after it. A chart may carry a `note` under its title: what its numbers are measured
+under (the trade-off chart: how many connections, workers and threads ran at once)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from html import escape
 PALETTE = ("#1d4ed8", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563")
 WIDTH, HEIGHT = 640, 300
 LEFT, RIGHT, TOP, BOTTOM = 64, 150, 30, 50  # margins: the legend sits on the right
+NOTE_HEIGHT = 14  # the room a note takes under the title
 
 
 def colour(i: int) -> str:
@@ -64,11 +66,20 @@ def tick_label(v: float, ticks_: Sequence[float]) -> str:
 class _Frame:
     """Plot area, axes and legend shared by the three kinds."""
 
-    def __init__(self, title: str, x_label: str, y_label: str, y_range: tuple[float, float], width: int, height: int):
-        self.title, self.x_label, self.y_label = title, x_label, y_label
+    def __init__(
+        self,
+        title: str,
+        x_label: str,
+        y_label: str,
+        y_range: tuple[float, float],
+        width: int,
+        height: int,
+        note: str = "",
+    ):
+        self.title, self.x_label, self.y_label, self.note = title, x_label, y_label, note
         self.width, self.height = width, height
         self.x0, self.x1 = LEFT, width - RIGHT
-        self.y0, self.y1 = height - BOTTOM, TOP  # y0: the bottom of the plot area
+        self.y0, self.y1 = height - BOTTOM, TOP + (NOTE_HEIGHT if note else 0)  # y0: the bottom of the plot area
         self.yticks = ticks(*y_range)
         self.ylo, self.yhi = self.yticks[0], self.yticks[-1]
         self.parts: list[str] = []
@@ -89,6 +100,8 @@ class _Frame:
         yl = (self.y0 + self.y1) / 2
         p.append(_text(14, yl, self.y_label, extra=f' transform="rotate(-90 14 {yl:.1f})"'))
         p.append(_text(self.width / 2, 18, self.title, extra=' font-weight="bold"'))
+        if self.note:
+            p.append(_text(self.width / 2, 18 + NOTE_HEIGHT, self.note, extra=' class="note" fill="#555"'))
 
     def legend(self, names: Sequence[str]) -> None:
         for i, name in enumerate(names):
@@ -163,19 +176,20 @@ def line_chart(
     lines: bool = True,
     labels: bool = True,
     y_max: float | None = None,
+    note: str = "",
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> str:
     """Points (x, y, label) per series, joined in the given order when `lines`; each point is
     marked, and labelled on the chart when `labels` (a stage name), else in its tooltip only.
-    `y_max`: the top of the y axis (recall: 1)."""
+    `y_max`: the top of the y axis (recall: 1); `note`: a line under the title."""
     xs = [p[0] for ps in series.values() for p in ps]
     ys = [p[1] for ps in series.values() for p in ps]
     y_range = _range(ys, zero=False)
     if y_max is not None and max(ys, default=y_max) <= y_max:
         lo = min(ys, default=y_max)
         y_range = (lo if lo < y_max else y_max - 0.1 * (abs(y_max) or 1.0), y_max)
-    f = _Frame(title, x_label, y_label, y_range, width, height)
+    f = _Frame(title, x_label, y_label, y_range, width, height, note)
     f.axes()
     xt = ticks(*_range(xs, zero=True))
     xlo, xhi = xt[0], xt[-1]

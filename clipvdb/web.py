@@ -77,13 +77,55 @@ def index_settings(index: dict | None) -> str:
 
 
 def ms_per_image(t: dict) -> float:
-    """The study's cost of a prediction: the encoder pass to the stage plus the query, per image."""
+    """The study's cost of a prediction: the encoder pass to the stage plus the query, per image
+    (shares of the run's wall time, report_timing)."""
     return (t.get("encode_ms_mean") or 0.0) + (t.get("query_ms_mean") or 0.0)
+
+
+def ran_at_once(timing: list[dict]) -> str:
+    """What ran at once in a run, from its report_timing rows: connections, decoding workers,
+    encoder threads, cores ('' for a run that did not record them)."""
+    t = timing[0] if timing else {}
+    if t.get("connections") is None:
+        return ""
+    parts = [f"{t['connections']} connections", f"{t['workers']} decoding workers"]
+    if t.get("encoder_threads"):
+        parts.append(f"{t['encoder_threads']} encoder threads")
+    return ", ".join(parts) + f" on {t['cores']} cores"
+
+
+def timing_note(timing: list[dict]) -> str:
+    """How a run's times per image were measured, and (wall shares) how they add up to its wall time."""
+    if not timing:
+        return ""
+    t = timing[0]
+    if t.get("timing") != "wall share":
+        return (
+            "Times per image are each batch's own time over its images: work that overlapped is counted in "
+            "each, so they can add up to more than the run's wall time."
+        )
+    deepest = max(timing, key=lambda r: r.get("encode_ms_mean") or 0.0)
+    parts = [
+        ("decode", t.get("decode_ms_mean")),
+        (f"encode (the pass to {deepest['stage']})", deepest.get("encode_ms_mean")),
+        ("query (every stage)", sum(r.get("query_ms_mean") or 0.0 for r in timing)),
+        ("store", t.get("store_ms_mean")),
+        ("other", t.get("other_ms_mean")),
+    ]
+    terms = " + ".join(f"{name} {v or 0.0:.2f}" for name, v in parts)
+    return (
+        f"Times per image are the run's wall time shared among the work in progress ({ran_at_once(timing)}): "
+        "at every moment the time is split among the batches decoding, encoding, searched and stored then, "
+        f"in proportion to their threads, so overlapping work is counted once and the parts add up: {terms} = "
+        f"{t.get('wall_ms_per_image') or 0.0:.2f} ms per image. A stage's encode ms is the cumulative cost of the "
+        "encoder pass up to its depth (stages asked together share one pass)."
+    )
 
 
 def trade_off(per_run: dict[str, tuple[list[dict], list[dict]]]) -> tuple[str, list[dict]]:
     """The trade-off chart (accuracy against encoder + query ms per image) with one series per run,
-    and its points as table rows. `per_run`: name -> (report_accuracy rows, report_timing rows)."""
+    and its points as table rows. `per_run`: name -> (report_accuracy rows, report_timing rows).
+    Its note says what ran at once (one run) or how each series was timed (several)."""
     series: dict[str, list[tuple[float, float, str]]] = {}
     rows = []
     for name, (accuracy, timing) in per_run.items():
@@ -96,8 +138,20 @@ def trade_off(per_run: dict[str, tuple[list[dict], list[dict]]]) -> tuple[str, l
                     {"series": name, "stage": a["stage"], "ms": ms[a["stage"]], "accuracy_pct": a["accuracy_pct"]}
                 )
         series[name] = pts
+    timings = [timing for _, timing in per_run.values() if timing]
+    shared = all(t[0].get("timing") == "wall share" for t in timings)
+    if len(timings) == 1 and shared:
+        note = "wall time shared among the work in progress: " + ran_at_once(timings[0])
+    elif shared:
+        note = "wall time shared among the work in progress (each run's concurrency in the table above)"
+    else:
+        note = "a run timed as summed batches counts overlapping work in each"
     svg = charts.line_chart(
-        series, title="Accuracy against time per image", x_label="encoder + query ms per image", y_label="accuracy %"
+        series,
+        title="Accuracy against time per image",
+        x_label="encoder + query ms per image (share of the wall time)",
+        y_label="accuracy %",
+        note=note if timings else "",
     )
     return svg, rows
 
@@ -340,6 +394,8 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         return page(
             "compare.html",
             runs=[r["report_runs"][0] for r in found],
+            at_once={r["run_id"]: ran_at_once(r["report_timing"]) for r in found},
+            timed={r["run_id"]: (r["report_timing"][0]["timing"] if r["report_timing"] else "") for r in found},
             stages=stages,
             cells=cells,
             chart=svg,
@@ -360,6 +416,8 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
             r=r,
             run=r["run"],
             timing=timing,
+            at_once=ran_at_once(r["report_timing"]),
+            timing_note=timing_note(r["report_timing"]),
             chart=svg,
             points=points,
             histograms=histograms(r["report_distance_histogram"]),
