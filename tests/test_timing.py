@@ -1,0 +1,142 @@
+"""Evaluate's time per image is what an image costs: the run's wall time shared among the work in
+progress. The encoder's figure matches the same network run bare on the same images at the same
+thread count; encode + query per image, times the images, fits in the command's wall time (work that
+overlaps is never counted twice); report_timing and /runs/<id> say what ran at once."""
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clipvdb
+from clipvdb import synthetic
+from clipvdb.images import load_image, read_file
+from clipvdb.pipeline import Timeline
+from clipvdb.sources import open_source
+from clipvdb.stages import STAGES
+
+CNN = Path(clipvdb.__file__).parent / "models" / "cifar10-cnn.pt"
+TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 100  # 1,000 stored, 1,000 evaluated
+BATCH = 100
+ASKED = "first,second,third"  # the CNN's origin is its CIFAR-10 classifier: not these classes
+RATIO = 1.3  # recorded encoder ms per image against the bare network's, either way
+WALL_MARGIN = 1.02
+
+
+def test_timeline_splits_each_moment_among_the_work_in_progress():
+    t0 = time.perf_counter() - 100
+    tl = Timeline(t0)
+    tl.add("a", t0 + 0, t0 + 4)  # alone for 1 s, then beside b
+    tl.add("b", t0 + 1, t0 + 3, weight=3)  # three threads: 3/4 of each moment it shares with a
+    tl.expect("c", t0 + 6)  # queued from 6 on, not seen yet: the sweep stops there
+    tl.advance()
+    assert tl.swept == t0 + 6 and tl.final("a") and tl.final("b")
+    assert tl.take("a") == pytest.approx(1 + 2 * 0.25 + 1)
+    assert tl.take("b") == pytest.approx(2 * 0.75)
+    tl.add("c", t0 + 7, t0 + 9)
+    with tl.piece("d"):  # open while the sweep passes: shares the time up to now with nothing
+        tl.advance()
+    assert tl.final("c") and not tl.final("d")
+    tl.advance()
+    assert tl.take("c") == pytest.approx(2.0)
+    d = tl.take("d")
+    assert tl.idle_s + 2.5 + 1.5 + 2.0 + d == pytest.approx(tl.wall_s)
+    assert tl.idle_s == pytest.approx(2 + 1 + 91, abs=0.01)  # 4-7 and 9-100: nothing in progress
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return synthetic.generate(
+        tmp_path_factory.mktemp("timing") / "syn", {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, seed=7
+    )
+
+
+def bare_ms_per_image(batches: list[np.ndarray]) -> float:
+    """The network alone, in this process, at its thread count, stopping at stage third as the
+    evaluate's pass does: wall ms per image of one pass over the batches (the median of three
+    passes after a warm-up pass)."""
+    from clipvdb.trained_model import TrainedEncoder
+
+    encoder = TrainedEncoder(CNN)
+    n = sum(len(b) for b in batches)
+    passes = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        for b in batches:
+            encoder.encode(b, [STAGES["second"], STAGES["third"]])
+        passes.append((time.perf_counter() - t0) * 1000 / n)
+    return statistics.median(passes[1:])
+
+
+def test_encoder_ms_matches_the_bare_network_and_fits_the_wall_time(cli, db_url, images, capsys):
+    import torch
+
+    from clipvdb import Store
+    from clipvdb.trained_model import TrainedEncoder
+    from clipvdb.web import create_app
+
+    cli("ingest", "--stage", ASKED, "--data", images, "--model", CNN)
+    items = open_source(str(images)).items("test")
+    prepare = TrainedEncoder(CNN).prepare
+    batches = [
+        np.stack([prepare(load_image(read_file(it.path, it.key), it.key)) for it in items[i : i + BATCH]])
+        for i in range(0, len(items), BATCH)
+    ]
+    before = bare_ms_per_image(batches)
+    t0 = time.perf_counter()
+    out = cli("evaluate", "--stage", ASKED, "--data", images, "--model", CNN, "--batch-size", BATCH, "--json").stdout
+    wall_s = time.perf_counter() - t0
+    after = bare_ms_per_image(batches)
+    bare = statistics.median([before, after])
+    run = json.loads(out)
+    rep = json.loads(cli("report", "--run", run["run_id"], "--view", "report_timing", "--json").stdout)
+    timing = {r["stage"]: r for r in rep["report_timing"]}
+    n = len(items)
+    assert {s: t["n"] for s, t in timing.items()} == {"first": n, "second": n, "third": n}
+
+    # what ran at once, recorded and shown: the bare run above used the same thread count
+    threads = torch.get_num_threads()
+    for t in timing.values():
+        assert (t["timing"], t["connections"], t["encoder_threads"]) == ("wall share", 2, threads)
+        assert t["workers"] == run["concurrency"]["workers"] >= 1 and t["cores"] >= 1
+
+    # the encoder: third is the whole pass (the deepest stage asked); second a part of it
+    recorded = timing["third"]["encode_ms_mean"]
+    own = run["stages"]["third"]["batch_encode_s"] * 1000 / n
+    with capsys.disabled():
+        print(
+            f"\nencoder ms per image: {recorded:.3f} recorded, {bare:.3f} bare ({before:.3f} before, {after:.3f} "
+            f"after) at {threads} threads; the batches' own time {own:.3f}; "
+            f"command {wall_s * 1000 / n:.3f} ms per image"
+        )
+    assert 1 / RATIO <= recorded / bare <= RATIO, (
+        f"encoder {recorded:.3f} ms per image recorded, {bare:.3f} ms bare at {threads} threads "
+        f"(before {before:.3f}, after {after:.3f}); the batches' own time {own:.3f}"
+    )
+    assert 0 < timing["second"]["encode_ms_mean"] < recorded
+    assert timing["first"]["encode_ms_mean"] == 0
+
+    # encode + query per image at each stage, times the images, fits in the command's wall time; so
+    # does the whole: the pass counted once and every stage's query
+    for stage, t in timing.items():
+        cost_s = (t["encode_ms_mean"] + t["query_ms_mean"]) * n / 1000
+        assert cost_s <= wall_s * WALL_MARGIN, f"{stage}: {cost_s:.2f} s of encode + query in {wall_s:.2f} s"
+    whole_s = (recorded + sum(t["query_ms_mean"] for t in timing.values())) * n / 1000
+    assert whole_s <= wall_s * WALL_MARGIN, f"one pass and every query: {whole_s:.2f} s in {wall_s:.2f} s"
+    # and the parts add up to the run's own wall time per image
+    t = timing["first"]
+    parts = t["decode_ms_mean"] + recorded + sum(x["query_ms_mean"] for x in timing.values())
+    parts += t["store_ms_mean"] + t["other_ms_mean"]
+    assert parts == pytest.approx(t["wall_ms_per_image"], rel=0.01)
+    assert t["wall_ms_per_image"] * n / 1000 <= wall_s
+
+    # the run's page says what ran at once, and its note adds the same parts up
+    with Store(db_url) as store:
+        html = create_app(store).test_client().get(f"/runs/{run['run_id']}").get_data(as_text=True)
+    workers = run["concurrency"]["workers"]
+    assert f"2 connections, {workers} decoding workers, {threads} encoder threads on" in html
+    assert f"= {t['wall_ms_per_image']:.2f} ms per image" in html
+    assert f"encode (the pass to third) {recorded:.2f}" in html
