@@ -3,6 +3,8 @@
 import re
 import time
 
+import pytest
+
 
 def test_quick_benchmark_writes_every_table(tmp_path):
     from bench.__main__ import main
@@ -122,42 +124,75 @@ def test_headline_times_the_commands_and_writes_both_blocks(syn_data, tmp_path):
     assert f"**{rows['ratios']['evaluate']:.2f}x**" in readme and readme.endswith("hand notes\n")
 
 
-def _peers_result(clipvdb_total: float) -> dict:
-    cli = {
-        "baseline_s": 20.0,
-        "ingest_s": clipvdb_total / 2,
-        "evaluate_s": clipvdb_total / 2,
-        "evaluate": {"stages": {"first": {"accuracy_pct": 35.1}}},
-    }
-    rows = [
-        {"peer": "faiss IndexFlatL2 (exact)", "load_s": 0.3, "query_s": 14.0, "queries": 100, "accuracy": 35.3},
-        {"peer": "slowdb (embedded)", "load_s": 40.0, "query_s": 10.0, "queries": 10, "accuracy": 33.0},
-        {"peer": "lancedb_row", "error": "ImportError: no module"},
-    ]
-    for r in rows:
-        if "query_s" in r:
-            r["query_s_all"] = r["query_s"] * 100 / r["queries"]
-            r["total_s_all"] = r["load_s"] + r["query_s_all"]
-    return {
-        "machine": "m",
-        "baseline_s": 20.0,
-        "baseline_accuracy": 35.3,
-        "queries_all": 100,
-        "rows": rows,
-        "clipvdb": cli,
-    }
+def _needs(module: str, package: str):
+    return pytest.importorskip(
+        module, reason=f"{package} is not installed: the peers come with the bench extra (pip install -e '.[bench]')"
+    )
 
 
-def test_peers_block_compares_every_peer_with_the_clipvdb_cli():
-    from bench.peers import render
+def test_peers_run_clipvdb_and_the_exact_peers_to_the_same_nearest_neighbours(syn_data, tmp_path):
+    """One run of bench.peers on a generated set: faiss's exact index, hnswlib and clipvdb's exact
+    evaluate (read back from its stored run) find the neighbours an independent float64 1-NN finds;
+    a capped peer is compared with clipvdb over its prefix; the block names the CPU flags."""
+    _needs("faiss", "faiss-cpu")
+    _needs("hnswlib", "hnswlib")
+    import numpy as np
 
-    text = render(_peers_result(20.0))
-    assert "| **clipvdb CLI**" in text and "| 10.0 s | 10.0 s | 20.0 s | 35.10 % |" in text
-    assert "100.0 s extrapolated (10 in 10.0 s)" in text and "33.00 % of the first 10" in text
-    assert "failed: ImportError: no module" in text
-    assert "Against slowdb: clipvdb's total is 7.0x faster, at 35.10 % against its 33.00 % over its first 10" in text
-    assert "(ahead)" in text and "Gap to faiss IndexFlatL2 (exact)" in text
-    assert "(not ahead)" in render(_peers_result(200.0))
+    from bench.common import load_pixels
+    from bench.peers import main
+    from clipvdb.sources import open_source
+
+    (tmp_path / "BENCHMARKS.md").write_text("# B\n\n<!-- bench:peers -->\nold\n<!-- /bench:peers -->\n\nhand notes\n")
+    argv = ["--data", str(syn_data), "--peers", "faiss-flat,hnswlib", "--cap", "hnswlib=7", "--exact"]
+    out = main([*argv, "--out", str(tmp_path / "p.json"), "--write", "--docs", str(tmp_path)])
+
+    source = open_source(syn_data)
+    Xtr, ytr, _ = load_pixels(source, "train", 60)
+    Xte, yte, _ = load_pixels(source, "test", 20)
+    d = ((Xte.astype(np.float64)[:, None, :] - Xtr.astype(np.float64)[None, :, :]) ** 2).sum(-1)
+    truth = d.argmin(1)
+    assert (np.sort(d, 1)[:, 1] - np.sort(d, 1)[:, 0] > 1e-6).all()  # no ties: one right answer each
+    rows = {r["key"]: r for r in out["rows"]}
+    assert np.array_equal(rows["faiss-flat"]["nearest"], truth)
+    assert np.array_equal(out["clipvdb"]["nearest"], truth)
+    assert np.array_equal(rows["hnswlib"]["nearest"], truth[:7]) and rows["hnswlib"]["queries"] == 7
+    pct = 100.0 * int((ytr[truth] == yte).sum()) / 20
+    assert rows["faiss-flat"]["accuracy"] == out["clipvdb"]["accuracy"] == pct
+    assert rows["faiss-flat"]["verdict"] == "equal" and rows["faiss-flat"]["recall_at_1"] == 1.0
+    assert rows["hnswlib"]["clipvdb_accuracy"] == 100.0 * int((ytr[truth[:7]] == yte[:7]).sum()) / 7
+    assert rows["faiss-flat"]["build_ratio"] == rows["faiss-flat"]["build_s"] / out["clipvdb"]["ingest_s"]
+
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "old" not in text and text.endswith("hand notes\n")
+    assert f"CPU flags {out['cpu_flags']}" in text and "AVX-512" in out["cpu_flags"]
+    assert "`python -m bench.peers " + " ".join(argv) in text
+    assert "| the first 7 |" in text and f"{rows['hnswlib']['clipvdb_accuracy']:.2f} % (its first 7)" in text
+    assert "| **clipvdb** |" in text and "| faiss IndexFlatL2 (exact) |" in text
+
+
+def test_peers_verdict_calls_accuracies_within_half_a_point_equal():
+    from bench.peers import verdict
+
+    assert verdict(35.0, 35.5) == "equal" and verdict(35.5, 35.0) == "equal"
+    assert verdict(35.0, 35.6) == "behind" and verdict(35.6, 35.0) == "ahead"
+    assert verdict(32.4, 35.22) == "behind"
+
+
+def test_peers_cpu_flags_name_avx2_and_avx512_from_cpuinfo():
+    from bench.peers import cpu_flags
+
+    assert cpu_flags("processor : 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n") == "AVX2, FMA, no AVX-512"
+    assert cpu_flags("flags : sse4_2 avx2 fma avx512f avx512bw\n") == "AVX2, FMA, AVX-512"
+    assert cpu_flags("flags : sse4_2\n") == "no AVX2, no AVX-512"
+
+
+def test_peers_cap_takes_a_known_peer_and_a_positive_count():
+    from bench.peers import DEFAULT_CAPS, parse_caps
+
+    assert parse_caps(["lancedb=300"]) == {**DEFAULT_CAPS, "lancedb": 300}
+    for bad in ("lancedb", "nosuch=3", "lancedb=0", "lancedb=x"):
+        with pytest.raises(SystemExit, match="--cap takes PEER=N"):
+            parse_caps([bad])
 
 
 def test_server_cpu_counts_a_homes_servers_and_their_ended_backends(tmp_path):
