@@ -171,7 +171,9 @@ def render(r: dict) -> str:
     ]
     if "clip" in r:
         lines.append(
-            f"- The CLIP ingest: {r['clip']['ingest_wall_s']:.1f} s for the command. The cold encoder is a fresh "
+            f"- The CLIP ingest: {r['clip']['ingest_wall_s']:.1f} s for the command by wall clock, from its own "
+            "fresh `CLIPVDB_HOME` (server start, schema, model set-up and decoding included; it reports "
+            f"{r['clip']['ingest']['seconds']:.1f} s itself). The cold encoder is a fresh "
             "model's first pass over the batches, as the ingest runs it (oneDNN builds its kernels for the batch "
             "shape on the first batch); the warm one is the same batches again."
         )
@@ -194,15 +196,17 @@ def render_readme(r: dict) -> str:
     )
     if "clip" in r:
         text += (
-            f" `clipvdb ingest --stage all` runs at {q['clip_ingest_of_cold_bare_encoder']:.2f} of the bare "
-            f"encoder's throughput run the same way (cold), {q['clip_ingest_of_bare_encoder']:.2f} of a warmed one."
+            f" `clipvdb ingest --stage all` runs, by its wall clock from a fresh home, at "
+            f"{q['clip_ingest_of_cold_bare_encoder']:.2f} of the bare encoder's throughput on the same images (cold), "
+            f"{q['clip_ingest_of_bare_encoder']:.2f} of a warmed one."
         )
     return text + " Details: [BENCHMARKS.md](BENCHMARKS.md)."
 
 
 def clip_stages(source, data: str, n: int, env: dict) -> dict:
     """`clipvdb ingest --stage all` of n images (random RN50 weights) against the bare encoder: the
-    same images decoded and prepared beforehand, then only `encode` for all stages, batch 64."""
+    same images decoded and prepared beforehand, then only `encode` for all stages, batch 64. The
+    command's rate is n over its wall clock seen from here, from a fresh CLIPVDB_HOME (cold)."""
     from clipvdb import Store
     from clipvdb.images import load_image
     from clipvdb.stages import parse_stages
@@ -220,15 +224,20 @@ def clip_stages(source, data: str, n: int, env: dict) -> dict:
     for s in range(0, n, 64):
         encoder.encode(prepared[s : s + 64], stages)
     bare = n / (time.perf_counter() - start)
-    # a dataset name of its own: stage first's rows of the main job stay as they are
-    command = ["ingest", "--stage", "all", "--pretrained", "random", "--data", data, "--limit", str(n)]
-    wall, out = timed([*command, "--dataset", "clip", "--json"], env)
+    home = Path(tempfile.mkdtemp(prefix="clipvdb-headline-clip-"))
+    env = dict(env, CLIPVDB_HOME=str(home))
+    try:
+        command = ["ingest", "--stage", "all", "--pretrained", "random", "--data", data, "--limit", str(n), "--json"]
+        wall, out = timed(command, env)
+    finally:
+        subprocess.run(CLI + ["db", "stop"], env=env, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
     result = json.loads(out)
     return {
         "images": n,
         "bare_images_per_s": bare,
         "bare_cold_images_per_s": bare_cold,
-        "ingest_images_per_s": result["images_per_s"],
+        "ingest_images_per_s": n / wall,
         "ingest_wall_s": wall,
         "ingest": result,
     }
