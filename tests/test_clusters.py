@@ -20,6 +20,11 @@ def _members(db_url, clustering_id):
         ).fetchall()
 
 
+def _majority(clusters: list[int], labels: list[int], k: int) -> int:
+    """How many members of cluster k carry its most frequent label."""
+    return int(max(np.bincount([lab for cl, lab in zip(clusters, labels, strict=True) if cl == k])))
+
+
 def test_kmeans_is_stored_and_the_views_match_scikit_learn(store, db_url, syn_data):
     store.ingest(syn_data, "first", workers=0)
     c = store.cluster("first", 10)
@@ -28,9 +33,7 @@ def test_kmeans_is_stored_and_the_views_match_scikit_learn(store, db_url, syn_da
     assert c.n == len(rows) == 60 and c.n_clusters == len(set(clusters)) <= 10 and c.n_noise == 0
     assert c.adjusted_rand_index == pytest.approx(adjusted_rand_score(labels, clusters), abs=1e-9)
     assert c.normalized_mutual_info == pytest.approx(normalized_mutual_info_score(labels, clusters), abs=1e-9)
-    majority = sum(
-        max(np.bincount([lab for cl, lab in zip(clusters, labels, strict=True) if cl == k])) for k in set(clusters)
-    )
+    majority = sum(_majority(clusters, labels, k) for k in set(clusters))
     assert c.purity == pytest.approx(majority / 60, abs=1e-4)
     assert sorted(c.sizes, reverse=True) == c.sizes and sum(c.sizes) == 60
     # each member's distance is to its cluster's stored centre
@@ -51,11 +54,15 @@ def test_kmeans_is_stored_and_the_views_match_scikit_learn(store, db_url, syn_da
             (c.id,),
         ).fetchone()
     assert np.linalg.norm(emb[0].to_numpy().astype(np.float64) - centre) == pytest.approx(emb[1], rel=2e-3)
+    # per cluster: its size and the share of its majority label, counted here from the members
     with psycopg.connect(db_url) as conn:
-        mix = conn.execute(
-            "SELECT sum(size), bool_and(purity <= 1) FROM report_cluster_classes WHERE clustering_id = %s", (c.id,)
-        ).fetchone()
-    assert mix == (60, True)
+        per_cluster = conn.execute(
+            "SELECT cluster, size, purity FROM report_cluster_classes WHERE clustering_id = %s", (c.id,)
+        ).fetchall()
+    expected = {k: (clusters.count(k), _majority(clusters, labels, k) / clusters.count(k)) for k in set(clusters)}
+    assert {k: (n, float(p)) for k, n, p in per_cluster} == {
+        k: (n, pytest.approx(p, abs=1e-4)) for k, (n, p) in expected.items()
+    }
 
 
 def test_separable_colours_cluster_perfectly(store, tmp_path):
@@ -93,10 +100,13 @@ def test_bad_input_is_one_line(store, cli, syn_data):
     assert "no clustering 99" in cli("cluster", "show", "99", expect=2).output
 
 
-def test_cli_fit_list_show(cli, syn_data, tmp_path):
+def test_cli_fit_list_show(cli, db_url, syn_data, tmp_path):
     cli("ingest", "--stage", "first", "--data", syn_data, "--workers", "0")
     fitted = json.loads(cli("cluster", "fit", "--stage", "first", "--k", "5", "--json").stdout)
-    assert fitted["n_clusters"] == 5 and 0 < fitted["purity"] <= 1
+    rows = _members(db_url, fitted["id"])
+    clusters, labels = [r[0] for r in rows], [r[1] for r in rows]
+    assert fitted["n_clusters"] == len(set(clusters)) == 5 and len(rows) == 60
+    assert fitted["purity"] == pytest.approx(sum(_majority(clusters, labels, k) for k in range(5)) / 60, abs=1e-4)
     sampled = json.loads(
         cli(
             "cluster", "fit", "--stage", "first", "--method", "agglomerative", "--k", "4", "--sample", "30", "--json"
