@@ -70,12 +70,30 @@ def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data)
     store.ingest(syn_data, "first", workers=0, limit=30)
     with pytest.raises(EmptyStageError, match="no learned map"):
         store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True))
-    store.learn("first", 9, method="lda")
+    # PCA: a well-conditioned map (an LDA of 30 rows in 3,072 dimensions has coefficients near 1e7,
+    # and the training rows' images under it are mostly float32 rounding)
+    store.learn("first", 9, method="pca")
     store.ingest(syn_data, "first", workers=0)  # 30 more rows: their learned images go in with them
     with store.connection() as conn:
-        assert conn.execute("SELECT count(*) FROM learned_first").fetchone()[0] == 60
-    preds = store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True))
-    assert preds[0].predicted_class in store.dataset().classes
+        lmap = learned.load(conn, STAGES["first"])
+        rows = conn.execute(
+            "SELECT e.embedding, l.vec, i.label FROM learned_first l JOIN images i ON i.id = l.image_id "
+            "JOIN embeddings_first e ON e.space_id = l.space_id AND e.image_id = l.image_id"
+        ).fetchall()
+    assert lmap is not None and len(rows) == 60
+    raw = np.stack([r[0].to_numpy() for r in rows]).astype(np.float32)
+    mapped = np.stack([r[1].to_numpy() for r in rows])
+    labels = np.array([r[2] for r in rows])
+    # every stored row's learned image is the map applied to its vector, the later 30 as the first 30
+    # (the later ones from the vectors before their half-precision rounding)
+    off = np.linalg.norm(mapped - lmap.apply(raw), axis=1) / np.linalg.norm(mapped, axis=1)
+    assert off.max() < 2e-3, off.max()
+    # and the learned search answers as numpy's nearest neighbour in the learned space
+    query = str(syn_data / "test" / "red-circle" / "0000.png")
+    preds = store.classify([query], "first", SearchSettings(learned=True))
+    q = lmap.apply(store.embed([query], "first")["first"])[0]
+    nearest = int(labels[((mapped - q) ** 2).sum(1).argmin()])
+    assert preds[0].predicted_class == store.dataset().classes[nearest]
     with pytest.raises(UsageError, match="at most classes - 1 = 9"):
         store.learn("first", 12, method="lda")
     with pytest.raises(UsageError, match="drop --metric"):
