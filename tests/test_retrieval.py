@@ -71,7 +71,7 @@ def test_metrics_order_by_their_own_distance(cli, stored, store, syn_data):
     assert all(d < 0 for d in out["ip"])  # pgvector's <#> is the negative inner product
 
 
-def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tmp_path):
+def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tmp_path, db_url):
     img = syn_data / "test" / "red-circle" / "0000.png"
     out = tmp_path / "grid.png"
     meta = json.loads(
@@ -83,11 +83,17 @@ def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tm
         grid.load()
         assert grid.size == ((4 + 1) * TILE, 2 * (TILE + CAPTION))
         arr = np.asarray(grid.convert("RGB"))
-    for row in range(2):
-        for col in range(5):
-            y, x = row * (TILE + 30), col * TILE
-            tile = arr[y + 4 : y + TILE - 4, x + 4 : x + TILE - 4]
-            assert tile.std() > 0 or tile.mean() < 250, f"tile {row},{col} is blank"
+    # each row: the query, then the images of the neighbours the JSON names, in its order, each read
+    # from its file here and scaled to the tile
+    with psycopg.connect(db_url) as conn:
+        source = dict(conn.execute("SELECT id, source FROM images").fetchall())
+    for row, stage in enumerate(meta["stages"]):
+        files = [img] + [syn_data / source[n["image_id"]] for n in meta["rows"][stage]]
+        for col, path in enumerate(files):
+            y, x = row * (TILE + CAPTION), col * TILE
+            with Image.open(path) as want:
+                expected = np.asarray(want.convert("RGB").resize((TILE - 4, TILE - 4), Image.Resampling.NEAREST))
+            assert np.array_equal(arr[y + 2 : y + TILE - 2, x + 2 : x + TILE - 2], expected), (stage, col, path)
 
 
 def test_neighbour_grid_rereads_cifar_pixels(cli, tmp_path):
