@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from clipvdb import Store, TinyEncoder, db, embedded, indexes, nodes, queries, synthetic
 from clipvdb.errors import DatabaseError, ExtensionError, UsageError
 from clipvdb.knn import SearchSettings
+from clipvdb.sources import open_source
 from clipvdb.stages import STAGES
 
 FIRST = STAGES["first"]
@@ -85,6 +87,12 @@ def test_ingest_again_adds_nothing(cstore, cluster_data):
     assert _sql(cstore, "SELECT count(*) FROM images") == [(1000,)]
 
 
+def _correct(store: Store, run_id: int, data: Path) -> int:
+    """A run's right answers, its predictions judged here by each image's class folder."""
+    classes = sorted(p.name for p in (data / "train").iterdir())
+    return sum(classes[p] == Path(source).parent.name for source, p in _predictions(store, run_id).items())
+
+
 def _predictions(store: Store, run_id: int) -> dict[str, int]:
     rows = _sql(
         store,
@@ -123,10 +131,13 @@ def test_every_report_view_and_classify(cstore, cluster_data):
 
     run = cstore.evaluate(cluster_data, stage="first", num=40)
     out = cstore.reports(run.run_id)
-    for view in reports.VIEWS:
-        assert view in out
+    # every view answers on the cluster with rows of this run (by k: only for several k, below)
+    assert [v for v in reports.VIEWS if not out[v]] == ["report_accuracy_by_k"]
+    assert {r["run_id"] for v in reports.VIEWS for r in out[v]} == {run.run_id}
     acc = out["report_accuracy"]
-    assert acc and acc[0]["n"] == 40
+    assert [(r["stage"], r["n"], r["correct"]) for r in acc] == [
+        ("first", 40, _correct(cstore, run.run_id, cluster_data))
+    ]
     assert out["report_runs"][0]["images"] == 40
     image = next((cluster_data / "test").rglob("*.png"))
     pred = cstore.classify(str(image), stage="first")
@@ -296,8 +307,10 @@ def test_worker_killed_during_evaluate(citus_home, cstore, cluster_data):
     # nothing of the failed run reaches the reports, and what it stored is whole batches (a commit
     # cut by the kill was finished by Citus's two-phase commit recovery when the worker came back)
     assert not [r for r in cstore.reports(run_id)["report_accuracy"] if r["run_id"] == run_id]
-    stored = _sql(cstore, "SELECT count(*) FROM predictions WHERE run_id = %s", (run_id,))[0][0]
-    assert stored % 20 == 0
+    # each batch of 20 (the split's items in order) is stored whole or not at all, and not every one
+    batch_of = {it.key: n // 20 for n, it in enumerate(open_source(cluster_data).items("test"))}
+    stored = Counter(batch_of[source] for source in _predictions(cstore, run_id))
+    assert sum(stored.values()) < len(batch_of) and all(n == 20 for n in stored.values()), stored
 
 
 def test_nodes_without_citus(monkeypatch, tmp_path, runner):
@@ -314,7 +327,7 @@ def test_nodes_without_citus(monkeypatch, tmp_path, runner):
         nodes.start(tmp_path / "other")
 
 
-def test_cli_on_the_cluster(cstore, citus_home, runner, monkeypatch):
+def test_cli_on_the_cluster(cstore, citus_home, cluster_data, runner, monkeypatch):
     """Every command of the home talks to the coordinator: db url, nodes status, report."""
     from clipvdb.cli import cli
 
@@ -332,7 +345,15 @@ def test_cli_on_the_cluster(cstore, citus_home, runner, monkeypatch):
     db_status = runner.invoke(cli, ["db", "status"], catch_exceptions=False)
     assert "distributed over 2 workers" in db_status.output
     report = runner.invoke(cli, ["report", "--view", "report_accuracy", "--json"], catch_exceptions=False)
-    assert report.exit_code == 0 and "report_accuracy" in report.output
+    assert report.exit_code == 0
+    # the newest complete run's accuracy, as the coordinator's predictions give it
+    shown = json.loads(report.output)
+    latest = _sql(cstore, "SELECT max(id) FROM eval_runs WHERE status = 'complete'")[0][0]
+    n = _sql(cstore, "SELECT count(*) FROM predictions WHERE run_id = %s", (latest,))[0][0]
+    assert shown["run_id"] == latest
+    assert [(r["stage"], r["n"], r["correct"]) for r in shown["report_accuracy"]] == [
+        ("first", n, _correct(cstore, latest, cluster_data))
+    ]
 
 
 def test_a_home_with_data_becomes_a_cluster(citus_home, syn_data, tmp_path):
