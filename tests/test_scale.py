@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from conftest import exact_ids
 from PIL import Image
 
 from bench.scale import SAMPLE_EVERY
@@ -69,8 +70,8 @@ def test_the_scale_bench_runs_end_to_end_on_small_sizes(tmp_path):
     for r in result["sizes"]:
         assert r["ingest"]["total"] == r["stored"] == r["bytes"]["rows"]
         stored = pixels(scale.items("train")[: r["stored"]])
-        nearest = ((queries[:, None, :] - stored[None, :, :]) ** 2).sum(-1).argmin(1)
-        assert r["found"] == nearest.tolist() and r["recall_sample"] == len(queries) == 3
+        assert r["found"] == exact_ids(stored, queries, list(range(len(stored))))
+        assert r["recall_sample"] == len(queries) == 3
         assert r["recall_at_1"] == 1.0
         assert r["ingest_run"]["client_rss"] > 10 * 2**20 and r["ingest_run"]["server_rss"] > 0
         assert r["bytes"]["heap_bytes_per_row"] > 3072 * 2  # a halfvec(3072) row at least
