@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -60,8 +61,8 @@ class Timeline:
     Times are time.perf_counter() values: CLOCK_MONOTONIC on Linux, one clock for every process, so
     a forked decoding worker's spans are on the main process's clock. Thread-safe: a piece begun on
     another thread takes its start under the lock, so the sweep never passes a piece it has not seen.
-    A piece that may have started but is not seen yet (a batch queued to a worker) holds the sweep at
-    its earliest possible start (`expect`)."""
+    A piece running in another process (a batch queued to a decoding worker) is `queue`d with a way
+    to read its start: it counts as in progress from then until it is added."""
 
     def __init__(self, start: float | None = None):
         self._lock = threading.Lock()
@@ -69,7 +70,7 @@ class Timeline:
         self.idle_s = 0.0
         self._open: dict[Hashable, tuple[float, float]] = {}  # key: (start, weight)
         self._closed: dict[Hashable, tuple[float, float, float]] = {}  # key: (start, end, weight)
-        self._unseen: dict[Hashable, float] = {}
+        self._queued: dict[Hashable, Callable[[], float]] = {}
         self._share: dict[Hashable, float] = {}
         self._final: dict[Hashable, float] = {}
 
@@ -90,26 +91,26 @@ class Timeline:
         finally:
             self.end(key)
 
-    def expect(self, key: Hashable, after: float) -> None:
-        """A piece that may start at any time from `after` on, and is added once it is seen."""
+    def queue(self, key: Hashable, started: Callable[[], float]) -> None:
+        """A piece running in another process: `started()` is its start, 0.0 until it starts."""
         with self._lock:
-            self._unseen[key] = after
+            self._queued[key] = started
 
     def add(self, key: Hashable, start: float, end: float, weight: float = 1.0) -> None:
         """A finished piece seen late (a batch a worker decoded)."""
         with self._lock:
-            self._unseen.pop(key, None)
-            # never before the sweep: a piece expected from `after` cannot have started earlier
+            self._queued.pop(key, None)
+            # a start read a moment after the sweep passed it: the moments already shared stay so
             self._closed[key] = (max(start, self.swept), max(end, self.swept), weight)
 
     def advance(self) -> None:
-        """Share out the wall time from the last sweep to now (or to the earliest start of a piece
-        not seen yet)."""
+        """Share out the wall time from the last sweep to now."""
         with self._lock:
-            horizon = min([time.perf_counter(), *self._unseen.values()])
+            horizon = time.perf_counter()
             if horizon <= self.swept:
                 return
-            spans = {**self._closed, **{k: (s, horizon, w) for k, (s, w) in self._open.items()}}
+            running = {k: (s, 1.0) for k, started in self._queued.items() if (s := started()) > 0}
+            spans = {**self._closed, **{k: (s, horizon, w) for k, (s, w) in {**self._open, **running}.items()}}
             cuts = sorted(
                 {self.swept, horizon} | {t for s, e, _ in spans.values() for t in (s, e) if self.swept < t < horizon}
             )
@@ -188,6 +189,7 @@ class _Job:
 
 
 _job: _Job | None = None  # the job a forked worker decodes (inherited, never pickled)
+_started: Any = None  # shared doubles: when a worker started each batch (perf_counter), 0.0 before
 
 
 def _decode_image(item: Item, hash_item: bool) -> tuple[Image.Image, bytes]:
@@ -235,8 +237,10 @@ def decode(job: _Job, start: int, stop: int) -> Decoded:
     )
 
 
-def _decode_in_worker(start: int, stop: int) -> Decoded:
+def _decode_in_worker(i: int, start: int, stop: int) -> Decoded:
     assert _job is not None
+    if _started is not None:
+        _started[i] = time.perf_counter()
     return decode(_job, start, stop)
 
 
@@ -267,7 +271,7 @@ def default_workers(encoding: bool = True) -> int:
 def decoded_batches(job: _Job, batch_size: int, workers: int, timeline: Timeline | None = None) -> Iterator[Decoded]:
     """Decoded batches in order; with workers, up to 2 per worker decoded ahead. With a timeline,
     batch i's decoding is its piece ("decode", i)."""
-    global _job
+    global _job, _started
     spans = [(s, min(s + batch_size, len(job.items))) for s in range(0, len(job.items), batch_size)]
     if workers <= 0 or len(spans) <= 1:
         for i, (s, e) in enumerate(spans):
@@ -277,16 +281,19 @@ def decoded_batches(job: _Job, batch_size: int, workers: int, timeline: Timeline
             yield d
         return
 
-    def submit(pool: ProcessPoolExecutor, i: int) -> Future:
-        if timeline is not None:
-            timeline.expect(("decode", i), time.perf_counter())
-        return pool.submit(_decode_in_worker, *spans[i])
+    context = multiprocessing.get_context("fork")
+    started = context.RawArray("d", len(spans)) if timeline is not None else None
 
-    _job = job
+    def submit(pool: ProcessPoolExecutor, i: int) -> Future:
+        if timeline is not None and started is not None:
+            timeline.queue(("decode", i), lambda: started[i])
+        return pool.submit(_decode_in_worker, i, *spans[i])
+
+    _job, _started = job, started
     try:
         with ProcessPoolExecutor(
             workers,
-            mp_context=multiprocessing.get_context("fork"),
+            mp_context=context,
             initializer=_die_with_parent,
             initargs=(os.getpid(),),
         ) as pool:
@@ -313,7 +320,7 @@ def decoded_batches(job: _Job, batch_size: int, workers: int, timeline: Timeline
             "run the same command again (--workers 0 decodes in the main process)"
         ) from exc
     finally:
-        _job = None
+        _job = _started = None
 
 
 def encode_items(

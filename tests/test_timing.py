@@ -31,20 +31,27 @@ def test_timeline_splits_each_moment_among_the_work_in_progress():
     tl = Timeline(t0)
     tl.add("a", t0 + 0, t0 + 4)  # alone for 1 s, then beside b
     tl.add("b", t0 + 1, t0 + 3, weight=3)  # three threads: 3/4 of each moment it shares with a
-    tl.expect("c", t0 + 6)  # queued from 6 on, not seen yet: the sweep stops there
+    started = [0.0]
+    tl.queue("c", lambda: started[0])  # queued to another process, not started: nothing yet
     tl.advance()
-    assert tl.swept == t0 + 6 and tl.final("a") and tl.final("b")
+    assert tl.final("a") and tl.final("b") and not tl.final("c")
     assert tl.take("a") == pytest.approx(1 + 2 * 0.25 + 1)
     assert tl.take("b") == pytest.approx(2 * 0.75)
-    tl.add("c", t0 + 7, t0 + 9)
-    with tl.piece("d"):  # open while the sweep passes: shares the time up to now with nothing
-        tl.advance()
-    assert tl.final("c") and not tl.final("d")
+    assert tl.idle_s == pytest.approx(96, abs=0.01)  # 4-100: nothing in progress
+    started[0] = time.perf_counter()  # c starts; d begins beside it
+    with tl.piece("d"):
+        time.sleep(0.02)
+        tl.advance()  # c and d each have half of every moment since both started
+        time.sleep(0.02)
+        c_ended = time.perf_counter()
+        tl.add("c", started[0], c_ended)
+        time.sleep(0.02)
+    d_ended = time.perf_counter()
     tl.advance()
-    assert tl.take("c") == pytest.approx(2.0)
-    d = tl.take("d")
-    assert tl.idle_s + 2.5 + 1.5 + 2.0 + d == pytest.approx(tl.wall_s)
-    assert tl.idle_s == pytest.approx(2 + 1 + 91, abs=0.01)  # 4-7 and 9-100: nothing in progress
+    c, d = tl.take("c"), tl.take("d")
+    assert c == pytest.approx((c_ended - started[0]) / 2, abs=1e-3)
+    assert d == pytest.approx((c_ended - started[0]) / 2 + (d_ended - c_ended), abs=1e-3)
+    assert tl.idle_s + 2.5 + 1.5 + c + d == pytest.approx(tl.wall_s)
 
 
 @pytest.fixture(scope="module")
