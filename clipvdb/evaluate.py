@@ -9,10 +9,10 @@ Time per image is what an image costs: the command's wall time shared among the 
 batch decoding, being encoded, searched at a stage on a connection, stored) in proportion to their
 threads (an encoder pass: the encoder's threads; any other piece: one), so work that overlaps is
 never counted twice, and decode + encode (the pass, once) + every stage's query + store + other (no
-piece in progress) add up to the wall time. A stage's encode time is its share of the
-batch's pass up to that stage's depth: stages asked together share one pass that stops at the
-deepest, and each is charged the cumulative cost of reaching its depth. A batch's rows are stored
-once its pieces' shares are final (a few batches behind). The statement's own time stays in
+piece in progress) add up to the wall time. A stage's encode time is its share of the batch's pass
+up to that stage's depth: stages asked together share one pass that stops at the deepest, and each
+is charged the cumulative cost of reaching its depth. A batch's rows are stored once its pieces'
+shares are final: at its turn, its searches having ended. The statements' own time stays in
 batch_query_ms; how many connections, decoding workers, encoder threads and cores ran is in the
 run's params.
 
