@@ -266,6 +266,7 @@ def duckdb_vss(X: np.ndarray, Q: np.ndarray) -> dict:
 
 def chroma_peer(X: np.ndarray, Q: np.ndarray) -> dict:
     import chromadb
+    from chromadb.api.client import SharedSystemClient
 
     with tempfile.TemporaryDirectory(prefix="peers-chroma-") as tmp:
         client = chromadb.PersistentClient(path=tmp, settings=chromadb.Settings(anonymized_telemetry=False))
@@ -294,6 +295,7 @@ def chroma_peer(X: np.ndarray, Q: np.ndarray) -> dict:
 
         nn, query_s = _timed(query)
         step = client.get_max_batch_size()
+        SharedSystemClient.clear_system_cache()  # chromadb keeps each client's system (and index) cached
     return {
         "build_s": build_s,
         "query_s": query_s,
