@@ -59,7 +59,7 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix clipvdb migrations tests bench
 
 # Each step rewrites its own marked block of BENCHMARKS.md (the headline also the README's); the
-# headline runs first, on a machine nothing else has warmed, and the peers reuse its clipvdb figures.
+# headline runs first, on a machine nothing else has warmed; the peers run clipvdb's commands again beside theirs.
 bench: $(VENV)/.installed
 	@if [ -f "$(SHARED_DATA)/cifar10-jpeg.tar.gz" ] && [ ! -d "$(DATA_DIR)/cifar10" ]; then \
 	  mkdir -p $(DATA_DIR) && tar -xzf "$(SHARED_DATA)/cifar10-jpeg.tar.gz" -C $(DATA_DIR); fi
