@@ -1,5 +1,7 @@
-"""Peers on the same job: clipvdb's own commands and the libraries and embedded databases a Python
-user would pick instead, on stage first, in one run.
+"""Peers on the same job: clipvdb's own commands and the systems a Python user would pick instead.
+
+clipvdb and the libraries and embedded databases a user might choose in its place, on stage first,
+in one run.
 
     python -m bench.peers --data .cache/data/cifar10 [--train N --test N] [--write]
 
@@ -184,7 +186,10 @@ def parse_caps(values: list[str]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="example: python -m bench.peers --data .cache/data/cifar10 --train 2000 --test 200",
+    )
     ap.add_argument("--data", required=True, help="an image-folder CIFAR-10 copy (train/ and test/)")
     ap.add_argument("--train", type=int, help="only the first N training images (default: all); e.g. 2000 to check")
     ap.add_argument("--test", type=int, help="only the first N test images (default: all); e.g. 200 to check")
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"answer only the first N queries with PEER (default: {', '.join(f'{k}={v}' for k, v in DEFAULT_CAPS.items())})",
     )
     ap.add_argument("--exact", action="store_true", help="clipvdb's evaluate with --exact (a check, not the job)")
-    ap.add_argument("--out", type=Path, default=Path("bench-out/peers.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench-out/peers.json"), help="the run's figures as JSON")
     ap.add_argument("--write", action="store_true", help="rewrite the peers block of BENCHMARKS.md")
     ap.add_argument("--docs", type=Path, default=Path("."), help="where BENCHMARKS.md is (--write)")
     args = ap.parse_args(argv)
