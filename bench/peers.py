@@ -50,7 +50,7 @@ PEERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "usearch": ("USearch", "no", ("usearch",)),
     "duckdb-vss": ("DuckDB + vss", "no", ("duckdb", "duckdb-extension-vss")),
     "chroma": ("Chroma", "yes", ("chromadb",)),
-    "qdrant-local": ("Qdrant local mode", "yes", ("qdrant-client",)),
+    "qdrant-local": ("Qdrant local mode", "no", ("qdrant-client",)),
     "lancedb": ("LanceDB", "yes", ("lancedb", "pyarrow")),
     "sqlite-vec": ("sqlite-vec", "yes", ("sqlite-vec", "apsw")),
 }
