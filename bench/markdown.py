@@ -31,9 +31,28 @@ def replace_block(path: Path, name: str, body: str) -> None:
 
 
 def machine() -> str:
-    """One line: date, CPU, cores, memory (for the head of a generated block)."""
+    """One line: date, CPU, cores, memory and SIMD flags (for the head of a generated block: numpy's
+    BLAS runs AVX-512 kernels where the CPU has them, pgvector's stay AVX2, so ratios move with them)."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB"
+    return f"{dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, CPU flags {cpu_flags()}"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> str:
+    """The SIMD flags that decide which kernels the libraries run, e.g. "AVX2, FMA, no AVX-512"."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    words = ["AVX2" if "avx2" in flags else "no AVX2"]
+    if "fma" in flags:
+        words.append("FMA")
+    words.append("AVX-512" if "avx512f" in flags else "no AVX-512")
+    return ", ".join(words)
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -60,21 +60,6 @@ DEFAULT_CAPS = {"sqlite-vec": 500, "qdrant-local": 100}
 CANDIDATES = max(config.DEFAULT_CANDIDATES, 4 * config.DEFAULT_K)  # evaluate's re-rank at k = 1
 
 
-def cpu_flags(cpuinfo: str | None = None) -> str:
-    """The SIMD flags that decide which kernels the libraries run, e.g. "AVX2, FMA, no AVX-512"."""
-    text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    words = ["AVX2" if "avx2" in flags else "no AVX2"]
-    if "fma" in flags:
-        words.append("FMA")
-    words.append("AVX-512" if "avx512f" in flags else "no AVX-512")
-    return ", ".join(words)
-
-
 VERDICT_WORDS = {"ahead": "ahead of", "equal": "equal to", "behind": "behind"}
 
 
@@ -264,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         exact, _ = exact_baseline(Xtr, Xte)
     out = {
         "machine": markdown.machine(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": markdown.cpu_flags(),
         "load_average": load_at_start,
         "simd": _faiss_simd(),
         "command": "python -m bench.peers " + shlex.join(argv),
@@ -411,7 +396,7 @@ def render(out: dict) -> str:
         if "verdict" in r:
             verdicts.setdefault(r["verdict"], []).append(r["system"])
     lines = [
-        f"Measured {out['machine']}, CPU flags {out['cpu_flags']}{simd}, 1-minute load average "
+        f"Measured {out['machine']}{simd}, 1-minute load average "
         f"{out['load_average']:.1f} at the start; one run of `{out['command']}`. "
         f"Stage first: 32x32 pixels scaled to [0, 1] (3,072-d), {n_train:,} stored training images of "
         f"{out['dataset']}, queries its first {n_test:,} test images, 1-NN (evaluate's default k = {config.DEFAULT_K}).",

@@ -178,8 +178,8 @@ def test_peers_verdict_calls_accuracies_within_half_a_point_equal():
     assert verdict(32.4, 35.22) == "behind"
 
 
-def test_peers_cpu_flags_name_avx2_and_avx512_from_cpuinfo():
-    from bench.peers import cpu_flags
+def test_cpu_flags_name_avx2_and_avx512_from_cpuinfo():
+    from bench.markdown import cpu_flags
 
     assert cpu_flags("processor : 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n") == "AVX2, FMA, no AVX-512"
     assert cpu_flags("flags : sse4_2 avx2 fma avx512f avx512bw\n") == "AVX2, FMA, AVX-512"
