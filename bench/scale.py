@@ -4,11 +4,14 @@
 
 The stored images are CIFAR-10's training images and augmented copies, as image files
 (bench/scale_data.py makes them; `--limit N` takes the originals first); the queries are the 10,000
-original test images. For each size, in one run, a fresh CLIPVDB_HOME: `clipvdb ingest --stage first
---limit N` (its default index included) and `clipvdb evaluate --stage first`, each a subprocess
-timed from outside, with its peak RSS (wait4) and the server's (the largest VmHWM of its processes,
-sampled every 0.2 s). Bytes per row from the catalog. Recall@1 for a fixed sample of 1,000 queries
-(every tenth test image) against an exact search in this process over the same pixels.
+original test images. Two stored sets: the distinct one (every copy flipped, shifted and recoloured)
+at every size, and one full of duplicates (`--copies-data`, bench.scale_data's `copies` kind: seven
+byte-identical files of each image's flip, the rest near copies) at the sizes above the originals.
+For each set and size, in one run, a fresh CLIPVDB_HOME: `clipvdb ingest --stage first --limit N`
+(its default index included) and `clipvdb evaluate --stage first`, each a subprocess timed from
+outside, with its peak RSS (wait4) and the server's (the largest VmHWM of its processes, sampled
+every 0.2 s). Bytes per row from the catalog. Recall@1 for a fixed sample of 1,000 queries (every
+tenth test image) against an exact search in this process over the same pixels.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ from clipvdb.training import load_split
 
 SIZES = [50_000, 200_000, 1_000_000]
 SAMPLE_EVERY = 10  # recall@1 on every tenth test image: 1,000 queries
-GOALS = {"ingest_rate_of_50k": 0.8, "index_s_1m": 300.0, "recall": 0.95, "query_ms_of_50k": 3.0}
+GOALS = {
+    "ingest_rate_of_50k": 0.8,
+    "index_s_1m": 300.0,
+    "recall": 0.97,  # of the default path, on either stored set
+    "query_ms_of_50k": 3.0,
+    "copies_query_ms_of_distinct": 1.2,  # the set with duplicates against the distinct one, same size
+}
 
 
 def _hwm(pid: int | str) -> int:
@@ -209,10 +218,46 @@ def clip_stage_bytes(data: str, env_base: dict, n: int) -> dict:
     return out
 
 
+def stored_set(path: str, sizes: list[int], sample: list[int]) -> tuple[list, np.ndarray, dict, np.ndarray]:
+    """A stored set's training items (the first max(sizes)), the sample's query vectors, and the
+    exact nearest of each sample query at each size. The pixels leave this process on return (3 GB
+    at a million that the server's pages need); the recall check decodes the images it compares."""
+    source = open_source(path)
+    items = source.items("train")[: max(sizes)]
+    train_pixels, _, _ = load_split(source, "train", max(sizes))
+    test_pixels, _, _ = load_split(source, "test")
+    truth = exact_nearest(train_pixels, test_pixels[sample], sizes)
+    return items, [it.key for it in source.items("test")], truth, first_stage_vectors(test_pixels[sample])
+
+
+def measure_set(name: str, path: str, sizes: list[int], env: dict, sample: list[int]) -> list[dict]:
+    """Every size of one stored set: the commands, then recall@1 against the exact search."""
+    t0 = time.perf_counter()
+    items, test_keys, truth, q = stored_set(path, sizes, sample)
+    exact_s = time.perf_counter() - t0
+    sample_keys = [test_keys[i] for i in sample]
+    train_keys = [it.key for it in items]
+    out = []
+    for n in sizes:
+        r = one_size(n, path, env, sample_keys, truth[n], train_keys)
+        r["set"], r["exact_s"] = name, exact_s
+        r["recall_at_1"] = recall_with_ties(
+            np.asarray(r["found"]), truth[n][0], q, lambda idx: first_stage_vectors(pixels_at(items, idx))
+        )
+        out.append(r)
+        print(
+            json.dumps({k: v for k, v in r.items() if k not in ("ingest", "evaluate", "timing", "found")}, default=str)
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="an image-folder CIFAR-10 copy (train/ and test/)")
     ap.add_argument("--scale-data", required=True, help="where the scale set is (made there when missing)")
+    ap.add_argument(
+        "--copies-data", help="where the set with duplicates is (made there when missing; default: SCALE_DATA-copies)"
+    )
     ap.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
     ap.add_argument("--out", type=Path, default=Path("bench-out/scale.json"))
     ap.add_argument("--plot", type=Path, default=Path("docs/scale.png"))
@@ -220,34 +265,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clip-images", type=int, default=20_000, help="images per CLIP-stage bytes measurement (0: skip)")
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    copies_path = args.copies_data or f"{args.scale_data.rstrip('/')}-copies"
     made = make(Path(args.data), Path(args.scale_data), max(sizes))
-    source = open_source(args.scale_data)
-    train_items = source.items("train")[: max(sizes)]
-    train_keys = [it.key for it in train_items]
-    test_items = source.items("test")
-    t0 = time.perf_counter()
-    train_pixels, _, _ = load_split(source, "train", max(sizes))
-    test_pixels, _, _ = load_split(source, "test")
-    sample = list(range(0, len(test_items), SAMPLE_EVERY))
-    sample_keys = [test_items[i].key for i in sample]
-    truth = exact_nearest(train_pixels, test_pixels[sample], sizes)
-    exact_s = time.perf_counter() - t0
-    # the pixels (3 GB at a million) leave this process before the commands run: the server's
-    # pages need the memory; the recall check reads the few images it compares from their files
-    del train_pixels
+    made_copies = make(Path(args.data), Path(copies_path), max(sizes), kind="copies")
+    # the copies set's first `originals` rows are the distinct set's: only the sizes above differ
+    copies_sizes = [n for n in sizes if n > made_copies["originals"]]
+    sample = list(range(0, len(open_source(args.scale_data).items("test")), SAMPLE_EVERY))
     env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"}
     env["PYTHONUNBUFFERED"] = "1"
-    result: dict = {"scale_set": made, "exact_s": exact_s, "sizes": []}
-    q = first_stage_vectors(test_pixels[sample])
-    for n in sizes:
-        r = one_size(n, args.scale_data, env, sample_keys, truth[n], train_keys)
-        r["recall_at_1"] = recall_with_ties(
-            np.asarray(r["found"]), truth[n][0], q, lambda idx: first_stage_vectors(pixels_at(train_items, idx))
-        )
-        result["sizes"].append(r)
-        print(
-            json.dumps({k: v for k, v in r.items() if k not in ("ingest", "evaluate", "timing", "found")}, default=str)
-        )
+    result: dict = {"scale_set": made, "copies_set": made_copies}
+    result["sizes"] = measure_set("distinct", args.scale_data, sizes, env, sample)
+    result["exact_s"] = result["sizes"][0]["exact_s"]
+    result["copies"] = measure_set("copies", copies_path, copies_sizes, env, sample) if copies_sizes else []
     if args.clip_images:
         result["clip_bytes"] = clip_stage_bytes(args.data, env, args.clip_images)
         print(json.dumps(result["clip_bytes"], default=str))
@@ -326,6 +355,68 @@ def _clip_lines(clip: dict | None) -> list[str]:
     ]
 
 
+def _set_of(r: dict, result: dict) -> str:
+    """What a stored set holds at one size, per training image."""
+    originals = result["scale_set"]["originals"]
+    copies = max(0, r["stored"] // originals - 1)
+    if r.get("set") != "copies":
+        return f"distinct: each image and {copies} augmented {'copy' if copies == 1 else 'copies'}"
+    same = min(copies, result["copies_set"].get("identical_per_original", 0))
+    near = f", {copies - same} near {'copy' if copies - same == 1 else 'copies'}" if copies > same else ""
+    return f"with duplicates: each image, {same} byte-identical {'file' if same == 1 else 'files'} of its flip{near}"
+
+
+def _index_of(r: dict) -> str:
+    idx = r["ingest"]["index"]["first"]
+    return f"{idx.get('kind')} project={idx.get('project')}" + (
+        f" lists={idx['lists']}" if "lists" in idx else f" m={idx.get('m')}"
+    )
+
+
+def _copies_lines(result: dict) -> list[str]:
+    """Recall@1, query time and accuracy of both stored sets at the sizes the set with duplicates has,
+    and the goals: recall@1 >= GOALS["recall"] on each, the query time of the set with duplicates at
+    most GOALS["copies_query_ms_of_distinct"] x the distinct set's."""
+    copies = result.get("copies") or []
+    if not copies:
+        return []
+    distinct = {r["stored"]: r for r in result["sizes"]}
+    rows, goals = [], []
+    for c in copies:
+        d = distinct[c["stored"]]
+        for r in (d, c):
+            rows.append(
+                [
+                    f"{r['stored']:,}",
+                    _set_of(r, result),
+                    _index_of(r),
+                    f"{r['recall_at_1']:.3f}",
+                    f"{_query_ms(r):.3f}",
+                    f"{r['evaluate']['stages']['first']['accuracy_pct']:.2f} %",
+                ]
+            )
+        ratio = _query_ms(c) / _query_ms(d)
+        goals.append(
+            f"at {c['stored']:,}: recall@1 {d['recall_at_1']:.3f} distinct and {c['recall_at_1']:.3f} with "
+            f"duplicates (>= {GOALS['recall']}): {_yes(min(d['recall_at_1'], c['recall_at_1']) >= GOALS['recall'])}; "
+            f"query ms with duplicates {ratio:.2f}x the distinct set's (<= {GOALS['copies_query_ms_of_distinct']}x): "
+            f"{_yes(ratio <= GOALS['copies_query_ms_of_distinct'])}"
+        )
+    return [
+        "",
+        "The same commands on a stored set full of duplicates (`bench.scale_data --kind copies`), beside the "
+        "distinct set at the same sizes: a projected search counts its candidates as distinct vectors, so "
+        "identical rows take one place among them.",
+        "",
+        markdown.table(
+            ["stored", "set", "index", "recall@1", "query ms per image", "accuracy"],
+            rows,
+        ),
+        "",
+        "- Goals " + "; ".join(goals) + ".",
+    ]
+
+
 def render(result: dict) -> str:
     rows = []
     base = result["sizes"][0]
@@ -335,9 +426,7 @@ def render(result: dict) -> str:
         ing, ev, b = r["ingest"], r["evaluate"], r["bytes"]
         idx = ing["index"]["first"]
         build = sum(float(idx.get(k, 0)) for k in ("fit_s", "project_s", "index_s"))
-        kind = f"{idx.get('kind')} project={idx.get('project')}" + (
-            f" lists={idx['lists']}" if "lists" in idx else f" m={idx.get('m')}"
-        )
+        kind = _index_of(r)
         rows.append(
             [
                 f"{r['stored']:,}",
@@ -381,7 +470,7 @@ def render(result: dict) -> str:
         "",
         f"- Goals at {big['stored']:,}: ingest rate {rate:.2f}x the {base['stored']:,} one (>= 0.8): {_yes(rate >= 0.8)}; "
         f"index build {big_build:.0f} s (<= 300 s): {_yes(big_build <= 300)}; recall@1 {big['recall_at_1']:.3f} "
-        f"(>= 0.95): {_yes(big['recall_at_1'] >= 0.95)}; query ms per image {q_ratio:.2f}x the {base['stored']:,} one "
+        f"(>= {GOALS['recall']}): {_yes(big['recall_at_1'] >= GOALS['recall'])}; query ms per image {q_ratio:.2f}x the {base['stored']:,} one "
         f"(<= 3x for 20x the rows): {_yes(q_ratio <= 3)}.",
         f"- Accuracy moves from {base['evaluate']['stages']['first']['accuracy_pct']:.2f} % at {base['stored']:,} to "
         f"{big['evaluate']['stages']['first']['accuracy_pct']:.2f} % at {big['stored']:,}: the added rows are flipped, "
@@ -390,6 +479,7 @@ def render(result: dict) -> str:
         *_clip_lines(result.get("clip_bytes")),
         "- Query ms per image is the kNN statements' time per image (`report_timing.query_ms_mean`: batches of 100 "
         "on 2 connections); the evaluate column is the whole command, decoding and storing predictions included.",
+        *_copies_lines(result),
         "",
         "![cost against stored rows, log-log](docs/scale.png)",
     ]

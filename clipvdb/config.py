@@ -25,7 +25,10 @@ DEFAULT_DEVICE = "auto"
 # Search
 DEFAULT_K = 1
 DEFAULT_EF_SEARCH = 100
-DEFAULT_CANDIDATES = 20  # re-ranked per query on a projected index (at least 4 k)
+DEFAULT_CANDIDATES = 20  # distinct vectors re-ranked per query on a projected index (at least 4 k)
+# rows the candidate scan of a projected index may read per distinct candidate: a vector stored up
+# to this many times on average still counts once (queries.candidate_rows)
+CANDIDATE_ROWS_PER_VECTOR = 50
 # Indexes
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64

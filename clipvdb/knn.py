@@ -4,8 +4,10 @@ A batch of query vectors goes to PostgreSQL as one statement (queries.knn): the 
 one binary vector[] parameter (text format costs about 4 ms per 3,072-d vector to print and parse),
 are unnested, and each is answered by a LATERAL `ORDER BY embedding <-> q LIMIT k` through the
 stage's ANN index, unless `exact` orders by a function form that no index serves. On a projected
-index (projection.py) the LATERAL takes candidates by the projected vector and orders them by the
-exact distance on the full embedding.
+index (projection.py) the LATERAL takes the rows of the nearest distinct projected vectors as
+candidates (identical rows count once: queries.candidate_rows) and orders them by the exact
+distance on the full embedding. k neighbours are k rows, an image stored twice counting twice, and
+rows at equal distance are ordered by image id, on one node and on Citus alike.
 
 On Citus, which refuses that LATERAL over a distributed table, the batch's vectors go by binary COPY
 into a reference table and one statement runs the same LATERAL on every shard (`_search_shards`,
@@ -91,8 +93,9 @@ class Neighbor:
 
 
 def vote(neigh: list[Neighbor], how: str = "majority") -> tuple[int, Neighbor]:
-    """The label the neighbours vote for, and the nearest neighbour of that label. Ties go to the
-    label with the nearest neighbour."""
+    """The label the neighbours vote for, and the nearest neighbour of that label. Every neighbour
+    votes, each copy of an image stored more than once included. Ties go to the label with the
+    nearest neighbour, at equal distance to the lower label."""
     nearest: dict[int, Neighbor] = {}
     for n in neigh:
         if n.label not in nearest or n.distance < nearest[n.label].distance:
@@ -188,10 +191,10 @@ class KnnSearcher:
         images, which routes a search task to that shard). Anchors that miss a shard or share one
         (the shards were re-cut) are replaced, in the caller's transaction: Store commits it."""
         s = self.settings
-        self.shard_sql, self.shard_tables = queries.knn_shard(
-            self.stage, s.metric, exact=s.exact, similarity=s.similarity, **dims
-        )
         shards = db.shard_count(conn, "images")
+        self.shard_sql, self.shard_tables = queries.knn_shard(
+            self.stage, s.metric, exact=s.exact, similarity=s.similarity, shards=shards, **dims
+        )
         for attempt in range(2):
             self.anchors = [r[0] for r in conn.execute(queries.KNN_ANCHORS).fetchall()]
             reached = db.scalar(conn, queries.KNN_ANCHOR_SHARDS, (self.anchors,))
@@ -298,9 +301,9 @@ class KnnSearcher:
         return out, (time.perf_counter() - start) * 1000
 
     def _shard_candidates(self, candidates: int) -> int:
-        """Candidates each shard re-ranks: its share of the whole search's, at least k. A shard
-        ranks its own rows only, so a row's rank there is about its rank over every row divided by
-        the shards: the shards' shares together re-rank what one node would."""
+        """Distinct candidates each shard re-ranks: its share of the whole search's, at least k. A
+        shard ranks its own rows only, so a row's rank there is about its rank over every row
+        divided by the shards: the shards' shares together re-rank what one node would."""
         shards = max(1, len(self.anchors))
         return max(self.settings.depth, math.ceil(candidates / shards)) if candidates else 0
 
@@ -350,8 +353,9 @@ class KnnSearcher:
     ) -> None:
         """On Citus: the batch's vectors by binary COPY into knn_queries (a reference table, so a
         copy on every worker), then one statement that runs the single node's LATERAL top-k on
-        every shard (queries.KNN_SHARDS); the shards' top k merged here. The transaction
-        rolls back: the query rows never outlive the search."""
+        every shard (queries.KNN_SHARDS); the shards' top k merged here by (distance, image id),
+        the single node's order. The transaction rolls back: the query rows never outlive the
+        search."""
         batch = secrets.randbits(62)
         with conn.transaction(force_rollback=True):
             self.copy_batch(conn, batch, params)

@@ -8,10 +8,12 @@ A stage's kNN statement is built by `knn`, its index DDL by `create_index`, its 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from psycopg import sql
 
+from . import config
 from .stages import Stage
 
 Metric = Literal["l2", "cosine", "ip"]
@@ -57,6 +59,57 @@ def _similarity(table: str, column: str, query: sql.Composable, qtype: sql.Compo
     return col, join
 
 
+def candidate_rows(
+    table: sql.Composable,
+    projected_dim: int,
+    query: sql.Composable,
+    where: sql.Composable,
+    n: sql.Composable,
+    rows_per_vector: int = config.CANDIDATE_ROWS_PER_VECTOR,
+) -> sql.Composed:
+    """A projected index's candidates for one query: (space_id, image_id) of every row among the `n`
+    nearest distinct projected vectors. Identical rows (an image stored twice) share a projection
+    and count once, so copies never squeeze a nearer vector out of the exact re-rank, and all of a
+    vector's rows come together. A row's rank is the dense rank of its projected distance in index
+    order; the scan stops at the first row past rank `n` (PostgreSQL's run condition). It reads at
+    most `rows_per_vector` x `n` rows: a LIMIT, which lets the planner choose the index (where that
+    LIMIT nears the table's rows, as on a table of a few thousand, it sorts the table instead)."""
+    order = sql.SQL("c.proj <-> ({})::{}({})").format(query, sql.SQL(PROJECTION_TYPE), sql.Literal(projected_dim))
+    return sql.SQL(
+        """SELECT c.space_id, c.image_id
+        FROM (
+            SELECT c.space_id, c.image_id, dense_rank() OVER (ORDER BY c.pd) AS vector_rank
+            FROM (
+                SELECT c.space_id, c.image_id, {order} AS pd FROM {proj} c
+                WHERE {where}
+                ORDER BY {order}
+                LIMIT {n} * {rows}
+            ) c
+        ) c
+        WHERE c.vector_rank <= {n}"""
+    ).format(order=order, proj=table, where=where, n=n, rows=sql.Literal(int(rows_per_vector)))
+
+
+def shard_rows_per_vector(shards: int) -> int:
+    """`candidate_rows`' rows per vector on one of `shards` shards: a shard holds about 1/shards of
+    a vector's copies (each copy is an image of its own, placed by its id), so its share of the
+    candidates needs that share of the rows, at least 4 (the copies do not split evenly)."""
+    return max(4, math.ceil(config.CANDIDATE_ROWS_PER_VECTOR / max(shards, 1)))
+
+
+def _top(select: sql.Composable, order: sql.Composable, k: sql.Composable, *, exact: bool) -> sql.Composed:
+    """The k nearest of `select` (which names image_id and distance, ordered by `order`), ties at
+    equal distance broken by image id: the same k on one node and over shards. An exact scan sorts
+    by both; an index can order by its distance alone, so the rows tied with the k-th come too
+    (WITH TIES) and are ordered by id above it."""
+    if exact:
+        return sql.SQL("{} ORDER BY distance, image_id LIMIT {}").format(select, k)
+    return sql.SQL(
+        "SELECT t.image_id, t.distance FROM ({} ORDER BY {} FETCH FIRST ({}) ROWS WITH TIES) t "
+        "ORDER BY t.distance, t.image_id LIMIT {}"
+    ).format(select, order, k, k)
+
+
 def knn(
     stage: Stage,
     metric: str = "l2",
@@ -67,62 +120,65 @@ def knn(
 ) -> sql.Composed:
     """A batch of kNN queries as one statement: %(vectors)b is a vector[] (one query each), answered
     by a LATERAL `ORDER BY embedding <op> q LIMIT %(k)s` over one space, dataset and split. With
-    `projected_dim`, %(projected)b holds the queries' projections: %(candidates)s candidates come
-    through the projected index and are re-ranked by the exact distance on the full embedding.
-    Rows: (query ordinal from 1, image_id, label, source, distance[, similarity]), nearest first per
-    query."""
+    `projected_dim`, %(projected)b holds the queries' projections: the rows of the %(candidates)s
+    nearest distinct projected vectors (`candidates`) are re-ranked by the exact distance on the
+    full embedding. k neighbours are k rows (an image stored twice counts twice), ties at equal
+    distance broken by image id. Rows: (query ordinal from 1, image_id, label, source,
+    distance[, similarity]), nearest first per query."""
     e = sql.Identifier("e")
     emb = sql.SQL("e.embedding")
     qv = sql.SQL("q.v")
     sim, sim_join = _similarity(stage.table, "embedding", qv, _type(stage), similarity)
     if projected_dim is not None:
+        # the exact distance as a subquery per candidate row: always an index lookup of that row
+        # (a join could be planned as a hash join over the whole table when many rows are expected)
         return sql.SQL(
             """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
             FROM unnest(%(vectors)b::{vtype}[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)
             CROSS JOIN LATERAL (
-                SELECT e.image_id, {dist} AS distance
-                FROM (
-                    SELECT c.space_id, c.image_id FROM {proj} c
-                    WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s
-                    ORDER BY c.proj <-> (q.p)::{ptype}({pdim})
-                    LIMIT %(candidates)s
-                ) c
-                JOIN {table} {e} ON e.space_id = c.space_id AND e.image_id = c.image_id
-                ORDER BY distance
+                SELECT c.image_id,
+                       (SELECT {dist} FROM {table} {e} WHERE e.space_id = c.space_id AND e.image_id = c.image_id)
+                       AS distance
+                FROM ({candidates}) c
+                ORDER BY distance, c.image_id
                 LIMIT %(k)s
             ) n
             JOIN images i ON i.id = n.image_id{sim_join}
-            ORDER BY q.ord, n.distance"""
+            ORDER BY q.ord, n.distance, n.image_id"""
         ).format(
             dist=distance(stage, metric, emb, qv, exact=False),
-            proj=sql.Identifier(stage.projection_table),
-            ptype=sql.SQL(PROJECTION_TYPE),
-            pdim=sql.Literal(projected_dim),
+            candidates=candidate_rows(
+                sql.Identifier(stage.projection_table),
+                projected_dim,
+                sql.SQL("q.p"),
+                sql.SQL("c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s"),
+                sql.SQL("%(candidates)s"),
+            ),
             table=sql.Identifier(stage.table),
             e=e,
             vtype=sql.SQL(stage.column_type),
             sim=sim,
             sim_join=sim_join,
         )
-    return sql.SQL(
-        """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
-        FROM unnest(%(vectors)b::{vtype}[]) WITH ORDINALITY AS q(v, ord)
-        CROSS JOIN LATERAL (
-            SELECT e.image_id, {dist} AS distance
+    select = sql.SQL(
+        """SELECT e.image_id, {dist} AS distance
             FROM {table} {e}
-            WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s
-            ORDER BY {order}
-            LIMIT %(k)s
-        ) n
-        JOIN images i ON i.id = n.image_id{sim_join}
-        ORDER BY q.ord, n.distance"""
+            WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s"""
     ).format(
         # exact: the distance is the sort key itself, computed once per row (a select-list `<->`
         # beside an ORDER BY l2_distance() is computed for every row scanned too: twice the work)
         dist=distance(stage, metric, emb, qv, exact=exact),
-        order=sql.SQL("distance") if exact else distance(stage, metric, emb, qv, exact=False),
         table=sql.Identifier(stage.table),
         e=e,
+    )
+    return sql.SQL(
+        """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
+        FROM unnest(%(vectors)b::{vtype}[]) WITH ORDINALITY AS q(v, ord)
+        CROSS JOIN LATERAL ({top}) n
+        JOIN images i ON i.id = n.image_id{sim_join}
+        ORDER BY q.ord, n.distance, n.image_id"""
+    ).format(
+        top=_top(select, distance(stage, metric, emb, qv, exact=False), sql.SQL("%(k)s"), exact=exact),
         vtype=sql.SQL(stage.column_type),
         sim=sim,
         sim_join=sim_join,
@@ -131,25 +187,24 @@ def knn(
 
 def knn_learned(stage: Stage, dim: int, *, exact: bool = False, similarity: bool = False) -> sql.Composed:
     """Batched kNN in a stage's learned space: %(projected)b holds the queries' images under the
-    map; neighbours come from learned_<stage> ordered by L2 distance there (index unless `exact`)."""
+    map; neighbours come from learned_<stage> ordered by L2 distance there (index unless `exact`),
+    ties broken by image id (`_top`)."""
     col, q = sql.SQL("c.vec"), sql.SQL("(q.p)::vector({})").format(sql.Literal(dim))
     # exact: the sort key is the selected distance, computed once per row (see `knn`)
     dist = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
-    order = sql.SQL("distance") if exact else dist
     sim, sim_join = _similarity(stage.learned_table, "vec", sql.SQL("q.p"), sql.SQL("vector"), similarity)
+    select = sql.SQL(
+        """SELECT c.image_id, {dist} AS distance
+            FROM {table} c
+            WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s"""
+    ).format(dist=dist, table=sql.Identifier(stage.learned_table))
     return sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
         FROM unnest(%(projected)b::vector[]) WITH ORDINALITY AS q(p, ord)
-        CROSS JOIN LATERAL (
-            SELECT c.image_id, {dist} AS distance
-            FROM {table} c
-            WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s
-            ORDER BY {order}
-            LIMIT %(k)s
-        ) n
+        CROSS JOIN LATERAL ({top}) n
         JOIN images i ON i.id = n.image_id{sim_join}
-        ORDER BY q.ord, n.distance"""
-    ).format(dist=dist, table=sql.Identifier(stage.learned_table), order=order, sim=sim, sim_join=sim_join)
+        ORDER BY q.ord, n.distance, n.image_id"""
+    ).format(top=_top(select, dist, sql.SQL("%(k)s"), exact=exact), sim=sim, sim_join=sim_join)
 
 
 SAVE_LEARNED_MAP = """INSERT INTO learned_maps
@@ -765,11 +820,14 @@ def knn_shard(
     projected_dim: int | None = None,
     learned_dim: int | None = None,
     similarity: bool = False,
+    shards: int = 1,
 ) -> tuple[str, list[str]]:
     """The per-shard statement of a batched kNN search on Citus, and the tables whose shard names
     clipvdb_knn_shard puts in (%1$I the searched table, %2$I the projections, %3$I images, %4$I
     knn_queries). Its parameters: $1 the batch, $2 k, $3 space, $4 dataset, $5 split, $6 the
-    candidates of a projected index. Rows as `knn`'s, with similarity NULL unless asked for."""
+    distinct candidates of a projected index (over `shards` shards). Rows as `knn`'s, with
+    similarity NULL unless asked for; each shard's k nearest with ties broken by image id, as on
+    one node, so that the coordinator's merge by (distance, image id) gives the single node's k."""
     q = sql.SQL("%4$I")
     where = sql.SQL("x.space_id = $3 AND x.dataset_id = $4 AND x.split = $5")
     inner: sql.Composable
@@ -778,30 +836,39 @@ def knn_shard(
     if learned_dim is not None:
         qv = sql.SQL("(q.v)::vector({})").format(sql.Literal(learned_dim))
         ldist = sql.SQL("l2_distance(x.vec, {})").format(qv) if exact else sql.SQL("x.vec <-> {}").format(qv)
-        inner = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where} ORDER BY {order}").format(
-            dist=ldist, where=where, order=sql.SQL("distance") if exact else ldist
+        select = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where}").format(
+            dist=ldist, where=where
         )
+        inner = _top(select, ldist, sql.SQL("$2"), exact=exact)
         sim_col, sim_q = "vec", qv
         table = stage.learned_table
     else:
         qv = sql.SQL("q.v") if stage.column_type == "vector" else sql.SQL("q.h")
         emb = sql.SQL("x.embedding")
         dist = distance(stage, metric, emb, qv, exact=False)
-        if projected_dim is not None:
+        if projected_dim is not None:  # as in `knn`: the shard's distinct candidates, re-ranked exactly
             inner = sql.SQL(
-                """SELECT x.image_id, {dist} AS distance
-                FROM (SELECT c.space_id, c.image_id FROM %2$I c
-                      WHERE c.space_id = $3 AND c.dataset_id = $4 AND c.split = $5
-                      ORDER BY c.proj <-> (q.p)::{ptype}({pdim}) LIMIT $6) c
-                JOIN %1$I x ON x.space_id = c.space_id AND x.image_id = c.image_id
-                ORDER BY distance"""
-            ).format(dist=dist, ptype=sql.SQL(PROJECTION_TYPE), pdim=sql.Literal(projected_dim))
-        else:  # exact: the sort key is the selected distance, computed once per row (as in `knn`)
-            inner = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where} ORDER BY {order}").format(
-                dist=distance(stage, metric, emb, qv, exact=exact),
-                where=where,
-                order=sql.SQL("distance") if exact else dist,
+                """SELECT c.image_id,
+                       (SELECT {dist} FROM %1$I x WHERE x.space_id = c.space_id AND x.image_id = c.image_id)
+                       AS distance
+                FROM ({candidates}) c
+                ORDER BY distance, c.image_id LIMIT $2"""
+            ).format(
+                dist=dist,
+                candidates=candidate_rows(
+                    sql.SQL("%2$I"),
+                    projected_dim,
+                    sql.SQL("q.p"),
+                    sql.SQL("c.space_id = $3 AND c.dataset_id = $4 AND c.split = $5"),
+                    sql.SQL("$6"),
+                    shard_rows_per_vector(shards),
+                ),
             )
+        else:  # exact: the sort key is the selected distance, computed once per row (as in `knn`)
+            select = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where}").format(
+                dist=distance(stage, metric, emb, qv, exact=exact), where=where
+            )
+            inner = _top(select, dist, sql.SQL("$2"), exact=exact)
         sim_col, sim_q = "embedding", sql.SQL("({})::{}").format(qv, _type(stage))
         table = stage.table
     sim = (
@@ -813,7 +880,7 @@ def knn_shard(
     statement = sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance::float8, ({sim})::float8
         FROM {q} q
-        CROSS JOIN LATERAL ({inner} LIMIT $2) n
+        CROSS JOIN LATERAL ({inner}) n
         JOIN %3$I i ON i.id = n.image_id{sim_join}
         WHERE q.batch_id = $1"""
     ).format(sim=sim, q=q, inner=inner, sim_join=sim_join)

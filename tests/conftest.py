@@ -207,11 +207,10 @@ def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
 CITUS_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "citus"
 
 
-@pytest.fixture(scope="session")
-def citus_home(tmp_path_factory) -> Path:
-    """A home holding a local Citus cluster (coordinator + 2 workers) with the schema distributed.
-    Builds Citus from ../shared/citus when it is there and not installed yet; skips only where
-    the source is absent."""
+def _citus_cluster(tmp_path_factory, name: str):
+    """A home holding a local Citus cluster (coordinator + 2 workers) with the schema distributed,
+    stopped after use. Builds Citus from ../shared/citus when it is there and not installed yet;
+    skips only where the source is absent."""
 
     from clipvdb import nodes
 
@@ -224,7 +223,7 @@ def citus_home(tmp_path_factory) -> Path:
         subprocess.run([str(CITUS_SOURCE / "build.sh"), str(pg_config)], check=True, capture_output=True)
     from clipvdb import Store
 
-    home = tmp_path_factory.mktemp("citus")
+    home = tmp_path_factory.mktemp(name)
     store = Store(home=home)
     try:
         store.start_nodes(2)
@@ -237,6 +236,19 @@ def citus_home(tmp_path_factory) -> Path:
         # pg_ctl could not stop a node, e.g. the worker test_worker_killed_during_evaluate killed
         # left a postmaster.pid behind; say so instead of failing every test that used the cluster.
         warnings.warn(f"the Citus cluster in {home} did not stop cleanly: {exc}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def citus_home(tmp_path_factory):
+    """The session's shared cluster (test_citus.py and the real-data tests)."""
+    yield from _citus_cluster(tmp_path_factory, "citus")
+
+
+@pytest.fixture(scope="module")
+def own_citus_home(tmp_path_factory):
+    """A cluster of the module's own, for tests whose datasets must not reach the shared one (where
+    a test that names no dataset expects only its own)."""
+    yield from _citus_cluster(tmp_path_factory, "owncitus")
 
 
 # ------------------------------------------------------------------ hand-made vectors in a stage
