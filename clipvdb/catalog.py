@@ -55,11 +55,6 @@ def stages_with_rows(conn: psycopg.Connection) -> list[str]:
     return [n for n in STAGES if n in have]
 
 
-def stored_spaces(conn: psycopg.Connection, stage: Stage) -> list[tuple[str, str, int]]:
-    """(model, weights, rows) for every space of this stage that holds rows."""
-    return conn.execute(queries.space_rows(stage)).fetchall()
-
-
 def register_dataset(conn: psycopg.Connection, source: Source, name: str | None = None) -> int:
     """The dataset's id, created with its classes on first use; its classes must not change."""
     name = name or source.name

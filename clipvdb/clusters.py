@@ -13,7 +13,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import psycopg
@@ -24,7 +23,6 @@ from .errors import UsageError
 from .stages import Stage
 from .storage import StageRows
 
-Method = Literal["kmeans", "agglomerative", "dbscan"]
 METHODS: tuple[str, ...] = ("kmeans", "agglomerative", "dbscan")
 PAIRWISE_LIMIT = 20_000
 

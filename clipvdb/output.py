@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 
 
 def is_terminal() -> bool:
@@ -106,6 +105,3 @@ def progress(label: str, unit: str = "img", show: str | None = None) -> tuple:
         bar.update(task, total=total, advance=advance, **fields)
 
     return bar, update
-
-
-ProgressFactory = Callable[[str], tuple]

@@ -1,6 +1,6 @@
 """One prediction path, batched, for classify and evaluate: a stage's vectors to labels.
 
-Stages first, second and third vote among their k nearest stored neighbours (search.py); origin is
+Stages first, second and third vote among their k nearest stored neighbours (knn.py); origin is
 CLIP's zero-shot: the nearest class prompt by cosine distance (zeroshot.py).
 """
 

@@ -21,7 +21,6 @@ Metric = Literal["l2", "cosine", "ip"]
 # 64-d, 25 of 500 lists: 7.8 s for the 10,000 CIFAR-10 queries on one connection against 9.6-10.5
 # s as vector, recall@1 0.982 against 0.981).
 PROJECTION_TYPE = "halfvec"
-IndexKind = Literal["ivfflat", "hnsw", "none"]
 
 # metric -> (operator, exact function form that no index can serve)
 METRICS: dict[str, tuple[str, str]] = {
