@@ -23,7 +23,6 @@ The study's perf_test.py options: --num, --batch-size, --display-freq. A run is 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import time
 from collections import deque
@@ -39,7 +38,15 @@ from . import catalog, db, queries, zeroshot
 from .encoder import Encoder
 from .errors import DatabaseError
 from .knn import KnnSearcher, SearchSettings
-from .pipeline import EncodedBatch, Timeline, default_workers, encode_items, encoder_threads
+from .pipeline import (
+    EncodedBatch,
+    Timeline,
+    default_workers,
+    encode_items,
+    threads_beside,
+    torch_threads,
+    usable_cores,
+)
 from .predict import BatchPredictions, predict_batch
 from .sources import Source
 from .stages import Stage
@@ -140,10 +147,6 @@ class EvalRun:
             },
             "failed": [{"item": k, "reason": r} for k, r in self.failed],
         }
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 PREDICTION_COLUMNS = (
@@ -289,7 +292,7 @@ def evaluate(
     concurrency = {
         "connections": n_connections,
         "workers": workers,
-        "encoder_threads": encoder_threads(encoder) if clip else None,
+        "encoder_threads": threads_beside(encoder, workers) if clip else None,
         "cores": usable_cores(),
     }
     params = run_params(
@@ -316,49 +319,51 @@ def evaluate(
         run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages}, concurrency=concurrency
     )
     try:
-        if progress:
-            progress(0, len(items))
-        done = 0
-        searched: deque[tuple[EncodedBatch, dict[str, BatchPredictions]]] = deque()
-        stored: list[int] = []
-
-        def store_ready(everything: bool = False) -> None:
-            timeline.advance()
-            while searched and (everything or _final(timeline, searched[0][0], stages)):
-                batch, preds = searched.popleft()
-                if _store_batch(conn, run_id, batch, preds, stages, settings, dataset, split, result, timeline):
-                    stored.append(batch.no)
-
-        batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers, timeline=timeline)
-        for b, (batch, preds) in enumerate(
-            _searched(batches, stages, searchers, text, connections, n_connections, timeline)
-        ):
-            result.failed.extend((it.key, reason) for it, reason in batch.failed)
-            _count(batch, stages, preds, result)
-            searched.append((batch, preds))
-            store_ready()
-            done += len(batch.items) + len(batch.failed)
+        with torch_threads(concurrency["encoder_threads"]):
             if progress:
-                progress(len(batch.items) + len(batch.failed), len(items))
-            if report and display_freq and (b + 1) % display_freq == 0:
-                report(
-                    f"[{done}/{len(items)}] " + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())
-                )
-        store_ready(everything=True)  # every piece has ended and been seen: every share is final
-        timeline.advance()
-        result.store_ms = sum(timeline.take(("store", no)) for no in stored) * 1000
-        totals = {
-            "decode_s": round(result.decode_ms / 1000, 3),
-            "encode_s": round(result.encode_ms / 1000, 3),
-            "query_s": round(result.query_ms / 1000, 3),
-            "store_s": round(result.store_ms / 1000, 3),
-            "other_s": round(timeline.idle_s, 3),
-            "wall_s": round(timeline.wall_s, 3),
-        }
-        conn.execute(queries.COMPLETE_RUN, (json.dumps(totals), run_id))
-        conn.commit()
-        conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run_id))
-        conn.commit()
+                progress(0, len(items))
+            done = 0
+            searched: deque[tuple[EncodedBatch, dict[str, BatchPredictions]]] = deque()
+            stored: list[int] = []
+
+            def store_ready(everything: bool = False) -> None:
+                timeline.advance()
+                while searched and (everything or _final(timeline, searched[0][0], stages)):
+                    batch, preds = searched.popleft()
+                    if _store_batch(conn, run_id, batch, preds, stages, settings, dataset, split, result, timeline):
+                        stored.append(batch.no)
+
+            batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers, timeline=timeline)
+            for b, (batch, preds) in enumerate(
+                _searched(batches, stages, searchers, text, connections, n_connections, timeline)
+            ):
+                result.failed.extend((it.key, reason) for it, reason in batch.failed)
+                _count(batch, stages, preds, result)
+                searched.append((batch, preds))
+                store_ready()
+                done += len(batch.items) + len(batch.failed)
+                if progress:
+                    progress(len(batch.items) + len(batch.failed), len(items))
+                if report and display_freq and (b + 1) % display_freq == 0:
+                    report(
+                        f"[{done}/{len(items)}] "
+                        + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())
+                    )
+            store_ready(everything=True)  # every piece has ended and been seen: every share is final
+            timeline.advance()
+            result.store_ms = sum(timeline.take(("store", no)) for no in stored) * 1000
+            totals = {
+                "decode_s": round(result.decode_ms / 1000, 3),
+                "encode_s": round(result.encode_ms / 1000, 3),
+                "query_s": round(result.query_ms / 1000, 3),
+                "store_s": round(result.store_ms / 1000, 3),
+                "other_s": round(timeline.idle_s, 3),
+                "wall_s": round(timeline.wall_s, 3),
+            }
+            conn.execute(queries.COMPLETE_RUN, (json.dumps(totals), run_id))
+            conn.commit()
+            conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run_id))
+            conn.commit()
     except BaseException as exc:
         if mark_failed:
             mark_failed(run_id)

@@ -124,18 +124,10 @@ def test_headline_times_the_commands_and_writes_both_blocks(syn_data, tmp_path):
     assert f"**{rows['ratios']['evaluate']:.2f}x**" in readme and readme.endswith("hand notes\n")
 
 
-def _needs(module: str, package: str):
-    return pytest.importorskip(
-        module, reason=f"{package} is not installed: the peers come with the bench extra (pip install -e '.[bench]')"
-    )
-
-
 def test_peers_run_clipvdb_and_the_exact_peers_to_the_same_nearest_neighbours(syn_data, tmp_path):
-    """One run of bench.peers on a generated set: faiss's exact index, hnswlib and clipvdb's exact
+    """One run of bench.peers on a generated set: faiss's exact index, faiss's HNSW and clipvdb's exact
     evaluate (read back from its stored run) find the neighbours an independent float64 1-NN finds;
     a capped peer is compared with clipvdb over its prefix; the block names the CPU flags."""
-    _needs("faiss", "faiss-cpu")
-    _needs("hnswlib", "hnswlib")
     import numpy as np
 
     from bench.common import load_pixels
@@ -143,7 +135,7 @@ def test_peers_run_clipvdb_and_the_exact_peers_to_the_same_nearest_neighbours(sy
     from clipvdb.sources import open_source
 
     (tmp_path / "BENCHMARKS.md").write_text("# B\n\n<!-- bench:peers -->\nold\n<!-- /bench:peers -->\n\nhand notes\n")
-    argv = ["--data", str(syn_data), "--peers", "faiss-flat,hnswlib", "--cap", "hnswlib=7", "--exact"]
+    argv = ["--data", str(syn_data), "--peers", "faiss-flat,faiss-hnsw", "--cap", "faiss-hnsw=7", "--exact"]
     out = main([*argv, "--out", str(tmp_path / "p.json"), "--write", "--docs", str(tmp_path)])
 
     source = open_source(syn_data)
@@ -155,18 +147,18 @@ def test_peers_run_clipvdb_and_the_exact_peers_to_the_same_nearest_neighbours(sy
     rows = {r["key"]: r for r in out["rows"]}
     assert np.array_equal(rows["faiss-flat"]["nearest"], truth)
     assert np.array_equal(out["clipvdb"]["nearest"], truth)
-    assert np.array_equal(rows["hnswlib"]["nearest"], truth[:7]) and rows["hnswlib"]["queries"] == 7
+    assert np.array_equal(rows["faiss-hnsw"]["nearest"], truth[:7]) and rows["faiss-hnsw"]["queries"] == 7
     pct = 100.0 * int((ytr[truth] == yte).sum()) / 20
     assert rows["faiss-flat"]["accuracy"] == out["clipvdb"]["accuracy"] == pct
     assert rows["faiss-flat"]["verdict"] == "equal" and rows["faiss-flat"]["recall_at_1"] == 1.0
-    assert rows["hnswlib"]["clipvdb_accuracy"] == 100.0 * int((ytr[truth[:7]] == yte[:7]).sum()) / 7
+    assert rows["faiss-hnsw"]["clipvdb_accuracy"] == 100.0 * int((ytr[truth[:7]] == yte[:7]).sum()) / 7
     assert rows["faiss-flat"]["build_ratio"] == rows["faiss-flat"]["build_s"] / out["clipvdb"]["ingest_s"]
 
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "old" not in text and text.endswith("hand notes\n")
     assert f"CPU flags {out['cpu_flags']}" in text and "AVX-512" in out["cpu_flags"]
     assert "`python -m bench.peers " + " ".join(argv) in text
-    assert "| the first 7 |" in text and f"{rows['hnswlib']['clipvdb_accuracy']:.2f} % (its first 7)" in text
+    assert "| the first 7 |" in text and f"{rows['faiss-hnsw']['clipvdb_accuracy']:.2f} % (its first 7)" in text
     assert "| **clipvdb** |" in text and "| faiss IndexFlatL2 (exact) |" in text
 
 
