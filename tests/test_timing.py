@@ -1,11 +1,18 @@
 """Evaluate's time per image is what an image costs: the run's wall time shared among the work in
-progress. The encoder's figure matches the same network run bare on the same images at the same
-thread count; encode + query per image, times the images, fits in the command's wall time (work that
-overlaps is never counted twice); report_timing and /runs/<id> say what ran at once."""
+progress. The encoder's figure matches the same network run bare on the same images with the whole
+machine; encode + query per image, times the images, fits in the command's wall time (work that
+overlaps is never counted twice); report_timing and /runs/<id> say what ran at once.
+
+The comparison with the bare network holds when the run has the cores it was given: on a machine where
+other work takes part of every core (measured before and after the run), a wall-clock figure is a
+figure of that contention, so the test warns that it did not compare and checks the rest."""
 
 import json
 import statistics
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,7 @@ BATCH = 100
 ASKED = "first,second,third"  # the CNN's origin is its CIFAR-10 classifier: not these classes
 RATIO = 1.3  # recorded encoder ms per image against the bare network's, either way
 WALL_MARGIN = 1.02
+FREE = 0.9  # the share of each core a busy thread gets on a machine free enough to compare wall clocks
 
 
 def test_timeline_splits_each_moment_among_the_work_in_progress():
@@ -63,8 +71,8 @@ def images(tmp_path_factory) -> Path:
 
 def bare_ms_per_image(batches: list[np.ndarray]) -> float:
     """The network alone, in this process, with every thread torch has (the whole machine), stopping at
-    stage third as the evaluate's pass does: wall ms per image of one pass over the batches (the median of three
-    passes after a warm-up pass)."""
+    stage third as the evaluate's pass does: wall ms per image of one pass over the batches (the median
+    of three passes after a warm-up pass)."""
     from clipvdb.trained_model import TrainedEncoder
 
     encoder = TrainedEncoder(CNN)
@@ -76,6 +84,30 @@ def bare_ms_per_image(batches: list[np.ndarray]) -> float:
             encoder.encode(b, [STAGES["second"], STAGES["third"]])
         passes.append((time.perf_counter() - t0) * 1000 / n)
     return statistics.median(passes[1:])
+
+
+SPIN = """
+import sys, time
+start, seconds = float(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+cpu0, wall0 = time.process_time(), time.perf_counter()
+while time.perf_counter() - wall0 < seconds:
+    pass
+print((time.process_time() - cpu0) / (time.perf_counter() - wall0))
+"""
+
+
+def core_share(seconds: float = 0.5) -> float:
+    """The share of its core's time a busy process gets while one runs on every usable core: about 1 on
+    a machine nothing else uses, 0.5 when a busy loop runs on every core beside them."""
+    from clipvdb.pipeline import usable_cores
+
+    start = time.time() + 0.3
+    spins = [
+        subprocess.Popen([sys.executable, "-c", SPIN, str(start), str(seconds)], stdout=subprocess.PIPE, text=True)
+        for _ in range(usable_cores())
+    ]
+    return min(float(p.communicate()[0]) for p in spins)
 
 
 def test_encoder_ms_matches_the_bare_network_and_fits_the_wall_time(cli, db_url, images, capsys):
@@ -93,13 +125,16 @@ def test_encoder_ms_matches_the_bare_network_and_fits_the_wall_time(cli, db_url,
         np.stack([prepare(load_image(read_file(it.path, it.key), it.key)) for it in items[i : i + BATCH]])
         for i in range(0, len(items), BATCH)
     ]
+    free_before = core_share()
     before = bare_ms_per_image(batches)
     t0 = time.perf_counter()
     out = cli("evaluate", "--stage", ASKED, "--data", images, "--model", CNN, "--batch-size", BATCH, "--json").stdout
     wall_s = time.perf_counter() - t0
     after = bare_ms_per_image(batches)
+    free = min(free_before, core_share())
     bare = statistics.median([before, after])
     run = json.loads(out)
+    encoder_threads = run["concurrency"]["encoder_threads"]
     rep = json.loads(cli("report", "--run", run["run_id"], "--view", "report_timing", "--json").stdout)
     timing = {r["stage"]: r for r in rep["report_timing"]}
     n = len(items)
@@ -109,7 +144,6 @@ def test_encoder_ms_matches_the_bare_network_and_fits_the_wall_time(cli, db_url,
     # fit the cores (beside a worker, the encoder computes with the cores it leaves); torch has its
     # own thread count back after the run
     assert torch.get_num_threads() == threads
-    encoder_threads = run["concurrency"]["encoder_threads"]
     for t in timing.values():
         assert (t["timing"], t["connections"], t["encoder_threads"]) == ("wall share", 2, encoder_threads)
         assert t["workers"] == run["concurrency"]["workers"] >= 1 and t["cores"] >= 1
@@ -119,16 +153,20 @@ def test_encoder_ms_matches_the_bare_network_and_fits_the_wall_time(cli, db_url,
     # the encoder: third is the whole pass (the deepest stage asked); second a part of it
     recorded = timing["third"]["encode_ms_mean"]
     own = run["stages"]["third"]["batch_encode_s"] * 1000 / n
-    with capsys.disabled():
-        print(
-            f"\nencoder ms per image: {recorded:.3f} recorded at {encoder_threads} threads, {bare:.3f} bare "
-            f"({before:.3f} before, {after:.3f} after) at {threads} threads; the batches' own time {own:.3f}; "
-            f"command {wall_s * 1000 / n:.3f} ms per image"
-        )
-    assert 1 / RATIO <= recorded / bare <= RATIO, (
-        f"encoder {recorded:.3f} ms per image recorded, {bare:.3f} ms bare at {threads} threads "
-        f"(before {before:.3f}, after {after:.3f}); the batches' own time {own:.3f}"
+    said = (
+        f"encoder ms per image: {recorded:.3f} recorded at {encoder_threads} threads, {bare:.3f} bare "
+        f"({before:.3f} before, {after:.3f} after) at {threads} threads; the batches' own time {own:.3f}; "
+        f"command {wall_s * 1000 / n:.3f} ms per image; "
+        f"a busy process on each core got {free:.2f} of it"
     )
+    with capsys.disabled():
+        print(f"\n{said}")
+    if free < FREE:
+        warnings.warn(
+            f"a busy machine: {said}; the comparison with the bare network needs {FREE} of each core", stacklevel=1
+        )
+    else:
+        assert 1 / RATIO <= recorded / bare <= RATIO, said
     assert 0 < timing["second"]["encode_ms_mean"] < recorded
     assert timing["first"]["encode_ms_mean"] == 0
 

@@ -190,9 +190,10 @@ def test_bad_checkpoints_get_one_line_errors(tmp_path, cli, checkpoint):
 
 
 def test_a_short_training_on_real_cifar10_beats_stage_first(cifar_jpeg, tmp_path):
-    """Two minutes of training on 10,000 real images: third's 1-NN beats raw pixels' on held-out images."""
+    """Two epochs on 10,000 real images (a fixed count, so a busy machine trains as far as a quiet one):
+    third's 1-NN beats raw pixels' on held-out images (0.51 against 0.288; one epoch reaches 0.394)."""
     src = open_source(cifar_jpeg)
-    result = train(src, tmp_path / "c.pt", limit=10_000, minutes=2.0)
+    result = train(src, tmp_path / "c.pt", limit=10_000, epochs=2)
     enc = TrainedEncoder(Path(result.path))
     train_x, train_y, _ = load_split(src, "train", 10_000)
     test_x, test_y, _ = load_split(src, "test", 1_000)
