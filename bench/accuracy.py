@@ -27,7 +27,7 @@ def item_accuracy(
         start = time.perf_counter()
         weighted.ingest(source, "all", split="train", limit=n_train, dataset="accuracy")
         ingest_s = time.perf_counter() - start
-        result = weighted.evaluate(source, "all", split="test", num=n_test, dataset="accuracy")
+        result = weighted.evaluate(source, "all", split="test", limit=n_test, dataset="accuracy")
         real = not encoder.is_random
         rep.p(
             f"Device {encoder.device}; ingest {ingest_s:.0f} s; evaluate run {result.run_id}; "

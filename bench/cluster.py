@@ -72,7 +72,7 @@ def evaluate_once(data: str, n_test: int, home: Path, env: dict, exact: bool) ->
             "first",
             "--data",
             data,
-            "--num",
+            "--limit",
             str(n_test),
             "--json",
             *(["--exact"] if exact else []),
@@ -115,7 +115,7 @@ def grow_under_load(data: str, n_test: int, env: dict) -> dict:
     queries runs beside them; its exit status and accuracy against the same evaluate before."""
     import time
 
-    evaluate = [*CLI, "evaluate", "--stage", "first", "--data", data, "--num", str(n_test), "--json"]
+    evaluate = [*CLI, "evaluate", "--stage", "first", "--data", data, "--limit", str(n_test), "--json"]
     proc = subprocess.Popen(evaluate, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # the evaluate past its start-up, querying
     add_s, _ = timed(["db", "nodes", "add", "--json"], env)

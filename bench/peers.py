@@ -102,7 +102,7 @@ def run_clipvdb(data: str, n_train: int, n_test: int, limited: bool, exact: bool
     env = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"}
     env.update(CLIPVDB_HOME=str(home), PYTHONUNBUFFERED="1")
     limit = ["--limit", str(n_train)] if limited else []
-    num = ["--num", str(n_test)] if limited else []
+    num = ["--limit", str(n_test)] if limited else []
     ingest_cmd = ["ingest", "--stage", "first", "--data", data, *limit, "--json"]
     evaluate_cmd = ["evaluate", "--stage", "first", "--data", data, *num, *(["--exact"] if exact else []), "--json"]
     try:

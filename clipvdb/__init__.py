@@ -17,7 +17,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Store": "store",
-    "Dataset": "store",
+    "Session": "session",
+    "Dataset": "session",
+    "IngestOptions": "options",
+    "EvaluateOptions": "options",
+    "Watch": "options",
     "SearchSettings": "knn",
     "KnnSearcher": "knn",
     "Prediction": "predict",
@@ -38,7 +42,11 @@ _EXPORTS = {
 __all__ = [
     "__version__",
     "Store",
+    "Session",
     "Dataset",
+    "IngestOptions",
+    "EvaluateOptions",
+    "Watch",
     "SearchSettings",
     "KnnSearcher",
     "Prediction",
@@ -67,10 +75,12 @@ if TYPE_CHECKING:
     from .ingest import IngestResult, LoadResult
     from .knn import KnnSearcher, SearchSettings
     from .learned import LearnedMap
+    from .options import EvaluateOptions, IngestOptions, Watch
     from .predict import Prediction
     from .retrieval import Grid, Hit
+    from .session import Dataset, Session
     from .stages import STAGES, Stage
-    from .store import Dataset, Store
+    from .store import Store
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,7 @@ Nothing heavy is imported at module level: `clipvdb --help` and stage first neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -22,12 +23,14 @@ import click
 
 from . import __version__, config
 from .errors import ClipvdbError, SkippedImagesError, Terminated, UsageError
+from .options import EvaluateOptions, IngestOptions
 from .output import print_json as _print_json
 from .output import print_plain, print_table
 from .output import progress as _progress
 from .stages import STAGE_CHOICES, STAGE_NAMES, Stage, parse_stages
 
 if TYPE_CHECKING:
+    from .knn import SearchSettings
     from .store import Store
 
 
@@ -171,69 +174,172 @@ def learned_option(f):
     )(f)
 
 
-def search_options(f):
-    f = learned_option(f)
-    f = click.option(
-        "--metric",
-        type=click.Choice(["l2", "cosine", "ip"]),
-        default="l2",
-        show_default=True,
-        help="Distance: l2 (the study's), cosine, or inner product.",
-    )(f)
-    f = click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")(f)
-    f = click.option(
-        "--candidates",
-        type=click.IntRange(1),
-        help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).",
-    )(f)
-    f = click.option(
-        "--ef-search",
-        type=click.IntRange(1),
-        help=f"hnsw.ef_search (default: {config.DEFAULT_EF_SEARCH}; stage first's default hnsw: "
-        f"{config.PROJECTED_EF_SEARCH}).",
-    )(f)
-    f = click.option(
-        "--probes",
-        type=click.IntRange(1),
-        help="ivfflat.probes (default: lists/5; projected index: lists/20, 50 above 100,000 rows; at least 5 "
-        "lists and 1,000 rows scanned).",
-    )(f)
-    f = click.option(
-        "--vote",
-        type=click.Choice(["majority", "weighted", "dino"]),
-        default="majority",
-        show_default=True,
-        help="How k > 1 neighbours decide: majority (ties to the nearest), weighted (1/distance), "
-        "dino (exp(cosine similarity / 0.07)).",
-    )(f)
-    f = click.option(
+def _gathered(name: str, build, options: list):
+    """Click options whose values reach the command as one object: `build(**values)`, passed as `name`.
+    Every command that shares the options uses the one decorator, so an option is declared once."""
+
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            values = {k: kwargs.pop(k) for k in keys}
+            return f(*args, **{name: build(**values)}, **kwargs)
+
+        have = len(getattr(command, "__click_params__", []))
+        for option in reversed(options):
+            command = option(command)
+        keys = [p.name for p in command.__click_params__[have:]]
+        return command
+
+    return decorate
+
+
+def _search_settings(several: bool):
+    def build(k, vote, probes, ef_search, candidates, exact, metric, learned):
+        from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
+
+        ks = _ints(str(k))
+        if len(ks) > 1 and not several:
+            raise UsageError("several --k values are for evaluate; give one k here")
+        return SearchSettings(
+            vote=vote,
+            ks=tuple(ks) if len(ks) > 1 else (),
+            k=ks[0],
+            exact=exact,
+            probes=probes,
+            ef_search=ef_search,
+            metric=metric,
+            candidates=candidates,
+            learned=learned,
+        )
+
+    return build
+
+
+_SEARCH_OPTIONS = [
+    click.option(
         "--k",
         "k",
         default="1",
         show_default=True,
         help="Neighbours that vote. evaluate takes several (--k 1,5,20): the first decides the stored "
         "predictions, and report_accuracy_by_k gives every k and vote from the same search.",
-    )(f)
-    return f
+    ),
+    click.option(
+        "--vote",
+        type=click.Choice(["majority", "weighted", "dino"]),
+        default="majority",
+        show_default=True,
+        help="How k > 1 neighbours decide: majority (ties to the nearest), weighted (1/distance), "
+        "dino (exp(cosine similarity / 0.07)).",
+    ),
+    click.option(
+        "--probes",
+        type=click.IntRange(1),
+        help="ivfflat.probes (default: lists/5; projected index: lists/20, 50 above 100,000 rows; at least 5 "
+        "lists and 1,000 rows scanned).",
+    ),
+    click.option(
+        "--ef-search",
+        type=click.IntRange(1),
+        help=f"hnsw.ef_search (default: {config.DEFAULT_EF_SEARCH}; stage first's default hnsw: "
+        f"{config.PROJECTED_EF_SEARCH}).",
+    ),
+    click.option(
+        "--candidates",
+        type=click.IntRange(1),
+        help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).",
+    ),
+    click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth)."),
+    click.option(
+        "--metric",
+        type=click.Choice(["l2", "cosine", "ip"]),
+        default="l2",
+        show_default=True,
+        help="Distance: l2 (the study's), cosine, or inner product.",
+    ),
+    learned_option,
+]
 
 
-def _settings(k, probes, ef_search, candidates, exact, metric, learned, vote="majority", several=False):
-    from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
+def search_options(several: bool = False):
+    """--k, --vote, --probes, --ef-search, --candidates, --exact, --metric, --learned: one
+    `settings` (knn.SearchSettings). `several`: --k takes a list (evaluate)."""
+    return _gathered("settings", _search_settings(several), _SEARCH_OPTIONS)
 
-    ks = _ints(str(k))
-    if len(ks) > 1 and not several:
-        raise UsageError("several --k values are for evaluate; give one k here")
-    return SearchSettings(
-        vote=vote,
-        ks=tuple(ks) if len(ks) > 1 else (),
-        k=ks[0],
-        exact=exact,
-        probes=probes,
-        ef_search=ef_search,
-        metric=metric,
-        candidates=candidates,
-        learned=learned,
+
+def _workers_option():
+    return click.option(
+        "--workers", type=click.IntRange(0), help="Image-decoding processes (default: cores - 1, at most 4)."
     )
+
+
+def _limit_option(*also: str):
+    return click.option("--limit", *also, "limit", type=click.IntRange(1), help="Only the first N images of the split.")
+
+
+def ingest_options(f):
+    """--split, --limit, --batch-size, --workers, --dataset, --strict, --index/--no-index: one
+    `options` (options.IngestOptions)."""
+    return _gathered(
+        "options",
+        IngestOptions,
+        [
+            click.option("--split", default="train", show_default=True),
+            _limit_option(),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(1),
+                help="Images per batch and transaction (default: 256 for stage first alone, else 64).",
+            ),
+            _workers_option(),
+            click.option("--dataset", help="Dataset name (default: from the source)."),
+            click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it."),
+            click.option(
+                "--index/--no-index",
+                "build_index",
+                default=True,
+                show_default=True,
+                help="Rebuild the stage's index afterwards.",
+            ),
+        ],
+    )(f)
+
+
+def evaluate_options(f):
+    """--split, --against, --limit (the study's --num), --batch-size, --workers, --connections,
+    --display-freq, --dataset, --prompts: one `options` (options.EvaluateOptions)."""
+    return _gathered(
+        "options",
+        EvaluateOptions,
+        [
+            click.option("--split", default="test", show_default=True),
+            click.option("--against", default="train", show_default=True, help="Stored split to search."),
+            _limit_option("--num"),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(1),
+                help=f"Images per search statement (default: {config.DEFAULT_EVAL_BATCH_SIZE}; "
+                f"{config.DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED} on Citus).",
+            ),
+            _workers_option(),
+            click.option(
+                "--connections",
+                type=click.IntRange(1),
+                default=2,
+                show_default=True,
+                help="Database connections searching batches at once.",
+            ),
+            click.option(
+                "--display-freq",
+                type=click.IntRange(0),
+                default=10,
+                show_default=True,
+                help="Print running accuracy every F batches (0: never).",
+            ),
+            click.option("--dataset", help="Dataset name (default: from the source)."),
+            click.option("--prompts", default="study", show_default=True, help="Zero-shot prompts for origin."),
+        ],
+    )(f)
 
 
 def json_option(f):
@@ -599,21 +705,11 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
 @click.option(
     "--data", "data", required=True, help="cifar10, a CIFAR-10 python folder/archive, or SRC/<split>/<class>/."
 )
-@click.option("--split", default="train", show_default=True)
-@click.option("--limit", type=click.IntRange(1), help="Only the first N images of the split.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    help="Images per batch and transaction (default: 256 for stage first alone, else 64).",
-)
-@click.option("--workers", type=click.IntRange(0), help="Image-decoding workers (default: cores - 1, at most 4).")
-@click.option("--dataset", help="Dataset name (default: from the source).")
-@click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
-@click.option("--no-index", is_flag=True, help="Do not rebuild the stage's index afterwards.")
+@ingest_options
 @model_options
 @json_option
 @click.pass_obj
-def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset, strict, no_index, as_json) -> None:
+def ingest(state: State, stage, data, options: IngestOptions, as_json) -> None:
     """Encode a labelled split at STAGE and store the vectors (resumable, idempotent).
 
     \b
@@ -628,18 +724,7 @@ def ingest(state: State, stage, data, split, limit, batch_size, workers, dataset
     state.store.encoder_for(stages)  # load weights (or fail) before the progress bar starts
     progress, update = _progress(f"ingest {','.join(s.name for s in stages)}")
     with progress:
-        result = state.store.ingest(
-            source,
-            stages,
-            split=split,
-            limit=limit,
-            batch_size=batch_size,
-            workers=workers,
-            dataset=dataset,
-            strict=strict,
-            build_index=not no_index,
-            progress=update,
-        )
+        result = state.store.ingest(source, stages, options, progress=update)
     if as_json:
         _print_json(result.as_dict())
     else:
@@ -713,27 +798,11 @@ def index(state: State, stage, kind, project, lists, m, ef_construction, metric,
 @click.option(
     "--prompts", default="study", show_default=True, help="Zero-shot prompts for origin: study, photo, or 'a {}'."
 )
-@search_options
+@search_options()
 @model_options
 @json_option
 @click.pass_obj
-def classify(
-    state: State,
-    images,
-    stage,
-    dataset,
-    against,
-    prompts,
-    k,
-    vote,
-    probes,
-    ef_search,
-    candidates,
-    exact,
-    metric,
-    learned,
-    as_json,
-) -> None:
+def classify(state: State, images, stage, dataset, against, prompts, settings: SearchSettings, as_json) -> None:
     """Classify IMAGES by nearest stored neighbour at each stage (origin: zero-shot).
 
     \b
@@ -741,7 +810,6 @@ def classify(
       clipvdb classify cat.png
       clipvdb classify cat.png ship.png --stage first,second --k 5 --json
     """
-    settings = _settings(k, probes, ef_search, candidates, exact, metric, learned, vote)
     preds = state.store.classify(
         list(images), _stages(stage) if stage else None, settings, dataset=dataset, against=against, prompts=prompts
     )
@@ -766,64 +834,17 @@ def classify(
 @cli.command()
 @click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
 @click.option("--data", "data", required=True, help="Same forms as ingest --data.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--against", default="train", show_default=True, help="Stored split to search.")
-@click.option("--num", type=click.IntRange(1), help="Only the first N images of the split.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    help=f"Images per search statement (default: {config.DEFAULT_EVAL_BATCH_SIZE}; "
-    f"{config.DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED} on Citus).",
-)
-@click.option("--workers", type=click.IntRange(0), help="Image-decoding processes (default: cores - 1, at most 4).")
-@click.option(
-    "--connections",
-    type=click.IntRange(1),
-    default=2,
-    show_default=True,
-    help="Database connections searching batches at once.",
-)
-@click.option(
-    "--display-freq",
-    type=click.IntRange(0),
-    default=10,
-    show_default=True,
-    help="Print running accuracy every F batches (0: never).",
-)
-@click.option("--dataset", help="Dataset name (default: from the source).")
-@click.option("--prompts", default="study", show_default=True, help="Zero-shot prompts for origin.")
-@search_options
+@evaluate_options
+@search_options(several=True)
 @model_options
 @json_option
 @click.pass_obj
-def evaluate(
-    state: State,
-    stage,
-    data,
-    split,
-    against,
-    num,
-    batch_size,
-    workers,
-    connections,
-    display_freq,
-    dataset,
-    prompts,
-    k,
-    vote,
-    probes,
-    ef_search,
-    candidates,
-    exact,
-    metric,
-    learned,
-    as_json,
-) -> None:
+def evaluate(state: State, stage, data, options: EvaluateOptions, settings: SearchSettings, as_json) -> None:
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
     \b
     Example:
-      clipvdb evaluate --stage first --data cifar-10-python.tar.gz --num 1000 --exact
+      clipvdb evaluate --stage first --data cifar-10-python.tar.gz --limit 1000 --exact
       clipvdb evaluate --stage all --data ./cifar10 --k 5 --display-freq 5
       clipvdb evaluate --stage first --data ./cifar10 --k 1,5,20 --metric cosine
       clipvdb report --view report_accuracy_by_k
@@ -836,20 +857,7 @@ def evaluate(
     progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
     with progress:
         result = state.store.evaluate(
-            source,
-            stages,
-            _settings(k, probes, ef_search, candidates, exact, metric, learned, vote, several=True),
-            split=split,
-            against=against,
-            num=num,
-            batch_size=batch_size,
-            workers=workers,
-            connections=connections,
-            display_freq=display_freq,
-            dataset=dataset,
-            prompts=prompts,
-            report=lambda line: progress.console.print(line),
-            progress=update,
+            source, stages, settings, options, progress=update, report=lambda line: progress.console.print(line)
         )
     if as_json:
         _print_json(result.as_dict())
@@ -911,7 +919,9 @@ def neighbors(state: State, image, stage, k, out, dataset, exact, learned, as_js
       clipvdb neighbors cat.png --stage first,second --k 8 --out grid.png
     """
     stages = [s for s in _stages(stage) if s.name != "origin"] if stage == "all" else _stages(stage)
-    settings = _settings(k, None, None, None, exact, "l2", learned)
+    from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
+
+    settings = SearchSettings(k=k, exact=exact, learned=learned)
     grid = state.store.neighbors(image, stages, out, settings, dataset=dataset)
     if as_json:
         _print_json({"path": str(grid.path), "stages": grid.stages, "columns": grid.columns, "rows": grid.rows})

@@ -116,7 +116,7 @@ def run_demo(
     say(f"ingested {result.ingest.total} training images in {result.ingest.seconds:.1f} s")
     bar, update = progress("evaluate") if progress else (None, None)
     with bar if bar else contextlib.nullcontext():
-        result.evaluation = store.evaluate(source, stages, split="test", num=n_test, progress=update)
+        result.evaluation = store.evaluate(source, stages, split="test", limit=n_test, progress=update)
     result.report = store.reports(result.evaluation.run_id)
     result.plots = store.plot(out, result.evaluation.run_id)
     return result

@@ -16,8 +16,9 @@ shares are final: at its turn, its searches having ended. The statements' own ti
 batch_query_ms; how many connections, decoding workers, encoder threads and cores ran is in the
 run's params.
 
-The study's perf_test.py options: --num, --batch-size, --display-freq. A run is stored as
-'running' and only marked 'complete' at the end, so the report views never show half a run.
+The study's perf_test.py options: --num (here --limit; --num is still accepted), --batch-size,
+--display-freq. A run is stored as 'running' and only marked 'complete' at the end, so the report
+views never show half a run.
 """
 
 from __future__ import annotations
@@ -26,18 +27,17 @@ import json
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
 import psycopg
 
-from . import catalog, db, queries, zeroshot
-from .encoder import Encoder
+from . import catalog, config, db, queries, zeroshot
 from .errors import DatabaseError
 from .knn import KnnSearcher, SearchSettings
+from .options import EvaluateOptions, Watch
 from .pipeline import (
     EncodedBatch,
     Timeline,
@@ -48,11 +48,9 @@ from .pipeline import (
     usable_cores,
 )
 from .predict import BatchPredictions, predict_batch
+from .session import Session
 from .sources import Source
 from .stages import Stage
-
-ReportFn = Callable[[str], None]
-ProgressFn = Callable[[int, int], None]
 
 TIMING = "wall share"  # eval_runs.params->>'timing': how encode_ms and query_ms were measured
 
@@ -248,49 +246,58 @@ def run_params(settings: SearchSettings, searchers: dict[str, KnnSearcher], stag
 
 
 def evaluate(
-    conn: psycopg.Connection,
-    connections: Callable[[], AbstractContextManager[list[psycopg.Connection]]],
+    session: Session,
     source: Source,
     stages: list[Stage],
-    encoder: Encoder | None,
     settings: SearchSettings,
-    *,
-    searcher: Callable[[Stage, int, str], KnnSearcher],
-    split: str = "test",
-    against: str = "train",
-    num: int | None = None,
-    batch_size: int = 100,
-    workers: int | None = None,
-    n_connections: int = 2,
-    display_freq: int = 10,
-    dataset_name: str | None = None,
-    template: str = "study",
-    report: ReportFn | None = None,
-    progress: ProgressFn | None = None,
-    mark_failed: Callable[[int], None] | None = None,
+    options: EvaluateOptions,
+    watch: Watch | None = None,
 ) -> EvalRun:
-    """`conn` records the run and stores predictions; `connections()` lends a connection for one
-    batch's search (n_connections at once); `searcher(stage, dataset, split)` gives a set-up
-    searcher (the Store caches them)."""
+    """Classify `options.split` of `source` at `stages` against the stored `options.against` split and
+    store every prediction as one run. A connection of the session records the run and stores the
+    predictions; `options.connections` more search batches at once."""
+    settings.check()
+    options.check()
+    with session.connection() as conn:
+        return _evaluate(session, conn, source, stages, settings, options, watch or Watch())
+
+
+def _default_batch_size(conn: psycopg.Connection) -> int:
+    distributed = db.distributed(conn)
+    conn.rollback()
+    return config.DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED if distributed else config.DEFAULT_EVAL_BATCH_SIZE
+
+
+def _evaluate(
+    session: Session,
+    conn: psycopg.Connection,
+    source: Source,
+    stages: list[Stage],
+    settings: SearchSettings,
+    options: EvaluateOptions,
+    watch: Watch,
+) -> EvalRun:
     start = time.perf_counter()
     timeline = Timeline(start)
-    items = source.items(split)
-    if num is not None:
-        items = items[:num]
+    encoder = session.encoder_for(stages)
+    batch_size = options.batch_size or _default_batch_size(conn)
+    items = source.items(options.split)
+    if options.limit is not None:
+        items = items[: options.limit]
     fail_abandoned_runs(conn)
-    dataset = catalog.register_dataset(conn, source, dataset_name)
+    dataset = catalog.register_dataset(conn, source, options.dataset)
     classes = catalog.class_names(conn, dataset)
     conn.commit()
-    searchers = {s.name: searcher(s, dataset, against) for s in stages if s.name != "origin"}
+    searchers = {s.name: session.searcher(s, dataset, options.against, settings) for s in stages if s.name != "origin"}
     text = (
-        zeroshot.text_embeddings(encoder, classes, template)
+        zeroshot.text_embeddings(encoder, classes, options.prompts)
         if encoder is not None and any(s.name == "origin" for s in stages)
         else None
     )
     clip = any(s.uses_clip for s in stages)
-    workers = default_workers(clip) if workers is None else workers
+    workers = default_workers(clip) if options.workers is None else options.workers
     concurrency = {
-        "connections": n_connections,
+        "connections": options.connections,
         "workers": workers,
         "encoder_threads": threads_beside(encoder, workers) if clip else None,
         "cores": usable_cores(),
@@ -299,10 +306,10 @@ def evaluate(
         settings,
         searchers,
         stages,
-        num=num,
+        limit=options.limit,
         batch_size=batch_size,
-        against=against,
-        prompts=template if text is not None else None,
+        against=options.against,
+        prompts=options.prompts if text is not None else None,
         timing=TIMING,
         **concurrency,
     )
@@ -311,17 +318,20 @@ def evaluate(
     run_id = db.scalar(
         conn,
         queries.INSERT_RUN,
-        (dataset, split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
+        (dataset, options.split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
     )
     conn.execute(queries.LOCK_RUN, (queries.RUN_LOCK_KEY, run_id))  # held from before the row is seen
     conn.commit()
     result = EvalRun(
-        run_id, dataset_name or source.name, split, {s.name: StageTotals() for s in stages}, concurrency=concurrency
+        run_id,
+        options.dataset or source.name,
+        options.split,
+        {s.name: StageTotals() for s in stages},
+        concurrency=concurrency,
     )
     try:
         with torch_threads(concurrency["encoder_threads"]):
-            if progress:
-                progress(0, len(items))
+            watch.progress(0, len(items))
             done = 0
             searched: deque[tuple[EncodedBatch, dict[str, BatchPredictions]]] = deque()
             stored: list[int] = []
@@ -330,22 +340,22 @@ def evaluate(
                 timeline.advance()
                 while searched and (everything or _final(timeline, searched[0][0], stages)):
                     batch, preds = searched.popleft()
-                    if _store_batch(conn, run_id, batch, preds, stages, settings, dataset, split, result, timeline):
+                    if _store_batch(
+                        conn, run_id, batch, preds, stages, settings, dataset, options.split, result, timeline
+                    ):
                         stored.append(batch.no)
 
             batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers, timeline=timeline)
-            for b, (batch, preds) in enumerate(
-                _searched(batches, stages, searchers, text, connections, n_connections, timeline)
-            ):
+            searching = _searched(batches, stages, searchers, text, session, options.connections, timeline)
+            for b, (batch, preds) in enumerate(searching):
                 result.failed.extend((it.key, reason) for it, reason in batch.failed)
                 _count(batch, stages, preds, result)
                 searched.append((batch, preds))
                 store_ready()
                 done += len(batch.items) + len(batch.failed)
-                if progress:
-                    progress(len(batch.items) + len(batch.failed), len(items))
-                if report and display_freq and (b + 1) % display_freq == 0:
-                    report(
+                watch.progress(len(batch.items) + len(batch.failed), len(items))
+                if options.display_freq and (b + 1) % options.display_freq == 0:
+                    watch.say(
                         f"[{done}/{len(items)}] "
                         + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())
                     )
@@ -365,8 +375,7 @@ def evaluate(
             conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run_id))
             conn.commit()
     except BaseException as exc:
-        if mark_failed:
-            mark_failed(run_id)
+        session.mark_failed(run_id)
         _release(conn, run_id)
         if isinstance(exc, psycopg.errors.DiskFull):
             raise db.disk_full_error(exc, f"run evaluate again (run {run_id} is marked failed)") from exc
@@ -403,7 +412,7 @@ def _searched(
     stages: list[Stage],
     searchers: dict[str, KnnSearcher],
     text: np.ndarray | None,
-    connections,
+    session: Session,
     n_connections: int,
     timeline: Timeline,
 ) -> Iterator[tuple[EncodedBatch, dict[str, BatchPredictions]]]:
@@ -411,7 +420,7 @@ def _searched(
     once on their own connections while the main thread encodes the next. Each stage's search of a
     batch is a piece of the timeline: ("query", batch no, stage)."""
     lent: queue.Queue = queue.Queue()
-    with connections() as conns, ThreadPoolExecutor(max(1, n_connections)) as pool:
+    with session.connections(n_connections) as conns, ThreadPoolExecutor(max(1, n_connections)) as pool:
         for c in conns:
             lent.put(c)
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import psycopg
 
-from . import catalog, db, indexes, learned, projection, storage
+from . import catalog, config, db, indexes, learned, projection, storage
 from .encoder import Encoder
 from .errors import DatabaseError, SkippedImagesError, UsageError
+from .options import IngestOptions, Watch
 from .pipeline import EncodedBatch, encode_items
+from .session import Session
 from .sources import Item, Source
 from .stages import Stage
 from .storage import StageRows
-
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -97,36 +96,28 @@ def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: in
 
 
 def ingest(
+    session: Session, source: Source, stages: list[Stage], options: IngestOptions, watch: Watch | None = None
+) -> IngestResult:
+    """Encode `options.split` of `source` at `stages` and store it. Safe to re-run and to interrupt."""
+    options.check()
+    encoder = session.encoder_for(stages)
+    try:
+        with session.connection() as conn:
+            return _guarded(conn, source, stages, encoder, options, watch or Watch())
+    finally:
+        session.forget()
+
+
+def _guarded(
     conn: psycopg.Connection,
     source: Source,
     stages: list[Stage],
     encoder: Encoder | None,
-    *,
-    split: str = "train",
-    limit: int | None = None,
-    batch_size: int = 64,
-    workers: int | None = None,
-    dataset_name: str | None = None,
-    strict: bool = False,
-    build_index: bool = True,
-    progress: ProgressFn | None = None,
+    options: IngestOptions,
+    watch: Watch,
 ) -> IngestResult:
-    """Encode `split` of `source` at `stages` and store it. Safe to re-run and to interrupt."""
     try:
-        return _ingest(
-            conn,
-            source,
-            stages,
-            encoder,
-            split,
-            limit,
-            batch_size,
-            workers,
-            dataset_name,
-            strict,
-            build_index,
-            progress,
-        )
+        return _ingest(conn, source, stages, encoder, options, watch)
     except psycopg.errors.DiskFull as exc:
         raise db.disk_full_error(exc, "run the same ingest again (whole batches were kept)") from exc
     except psycopg.OperationalError as exc:
@@ -142,13 +133,20 @@ def ingest(
 
 
 def _ingest(
-    conn, source, stages, encoder, split, limit, batch_size, workers, dataset_name, strict, build_index, progress
-):
+    conn: psycopg.Connection,
+    source: Source,
+    stages: list[Stage],
+    encoder: Encoder | None,
+    options: IngestOptions,
+    watch: Watch,
+) -> IngestResult:
     start = time.perf_counter()
+    split, strict, build_index = options.split, options.strict, options.build_index
+    batch_size = options.batch_size or (config.DEFAULT_BATCH_SIZE if encoder else config.DEFAULT_FIRST_BATCH_SIZE)
     items: list[Item] = source.items(split)
-    if limit is not None:
-        items = items[:limit]
-    dataset = catalog.register_dataset(conn, source, dataset_name)
+    if options.limit is not None:
+        items = items[: options.limit]
+    dataset = catalog.register_dataset(conn, source, options.dataset)
     for s in stages:
         storage.fit_width(conn, s)
     slices = {s.name: StageRows(s, catalog.get_or_create_space(conn, s, encoder), dataset, split) for s in stages}
@@ -157,7 +155,7 @@ def _ingest(
     conn.commit()
     todo = [it for it in items if any(it.key not in stored[s.name] for s in stages)]
     result = IngestResult(
-        dataset=dataset_name or source.name,
+        dataset=options.dataset or source.name,
         split=split,
         stages=[s.name for s in stages],
         total=len(items),
@@ -179,8 +177,7 @@ def _ingest(
             if _drop_index_for_bulk_load(conn, s, len(todo)):
                 projections[s.name] = None
                 dropped.add(s.name)
-    if progress:
-        progress(0, len(todo))
+    watch.progress(0, len(todo))
 
     def store(batch: EncodedBatch) -> int:
         if batch.items:
@@ -200,16 +197,14 @@ def _ingest(
         pending: Future[int] | None = None
         try:
             for batch in itertools.chain(
-                encode_items(todo, stages, encoder, batch_size=batch_size, workers=workers), [None]
+                encode_items(todo, stages, encoder, batch_size=batch_size, workers=options.workers), [None]
             ):
                 for item, reason in batch.failed if batch is not None else []:
                     if strict:
                         raise SkippedImagesError(f"{reason} (stopped by --strict; nothing of this batch was stored)")
                     result.failed.append((item.key, reason))
                 if pending is not None:
-                    done = pending.result()
-                    if progress:
-                        progress(done, len(todo))
+                    watch.progress(pending.result(), len(todo))
                 pending = writer.submit(store, batch) if batch is not None else None
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM while the writer's batch runs (waiting on a lock, say): cancel its

@@ -5,21 +5,20 @@ bench all go through it.
     store = clipvdb.Store()                                   # the embedded server; Store(url) another
     store.ingest("cifar10/", stages="first", split="train")   # IngestResult
     preds = store.classify(["cat.png", pil_image], stage="first")   # list[Prediction]
-    run = store.evaluate("cifar10/", stage="first", split="test", exact=True)   # EvalRun
+    run = store.evaluate("cifar10/", stage="first", split="test", limit=1000)   # EvalRun
     rows = store.report("report_accuracy", run=run.run_id)    # list[dict], ready for pandas
 
-A Store owns a connection pool, brings the schema to head on first use (never down), loads the
-encoder only when a CLIP stage needs it, and caches datasets, classes and set-up searchers.
+A Store is a thin facade over its `Session` (session.py), which every job runs on: the connection
+pool, the schema brought to head on first use (never down), the encoder loaded only when a CLIP
+stage needs it, the cached datasets and set-up searchers. A job's options are one object
+(options.py); the Store also takes its fields as keywords.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +45,8 @@ from . import (
 )
 from . import evaluate as evaluation
 from .clusters import Clustering
-from .encoder import CHECKPOINT_SUFFIX, Encoder, load_encoder, models_dir
-from .errors import EmptyStageError, ImageError, SchemaError, StageError, UsageError
+from .encoder import CHECKPOINT_SUFFIX, Encoder, models_dir
+from .errors import EmptyStageError, ImageError, StageError, UsageError
 from .evaluate import EvalRun
 from .experiment import ExperimentResult
 from .images import ImageInput, as_image, png_bytes
@@ -55,34 +54,18 @@ from .indexes import IndexInfo
 from .ingest import IngestResult, LoadResult
 from .knn import KnnSearcher, SearchSettings
 from .learned import LearnedMap
+from .options import EvaluateOptions, IngestOptions, Watch
 from .pipeline import embed, encode_items, query_items
 from .predict import Prediction, as_predictions, predict_batch
 from .retrieval import Grid, Hit
+from .session import Dataset, Session, StagesArg, parse
 from .sources import Source, open_source
-from .stages import STAGE_NAMES, STAGES, Stage, needs_encoder, parse_stages
+from .stages import STAGE_NAMES, STAGES, Stage
 
 if TYPE_CHECKING:
-    from psycopg_pool import ConnectionPool
-
     from .training import TrainResult
 
 ProgressFn = Callable[[int, int], None]
-StagesArg = str | Iterable[str] | list[Stage] | None
-
-
-@dataclass(frozen=True)
-class Dataset:
-    id: int
-    name: str
-    classes: list[str]
-
-
-def _parse(value: StagesArg | Stage) -> list[Stage]:
-    if isinstance(value, Stage):
-        return [value]
-    if isinstance(value, list) and value and isinstance(value[0], Stage):
-        return value
-    return parse_stages(value)  # type: ignore[arg-type]
 
 
 def _source(data: str | Path | Source) -> Source:
@@ -90,7 +73,7 @@ def _source(data: str | Path | Source) -> Source:
 
 
 class Store:
-    """A clipvdb database: ingest, classify, evaluate, report, search."""
+    """A clipvdb database: ingest, classify, evaluate, report, search. The jobs run on its `session`."""
 
     def __init__(
         self,
@@ -105,104 +88,50 @@ class Store:
         migrate: bool = True,
         announce: Callable[[str], None] | None = None,
     ):
-        self._url = url
-        self.home = Path(home).expanduser() if home else None
-        self.model, self.pretrained, self.device = model, pretrained, device
-        self._encoder = encoder
-        self.pool_size = pool_size
-        self.migrate = migrate
-        self.announce = announce or (lambda m: print(m, file=sys.stderr))
-        self._lock = threading.Lock()
-        self._datasets: dict[str | None, Dataset] = {}
-        self._searchers: dict[tuple, KnnSearcher] = {}
-        self._ready = False
-        self.pgvector: tuple[int, ...] = ()
+        self.session = Session(
+            url,
+            home=home,
+            model=model,
+            pretrained=pretrained,
+            device=device,
+            encoder=encoder,
+            pool_size=pool_size,
+            migrate=migrate,
+            announce=announce,
+        )
+
+    @property
+    def home(self) -> Path | None:
+        return self.session.home
 
     @property
     def home_dir(self) -> Path:
         """This store's home: given, else CLIPVDB_HOME, else the user data directory."""
-        return self.home or embedded.home_dir()
+        return self.session.home_dir
 
-    # ------------------------------------------------------------ connections
+    @property
+    def model(self) -> str:
+        return self.session.model
 
-    @functools.cached_property
+    @property
+    def pretrained(self) -> str | None:
+        return self.session.pretrained
+
+    @property
+    def device(self) -> str:
+        return self.session.device
+
+    @property
     def url(self) -> str:
         """The database URL: given, else CLIPVDB_DATABASE_URL, else the embedded server (started)."""
-        return db.resolve_url(self._url, self.home)
+        return self.session.url
 
-    def _prepare(self) -> None:
-        """Once per Store: pgvector present and new enough, the schema at head (upgraded if older)."""
-        if self._ready:
-            return
-        with self._lock:
-            if self._ready:
-                return
-            with db.connection(self.url, vector=False) as conn:
-                rev = db.revision_of(conn)
-            head = db.head_revision()
-            if rev != head:
-                if rev is not None and not db.is_known_revision(rev):
-                    raise SchemaError(
-                        f"the database schema is at revision {rev}, newer than this clipvdb ({head}); "
-                        "upgrade clipvdb (pip install -U clipvdb)"
-                    )
-                if not self.migrate:
-                    raise db.schema_behind(rev)
-                self.announce(f"clipvdb: bringing the database schema from {rev or 'nothing'} to revision {head}")
-                db.upgrade(self.url)
-            with db.connection(self.url) as conn:
-                self.pgvector = db.version_tuple(db.check_pgvector(conn))
-            self._ready = True
-
-    @functools.cached_property
-    def pool(self) -> ConnectionPool:
-        from psycopg_pool import ConnectionPool  # its import starts threads machinery; only when connecting
-
-        self._prepare()
-
-        def configure(conn: psycopg.Connection) -> None:
-            from pgvector.psycopg import register_vector
-
-            register_vector(conn)
-            conn.commit()
-
-        def reset(conn: psycopg.Connection) -> None:
-            conn.execute(queries.RESET_ALL)  # session settings (an experiment's) stay with their user
-            conn.commit()
-
-        try:
-            return ConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=max(self.pool_size, 2),
-                configure=configure,
-                reset=reset,
-                open=True,
-                name="clipvdb",
-                timeout=30,
-                check=ConnectionPool.check_connection,
-            )
-        except psycopg.OperationalError as exc:
-            raise db.connection_error(exc) from exc
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A pooled connection with pgvector registered; rolled back when returned with work open."""
-        with self.pool.connection() as conn:
-            yield conn
-
-    def _connections(self, n: int) -> contextlib.AbstractContextManager[list[psycopg.Connection]]:
-        @contextlib.contextmanager
-        def lend() -> Iterator[list[psycopg.Connection]]:
-            with contextlib.ExitStack() as stack:
-                yield [stack.enter_context(self.pool.connection()) for _ in range(n)]
-
-        return lend()
+        return self.session.connection()
 
     def close(self) -> None:
-        if "pool" in self.__dict__:
-            self.pool.close()
-            del self.__dict__["pool"]
+        self.session.close()
 
     def __enter__(self) -> Store:
         return self
@@ -215,27 +144,18 @@ class Store:
     @property
     def encoder(self) -> Encoder:
         """The encoder (loaded on first use: stage first never needs it)."""
-        if self._encoder is None:
-            self._encoder = load_encoder(
-                self.model, self.pretrained or config.DEFAULT_PRETRAINED, self.device, home=self.home_dir
-            )
-        return self._encoder
+        return self.session.encoder
 
     @encoder.setter
     def encoder(self, value: Encoder) -> None:
-        self._encoder = value
-        self._searchers.clear()
+        self.session.encoder = value
 
     def encoder_for(self, stages: list[Stage]) -> Encoder | None:
-        return self.encoder if needs_encoder(stages) else None
+        return self.session.encoder_for(stages)
 
     def dataset(self, name: str | None = None) -> Dataset:
         """A stored dataset (the only one when no name is given), with its class names."""
-        if name not in self._datasets:
-            with self.connection() as conn:
-                ds = catalog.dataset_id(conn, name)
-                self._datasets[name] = Dataset(ds, catalog.dataset_name(conn, ds), catalog.class_names(conn, ds))
-        return self._datasets[name]
+        return self.session.dataset(name)
 
     def searcher(
         self,
@@ -246,61 +166,12 @@ class Store:
         against: str = "train",
     ) -> KnnSearcher:
         """The set-up kNN searcher of one stage over the `against` split of a dataset (cached)."""
-        return self._searcher(
-            self._one(stage, "search"), self.dataset(dataset).id, against, settings or SearchSettings()
+        return self.session.searcher(
+            self.session.one(stage, "search"), self.dataset(dataset).id, against, settings or SearchSettings()
         )
 
-    def _searcher(self, stage: Stage, dataset_id: int, split: str, settings: SearchSettings) -> KnnSearcher:
-        key = (stage.name, dataset_id, split, settings, self._identity(stage))
-        if key not in self._searchers:
-            with self.connection() as conn:
-                self._searchers[key] = KnnSearcher(
-                    conn,
-                    stage,
-                    self._identity(stage),
-                    dataset_id,
-                    split,
-                    settings,
-                    iterative_scan=self.pgvector >= (0, 8, 0),
-                    notice=self.announce,
-                )
-        return self._searchers[key]
-
-    def _identity(self, stage: Stage) -> tuple[str, str]:
-        return catalog.space_identity(stage, self.encoder if stage.uses_clip else None)
-
-    def _forget(self) -> None:
-        """Drop cached searchers and datasets (after an ingest or an index build)."""
-        self._searchers.clear()
-        self._datasets.clear()
-
-    def _stages(self, value: StagesArg | Stage) -> list[Stage]:
-        """Stages by name, as this store's model declares them (its widths); stage first needs no model."""
-        chosen = _parse(value)
-        if not needs_encoder(chosen):
-            return chosen
-        declared = getattr(self.encoder, "stages", STAGES)  # an encoder that declares none has RN50's
-        missing = [s.name for s in chosen if s.uses_clip and s.name not in declared]
-        if missing:
-            raise StageError(
-                f"stages {', '.join(missing)} need a CLIP ResNet or vision transformer (RN50, ViT-B-32, ...); "
-                f"{self.encoder.name} "
-                f"computes {', '.join(declared)}; use --stage {' or '.join(declared)}"
-            )
-        return [declared[s.name] if s.uses_clip else s for s in chosen]
-
-    def _one(self, value: StagesArg | Stage, what: str) -> Stage:
-        chosen = self._stages(value)
-        if len(chosen) != 1:
-            raise UsageError(f"{what} one stage at a time (--stage first, second, third or origin)")
-        return chosen[0]
-
     def stored_stages(self) -> list[Stage]:
-        with self.connection() as conn:
-            names = catalog.stages_with_rows(conn)
-        if not names:
-            raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
-        return self._stages(names)
+        return self.session.stored_stages()
 
     # ------------------------------------------------------------ the main job
 
@@ -308,40 +179,16 @@ class Store:
         self,
         data: str | Path | Source,
         stages: StagesArg = "first",
+        options: IngestOptions | None = None,
         *,
-        split: str = "train",
-        limit: int | None = None,
-        batch_size: int | None = None,
-        workers: int | None = None,
-        dataset: str | None = None,
-        strict: bool = False,
-        build_index: bool = True,
         progress: ProgressFn | None = None,
+        **changes: Any,
     ) -> IngestResult:
-        """Encode `split` of `data` at `stages` and store it. Safe to re-run and to interrupt."""
-        chosen = self._stages(stages)
-        source = _source(data)
-        encoder = self.encoder_for(chosen)
-        if batch_size is None:
-            batch_size = config.DEFAULT_BATCH_SIZE if encoder else config.DEFAULT_FIRST_BATCH_SIZE
-        try:
-            with self.connection() as conn:
-                return ingest.ingest(
-                    conn,
-                    source,
-                    chosen,
-                    encoder,
-                    split=split,
-                    limit=limit,
-                    batch_size=batch_size,
-                    workers=workers,
-                    dataset_name=dataset,
-                    strict=strict,
-                    build_index=build_index,
-                    progress=progress,
-                )
-        finally:
-            self._forget()
+        """Encode a split of `data` at `stages` and store it. Safe to re-run and to interrupt.
+        `options` (or its fields as keywords: split, limit, batch_size, workers, dataset, strict,
+        build_index) as `clipvdb ingest` takes them."""
+        options = replace(options or IngestOptions(), **changes)
+        return ingest.ingest(self.session, _source(data), self.session.stages(stages), options, Watch.of(progress))
 
     def load_vectors(
         self,
@@ -361,7 +208,7 @@ class Store:
         keyed by `keys` (unique within the split) with their labels, then the vectors by binary COPY,
         a transaction per batch, then the stage's index (default: the stage's default kind). The
         vectors' space is this store's encoder (stage first: pixels)."""
-        chosen = self._one(stage, "load")
+        chosen = self.session.one(stage, "load")
         try:
             with self.connection() as conn:
                 return ingest.load_vectors(
@@ -379,7 +226,7 @@ class Store:
                     index=index,
                 )
         finally:
-            self._forget()
+            self.session.forget()
 
     def classify(
         self,
@@ -397,9 +244,9 @@ class Store:
         settings = settings or SearchSettings()
         settings.check()
         items = query_items(images if isinstance(images, list) else [images])
-        chosen = self._stages(stage) if stage else self.stored_stages()
+        chosen = self.session.stages(stage) if stage else self.stored_stages()
         ds = self.dataset(dataset)
-        searchers = {s.name: self._searcher(s, ds.id, against, settings) for s in chosen if s.name != "origin"}
+        searchers = {s.name: self.session.searcher(s, ds.id, against, settings) for s in chosen if s.name != "origin"}
         encoder = self.encoder_for(chosen)
         origin = encoder is not None and any(s.name == "origin" for s in chosen)
         text = zeroshot.text_embeddings(encoder, ds.classes, prompts) if origin and encoder else None
@@ -419,63 +266,20 @@ class Store:
         data: str | Path | Source,
         stage: StagesArg = "first",
         settings: SearchSettings | None = None,
+        options: EvaluateOptions | None = None,
         *,
-        split: str = "test",
-        against: str = "train",
-        num: int | None = None,
-        batch_size: int | None = None,
-        workers: int | None = None,
-        connections: int = 2,
-        display_freq: int = 0,
-        dataset: str | None = None,
-        prompts: str = "study",
-        report: Callable[[str], None] | None = None,
         progress: ProgressFn | None = None,
+        report: Callable[[str], None] | None = None,
+        **changes: Any,
     ) -> EvalRun:
         """Classify a labelled split, store every prediction as a run; `run.run_id` for the reports.
-        `batch_size`: images per search statement (default 100; 400 on Citus)."""
-        if connections < 1:
-            raise UsageError("--connections must be at least 1")
-        settings = settings or SearchSettings()
-        settings.check()
-        chosen = self._stages(stage)
-        source = _source(data)
-        encoder = self.encoder_for(chosen)
-        with self.connection() as conn:
-            if batch_size is None:
-                distributed = db.distributed(conn)
-                conn.rollback()
-                batch_size = (
-                    config.DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED if distributed else config.DEFAULT_EVAL_BATCH_SIZE
-                )
-            return evaluation.evaluate(
-                conn,
-                lambda: self._connections(connections),
-                source,
-                chosen,
-                encoder,
-                settings,
-                searcher=lambda s, ds, sp: self._searcher(s, ds, sp, settings),
-                split=split,
-                against=against,
-                num=num,
-                batch_size=batch_size,
-                workers=workers,
-                n_connections=connections,
-                display_freq=display_freq,
-                dataset_name=dataset,
-                template=prompts,
-                report=report,
-                progress=progress,
-                mark_failed=self._mark_failed,
-            )
-
-    def _mark_failed(self, run_id: int) -> None:
-        """A run cut short stays out of the reports. On a fresh connection: the pool's may be what failed."""
-        with contextlib.suppress(psycopg.Error, SchemaError, db.DatabaseError):
-            with db.connection(self.url, vector=False) as conn:
-                conn.execute(queries.FAIL_RUN, (run_id,))
-                conn.commit()
+        `options` (or its fields as keywords: split, against, limit, batch_size, workers, connections,
+        display_freq, dataset, prompts) as `clipvdb evaluate` takes them; `report(line)` gets the
+        running accuracy every `display_freq` batches."""
+        options = replace(options or EvaluateOptions(), **changes)
+        chosen = self.session.stages(stage)
+        watch = Watch.of(progress, report)
+        return evaluation.evaluate(self.session, _source(data), chosen, settings or SearchSettings(), options, watch)
 
     def index(
         self,
@@ -495,7 +299,7 @@ class Store:
         out = []
         try:
             with self.connection() as conn:
-                for s in (storage.as_stored(conn, s) for s in _parse(stage)):
+                for s in (storage.as_stored(conn, s) for s in parse(stage)):
                     if kind is None and metric == "l2" and all(v is None for v in given.values()):
                         out.append(indexes.build_default(conn, s))
                         continue
@@ -504,13 +308,13 @@ class Store:
                     params["project"] = params.get("project") or None
                     out.append(indexes.build(conn, s, chosen, metric=metric, **params))
         finally:
-            self._forget()
+            self.session.forget()
         return out
 
     def index_info(self, stage: str | Stage) -> IndexInfo:
         """The stage's index as recorded and as it stands: kind, parameters, rows, size."""
         with self.connection() as conn:
-            return indexes.info(conn, self._one(stage, "index_info takes"))
+            return indexes.info(conn, self.session.one(stage, "index_info takes"))
 
     # ------------------------------------------------------------ reports
 
@@ -623,8 +427,8 @@ class Store:
             raise StageError("text search works at stage origin only: CLIP's text embedding lives in that space")
         query = retrieval.query_vector(self.encoder, text, image)
         ds = self.dataset(dataset)
-        searcher = self._searcher(
-            self._one("origin", "retrieve"), ds.id, split, SearchSettings(k=k, exact=exact, metric="cosine")
+        searcher = self.session.searcher(
+            self.session.one("origin", "retrieve"), ds.id, split, SearchSettings(k=k, exact=exact, metric="cosine")
         )
         with self.connection() as conn:
             found, _ = searcher.search(conn, query[None, :])
@@ -642,12 +446,12 @@ class Store:
     ) -> Grid:
         """One PNG: a row per stage, the query then its k nearest stored images, captioned."""
         settings = settings or SearchSettings(k=10)
-        chosen = self._stages(stages)
+        chosen = self.session.stages(stages)
         vectors = embed([image], chosen, self.encoder_for(chosen))
         ds = self.dataset(dataset)
         with self.connection() as conn:
             found = {
-                s.name: self._searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0]
+                s.name: self.session.searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0]
                 for s in chosen
             }
             return retrieval.neighbour_grid(conn, as_image(image), found, ds.classes, Path(out))
@@ -678,7 +482,7 @@ class Store:
         metric: str = "l2",
     ) -> ExperimentResult:
         """Recall and speed of exact, ivfflat and hnsw search as the stored set grows (experiment.py)."""
-        chosen = self._stages(stage)
+        chosen = self.session.stages(stage)
         if len(chosen) != 1:
             raise UsageError("experiment search takes one --stage")
         with self.connection() as conn:
@@ -715,7 +519,7 @@ class Store:
     ) -> Clustering:
         """Cluster one stage's stored vectors (this store's space, one dataset and split) and store
         the clustering; returns it with its purity, adjusted Rand index and NMI against the labels."""
-        chosen = self._one(stage, "cluster")
+        chosen = self.session.one(stage, "cluster")
         if method not in clusters.METHODS:
             raise UsageError(f"unknown method {method!r}; choose from {', '.join(clusters.METHODS)}")
         if k < 1 and method != "dbscan":
@@ -748,7 +552,7 @@ class Store:
     ) -> LearnedMap:
         """Fit a learned metric on the stage's training split (never the test split), store it, and
         write every stored vector's image under it; searches with `learned=True` then use it."""
-        chosen = self._one(stage, "learn")
+        chosen = self.session.one(stage, "learn")
         ds = self.dataset(dataset)
         try:
             with self.connection() as conn:
@@ -758,7 +562,7 @@ class Store:
                 lmap.params["dataset"] = ds.name
                 learned.save(conn, chosen, lmap)
         finally:
-            self._forget()
+            self.session.forget()
         return lmap
 
     def clusterings(self) -> list[Clustering]:
@@ -795,7 +599,7 @@ class Store:
 
     def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
         """Vectors per stage for the images (no database needed)."""
-        chosen = self._stages(stages)
+        chosen = self.session.stages(stages)
         return embed(images if isinstance(images, list) else [images], chosen, self.encoder_for(chosen))
 
     # ------------------------------------------------------------ administration
@@ -832,13 +636,11 @@ class Store:
         """Stop this home's embedded server (and a local cluster's workers); False if it was not running.
         Not for a database given by URL."""
         self._require_embedded("db stop")
-        self.close()
-        self.__dict__.pop("url", None)
-        self._ready = False
+        self.session.reconnect()
         return embedded.stop(self.home)
 
     def _require_embedded(self, command: str) -> None:
-        if self._url or config.database_url():
+        if not self.session.embedded:
             raise UsageError(
                 f"{command} manages the embedded server; a database given by CLIPVDB_DATABASE_URL is managed "
                 "where it runs"
@@ -850,16 +652,15 @@ class Store:
         """Turn this home into a local Citus cluster (the embedded server as coordinator plus
         `workers` workers; nodes.py), bring the schema to head and distribute it; return
         nodes_status(). Not for a database given by URL: point that at a Citus coordinator."""
-        if self._url or config.database_url():
+        if not self.session.embedded:
             raise UsageError(
                 "db nodes manages the embedded server's cluster; an external Citus coordinator is used as "
                 "CLIPVDB_DATABASE_URL as it is (the migrations distribute the tables there)"
             )
         self.close()
         nodes.start(self.home_dir, workers)
-        self.__dict__.pop("url", None)
-        self._ready = False
-        self._prepare()
+        self.session.reconnect()
+        self.session.prepare()
         with self.connection() as conn:
             placed = db.distribute(conn)
             conn.commit()
@@ -873,7 +674,7 @@ class Store:
                     current = indexes.info(conn, stage)
                     if current.rows and current.exists:
                         indexes.refresh(conn, stage)
-        self._forget()
+        self.session.forget()
         return self.nodes_status()
 
     def nodes_status(self) -> dict:
@@ -886,7 +687,7 @@ class Store:
         its share of the shards comes with `rebalance()`. Returns nodes_status()."""
         self._require_embedded("db nodes add")
         nodes.add(self.home_dir, host, port)
-        self._forget()
+        self.session.forget()
         return self.nodes_status()
 
     def rebalance(self, progress: ProgressFn | None = None) -> dict:
@@ -904,7 +705,7 @@ class Store:
         the external one at `host`. Returns nodes_status()."""
         self._require_embedded("db nodes remove")
         nodes.remove(self.home_dir, host, port)
-        self._forget()
+        self.session.forget()
         return self.nodes_status()
 
     def stop_nodes(self) -> list[str]:

@@ -129,7 +129,7 @@ def test_exact_and_default_against_brute_force_and_single_node(cstore, cluster_d
 def test_every_report_view_and_classify(cstore, cluster_data):
     from clipvdb import reports
 
-    run = cstore.evaluate(cluster_data, stage="first", num=40)
+    run = cstore.evaluate(cluster_data, stage="first", limit=40)
     out = cstore.reports(run.run_id)
     # every view answers on the cluster with rows of this run (by k: only for several k, below)
     assert [v for v in reports.VIEWS if not out[v]] == ["report_accuracy_by_k"]
@@ -143,7 +143,7 @@ def test_every_report_view_and_classify(cstore, cluster_data):
     pred = cstore.classify(str(image), stage="first")
     assert len(pred) == 1 and pred[0].stage == "first" and pred[0].predicted_class == image.parent.name
     # several k from one search: the neighbours go to the workers, the view counts every k and vote
-    several = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(k=1, ks=(1, 3)), num=40)
+    several = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(k=1, ks=(1, 3)), limit=40)
     by_k = {(r["k"], r["vote"]): r for r in cstore.report("report_accuracy_by_k", run=several.run_id)}
     assert len(by_k) == 6 and all(r["n"] == 40 for r in by_k.values())
     assert by_k[(1, "majority")]["correct"] == several.stages["first"].correct
@@ -201,7 +201,7 @@ def test_batched_knn_searches_every_shard_in_one_statement(cstore, cluster_data)
     learned_searcher = cstore.searcher(FIRST, SearchSettings(learned=True))
     for plan in _shard_plans(cstore, learned_searcher, q):
         assert "Index Scan using learned_first_ann_" in plan
-    learned = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(learned=True), num=50)
+    learned = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(learned=True), limit=50)
     assert learned.stages["first"].n == 50
     # the single-node batched form is what Citus refuses (a LATERAL LIMIT over a table function)
     with store_searcher(cstore) as (_, params):
@@ -301,7 +301,7 @@ def test_worker_killed_during_evaluate(citus_home, cstore, cluster_data):
     assert len(down["nodes"]) == 3 and "error" in down
     # the next command of the home starts the worker again, and queries succeed
     with Store(home=citus_home, encoder=TinyEncoder()) as s:
-        again = s.evaluate(cluster_data, stage="first", settings=SearchSettings(exact=True), num=30)
+        again = s.evaluate(cluster_data, stage="first", settings=SearchSettings(exact=True), limit=30)
         assert again.stages["first"].n == 30
     assert all(n["active"] for n in cstore.nodes_status()["nodes"])
     # nothing of the failed run reaches the reports, and what it stored is whole batches (a commit

@@ -42,7 +42,7 @@ def test_ingest_classify_evaluate_report_plot(cli, syn_data, tmp_path):
             "all",
             "--data",
             syn_data,
-            "--num",
+            "--limit",
             "6",
             "--json",
             "--batch-size",

@@ -17,7 +17,7 @@ def test_stage_first_on_real_cifar10_matches_numpy(cli, cifar_jpeg):
     assert src.classes[:3] == ["airplane", "automobile", "bird"]
     cli("ingest", "--stage", "first", "--data", cifar_jpeg, "--limit", "1000")
     out = json.loads(
-        cli("evaluate", "--stage", "first", "--data", cifar_jpeg, "--num", "100", "--exact", "--json").stdout
+        cli("evaluate", "--stage", "first", "--data", cifar_jpeg, "--limit", "100", "--exact", "--json").stdout
     )
 
     def pixels(items):
@@ -55,8 +55,8 @@ def test_citus_cluster_on_real_cifar10_matches_numpy(citus_home, cifar_jpeg):
     src = open_source(cifar_jpeg)
     with Store(home=citus_home) as store:
         store.ingest(cifar_jpeg, stages="first", split="train", limit=3000)
-        exact = store.evaluate(cifar_jpeg, stage="first", settings=SearchSettings(exact=True), num=300)
-        default = store.evaluate(cifar_jpeg, stage="first", num=300)
+        exact = store.evaluate(cifar_jpeg, stage="first", settings=SearchSettings(exact=True), limit=300)
+        default = store.evaluate(cifar_jpeg, stage="first", limit=300)
 
     def pixels(items):
         return first_stage_vectors(np.stack([first_stage_pixels(load_image(it.path)) for it in items]))

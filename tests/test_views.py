@@ -110,8 +110,8 @@ def test_runs_view_and_running_runs_excluded(conn, run):
 def test_report_run_view_and_unknown_view_and_plot_run(cli, syn_data, tmp_path):
     w = ["--workers", "0"]
     cli("ingest", "--stage", "first", "--data", syn_data, *w)
-    r1 = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--num", "4", "--json", *w).stdout)
-    r2 = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--num", "6", "--json", *w).stdout)
+    r1 = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--limit", "4", "--json", *w).stdout)
+    r2 = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--limit", "6", "--json", *w).stdout)
     one = json.loads(cli("report", "--run", r1["run_id"], "--view", "report_accuracy", "--json").stdout)
     assert one["run_id"] == r1["run_id"] and set(one) == {"run_id", "report_accuracy"}
     assert one["report_accuracy"][0]["n"] == 4

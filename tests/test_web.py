@@ -124,7 +124,7 @@ def test_web_k_image_id_and_search_k(store, syn_data, k):
     from clipvdb.web import create_app
 
     store.ingest(syn_data, "first,origin", workers=0)
-    store.evaluate(syn_data, "first", workers=0, num=2)
+    store.evaluate(syn_data, "first", workers=0, limit=2)
     client = create_app(store, k=k).test_client()
     with store.connection() as conn:
         test_id = conn.execute("SELECT min(id) FROM images WHERE split = 'test'").fetchone()[0]
