@@ -21,6 +21,8 @@ _EXPORTS = {
     "Dataset": "session",
     "IngestOptions": "options",
     "EvaluateOptions": "options",
+    "TrainOptions": "options",
+    "ClusterOptions": "options",
     "Watch": "options",
     "SearchSettings": "knn",
     "KnnSearcher": "knn",
@@ -46,6 +48,8 @@ __all__ = [
     "Dataset",
     "IngestOptions",
     "EvaluateOptions",
+    "TrainOptions",
+    "ClusterOptions",
     "Watch",
     "SearchSettings",
     "KnnSearcher",
@@ -75,7 +79,7 @@ if TYPE_CHECKING:
     from .ingest import IngestResult, LoadResult
     from .knn import KnnSearcher, SearchSettings
     from .learned import LearnedMap
-    from .options import EvaluateOptions, IngestOptions, Watch
+    from .options import ClusterOptions, EvaluateOptions, IngestOptions, TrainOptions, Watch
     from .predict import Prediction
     from .retrieval import Grid, Hit
     from .session import Dataset, Session

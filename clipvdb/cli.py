@@ -23,7 +23,7 @@ import click
 
 from . import __version__, config
 from .errors import ClipvdbError, SkippedImagesError, Terminated, UsageError
-from .options import EvaluateOptions, IngestOptions
+from .options import CLUSTER_METHODS, ClusterOptions, EvaluateOptions, IngestOptions, TrainOptions
 from .output import print_json as _print_json
 from .output import print_plain, print_table
 from .output import progress as _progress
@@ -338,6 +338,85 @@ def evaluate_options(f):
             ),
             click.option("--dataset", help="Dataset name (default: from the source)."),
             click.option("--prompts", default="study", show_default=True, help="Zero-shot prompts for origin."),
+        ],
+    )(f)
+
+
+def train_options(f):
+    """--split, --name, --minutes, --epochs, --widths, --batch-size, --lr, --seed, --limit, --workers:
+    one `options` (options.TrainOptions)."""
+
+    def build(widths: str, **values) -> TrainOptions:
+        return TrainOptions(widths=tuple(_ints(widths)), **values)
+
+    return _gathered(
+        "options",
+        build,
+        [
+            click.option(
+                "--split", default="train", show_default=True, help="The split to train on (only this one is read)."
+            ),
+            click.option(
+                "--name", default="cnn", show_default=True, help="The model's name (its stored vectors carry it)."
+            ),
+            click.option(
+                "--minutes",
+                type=click.FloatRange(0.1),
+                default=13.0,
+                show_default=True,
+                help="Time budget: picks the epochs.",
+            ),
+            click.option("--epochs", type=click.IntRange(1), help="Epochs (default: as many as fit in --minutes)."),
+            click.option(
+                "--widths", default="48,96,192", show_default=True, help="Channels of the three residual blocks."
+            ),
+            click.option("--batch-size", type=click.IntRange(2), default=512, show_default=True),
+            click.option(
+                "--lr",
+                type=click.FloatRange(0, min_open=True),
+                default=0.4,
+                show_default=True,
+                help="Peak learning rate.",
+            ),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--limit", "limit", type=click.IntRange(1), help="Train on the first N images of the split."),
+            click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: one per core)."),
+        ],
+    )(f)
+
+
+def cluster_options(f):
+    """--k, --method, --eps, --min-samples, --linkage, --split, --dataset, --sample: one `options`
+    (options.ClusterOptions)."""
+    return _gathered(
+        "options",
+        ClusterOptions,
+        [
+            click.option(
+                "--k",
+                "k",
+                type=click.IntRange(1),
+                default=10,
+                show_default=True,
+                help="Clusters (kmeans, agglomerative).",
+            ),
+            click.option("--method", type=click.Choice(CLUSTER_METHODS), default="kmeans", show_default=True),
+            click.option(
+                "--eps", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="DBSCAN radius."
+            ),
+            click.option(
+                "--min-samples", type=click.IntRange(1), default=5, show_default=True, help="DBSCAN core size."
+            ),
+            click.option(
+                "--linkage",
+                type=click.Choice(["ward", "complete", "average", "single"]),
+                default="ward",
+                show_default=True,
+                help="Agglomerative linkage.",
+            ),
+            click.option("--split", default="train", show_default=True, help="Stored split to cluster."),
+            click.option("--dataset", help="Dataset (default: the only one)."),
+            click.option("--sample", type=click.IntRange(2), help="Cluster a seeded random sample of N rows."),
         ],
     )(f)
 
@@ -1025,31 +1104,16 @@ def learn(state: State, stage, dims, method, seconds, dataset, as_json) -> None:
 
 @cli.command()
 @click.option("--data", required=True, help="Labelled images: the same forms as ingest --data.")
-@click.option("--split", default="train", show_default=True, help="The split to train on (only this one is read).")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Checkpoint file to write (default: the home's models/NAME.pt, found by --model NAME).",
 )
-@click.option("--name", default="cnn", show_default=True, help="The model's name (its stored vectors carry it).")
-@click.option(
-    "--minutes", type=click.FloatRange(0.1), default=13.0, show_default=True, help="Time budget: picks the epochs."
-)
-@click.option("--epochs", type=click.IntRange(1), help="Epochs (default: as many as fit in --minutes).")
-@click.option("--widths", default="48,96,192", show_default=True, help="Channels of the three residual blocks.")
-@click.option("--batch-size", type=click.IntRange(2), default=512, show_default=True)
-@click.option(
-    "--lr", type=click.FloatRange(0, min_open=True), default=0.4, show_default=True, help="Peak learning rate."
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--limit", type=click.IntRange(1), help="Train on the first N images of the split.")
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes (default: one per core).")
+@train_options
 @click.option("--device", envvar=config.ENV_DEVICE, help="cpu (default) or cuda.")
 @json_option
 @click.pass_obj
-def train(
-    state: State, data, split, out, name, minutes, epochs, widths, batch_size, lr, seed, limit, workers, device, as_json
-) -> None:
+def train(state: State, data, out, options: TrainOptions, device, as_json) -> None:
     """Train a compact residual CNN on a labelled split; the checkpoint is then a --model.
 
     Its stages: second (half the network), third (the pooled features), origin (its own
@@ -1065,22 +1129,7 @@ def train(
         state.device = device
     progress, update = _progress("train", show="loss {loss:.3f}")
     with progress:
-        result = state.store.train(
-            data,
-            out,
-            name=name,
-            split=split,
-            minutes=minutes,
-            epochs=epochs,
-            widths=tuple(_ints(widths)),
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            limit=limit,
-            workers=workers,
-            progress=update,
-            say=lambda line: progress.console.print(line),
-        )
+        result = state.store.train(data, out, options, progress=update, say=lambda line: progress.console.print(line))
     if as_json:
         _print_json(result.as_dict())
         return
@@ -1106,26 +1155,11 @@ def cluster() -> None:
 
 @cluster.command("fit")
 @click.option("--stage", "stage", required=True, help="One stage.")
-@click.option(
-    "--k", "k", type=click.IntRange(1), default=10, show_default=True, help="Clusters (kmeans, agglomerative)."
-)
-@click.option("--method", type=click.Choice(["kmeans", "agglomerative", "dbscan"]), default="kmeans", show_default=True)
-@click.option("--eps", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="DBSCAN radius.")
-@click.option("--min-samples", type=click.IntRange(1), default=5, show_default=True, help="DBSCAN core size.")
-@click.option(
-    "--linkage",
-    type=click.Choice(["ward", "complete", "average", "single"]),
-    default="ward",
-    show_default=True,
-    help="Agglomerative linkage.",
-)
-@click.option("--split", default="train", show_default=True, help="Stored split to cluster.")
-@click.option("--dataset", help="Dataset (default: the only one).")
-@click.option("--sample", type=click.IntRange(2), help="Cluster a seeded random sample of N rows.")
+@cluster_options
 @model_options
 @json_option
 @click.pass_obj
-def cluster_fit(state: State, stage, k, method, eps, min_samples, linkage, split, dataset, sample, as_json) -> None:
+def cluster_fit(state: State, stage, options: ClusterOptions, as_json) -> None:
     """Cluster the stored vectors of one stage, split and dataset; store members and centres.
 
     \b
@@ -1133,17 +1167,7 @@ def cluster_fit(state: State, stage, k, method, eps, min_samples, linkage, split
       clipvdb cluster fit --stage first --k 10
       clipvdb cluster fit --stage second --method dbscan --eps 4 --min-samples 10 --sample 5000
     """
-    c = state.store.cluster(
-        stage,
-        k,
-        method=method,
-        eps=eps,
-        min_samples=min_samples,
-        linkage=linkage,
-        split=split,
-        dataset=dataset,
-        sample=sample,
-    )
+    c = state.store.cluster(stage, options)
     if as_json:
         _print_json(c.__dict__)
         return

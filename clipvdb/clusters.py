@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
@@ -20,10 +21,13 @@ from PIL import Image, ImageDraw
 
 from . import catalog, db, queries
 from .errors import UsageError
+from .options import CLUSTER_METHODS, ClusterOptions
 from .stages import Stage
 from .storage import StageRows
 
-METHODS: tuple[str, ...] = ("kmeans", "agglomerative", "dbscan")
+if TYPE_CHECKING:
+    from .session import Session
+
 PAIRWISE_LIMIT = 20_000
 
 
@@ -75,11 +79,22 @@ def fit_labels(X: np.ndarray, method: str, params: dict) -> np.ndarray:
                 f"{len(X):,} rows; raise --eps or lower --min-samples (nothing was stored)"
             )
         return labels
-    raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    raise UsageError(f"unknown method {method!r}; choose from {', '.join(CLUSTER_METHODS)}")
 
 
 def centres_of(X: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(c): X[labels == c].mean(axis=0) for c in np.unique(labels) if c >= 0}
+
+
+def cluster(session: Session, stage: Stage, options: ClusterOptions) -> Clustering:
+    """Cluster one stage's stored vectors (the session's space, one dataset and split) and store the
+    clustering; returns it with its purity, adjusted Rand index and NMI against the labels."""
+    options.check()
+    ds = session.dataset(options.dataset)
+    with session.connection() as conn:
+        space = session.require_space(conn, stage)
+        cid = fit(conn, stage, space, ds.id, options.split, options.method, options.params(), sample=options.sample)
+        return read(conn, cid)[0]
 
 
 def fit(
@@ -94,8 +109,8 @@ def fit(
     sample: int | None = None,
 ) -> int:
     """Fit and store a clustering; returns its id. Commits."""
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in CLUSTER_METHODS:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(CLUSTER_METHODS)}")
     ids, _, X = StageRows(stage, space, dataset, split).read(conn, "cluster")
     conn.commit()
     db.one_connection_per_node(conn)  # the rows below go to a reference table and its children

@@ -13,21 +13,21 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 
-def _quiet(*_: object) -> None:
+def _quiet(*_: object, **__: object) -> None:
     pass
 
 
 @dataclass(frozen=True)
 class Watch:
     """How a job tells its caller where it is: `progress(advance, total)` as work is done (the first
-    call may advance 0 to give the total), `say(line)` for a line worth printing on the way (a running
-    accuracy)."""
+    call may advance 0 to give the total; training adds `loss=`), `say(line)` for a line worth
+    printing on the way (a running accuracy, the epochs a time budget picked)."""
 
-    progress: Callable[[int, int], None] = _quiet
+    progress: Callable[..., None] = _quiet
     say: Callable[[str], None] = _quiet
 
     @classmethod
-    def of(cls, progress: Callable[[int, int], None] | None = None, say: Callable[[str], None] | None = None) -> Watch:
+    def of(cls, progress: Callable[..., None] | None = None, say: Callable[[str], None] | None = None) -> Watch:
         """A watch from callbacks that may be None (ignored)."""
         return cls(progress or _quiet, say or _quiet)
 
@@ -76,3 +76,63 @@ class EvaluateOptions:
             raise UsageError("--workers must be 0 or more")
         if self.display_freq < 0:
             raise UsageError("--display-freq must be 0 or more")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """`clipvdb train`: the compact CNN's shape, its training schedule and the images it reads."""
+
+    split: str = "train"  # the split trained on (no other is read)
+    name: str = "cnn"  # the model's name, carried by its stored vectors
+    widths: tuple[int, ...] = (48, 96, 192)  # channels of the three residual blocks
+    epochs: int | None = None  # None: as many as fit in `minutes`
+    minutes: float = 13.0  # the time budget that picks the epochs
+    batch_size: int = 512
+    lr: float = 0.4  # the peak learning rate
+    seed: int = 0
+    limit: int | None = None  # train on the first N images of the split
+    workers: int | None = None  # decoding processes; None: one per core
+
+    def check(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        if self.minutes <= 0:
+            raise UsageError("--minutes must be positive")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        if self.batch_size < 2:
+            raise UsageError("--batch-size must be at least 2")
+        if not self.widths or min(self.widths) < 1:
+            raise UsageError("--widths takes positive channel counts, e.g. 48,96,192")
+
+
+CLUSTER_METHODS = ("kmeans", "agglomerative", "dbscan")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """`clipvdb cluster fit`: the method and its parameters, and which stored rows."""
+
+    method: str = "kmeans"  # one of CLUSTER_METHODS
+    k: int = 10  # clusters (kmeans, agglomerative)
+    eps: float = 0.5  # DBSCAN radius
+    min_samples: int = 5  # DBSCAN core size
+    linkage: str = "ward"  # agglomerative linkage
+    split: str = "train"  # the stored split clustered
+    dataset: str | None = None  # None: the only one
+    sample: int | None = None  # cluster a seeded random sample of N rows
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.method not in CLUSTER_METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose from {', '.join(CLUSTER_METHODS)}")
+        if self.k < 1 and self.method != "dbscan":
+            raise UsageError("--k must be at least 1")
+
+    def params(self) -> dict:
+        """The parameters its method uses, as the clustering records them."""
+        if self.method == "dbscan":
+            return {"seed": self.seed, "eps": self.eps, "min_samples": self.min_samples}
+        if self.method == "agglomerative":
+            return {"seed": self.seed, "k": self.k, "linkage": self.linkage}
+        return {"seed": self.seed, "k": self.k}

@@ -234,6 +234,13 @@ class Session:
             raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
         return self.stages(names)
 
+    def require_space(self, conn: psycopg.Connection, stage: Stage) -> int:
+        """The id of the stage's embedding space under this session's encoder; an error when it holds nothing."""
+        space = catalog.find_space(conn, stage, self.encoder_for([stage]))
+        if space is None:
+            raise EmptyStageError(f"stage {stage.name} has no rows for these weights; run 'clipvdb ingest' first")
+        return space
+
     def identity(self, stage: Stage) -> tuple[str, str]:
         """(model, weights) of the stage's embedding space under this session's encoder."""
         return catalog.space_identity(stage, self.encoder if stage.uses_clip else None)

@@ -46,7 +46,7 @@ from . import (
 from . import evaluate as evaluation
 from .clusters import Clustering
 from .encoder import CHECKPOINT_SUFFIX, Encoder, models_dir
-from .errors import EmptyStageError, ImageError, StageError, UsageError
+from .errors import ImageError, StageError, UsageError
 from .evaluate import EvalRun
 from .experiment import ExperimentResult
 from .images import ImageInput, as_image, png_bytes
@@ -54,7 +54,7 @@ from .indexes import IndexInfo
 from .ingest import IngestResult, LoadResult
 from .knn import KnnSearcher, SearchSettings
 from .learned import LearnedMap
-from .options import EvaluateOptions, IngestOptions, Watch
+from .options import ClusterOptions, EvaluateOptions, IngestOptions, TrainOptions, Watch
 from .pipeline import embed, encode_items, query_items
 from .predict import Prediction, as_predictions, predict_batch
 from .retrieval import Grid, Hit
@@ -503,42 +503,13 @@ class Store:
 
         return plot_experiment(result, Path(out))
 
-    def cluster(
-        self,
-        stage: str | Stage,
-        k: int = 10,
-        *,
-        method: str = "kmeans",
-        eps: float = 0.5,
-        min_samples: int = 5,
-        linkage: str = "ward",
-        split: str = "train",
-        dataset: str | None = None,
-        sample: int | None = None,
-        seed: int = 0,
-    ) -> Clustering:
+    def cluster(self, stage: str | Stage, options: ClusterOptions | None = None, **changes: Any) -> Clustering:
         """Cluster one stage's stored vectors (this store's space, one dataset and split) and store
-        the clustering; returns it with its purity, adjusted Rand index and NMI against the labels."""
-        chosen = self.session.one(stage, "cluster")
-        if method not in clusters.METHODS:
-            raise UsageError(f"unknown method {method!r}; choose from {', '.join(clusters.METHODS)}")
-        if k < 1 and method != "dbscan":
-            raise UsageError("--k must be at least 1")
-        params: dict = {"seed": seed}
-        params.update({"eps": eps, "min_samples": min_samples} if method == "dbscan" else {"k": k})
-        if method == "agglomerative":
-            params["linkage"] = linkage
-        ds = self.dataset(dataset)
-        with self.connection() as conn:
-            space = self._require_space(conn, chosen)
-            cid = clusters.fit(conn, chosen, space, ds.id, split, method, params, sample=sample)
-            return clusters.read(conn, cid)[0]
-
-    def _require_space(self, conn: psycopg.Connection, stage: Stage) -> int:
-        space = catalog.find_space(conn, stage, self.encoder_for([stage]))
-        if space is None:
-            raise EmptyStageError(f"stage {stage.name} has no rows for these weights; run 'clipvdb ingest' first")
-        return space
+        the clustering; returns it with its purity, adjusted Rand index and NMI against the labels.
+        `options` (or its fields as keywords: method, k, eps, min_samples, linkage, split, dataset,
+        sample, seed) as `clipvdb cluster fit` takes them."""
+        options = replace(options or ClusterOptions(), **changes)
+        return clusters.cluster(self.session, self.session.one(stage, "cluster"), options)
 
     def learn(
         self,
@@ -556,7 +527,7 @@ class Store:
         ds = self.dataset(dataset)
         try:
             with self.connection() as conn:
-                X, y = learned.training_data(conn, chosen, self._require_space(conn, chosen), ds.id)
+                X, y = learned.training_data(conn, chosen, self.session.require_space(conn, chosen), ds.id)
                 conn.rollback()
                 lmap = learned.fit(X, y, chosen, method, dims, seconds=seconds, seed=seed)
                 lmap.params["dataset"] = ds.name
@@ -579,23 +550,22 @@ class Store:
         self,
         data: str | Path | Source,
         out: Path | str | None = None,
+        options: TrainOptions | None = None,
         *,
-        name: str = "cnn",
-        split: str = "train",
         progress: Callable[..., None] | None = None,
         say: Callable[[str], None] | None = None,
-        **options: Any,
+        **changes: Any,
     ) -> TrainResult:
         """Train the compact CNN on a labelled split (no database needed) and write its checkpoint to
-        `out`, or to the home's models folder as NAME.pt so that `--model NAME` finds it. `options`:
-        widths, epochs, minutes, batch_size, lr, seed, limit, workers (training.train)."""
+        `out`, or to the home's models folder as NAME.pt so that `--model NAME` finds it. `options`
+        (or its fields as keywords: split, name, widths, epochs, minutes, batch_size, lr, seed, limit,
+        workers) as `clipvdb train` takes them."""
         from . import training  # torch: only when training
 
-        path = Path(out).expanduser() if out else models_dir(self.home_dir) / f"{name}{CHECKPOINT_SUFFIX}"
+        options = replace(options or TrainOptions(), **changes)
+        path = Path(out).expanduser() if out else models_dir(self.home_dir) / f"{options.name}{CHECKPOINT_SUFFIX}"
         device = None if self.device == config.DEFAULT_DEVICE else self.device
-        return training.train(
-            _source(data), path, split=split, name=name, device=device, progress=progress, say=say, **options
-        )
+        return training.train(_source(data), path, options, device=device, watch=Watch.of(progress, say))
 
     def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
         """Vectors per stage for the images (no database needed)."""

@@ -23,14 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from .clip_model import keep_freed_memory
-from .errors import SourceError, UsageError
+from .errors import SourceError
+from .options import TrainOptions, Watch
 from .pipeline import _Job, decoded_batches, default_workers
 from .sources import Source
-from .trained_model import DEFAULT_WIDTHS, Checkpoint, CompactNet
+from .trained_model import Checkpoint, CompactNet
 
-DEFAULT_MINUTES = 13.0
-DEFAULT_BATCH_SIZE = 512
-DEFAULT_LR = 0.4
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 LABEL_SMOOTHING = 0.2
@@ -129,39 +127,24 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def train(
-    source: Source,
-    out: Path,
-    *,
-    split: str = "train",
-    name: str = "cnn",
-    widths: tuple[int, ...] = DEFAULT_WIDTHS,
-    epochs: int | None = None,
-    minutes: float = DEFAULT_MINUTES,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    lr: float = DEFAULT_LR,
-    seed: int = 0,
-    device: str | None = None,
-    limit: int | None = None,
-    workers: int | None = None,
-    progress: Progress | None = None,
-    say: Callable[[str], None] | None = None,
+    source: Source, out: Path, options: TrainOptions, *, device: str | None = None, watch: Watch | None = None
 ) -> TrainResult:
-    """Train on `split` of `source` and write the checkpoint to `out`. `progress(advance, total,
-    loss=...)` is called after every step."""
-    if epochs is not None and epochs < 1:
-        raise UsageError("--epochs must be at least 1")
-    if minutes <= 0:
-        raise UsageError("--minutes must be positive")
+    """Train on `options.split` of `source` and write the checkpoint to `out`. `watch.progress(advance,
+    total, loss=...)` is called after every step; `watch.say` gets the epochs the budget picked."""
+    options.check()
+    watch = watch or Watch()
+    split, name, seed, lr = options.split, options.name, options.seed, options.lr
+    epochs, minutes = options.epochs, options.minutes
     t_start = time.perf_counter()
     keep_freed_memory()
     torch.manual_seed(seed)
     dev = torch.device("cpu" if device in (None, "auto") else device)
-    pixels, labels, skipped = load_split(source, split, limit, workers)
+    pixels, labels, skipped = load_split(source, split, options.limit, options.workers)
     n_classes = len(source.classes)
     present = np.unique(labels)
     if len(present) < 2:
         raise SourceError(f"split {split!r} of {source.location} holds one class only: a classifier needs two or more")
-    batch_size = min(batch_size, len(labels))
+    batch_size = min(options.batch_size, len(labels))
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     mean = (images.float().mean(dim=(0, 2, 3)) / 255).tolist()
     std = (images.float().std(dim=(0, 2, 3)) / 255).clamp_min(1e-3).tolist()
@@ -169,7 +152,7 @@ def train(
     std_t = torch.tensor(std, device=dev)[None, :, None, None] * 255
     targets = torch.from_numpy(labels)
     augment = _Augmenter(images, seed)
-    net = CompactNet(widths, n_classes)
+    net = CompactNet(options.widths, n_classes)
     sample = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:5000]]
     whiten_stem(net, (sample.float() - mean_t.cpu()) / std_t.cpu())
     net = net.to(dev).to(memory_format=torch.channels_last)
@@ -219,9 +202,8 @@ def train(
         torch.set_rng_state(rng)
         left = minutes * 60 - (time.perf_counter() - t_start) - 5.0  # the checkpoint and the slack
         epochs = max(1, math.floor(left / (step_s * per_epoch + 1.0)))  # + about 1 s of augmentation per epoch
-        if say:
-            ms = step_s * 1000 / batch_size
-            say(f"{len(labels):,} images, {ms:.2f} ms per image: {epochs} epochs fit in {minutes:g} min")
+        ms = step_s * 1000 / batch_size
+        watch.say(f"{len(labels):,} images, {ms:.2f} ms per image: {epochs} epochs fit in {minutes:g} min")
     total = epochs * per_epoch
     opt, sched = make_optimizer(total)
     losses: list[float] = []
@@ -238,8 +220,7 @@ def train(
             epoch_loss += loss
             correct += right
             seen += len(idx)
-            if progress:
-                progress(len(idx), total * batch_size, loss=loss)
+            watch.progress(len(idx), total * batch_size, loss=loss)
         losses.append(epoch_loss / per_epoch)
     train_seconds = time.perf_counter() - t_train
     net.eval()
@@ -266,7 +247,7 @@ def train(
         "machine": platform.machine(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    ckpt = Checkpoint(name, tuple(widths), list(source.classes), mean, std, net.state_dict(), record)
+    ckpt = Checkpoint(name, tuple(options.widths), list(source.classes), mean, std, net.state_dict(), record)
     sha = ckpt.save(out)
     seconds = time.perf_counter() - t_start
     return TrainResult(
@@ -282,7 +263,7 @@ def train(
         images_per_s=total * batch_size / train_seconds,
         final_loss=losses[-1],
         train_accuracy=correct / max(seen, 1),
-        widths=list(widths),
+        widths=list(options.widths),
         classes=list(source.classes),
         loss_per_epoch=losses,
     )

@@ -27,7 +27,7 @@ def _majority(clusters: list[int], labels: list[int], k: int) -> int:
 
 def test_kmeans_is_stored_and_the_views_match_scikit_learn(store, db_url, syn_data):
     store.ingest(syn_data, "first", workers=0)
-    c = store.cluster("first", 10)
+    c = store.cluster("first", k=10)
     rows = _members(db_url, c.id)
     clusters, labels = [r[0] for r in rows], [r[1] for r in rows]
     assert c.n == len(rows) == 60 and c.n_clusters == len(set(clusters)) <= 10 and c.n_noise == 0
@@ -76,23 +76,23 @@ def test_separable_colours_cluster_perfectly(store, tmp_path):
             Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     store.ingest(root, "first", workers=0)
     for method, kw in (("kmeans", {}), ("agglomerative", {}), ("dbscan", {"eps": 5.0, "min_samples": 3})):
-        c = store.cluster("first", 3, method=method, **kw)
+        c = store.cluster("first", k=3, method=method, **kw)
         assert (c.n_clusters, c.purity, c.adjusted_rand_index) == (3, 1.0, 1.0), (method, c)
         assert c.normalized_mutual_info == pytest.approx(1.0)
 
 
 def test_bad_input_is_one_line(store, cli, syn_data):
     with pytest.raises(UsageError, match="no dataset yet"):
-        store.cluster("first", 3)
+        store.cluster("first", k=3)
     store.ingest(syn_data, "first,second", workers=0, limit=10)
     store.index("second", "none")
     with psycopg.connect(store.url) as c:
         c.execute("DELETE FROM embeddings_second")
     with pytest.raises(EmptyStageError, match="no train rows to cluster"):
-        store.cluster("second", 3)
+        store.cluster("second", k=3)
     store.ingest(syn_data, "first", workers=0)
     with pytest.raises(UsageError, match="larger than the 60 stored rows"):
-        store.cluster("first", 61)
+        store.cluster("first", k=61)
     with pytest.raises(UsageError, match="found only noise.*raise --eps"):
         store.cluster("first", method="dbscan", eps=0.001, min_samples=5)
     out = cli("cluster", "fit", "--stage", "first", "--k", "100", expect=2).output

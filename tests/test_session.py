@@ -86,3 +86,15 @@ def test_the_cli_builds_the_same_options(cli, db_url, syn_data):
     with psycopg.connect(db_url) as c:
         params = c.execute("SELECT params FROM eval_runs WHERE id = %s", (limit["run_id"],)).fetchone()[0]
     assert params["limit"] == 9 and "num" not in params
+
+
+def test_a_clustering_records_what_its_options_say(store, syn_data):
+    from clipvdb import ClusterOptions
+
+    store.ingest(syn_data, "first", workers=0)
+    by_object = store.cluster("first", ClusterOptions(method="agglomerative", k=3, linkage="average"))
+    by_keywords = store.cluster("first", method="agglomerative", k=3, linkage="average")
+    assert by_object.params == by_keywords.params == {"seed": 0, "k": 3, "linkage": "average"}
+    assert by_object.n_clusters == by_keywords.n_clusters == 3
+    with pytest.raises(UsageError, match="unknown method 'spectral'"):
+        store.cluster("first", method="spectral")

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import torch
 
-from clipvdb import synthetic
+from clipvdb import TrainOptions, synthetic
 from clipvdb.encoder import load_encoder
 from clipvdb.errors import SourceError, UsageError, WeightsError
 from clipvdb.sources import open_source
@@ -31,7 +31,11 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(shapes, tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("ckpt") / "shapes.pt"
-    result = train(open_source(shapes), out, name="shapes-cnn", widths=(8, 16, 24), epochs=10, batch_size=64, workers=0)
+    result = train(
+        open_source(shapes),
+        out,
+        TrainOptions(name="shapes-cnn", widths=(8, 16, 24), epochs=10, batch_size=64, workers=0),
+    )
     return out, result
 
 
@@ -54,16 +58,30 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint_that_round_trips(check
 
 def test_training_reads_the_named_split_only(shapes, tmp_path):
     """The test split holds a file that cannot be decoded; a training on it would skip one image."""
-    result = train(open_source(shapes), tmp_path / "a.pt", epochs=1, widths=(4, 4, 4), batch_size=100, workers=0)
+    result = train(
+        open_source(shapes), tmp_path / "a.pt", TrainOptions(epochs=1, widths=(4, 4, 4), batch_size=100, workers=0)
+    )
     assert result.skipped == 0 and result.images == 300
     with pytest.raises(SourceError, match="no 'validation' split"):
-        train(open_source(shapes), tmp_path / "b.pt", split="validation", epochs=1, workers=0)
+        train(open_source(shapes), tmp_path / "b.pt", TrainOptions(split="validation", epochs=1, workers=0))
 
 
 def test_same_seed_same_weights(shapes, tmp_path):
-    a = train(open_source(shapes), tmp_path / "a.pt", epochs=2, widths=(4, 8, 8), batch_size=64, seed=3, workers=0)
-    b = train(open_source(shapes), tmp_path / "b.pt", epochs=2, widths=(4, 8, 8), batch_size=64, seed=3, workers=0)
-    c = train(open_source(shapes), tmp_path / "c.pt", epochs=2, widths=(4, 8, 8), batch_size=64, seed=4, workers=0)
+    a = train(
+        open_source(shapes),
+        tmp_path / "a.pt",
+        TrainOptions(epochs=2, widths=(4, 8, 8), batch_size=64, seed=3, workers=0),
+    )
+    b = train(
+        open_source(shapes),
+        tmp_path / "b.pt",
+        TrainOptions(epochs=2, widths=(4, 8, 8), batch_size=64, seed=3, workers=0),
+    )
+    c = train(
+        open_source(shapes),
+        tmp_path / "c.pt",
+        TrainOptions(epochs=2, widths=(4, 8, 8), batch_size=64, seed=4, workers=0),
+    )
     wa, wb, wc = (read_checkpoint(Path(r.path)).state_dict for r in (a, b, c))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
@@ -74,9 +92,9 @@ def test_the_time_budget_picks_the_epochs_and_leaves_no_trace(shapes, tmp_path):
     """The budget's timing probe trains on a copy it throws away: the run it sized equals a run given
     those epochs, so a checkpoint made under a budget is reproduced with --epochs (docs/models.md)."""
     kw = {"widths": (4, 4, 4), "batch_size": 50, "workers": 0, "seed": 5}
-    short = train(open_source(shapes), tmp_path / "s.pt", minutes=0.2, **kw)
+    short = train(open_source(shapes), tmp_path / "s.pt", TrainOptions(minutes=0.2, **kw))
     assert short.seconds < 0.2 * 60 + 10
-    fixed = train(open_source(shapes), tmp_path / "f.pt", epochs=short.epochs, **kw)
+    fixed = train(open_source(shapes), tmp_path / "f.pt", TrainOptions(epochs=short.epochs, **kw))
     a, b = read_checkpoint(tmp_path / "s.pt"), read_checkpoint(tmp_path / "f.pt")
     for k in a.state_dict:
         torch.testing.assert_close(a.state_dict[k], b.state_dict[k], rtol=1e-4, atol=1e-5)
@@ -193,7 +211,7 @@ def test_a_short_training_on_real_cifar10_beats_stage_first(cifar_jpeg, tmp_path
     """Two epochs on 10,000 real images (a fixed count, so a busy machine trains as far as a quiet one):
     third's 1-NN beats raw pixels' on held-out images (0.51 against 0.288; one epoch reaches 0.394)."""
     src = open_source(cifar_jpeg)
-    result = train(src, tmp_path / "c.pt", limit=10_000, epochs=2)
+    result = train(src, tmp_path / "c.pt", TrainOptions(limit=10_000, epochs=2))
     enc = TrainedEncoder(Path(result.path))
     train_x, train_y, _ = load_split(src, "train", 10_000)
     test_x, test_y, _ = load_split(src, "test", 1_000)

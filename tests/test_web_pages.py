@@ -91,7 +91,7 @@ def runs(store, syn_data):
     store.ingest(syn_data, "first,second", workers=0)
     a = store.evaluate(syn_data, "first,second", workers=0, batch_size=4)
     b = store.evaluate(syn_data, "first", SearchSettings(k=3), workers=0, batch_size=8)
-    store.cluster("first", 4)
+    store.cluster("first", k=4)
     store.experiment("second", [20, 40], queries=10, probes=[1, 2], ef_search=[10])
     return a.run_id, b.run_id
 
