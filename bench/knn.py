@@ -72,7 +72,7 @@ def item_knn(rep: Report, cfg: Config, store: Store, source: Source, data: dict)
 
     def build(kind, **kw):
         start = time.perf_counter()
-        info = store.index(stage, kind, **kw)[0]
+        info = store.index(stage, kind=kind, **kw)[0]
         return info, time.perf_counter() - start
 
     ne = min(cfg.n_exact_db, nq)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         with Store(home=home) as store:
             store.ingest(args.data, stages="first", split="train", limit=n_train, build_index=False)
-            store.index("first", "ivfflat", project=args.project, lists=args.lists)
+            store.index("first", kind="ivfflat", project=args.project, lists=args.lists)
             dataset = store.dataset(None)
             for spec in args.settings:
                 kw = {k: int(v) for k, v in (kv.split("=") for kv in spec.split(","))}

@@ -56,7 +56,7 @@ def item_scale(rep: Report, cfg: Config, store: Store, source: Source, data: dic
         variants = [("hnsw", {}), ("projected hnsw, project=128", {"project": 128})]
         for name, kw in variants if size <= 50_000 else variants[1:]:
             start = time.perf_counter()
-            store.index(STAGES["first"], "hnsw", **kw)
+            store.index(STAGES["first"], kind="hnsw", **kw)
             hs = time.perf_counter() - start
             warm(store, STAGES["first"], Q, SearchSettings(ef_search=100), dataset, split)
             go(f"{name} ef_search=100 (build {hs:.0f} s)", SearchSettings(ef_search=100))

@@ -23,6 +23,8 @@ _EXPORTS = {
     "EvaluateOptions": "options",
     "TrainOptions": "options",
     "ClusterOptions": "options",
+    "IndexOptions": "options",
+    "LearnOptions": "options",
     "Watch": "options",
     "SearchSettings": "knn",
     "KnnSearcher": "knn",
@@ -50,6 +52,8 @@ __all__ = [
     "EvaluateOptions",
     "TrainOptions",
     "ClusterOptions",
+    "IndexOptions",
+    "LearnOptions",
     "Watch",
     "SearchSettings",
     "KnnSearcher",
@@ -79,7 +83,15 @@ if TYPE_CHECKING:
     from .ingest import IngestResult, LoadResult
     from .knn import KnnSearcher, SearchSettings
     from .learned import LearnedMap
-    from .options import ClusterOptions, EvaluateOptions, IngestOptions, TrainOptions, Watch
+    from .options import (
+        ClusterOptions,
+        EvaluateOptions,
+        IndexOptions,
+        IngestOptions,
+        LearnOptions,
+        TrainOptions,
+        Watch,
+    )
     from .predict import Prediction
     from .retrieval import Grid, Hit
     from .session import Dataset, Session

@@ -23,7 +23,17 @@ import click
 
 from . import __version__, config
 from .errors import ClipvdbError, SkippedImagesError, Terminated, UsageError
-from .options import CLUSTER_METHODS, ClusterOptions, EvaluateOptions, IngestOptions, TrainOptions
+from .options import (
+    CLUSTER_METHODS,
+    INDEX_KINDS,
+    LEARN_METHODS,
+    ClusterOptions,
+    EvaluateOptions,
+    IndexOptions,
+    IngestOptions,
+    LearnOptions,
+    TrainOptions,
+)
 from .output import print_json as _print_json
 from .output import print_plain, print_table
 from .output import progress as _progress
@@ -292,7 +302,7 @@ def ingest_options(f):
                 help="Images per batch and transaction (default: 256 for stage first alone, else 64).",
             ),
             _workers_option(),
-            click.option("--dataset", help="Dataset name (default: from the source)."),
+            dataset_option("from the source", "Dataset name"),
             click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it."),
             click.option(
                 "--index/--no-index",
@@ -336,7 +346,7 @@ def evaluate_options(f):
                 show_default=True,
                 help="Print running accuracy every F batches (0: never).",
             ),
-            click.option("--dataset", help="Dataset name (default: from the source)."),
+            dataset_option("from the source", "Dataset name"),
             click.option("--prompts", default="study", show_default=True, help="Zero-shot prompts for origin."),
         ],
     )(f)
@@ -415,10 +425,78 @@ def cluster_options(f):
                 help="Agglomerative linkage.",
             ),
             click.option("--split", default="train", show_default=True, help="Stored split to cluster."),
-            click.option("--dataset", help="Dataset (default: the only one)."),
+            dataset_option(),
             click.option("--sample", type=click.IntRange(2), help="Cluster a seeded random sample of N rows."),
         ],
     )(f)
+
+
+def index_options(f):
+    """--kind, --project, --lists, --m, --ef-construction, --metric: one `options` (options.IndexOptions)."""
+    return _gathered(
+        "options",
+        IndexOptions,
+        [
+            click.option(
+                "--kind",
+                type=click.Choice(INDEX_KINDS),
+                help="Index kind (default: the stage's rule; first: ivfflat --project 64, hnsw --project 64 above "
+                "100,000 rows per index; others: ivfflat).",
+            ),
+            click.option(
+                "--project",
+                type=click.IntRange(0, 2000),
+                help="Index a D-dimensional PCA projection and re-rank candidates exactly (0: full vectors).",
+            ),
+            click.option(
+                "--lists", type=click.IntRange(1), help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M)."
+            ),
+            click.option("--m", "m", type=click.IntRange(2), help=f"hnsw m (default: {config.DEFAULT_M})."),
+            click.option(
+                "--ef-construction",
+                type=click.IntRange(4),
+                help=f"hnsw ef_construction (default: {config.DEFAULT_EF_CONSTRUCTION}; stage first's default hnsw: "
+                f"{config.PROJECTED_EF_CONSTRUCTION}).",
+            ),
+            click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True),
+        ],
+    )(f)
+
+
+def learn_options(f):
+    """--dims, --method, --seconds, --dataset: one `options` (options.LearnOptions)."""
+    return _gathered(
+        "options",
+        LearnOptions,
+        [
+            click.option("--dims", type=click.IntRange(1), help="Learned dimensions (default 128; lda: classes - 1)."),
+            click.option(
+                "--method",
+                type=click.Choice(LEARN_METHODS),
+                default="nca",
+                show_default=True,
+                help="nca: map trained on in-batch neighbours; lda: discriminant analysis; pca: reference.",
+            ),
+            click.option(
+                "--seconds", type=click.FloatRange(1), default=120.0, show_default=True, help="nca training budget."
+            ),
+            dataset_option(),
+        ],
+    )(f)
+
+
+def stage_option(default: str | None = "", *, one: bool = False, note: str = ""):
+    """--stage, declared here for every command: required when `default` is "", else defaulting to it
+    (None: no default, the command decides); `one`: the command takes one stage."""
+    text = note or ("One stage." if one else STAGE_CHOICES)
+    if default == "":
+        return click.option("--stage", "stage", required=True, help=text)
+    return click.option("--stage", "stage", default=default, show_default=default is not None, help=text)
+
+
+def dataset_option(default: str = "the only one", what: str = "Dataset"):
+    """--dataset, declared here for every command: a stored dataset's name."""
+    return click.option("--dataset", help=f"{what} (default: {default}).")
 
 
 def json_option(f):
@@ -739,7 +817,7 @@ def db_nodes_stop(state: State) -> None:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--stage", "stage", default="origin", show_default=True, help=STAGE_CHOICES)
+@stage_option("origin")
 @click.option("--format", "fmt", type=click.Choice(["json", "npy"]), default="json", show_default=True)
 @model_options
 @click.pass_obj
@@ -780,7 +858,7 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
+@stage_option()
 @click.option(
     "--data", "data", required=True, help="cifar10, a CIFAR-10 python folder/archive, or SRC/<split>/<class>/."
 )
@@ -821,30 +899,11 @@ def ingest(state: State, stage, data, options: IngestOptions, as_json) -> None:
 
 
 @cli.command()
-@click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
-@click.option(
-    "--kind",
-    type=click.Choice(["ivfflat", "hnsw", "none"]),
-    help="Index kind (default: the stage's rule; first: ivfflat --project 64, hnsw --project 64 above "
-    "100,000 rows per index; others: ivfflat).",
-)
-@click.option(
-    "--project",
-    type=click.IntRange(0, 2000),
-    help="Index a D-dimensional PCA projection and re-rank candidates exactly (0: full vectors).",
-)
-@click.option("--lists", type=click.IntRange(1), help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M).")
-@click.option("--m", "m", type=click.IntRange(2), help=f"hnsw m (default: {config.DEFAULT_M}).")
-@click.option(
-    "--ef-construction",
-    type=click.IntRange(4),
-    help=f"hnsw ef_construction (default: {config.DEFAULT_EF_CONSTRUCTION}; stage first's default hnsw: "
-    f"{config.PROJECTED_EF_CONSTRUCTION}).",
-)
-@click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True)
+@stage_option()
+@index_options
 @json_option
 @click.pass_obj
-def index(state: State, stage, kind, project, lists, m, ef_construction, metric, as_json) -> None:
+def index(state: State, stage, options: IndexOptions, as_json) -> None:
     """Rebuild the ANN index of STAGE by hand (ingest keeps the kind chosen here).
 
     Without --kind, the stage's default. With --project D the index holds each vector's D principal
@@ -856,9 +915,7 @@ def index(state: State, stage, kind, project, lists, m, ef_construction, metric,
       clipvdb index --stage first --kind hnsw --project 128 --m 16 --ef-construction 64
       clipvdb index --stage second --kind ivfflat --lists 100
     """
-    infos = state.store.index(
-        _stages(stage), kind, project=project, lists=lists, m=m, ef_construction=ef_construction, metric=metric
-    )
+    infos = state.store.index(_stages(stage), options)
     out = [i.__dict__ for i in infos]
     if as_json:
         _print_json(out)
@@ -871,8 +928,8 @@ def index(state: State, stage, kind, project, lists, m, ef_construction, metric,
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--stage", "stage", default=None, help=f"{STAGE_CHOICES} (default: every stage with rows).")
-@click.option("--dataset", help="Dataset whose rows to search (default: the only one).")
+@stage_option(None, note=f"{STAGE_CHOICES} (default: every stage with rows).")
+@dataset_option(what="Dataset whose rows to search")
 @click.option("--against", default="train", show_default=True, help="Stored split to search.")
 @click.option(
     "--prompts", default="study", show_default=True, help="Zero-shot prompts for origin: study, photo, or 'a {}'."
@@ -911,7 +968,7 @@ def classify(state: State, images, stage, dataset, against, prompts, settings: S
 
 
 @cli.command()
-@click.option("--stage", "stage", required=True, help=STAGE_CHOICES)
+@stage_option()
 @click.option("--data", "data", required=True, help="Same forms as ingest --data.")
 @evaluate_options
 @search_options(several=True)
@@ -958,8 +1015,8 @@ def evaluate(state: State, stage, data, options: EvaluateOptions, settings: Sear
 @click.argument("text", required=False)
 @click.option("--image", "image", help="Compose: add this image's embedding to the text's.")
 @click.option("--k", "k", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--stage", "stage", default="origin", show_default=True, help="Text search works at origin.")
-@click.option("--dataset", help="Dataset to search (default: the only one).")
+@stage_option("origin", note="Text search works at origin.")
+@dataset_option(what="Dataset to search")
 @click.option("--exact", is_flag=True, help="Exact search (no index).")
 @model_options
 @json_option
@@ -981,10 +1038,10 @@ def retrieve(state: State, text, image, k, stage, dataset, exact, as_json) -> No
 
 @cli.command()
 @click.argument("image")
-@click.option("--stage", "stage", default="all", show_default=True, help=STAGE_CHOICES)
+@stage_option("all")
 @click.option("--k", "k", type=click.IntRange(1, 50), default=10, show_default=True)
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("neighbors.png"), show_default=True)
-@click.option("--dataset", help="Dataset to search (default: the only one).")
+@dataset_option(what="Dataset to search")
 @click.option("--exact", is_flag=True)
 @learned_option
 @model_options
@@ -1029,7 +1086,7 @@ def _ints(value: str) -> list[int]:
 
 
 @experiment.command("search")
-@click.option("--stage", "stage", required=True, help="One stage.")
+@stage_option(one=True)
 @click.option("--sizes", default="1000,5000,20000,50000", show_default=True, help="Stored-set sizes.")
 @click.option("--queries", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--probes", "probes", default="1,5,10", show_default=True, help="ivfflat probes to try.")
@@ -1062,21 +1119,12 @@ def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, o
 
 
 @cli.command()
-@click.option("--stage", "stage", required=True, help="One stage.")
-@click.option("--dims", type=click.IntRange(1), help="Learned dimensions (default 128; lda: classes - 1).")
-@click.option(
-    "--method",
-    type=click.Choice(["nca", "lda", "pca"]),
-    default="nca",
-    show_default=True,
-    help="nca: map trained on in-batch neighbours; lda: discriminant analysis; pca: reference.",
-)
-@click.option("--seconds", type=click.FloatRange(1), default=120.0, show_default=True, help="nca training budget.")
-@click.option("--dataset", help="Dataset (default: the only one).")
+@stage_option(one=True)
+@learn_options
 @model_options
 @json_option
 @click.pass_obj
-def learn(state: State, stage, dims, method, seconds, dataset, as_json) -> None:
+def learn(state: State, stage, options: LearnOptions, as_json) -> None:
     """Fit a learned metric on the stage's training split; --learned searches then use it.
 
     \b
@@ -1084,7 +1132,7 @@ def learn(state: State, stage, dims, method, seconds, dataset, as_json) -> None:
       clipvdb learn --stage first --dims 128
       clipvdb evaluate --stage first --data ./cifar10 --learned
     """
-    lmap = state.store.learn(stage, dims, method=method, seconds=seconds, dataset=dataset)
+    lmap = state.store.learn(stage, options)
     out = {
         "stage": lmap.stage,
         "method": lmap.method,
@@ -1154,7 +1202,7 @@ def cluster() -> None:
 
 
 @cluster.command("fit")
-@click.option("--stage", "stage", required=True, help="One stage.")
+@stage_option(one=True)
 @cluster_options
 @model_options
 @json_option
@@ -1318,7 +1366,7 @@ def plot(state: State, run: int | None, out: Path, squared: bool) -> None:
 @click.option("--data", "data", help="A local source (default: CIFAR-10 if it can be had, else synthetic).")
 @click.option("--train", "n_train", type=click.IntRange(10), default=500, show_default=True)
 @click.option("--test", "n_test", type=click.IntRange(10), default=100, show_default=True)
-@click.option("--stage", "stage", default="all", show_default=True, help=STAGE_CHOICES)
+@stage_option("all")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @model_options
 @click.pass_obj

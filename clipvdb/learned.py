@@ -19,17 +19,21 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
 
 from . import db, queries, storage
 from .errors import EmptyStageError, UsageError
+from .options import LEARN_METHODS, LearnOptions
 from .projection import top_eigenvectors
 from .stages import Stage
 from .storage import StageRows
 
-METHODS: tuple[str, ...] = ("nca", "lda", "pca")
+if TYPE_CHECKING:
+    from .session import Session
+
 PCA_DIMS = 256
 
 
@@ -97,8 +101,8 @@ def fit(
     X: np.ndarray, y: np.ndarray, stage: Stage, method: str, dims: int | None, *, seconds: float = 120.0, seed: int = 0
 ) -> LearnedMap:
     """Fit a map on training vectors X (float32) with labels y."""
-    if method not in METHODS:
-        raise UsageError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in LEARN_METHODS:
+        raise UsageError(f"unknown --method {method!r}; choose from {', '.join(LEARN_METHODS)}")
     classes = len(np.unique(y))
     if dims is None:
         dims = classes - 1 if method == "lda" else 128
@@ -186,3 +190,20 @@ def training_data(conn: psycopg.Connection, stage: Stage, space: int, dataset: i
     """The training split's vectors and labels: the only rows a fit ever sees."""
     _, labels, X = StageRows(stage, space, dataset, "train").read(conn, "learn from")
     return X, labels
+
+
+def learn(session: Session, stage: Stage, options: LearnOptions) -> LearnedMap:
+    """Fit a learned metric on the stage's training split (never the test split), store it, and write
+    every stored vector's image under it (`clipvdb learn`); searches with `learned=True` then use it."""
+    options.check()
+    ds = session.dataset(options.dataset)
+    try:
+        with session.connection() as conn:
+            X, y = training_data(conn, stage, session.require_space(conn, stage), ds.id)
+            conn.rollback()
+            lmap = fit(X, y, stage, options.method, options.dims, seconds=options.seconds, seed=options.seed)
+            lmap.params["dataset"] = ds.name
+            save(conn, stage, lmap)
+    finally:
+        session.forget()
+    return lmap

@@ -136,3 +136,46 @@ class ClusterOptions:
         if self.method == "agglomerative":
             return {"seed": self.seed, "k": self.k, "linkage": self.linkage}
         return {"seed": self.seed, "k": self.k}
+
+
+INDEX_KINDS = ("ivfflat", "hnsw", "none")
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """`clipvdb index`: the kind and parameters of a stage's ANN index; what is not given comes from
+    the stage's size rule (kind None: the rule chooses, and records that it did)."""
+
+    kind: str | None = None  # one of INDEX_KINDS
+    project: int | None = None  # index a D-dimensional PCA projection (0: the full vectors)
+    lists: int | None = None  # ivfflat lists
+    m: int | None = None  # hnsw m
+    ef_construction: int | None = None  # hnsw ef_construction
+    metric: str = "l2"  # l2, cosine or ip
+
+    def given(self) -> dict:
+        """The parameters given here, by name (the rest stay the rule's)."""
+        named = {"project": self.project, "lists": self.lists, "m": self.m, "ef_construction": self.ef_construction}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def check(self) -> None:
+        if self.kind is not None and self.kind not in INDEX_KINDS:
+            raise UsageError(f"unknown index kind {self.kind!r}; choose from {', '.join(INDEX_KINDS)}")
+
+
+LEARN_METHODS = ("nca", "lda", "pca")
+
+
+@dataclass(frozen=True)
+class LearnOptions:
+    """`clipvdb learn`: the learned metric's method, its dimensions and budget, and which dataset."""
+
+    method: str = "nca"  # one of LEARN_METHODS
+    dims: int | None = None  # None: 128; lda: classes - 1
+    seconds: float = 120.0  # nca's training budget
+    dataset: str | None = None  # None: the only one
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.method not in LEARN_METHODS:
+            raise UsageError(f"unknown --method {self.method!r}; choose from {', '.join(LEARN_METHODS)}")

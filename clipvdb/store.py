@@ -54,7 +54,15 @@ from .indexes import IndexInfo
 from .ingest import IngestResult, LoadResult
 from .knn import KnnSearcher, SearchSettings
 from .learned import LearnedMap
-from .options import ClusterOptions, EvaluateOptions, IngestOptions, TrainOptions, Watch
+from .options import (
+    ClusterOptions,
+    EvaluateOptions,
+    IndexOptions,
+    IngestOptions,
+    LearnOptions,
+    TrainOptions,
+    Watch,
+)
 from .pipeline import embed, encode_items, query_items
 from .predict import Prediction, as_predictions, predict_batch
 from .retrieval import Grid, Hit
@@ -281,35 +289,13 @@ class Store:
         watch = Watch.of(progress, report)
         return evaluation.evaluate(self.session, _source(data), chosen, settings or SearchSettings(), options, watch)
 
-    def index(
-        self,
-        stage: StagesArg,
-        kind: str | None = None,
-        *,
-        project: int | None = None,
-        lists: int | None = None,
-        m: int | None = None,
-        ef_construction: int | None = None,
-        metric: str = "l2",
-    ) -> list[IndexInfo]:
-        """(Re)build each stage's ANN index; without `kind`, what the stage's size rule chooses
-        (recorded as the default, so that a later load chooses again for its size), with any
-        parameter given here in place of the rule's."""
-        given = {"project": project, "lists": lists, "m": m, "ef_construction": ef_construction}
-        out = []
-        try:
-            with self.connection() as conn:
-                for s in (storage.as_stored(conn, s) for s in parse(stage)):
-                    if kind is None and metric == "l2" and all(v is None for v in given.values()):
-                        out.append(indexes.build_default(conn, s))
-                        continue
-                    chosen, defaults = (kind, {}) if kind else indexes.stored_default(conn, s)
-                    params = {**defaults, **{k: v for k, v in given.items() if v is not None}}
-                    params["project"] = params.get("project") or None
-                    out.append(indexes.build(conn, s, chosen, metric=metric, **params))
-        finally:
-            self.session.forget()
-        return out
+    def index(self, stages: StagesArg, options: IndexOptions | None = None, **changes: Any) -> list[IndexInfo]:
+        """(Re)build each stage's ANN index; without a kind or a parameter, what the stage's size rule
+        chooses (recorded as the default, so that a later load chooses again for its size), with any
+        parameter given in place of the rule's. `options` (or its fields as keywords: kind, project,
+        lists, m, ef_construction, metric) as `clipvdb index` takes them."""
+        options = replace(options or IndexOptions(), **changes)
+        return indexes.rebuild(self.session, parse(stages), options)
 
     def index_info(self, stage: str | Stage) -> IndexInfo:
         """The stage's index as recorded and as it stands: kind, parameters, rows, size."""
@@ -511,30 +497,13 @@ class Store:
         options = replace(options or ClusterOptions(), **changes)
         return clusters.cluster(self.session, self.session.one(stage, "cluster"), options)
 
-    def learn(
-        self,
-        stage: str | Stage,
-        dims: int | None = None,
-        *,
-        method: str = "nca",
-        seconds: float = 120.0,
-        dataset: str | None = None,
-        seed: int = 0,
-    ) -> LearnedMap:
+    def learn(self, stage: str | Stage, options: LearnOptions | None = None, **changes: Any) -> LearnedMap:
         """Fit a learned metric on the stage's training split (never the test split), store it, and
-        write every stored vector's image under it; searches with `learned=True` then use it."""
-        chosen = self.session.one(stage, "learn")
-        ds = self.dataset(dataset)
-        try:
-            with self.connection() as conn:
-                X, y = learned.training_data(conn, chosen, self.session.require_space(conn, chosen), ds.id)
-                conn.rollback()
-                lmap = learned.fit(X, y, chosen, method, dims, seconds=seconds, seed=seed)
-                lmap.params["dataset"] = ds.name
-                learned.save(conn, chosen, lmap)
-        finally:
-            self.session.forget()
-        return lmap
+        write every stored vector's image under it; searches with `learned=True` then use it.
+        `options` (or its fields as keywords: method, dims, seconds, dataset, seed) as `clipvdb learn`
+        takes them."""
+        options = replace(options or LearnOptions(), **changes)
+        return learned.learn(self.session, self.session.one(stage, "learn"), options)
 
     def clusterings(self) -> list[Clustering]:
         """Every stored clustering with its scores, newest first."""

@@ -197,7 +197,7 @@ def test_batched_knn_searches_every_shard_in_one_statement(cstore, cluster_data)
         conn.rollback()
     assert f"Task Count: {shards}" in text and "clipvdb_knn_shard" in text, text
     # a learned map: each shard walks its own ivfflat index in the learned space
-    cstore.learn("first", 16, method="pca")
+    cstore.learn("first", dims=16, method="pca")
     learned_searcher = cstore.searcher(FIRST, SearchSettings(learned=True))
     for plan in _shard_plans(cstore, learned_searcher, q):
         assert "Index Scan using learned_first_ann_" in plan

@@ -85,7 +85,7 @@ def test_bad_input_is_one_line(store, cli, syn_data):
     with pytest.raises(UsageError, match="no dataset yet"):
         store.cluster("first", k=3)
     store.ingest(syn_data, "first,second", workers=0, limit=10)
-    store.index("second", "none")
+    store.index("second", kind="none")
     with psycopg.connect(store.url) as c:
         c.execute("DELETE FROM embeddings_second")
     with pytest.raises(EmptyStageError, match="no train rows to cluster"):

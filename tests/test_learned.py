@@ -53,7 +53,7 @@ def test_learn_then_search_the_learned_space(cli, db_url, syn_data):
 def test_the_fit_sees_the_training_split_only(store, syn_data):
     store.ingest(syn_data, "first", split="train", workers=0)
     store.ingest(syn_data, "first", split="test", workers=0)
-    lmap = store.learn("first", 4, method="pca")
+    lmap = store.learn("first", dims=4, method="pca")
     assert lmap.fitted_rows == 60  # 60 training rows; the 20 test rows never reach the fit
     with store.connection() as conn:
         space = catalog.find_space(conn, STAGES["first"], None)
@@ -72,7 +72,7 @@ def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data)
         store.classify([str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True))
     # PCA: a well-conditioned map (an LDA of 30 rows in 3,072 dimensions has coefficients near 1e7,
     # and the training rows' images under it are mostly float32 rounding)
-    store.learn("first", 9, method="pca")
+    store.learn("first", dims=9, method="pca")
     store.ingest(syn_data, "first", workers=0)  # 30 more rows: their learned images go in with them
     with store.connection() as conn:
         lmap = learned.load(conn, STAGES["first"])
@@ -95,7 +95,7 @@ def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data)
     nearest = int(labels[((mapped - q) ** 2).sum(1).argmin()])
     assert preds[0].predicted_class == store.dataset().classes[nearest]
     with pytest.raises(UsageError, match="at most classes - 1 = 9"):
-        store.learn("first", 12, method="lda")
+        store.learn("first", dims=12, method="lda")
     with pytest.raises(UsageError, match="drop --metric"):
         store.classify(
             [str(syn_data / "test" / "red-circle" / "0000.png")], "first", SearchSettings(learned=True, metric="cosine")

@@ -83,7 +83,7 @@ def test_an_empty_stage_takes_the_models_width_and_a_filled_one_refuses_another(
         x = store.embed([syn_data / pred.neighbors[0]["source"]], "second")["second"][0]
         half = [v.astype(np.float16).astype(np.float64) for v in (q, x)]  # both sides as halfvec holds them
         assert pred.distance == pytest.approx(float(np.linalg.norm(half[0] - half[1])), rel=1e-4)
-        [index] = store.index("second", "ivfflat", lists=2)  # an index follows the stored width too
+        [index] = store.index("second", kind="ivfflat", lists=2)  # an index follows the stored width too
         assert index.exists and index.rows == 20 and index.params["lists"] == 2
     with Store(db_url, encoder=TinyEncoder()) as store, pytest.raises(StageError, match="halfvec\\(96\\)"):
         store.ingest(syn_data, "second", limit=5, workers=0)
