@@ -7,7 +7,7 @@ Items: (1) stage-first search: exact, ivfflat, hnsw vs in-process exact 1-NN; (2
 (3) encoder throughput per stage vs open_clip's encode_image; (4) the study's table;
 (5) scale: query cost and recall as the stored set grows; (6) load: concurrent clients;
 (7) accuracy per stage with real weights (--pretrained); (8) vector versus halfvec storage;
-(9) half precision and the nearest neighbour at the CLIP stages.
+(9) half precision and the nearest neighbor at the CLIP stages.
 """
 
 from __future__ import annotations

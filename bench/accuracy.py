@@ -48,5 +48,5 @@ def item_accuracy(
         ]
         rep.table(["stage", "queries", "accuracy %", "study %", "difference", "encoder s", "query s"], rows)
         n_fp = (min(n_train, 1000), min(n_test, 100))
-        rep.p(f"Half precision and the nearest neighbour with these weights ({n_fp[0]:,} stored, {n_fp[1]:,} queries):")
+        rep.p(f"Half precision and the nearest neighbor with these weights ({n_fp[0]:,} stored, {n_fp[1]:,} queries):")
         rep.table(FP16_HEADER, fp16_nearest_changes(weighted, source, *n_fp))

@@ -101,7 +101,7 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def recall_at_1(home: Path, run_id: int, truth: dict) -> float:
-    """The share of queries whose stored nearest neighbour is the exact nearest of the in-process
+    """The share of queries whose stored nearest neighbor is the exact nearest of the in-process
     search, or as near as it (a tie)."""
     with Store(home=home) as store, store.connection() as conn:
         found = neighbor_sources(conn, run_id, "first")

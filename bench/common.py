@@ -242,7 +242,7 @@ def run_queries(
     split: str = "train",
     budget_s: float | None = None,
 ):
-    """Neighbour ids and labels for the queries answered, their positions in Q, and wall seconds;
+    """Neighbor ids and labels for the queries answered, their positions in Q, and wall seconds;
     `clients` connections in parallel. With `budget_s`, each client stops after its current
     statement once the budget is spent (the caller reports how many queries were answered)."""
     parts = np.array_split(np.arange(len(Q)), clients)
@@ -364,7 +364,7 @@ STUDY_ACCURACY = {"origin": 70.53, "first": 35.39, "second": 71.5, "third": 77.3
 
 def fp16_nearest_changes(store: Store, source: Source, n_train: int, n_test: int) -> list[list]:
     """Rows per CLIP stage (second, third): how often rounding the stored and query vectors to float16
-    (what halfvec storage does) changes the exact nearest neighbour, and how many of those changes
+    (what halfvec storage does) changes the exact nearest neighbor, and how many of those changes
     are near-ties (the float32 distances within 0.1 %). The vectors are the store's encoder's."""
     stages = parse_stages("second,third")
 
@@ -418,7 +418,7 @@ def find_source(data: str | None, work: Path, quick: bool) -> Source:
 
 
 def recall_with_ties(found: np.ndarray, exact: np.ndarray, queries_: np.ndarray, vectors_of) -> float:
-    """Recall@1: the share of queries whose found neighbour (a stored index, -1 for none) is the
+    """Recall@1: the share of queries whose found neighbor (a stored index, -1 for none) is the
     exact nearest, or as near as it; both distances computed here the same way, in float64, from
     `vectors_of(indices)`."""
     q = queries_.astype(np.float64)
@@ -431,7 +431,7 @@ def recall_with_ties(found: np.ndarray, exact: np.ndarray, queries_: np.ndarray,
 
 
 def neighbor_sources(conn, run_id: int, stage: str) -> dict[str, str]:
-    """Each query image's nearest neighbour in a run, as source keys: {query key: neighbour key}."""
+    """Each query image's nearest neighbor in a run, as source keys: {query key: neighbor key}."""
     pairs = conn.execute(queries.RUN_NEIGHBOR_IDS, (run_id, stage)).fetchall()
     ids = sorted({i for pair in pairs for i in pair})
     source = dict(conn.execute(queries.IMAGE_SOURCES, (ids,)).fetchall())

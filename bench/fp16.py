@@ -1,4 +1,4 @@
-"""Benchmark item 9. Half precision and the nearest neighbour."""
+"""Benchmark item 9. Half precision and the nearest neighbor."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from clipvdb.sources import Source
 
 def item_fp16(rep: Report, cfg: Config, source: Source) -> None:
     n_train, n_test = (40, 10) if cfg.quick else (1000, 100)
-    rep.h(f"9. Half precision and the nearest neighbour at the CLIP stages ({n_train:,} stored, {n_test:,} queries)")
+    rep.h(f"9. Half precision and the nearest neighbor at the CLIP stages ({n_train:,} stored, {n_test:,} queries)")
     store = Store(model="RN50", pretrained="random", device="cpu")  # the encoder only: no database
     start = time.perf_counter()
     rows = fp16_nearest_changes(store, source, n_train, n_test)

@@ -35,7 +35,7 @@ def item_load_test(rep: Report, cfg: Config, store: Store, source: Source, data:
                     neigh, _ = searcher.search(conn, q)
                     latencies[i].append((time.perf_counter() - t0) * 1000)
                     if len(neigh[0]) != 1:
-                        errors.append("no neighbour returned")
+                        errors.append("no neighbor returned")
         except Exception as exc:  # counted, not raised: the load test reports errors
             errors.append(f"{exc.__class__.__name__}: {exc}")
 

@@ -8,7 +8,7 @@ in one run.
 The job: 32x32 pixels scaled to [0, 1] (3,072-d), the stored training images, the test images as
 queries, 1-NN (evaluate's default k). clipvdb runs as a user types it: `clipvdb ingest --stage
 first` and `clipvdb evaluate --stage first`, subprocesses from a fresh CLIPVDB_HOME (cold), timed by
-wall clock from here; its nearest neighbour per query is read back from the run it stored, so its
+wall clock from here; its nearest neighbor per query is read back from the run it stored, so its
 accuracy over any prefix of the queries is known. Every peer then builds from the decoded pixel
 array in this process and answers the same queries through its batch API; a slow peer answers a
 stated prefix (--cap), and clipvdb's accuracy over the same prefix stands beside it. Every ratio
@@ -71,7 +71,7 @@ def verdict(clipvdb_pct: float, peer_pct: float) -> str:
 
 
 def accuracy(nearest: np.ndarray, ytr: np.ndarray, yte: np.ndarray) -> float:
-    """1-NN accuracy in percent over the first len(nearest) queries; a query with no neighbour (-1)
+    """1-NN accuracy in percent over the first len(nearest) queries; a query with no neighbor (-1)
     counts as wrong."""
     predicted = np.where(nearest >= 0, ytr[np.clip(nearest, 0, None)], -1)
     return 100.0 * int((predicted == yte[: len(nearest)]).sum()) / max(len(nearest), 1)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli_pct = float(cli["evaluate"]["stages"]["first"]["accuracy_pct"])
     if abs(accuracy(cli["nearest"], ytr, yte) - cli_pct) > 0.01:
         raise SystemExit(
-            f"clipvdb's stored neighbours give {accuracy(cli['nearest'], ytr, yte):.2f} % where its evaluate "
+            f"clipvdb's stored neighbors give {accuracy(cli['nearest'], ytr, yte):.2f} % where its evaluate "
             f"reported {cli_pct:.2f} %: the run's predictions cannot be read back"
         )
     index = floor_index(cli["ingest"], n_train)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _without_arrays(value):
-    """The run for its JSON file: the per-query neighbour arrays left out."""
+    """The run for its JSON file: the per-query neighbor arrays left out."""
     if isinstance(value, dict):
         return {k: _without_arrays(v) for k, v in value.items() if not isinstance(v, np.ndarray)}
     if isinstance(value, list):
@@ -405,7 +405,7 @@ def render(out: dict) -> str:
         "",
         f"- clipvdb: `{cli['commands'][0]}` then `{cli['commands'][1]}`, each a subprocess from a fresh "
         "`CLIPVDB_HOME` (the embedded server starts and the schema is created in the first), timed by wall clock "
-        "from the bench; its nearest neighbour per query is read from the predictions that evaluate stored, which "
+        "from the bench; its nearest neighbor per query is read from the predictions that evaluate stored, which "
         "gives its accuracy over any prefix of the queries.",
         f"- The peers build from the decoded pixel array in the bench process (decoding the {n_train + n_test:,} "
         f"JPEGs took {out['decode_s']:.1f} s there and is in no peer's time), and use both cores where they can.",
@@ -415,7 +415,7 @@ def render(out: dict) -> str:
         "point, equal. "
         + "; ".join(f"{VERDICT_WORDS[word]}: {', '.join(names)}" for word, names in sorted(verdicts.items()))
         + ".",
-        "- Recall@1: the share of queries whose neighbour is the exact nearest (faiss IndexFlatL2) or as near.",
+        "- Recall@1: the share of queries whose neighbor is the exact nearest (faiss IndexFlatL2) or as near.",
     ]
     capped = [r for r in out["rows"] if "queries" in r and r["queries"] < n_test]
     if capped:

@@ -474,7 +474,7 @@ def render(result: dict) -> str:
         f"(<= 3x for 20x the rows): {_yes(q_ratio <= 3)}.",
         f"- Accuracy moves from {base['evaluate']['stages']['first']['accuracy_pct']:.2f} % at {base['stored']:,} to "
         f"{big['evaluate']['stages']['first']['accuracy_pct']:.2f} % at {big['stored']:,}: the added rows are flipped, "
-        "shifted and recoloured copies of the same 50,000 images, which give a test image more near neighbours from "
+        "shifted and recoloured copies of the same 50,000 images, which give a test image more near neighbors from "
         "the scenes already stored but no new scenes.",
         *_clip_lines(result.get("clip_bytes")),
         "- Query ms per image is the kNN statements' time per image (`report_timing.query_ms_mean`: batches of 100 "

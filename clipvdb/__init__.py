@@ -1,4 +1,4 @@
-"""clipvdb: classify images by nearest-neighbour search over per-stage CLIP embeddings in PostgreSQL.
+"""clipvdb: classify images by nearest-neighbor search over per-stage CLIP embeddings in PostgreSQL.
 
     import clipvdb
     store = clipvdb.Store()

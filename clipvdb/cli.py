@@ -231,7 +231,7 @@ _SEARCH_OPTIONS = [
         "k",
         default="1",
         show_default=True,
-        help="Neighbours that vote. evaluate takes several (--k 1,5,20): the first decides the stored "
+        help="Neighbors that vote. evaluate takes several (--k 1,5,20): the first decides the stored "
         "predictions, and report_accuracy_by_k gives every k and vote from the same search.",
     ),
     click.option(
@@ -239,7 +239,7 @@ _SEARCH_OPTIONS = [
         type=click.Choice(["majority", "weighted", "dino"]),
         default="majority",
         show_default=True,
-        help="How k > 1 neighbours decide: majority (ties to the nearest), weighted (1/distance), "
+        help="How k > 1 neighbors decide: majority (ties to the nearest), weighted (1/distance), "
         "dino (exp(cosine similarity / 0.07)).",
     ),
     click.option(
@@ -475,7 +475,7 @@ def learn_options(f):
                 type=click.Choice(LEARN_METHODS),
                 default="nca",
                 show_default=True,
-                help="nca: map trained on in-batch neighbours; lda: discriminant analysis; pca: reference.",
+                help="nca: map trained on in-batch neighbors; lda: discriminant analysis; pca: reference.",
             ),
             click.option(
                 "--seconds", type=click.FloatRange(1), default=120.0, show_default=True, help="nca training budget."
@@ -523,7 +523,7 @@ def _stages(value: str) -> list[Stage]:
 @click.version_option(__version__, prog_name="clipvdb")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, home: Path | None, debug: bool) -> None:
-    """Classify images by nearest-neighbour search over per-stage CLIP embeddings in PostgreSQL.
+    """Classify images by nearest-neighbor search over per-stage CLIP embeddings in PostgreSQL.
 
     \b
     Example:
@@ -939,7 +939,7 @@ def index(state: State, stage, options: IndexOptions, as_json) -> None:
 @json_option
 @click.pass_obj
 def classify(state: State, images, stage, dataset, against, prompts, settings: SearchSettings, as_json) -> None:
-    """Classify IMAGES by nearest stored neighbour at each stage (origin: zero-shot).
+    """Classify IMAGES by nearest stored neighbor at each stage (origin: zero-shot).
 
     \b
     Example:
@@ -958,7 +958,7 @@ def classify(state: State, images, stage, dataset, against, prompts, settings: S
             "stage": p.stage,
             "class": p.predicted_class,
             "distance": p.distance,
-            "neighbour": (p.neighbors[0]["source"] if p.neighbors else "zero-shot"),
+            "neighbor": (p.neighbors[0]["source"] if p.neighbors else "zero-shot"),
             "encode_ms": p.encode_ms,
             "query_ms": p.query_ms,
         }
@@ -1277,12 +1277,12 @@ def cluster_show(state: State, clustering_id: int, out: Path, per_cluster: int) 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--k", "k", type=click.IntRange(1, 50), default=5, show_default=True, help="Neighbours shown.")
+@click.option("--k", "k", type=click.IntRange(1, 50), default=5, show_default=True, help="Neighbors shown.")
 @learned_option
 @model_options
 @click.pass_obj
 def serve(state: State, host: str, port: int, k: int, learned: bool) -> None:
-    """A small web page: upload or pick an image, see per-stage predictions and neighbours, search by text.
+    """A small web page: upload or pick an image, see per-stage predictions and neighbors, search by text.
 
     \b
     Example:

@@ -447,7 +447,7 @@ def _searched(
 
 
 def _store_neighbors(conn: psycopg.Connection, run_id: int, stages, preds, image_ids) -> None:
-    """Each query's nearest neighbours, stored once, so that report_accuracy_by_k scores every k
+    """Each query's nearest neighbors, stored once, so that report_accuracy_by_k scores every k
     and vote from one search."""
     db.copy_rows(
         conn,

@@ -2,7 +2,7 @@
 and recall@10 against exact search, mean and p95 query ms, index build seconds and size.
 
 Each size is a scratch copy of the stage's first N stored vectors (by image id); the queries are
-stored vectors beyond the largest size, so a query is never its own neighbour.
+stored vectors beyond the largest size, so a query is never its own neighbor.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
 
 
 def png_bytes(img: Image.Image, scale: int = 1) -> bytes:
-    """An image as PNG bytes, scaled up `scale` times with nearest-neighbour pixels."""
+    """An image as PNG bytes, scaled up `scale` times with nearest-neighbor pixels."""
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()

@@ -1,4 +1,4 @@
-"""Approximate-nearest-neighbour indexes per stage: ivfflat, hnsw, or none.
+"""Approximate-nearest-neighbor indexes per stage: ivfflat, hnsw, or none.
 
 The index is on the embedding column itself, with the opclass of its type (vector, or halfvec for
 the stages wider than 2,000 dimensions; see Stage.column_type), or, with `project`, on a PCA
@@ -47,7 +47,7 @@ PROJECTED_HNSW = {
 def default_index(stage: Stage, rows: int = 0, shards: int = 1) -> tuple[str, dict]:
     """What ingest builds on a stage nobody chose an index for, for `rows` stored over `shards`.
     Stage first: ivfflat over a 64-d PCA projection, re-ranked exactly (BENCHMARKS.md, the
-    recall@1 grid: the exact nearest neighbour for 0.98 of the CIFAR-10 test images, where hnsw
+    recall@1 grid: the exact nearest neighbor for 0.98 of the CIFAR-10 test images, where hnsw
     took longer to build and to query at equal recall); above HNSW_FROM_ROWS rows per index, hnsw
     over the same projection. The CLIP stages: ivfflat on the full vectors."""
     if stage.name == "first":
@@ -89,9 +89,9 @@ def ideal_lists(rows: int, *, projected: bool = False) -> int:
     return int(math.sqrt(rows))
 
 
-# Fewer scanned rows than this missed neighbours on small tables (a fraction of a few lists).
+# Fewer scanned rows than this missed neighbors on small tables (a fraction of a few lists).
 MIN_SCANNED_ROWS = 1000
-# Fewer probes than this missed the nearest neighbour's list on small indexes: a Citus shard of
+# Fewer probes than this missed the nearest neighbor's list on small indexes: a Citus shard of
 # 2,500 rows (25 lists) found the exact nearest for 0.92 of the queries with 3 probes and 0.98 with
 # 5 (BENCHMARKS.md, the cluster item's recall@1).
 MIN_PROBES = 5
@@ -99,7 +99,7 @@ MIN_PROBES = 5
 
 def default_probes(lists: int, *, projected: bool = False, rows: int | None = None, shards: int = 1) -> int:
     """Full vectors: a fifth of the lists. Projected: a twentieth, since the exact re-rank of the
-    candidates recovers the order and what is left to find is the nearest neighbour's list
+    candidates recovers the order and what is left to find is the nearest neighbor's list
     (BENCHMARKS.md, the recall@1 grid); above SQRT_FROM_ROWS rows per index (per shard on Citus),
     SQRT_PROBES whatever the lists. With `rows` (of the whole search), at least MIN_SCANNED_ROWS rows
     are scanned; and never fewer than MIN_PROBES lists per index, or all of them."""
@@ -140,7 +140,7 @@ def build_memory_mb(kind: str, lists: int = 1, *, rows: int = 0, dim: int = 0, m
     ivfflat's k-means samples 50 rows per list and keeps a float bound per sample and list: 200 x
     lists^2 bytes (3,162 lists, the default at 1,000,000 rows, need about 2 GB). hnsw builds fast
     while its graph fits: about 2 x dim + 16 x m + 44 bytes per row (half-precision vectors and
-    neighbour lists; 1,000,000 rows of a 64-d projection made a 434 MB index), at most a quarter of
+    neighbor lists; 1,000,000 rows of a 64-d projection made a 434 MB index), at most a quarter of
     the machine's memory: past it the build goes on, slower, where ivfflat would refuse."""
     if kind == "ivfflat":
         return max(1024, math.ceil(200 * int(lists) ** 2 * 1.2 / 2**20) + 128)

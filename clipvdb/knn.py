@@ -6,7 +6,7 @@ are unnested, and each is answered by a LATERAL `ORDER BY embedding <-> q LIMIT 
 stage's ANN index, unless `exact` orders by a function form that no index serves. On a projected
 index (projection.py) the LATERAL takes the rows of the nearest distinct projected vectors as
 candidates (identical rows count once: queries.candidate_rows) and orders them by the exact
-distance on the full embedding. k neighbours are k rows, an image stored twice counting twice, and
+distance on the full embedding. k neighbors are k rows, an image stored twice counting twice, and
 rows at equal distance are ordered by image id, on one node and on Citus alike.
 
 On Citus, which refuses that LATERAL over a distributed table, the batch's vectors go by binary COPY
@@ -35,10 +35,10 @@ from .errors import DatabaseError, EmptyStageError, SpaceMismatchError, UsageErr
 from .learned import LearnedMap
 from .stages import Stage
 
-# How the k neighbours' labels become one label (`vote`):
-# - majority: the most frequent label, ties to the label of the nearest neighbour;
-# - weighted: each neighbour votes 1 / distance;
-# - dino: each neighbour votes exp(cosine similarity / 0.07), DINO's weighted k-NN.
+# How the k neighbors' labels become one label (`vote`):
+# - majority: the most frequent label, ties to the label of the nearest neighbor;
+# - weighted: each neighbor votes 1 / distance;
+# - dino: each neighbor votes exp(cosine similarity / 0.07), DINO's weighted k-NN.
 VOTES: tuple[str, ...] = ("majority", "weighted", "dino")
 DINO_TEMPERATURE = 0.07
 
@@ -46,7 +46,7 @@ DINO_TEMPERATURE = 0.07
 @dataclass(frozen=True)
 class SearchSettings:
     """Everything that changes a kNN answer. `ks`: more k values to score from the same search
-    (evaluate stores each query's max(k, *ks) nearest neighbours, and report_accuracy_by_k gives
+    (evaluate stores each query's max(k, *ks) nearest neighbors, and report_accuracy_by_k gives
     the accuracy at each k under each vote)."""
 
     k: int = config.DEFAULT_K
@@ -69,13 +69,13 @@ class SearchSettings:
 
     @property
     def similarity(self) -> bool:
-        """Whether each neighbour's cosine similarity is needed: for the dino vote, or to store the
-        neighbours of an evaluate that scores several k."""
+        """Whether each neighbor's cosine similarity is needed: for the dino vote, or to store the
+        neighbors of an evaluate that scores several k."""
         return self.vote == "dino" or bool(self.ks)
 
     @property
     def depth(self) -> int:
-        """Neighbours fetched per query: enough for k and every k in ks."""
+        """Neighbors fetched per query: enough for k and every k in ks."""
         return max((self.k, *self.ks))
 
     @property
@@ -93,9 +93,9 @@ class Neighbor:
 
 
 def vote(neigh: list[Neighbor], how: str = "majority") -> tuple[int, Neighbor]:
-    """The label the neighbours vote for, and the nearest neighbour of that label. Every neighbour
+    """The label the neighbors vote for, and the nearest neighbor of that label. Every neighbor
     votes, each copy of an image stored more than once included. Ties go to the label with the
-    nearest neighbour, at equal distance to the lower label."""
+    nearest neighbor, at equal distance to the lower label."""
     nearest: dict[int, Neighbor] = {}
     for n in neigh:
         if n.label not in nearest or n.distance < nearest[n.label].distance:
@@ -119,7 +119,7 @@ def _stderr(message: str) -> None:
 
 
 class KnnSearcher:
-    """Answers nearest-neighbour queries for one stage, space and (dataset, split)."""
+    """Answers nearest-neighbor queries for one stage, space and (dataset, split)."""
 
     def __init__(
         self,
@@ -282,7 +282,7 @@ class KnnSearcher:
         return params
 
     def search(self, conn: psycopg.Connection, vectors: np.ndarray) -> tuple[list[list[Neighbor]], float]:
-        """Neighbours for each query vector, and the wall ms of the one statement (with its settings)."""
+        """Neighbors for each query vector, and the wall ms of the one statement (with its settings)."""
         params = self.query_params(vectors)
         settings = self.index_settings()
         start = time.perf_counter()

@@ -7,7 +7,7 @@ classify, evaluate, neighbors and serve searches that space instead of the raw o
 
 Methods (BENCHMARKS.md, item 10, has what each reached):
 - ``nca`` (default): PCA to 256 dimensions, then a linear map to D trained in torch on CPU with a
-  neighbourhood-components loss over in-batch neighbours (each sample's soft nearest neighbour
+  neighborhood-components loss over in-batch neighbors (each sample's soft nearest neighbor
   among the batch should share its label), for a time budget.
 - ``lda``: PCA to 256, then linear discriminant analysis with shrinkage (scikit-learn); at most
   classes - 1 dimensions.
@@ -72,7 +72,7 @@ def fit_nca(
     rng = np.random.default_rng(seed)
     Zt, yt = torch.from_numpy(Z), torch.from_numpy(y)
     # start from the strongest principal directions, one global scale: typical squared distances of
-    # about 20, so that the soft neighbour weights are neither uniform nor all on the nearest
+    # about 20, so that the soft neighbor weights are neither uniform nor all on the nearest
     sample = Zt[torch.from_numpy(rng.choice(len(Z), min(2000, len(Z)), replace=False)), :dims]
     typical = torch.cdist(sample, sample).pow(2).median().clamp(min=1e-12)
     W = torch.zeros(dims, Z.shape[1])

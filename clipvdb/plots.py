@@ -46,7 +46,7 @@ def axis_label(stage: str, metric: str, squared: bool) -> str:
     else:
         base = {"l2": "L2 (Euclidean) distance", "cosine": "cosine distance", "ip": "negative inner product"}.get(
             metric, metric
-        ) + " to the nearest neighbour"
+        ) + " to the nearest neighbor"
     return f"squared {base} (the study's axis)" if squared and stage != "origin" else base
 
 

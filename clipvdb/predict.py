@@ -1,6 +1,6 @@
 """One prediction path, batched, for classify and evaluate: a stage's vectors to labels.
 
-Stages first, second and third vote among their k nearest stored neighbours (knn.py); origin is
+Stages first, second and third vote among their k nearest stored neighbors (knn.py); origin is
 CLIP's zero-shot: the nearest class prompt by cosine distance (zeroshot.py).
 """
 
@@ -19,8 +19,8 @@ from .stages import Stage
 
 @dataclass
 class Prediction:
-    """One image at one stage. `distance` is to the nearest neighbour of the predicted label;
-    `nearest_distance` to the nearest neighbour of any label (they differ only when k > 1).
+    """One image at one stage. `distance` is to the nearest neighbor of the predicted label;
+    `nearest_distance` to the nearest neighbor of any label (they differ only when k > 1).
     For origin both are the cosine distance to the best class prompt."""
 
     image: str

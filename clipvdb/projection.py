@@ -1,9 +1,9 @@
 """Projected indexes: a PCA basis fitted to a stage's stored vectors, and the projected copies.
 
 With `clipvdb index --project D`, the stage's ANN index is built on projections_<stage>.proj, the
-D-dimensional principal components of each stored embedding. A neighbour query takes a few dozen
+D-dimensional principal components of each stored embedding. A neighbor query takes a few dozen
 candidates through that small index and orders them by the exact distance on the full embedding
-(knn.py). On stage first (3,072 dims) the exact nearest neighbour of every CIFAR-10 test image
+(knn.py). On stage first (3,072 dims) the exact nearest neighbor of every CIFAR-10 test image
 was among the 20 nearest by a 128-d projection (35.30 % = exact), at a twenty-fourth of the
 per-distance cost; the default is 64-d, whose cheaper scans buy more ivfflat probes.
 """

@@ -49,7 +49,7 @@ def distance(stage: Stage, metric: str, column: sql.Composable, query: sql.Compo
 
 
 def _similarity(table: str, column: str, query: sql.Composable, qtype: sql.Composable, on: bool):
-    """The cosine similarity of each neighbour to its query (the dino vote's), looked up by key for
+    """The cosine similarity of each neighbor to its query (the dino vote's), looked up by key for
     the k rows a query returns, never for every row scanned; nothing when not asked for."""
     if not on:
         return sql.SQL(""), sql.SQL("")
@@ -121,7 +121,7 @@ def knn(
     by a LATERAL `ORDER BY embedding <op> q LIMIT %(k)s` over one space, dataset and split. With
     `projected_dim`, %(projected)b holds the queries' projections: the rows of the %(candidates)s
     nearest distinct projected vectors (`candidates`) are re-ranked by the exact distance on the
-    full embedding. k neighbours are k rows (an image stored twice counts twice), ties at equal
+    full embedding. k neighbors are k rows (an image stored twice counts twice), ties at equal
     distance broken by image id. Rows: (query ordinal from 1, image_id, label, source,
     distance[, similarity]), nearest first per query."""
     e = sql.Identifier("e")
@@ -186,7 +186,7 @@ def knn(
 
 def knn_learned(stage: Stage, dim: int, *, exact: bool = False, similarity: bool = False) -> sql.Composed:
     """Batched kNN in a stage's learned space: %(projected)b holds the queries' images under the
-    map; neighbours come from learned_<stage> ordered by L2 distance there (index unless `exact`),
+    map; neighbors come from learned_<stage> ordered by L2 distance there (index unless `exact`),
     ties broken by image id (`_top`)."""
     col, q = sql.SQL("c.vec"), sql.SQL("(q.p)::vector({})").format(sql.Literal(dim))
     # exact: the sort key is the selected distance, computed once per row (see `knn`)
@@ -641,7 +641,7 @@ TABLE_BYTES = """SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname = current_schema()"""
 
-# Each query image's nearest neighbour in a run, as image ids, and the source keys of images: two
+# Each query image's nearest neighbor in a run, as image ids, and the source keys of images: two
 # statements, since a join of predictions to images on both ids would repartition on Citus.
 RUN_NEIGHBOR_IDS = "SELECT image_id, neighbor_id FROM predictions WHERE run_id = %s AND stage = %s"
 IMAGE_SOURCES = "SELECT id, source FROM images WHERE id = ANY(%s)"
@@ -723,7 +723,7 @@ WEB_SLOWEST_BATCHES = """SELECT b.stage, b.batch_no, b.batch_size, b.batch_query
           FROM predictions p JOIN eval_runs r ON r.id = p.run_id
           WHERE p.run_id = %(run)s AND r.status = 'complete' AND p.batch_query_ms IS NOT NULL) b
     ORDER BY b.batch_query_ms DESC, b.stage, b.batch_no LIMIT %(limit)s"""
-# one run's most confident wrong answers per stage: the smallest distance to the neighbour that
+# one run's most confident wrong answers per stage: the smallest distance to the neighbor that
 # decided the (wrong) label; %(run)s, %(limit)s per stage
 WEB_CONFIDENT_WRONG = f"""SELECT stage, image_id, neighbor_id, true_class, predicted_class, distance
     FROM (SELECT p.stage, p.image_id, p.neighbor_id, ct.name AS true_class, cp.name AS predicted_class,

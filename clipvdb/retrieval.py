@@ -1,4 +1,4 @@
-"""Retrieval: text-to-image search, composed image+text queries, and neighbour grids to look at.
+"""Retrieval: text-to-image search, composed image+text queries, and neighbor grids to look at.
 
 CLIP's final image embedding (stage origin) lives in the same space as its text embedding, so
 the stored origin vectors answer text queries directly (cosine distance).
@@ -52,11 +52,11 @@ def query_vector(encoder: Encoder, text: str | None, image: ImageInput | None) -
     return np.sum(parts, axis=0).astype(np.float32)
 
 
-def hits(neighbours: list[Neighbor], classes: list[str]) -> list[Hit]:
-    return [Hit(n.image_id, n.label, classes[n.label], n.source, n.distance) for n in neighbours]
+def hits(neighbors: list[Neighbor], classes: list[str]) -> list[Hit]:
+    return [Hit(n.image_id, n.label, classes[n.label], n.source, n.distance) for n in neighbors]
 
 
-# ------------------------------------------------------------------ neighbour grid
+# ------------------------------------------------------------------ neighbor grid
 
 TILE = 96
 CAPTION = 30
@@ -71,20 +71,20 @@ class Grid:
     rows: dict[str, list[dict]]
 
 
-def neighbour_grid(
+def neighbor_grid(
     conn: psycopg.Connection,
     query: Image.Image,
-    neighbours: dict[str, list[Neighbor]],
+    neighbors: dict[str, list[Neighbor]],
     classes: list[str],
     out: Path,
 ) -> Grid:
     """One PNG: a row per stage, the query image then its nearest stored images, each tile captioned
     with the class and distance."""
-    images = {n.image_id: catalog.stored_image(conn, n.image_id) for found in neighbours.values() for n in found}
-    columns = 1 + max((len(found) for found in neighbours.values()), default=0)
-    canvas = Image.new("RGB", (columns * TILE, len(neighbours) * (TILE + CAPTION)), "white")
+    images = {n.image_id: catalog.stored_image(conn, n.image_id) for found in neighbors.values() for n in found}
+    columns = 1 + max((len(found) for found in neighbors.values()), default=0)
+    canvas = Image.new("RGB", (columns * TILE, len(neighbors) * (TILE + CAPTION)), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, (name, found) in enumerate(neighbours.items()):
+    for r, (name, found) in enumerate(neighbors.items()):
         y = r * (TILE + CAPTION)
         tiles: list[tuple[str, float | None, Image.Image]] = [("query", None, query)]
         tiles += [(classes[n.label], n.distance, images[n.image_id]) for n in found]
@@ -98,6 +98,6 @@ def neighbour_grid(
     canvas.save(out)
     meta = {
         name: [{"image_id": n.image_id, "class": classes[n.label], "distance": n.distance} for n in found]
-        for name, found in neighbours.items()
+        for name, found in neighbors.items()
     }
-    return Grid(out, list(neighbours), columns, TILE, meta)
+    return Grid(out, list(neighbors), columns, TILE, meta)

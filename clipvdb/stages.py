@@ -23,7 +23,7 @@ from .errors import StageError
 
 # Every stage is stored as halfvec with STORAGE PLAIN: a row stays in its table page (a 3,072-d row
 # is 6 KB; a 1,024-d one 2 KB, three to a page where vector(1,024) took a page each), pgvector indexes
-# halfvec up to 4,000 dimensions, and half precision changed none of the nearest neighbours measured
+# halfvec up to 4,000 dimensions, and half precision changed none of the nearest neighbors measured
 # (BENCHMARKS.md, items 8 and 9). Projections and learned maps of up to 2,000 dimensions index as
 # vector.
 MAX_VECTOR_INDEX_DIM = 2000

@@ -440,7 +440,7 @@ class Store:
                 s.name: self.session.searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0]
                 for s in chosen
             }
-            return retrieval.neighbour_grid(conn, as_image(image), found, ds.classes, Path(out))
+            return retrieval.neighbor_grid(conn, as_image(image), found, ds.classes, Path(out))
 
     def image_png(self, image_id: int, scale: int = 1) -> bytes:
         """A stored image's pixels, re-read from its source, as PNG bytes (scaled up `scale` times)."""

@@ -8,7 +8,7 @@ folder) loads it as an encoder. Its stages mirror the study's:
               spatial mean.
 - ``third``:  after the last block, max-pooled: the features the classifier reads, scaled to unit
               length, so that their L2 distance orders as their cosine similarity (the usual way to
-              compare a network's features by nearest neighbour).
+              compare a network's features by nearest neighbor).
 - ``origin``: the network's own classifier (its logits); the prediction is their argmax, the
               no-database answer, as zero-shot is for CLIP.
 

@@ -1,4 +1,4 @@
-"""`clipvdb serve`: small server-rendered pages. Classify an image, browse its neighbours and search
+"""`clipvdb serve`: small server-rendered pages. Classify an image, browse its neighbors and search
 stored images by text; and look at what is stored: every evaluation run, one run's accuracy, time,
 distances and errors, runs side by side, clusterings, search experiments, the data and the
 database's health. Every figure comes from the report views through the Store; charts are inline
@@ -177,7 +177,7 @@ def histograms(rows: list[dict]) -> list[dict]:
         svg = charts.histogram(
             edges,
             {"correct": [int(b["n_correct"]) for b in bins], "wrong": [int(b["n_wrong"]) for b in bins]},
-            title=f"Distance to the nearest neighbour, stage {stage}",
+            title=f"Distance to the nearest neighbor, stage {stage}",
             x_label="distance",
         )
         out.append({"stage": stage, "bins": bins, "svg": svg})
@@ -258,7 +258,7 @@ def accuracy_by_k_chart(rows: list[dict]) -> str:
 
 
 def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
-    """The app: `k` neighbours per stage for each classified image."""
+    """The app: `k` neighbors per stage for each classified image."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
 

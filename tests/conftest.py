@@ -288,7 +288,7 @@ def nearest_ids(conn, stage, identity, Q, settings) -> list[int]:
 
 
 def exact_ids(X, Q, ids):
-    """The true nearest neighbour (L2) of each query row, by numpy brute force."""
+    """The true nearest neighbor (L2) of each query row, by numpy brute force."""
     d = ((Q[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1)
     return [ids[j] for j in d.argmin(1)]
 

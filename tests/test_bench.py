@@ -76,7 +76,7 @@ def test_accuracy_item_runs_with_given_weights_and_labels_random_ones(tmp_path):
     assert re.search(r"\| third \| halfvec\(2048\) \| 10 \| 20 \| \d+ \| \d+ \|", text), text
 
 
-def test_recall_item_finds_every_exact_neighbour_when_every_list_is_probed(syn_data):
+def test_recall_item_finds_every_exact_neighbor_when_every_list_is_probed(syn_data):
     from bench.recall import main
 
     settings = ["probes=4", "probes=1,candidates=1", "exact=1"]
@@ -124,9 +124,9 @@ def test_headline_times_the_commands_and_writes_both_blocks(syn_data, tmp_path):
     assert f"**{rows['ratios']['evaluate']:.2f}x**" in readme and readme.endswith("hand notes\n")
 
 
-def test_peers_run_clipvdb_and_the_exact_peers_to_the_same_nearest_neighbours(syn_data, tmp_path):
+def test_peers_run_clipvdb_and_the_exact_peers_to_the_same_nearest_neighbors(syn_data, tmp_path):
     """One run of bench.peers on a generated set: faiss's exact index, faiss's HNSW and clipvdb's exact
-    evaluate (read back from its stored run) find the neighbours an independent float64 1-NN finds;
+    evaluate (read back from its stored run) find the neighbors an independent float64 1-NN finds;
     a capped peer is compared with clipvdb over its prefix; the block names the CPU flags."""
     import numpy as np
 

@@ -142,7 +142,7 @@ def test_every_report_view_and_classify(cstore, cluster_data):
     image = next((cluster_data / "test").rglob("*.png"))
     pred = cstore.classify(str(image), stage="first")
     assert len(pred) == 1 and pred[0].stage == "first" and pred[0].predicted_class == image.parent.name
-    # several k from one search: the neighbours go to the workers, the view counts every k and vote
+    # several k from one search: the neighbors go to the workers, the view counts every k and vote
     several = cstore.evaluate(cluster_data, stage="first", settings=SearchSettings(k=1, ks=(1, 3)), limit=40)
     by_k = {(r["k"], r["vote"]): r for r in cstore.report("report_accuracy_by_k", run=several.run_id)}
     assert len(by_k) == 6 and all(r["n"] == 40 for r in by_k.values())
@@ -246,7 +246,7 @@ def test_every_shard_searched_and_a_missing_anchor_refilled(cstore):
     with cstore.connection() as conn:
         found, _ = again.search(conn, vectors)
     assert [[n.image_id for n in f][:1] for f in found] == [[i] for i, _ in one_per_shard]
-    assert all(len({n.image_id for n in f}) == 2 for f in found)  # no neighbour twice
+    assert all(len({n.image_id for n in f}) == 2 for f in found)  # no neighbor twice
 
 
 class store_searcher:

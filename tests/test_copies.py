@@ -1,5 +1,5 @@
 """A stored set full of copies: the default (projected) path gives the exact answers when images are
-stored several times byte for byte, k neighbours are k stored images (copies vote), and rows at equal
+stored several times byte for byte, k neighbors are k stored images (copies vote), and rows at equal
 distance come in image id order, on one node and on Citus alike."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_default_path_equals_exact_search_with_copies(store, copies_data, k):
     assert _search(single, "copies", queries, SearchSettings(k=k, exact=True)) == truth
     if k == 1:  # the candidates came through the projected ivfflat index
         assert "Index Scan using projections_first_ann" in _plan(single, "copies", queries, SearchSettings(k=k))
-    if k > 1:  # the k nearest hold copies of one image, each its own neighbour, in image id order
+    if k > 1:  # the k nearest hold copies of one image, each its own neighbor, in image id order
         row_of = {int(i): vectors[j].tobytes() for j, i in enumerate(ids)}
         assert any(len({row_of[i] for i in top}) < len(top) for top in truth)
 

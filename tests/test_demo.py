@@ -1,5 +1,5 @@
 """The demo offline: synthetic data and the shipped CNN in place of CLIP, announced loudly, never
-presented as CLIP; what it stores and predicts is that CNN's nearest neighbours."""
+presented as CLIP; what it stores and predicts is that CNN's nearest neighbors."""
 
 from pathlib import Path
 

@@ -62,7 +62,7 @@ def test_ingest_classify_evaluate_report_plot(cli, syn_data, tmp_path):
     for stage, v in ev["stages"].items():
         assert acc[stage]["correct"] == v["correct"]
     by_k = {(r["stage"], r["k"], r["vote"]): r["correct"] for r in report["report_accuracy_by_k"]}
-    assert {s for s, _, _ in by_k} == {"first", "second", "third"}  # origin is zero-shot: no neighbours
+    assert {s for s, _, _ in by_k} == {"first", "second", "third"}  # origin is zero-shot: no neighbors
     for stage in ("first", "second", "third"):
         assert by_k[(stage, 1, "majority")] == ev["stages"][stage]["correct"]
     assert "report_confusion" in cli("report").output

@@ -45,7 +45,7 @@ def test_evaluate_metric_prompts_against_and_two_datasets(cli, db_url, syn_data,
 
 
 def test_accuracy_by_k_and_vote_from_one_search_equals_separate_runs(store, syn_data):
-    """One evaluate with --k 1,3,7 stores each query's 7 nearest neighbours once; the view's
+    """One evaluate with --k 1,3,7 stores each query's 7 nearest neighbors once; the view's
     accuracy at each k and vote equals a separate run at that k with that vote."""
     from clipvdb import SearchSettings
 
@@ -60,7 +60,7 @@ def test_accuracy_by_k_and_vote_from_one_search_equals_separate_runs(store, syn_
             "SELECT count(*), count(DISTINCT (stage, image_id)), max(rank) FROM run_neighbors WHERE run_id = %s",
             (one.run_id,),
         ).fetchone()
-    assert stored == (2 * one.images * 7, 2 * one.images, 7)  # every query's 7 neighbours, once
+    assert stored == (2 * one.images * 7, 2 * one.images, 7)  # every query's 7 neighbors, once
     for k in (1, 3, 7):
         for how in ("majority", "weighted", "dino"):
             alone = store.evaluate(
@@ -69,6 +69,6 @@ def test_accuracy_by_k_and_vote_from_one_search_equals_separate_runs(store, syn_
             for stage, totals in alone.stages.items():
                 row = by_k[(stage, k, how)]
                 assert (row["n"], row["correct"]) == (totals.n, totals.correct), (stage, k, how)
-    # with k = 1 every vote is the nearest neighbour's label
+    # with k = 1 every vote is the nearest neighbor's label
     for stage in ("first", "second"):
         assert len({by_k[(stage, 1, how)]["correct"] for how in ("majority", "weighted", "dino")}) == 1

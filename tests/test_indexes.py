@@ -62,7 +62,7 @@ def test_ideal_lists():
 
 
 @pytest.mark.parametrize("name", ["first", "second", "third"])
-def test_index_is_used_by_the_neighbour_query(conn, name):
+def test_index_is_used_by_the_neighbor_query(conn, name):
     stage = STAGES[name]
     _fill(conn, stage)
     info = indexes.build(conn, stage, "ivfflat", lists=4)

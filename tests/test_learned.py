@@ -88,7 +88,7 @@ def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data)
     # (the later ones from the vectors before their half-precision rounding)
     off = np.linalg.norm(mapped - lmap.apply(raw), axis=1) / np.linalg.norm(mapped, axis=1)
     assert off.max() < 2e-3, off.max()
-    # and the learned search answers as numpy's nearest neighbour in the learned space
+    # and the learned search answers as numpy's nearest neighbor in the learned space
     query = str(syn_data / "test" / "red-circle" / "0000.png")
     preds = store.classify([query], "first", SearchSettings(learned=True))
     q = lmap.apply(store.embed([query], "first")["first"])[0]

@@ -38,7 +38,7 @@ def _store(conn, X: np.ndarray, stage=FIRST, split: str = "train", start: int = 
     return image_ids
 
 
-def _neighbours(conn, Q, settings: SearchSettings) -> tuple[list[int], KnnSearcher]:
+def _neighbors(conn, Q, settings: SearchSettings) -> tuple[list[int], KnnSearcher]:
     searcher = KnnSearcher(conn, FIRST, ("pixels", "none"), 1, "train", settings)
     neigh, _ = searcher.search(conn, Q)
     conn.commit()
@@ -76,7 +76,7 @@ def test_fit_takes_the_strongest_components_first(conn):
     assert 0.5 < proj.variance_kept < 0.65  # 0.81^k variances: the first four hold 57 %
 
 
-def test_projected_index_finds_the_exact_neighbours_through_its_own_index(conn):
+def test_projected_index_finds_the_exact_neighbors_through_its_own_index(conn):
     X = _low_rank(300, FIRST.dim, rank=10)
     ids = _store(conn, X)
     Q = _low_rank(25, FIRST.dim, rank=10, seed=0)[:25] + 0.001
@@ -86,8 +86,8 @@ def test_projected_index_finds_the_exact_neighbours_through_its_own_index(conn):
     indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'projections_first_ann'").fetchone()
     assert indexdef and "hnsw (proj halfvec_l2_ops)" in indexdef[0]
     assert conn.execute("SELECT to_regclass('embeddings_first_ann')").fetchone()[0] is None
-    exact, _ = _neighbours(conn, Q, SearchSettings(exact=True))
-    got, searcher = _neighbours(conn, Q, SearchSettings())
+    exact, _ = _neighbors(conn, Q, SearchSettings(exact=True))
+    got, searcher = _neighbors(conn, Q, SearchSettings())
     assert searcher.projection is not None and searcher.projection.dim == 16
     assert got == exact
     with conn.transaction():
@@ -120,13 +120,13 @@ def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_v
     new_ids = _store(conn, extra, start=1000)
     projection.add(conn, StageRows(FIRST, space, 1, "train"), proj, new_ids, extra)
     conn.commit()
-    got, searcher = _neighbours(conn, extra, SearchSettings())
+    got, searcher = _neighbors(conn, extra, SearchSettings())
     assert searcher.projection is not None and got == new_ids
     # a row without its projection (a load killed after dropping the index): full-vector search
     lone = _low_rank(1, FIRST.dim, rank=10, seed=9)
     lone_id = _store(conn, lone, start=2000)
     capsys.readouterr()
-    got, searcher = _neighbours(conn, lone, SearchSettings())
+    got, searcher = _neighbors(conn, lone, SearchSettings())
     assert searcher.projection is None and got == lone_id
     assert "1 of 306 rows have no projection" in capsys.readouterr().err
     # deleting an image removes its projection with its embedding

@@ -1,4 +1,4 @@
-"""Text search, composed queries, distance metrics, neighbour grids, search experiments."""
+"""Text search, composed queries, distance metrics, neighbor grids, search experiments."""
 
 import json
 
@@ -63,7 +63,7 @@ def test_metrics_order_by_their_own_distance(cli, stored, store, syn_data):
         )
         out[metric] = [n["distance"] for n in preds[0]["neighbors"]]
         assert out[metric] == sorted(out[metric])
-        # each neighbour's distance is numpy's on the query's and the neighbour's pixels; stage first is
+        # each neighbor's distance is numpy's on the query's and the neighbor's pixels; stage first is
         # stored as halfvec (11-bit mantissa), which moves these distances by up to about 4e-4 relative
         X = store.embed([syn_data / n["source"] for n in preds[0]["neighbors"]], "first")["first"]
         expected = numpy_distance[metric](X.astype(np.float64))
@@ -71,7 +71,7 @@ def test_metrics_order_by_their_own_distance(cli, stored, store, syn_data):
     assert all(d < 0 for d in out["ip"])  # pgvector's <#> is the negative inner product
 
 
-def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tmp_path, db_url):
+def test_neighbor_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tmp_path, db_url):
     img = syn_data / "test" / "red-circle" / "0000.png"
     out = tmp_path / "grid.png"
     meta = json.loads(
@@ -83,7 +83,7 @@ def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tm
         grid.load()
         assert grid.size == ((4 + 1) * TILE, 2 * (TILE + CAPTION))
         arr = np.asarray(grid.convert("RGB"))
-    # each row: the query, then the images of the neighbours the JSON names, in its order, each read
+    # each row: the query, then the images of the neighbors the JSON names, in its order, each read
     # from its file here and scaled to the tile
     with psycopg.connect(db_url) as conn:
         source = dict(conn.execute("SELECT id, source FROM images").fetchall())
@@ -96,7 +96,7 @@ def test_neighbour_grid_has_k_plus_one_tiles_per_stage(cli, stored, syn_data, tm
             assert np.array_equal(arr[y + 2 : y + TILE - 2, x + 2 : x + TILE - 2], expected), (stage, col, path)
 
 
-def test_neighbour_grid_rereads_cifar_pixels(cli, tmp_path):
+def test_neighbor_grid_rereads_cifar_pixels(cli, tmp_path):
     from archives import write_cifar_archive
 
     rng = np.random.default_rng(0)

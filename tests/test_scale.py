@@ -60,7 +60,7 @@ def test_the_scale_bench_runs_end_to_end_on_small_sizes(tmp_path):
         assert b["bytes_per_image"] >= sum(b["tables"].values()) - 1e-6
     assert [r["stored"] for r in result["sizes"]] == [200, 400]
     # the sampled queries' true nearest stored images, by numpy over the files decoded here: at these
-    # sizes the default index scans every row (at least 1,000), so each found neighbour is the true one
+    # sizes the default index scans every row (at least 1,000), so each found neighbor is the true one
     scale = open_source(tmp_path / "scale")
 
     def pixels(items) -> np.ndarray:

@@ -20,7 +20,7 @@ def test_store_ingest_classify_evaluate_report_with_paths_pil_images_and_arrays(
     pil = Image.open(path).convert("RGB")
     preds = store.classify([str(path), pil, np.asarray(pil)], stage="first", settings=SearchSettings(k=3, exact=True))
     assert [p.stage for p in preds] == ["first"] * 3
-    # the same pixels, three ways in: the same answer and the same neighbours
+    # the same pixels, three ways in: the same answer and the same neighbors
     assert preds[0].neighbors == preds[1].neighbors == preds[2].neighbors
     assert preds[0].nearest_distance <= preds[0].distance
     run = store.evaluate(syn_data, "first,second", SearchSettings(exact=True), split="test", workers=0)

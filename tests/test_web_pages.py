@@ -225,7 +225,7 @@ def test_run_page_equals_the_views(store, client, runs):
         [w["stage"], str(w["image_id"]), w["t"], w["c"], str(w["neighbor_id"]), format(w["distance"], ".4f")]
         for w in want_wrong
     ]
-    for w in want_wrong:  # the query image beside its neighbour
+    for w in want_wrong:  # the query image beside its neighbor
         assert f'src="/image/{w["image_id"]}.png"' in html and f'src="/image/{w["neighbor_id"]}.png"' in html
     assert client.get(f"/image/{want_wrong[0]['neighbor_id']}.png").mimetype == "image/png"
 
