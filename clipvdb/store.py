@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
-from psycopg.rows import dict_row
 
 from . import (
     catalog,
@@ -323,76 +322,34 @@ class Store:
 
         return plot(self.reports(run), Path(out), squared=squared)
 
-    def _rows(self, statement: Any, params: Any = ()) -> list[dict]:
-        """Rows of one statement of the query layer as dicts (the web pages' reads)."""
-        with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(statement, params).fetchall()
-            conn.rollback()
-            return rows
-
     def runs(self) -> list[dict]:
-        """Every run (report_runs), newest first, each with "accuracy": {stage: accuracy_pct} from
-        report_accuracy (complete runs only: a running or failed run has none)."""
-        with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            runs = cur.execute(queries.WEB_RUNS).fetchall()
-            acc = cur.execute(queries.WEB_ACCURACY).fetchall()
-            conn.rollback()
-        per_run: dict[int, dict[str, float]] = {}
-        for a in acc:
-            per_run.setdefault(a["run_id"], {})[a["stage"]] = a["accuracy_pct"]
-        for r in runs:
-            r["accuracy"] = per_run.get(r["run_id"], {})
-        return runs
+        """Every run (report_runs), newest first, each with "accuracy": {stage: accuracy_pct}."""
+        with self.connection() as conn:
+            return reports.runs(conn)
 
     def run(self, run_id: int, *, limit: int = 10) -> dict | None:
-        """Everything about one run: its report_runs row ("run"), every report view's rows for it,
-        its `limit` slowest query batches ("slowest_batches") and per stage its `limit` most
-        confident wrong answers ("confident_wrong"); None when there is no such run."""
+        """Everything about one run (reports.run); None when there is no such run."""
         with self.connection() as conn:
-            out = reports.report(conn, run_id, reports.VIEWS)
-            with conn.cursor(row_factory=dict_row) as cur:
-                params = {"run": run_id, "limit": limit}
-                out["slowest_batches"] = cur.execute(queries.WEB_SLOWEST_BATCHES, params).fetchall()
-                out["confident_wrong"] = cur.execute(queries.WEB_CONFIDENT_WRONG, params).fetchall()
-            conn.rollback()
-        if not out["report_runs"]:
-            return None
-        out["run"] = out["report_runs"][0]
-        return out
+            return reports.run(conn, run_id, limit)
 
     def experiments(self) -> list[dict]:
         """Every search experiment's rows (report_experiments), newest experiment first."""
-        return self._rows(queries.WEB_EXPERIMENTS)
+        with self.connection() as conn:
+            return reports.rows(conn, queries.WEB_EXPERIMENTS)
 
     def cluster_members(self, clustering_id: int, per_cluster: int = 8) -> list[dict]:
         """A clustering's clusters, largest first (report_cluster_classes): cluster, size,
         majority_class, purity and "image_ids", the `per_cluster` members nearest the centre."""
-        return self._rows(queries.WEB_CLUSTER_GRID, {"clustering": clustering_id, "per_cluster": per_cluster})
+        with self.connection() as conn:
+            return reports.rows(
+                conn, queries.WEB_CLUSTER_GRID, {"clustering": clustering_id, "per_cluster": per_cluster}
+            )
 
     def data_overview(self) -> dict:
-        """What is stored: "datasets" (dataset, split, classes, images), "stage_rows" (rows per
-        stage, model, dataset and split), "stages" (per stored stage: rows, table bytes with TOAST
-        and indexes, bytes per row, its IndexInfo) and "status" (`status()`)."""
-        with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            datasets = cur.execute(queries.WEB_DATASETS).fetchall()
-            stage_rows = cur.execute(queries.WEB_STAGE_ROWS).fetchall()
-            stages = []
-            for name in catalog.stages_with_rows(conn):
-                stage = STAGES[name]
-                info = indexes.info(conn, stage)
-                size = db.scalar(conn, queries.TOTAL_RELATION_SIZE, (stage.table,)) or 0
-                stages.append(
-                    {
-                        "stage": name,
-                        "table": stage.table,
-                        "rows": info.rows,
-                        "bytes": int(size),
-                        "bytes_per_row": size / info.rows if info.rows else None,
-                        "index": info,
-                    }
-                )
-            conn.rollback()
-        return {"datasets": datasets, "stage_rows": stage_rows, "stages": stages, "status": self.status()}
+        """What is stored (reports.data_overview) and "status" (`status()`)."""
+        with self.connection() as conn:
+            overview = reports.data_overview(conn)
+        return {**overview, "status": self.status()}
 
     # ------------------------------------------------------------ exploration
 
