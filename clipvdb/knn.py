@@ -231,7 +231,7 @@ class KnnSearcher:
         if self.distributed:
             self._set_up_shards(conn, learned_dim=lmap.dims)
         else:
-            self.sql = queries.knn_learned(self.stage, lmap.dims, exact=s.exact, similarity=s.similarity)
+            self.sql = queries.knn(self.stage, exact=s.exact, learned_dim=lmap.dims, similarity=s.similarity)
 
     def index_settings(self) -> list[tuple[str, str]]:
         s = self.settings

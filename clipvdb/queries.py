@@ -9,6 +9,7 @@ A stage's kNN statement is built by `knn`, its index DDL by `create_index`, its 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from psycopg import sql
@@ -46,16 +47,6 @@ def distance(stage: Stage, metric: str, column: sql.Composable, query: sql.Compo
     if metric == "ip":
         return sql.SQL("(-{}({}, {}))").format(sql.SQL(fn), column, q)
     return sql.SQL("{}({}, {})").format(sql.SQL(fn), column, q)
-
-
-def _similarity(table: str, column: str, query: sql.Composable, qtype: sql.Composable, on: bool):
-    """The cosine similarity of each neighbor to its query (the dino vote's), looked up by key for
-    the k rows a query returns, never for every row scanned; nothing when not asked for."""
-    if not on:
-        return sql.SQL(""), sql.SQL("")
-    col = sql.SQL(", 1 - cosine_distance(s.{}, ({})::{}) AS similarity").format(sql.Identifier(column), query, qtype)
-    join = sql.SQL(" JOIN {} s ON s.space_id = %(space)s AND s.image_id = n.image_id").format(sql.Identifier(table))
-    return col, join
 
 
 def candidate_rows(
@@ -109,101 +100,164 @@ def _top(select: sql.Composable, order: sql.Composable, k: sql.Composable, *, ex
     ).format(select, order, k, k)
 
 
+@dataclass(frozen=True)
+class _Place:
+    """Where a kNN statement runs, as the names it writes: one node (psycopg's named parameters and
+    the tables themselves) or one shard (clipvdb_knn_shard's format positions and $n parameters)."""
+
+    table: sql.Composable  # the searched table (a stage's, or its learned space's)
+    projections: sql.Composable  # the stage's projections table
+    images: sql.Composable
+    k: sql.Composable
+    space: sql.Composable
+    dataset: sql.Composable
+    split: sql.Composable
+    candidates: sql.Composable  # distinct projected vectors re-ranked (a projected index)
+    rows_per_vector: int  # candidate rows read per distinct vector
+
+
+def _on_node(stage: Stage, learned: bool) -> _Place:
+    return _Place(
+        table=sql.Identifier(stage.learned_table if learned else stage.table),
+        projections=sql.Identifier(stage.projection_table),
+        images=sql.Identifier("images"),
+        k=sql.SQL("%(k)s"),
+        space=sql.SQL("%(space)s"),
+        dataset=sql.SQL("%(dataset)s"),
+        split=sql.SQL("%(split)s"),
+        candidates=sql.SQL("%(candidates)s"),
+        rows_per_vector=config.CANDIDATE_ROWS_PER_VECTOR,
+    )
+
+
+def _on_shard(shards: int) -> _Place:
+    return _Place(
+        table=sql.SQL("%1$I"),
+        projections=sql.SQL("%2$I"),
+        images=sql.SQL("%3$I"),
+        k=sql.SQL("$2"),
+        space=sql.SQL("$3"),
+        dataset=sql.SQL("$4"),
+        split=sql.SQL("$5"),
+        candidates=sql.SQL("$6"),
+        rows_per_vector=shard_rows_per_vector(shards),
+    )
+
+
+def _nearest(
+    stage: Stage,
+    metric: str,
+    at: _Place,
+    query: sql.Composable,
+    *,
+    exact: bool,
+    learned: bool = False,
+    projected: sql.Composable | None = None,
+    projected_dim: int | None = None,
+) -> sql.Composed:
+    """One query's k nearest rows (image_id, distance), ties at equal distance by image id: `query`
+    against the table's vectors (a learned space's: `query` already mapped there, L2 only), or, with
+    `projected_dim`, the rows of the nearest distinct projected vectors (`projected` the query's
+    projection) re-ranked by the exact distance on the full embedding."""
+    where = sql.SQL("x.space_id = {} AND x.dataset_id = {} AND x.split = {}").format(at.space, at.dataset, at.split)
+    if learned:
+        dist = sql.SQL("l2_distance(x.vec, {})" if exact else "x.vec <-> {}").format(query)
+        select = sql.SQL("SELECT x.image_id, {} AS distance FROM {} x WHERE {}").format(dist, at.table, where)
+        return _top(select, dist, at.k, exact=exact)
+    if projected_dim is not None and projected is not None:
+        # the exact distance as a subquery per candidate row: always an index lookup of that row
+        # (a join could be planned as a hash join over the whole table when many rows are expected)
+        return sql.SQL(
+            """SELECT c.image_id,
+                   (SELECT {dist} FROM {table} x WHERE x.space_id = c.space_id AND x.image_id = c.image_id)
+                   AS distance
+            FROM ({candidates}) c
+            ORDER BY distance, c.image_id
+            LIMIT {k}"""
+        ).format(
+            dist=distance(stage, metric, sql.SQL("x.embedding"), query, exact=False),
+            table=at.table,
+            candidates=candidate_rows(
+                at.projections,
+                projected_dim,
+                projected,
+                sql.SQL("c.space_id = {} AND c.dataset_id = {} AND c.split = {}").format(
+                    at.space, at.dataset, at.split
+                ),
+                at.candidates,
+                at.rows_per_vector,
+            ),
+            k=at.k,
+        )
+    # exact: the distance is the sort key itself, computed once per row (a select-list `<->` beside
+    # an ORDER BY l2_distance() is computed for every row scanned too: twice the work)
+    column = sql.SQL("x.embedding")
+    select = sql.SQL("SELECT x.image_id, {} AS distance FROM {} x WHERE {}").format(
+        distance(stage, metric, column, query, exact=exact), at.table, where
+    )
+    return _top(select, distance(stage, metric, column, query, exact=False), at.k, exact=exact)
+
+
+def _similarity_of(
+    stage: Stage, at: _Place, query: sql.Composable, learned_dim: int | None
+) -> tuple[sql.Composable, sql.Composable]:
+    """The cosine similarity of each neighbor to its query (the dino vote's), looked up by key for
+    the k rows a query returns, never for every row scanned: (its expression, the join it needs)."""
+    if learned_dim is not None:
+        expr = sql.SQL("1 - cosine_distance(s.vec, ({})::vector({}))").format(query, sql.Literal(learned_dim))
+    else:
+        expr = sql.SQL("1 - cosine_distance(s.embedding, ({})::{})").format(query, _type(stage))
+    join = sql.SQL(" JOIN {} s ON s.space_id = {} AND s.image_id = n.image_id").format(at.table, at.space)
+    return expr, join
+
+
 def knn(
     stage: Stage,
     metric: str = "l2",
     *,
     exact: bool = False,
     projected_dim: int | None = None,
+    learned_dim: int | None = None,
     similarity: bool = False,
 ) -> sql.Composed:
-    """A batch of kNN queries as one statement: %(vectors)b is a vector[] (one query each), answered
-    by a LATERAL `ORDER BY embedding <op> q LIMIT %(k)s` over one space, dataset and split. With
-    `projected_dim`, %(projected)b holds the queries' projections: the rows of the %(candidates)s
-    nearest distinct projected vectors (`candidates`) are re-ranked by the exact distance on the
-    full embedding. k neighbors are k rows (an image stored twice counts twice), ties at equal
-    distance broken by image id. Rows: (query ordinal from 1, image_id, label, source,
-    distance[, similarity]), nearest first per query."""
-    e = sql.Identifier("e")
-    emb = sql.SQL("e.embedding")
-    qv = sql.SQL("q.v")
-    sim, sim_join = _similarity(stage.table, "embedding", qv, _type(stage), similarity)
-    if projected_dim is not None:
-        # the exact distance as a subquery per candidate row: always an index lookup of that row
-        # (a join could be planned as a hash join over the whole table when many rows are expected)
-        return sql.SQL(
-            """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
-            FROM unnest(%(vectors)b::{vtype}[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)
-            CROSS JOIN LATERAL (
-                SELECT c.image_id,
-                       (SELECT {dist} FROM {table} {e} WHERE e.space_id = c.space_id AND e.image_id = c.image_id)
-                       AS distance
-                FROM ({candidates}) c
-                ORDER BY distance, c.image_id
-                LIMIT %(k)s
-            ) n
-            JOIN images i ON i.id = n.image_id{sim_join}
-            ORDER BY q.ord, n.distance, n.image_id"""
-        ).format(
-            dist=distance(stage, metric, emb, qv, exact=False),
-            candidates=candidate_rows(
-                sql.Identifier(stage.projection_table),
-                projected_dim,
-                sql.SQL("q.p"),
-                sql.SQL("c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s"),
-                sql.SQL("%(candidates)s"),
-            ),
-            table=sql.Identifier(stage.table),
-            e=e,
-            vtype=sql.SQL(stage.column_type),
-            sim=sim,
-            sim_join=sim_join,
-        )
-    select = sql.SQL(
-        """SELECT e.image_id, {dist} AS distance
-            FROM {table} {e}
-            WHERE e.space_id = %(space)s AND e.dataset_id = %(dataset)s AND e.split = %(split)s"""
-    ).format(
-        # exact: the distance is the sort key itself, computed once per row (a select-list `<->`
-        # beside an ORDER BY l2_distance() is computed for every row scanned too: twice the work)
-        dist=distance(stage, metric, emb, qv, exact=exact),
-        table=sql.Identifier(stage.table),
-        e=e,
-    )
+    """A batch of kNN queries as one statement on one node: %(vectors)b is a vector[] (one query
+    each), answered by a LATERAL `ORDER BY embedding <op> q LIMIT %(k)s` over one space, dataset and
+    split (`_nearest`). With `projected_dim`, %(projected)b holds the queries' projections: the rows
+    of the %(candidates)s nearest distinct projected vectors (`candidate_rows`) are re-ranked by the
+    exact distance on the full embedding. With `learned_dim`, %(projected)b holds the queries' images
+    under the stage's learned map, searched in its learned table by L2. k neighbors are k rows (an
+    image stored twice counts twice), ties at equal distance broken by image id. Rows: (query ordinal
+    from 1, image_id, label, source, distance[, similarity]), nearest first per query."""
+    at = _on_node(stage, learned_dim is not None)
+    vtype = sql.SQL(stage.column_type)
+    queries_in: sql.Composable
+    query: sql.Composable
+    if learned_dim is not None:
+        queries_in = sql.SQL("unnest(%(projected)b::vector[]) WITH ORDINALITY AS q(p, ord)")
+        query = sql.SQL("(q.p)::vector({})").format(sql.Literal(learned_dim))
+        nearest = _nearest(stage, "l2", at, query, exact=exact, learned=True)
+    elif projected_dim is not None:
+        queries_in = sql.SQL(
+            "unnest(%(vectors)b::{}[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)"
+        ).format(vtype)
+        query = sql.SQL("q.v")
+        nearest = _nearest(stage, metric, at, query, exact=False, projected=sql.SQL("q.p"), projected_dim=projected_dim)
+    else:
+        queries_in = sql.SQL("unnest(%(vectors)b::{}[]) WITH ORDINALITY AS q(v, ord)").format(vtype)
+        query = sql.SQL("q.v")
+        nearest = _nearest(stage, metric, at, query, exact=exact)
+    sim: sql.Composable = sql.SQL("")
+    sim_join: sql.Composable = sql.SQL("")
+    if similarity:
+        expr, sim_join = _similarity_of(stage, at, query if learned_dim is None else sql.SQL("q.p"), learned_dim)
+        sim = sql.SQL(", {} AS similarity").format(expr)
     return sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
-        FROM unnest(%(vectors)b::{vtype}[]) WITH ORDINALITY AS q(v, ord)
-        CROSS JOIN LATERAL ({top}) n
-        JOIN images i ON i.id = n.image_id{sim_join}
+        FROM {queries_in}
+        CROSS JOIN LATERAL ({nearest}) n
+        JOIN {images} i ON i.id = n.image_id{sim_join}
         ORDER BY q.ord, n.distance, n.image_id"""
-    ).format(
-        top=_top(select, distance(stage, metric, emb, qv, exact=False), sql.SQL("%(k)s"), exact=exact),
-        vtype=sql.SQL(stage.column_type),
-        sim=sim,
-        sim_join=sim_join,
-    )
-
-
-def knn_learned(stage: Stage, dim: int, *, exact: bool = False, similarity: bool = False) -> sql.Composed:
-    """Batched kNN in a stage's learned space: %(projected)b holds the queries' images under the
-    map; neighbors come from learned_<stage> ordered by L2 distance there (index unless `exact`),
-    ties broken by image id (`_top`)."""
-    col, q = sql.SQL("c.vec"), sql.SQL("(q.p)::vector({})").format(sql.Literal(dim))
-    # exact: the sort key is the selected distance, computed once per row (see `knn`)
-    dist = sql.SQL("l2_distance({}, {})").format(col, q) if exact else sql.SQL("{} <-> {}").format(col, q)
-    sim, sim_join = _similarity(stage.learned_table, "vec", sql.SQL("q.p"), sql.SQL("vector"), similarity)
-    select = sql.SQL(
-        """SELECT c.image_id, {dist} AS distance
-            FROM {table} c
-            WHERE c.space_id = %(space)s AND c.dataset_id = %(dataset)s AND c.split = %(split)s"""
-    ).format(dist=dist, table=sql.Identifier(stage.learned_table))
-    return sql.SQL(
-        """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
-        FROM unnest(%(projected)b::vector[]) WITH ORDINALITY AS q(p, ord)
-        CROSS JOIN LATERAL ({top}) n
-        JOIN images i ON i.id = n.image_id{sim_join}
-        ORDER BY q.ord, n.distance, n.image_id"""
-    ).format(top=_top(select, dist, sql.SQL("%(k)s"), exact=exact), sim=sim, sim_join=sim_join)
+    ).format(sim=sim, queries_in=queries_in, nearest=nearest, images=at.images, sim_join=sim_join)
 
 
 SAVE_LEARNED_MAP = """INSERT INTO learned_maps
@@ -824,63 +878,30 @@ def knn_shard(
     """The per-shard statement of a batched kNN search on Citus, and the tables whose shard names
     clipvdb_knn_shard puts in (%1$I the searched table, %2$I the projections, %3$I images, %4$I
     knn_queries). Its parameters: $1 the batch, $2 k, $3 space, $4 dataset, $5 split, $6 the
-    distinct candidates of a projected index (over `shards` shards). Rows as `knn`'s, with
-    similarity NULL unless asked for; each shard's k nearest with ties broken by image id, as on
-    one node, so that the coordinator's merge by (distance, image id) gives the single node's k."""
-    q = sql.SQL("%4$I")
-    where = sql.SQL("x.space_id = $3 AND x.dataset_id = $4 AND x.split = $5")
-    inner: sql.Composable
-    sim_q: sql.Composable
-    qv: sql.Composable
+    distinct candidates of a projected index (over `shards` shards). The same search as `knn`
+    (`_nearest`), each query read from the batch's rows of knn_queries; rows as `knn`'s, with
+    similarity NULL unless asked for; each shard's k nearest with ties broken by image id, as on one
+    node, so that the coordinator's merge by (distance, image id) gives the single node's k."""
+    at = _on_shard(shards)
+    query: sql.Composable
     if learned_dim is not None:
-        qv = sql.SQL("(q.v)::vector({})").format(sql.Literal(learned_dim))
-        ldist = sql.SQL("l2_distance(x.vec, {})").format(qv) if exact else sql.SQL("x.vec <-> {}").format(qv)
-        select = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where}").format(
-            dist=ldist, where=where
-        )
-        inner = _top(select, ldist, sql.SQL("$2"), exact=exact)
-        sim_col, sim_q = "vec", qv
+        query = sql.SQL("(q.v)::vector({})").format(sql.Literal(learned_dim))
+        nearest = _nearest(stage, "l2", at, query, exact=exact, learned=True)
         table = stage.learned_table
     else:
-        qv = sql.SQL("q.v") if stage.column_type == "vector" else sql.SQL("q.h")
-        emb = sql.SQL("x.embedding")
-        dist = distance(stage, metric, emb, qv, exact=False)
-        if projected_dim is not None:  # as in `knn`: the shard's distinct candidates, re-ranked exactly
-            inner = sql.SQL(
-                """SELECT c.image_id,
-                       (SELECT {dist} FROM %1$I x WHERE x.space_id = c.space_id AND x.image_id = c.image_id)
-                       AS distance
-                FROM ({candidates}) c
-                ORDER BY distance, c.image_id LIMIT $2"""
-            ).format(
-                dist=dist,
-                candidates=candidate_rows(
-                    sql.SQL("%2$I"),
-                    projected_dim,
-                    sql.SQL("q.p"),
-                    sql.SQL("c.space_id = $3 AND c.dataset_id = $4 AND c.split = $5"),
-                    sql.SQL("$6"),
-                    shard_rows_per_vector(shards),
-                ),
-            )
-        else:  # exact: the sort key is the selected distance, computed once per row (as in `knn`)
-            select = sql.SQL("SELECT x.image_id, {dist} AS distance FROM %1$I x WHERE {where}").format(
-                dist=distance(stage, metric, emb, qv, exact=exact), where=where
-            )
-            inner = _top(select, dist, sql.SQL("$2"), exact=exact)
-        sim_col, sim_q = "embedding", sql.SQL("({})::{}").format(qv, _type(stage))
+        query = sql.SQL("q.v") if stage.column_type == "vector" else sql.SQL("q.h")
+        projected = sql.SQL("q.p") if projected_dim is not None else None
+        nearest = _nearest(stage, metric, at, query, exact=exact, projected=projected, projected_dim=projected_dim)
         table = stage.table
-    sim = (
-        sql.SQL("1 - cosine_distance(s.{}, {})").format(sql.Identifier(sim_col), sim_q)
-        if similarity
-        else sql.SQL("NULL::float8")
-    )
-    sim_join = sql.SQL(" JOIN %1$I s ON s.space_id = $3 AND s.image_id = n.image_id") if similarity else sql.SQL("")
+    sim: sql.Composable = sql.SQL("NULL::float8")
+    sim_join: sql.Composable = sql.SQL("")
+    if similarity:
+        sim, sim_join = _similarity_of(stage, at, query if learned_dim is None else sql.SQL("q.v"), learned_dim)
     statement = sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance::float8, ({sim})::float8
-        FROM {q} q
-        CROSS JOIN LATERAL ({inner}) n
-        JOIN %3$I i ON i.id = n.image_id{sim_join}
+        FROM %4$I q
+        CROSS JOIN LATERAL ({nearest}) n
+        JOIN {images} i ON i.id = n.image_id{sim_join}
         WHERE q.batch_id = $1"""
-    ).format(sim=sim, q=q, inner=inner, sim_join=sim_join)
+    ).format(sim=sim, nearest=nearest, images=at.images, sim_join=sim_join)
     return statement.as_string(None), [table, stage.projection_table, "images", "knn_queries"]

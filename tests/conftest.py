@@ -51,9 +51,27 @@ def url_for(dbname: str) -> str:
     return f"postgresql://{auth}@{host}:{PG['port']}/{dbname}"
 
 
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Every tmp_path under a directory of this session's own. pytest's shared root
+    (/tmp/pytest-of-<user>) goes back to mode 0700 whenever another pytest starts, which shuts the
+    embedded servers' own user out of the homes a running session made under it (a server's pg_ctl
+    stop then failed with "Permission denied")."""
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="clipvdb-pytest-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _HOME is not None:
         embedded.stop(_HOME)
+        shutil.rmtree(_HOME, ignore_errors=True)
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own and exitstatus == 0:  # kept after a failure, for a look at what the tests left
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def _skip_reason(report) -> str:
