@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench import markdown
+from bench import markdown, statements
 from bench.accuracy import item_accuracy
 from bench.common import FULL, QUICK, FakeEncoder, Report, find_source, load_pixels
 from bench.encoder import item_encoder
@@ -33,7 +33,7 @@ from bench.load_test import item_load_test
 from bench.scale_methods import item_scale
 from bench.storage import item_storage
 from bench.study import item_study
-from clipvdb import Store, embedded, queries
+from clipvdb import Store, embedded
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> Path:
     rep = Report()
     try:
         with store.connection() as conn:
-            server, pgv, buffers = conn.execute(queries.SERVER_FACTS).fetchone()
+            server, pgv, buffers = conn.execute(statements.SERVER_FACTS).fetchone()
         where = "external server" if os.environ.get("CLIPVDB_BENCH_DATABASE_URL") else "embedded"
         if args.pretrained in (None, "random") or args.model == "tiny":
             weights = "No figure here used real CLIP weights (item 7 takes them with --pretrained)."

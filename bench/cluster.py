@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from bench import markdown
+from bench import markdown, statements
 from bench.common import (
     CLI,
     FakeEncoder,
@@ -41,7 +41,7 @@ from bench.common import (
     server_cpu_s,
     timed,
 )
-from clipvdb import STAGES, Store, queries
+from clipvdb import STAGES, Store
 from clipvdb.sources import open_source
 
 SCALES = (10_000_000, 100_000_000, 1_000_000_000)
@@ -135,8 +135,8 @@ def grow_under_load(data: str, n_test: int, env: dict) -> dict:
 def _sizes(conn: psycopg.Connection, table: str) -> dict:
     """Rows, shards, and heap (with TOAST) and index bytes per row of a distributed table, summed
     over its shards on the workers."""
-    rows = conn.execute(queries.table_rows(table)).fetchone()[0]
-    heap, index, shards = conn.execute(queries.SHARD_SIZES, (table, table)).fetchone()
+    rows = conn.execute(statements.table_rows(table)).fetchone()[0]
+    heap, index, shards = conn.execute(statements.SHARD_SIZES, (table, table)).fetchone()
     return {
         "rows": rows,
         "shards": shards,

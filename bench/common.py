@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bench import statements
 from clipvdb import STAGES, SearchSettings, Stage, Store, queries, synthetic
 from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
 from clipvdb.sources import Source, open_source
@@ -171,7 +172,7 @@ def index_seconds(result: LoadResult) -> float:
 def empty_stage(store: Store, stage: Stage) -> None:
     """Remove every row of a stage (with its projections and what else references them)."""
     with store.connection() as conn:
-        conn.execute(queries.truncate_cascade(stage.table))
+        conn.execute(statements.truncate_cascade(stage.table))
         conn.commit()
 
 
@@ -182,7 +183,7 @@ def ensure_first_loaded(store: Store, source: Source, data: dict) -> dict[str, i
     stage = STAGES["first"]
     idx = store.index_info(stage)
     with store.connection() as conn:
-        train_rows = conn.execute(queries.split_rows(stage), ("train",)).fetchone()[0]
+        train_rows = conn.execute(statements.split_rows(stage), ("train",)).fetchone()[0]
         if idx.exists and idx.rows == train_rows == len(Xtr):
             dataset = store.dataset(source.name).id
             return dict(conn.execute(queries.FIND_IMAGES, (dataset, "train", list(ktr))).fetchall())
@@ -193,7 +194,7 @@ def ensure_first_loaded(store: Store, source: Source, data: dict) -> dict[str, i
 def touch(store: Store, stage: Stage) -> None:
     """Read every stored vector of the stage once (into shared buffers)."""
     with store.connection() as conn:
-        conn.execute(queries.touch_vectors(stage.table)).fetchone()
+        conn.execute(statements.touch_vectors(stage.table)).fetchone()
         conn.commit()
 
 
@@ -253,7 +254,7 @@ def run_queries(
     def work(i: int) -> None:
         with store.connection() as conn:
             searcher = store.searcher(stage, settings, dataset=dataset, against=split)
-            backend = conn.execute(queries.BACKEND_PID).fetchone()[0]
+            backend = conn.execute(statements.BACKEND_PID).fetchone()[0]
             conn.commit()
             ids, labels, done = [], [], []
             server0, client0 = _cpu_seconds(backend), time.thread_time()
@@ -432,7 +433,7 @@ def recall_with_ties(found: np.ndarray, exact: np.ndarray, queries_: np.ndarray,
 
 def neighbor_sources(conn, run_id: int, stage: str) -> dict[str, str]:
     """Each query image's nearest neighbor in a run, as source keys: {query key: neighbor key}."""
-    pairs = conn.execute(queries.RUN_NEIGHBOR_IDS, (run_id, stage)).fetchall()
+    pairs = conn.execute(statements.RUN_NEIGHBOR_IDS, (run_id, stage)).fetchall()
     ids = sorted({i for pair in pairs for i in pair})
-    source = dict(conn.execute(queries.IMAGE_SOURCES, (ids,)).fetchall())
+    source = dict(conn.execute(statements.IMAGE_SOURCES, (ids,)).fetchall())
     return {source[q]: source[n] for q, n in pairs}

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import markdown
+from bench import markdown, statements
 from bench.common import CLI, neighbor_sources, recall_with_ties
 from bench.scale_data import make
-from clipvdb import Store, queries
+from clipvdb import Store
 from clipvdb.encoder import TINY, load_encoder
 from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
 from clipvdb.sources import open_source
@@ -138,7 +138,7 @@ def pixels_at(items: list, indices) -> np.ndarray:
 def sizes_of(conn) -> dict:
     """Bytes per stored row of stage first: heap (with TOAST), its indexes, the projection table and
     its index, and the image rows."""
-    row = conn.execute(queries.STAGE_FIRST_BYTES).fetchone()
+    row = conn.execute(statements.STAGE_FIRST_BYTES).fetchone()
     rows, heap, index, proj_heap, proj_index, images = (int(v or 0) for v in row)
     per = max(rows, 1)
     return {
@@ -184,7 +184,7 @@ def one_size(n: int, scale: str, env_base: dict, sample_keys: list[str], truth: 
 
 def table_bytes(home: Path) -> dict[str, int]:
     with Store(home=home) as store, store.connection() as conn:
-        return {name: int(size) for name, size in conn.execute(queries.TABLE_BYTES).fetchall()}
+        return {name: int(size) for name, size in conn.execute(statements.TABLE_BYTES).fetchall()}
 
 
 def clip_stage_bytes(data: str, env_base: dict, n: int) -> dict:

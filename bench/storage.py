@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from bench import statements
 from bench.common import Config, Report, ensure_first_loaded, exact_baseline
 from clipvdb import STAGES, Store, db, queries
 from clipvdb.sources import Source
@@ -29,18 +30,18 @@ def item_storage(rep: Report, cfg: Config, store: Store, source: Source, data: d
         for kind, storage in (("vector", "EXTERNAL"), ("halfvec", "PLAIN")):
             table = f"storage_{kind}"
             conn.execute(queries.drop_table(table))
-            conn.execute(queries.scratch_vectors_table(table, kind, dim))
-            conn.execute(queries.column_storage(table, "embedding", storage))
+            conn.execute(statements.scratch_vectors_table(table, kind, dim))
+            conn.execute(statements.column_storage(table, "embedding", storage))
             conn.commit()
             start = time.perf_counter()
             for s in range(0, len(Xtr), 5000):
                 part = range(s, min(len(Xtr), s + 5000))
                 vectors = ((ids[i], db.as_param(Xtr[i], kind)) for i in part)
-                db.copy_rows(conn, queries.copy_scratch_vectors(table), ["int8", kind], vectors)
+                db.copy_rows(conn, statements.copy_scratch_vectors(table), ["int8", kind], vectors)
                 conn.commit()
             load_s = time.perf_counter() - start
-            conn.execute(queries.touch_vectors(table)).fetchone()  # warm
-            nearest_sql = queries.scratch_nearest(table, kind, dim)
+            conn.execute(statements.touch_vectors(table)).fetchone()  # warm
+            nearest_sql = statements.scratch_nearest(table, kind, dim)
             got, start = [], time.perf_counter()
             for q in Xte[:nq]:
                 got.append(conn.execute(nearest_sql, (q,)).fetchone()[0])

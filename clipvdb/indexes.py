@@ -220,13 +220,13 @@ def build(
         projection.save(conn, stage, proj)
         t2 = time.perf_counter()
         params.update(
-            project=proj.dim,
+            project=proj.dims,
             variance_kept=round(proj.variance_kept, 4),
             fit_s=round(t1 - t0, 3),
             project_s=round(t2 - t1, 3),
         )
         table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
-        dim = proj.dim
+        dim = proj.dims
     else:
         projection.remove(conn, stage)
         table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)

@@ -174,7 +174,7 @@ class KnnSearcher:
                 )
             else:
                 self.projection = projection.load(conn, stage)
-        projected_dim = self.projection.dim if self.projection is not None else None
+        projected_dim = self.projection.dims if self.projection is not None else None
         if self.distributed:
             self._set_up_shards(conn, projected_dim=projected_dim)
         else:

@@ -26,6 +26,7 @@ import psycopg
 
 from . import db, queries, storage
 from .errors import EmptyStageError, UsageError
+from .linear_map import LinearMap, packed, unpacked
 from .options import LEARN_METHODS, LearnOptions
 from .projection import top_eigenvectors
 from .stages import Stage
@@ -38,21 +39,12 @@ PCA_DIMS = 256
 
 
 @dataclass
-class LearnedMap:
-    stage: str
+class LearnedMap(LinearMap):
+    """A learned metric: `matrix` maps a stage's vectors into the learned space."""
+
     method: str
-    mean: np.ndarray  # (stage dim,)
-    matrix: np.ndarray  # (dims, stage dim): learned = (x - mean) @ matrix.T
-    fitted_rows: int
     params: dict
     fit_seconds: float
-
-    @property
-    def dims(self) -> int:
-        return int(self.matrix.shape[0])
-
-    def apply(self, vectors: np.ndarray) -> np.ndarray:
-        return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.matrix.T).astype(np.float32)
 
 
 def _pca(X: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +120,15 @@ def fit(
             W, steps = fit_nca(Z.astype(np.float32), y, dims, seconds, seed)
             params.update(seconds=seconds, steps=steps)
         matrix = W @ basis
-    return LearnedMap(stage.name, method, mean, matrix.astype(np.float32), len(X), params, time.perf_counter() - start)
+    return LearnedMap(
+        stage=stage.name,
+        mean=mean,
+        matrix=matrix.astype(np.float32),
+        fitted_rows=len(X),
+        method=method,
+        params=params,
+        fit_seconds=time.perf_counter() - start,
+    )
 
 
 def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
@@ -144,8 +144,8 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
             stage.name,
             lmap.method,
             lmap.dims,
-            lmap.mean.astype("<f4").tobytes(),
-            lmap.matrix.astype("<f4").tobytes(),
+            packed(lmap.mean),
+            packed(lmap.matrix),
             lmap.fitted_rows,
             json.dumps(lmap.params),
             lmap.fit_seconds,
@@ -168,15 +168,20 @@ def load(conn: psycopg.Connection, stage: Stage) -> LearnedMap | None:
     if row is None:
         return None
     method, dims, mean, matrix, fitted, params, seconds = row
-    m = np.frombuffer(matrix, dtype="<f4").astype(np.float32).reshape(dims, stage.dim)
     return LearnedMap(
-        stage.name, method, np.frombuffer(mean, dtype="<f4").astype(np.float32), m, fitted, params, seconds or 0.0
+        stage=stage.name,
+        mean=unpacked(mean, stage.dim),
+        matrix=unpacked(matrix, dims, stage.dim),
+        fitted_rows=fitted,
+        method=method,
+        params=params,
+        fit_seconds=seconds or 0.0,
     )
 
 
 def add(conn: psycopg.Connection, rows: StageRows, lmap: LearnedMap, image_ids: list[int], vectors: np.ndarray) -> None:
     """Images of newly stored rows under the stored map (ingest, between fits)."""
-    rows.add_mapped(conn, rows.stage.learned_table, "vec", image_ids, lmap.apply(vectors))
+    lmap.add(conn, rows, rows.stage.learned_table, "vec", image_ids, vectors)
 
 
 def require(conn: psycopg.Connection, stage: Stage) -> LearnedMap:

@@ -10,15 +10,14 @@ per-distance cost; the default is 64-d, whose cheaper scans buy more ivfflat pro
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import psycopg
-from threadpoolctl import ThreadpoolController
 
 from . import db, queries, storage
 from .errors import EmptyStageError, UsageError
+from .linear_map import LinearMap, packed, unpacked
 from .stages import MAX_VECTOR_INDEX_DIM, Stage
 from .storage import StageRows
 
@@ -26,28 +25,10 @@ FIT_ROWS = 20_000  # rows sampled to fit the basis; the covariance of more chang
 
 
 @dataclass
-class Projection:
-    stage: str
-    mean: np.ndarray  # (stage dim,)
-    components: np.ndarray  # (dim, stage dim), strongest first
-    fitted_rows: int
+class Projection(LinearMap):
+    """A projected index's PCA basis: `matrix` holds the principal components, strongest first."""
+
     variance_kept: float
-
-    @property
-    def dim(self) -> int:
-        return int(self.components.shape[0])
-
-    def apply(self, vectors: np.ndarray) -> np.ndarray:
-        # One BLAS thread: a threaded product this small leaves OpenBLAS's workers spinning for about
-        # 0.1 s after each call, taking a core from the server answering the query (BENCHMARKS.md,
-        # item 1: 10 CPU seconds per 100 batches, and the server's own CPU time rose by 60 %).
-        with _blas().limit(limits=1, user_api="blas"):
-            return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.components.T).astype(np.float32)
-
-
-@functools.cache
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
 
 
 def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT_ROWS) -> Projection:
@@ -111,15 +92,15 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
         queries.SAVE_PROJECTION,
         (
             stage.name,
-            proj.dim,
-            proj.mean.astype("<f4").tobytes(),
-            proj.components.astype("<f4").tobytes(),
+            proj.dims,
+            packed(proj.mean),
+            packed(proj.matrix),
             proj.fitted_rows,
             proj.variance_kept,
         ),
     )
     conn.execute(queries.truncate(stage.projection_table))
-    conn.execute(queries.retype_projection(stage, proj.dim))
+    conn.execute(queries.retype_projection(stage, proj.dims))
     written = storage.map_all(conn, stage, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)
     db.recount(conn, stage.name)
     return written
@@ -129,9 +110,8 @@ def load(conn: psycopg.Connection, stage: Stage) -> Projection | None:
     row = conn.execute(queries.LOAD_PROJECTION, (stage.name,)).fetchone()
     if row is None:
         return None
-    dim, mean, components, fitted, kept = row
-    components = np.frombuffer(components, dtype="<f4").astype(np.float32).reshape(dim, stage.dim)
-    return Projection(stage.name, np.frombuffer(mean, dtype="<f4").astype(np.float32), components, fitted, kept)
+    dims, mean, matrix, fitted, kept = row
+    return Projection(stage.name, unpacked(mean, stage.dim), unpacked(matrix, dims, stage.dim), fitted, kept)
 
 
 def remove(conn: psycopg.Connection, stage: Stage) -> None:
@@ -144,4 +124,4 @@ def remove(conn: psycopg.Connection, stage: Stage) -> None:
 
 def add(conn: psycopg.Connection, rows: StageRows, proj: Projection, image_ids: list[int], vectors: np.ndarray) -> None:
     """Projections of newly stored rows, with the stored basis (ingest, between refits)."""
-    rows.add_mapped(conn, rows.stage.projection_table, "proj", image_ids, proj.apply(vectors), queries.PROJECTION_TYPE)
+    proj.add(conn, rows, rows.stage.projection_table, "proj", image_ids, vectors, queries.PROJECTION_TYPE)

@@ -49,8 +49,8 @@ def test_fit_keeps_distances_of_low_rank_data_and_an_orthonormal_basis(conn):
     X = _low_rank(200, FIRST.dim, rank=12)
     _store(conn, X)
     proj = projection.fit(conn, FIRST, 16)
-    assert proj.components.shape == (16, FIRST.dim) and proj.fitted_rows == 200
-    np.testing.assert_allclose(proj.components[:12] @ proj.components[:12].T, np.eye(12), atol=1e-4)
+    assert proj.matrix.shape == (16, FIRST.dim) and proj.fitted_rows == 200
+    np.testing.assert_allclose(proj.matrix[:12] @ proj.matrix[:12].T, np.eye(12), atol=1e-4)
     assert proj.variance_kept == pytest.approx(1.0, abs=1e-3)
     stored = X.astype(np.float16).astype(np.float32)  # halfvec storage
     P = proj.apply(stored)
@@ -72,7 +72,7 @@ def test_fit_takes_the_strongest_components_first(conn):
     conn.commit()
     proj = projection.fit(conn, stage, 4)  # more rows than dimensions: the covariance route
     # the data's variance falls along the axes in order, so the components are the first axes
-    assert np.abs(proj.components).argmax(axis=1).tolist() == [0, 1, 2, 3]
+    assert np.abs(proj.matrix).argmax(axis=1).tolist() == [0, 1, 2, 3]
     assert 0.5 < proj.variance_kept < 0.65  # 0.81^k variances: the first four hold 57 %
 
 
@@ -88,7 +88,7 @@ def test_projected_index_finds_the_exact_neighbors_through_its_own_index(conn):
     assert conn.execute("SELECT to_regclass('embeddings_first_ann')").fetchone()[0] is None
     exact, _ = _neighbors(conn, Q, SearchSettings(exact=True))
     got, searcher = _neighbors(conn, Q, SearchSettings())
-    assert searcher.projection is not None and searcher.projection.dim == 16
+    assert searcher.projection is not None and searcher.projection.dims == 16
     assert got == exact
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")  # tiny tables: make the planner show its choice
