@@ -477,8 +477,10 @@ def render(result: dict) -> str:
         "shifted and recoloured copies of the same 50,000 images, which give a test image more near neighbors from "
         "the scenes already stored but no new scenes.",
         *_clip_lines(result.get("clip_bytes")),
-        "- Query ms per image is the kNN statements' time per image (`report_timing.query_ms_mean`: batches of 100 "
-        "on 2 connections); the evaluate column is the whole command, decoding and storing predictions included.",
+        "- Query ms per image is the kNN statements' share of the evaluate's wall time per image "
+        "(`report_timing.query_ms_mean`; batches of 100 on 2 connections while the next batch decodes, so time "
+        "they overlap is not counted twice); the evaluate column is the whole command, decoding and storing "
+        "predictions included.",
         *_copies_lines(result),
         "",
         "![cost against stored rows, log-log](docs/scale.png)",
