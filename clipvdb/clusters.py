@@ -13,7 +13,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
@@ -22,11 +21,9 @@ from PIL import Image, ImageDraw
 from . import catalog, db, queries
 from .errors import UsageError
 from .options import CLUSTER_METHODS, ClusterOptions
+from .session import Session
 from .stages import Stage
 from .storage import StageRows
-
-if TYPE_CHECKING:
-    from .session import Session
 
 PAIRWISE_LIMIT = 20_000
 

@@ -14,17 +14,12 @@ import os
 import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import psycopg
 
-from . import config, db, embedded, projection, queries, storage
+from . import config, db, embedded, projection, queries
 from .errors import UsageError
-from .options import IndexOptions
 from .stages import Stage
-
-if TYPE_CHECKING:
-    from .session import Session
 
 KINDS = queries.INDEX_KINDS
 
@@ -300,26 +295,3 @@ def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
         project=params.get("project"),
         ef_search=params.get("ef_search"),
     )
-
-
-def rebuild(session: Session, stages: list[Stage], options: IndexOptions) -> list[IndexInfo]:
-    """(Re)build each stage's ANN index (`clipvdb index`): without a kind or a parameter, what the
-    stage's size rule chooses, recorded as the default so that a later load chooses again for its
-    size; else the kind given (or the recorded default's) with the parameters given in place of the
-    rule's."""
-    options.check()
-    given = options.given()
-    out = []
-    try:
-        with session.connection() as conn:
-            for s in (storage.as_stored(conn, s) for s in stages):
-                if options.kind is None and options.metric == "l2" and not given:
-                    out.append(build_default(conn, s))
-                    continue
-                kind, defaults = (options.kind, {}) if options.kind else stored_default(conn, s)
-                params = {**defaults, **given}
-                params["project"] = params.get("project") or None
-                out.append(build(conn, s, kind, metric=options.metric, **params))
-    finally:
-        session.forget()
-    return out

@@ -103,33 +103,27 @@ def ingest(
     encoder = session.encoder_for(stages)
     try:
         with session.connection() as conn:
-            return _guarded(conn, source, stages, encoder, options, watch or Watch())
+            try:
+                return _ingest(conn, source, stages, encoder, options, watch or Watch())
+            except psycopg.OperationalError as exc:
+                raise _failure(conn, exc) from exc
     finally:
         session.forget()
 
 
-def _guarded(
-    conn: psycopg.Connection,
-    source: Source,
-    stages: list[Stage],
-    encoder: Encoder | None,
-    options: IngestOptions,
-    watch: Watch,
-) -> IngestResult:
-    try:
-        return _ingest(conn, source, stages, encoder, options, watch)
-    except psycopg.errors.DiskFull as exc:
-        raise db.disk_full_error(exc, "run the same ingest again (whole batches were kept)") from exc
-    except psycopg.OperationalError as exc:
-        if not conn.closed and not conn.broken:  # the server refused a statement (a limit), still there
-            raise DatabaseError(
-                f"the database refused a statement during ingest ({db.first_line(exc)}); whole batches were "
-                "kept: fix the cause, then run the same ingest again"
-            ) from exc
-        raise DatabaseError(
-            f"lost the database connection during ingest ({db.first_line(exc)}); whole batches were kept: "
-            "run the same ingest again"
-        ) from exc
+def _failure(conn: psycopg.Connection, exc: psycopg.OperationalError) -> Exception:
+    """The one-line error for a database failure during ingest; whole batches were kept either way."""
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return db.disk_full_error(exc, "run the same ingest again (whole batches were kept)")
+    if not conn.closed and not conn.broken:  # the server refused a statement (a limit), still there
+        return DatabaseError(
+            f"the database refused a statement during ingest ({db.first_line(exc)}); whole batches were "
+            "kept: fix the cause, then run the same ingest again"
+        )
+    return DatabaseError(
+        f"lost the database connection during ingest ({db.first_line(exc)}); whole batches were kept: "
+        "run the same ingest again"
+    )
 
 
 def _ingest(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
@@ -27,13 +26,10 @@ import psycopg
 from . import db, queries, storage
 from .errors import EmptyStageError, UsageError
 from .linear_map import LinearMap, packed, unpacked
-from .options import LEARN_METHODS, LearnOptions
+from .options import LEARN_METHODS
 from .projection import top_eigenvectors
 from .stages import Stage
 from .storage import StageRows
-
-if TYPE_CHECKING:
-    from .session import Session
 
 PCA_DIMS = 256
 
@@ -195,20 +191,3 @@ def training_data(conn: psycopg.Connection, stage: Stage, space: int, dataset: i
     """The training split's vectors and labels: the only rows a fit ever sees."""
     _, labels, X = StageRows(stage, space, dataset, "train").read(conn, "learn from")
     return X, labels
-
-
-def learn(session: Session, stage: Stage, options: LearnOptions) -> LearnedMap:
-    """Fit a learned metric on the stage's training split (never the test split), store it, and write
-    every stored vector's image under it (`clipvdb learn`); searches with `learned=True` then use it."""
-    options.check()
-    ds = session.dataset(options.dataset)
-    try:
-        with session.connection() as conn:
-            X, y = training_data(conn, stage, session.require_space(conn, stage), ds.id)
-            conn.rollback()
-            lmap = fit(X, y, stage, options.method, options.dims, seconds=options.seconds, seed=options.seed)
-            lmap.params["dataset"] = ds.name
-            save(conn, stage, lmap)
-    finally:
-        session.forget()
-    return lmap

@@ -34,15 +34,16 @@ from . import (
     experiment,
     indexes,
     ingest,
-    learned,
     nodes,
     queries,
+    reindex,
     reports,
     retrieval,
     storage,
     zeroshot,
 )
 from . import evaluate as evaluation
+from . import learn as learning
 from .clusters import Clustering
 from .encoder import CHECKPOINT_SUFFIX, Encoder, models_dir
 from .errors import ImageError, StageError, UsageError
@@ -294,7 +295,7 @@ class Store:
         parameter given in place of the rule's. `options` (or its fields as keywords: kind, project,
         lists, m, ef_construction, metric) as `clipvdb index` takes them."""
         options = replace(options or IndexOptions(), **changes)
-        return indexes.rebuild(self.session, parse(stages), options)
+        return reindex.reindex(self.session, parse(stages), options)
 
     def index_info(self, stage: str | Stage) -> IndexInfo:
         """The stage's index as recorded and as it stands: kind, parameters, rows, size."""
@@ -460,7 +461,7 @@ class Store:
         `options` (or its fields as keywords: method, dims, seconds, dataset, seed) as `clipvdb learn`
         takes them."""
         options = replace(options or LearnOptions(), **changes)
-        return learned.learn(self.session, self.session.one(stage, "learn"), options)
+        return learning.learn(self.session, self.session.one(stage, "learn"), options)
 
     def clusterings(self) -> list[Clustering]:
         """Every stored clustering with its scores, newest first."""

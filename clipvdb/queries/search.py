@@ -195,12 +195,13 @@ def _nearest(
 
 
 def _similarity_of(
-    stage: Stage, at: _Place, query: sql.Composable, learned_dim: int | None
+    stage: Stage, at: _Place, query: sql.Composable, *, learned: bool
 ) -> tuple[sql.Composable, sql.Composable]:
     """The cosine similarity of each neighbor to its query (the dino vote's), looked up by key for
-    the k rows a query returns, never for every row scanned: (its expression, the join it needs)."""
-    if learned_dim is not None:
-        expr = sql.SQL("1 - cosine_distance(s.vec, ({})::vector({}))").format(query, sql.Literal(learned_dim))
+    the k rows a query returns, never for every row scanned: (its expression, the join it needs).
+    `query` as `_nearest` takes it (in a learned space, already cast to its width)."""
+    if learned:
+        expr = sql.SQL("1 - cosine_distance(s.vec, {})").format(query)
     else:
         expr = sql.SQL("1 - cosine_distance(s.embedding, ({})::{})").format(query, vector_type(stage))
     join = sql.SQL(" JOIN {} s ON s.space_id = {} AND s.image_id = n.image_id").format(at.table, at.space)
@@ -245,7 +246,7 @@ def knn(
     sim: sql.Composable = sql.SQL("")
     sim_join: sql.Composable = sql.SQL("")
     if similarity:
-        expr, sim_join = _similarity_of(stage, at, query if learned_dim is None else sql.SQL("q.p"), learned_dim)
+        expr, sim_join = _similarity_of(stage, at, query, learned=learned_dim is not None)
         sim = sql.SQL(", {} AS similarity").format(expr)
     return sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance{sim}
@@ -329,7 +330,7 @@ def knn_shard(
     sim: sql.Composable = sql.SQL("NULL::float8")
     sim_join: sql.Composable = sql.SQL("")
     if similarity:
-        sim, sim_join = _similarity_of(stage, at, query if learned_dim is None else sql.SQL("q.v"), learned_dim)
+        sim, sim_join = _similarity_of(stage, at, query, learned=learned_dim is not None)
     statement = sql.SQL(
         """SELECT q.ord, n.image_id, i.label, i.source, n.distance::float8, ({sim})::float8
         FROM %4$I q
