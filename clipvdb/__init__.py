@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "Store": "store",
@@ -26,6 +26,21 @@ _EXPORTS = {
     "IndexOptions": "options",
     "LearnOptions": "options",
     "Watch": "options",
+    "ClassifyOptions": "options",
+    "ExperimentOptions": "options",
+    "LoadOptions": "options",
+    "SessionOptions": "options",
+    "Report": "reports",
+    "RunSummary": "reports",
+    "RunDetail": "reports",
+    "Status": "reports",
+    "DataOverview": "reports",
+    "Sample": "reports",
+    "ExperimentRow": "reports",
+    "ClusterRow": "reports",
+    "NodesStatus": "nodes",
+    "Rebalance": "nodes",
+    "Record": "records",
     "SearchSettings": "knn",
     "KnnSearcher": "knn",
     "Prediction": "predict",
@@ -55,6 +70,21 @@ __all__ = [
     "IndexOptions",
     "LearnOptions",
     "Watch",
+    "ClassifyOptions",
+    "ExperimentOptions",
+    "LoadOptions",
+    "SessionOptions",
+    "Report",
+    "RunSummary",
+    "RunDetail",
+    "Status",
+    "DataOverview",
+    "Sample",
+    "ExperimentRow",
+    "ClusterRow",
+    "NodesStatus",
+    "Rebalance",
+    "Record",
     "SearchSettings",
     "KnnSearcher",
     "Prediction",
@@ -83,16 +113,23 @@ if TYPE_CHECKING:
     from .ingest import IngestResult, LoadResult
     from .knn import KnnSearcher, SearchSettings
     from .learned import LearnedMap
+    from .nodes import NodesStatus, Rebalance
     from .options import (
+        ClassifyOptions,
         ClusterOptions,
         EvaluateOptions,
+        ExperimentOptions,
         IndexOptions,
         IngestOptions,
         LearnOptions,
+        LoadOptions,
+        SessionOptions,
         TrainOptions,
         Watch,
     )
     from .predict import Prediction
+    from .records import Record
+    from .reports import ClusterRow, DataOverview, ExperimentRow, Report, RunDetail, RunSummary, Sample, Status
     from .retrieval import Grid, Hit
     from .session import Dataset, Session
     from .stages import STAGES, Stage

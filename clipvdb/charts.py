@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from html import escape
 
 PALETTE = ("#1d4ed8", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563")
@@ -63,21 +64,27 @@ def tick_label(v: float, ticks_: Sequence[float]) -> str:
     return f"{v:,.{decimals}f}"
 
 
+@dataclass(frozen=True)
+class Axes:
+    """What a chart says around its data: title, axis labels, a note under the title, the top of
+    the y axis (recall: 1; None: the data's), and its size."""
+
+    title: str
+    x_label: str
+    y_label: str
+    note: str = ""
+    y_max: float | None = None
+    width: int = WIDTH
+    height: int = HEIGHT
+
+
 class _Frame:
     """Plot area, axes and legend shared by the three kinds."""
 
-    def __init__(
-        self,
-        title: str,
-        x_label: str,
-        y_label: str,
-        y_range: tuple[float, float],
-        width: int,
-        height: int,
-        note: str = "",
-    ):
-        self.title, self.x_label, self.y_label, self.note = title, x_label, y_label, note
-        self.width, self.height = width, height
+    def __init__(self, axes: Axes, y_range: tuple[float, float]):
+        self.title, self.x_label, self.y_label, self.note = axes.title, axes.x_label, axes.y_label, axes.note
+        self.width, self.height = width, height = axes.width, axes.height
+        note = axes.note
         self.x0, self.x1 = LEFT, width - RIGHT
         self.y0, self.y1 = height - BOTTOM, TOP + (NOTE_HEIGHT if note else 0)  # y0: the bottom of the plot area
         self.yticks = ticks(*y_range)
@@ -130,21 +137,11 @@ def _range(values: list[float], *, zero: bool) -> tuple[float, float]:
     return lo, hi
 
 
-def bar_chart(
-    categories: Sequence[str],
-    series: Mapping[str, Sequence[float | None]],
-    *,
-    title: str,
-    x_label: str,
-    y_label: str,
-    y_max: float | None = None,
-    width: int = WIDTH,
-    height: int = HEIGHT,
-) -> str:
+def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float | None]], axes: Axes) -> str:
     """Grouped bars: one group per category, one bar per series (None: no bar)."""
     values = [v for vs in series.values() for v in vs if v is not None]
-    lo, hi = _range(values + ([y_max] if y_max is not None else []), zero=True)
-    f = _Frame(title, x_label, y_label, (lo, hi), width, height)
+    lo, hi = _range(values + ([axes.y_max] if axes.y_max is not None else []), zero=True)
+    f = _Frame(axes, (lo, hi))
     f.axes()
     n_cat, n_ser = max(len(categories), 1), max(len(series), 1)
     group = (f.x1 - f.x0) / n_cat
@@ -168,28 +165,18 @@ def bar_chart(
 
 
 def line_chart(
-    series: Mapping[str, Sequence[tuple[float, float, str]]],
-    *,
-    title: str,
-    x_label: str,
-    y_label: str,
-    lines: bool = True,
-    labels: bool = True,
-    y_max: float | None = None,
-    note: str = "",
-    width: int = WIDTH,
-    height: int = HEIGHT,
+    series: Mapping[str, Sequence[tuple[float, float, str]]], axes: Axes, *, lines: bool = True, labels: bool = True
 ) -> str:
     """Points (x, y, label) per series, joined in the given order when `lines`; each point is
-    marked, and labelled on the chart when `labels` (a stage name), else in its tooltip only.
-    `y_max`: the top of the y axis (recall: 1); `note`: a line under the title."""
+    marked, and labelled on the chart when `labels` (a stage name), else in its tooltip only."""
+    y_max = axes.y_max
     xs = [p[0] for ps in series.values() for p in ps]
     ys = [p[1] for ps in series.values() for p in ps]
     y_range = _range(ys, zero=False)
     if y_max is not None and max(ys, default=y_max) <= y_max:
         lo = min(ys, default=y_max)
         y_range = (lo if lo < y_max else y_max - 0.1 * (abs(y_max) or 1.0), y_max)
-    f = _Frame(title, x_label, y_label, y_range, width, height, note)
+    f = _Frame(axes, y_range)
     f.axes()
     xt = ticks(*_range(xs, zero=True))
     xlo, xhi = xt[0], xt[-1]
@@ -215,20 +202,11 @@ def line_chart(
     return f.svg()
 
 
-def histogram(
-    edges: Sequence[float],
-    series: Mapping[str, Sequence[int]],
-    *,
-    title: str,
-    x_label: str,
-    y_label: str = "images",
-    width: int = WIDTH,
-    height: int = HEIGHT,
-) -> str:
+def histogram(edges: Sequence[float], series: Mapping[str, Sequence[int]], axes: Axes) -> str:
     """Counts over len(edges) - 1 bins, the series' bars side by side within each bin."""
     n_bins = max(len(edges) - 1, 1)
     counts = [c for cs in series.values() for c in cs]
-    f = _Frame(title, x_label, y_label, _range([float(c) for c in counts], zero=True), width, height)
+    f = _Frame(axes, _range([float(c) for c in counts], zero=True))
     f.axes()
     lo, hi = (edges[0], edges[-1]) if len(edges) > 1 else (0.0, 1.0)
     span = (hi - lo) or 1.0

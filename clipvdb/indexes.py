@@ -174,23 +174,25 @@ def stored_rows(conn: psycopg.Connection, stage: Stage) -> int:
     return int(row[0]) if row else 0
 
 
+# what an index is built with; the recorded params add each phase's seconds and what was fitted
+SPEC_KEYS = ("lists", "m", "ef_construction", "metric", "project", "ef_search")
+
+
 def build(
-    conn: psycopg.Connection,
-    stage: Stage,
-    kind: str = "ivfflat",
-    *,
-    lists: int | None = None,
-    m: int = config.DEFAULT_M,
-    ef_construction: int = config.DEFAULT_EF_CONSTRUCTION,
-    metric: str = "l2",
-    project: int | None = None,
-    ef_search: int | None = None,
-    by_default: bool = False,
+    conn: psycopg.Connection, stage: Stage, kind: str = "ivfflat", spec: dict | None = None, *, by_default: bool = False
 ) -> IndexInfo:
-    """(Re)build the stage's index and record the choice; with `project`, refit the projection
-    and index that instead of the full vectors. Commits. `params` records each phase's seconds,
-    an hnsw's default `ef_search`, and `default` when the size rule chose (a later rebuild
-    chooses again for the rows it finds)."""
+    """(Re)build the stage's index and record the choice. `spec` (SPEC_KEYS, each optional): lists,
+    m, ef_construction, metric, ef_search (an hnsw's default), project (refit the projection and
+    index that instead of the full vectors). Commits. The recorded params add each phase's seconds,
+    and `default` when the size rule chose (a later rebuild chooses again for the rows it finds)."""
+    spec = spec or {}
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise UsageError(f"unknown index parameter {unknown[0]!r}; choose from {', '.join(SPEC_KEYS)}")
+    lists, project, ef_search = spec.get("lists"), spec.get("project"), spec.get("ef_search")
+    m = int(spec.get("m") or config.DEFAULT_M)
+    ef_construction = int(spec.get("ef_construction") or config.DEFAULT_EF_CONSTRUCTION)
+    metric = spec.get("metric") or "l2"
     if kind not in KINDS:
         raise UsageError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     if metric not in queries.METRIC_OPS:
@@ -275,7 +277,7 @@ def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
 def build_default(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     """Build what the size rule chooses for the rows stored now, and record it as the default."""
     kind, params = stored_default(conn, stage)
-    return build(conn, stage, kind, by_default=True, **params)
+    return build(conn, stage, kind, params, by_default=True)
 
 
 def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
@@ -285,13 +287,4 @@ def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     params = dict(current.params)
     if params.get("default"):
         return build_default(conn, stage)
-    return build(
-        conn,
-        stage,
-        current.kind,
-        m=params.get("m", config.DEFAULT_M),
-        ef_construction=params.get("ef_construction", config.DEFAULT_EF_CONSTRUCTION),
-        metric=params.get("metric", "l2"),
-        project=params.get("project"),
-        ef_search=params.get("ef_search"),
-    )
+    return build(conn, stage, current.kind, {k: params[k] for k in SPEC_KEYS if k != "lists" and k in params})

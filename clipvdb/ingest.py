@@ -18,7 +18,7 @@ import psycopg
 from . import catalog, config, db, indexes, learned, projection, storage
 from .encoder import Encoder
 from .errors import DatabaseError, SkippedImagesError, UsageError
-from .options import IngestOptions, Watch
+from .options import IngestOptions, LoadOptions, Watch
 from .pipeline import EncodedBatch, encode_items
 from .session import Session
 from .sources import Item, Source
@@ -231,34 +231,38 @@ class LoadResult:
 
 
 def load_vectors(
-    conn: psycopg.Connection,
+    session: Session,
     source: Source,
     stage: Stage,
-    encoder: Encoder | None,
-    vectors: np.ndarray,
-    keys: list[str],
-    labels: list[int] | np.ndarray,
-    *,
-    split: str = "train",
-    dataset_name: str | None = None,
-    batch: int = 5000,
-    build_index: bool = True,
-    index: tuple[str, dict] | None = None,
+    rows_of: tuple[np.ndarray, list[str], list[int] | np.ndarray],
+    options: LoadOptions,
 ) -> LoadResult:
-    """Vectors computed elsewhere as one stage's rows: image rows keyed by `keys` with their labels,
-    then the vectors by binary COPY, a transaction per batch, then the stage's index."""
+    """Vectors computed elsewhere as one stage's rows (`rows_of`: the vectors, their image keys and
+    labels): image rows keyed by the keys, then the vectors by binary COPY, a transaction per batch,
+    then the stage's index. Their space is the session's encoder (stage first: pixels)."""
+    options.check()
+    try:
+        with session.connection() as conn:
+            return _load_vectors(conn, source, stage, session.encoder_for([stage]), rows_of, options)
+    finally:
+        session.forget()
+
+
+def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options: LoadOptions) -> LoadResult:
+    vectors, keys, labels = rows_of
+    batch, build_index, index = options.batch, options.build_index, options.index
     if vectors.ndim != 2 or vectors.shape[1] != stage.dim:
         raise UsageError(f"stage {stage.name} stores {stage.dim}-dimensional vectors; got shape {vectors.shape}")
     if not len(vectors) == len(keys) == len(labels):
         raise UsageError(f"{len(vectors)} vectors, {len(keys)} keys and {len(labels)} labels: give one of each")
-    dataset = catalog.register_dataset(conn, source, dataset_name)
+    dataset = catalog.register_dataset(conn, source, options.dataset)
     storage.fit_width(conn, stage)
-    rows = StageRows(stage, catalog.get_or_create_space(conn, stage, encoder), dataset, split)
+    rows = StageRows(stage, catalog.get_or_create_space(conn, stage, encoder), dataset, options.split)
     conn.commit()
     ids: dict[str, int] = {}
     for s in range(0, len(keys), batch):
         part = [(k, int(y), bytes(32)) for k, y in zip(keys[s : s + batch], labels[s : s + batch], strict=True)]
-        ids.update(catalog.upsert_images(conn, dataset, split, part))
+        ids.update(catalog.upsert_images(conn, dataset, options.split, part))
         conn.commit()
     # a standing projection takes the new rows at once; a rebuilt index refits it
     proj, lmap = (None if build_index else projection.load(conn, stage)), learned.load(conn, stage)
@@ -276,5 +280,5 @@ def load_vectors(
     conn.commit()
     info = None
     if build_index:
-        info = indexes.build(conn, stage, index[0], **index[1]) if index else indexes.build_default(conn, stage)
+        info = indexes.build(conn, stage, *index) if index else indexes.build_default(conn, stage)
     return LoadResult(ids, added, load_s, info)

@@ -20,12 +20,15 @@ set-up also reads knn_anchors, one row per shard).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -81,6 +84,20 @@ class SearchSettings:
     @property
     def n_candidates(self) -> int:
         return self.candidates or max(config.DEFAULT_CANDIDATES, 4 * self.depth)
+
+
+def settings_with(settings: SearchSettings | None, changes: dict[str, Any]) -> SearchSettings:
+    """`settings` with the SearchSettings fields among a Store method's keywords (taken out of
+    `changes`): Store.evaluate(exact=True) as it was called before settings=SearchSettings(exact=True),
+    kept for a release with a warning."""
+    given = {f.name: changes.pop(f.name) for f in dataclasses.fields(SearchSettings) if f.name in changes}
+    for name in given:
+        warnings.warn(
+            f"{name}= is now settings=SearchSettings({name}=...); {name}= goes in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return dataclasses.replace(settings or SearchSettings(), **given)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +23,46 @@ from . import db, embedded, queries
 from .db import first_line
 from .embedded import MISSING_CITUS, NODES_FILE, citus_installed, configured, ensure_workers, worker_dirs
 from .errors import DatabaseError, ExtensionError, UsageError
+from .records import Record
+
+
+@dataclass
+class Node(Record):
+    node: str
+    port: int
+    role: str  # coordinator or worker
+    active: bool
+
+
+@dataclass
+class PlacedTable(Record):
+    """A table as Citus places it: distributed (by a column, in shards), reference, or local."""
+
+    table: str
+    type: str
+    distribution_column: str | None
+    shards: int
+
+
+@dataclass
+class NodesStatus(Record):
+    """The nodes, every table's placement, and per node and table its shards, bytes and rows
+    (`error`: why rows and sizes are incomplete, as when a worker is down)."""
+
+    nodes: list[Node]
+    tables: list[PlacedTable]
+    per_node: dict[str, dict[str, dict]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Rebalance(Record):
+    """A finished rebalance: Citus's job id (None when nothing had to move), moves, seconds."""
+
+    job: int | None
+    moves: int
+    seconds: float
+
 
 DEFAULT_WORKERS = 2
 DEFAULT_SHARDS_PER_WORKER = 2
@@ -106,14 +147,14 @@ def add(home: Path, host: str | None = None, port: int = PORT) -> str:
 
 def rebalance(
     conn: psycopg.Connection, progress: Callable[[int, int], None] | None = None, *, poll: float = 0.5
-) -> dict:
+) -> Rebalance:
     """Move shards until every worker holds its share (Citus's background rebalancer), waiting to
     the end; writes to a shard wait while it moves, reads go on. `progress(done, total)` after each
-    poll. Returns {"job": id or None, "moves": n, "seconds": s}."""
+    poll."""
     start = time.perf_counter()
     job = db.scalar(conn, queries.REBALANCE_START)
     if job is None:  # nothing to move
-        return {"job": None, "moves": 0, "seconds": 0.0}
+        return Rebalance(None, 0, 0.0)
     while True:
         row = conn.execute(queries.REBALANCE_STATUS, (job,)).fetchone()
         if row is None:
@@ -128,7 +169,7 @@ def rebalance(
         time.sleep(poll)
     if state != "finished":
         raise DatabaseError(f"the rebalance (Citus job {job}) ended {state}; see citus_rebalance_status()")
-    return {"job": job, "moves": total, "seconds": round(time.perf_counter() - start, 3)}
+    return Rebalance(job, total, round(time.perf_counter() - start, 3))
 
 
 def remove(home: Path, host: str | None = None, port: int = PORT) -> str | None:
@@ -170,20 +211,20 @@ def stop(home: Path) -> list[str]:
     return stopped
 
 
-def status(conn: psycopg.Connection) -> dict:
+def status(conn: psycopg.Connection) -> NodesStatus:
     """Nodes, shards per table and rows per node, read on the coordinator."""
     has_citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
     if not has_citus:
         raise UsageError("this database has no Citus; start a cluster with 'clipvdb db nodes start'")
     nodes = [
-        {"node": r[0], "port": r[1], "role": "coordinator" if r[2] == 0 else "worker", "active": r[3]}
+        Node(r[0], r[1], "coordinator" if r[2] == 0 else "worker", r[3])
         for r in conn.execute(
             "SELECT nodename, nodeport, groupid, isactive FROM pg_dist_node ORDER BY groupid"
         ).fetchall()
     ]
     # from the coordinator's metadata alone (citus_tables would ask every worker for sizes)
     tables = [
-        {"table": r[0], "type": r[1], "distribution_column": r[2], "shards": r[3]}
+        PlacedTable(r[0], r[1], r[2], r[3])
         for r in conn.execute(
             """SELECT p.logicalrelid::regclass::text,
                       CASE WHEN p.partmethod = 'h' THEN 'distributed'
@@ -202,7 +243,7 @@ def status(conn: psycopg.Connection) -> dict:
                    WHERE citus_table_type = 'distributed' GROUP BY 1, 2 ORDER BY 1, 2"""
             ).fetchall():
                 per_node.setdefault(node, {})[table] = {"shards": shards, "size_bytes": int(size or 0)}
-            counted = [t["table"] for t in tables if t["table"] == "images" or t["table"].startswith("embeddings_")]
+            counted = [t.table for t in tables if t.table == "images" or t.table.startswith("embeddings_")]
             unanswered = 0
             for name in counted:
                 for node, table, n, failed in conn.execute(
@@ -217,12 +258,9 @@ def status(conn: psycopg.Connection) -> dict:
                     if n is not None and not failed:
                         per_node.setdefault(node, {}).setdefault(table, {})["rows"] = int(n)
             if unanswered:
-                return {
-                    "nodes": nodes,
-                    "tables": tables,
-                    "per_node": per_node,
-                    "error": f"{unanswered} shards did not answer: is every worker running?",
-                }
+                return NodesStatus(
+                    nodes, tables, per_node, f"{unanswered} shards did not answer: is every worker running?"
+                )
     except psycopg.Error as exc:
-        return {"nodes": nodes, "tables": tables, "per_node": per_node, "error": str(exc).splitlines()[0]}
-    return {"nodes": nodes, "tables": tables, "per_node": per_node}
+        return NodesStatus(nodes, tables, per_node, str(exc).splitlines()[0])
+    return NodesStatus(nodes, tables, per_node)

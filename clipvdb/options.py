@@ -7,14 +7,36 @@ Standard library only: the CLI builds these before anything heavy is imported.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
 
+from . import config
 from .errors import UsageError
 
 
 def _quiet(*_: object, **__: object) -> None:
     pass
+
+
+# keywords of the Store's jobs that changed name: old -> new, the old one kept for a release
+RENAMED = {"num": "limit"}
+
+
+def gathered[T](options: T | None, kind: type[T], changes: dict[str, Any]) -> T:
+    """`options` (default: `kind()`) with `changes`, its fields by name: what a Store method's keywords
+    give. An old name warns and maps to its new one; an unknown one is a UsageError."""
+    for old, new in RENAMED.items():
+        if old in changes:
+            warnings.warn(f"{old}= is now {new}=; {old}= goes in the next release", DeprecationWarning, stacklevel=3)
+            changes[new] = changes.pop(old)
+    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise UsageError(f"unknown keyword {unknown[0]!r}; {kind.__name__} has {', '.join(sorted(names))}")
+    return replace(options or kind(), **changes)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
@@ -30,6 +52,18 @@ class Watch:
     def of(cls, progress: Callable[..., None] | None = None, say: Callable[[str], None] | None = None) -> Watch:
         """A watch from callbacks that may be None (ignored)."""
         return cls(progress or _quiet, say or _quiet)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """A Store's (and its Session's) home, model and connections, as the CLI's global options give them."""
+
+    home: Path | str | None = None  # None: CLIPVDB_HOME, else the user data directory
+    model: str = config.DEFAULT_MODEL  # a model name, a checkpoint path, or "tiny"
+    pretrained: str | None = None  # the weights' tag (None: the model's default)
+    device: str = config.DEFAULT_DEVICE
+    pool_size: int = config.DEFAULT_POOL_SIZE
+    migrate: bool = True  # bring an older schema to head on first use
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,35 @@ class IngestOptions:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise UsageError("--workers must be 0 or more")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """`Store.load_vectors`: where vectors computed elsewhere go, in what batches, and the index after."""
+
+    split: str = "train"
+    dataset: str | None = None  # None: named after the source
+    batch: int = 5000  # rows per COPY transaction
+    build_index: bool = True  # rebuild the stage's index afterwards
+    index: tuple[str, dict] | None = None  # (kind, indexes.SPEC_KEYS) instead of the size rule's
+
+    def check(self) -> None:
+        if self.batch < 1:
+            raise UsageError("batch must be at least 1")
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """`clipvdb classify`: which stored split to search, the zero-shot prompts, images per batch."""
+
+    dataset: str | None = None  # None: the only one
+    against: str = "train"  # the stored split searched
+    prompts: str = "study"  # stage origin's class prompts
+    batch_size: int = 32
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -179,3 +242,22 @@ class LearnOptions:
     def check(self) -> None:
         if self.method not in LEARN_METHODS:
             raise UsageError(f"unknown --method {self.method!r}; choose from {', '.join(LEARN_METHODS)}")
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """`clipvdb experiment search`: the stored-set sizes, the queries, and the index settings tried."""
+
+    sizes: tuple[int, ...] = (1000, 5000, 20000, 50000)
+    queries: int = 100  # stored vectors beyond the largest size, used as queries
+    probes: tuple[int, ...] = (1, 5, 10)  # ivfflat probes to try
+    ef_search: tuple[int, ...] = (40, 100)  # hnsw ef_search values to try
+    metric: str = "l2"  # l2, cosine or ip
+
+    def check(self) -> None:
+        for name in ("sizes", "probes", "ef_search"):
+            values = getattr(self, name)
+            if not values or min(values) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} takes positive integers")
+        if self.queries < 1:
+            raise UsageError("--queries must be at least 1")

@@ -4,6 +4,7 @@ request. Progress bars go to stderr."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -24,8 +25,17 @@ def cell(v) -> str:
     return str(v)
 
 
+def _plain(obj):
+    """What JSON cannot encode as it is: a typed result as its dict, anything else as text."""
+    if hasattr(obj, "as_dict"):
+        return obj.as_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    print(json.dumps(obj, indent=2, default=_plain))
 
 
 def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:

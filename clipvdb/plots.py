@@ -14,6 +14,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .experiment import ExperimentResult
+    from .reports import Report
 
 CORRECT, WRONG = "#2a9d8f", "#e76f51"
 
@@ -74,7 +75,7 @@ def summary(acc: list[dict], timing: list[dict], run: int, out: Path) -> Path:
     return path
 
 
-def plot(data: dict, out: Path, *, squared: bool = False) -> list[Path]:
+def plot(data: Report, out: Path, *, squared: bool = False) -> list[Path]:
     """Write one histogram per stage and the accuracy/time bar chart from a run's reports (the
     Store's `reports`); return the paths. `squared` draws the study's axis (squared L2)."""
     run = data["run_id"]

@@ -56,8 +56,9 @@ def predict_batch(
     searcher: KnnSearcher | None,
     text: np.ndarray | None,
 ) -> BatchPredictions:
-    """Labels for a batch of one stage's vectors: one SQL statement (or, at origin, one product)."""
-    if stage.name == "origin":
+    """Labels for a batch of one stage's vectors: one SQL statement, or (origin without a searcher:
+    zero-shot) one product with the class rows `text`."""
+    if searcher is None and stage.name == "origin":
         assert text is not None
         t0 = time.perf_counter()
         labels, dist = zeroshot.classify(vectors, text)

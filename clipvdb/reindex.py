@@ -27,7 +27,7 @@ def reindex(session: Session, stages: list[Stage], options: IndexOptions) -> lis
                 kind, defaults = (options.kind, {}) if options.kind else indexes.stored_default(conn, s)
                 params = {**defaults, **given}
                 params["project"] = params.get("project") or None
-                out.append(indexes.build(conn, s, kind, metric=options.metric, **params))
+                out.append(indexes.build(conn, s, kind, {**params, "metric": options.metric}))
     finally:
         session.forget()
     return out

@@ -6,6 +6,7 @@ the stored origin vectors answer text queries directly (cosine distance).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from PIL import Image, ImageDraw
 from . import catalog
 from .encoder import Encoder
 from .errors import UsageError
-from .images import ImageInput
-from .knn import Neighbor
+from .images import ImageInput, as_image
+from .knn import Neighbor, SearchSettings
 from .pipeline import embed
-from .stages import STAGES
+from .session import Session
+from .stages import STAGES, Stage
 from .zeroshot import normalise
 
 
@@ -54,6 +56,36 @@ def query_vector(encoder: Encoder, text: str | None, image: ImageInput | None) -
 
 def hits(neighbors: list[Neighbor], classes: list[str]) -> list[Hit]:
     return [Hit(n.image_id, n.label, classes[n.label], n.source, n.distance) for n in neighbors]
+
+
+def retrieve(
+    session: Session, query: tuple[str | None, ImageInput | None], settings: SearchSettings, where: tuple
+) -> list[Hit]:
+    """`clipvdb retrieve`: the stored images of `where` (dataset, split) nearest to a text and/or
+    image `query` by cosine distance at stage origin (settings' k and exact apply)."""
+    vector = query_vector(session.encoder, *query)
+    dataset, split = where
+    ds = session.dataset(dataset)
+    cosine = dataclasses.replace(settings, metric="cosine")
+    searcher = session.searcher(session.one("origin", "retrieve"), ds.id, split, cosine)
+    with session.connection() as conn:
+        found, _ = searcher.search(conn, vector[None, :])
+    return hits(found[0], ds.classes)
+
+
+def neighbors(
+    session: Session, image: ImageInput, stages: list[Stage], settings: SearchSettings, where: tuple, out: Path | str
+) -> Grid:
+    """`clipvdb neighbors`: one PNG at `out`, a row per stage, the query image then its k nearest
+    stored images of `where` (dataset, split), captioned."""
+    vectors = embed([image], stages, session.encoder_for(stages))
+    dataset, split = where
+    ds = session.dataset(dataset)
+    with session.connection() as conn:
+        found = {
+            s.name: session.searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0] for s in stages
+        }
+        return neighbor_grid(conn, as_image(image), found, ds.classes, Path(out))
 
 
 # ------------------------------------------------------------------ neighbor grid

@@ -11,7 +11,7 @@ import functools
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from . import catalog, config, db, embedded, queries
 from .encoder import Encoder, load_encoder
 from .errors import EmptyStageError, SchemaError, StageError, UsageError
 from .knn import KnnSearcher, SearchSettings
+from .options import SessionOptions
 from .stages import STAGES, Stage, needs_encoder, parse_stages
 
 if TYPE_CHECKING:
@@ -51,22 +52,22 @@ class Session:
     def __init__(
         self,
         url: str | None = None,
+        options: SessionOptions | None = None,
         *,
-        home: Path | str | None = None,
-        model: str = config.DEFAULT_MODEL,
-        pretrained: str | None = None,
-        device: str = config.DEFAULT_DEVICE,
         encoder: Encoder | None = None,
-        pool_size: int = config.DEFAULT_POOL_SIZE,
-        migrate: bool = True,
         announce: Callable[[str], None] | None = None,
+        **changes: object,
     ):
+        """`options` (or its fields as keywords: home, model, pretrained, device, pool_size, migrate);
+        `encoder` in place of loading `model`; `announce(line)` for the schema upgrade's notice."""
+        o = replace(options or SessionOptions(), **changes)  # type: ignore[arg-type]
+        self.options = o
         self.given_url = url
-        self.home = Path(home).expanduser() if home else None
-        self.model, self.pretrained, self.device = model, pretrained, device
+        self.home = Path(o.home).expanduser() if o.home else None
+        self.model, self.pretrained, self.device = o.model, o.pretrained, o.device
         self._encoder = encoder
-        self.pool_size = pool_size
-        self.migrate = migrate
+        self.pool_size = o.pool_size
+        self.migrate = o.migrate
         self.announce = announce or (lambda m: print(m, file=sys.stderr))
         self._lock = threading.Lock()
         self._datasets: dict[str | None, Dataset] = {}

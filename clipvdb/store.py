@@ -6,19 +6,17 @@ bench all go through it.
     store.ingest("cifar10/", stages="first", split="train")   # IngestResult
     preds = store.classify(["cat.png", pil_image], stage="first")   # list[Prediction]
     run = store.evaluate("cifar10/", stage="first", split="test", limit=1000)   # EvalRun
-    rows = store.report("report_accuracy", run=run.run_id)    # list[dict], ready for pandas
+    rows = store.report("report_accuracy", run=run.run_id)    # the view's rows: dicts, ready for pandas
 
-A Store is a thin facade over its `Session` (session.py), which every job runs on: the connection
-pool, the schema brought to head on first use (never down), the encoder loaded only when a CLIP
-stage needs it, the cached datasets and set-up searchers. A job's options are one object
-(options.py); the Store also takes its fields as keywords.
+A thin facade over its `Session` (session.py), which every job runs on: the pool, the schema brought
+to head on first use, the encoder loaded when a CLIP stage needs it, the cached datasets and
+searchers. A job's options are one object (options.py); the Store also takes its fields as keywords.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +25,7 @@ import psycopg
 
 from . import (
     catalog,
+    citus,
     clusters,
     config,
     db,
@@ -35,45 +34,55 @@ from . import (
     indexes,
     ingest,
     nodes,
-    queries,
     reindex,
     reports,
     retrieval,
-    storage,
-    zeroshot,
 )
+from . import classify as classifying
 from . import evaluate as evaluation
 from . import learn as learning
 from .clusters import Clustering
 from .encoder import CHECKPOINT_SUFFIX, Encoder, models_dir
-from .errors import ImageError, StageError, UsageError
+from .errors import StageError
 from .evaluate import EvalRun
 from .experiment import ExperimentResult
-from .images import ImageInput, as_image, png_bytes
+from .images import ImageInput, png_bytes
 from .indexes import IndexInfo
 from .ingest import IngestResult, LoadResult
-from .knn import KnnSearcher, SearchSettings
+from .knn import KnnSearcher, SearchSettings, settings_with
 from .learned import LearnedMap
+from .nodes import NodesStatus, Rebalance
 from .options import (
+    ClassifyOptions,
     ClusterOptions,
     EvaluateOptions,
+    ExperimentOptions,
     IndexOptions,
     IngestOptions,
     LearnOptions,
+    LoadOptions,
+    SessionOptions,
     TrainOptions,
     Watch,
+    gathered,
 )
-from .pipeline import embed, encode_items, query_items
-from .predict import Prediction, as_predictions, predict_batch
+from .pipeline import embed
+from .predict import Prediction
+from .reports import ClusterRow, DataOverview, ExperimentRow, Report, RunDetail, RunSummary, Sample, Status
 from .retrieval import Grid, Hit
 from .session import Dataset, Session, StagesArg, parse
 from .sources import Source, open_source
-from .stages import STAGE_NAMES, STAGES, Stage
+from .stages import Stage
 
 if TYPE_CHECKING:
     from .training import TrainResult
 
 ProgressFn = Callable[[int, int], None]
+
+
+def _of_session(name: str, doc: str) -> Any:
+    """A read-only attribute of the Store that is its session's."""
+    return property(lambda self: getattr(self.session, name), doc=doc)
 
 
 def _source(data: str | Path | Source) -> Source:
@@ -86,53 +95,23 @@ class Store:
     def __init__(
         self,
         url: str | None = None,
+        options: SessionOptions | None = None,
         *,
-        home: Path | str | None = None,
-        model: str = config.DEFAULT_MODEL,
-        pretrained: str | None = None,
-        device: str = config.DEFAULT_DEVICE,
         encoder: Encoder | None = None,
-        pool_size: int = config.DEFAULT_POOL_SIZE,
-        migrate: bool = True,
         announce: Callable[[str], None] | None = None,
+        **changes: Any,
     ):
-        self.session = Session(
-            url,
-            home=home,
-            model=model,
-            pretrained=pretrained,
-            device=device,
-            encoder=encoder,
-            pool_size=pool_size,
-            migrate=migrate,
-            announce=announce,
-        )
+        """`url`: a PostgreSQL database (default: CLIPVDB_DATABASE_URL, else the home's embedded
+        server). `options` (or its fields as keywords: home, model, pretrained, device, pool_size,
+        migrate); `encoder` in place of loading `model`; `announce(line)` for the schema notice."""
+        self.session = Session(url, options, encoder=encoder, announce=announce, **changes)
 
-    @property
-    def home(self) -> Path | None:
-        return self.session.home
-
-    @property
-    def home_dir(self) -> Path:
-        """This store's home: given, else CLIPVDB_HOME, else the user data directory."""
-        return self.session.home_dir
-
-    @property
-    def model(self) -> str:
-        return self.session.model
-
-    @property
-    def pretrained(self) -> str | None:
-        return self.session.pretrained
-
-    @property
-    def device(self) -> str:
-        return self.session.device
-
-    @property
-    def url(self) -> str:
-        """The database URL: given, else CLIPVDB_DATABASE_URL, else the embedded server (started)."""
-        return self.session.url
+    home = _of_session("home", "The home given (None: CLIPVDB_HOME, else the user data directory).")
+    home_dir = _of_session("home_dir", "This store's home: given, else CLIPVDB_HOME, else the user data directory.")
+    model = _of_session("model", "The model's name or checkpoint path.")
+    pretrained = _of_session("pretrained", "The model's weights tag (None: its default).")
+    device = _of_session("device", "Where the encoder runs.")
+    url = _of_session("url", "The database URL: given, else CLIPVDB_DATABASE_URL, else the embedded server (started).")
 
     def connection(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A pooled connection with pgvector registered; rolled back when returned with work open."""
@@ -195,7 +174,7 @@ class Store:
         """Encode a split of `data` at `stages` and store it. Safe to re-run and to interrupt.
         `options` (or its fields as keywords: split, limit, batch_size, workers, dataset, strict,
         build_index) as `clipvdb ingest` takes them."""
-        options = replace(options or IngestOptions(), **changes)
+        options = gathered(options, IngestOptions, changes)
         return ingest.ingest(self.session, _source(data), self.session.stages(stages), options, Watch.of(progress))
 
     def load_vectors(
@@ -205,69 +184,33 @@ class Store:
         keys: list[str],
         labels: list[int] | np.ndarray,
         source: str | Path | Source,
-        *,
-        split: str = "train",
-        dataset: str | None = None,
-        batch: int = 5000,
-        build_index: bool = True,
-        index: tuple[str, dict] | None = None,
+        options: LoadOptions | None = None,
+        **changes: Any,
     ) -> LoadResult:
         """Store vectors computed elsewhere (a GPU run, another tool) as one stage's rows: image rows
         keyed by `keys` (unique within the split) with their labels, then the vectors by binary COPY,
         a transaction per batch, then the stage's index (default: the stage's default kind). The
-        vectors' space is this store's encoder (stage first: pixels)."""
-        chosen = self.session.one(stage, "load")
-        try:
-            with self.connection() as conn:
-                return ingest.load_vectors(
-                    conn,
-                    _source(source),
-                    chosen,
-                    self.encoder_for([chosen]),
-                    vectors,
-                    keys,
-                    labels,
-                    split=split,
-                    dataset_name=dataset,
-                    batch=batch,
-                    build_index=build_index,
-                    index=index,
-                )
-        finally:
-            self.session.forget()
+        vectors' space is this store's encoder (stage first: pixels). `options` (or its fields as
+        keywords: split, dataset, batch, build_index, index)."""
+        options = gathered(options, LoadOptions, changes)
+        chosen = self.session.one(stage, "load_vectors takes")
+        return ingest.load_vectors(self.session, _source(source), chosen, (vectors, keys, labels), options)
 
     def classify(
         self,
         images: ImageInput | list[ImageInput],
         stage: StagesArg = None,
         settings: SearchSettings | None = None,
-        *,
-        dataset: str | None = None,
-        against: str = "train",
-        prompts: str = "study",
-        batch_size: int = 32,
+        options: ClassifyOptions | None = None,
+        **changes: Any,
     ) -> list[Prediction]:
         """Predictions for each image at each stage (default: every stage with rows), batch by batch.
-        Images are file paths, PIL images, HxWx3 uint8 arrays or encoded bytes."""
-        settings = settings or SearchSettings()
-        settings.check()
-        items = query_items(images if isinstance(images, list) else [images])
+        Images are file paths, PIL images, HxWx3 uint8 arrays or encoded bytes. `options` (or its
+        fields as keywords: dataset, against, prompts, batch_size) as `clipvdb classify` takes them."""
+        settings, options = settings_with(settings, changes), gathered(options, ClassifyOptions, changes)
         chosen = self.session.stages(stage) if stage else self.stored_stages()
-        ds = self.dataset(dataset)
-        searchers = {s.name: self.session.searcher(s, ds.id, against, settings) for s in chosen if s.name != "origin"}
-        encoder = self.encoder_for(chosen)
-        origin = encoder is not None and any(s.name == "origin" for s in chosen)
-        text = zeroshot.text_embeddings(encoder, ds.classes, prompts) if origin and encoder else None
-        out: list[Prediction] = []
-        with self.connection() as conn:
-            for batch in encode_items(items, chosen, encoder, batch_size=batch_size, workers=0, hash_items=False):
-                if batch.failed:
-                    raise ImageError(batch.failed[0][1])
-                keys = [it.key for it in batch.items]
-                for s in chosen:
-                    b = predict_batch(conn, s, batch.vectors[s.name], searchers.get(s.name), text)
-                    out += as_predictions(keys, b, ds.classes, batch.elapsed_ms.get(s.name, 0.0) / len(keys))
-        return out
+        batch = images if isinstance(images, list) else [images]
+        return classifying.classify(self.session, batch, chosen, settings, options)
 
     def evaluate(
         self,
@@ -284,17 +227,15 @@ class Store:
         `options` (or its fields as keywords: split, against, limit, batch_size, workers, connections,
         display_freq, dataset, prompts) as `clipvdb evaluate` takes them; `report(line)` gets the
         running accuracy every `display_freq` batches."""
-        options = replace(options or EvaluateOptions(), **changes)
+        settings, options = settings_with(settings, changes), gathered(options, EvaluateOptions, changes)
         chosen = self.session.stages(stage)
         watch = Watch.of(progress, report)
-        return evaluation.evaluate(self.session, _source(data), chosen, settings or SearchSettings(), options, watch)
+        return evaluation.evaluate(self.session, _source(data), chosen, settings, options, watch)
 
     def index(self, stages: StagesArg, options: IndexOptions | None = None, **changes: Any) -> list[IndexInfo]:
-        """(Re)build each stage's ANN index; without a kind or a parameter, what the stage's size rule
-        chooses (recorded as the default, so that a later load chooses again for its size), with any
-        parameter given in place of the rule's. `options` (or its fields as keywords: kind, project,
-        lists, m, ef_construction, metric) as `clipvdb index` takes them."""
-        options = replace(options or IndexOptions(), **changes)
+        """(Re)build each stage's ANN index (reindex.py): `options` (or its fields as keywords: kind,
+        project, lists, m, ef_construction, metric) as `clipvdb index` takes them."""
+        options = gathered(options, IndexOptions, changes)
         return reindex.reindex(self.session, parse(stages), options)
 
     def index_info(self, stage: str | Stage) -> IndexInfo:
@@ -308,14 +249,10 @@ class Store:
         """Rows of one report view for one run (default: the latest complete run)."""
         return self.reports(run, (view,))[view]
 
-    def reports(self, run: int | None = None, views: Iterable[str] | None = None) -> dict[str, Any]:
-        """{"run_id": run, view: rows, ...} for one run (default: the latest complete run)."""
-        chosen = tuple(views) if views else reports.VIEWS
-        bad = [v for v in chosen if v not in reports.VIEWS]
-        if bad:
-            raise UsageError(f"unknown view {bad[0]!r}; choose from {', '.join(reports.VIEWS)}")
+    def reports(self, run: int | None = None, views: Iterable[str] | None = None) -> Report:
+        """The report views' rows for one run (default: the latest complete run)."""
         with self.connection() as conn:
-            return reports.report(conn, run, chosen)
+            return reports.report(conn, run, tuple(views) if views else reports.VIEWS)
 
     def plot(self, out: Path | str, run: int | None = None, *, squared: bool = False) -> list[Path]:
         """The study's figures for one run as PNG files in `out`."""
@@ -323,34 +260,32 @@ class Store:
 
         return plot(self.reports(run), Path(out), squared=squared)
 
-    def runs(self) -> list[dict]:
-        """Every run (report_runs), newest first, each with "accuracy": {stage: accuracy_pct}."""
+    def runs(self) -> list[RunSummary]:
+        """Every run (report_runs), newest first, each with its accuracy per stage."""
         with self.connection() as conn:
             return reports.runs(conn)
 
-    def run(self, run_id: int, *, limit: int = 10) -> dict | None:
+    def run(self, run_id: int, *, limit: int = 10) -> RunDetail | None:
         """Everything about one run (reports.run); None when there is no such run."""
         with self.connection() as conn:
             return reports.run(conn, run_id, limit)
 
-    def experiments(self) -> list[dict]:
+    def experiments(self) -> list[ExperimentRow]:
         """Every search experiment's rows (report_experiments), newest experiment first."""
         with self.connection() as conn:
-            return reports.rows(conn, queries.WEB_EXPERIMENTS)
+            return reports.experiments(conn)
 
-    def cluster_members(self, clustering_id: int, per_cluster: int = 8) -> list[dict]:
-        """A clustering's clusters, largest first (report_cluster_classes): cluster, size,
-        majority_class, purity and "image_ids", the `per_cluster` members nearest the centre."""
+    def cluster_members(self, clustering_id: int, per_cluster: int = 8) -> list[ClusterRow]:
+        """A clustering's clusters, largest first, each with its `per_cluster` members nearest the centre."""
         with self.connection() as conn:
-            return reports.rows(
-                conn, queries.WEB_CLUSTER_GRID, {"clustering": clustering_id, "per_cluster": per_cluster}
-            )
+            return reports.cluster_members(conn, clustering_id, per_cluster)
 
-    def data_overview(self) -> dict:
-        """What is stored (reports.data_overview) and "status" (`status()`)."""
+    def data_overview(self) -> DataOverview:
+        """What is stored (reports.data_overview) with the server's `status()`."""
         with self.connection() as conn:
             overview = reports.data_overview(conn)
-        return {**overview, "status": self.status()}
+        overview.status = self.status()
+        return overview
 
     # ------------------------------------------------------------ exploration
 
@@ -369,14 +304,7 @@ class Store:
         where CLIP's image and text embeddings share one space."""
         if stage != "origin":
             raise StageError("text search works at stage origin only: CLIP's text embedding lives in that space")
-        query = retrieval.query_vector(self.encoder, text, image)
-        ds = self.dataset(dataset)
-        searcher = self.session.searcher(
-            self.session.one("origin", "retrieve"), ds.id, split, SearchSettings(k=k, exact=exact, metric="cosine")
-        )
-        with self.connection() as conn:
-            found, _ = searcher.search(conn, query[None, :])
-        return retrieval.hits(found[0], ds.classes)
+        return retrieval.retrieve(self.session, (text, image), SearchSettings(k=k, exact=exact), (dataset, split))
 
     def neighbors(
         self,
@@ -389,26 +317,18 @@ class Store:
         split: str = "train",
     ) -> Grid:
         """One PNG: a row per stage, the query then its k nearest stored images, captioned."""
-        settings = settings or SearchSettings(k=10)
         chosen = self.session.stages(stages)
-        vectors = embed([image], chosen, self.encoder_for(chosen))
-        ds = self.dataset(dataset)
-        with self.connection() as conn:
-            found = {
-                s.name: self.session.searcher(s, ds.id, split, settings).search(conn, vectors[s.name][:1])[0][0]
-                for s in chosen
-            }
-            return retrieval.neighbor_grid(conn, as_image(image), found, ds.classes, Path(out))
+        return retrieval.neighbors(self.session, image, chosen, settings or SearchSettings(k=10), (dataset, split), out)
 
     def image_png(self, image_id: int, scale: int = 1) -> bytes:
         """A stored image's pixels, re-read from its source, as PNG bytes (scaled up `scale` times)."""
         with self.connection() as conn:
             return png_bytes(catalog.stored_image(conn, image_id), scale)
 
-    def samples(self, n: int = 8) -> list[dict]:
-        """The first `n` stored images outside the training split: {"id", "class"}."""
+    def samples(self, n: int = 8) -> list[Sample]:
+        """The first `n` stored images outside the training split."""
         with self.connection() as conn:
-            return [{"id": i, "class": c} for i, c in catalog.sample_images(conn, n)]
+            return reports.samples(conn, n)
 
     def stored_stage_names(self) -> list[str]:
         """Stages that hold vectors, in forward-pass order (empty when nothing is stored)."""
@@ -416,30 +336,15 @@ class Store:
             return catalog.stages_with_rows(conn)
 
     def experiment(
-        self,
-        stage: StagesArg,
-        sizes: list[int],
-        *,
-        queries: int = 100,
-        probes: list[int] | None = None,
-        ef_search: list[int] | None = None,
-        metric: str = "l2",
+        self, stage: str | Stage, options: ExperimentOptions | None = None, **changes: Any
     ) -> ExperimentResult:
-        """Recall and speed of exact, ivfflat and hnsw search as the stored set grows (experiment.py)."""
-        chosen = self.session.stages(stage)
-        if len(chosen) != 1:
-            raise UsageError("experiment search takes one --stage")
-        with self.connection() as conn:
-            return experiment.search_experiment(
-                conn,
-                chosen[0],
-                self.encoder_for(chosen),
-                sizes,
-                n_queries=queries,
-                probes=probes,
-                ef_search=ef_search,
-                metric=metric,
-            )
+        """Recall and speed of exact, ivfflat and hnsw search as the stored set grows (experiment.py).
+        `options` (or its fields as keywords: sizes, queries, probes, ef_search, metric) as `clipvdb
+        experiment search` takes them."""
+        if isinstance(options, (list, tuple)):  # the sizes, positional before the options object
+            changes["sizes"], options = options, None
+        options = gathered(options, ExperimentOptions, changes)
+        return experiment.search_experiment(self.session, self.session.one(stage, "experiment search takes"), options)
 
     def plot_experiment(self, result: ExperimentResult, out: Path | str) -> Path:
         """Recall@1 against queries per second, one line per (size, index kind), as a PNG."""
@@ -452,7 +357,7 @@ class Store:
         the clustering; returns it with its purity, adjusted Rand index and NMI against the labels.
         `options` (or its fields as keywords: method, k, eps, min_samples, linkage, split, dataset,
         sample, seed) as `clipvdb cluster fit` takes them."""
-        options = replace(options or ClusterOptions(), **changes)
+        options = gathered(options, ClusterOptions, changes)
         return clusters.cluster(self.session, self.session.one(stage, "cluster"), options)
 
     def learn(self, stage: str | Stage, options: LearnOptions | None = None, **changes: Any) -> LearnedMap:
@@ -460,7 +365,7 @@ class Store:
         write every stored vector's image under it; searches with `learned=True` then use it.
         `options` (or its fields as keywords: method, dims, seconds, dataset, seed) as `clipvdb learn`
         takes them."""
-        options = replace(options or LearnOptions(), **changes)
+        options = gathered(options, LearnOptions, changes)
         return learning.learn(self.session, self.session.one(stage, "learn"), options)
 
     def clusterings(self) -> list[Clustering]:
@@ -489,7 +394,7 @@ class Store:
         workers) as `clipvdb train` takes them."""
         from . import training  # torch: only when training
 
-        options = replace(options or TrainOptions(), **changes)
+        options = gathered(options, TrainOptions, changes)
         path = Path(out).expanduser() if out else models_dir(self.home_dir) / f"{options.name}{CHECKPOINT_SUFFIX}"
         device = None if self.device == config.DEFAULT_DEVICE else self.device
         return training.train(_source(data), path, options, device=device, watch=Watch.of(progress, say))
@@ -501,23 +406,10 @@ class Store:
 
     # ------------------------------------------------------------ administration
 
-    def status(self) -> dict:
+    def status(self) -> Status:
         """Server, pgvector, schema revision, rows per stage, and each stored stage's index: its kind,
         parameters and why (the defaults follow the stored rows: indexes.explain)."""
-        info = db.status(self.url)
-        info["indexes"] = {}
-        if info["revision"] == info["head_revision"]:
-            with self.connection() as conn:
-                for name, rows in info["rows_per_stage"].items():
-                    if rows:
-                        idx = indexes.info(conn, storage.as_stored(conn, STAGES[name]))
-                        info["indexes"][name] = {
-                            "kind": idx.kind,
-                            "params": idx.params,
-                            "exists": idx.exists,
-                            "why": indexes.explain(idx.kind, idx.params, rows),
-                        }
-        return info
+        return reports.status(self.session)
 
     def upgrade(self, revision: str = "head") -> str | None:
         return db.upgrade(self.url, revision)
@@ -530,80 +422,28 @@ class Store:
         db.grant_reader(self.url, role, password)
 
     def stop(self) -> bool:
-        """Stop this home's embedded server (and a local cluster's workers); False if it was not running.
-        Not for a database given by URL."""
-        self._require_embedded("db stop")
+        """Stop this home's embedded server and a local cluster's workers (False: it was not running)."""
+        citus.require_embedded(self.session, "db stop")
         self.session.reconnect()
         return embedded.stop(self.home)
 
-    def _require_embedded(self, command: str) -> None:
-        if not self.session.embedded:
-            raise UsageError(
-                f"{command} manages the embedded server; a database given by CLIPVDB_DATABASE_URL is managed "
-                "where it runs"
-            )
+    # ------------------------------------------------------------ Citus (citus.py)
 
-    # ------------------------------------------------------------ Citus
+    def start_nodes(self, workers: int = 2) -> NodesStatus:
+        """Turn this home into a local Citus cluster of `workers` workers and distribute the schema."""
+        return citus.start(self.session, workers)
 
-    def start_nodes(self, workers: int = 2) -> dict:
-        """Turn this home into a local Citus cluster (the embedded server as coordinator plus
-        `workers` workers; nodes.py), bring the schema to head and distribute it; return
-        nodes_status(). Not for a database given by URL: point that at a Citus coordinator."""
-        if not self.session.embedded:
-            raise UsageError(
-                "db nodes manages the embedded server's cluster; an external Citus coordinator is used as "
-                "CLIPVDB_DATABASE_URL as it is (the migrations distribute the tables there)"
-            )
-        self.close()
-        nodes.start(self.home_dir, workers)
-        self.session.reconnect()
-        self.session.prepare()
-        with self.connection() as conn:
-            placed = db.distribute(conn)
-            conn.commit()
-            for name in STAGE_NAMES:
-                db.recount(conn, name)
-            conn.commit()
-            if "placed" in placed:
-                # rows that were already stored moved to the workers; their indexes are rebuilt
-                # per shard (ivfflat lists follow the rows per shard)
-                for stage in (storage.as_stored(conn, s) for s in STAGES.values()):
-                    current = indexes.info(conn, stage)
-                    if current.rows and current.exists:
-                        indexes.refresh(conn, stage)
-        self.session.forget()
-        return self.nodes_status()
+    def nodes_status(self) -> NodesStatus:
+        return citus.status(self.session)
 
-    def nodes_status(self) -> dict:
-        """Nodes, tables (reference or distributed, shards) and shards, bytes and rows per node."""
-        with self.connection() as conn:
-            return nodes.status(conn)
+    def add_node(self, host: str | None = None, port: int = nodes.PORT) -> NodesStatus:
+        return citus.add(self.session, host, port)
 
-    def add_node(self, host: str | None = None, port: int = nodes.PORT) -> dict:
-        """Add a worker to this home's cluster (a new local one, or an external one at `host`);
-        its share of the shards comes with `rebalance()`. Returns nodes_status()."""
-        self._require_embedded("db nodes add")
-        nodes.add(self.home_dir, host, port)
-        self.session.forget()
-        return self.nodes_status()
+    def rebalance(self, progress: ProgressFn | None = None) -> Rebalance:
+        return citus.rebalance(self.session, progress)
 
-    def rebalance(self, progress: ProgressFn | None = None) -> dict:
-        """Move shards until every worker holds its share, waiting to the end (queries go on; a
-        moving shard's writes wait). {"job", "moves", "seconds"}."""
-        with self.connection() as conn:
-            conn.autocommit = True
-            try:
-                return nodes.rebalance(conn, progress)
-            finally:
-                conn.autocommit = False
-
-    def remove_node(self, host: str | None = None, port: int = nodes.PORT) -> dict:
-        """Drain a worker (its shards move to the others) and remove it: the last local worker, or
-        the external one at `host`. Returns nodes_status()."""
-        self._require_embedded("db nodes remove")
-        nodes.remove(self.home_dir, host, port)
-        self.session.forget()
-        return self.nodes_status()
+    def remove_node(self, host: str | None = None, port: int = nodes.PORT) -> NodesStatus:
+        return citus.remove(self.session, host, port)
 
     def stop_nodes(self) -> list[str]:
         self.close()

@@ -21,6 +21,7 @@ from . import charts
 from .errors import ClipvdbError, ImageError
 from .images import load_image
 from .knn import SearchSettings
+from .reports import ExperimentRow, RunSummary
 from .stages import parse_stages
 from .store import Store
 
@@ -47,12 +48,12 @@ def _sort_key(value: Any) -> tuple:
     return (0, 0, str(value))
 
 
-def sorted_runs(runs: list[dict], column: str, desc: bool) -> list[dict]:
+def sorted_runs(runs: list[RunSummary], column: str, desc: bool) -> list[RunSummary]:
     """Runs sorted by a column of /runs (accuracy_<stage>: that stage's accuracy); None stays last."""
 
-    def value(r: dict) -> Any:
+    def value(r: RunSummary) -> Any:
         if column.startswith("accuracy_"):
-            return r["accuracy"].get(column.removeprefix("accuracy_"))
+            return r.accuracy.get(column.removeprefix("accuracy_"))
         v = r.get(column)
         return ",".join(v) if isinstance(v, list) else v
 
@@ -148,10 +149,12 @@ def trade_off(per_run: dict[str, tuple[list[dict], list[dict]]]) -> tuple[str, l
         note = "a run timed as summed batches counts overlapping work in each"
     svg = charts.line_chart(
         series,
-        title="Accuracy against time per image",
-        x_label="encoder + query ms per image (share of the wall time)",
-        y_label="accuracy %",
-        note=note if timings else "",
+        charts.Axes(
+            "Accuracy against time per image",
+            "encoder + query ms per image (share of the wall time)",
+            "accuracy %",
+            note=note if timings else "",
+        ),
     )
     return svg, rows
 
@@ -177,8 +180,7 @@ def histograms(rows: list[dict]) -> list[dict]:
         svg = charts.histogram(
             edges,
             {"correct": [int(b["n_correct"]) for b in bins], "wrong": [int(b["n_wrong"]) for b in bins]},
-            title=f"Distance to the nearest neighbor, stage {stage}",
-            x_label="distance",
+            charts.Axes(f"Distance to the nearest neighbor, stage {stage}", "distance", "images"),
         )
         out.append({"stage": stage, "bins": bins, "svg": svg})
     return out
@@ -222,11 +224,13 @@ def class_accuracy_chart(rows: list[dict]) -> str:
     return charts.bar_chart(
         [classes[c] for c in sorted(classes)],
         {s: [by.get((s, c)) for c in sorted(classes)] for s in stages},
-        title="Accuracy per class",
-        x_label="true class",
-        y_label="accuracy %",
-        y_max=100.0,
-        width=max(charts.WIDTH, 60 * len(classes) + 220),
+        charts.Axes(
+            "Accuracy per class",
+            "true class",
+            "accuracy %",
+            y_max=100.0,
+            width=max(charts.WIDTH, 60 * len(classes) + 220),
+        ),
     )
 
 
@@ -252,9 +256,7 @@ def accuracy_by_k_chart(rows: list[dict]) -> str:
         series.setdefault(f"{row['stage']} {row['vote']}", []).append(
             (float(row["k"]), float(row["accuracy_pct"]), f"k={row['k']}")
         )
-    return charts.line_chart(
-        series, title="Accuracy by k and vote, one search", x_label="k", y_label="accuracy %", labels=False
-    )
+    return charts.line_chart(series, charts.Axes("Accuracy by k and vote, one search", "k", "accuracy %"), labels=False)
 
 
 def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
@@ -359,7 +361,7 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     @app.get("/runs")
     def runs():
         rows = store.runs()
-        stages = [s for s in STAGE_ORDER if any(s in r["accuracy"] for r in rows)]
+        stages = [s for s in STAGE_ORDER if any(s in r.accuracy for r in rows)]
         allowed = (*RUN_SORTS, *(f"accuracy_{s}" for s in stages))
         column = request.args.get("sort", "run_id")
         if column not in allowed:
@@ -382,7 +384,7 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         if len(ids) > MAX_COMPARE:
             abort(400, description=f"compare at most {MAX_COMPARE} runs at a time")
         found = [store.reports(i, ("report_runs", "report_accuracy", "report_timing")) for i in ids]
-        missing = [r["run_id"] for r in found if not r["report_runs"]]
+        missing = [r.run_id for r in found if not r["report_runs"]]
         if missing:
             abort(404, description=f"no run {missing[0]}; /runs lists the stored runs")
         svg, points = trade_off({f"run {r['run_id']}": (r["report_accuracy"], r["report_timing"]) for r in found})
@@ -409,12 +411,12 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         r = store.run(run_id)
         if r is None:
             abort(404, description=f"no run {run_id}; /runs lists the stored runs")
-        timing = {t["stage"]: t for t in r["report_timing"]}
+        timing = {t["stage"]: t for t in r.report["report_timing"]}
         svg, points = trade_off({f"run {run_id}": (r["report_accuracy"], r["report_timing"])})
         return page(
             "run.html",
             r=r,
-            run=r["run"],
+            run=r.run,
             timing=timing,
             at_once=ran_at_once(r["report_timing"]),
             timing_note=timing_note(r["report_timing"]),
@@ -446,10 +448,7 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
                     "ARI": [c.adjusted_rand_index for c in shown],
                     "NMI": [c.normalized_mutual_info for c in shown],
                 },
-                title="Clusters against labels",
-                x_label="clustering",
-                y_label="score",
-                y_max=1.0,
+                charts.Axes("Clusters against labels", "clustering", "score", y_max=1.0),
             )
         grid = store.cluster_members(chosen.id) if chosen else []
         return page("clusters.html", clusterings=found, chosen=chosen, grid=grid, chart=svg)
@@ -457,25 +456,25 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     @app.get("/experiments")
     def experiments():
         rows = store.experiments()
-        groups: dict[int, list[dict]] = {}
+        groups: dict[int, list[ExperimentRow]] = {}
         for e in rows:
-            groups.setdefault(e["experiment_id"], []).append(e)
+            groups.setdefault(e.experiment_id, []).append(e)
         shown = []
         for exp_id, mine in groups.items():
             series: dict[str, list[tuple[float, float, str]]] = {}
-            for e in sorted(mine, key=lambda e: (e["size"], e["mean_ms"] or 0.0)):
-                if e["mean_ms"] is not None and e["recall_at_1"] is not None:
-                    series.setdefault(f"{e['size']:,} stored", []).append(
-                        (e["mean_ms"], e["recall_at_1"], setting_label(e))
-                    )
+            for e in sorted(mine, key=lambda e: (e.size, e.mean_ms or 0.0)):
+                if e.mean_ms is not None and e.recall_at_1 is not None:
+                    series.setdefault(f"{e.size:,} stored", []).append((e.mean_ms, e.recall_at_1, setting_label(e)))
             svg = charts.line_chart(
                 series,
-                title=f"Experiment {exp_id}: recall@1 against ms per query, stage {mine[0]['stage']}",
-                x_label="mean ms per query",
-                y_label="recall@1",
+                charts.Axes(
+                    f"Experiment {exp_id}: recall@1 against ms per query, stage {mine[0].stage}",
+                    "mean ms per query",
+                    "recall@1",
+                    y_max=1.0,
+                ),
                 lines=False,
                 labels=False,
-                y_max=1.0,
             )
             shown.append({"id": exp_id, "rows": mine, "chart": svg, "first": mine[0]})
         return page("experiments.html", experiments=shown, setting_label=setting_label)
@@ -483,26 +482,24 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     @app.get("/data")
     def data():
         overview = store.data_overview()
-        stages = overview["stages"]
+        stages = overview.stages
         svg = ""
         if stages:
             svg = charts.bar_chart(
-                [s["stage"] for s in stages],
-                {"bytes per row": [s["bytes_per_row"] for s in stages]},
-                title="Bytes per stored row (table, TOAST and indexes)",
-                x_label="stage",
-                y_label="bytes per row",
+                [s.stage for s in stages],
+                {"bytes per row": [s.bytes_per_row for s in stages]},
+                charts.Axes("Bytes per stored row (table, TOAST and indexes)", "stage", "bytes per row"),
             )
         return page("data.html", o=overview, chart=svg)
 
     return app
 
 
-def setting_label(e: dict) -> str:
+def setting_label(e: ExperimentRow) -> str:
     """An experiment row's setting: exact, ivfflat probes=10, hnsw ef_search=40."""
-    params = e.get("params") or {}
+    params = e.params or {}
     shown = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("lists", "m", "ef_construction"))
-    return f"{e['method']} {shown}".strip()
+    return f"{e.method} {shown}".strip()
 
 
 def serve(store: Store, host: str = "127.0.0.1", port: int = 8000, k: int = 5, learned: bool = False) -> None:

@@ -124,6 +124,23 @@ def test_headline_times_the_commands_and_writes_both_blocks(syn_data, tmp_path):
     assert f"**{rows['ratios']['evaluate']:.2f}x**" in readme and readme.endswith("hand notes\n")
 
 
+def test_ab_times_both_commits_in_alternating_turns_and_removes_its_worktrees(syn_data, tmp_path):
+    import statistics
+    import subprocess
+
+    from bench.ab import COMMANDS, main
+
+    result = main(["--data", str(syn_data), "--before", "HEAD", "--rounds", "2", "--out", str(tmp_path / "ab.json")])
+    assert result["revisions"]["before"] == result["revisions"]["after"] != ""
+    for c in COMMANDS:
+        before = [r[c] for r in result["runs"]["before"]]
+        after = [r[c] for r in result["runs"]["after"]]
+        assert len(before) == len(after) == 2 and min(before + after) > 0
+        assert result[c]["ratio"] == statistics.median(a / b for a, b in zip(after, before, strict=True))
+    trees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout
+    assert "clipvdb-ab-trees" not in trees
+
+
 def test_peers_run_clipvdb_and_the_exact_peers_to_the_same_nearest_neighbors(syn_data, tmp_path):
     """One run of bench.peers on a generated set: faiss's exact index, faiss's HNSW and clipvdb's exact
     evaluate (read back from its stored run) find the neighbors an independent float64 1-NN finds;

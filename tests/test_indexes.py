@@ -65,7 +65,7 @@ def test_ideal_lists():
 def test_index_is_used_by_the_neighbor_query(conn, name):
     stage = STAGES[name]
     _fill(conn, stage)
-    info = indexes.build(conn, stage, "ivfflat", lists=4)
+    info = indexes.build(conn, stage, "ivfflat", {"lists": 4})
     assert info.exists and info.params["lists"] == 4
     indexdef = conn.execute(
         "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (queries.index_name(stage),)
@@ -101,7 +101,7 @@ def _explain(conn, sql, params) -> str:
 def test_hnsw_and_none_are_recorded_and_kept_on_refresh(conn):
     stage = STAGES["second"]
     _fill(conn, stage, n=50)
-    info = indexes.build(conn, stage, "hnsw", m=8, ef_construction=32)
+    info = indexes.build(conn, stage, "hnsw", {"m": 8, "ef_construction": 32})
     assert info.kind == "hnsw" and info.exists and info.params["m"] == 8
     again = indexes.refresh(conn, stage)
     assert again.kind == "hnsw" and again.params["ef_construction"] == 32
@@ -114,7 +114,7 @@ def test_probes_reach_the_server(conn):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
     ids = load_vectors(conn, SECOND, X)
-    indexes.build(conn, SECOND, "ivfflat", lists=40)
+    indexes.build(conn, SECOND, "ivfflat", {"lists": 40})
     Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
     truth = exact_ids(X, Q, ids)
     one = nearest_ids(conn, SECOND, ("fake", "fake"), Q, SearchSettings(probes=1))
@@ -127,7 +127,7 @@ def test_ef_search_reaches_the_server(conn):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
     ids = load_vectors(conn, SECOND, X)
-    indexes.build(conn, SECOND, "hnsw", m=4, ef_construction=8)
+    indexes.build(conn, SECOND, "hnsw", {"m": 4, "ef_construction": 8})
     Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
     truth = exact_ids(X, Q, ids)
     recall = {

@@ -80,7 +80,7 @@ def test_projected_index_finds_the_exact_neighbors_through_its_own_index(conn):
     X = _low_rank(300, FIRST.dim, rank=10)
     ids = _store(conn, X)
     Q = _low_rank(25, FIRST.dim, rank=10, seed=0)[:25] + 0.001
-    info = indexes.build(conn, FIRST, "hnsw", project=16)
+    info = indexes.build(conn, FIRST, "hnsw", {"project": 16})
     assert info.exists and info.params["project"] == 16 and info.kind == "hnsw"
     assert conn.execute("SELECT count(*) FROM projections_first").fetchone()[0] == len(ids)
     indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'projections_first_ann'").fetchone()
@@ -112,7 +112,7 @@ def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_v
 
     X = _low_rank(300, FIRST.dim, rank=10)
     _store(conn, X)
-    indexes.build(conn, FIRST, "hnsw", project=16)
+    indexes.build(conn, FIRST, "hnsw", {"project": 16})
     proj = projection.load(conn, FIRST)
     # what ingest does for a small load beside a projected index
     extra = _low_rank(5, FIRST.dim, rank=10, seed=7)
@@ -153,7 +153,7 @@ def test_index_cli_builds_the_stage_default_and_project_0_removes_it(cli, conn):
 def test_project_wider_than_the_stage_is_refused(conn):
     _store(conn, _low_rank(20, FIRST.dim, rank=4))
     with pytest.raises(UsageError, match="between 1 and 2000"):
-        indexes.build(conn, FIRST, "hnsw", project=2500)
+        indexes.build(conn, FIRST, "hnsw", {"project": 2500})
 
 
 def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(conn):
@@ -161,7 +161,7 @@ def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(
     rng = np.random.default_rng(2)
     X = rng.random((600, first.dim), dtype=np.float32)
     ids = load_vectors(conn, first, X)
-    indexes.build(conn, first, "ivfflat", project=4, lists=1)  # 4 of 3,072 dims: poor candidates
+    indexes.build(conn, first, "ivfflat", {"project": 4, "lists": 1})  # 4 of 3,072 dims: poor candidates
     Q = rng.random((30, first.dim), dtype=np.float32)
     X16 = X.astype(np.float16).astype(np.float64)
     truth = exact_ids(X16, Q.astype(np.float16).astype(np.float64), ids)

@@ -38,6 +38,15 @@ def test_text_search_returns_k_rows_by_distance(cli, stored, store, syn_data):
     assert "class_name" in table
 
 
+def test_the_old_search_command_runs_retrieve_and_names_it(cli, stored):
+    new = cli("retrieve", "a red circle", "--k", "3", "--json", *stored)
+    old = cli("search", "a red circle", "--k", "3", "--json", *stored)
+    assert json.loads(old.stdout) == json.loads(new.stdout) and len(json.loads(new.stdout)) == 3
+    assert "clipvdb search is now 'clipvdb retrieve'" in old.stderr and "clipvdb search" not in new.stderr
+    listed = [line.split()[0] for line in cli("--help").output.split("Commands:")[1].splitlines() if line.strip()]
+    assert "retrieve" in listed and "search" not in listed  # hidden
+
+
 def test_composed_query_differs_from_either_part(cli, stored, syn_data):
     img = str(syn_data / "test" / "blue-triangle" / "0000.png")
     text_only = json.loads(cli("retrieve", "red", "--k", "30", "--json", *stored).stdout)

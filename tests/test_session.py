@@ -58,12 +58,29 @@ def test_the_store_takes_an_options_object_or_its_fields(store, syn_data):
     # a keyword beside the object changes that field only
     c = store.evaluate(syn_data, "first", options=EvaluateOptions(limit=7, workers=0), limit=5)
     assert c.stages["first"].n == 5
-    with pytest.raises(TypeError, match="num"):
-        store.evaluate(syn_data, "first", num=5)
+    with pytest.raises(UsageError, match="unknown keyword 'lmit'; EvaluateOptions has .*limit"):
+        store.evaluate(syn_data, "first", lmit=5)
     with pytest.raises(UsageError, match="--connections must be at least 1"):
         store.evaluate(syn_data, "first", connections=0)
     with pytest.raises(UsageError, match="--limit must be at least 1"):
         store.ingest(syn_data, "first", limit=0)
+
+
+def test_renamed_keywords_work_for_a_release_and_say_their_new_name(store, syn_data):
+    store.ingest(syn_data, "first", workers=0)
+    with pytest.warns(DeprecationWarning, match="num= is now limit="):
+        old = store.evaluate(syn_data, "first", num=6, workers=0)
+    assert old.stages["first"].n == 6
+    with pytest.warns(DeprecationWarning, match=r"exact= is now settings=SearchSettings\(exact=\.\.\.\)"):
+        by_keyword = store.evaluate(syn_data, "first", exact=True, k=3, limit=6, workers=0)
+    by_settings = store.evaluate(syn_data, "first", SearchSettings(exact=True, k=3), limit=6, workers=0)
+    with psycopg.connect(store.url) as c:
+        ks = c.execute("SELECT id, k FROM eval_runs WHERE id IN (%s, %s)", (by_keyword.run_id, by_settings.run_id))
+        assert dict(ks.fetchall()) == {by_keyword.run_id: 3, by_settings.run_id: 3}
+    assert predictions(store.url, by_keyword.run_id) == predictions(store.url, by_settings.run_id)
+    with pytest.warns(DeprecationWarning, match="probes= is now settings"):
+        preds = store.classify([syn_data / "test" / "red-circle" / "0000.png"], "first", probes=2)
+    assert len(preds) == 1
 
 
 def test_options_are_frozen_and_name_their_flags():

