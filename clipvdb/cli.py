@@ -208,6 +208,24 @@ def _gathered(name: str, build, options: list):
     return decorate
 
 
+def _metric_option():
+    return click.option(
+        "--metric",
+        type=click.Choice(["l2", "cosine", "ip"]),
+        default="l2",
+        show_default=True,
+        help="Distance: l2 (the study's), cosine, or inner product.",
+    )
+
+
+def _run_option():
+    return click.option("--run", "run", type=int, help="Run id (default: the latest complete run).")
+
+
+def _exact_option():
+    return click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth).")
+
+
 def _search_settings(several: bool):
     def build(k, vote, probes, ef_search, candidates, exact, metric, learned):
         from .knn import SearchSettings  # numpy and psycopg: kept off the start-up of --help
@@ -265,14 +283,8 @@ def _search_option_list(k: int) -> list:
             type=click.IntRange(1),
             help="Projected index: candidates re-ranked exactly (default: max(20, 4k)).",
         ),
-        click.option("--exact", is_flag=True, help="Exact search: index scans off (ground truth)."),
-        click.option(
-            "--metric",
-            type=click.Choice(["l2", "cosine", "ip"]),
-            default="l2",
-            show_default=True,
-            help="Distance: l2 (the study's), cosine, or inner product.",
-        ),
+        _exact_option(),
+        _metric_option(),
         learned_option,
     ]
 
@@ -490,7 +502,7 @@ def index_options(f):
                 help=f"hnsw ef_construction (default: {config.DEFAULT_EF_CONSTRUCTION}; stage first's default hnsw: "
                 f"{config.PROJECTED_EF_CONSTRUCTION}).",
             ),
-            click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True),
+            _metric_option(),
         ],
     )(f)
 
@@ -1049,7 +1061,7 @@ def evaluate(state: State, stage, data, options: EvaluateOptions, settings: Sear
 @click.option("--k", "k", type=click.IntRange(1), default=10, show_default=True)
 @stage_option("origin", note="Text search works at origin.")
 @dataset_option(what="Dataset to search")
-@click.option("--exact", is_flag=True, help="Exact search (no index).")
+@_exact_option()
 @model_options
 @json_option
 @click.pass_obj
@@ -1149,7 +1161,7 @@ def experiment_options(f):
             click.option("--queries", type=click.IntRange(1), default=100, show_default=True),
             click.option("--probes", default="1,5,10", show_default=True, help="ivfflat probes to try."),
             click.option("--ef-search", default="40,100", show_default=True, help="hnsw ef_search values to try."),
-            click.option("--metric", type=click.Choice(["l2", "cosine", "ip"]), default="l2", show_default=True),
+            _metric_option(),
         ],
     )(f)
 
@@ -1361,7 +1373,7 @@ def serve(state: State, host: str, port: int, k: int, learned: bool) -> None:
 
 
 @cli.command()
-@click.option("--run", "run", type=int, help="Run id (default: the latest complete run).")
+@_run_option()
 @click.option("--view", "views", multiple=True, help="Only these views (repeatable).")
 @json_option
 @click.pass_obj
@@ -1406,7 +1418,7 @@ def _print_confusion(rows: list[dict]) -> None:
 
 
 @cli.command()
-@click.option("--run", "run", type=int, help="Run id (default: the latest complete run).")
+@_run_option()
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNG files.")
 @click.option("--squared", is_flag=True, help="Histograms on the study's axis: squared L2 distance.")
 @click.pass_obj
