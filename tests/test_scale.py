@@ -106,9 +106,9 @@ def test_projected_defaults_follow_the_rows():
 
 def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, monkeypatch, db_url):
     """A simulated large N: the hnsw threshold lowered to 40 rows. 30 stored images get the
-    projected ivfflat, 60 the projected hnsw with its own ef_search; a kind chosen by hand stays
+    projected ivfflat, 60 the projected hnsw with its own ef_search (config.PROJECTED_EF_SEARCH); a kind chosen by hand stays
     until `clipvdb index` without --kind gives the choice back to the rule."""
-    from clipvdb import Store, indexes, ingest
+    from clipvdb import Store, config, indexes, ingest
 
     monkeypatch.setattr(indexes, "HNSW_FROM_ROWS", 40)
     monkeypatch.setattr(ingest, "BULK_LOAD_ROWS", 1)
@@ -117,12 +117,13 @@ def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, m
     assert out["index"]["first"]["kind"] == "ivfflat" and out["index"]["first"]["default"] is True
     out = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--json").stdout)
     first = out["index"]["first"]
-    assert first["kind"] == "hnsw" and first["project"] == 64 and first["ef_search"] == 60, first
+    ef = config.PROJECTED_EF_SEARCH
+    assert first["kind"] == "hnsw" and first["project"] == 64 and first["ef_search"] == ef, first
     status = json.loads(cli("db", "status", "--json").stdout)["indexes"]["first"]
-    assert status["kind"] == "hnsw" and "log(rows)" in status["why"] and "ef_search=60" in status["why"], status
+    assert status["kind"] == "hnsw" and "log(rows)" in status["why"] and f"ef_search={ef}" in status["why"], status
     with Store(db_url, model="tiny") as store:
         searcher = store.searcher("first")
-        assert ("hnsw.ef_search", "60") in searcher.index_settings()
+        assert ("hnsw.ef_search", str(ef)) in searcher.index_settings()
     # each stored image, queried, finds itself through the hnsw index
     evaluated = json.loads(cli("evaluate", "--stage", "first", "--data", syn_data, "--split", "train", "--json").stdout)
     assert evaluated["stages"]["first"]["n"] == 60 and evaluated["stages"]["first"]["accuracy_pct"] == 100.0
