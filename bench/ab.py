@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("bench-out/ab.json"))
     args = ap.parse_args(argv)
-    image = str(open_source(args.data).items("test")[0].path)
+    # the commands run in each commit's worktree: a data folder given relative to here is resolved
+    data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    image = str(Path(open_source(data).items("test")[0].path).resolve())
     work = Path(tempfile.mkdtemp(prefix="clipvdb-ab-trees-"))
     revs = {"before": args.before, "after": args.after}
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         trees = {name: worktree(rev, work / name) for name, rev in revs.items()}
         for r in range(args.rounds):
             for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
-                runs[name].append(one_run(trees[name], args.data, image))
+                runs[name].append(one_run(trees[name], data, image))
                 print(name, json.dumps(runs[name][-1]), flush=True)
     finally:
         for name in revs:
