@@ -44,14 +44,16 @@ def test_the_network_is_read_off_the_checkpoint_and_stops_at_the_deepest_stage_a
     plan = block_plan(state)
     assert len(plan) == 16 and [b[1] for b in plan][-1] == 320
     assert [b[4] for b in plan if b[4] == 2] == [2] * STAGE_STRIDES.count(2)  # one stride-2 block per such stage
-    assert {n: s.dim for n, s in lite0.stages.items()} == {"first": 3072, "second": 80, "third": 1280, "origin": 1000}
+    assert {n: s.dim for n, s in lite0.stages.items()} == {"first": 3072, "second": 80, "third": 320, "origin": 1280}
     heads: list[int] = []
     lite0.net._conv_head.register_forward_hook(lambda *_: heads.append(1))
     batch = np.stack([lite0.prepare(Image.new("RGB", (32, 32), c)) for c in ("red", "blue")])
     second = lite0.encode(batch, [lite0.stages["second"]])
     assert set(second.vectors) == {"second"} and second.vectors["second"].shape == (2, 80) and heads == []
+    third = lite0.encode(batch, [lite0.stages["third"]])
+    assert third.vectors["third"].shape == (2, 320) and heads == []
     every = lite0.encode(batch, [lite0.stages[n] for n in ("second", "third", "origin")])
-    assert heads == [1] and every.vectors["origin"].shape == (2, 1000)
+    assert heads == [1] and every.vectors["origin"].shape == (2, 1280)
     np.testing.assert_allclose(every.vectors["second"], second.vectors["second"], rtol=1e-5, atol=1e-5)
     assert lite0.weights == "sha256:" + hashlib.sha256(lite0.path.read_bytes()).hexdigest()
 

@@ -106,8 +106,8 @@ def test_projected_defaults_follow_the_rows():
 
 def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, monkeypatch, db_url):
     """A simulated large N: the hnsw threshold lowered to 40 rows. 30 stored images get the
-    projected ivfflat, 60 the projected hnsw with its own ef_search (config.PROJECTED_EF_SEARCH); a kind chosen by hand stays
-    until `clipvdb index` without --kind gives the choice back to the rule."""
+    projected ivfflat, 60 the projected hnsw with its own ef_search (config.PROJECTED_EF_SEARCH); a
+    kind chosen by hand stays until `clipvdb index` without --kind gives the choice back to the rule."""
     from clipvdb import Store, config, indexes, ingest
 
     monkeypatch.setattr(indexes, "HNSW_FROM_ROWS", 40)
