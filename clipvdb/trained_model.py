@@ -165,27 +165,28 @@ def read_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-class TrainedEncoder:
-    """A checkpoint as an encoder: stages second, third and origin at the network's own widths."""
+class NetworkEncoder:
+    """An image network in a weights file as an encoder (the trained CNN, EfficientNet-Lite): its
+    identity the file's SHA-256; a batch scaled per channel, (pixels / 255 - mean) / std; the stages
+    asked for from `net.stages(x, wanted)`, a pass that stops at the deepest one; no text tower.
+    A subclass sets `net`, `stages`, `_mean` and `_std`."""
 
     is_random = False
+    net: torch.nn.Module
+    stages: dict[str, Stage]
+    _mean: torch.Tensor
+    _std: torch.Tensor
 
-    def __init__(self, path: Path, device: str | None = None):
+    def __init__(self, name: str, path: Path, device: str | None = None):
+        self.name = name
         self.path = Path(path)
-        self.checkpoint = read_checkpoint(self.path)
         self.sha256 = file_sha256(self.path)
-        self.name = self.checkpoint.name
         self.weights = f"sha256:{self.sha256}"
-        self.classes = self.checkpoint.classes
         self.device = torch.device("cpu" if device in (None, "auto") else device)
-        self.net = self.checkpoint.network().to(self.device)
-        w = self.checkpoint.widths
-        self.stages: dict[str, Stage] = declare({"second": w[1], "third": w[2], "origin": len(self.classes)})
-        self._mean = torch.tensor(self.checkpoint.mean, dtype=torch.float32)[:, None, None]
-        self._std = torch.tensor(self.checkpoint.std, dtype=torch.float32)[:, None, None]
 
-    def prepare(self, img: Image.Image) -> np.ndarray:
-        return first_stage_pixels(img)
+    @staticmethod
+    def per_channel(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32)[:, None, None]
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.require(batch, np.uint8, ["C", "W"])).permute(0, 3, 1, 2).to(torch.float32).div_(255)
@@ -197,10 +198,29 @@ class TrainedEncoder:
         wanted = {s.name for s in stages if s.uses_clip}
         if not wanted:
             return out
-        for name, (v, ms) in self.net.stages(self.to_input(batch), wanted).items():
+        for name, (v, ms) in self.net.stages(self.to_input(batch), wanted).items():  # type: ignore[operator]
             out.vectors[name] = v.float().cpu().numpy()
             out.elapsed_ms[name] = ms
         return out
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        raise UsageError(f"{self.name} has no text tower: text search needs a CLIP model (--model RN50)")
+
+
+class TrainedEncoder(NetworkEncoder):
+    """A checkpoint as an encoder: stages second, third and origin at the network's own widths."""
+
+    def __init__(self, path: Path, device: str | None = None):
+        self.checkpoint = read_checkpoint(Path(path))
+        super().__init__(self.checkpoint.name, path, device)
+        self.classes = self.checkpoint.classes
+        self.net = self.checkpoint.network().to(self.device)
+        w = self.checkpoint.widths
+        self.stages = declare({"second": w[1], "third": w[2], "origin": len(self.classes)})
+        self._mean, self._std = self.per_channel(self.checkpoint.mean), self.per_channel(self.checkpoint.std)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        return first_stage_pixels(img)
 
     def class_vectors(self, classes: list[str]) -> np.ndarray:
         """One row per class in origin's space: the classifier's own class as a unit vector, so the
@@ -215,6 +235,3 @@ class TrainedEncoder:
         rows = np.zeros((len(classes), len(self.classes)), dtype=np.float32)
         rows[np.arange(len(classes)), [index[c] for c in classes]] = 1.0
         return rows
-
-    def encode_text(self, texts: list[str]) -> np.ndarray:
-        raise UsageError(f"{self.name} has no text tower: text search needs a CLIP model (--model RN50)")
