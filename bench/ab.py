@@ -19,11 +19,10 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from bench import markdown
-from bench.common import CLI
+from bench.common import CLI, timed
 from clipvdb.sources import open_source
 
 COMMANDS = ("ingest", "evaluate", "classify")
@@ -34,16 +33,6 @@ def worktree(rev: str, where: Path) -> Path:
     return where
 
 
-def timed(args: list[str], env: dict, code: Path) -> float:
-    """One command of the commit in `code` (its directory first on the path), timed from outside."""
-    start = time.perf_counter()
-    out = subprocess.run(CLI + args, env=env, cwd=code, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} at {code} failed ({out.returncode}): {out.stderr.strip()[-600:]}")
-    return elapsed
-
-
 def one_run(code: Path, data: str, image: str) -> dict[str, float]:
     """The three commands of one commit in a fresh home: seconds each."""
     home = Path(tempfile.mkdtemp(prefix="clipvdb-ab-"))
@@ -51,9 +40,9 @@ def one_run(code: Path, data: str, image: str) -> dict[str, float]:
     env.update(CLIPVDB_HOME=str(home), PYTHONPATH=str(code))
     try:
         out = {
-            "ingest": timed(["ingest", "--stage", "first", "--data", data, "--json"], env, code),
-            "evaluate": timed(["evaluate", "--stage", "first", "--data", data, "--json"], env, code),
-            "classify": timed(["classify", image, "--stage", "first"], env, code),
+            "ingest": timed(["ingest", "--stage", "first", "--data", data, "--json"], env, code)[0],
+            "evaluate": timed(["evaluate", "--stage", "first", "--data", data, "--json"], env, code)[0],
+            "classify": timed(["classify", image, "--stage", "first"], env, code)[0],
         }
     finally:
         subprocess.run(CLI + ["db", "stop"], env=env, cwd=code, capture_output=True)

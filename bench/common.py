@@ -28,13 +28,15 @@ if TYPE_CHECKING:
 CLI = [sys.executable, "-m", "clipvdb"]  # the command a user types, as a subprocess of this Python
 
 
-def timed(args: list[str], env: dict) -> tuple[float, str]:
-    """One clipvdb command as a subprocess, timed from outside: (seconds, stdout); exits on failure."""
+def timed(args: list[str], env: dict, cwd: Path | None = None) -> tuple[float, str]:
+    """One clipvdb command as a subprocess (run in `cwd`: a checkout there comes first on the path),
+    timed from outside: (seconds, stdout); exits on failure."""
     start = time.perf_counter()
-    out = subprocess.run(CLI + args, env=env, capture_output=True, text=True)
+    out = subprocess.run(CLI + args, env=env, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-600:]}")
+        where = f" at {cwd}" if cwd else ""
+        raise SystemExit(f"{' '.join(args)}{where} failed ({out.returncode}): {out.stderr.strip()[-600:]}")
     return elapsed, out.stdout
 
 
