@@ -220,13 +220,17 @@ def latest_run(conn: psycopg.Connection) -> int | None:
     return row[0] if row else None
 
 
+def _read(conn: psycopg.Connection, statement, params=(), kind: type | None = None) -> list:
+    """Rows of one statement as `kind` (a Record) or dicts, numeric read as float."""
+    with conn.cursor(row_factory=class_row(kind) if kind else dict_row) as cur:
+        cur.adapters.register_loader("numeric", _FloatNumericLoader)
+        return cur.execute(statement, params).fetchall()
+
+
 def fetch(conn: psycopg.Connection, view: str, run: int | None) -> list[dict]:
     if view not in VIEWS:
         raise ValueError(view)
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.adapters.register_loader("numeric", _FloatNumericLoader)
-        cur.execute(queries.report_view(view, run is not None), (run,) if run is not None else ())
-        return cur.fetchall()
+    return _read(conn, queries.report_view(view, run is not None), (run,) if run is not None else ())
 
 
 def report(conn: psycopg.Connection, run: int | None = None, views: tuple[str, ...] = VIEWS) -> Report:
@@ -243,9 +247,7 @@ def report(conn: psycopg.Connection, run: int | None = None, views: tuple[str, .
 def rows(conn: psycopg.Connection, statement, params=(), kind: type | None = None) -> list:
     """Rows of one statement of the query layer, as `kind` (a Record) or dicts; the transaction is
     closed after."""
-    with conn.cursor(row_factory=class_row(kind) if kind else dict_row) as cur:
-        cur.adapters.register_loader("numeric", _FloatNumericLoader)
-        out = cur.execute(statement, params).fetchall()
+    out = _read(conn, statement, params, kind)
     conn.rollback()
     return out
 
