@@ -3,14 +3,12 @@ origin: CLIP's zero-shot prompts), on a session. One prediction path with evalua
 
 from __future__ import annotations
 
-from . import zeroshot
-from .encoder import by_neighbors
 from .errors import ImageError
 from .images import ImageInput
 from .knn import SearchSettings
 from .options import ClassifyOptions
 from .pipeline import encode_items, query_items
-from .predict import Prediction, as_predictions, predict_batch
+from .predict import Prediction, as_predictions, predict_batch, predictors
 from .session import Session
 from .stages import Stage
 
@@ -25,10 +23,7 @@ def classify(
     items = query_items(images)
     ds = session.dataset(options.dataset)
     encoder = session.encoder_for(stages)
-    searched = [s for s in stages if by_neighbors(s, encoder)]
-    searchers = {s.name: session.searcher(s, ds.id, options.against, settings) for s in searched}
-    origin = encoder is not None and any(s.name == "origin" and s not in searched for s in stages)
-    text = zeroshot.text_embeddings(encoder, ds.classes, options.prompts) if origin and encoder else None
+    searchers, text = predictors(session, stages, settings, (ds.id, options.against), ds.classes, options.prompts)
     out: list[Prediction] = []
     with session.connection() as conn:
         for batch in encode_items(items, stages, encoder, batch_size=options.batch_size, workers=0, hash_items=False):

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, config, db, queries, zeroshot
-from .encoder import by_neighbors
+from . import catalog, config, db, queries
 from .errors import DatabaseError
 from .knn import KnnSearcher, SearchSettings
 from .options import EvaluateOptions, Watch
@@ -48,7 +47,7 @@ from .pipeline import (
     torch_threads,
     usable_cores,
 )
-from .predict import BatchPredictions, predict_batch
+from .predict import BatchPredictions, predict_batch, predictors
 from .session import Session
 from .sources import Source
 from .stages import Stage
@@ -289,13 +288,7 @@ def _evaluate(
     dataset = catalog.register_dataset(conn, source, options.dataset)
     classes = catalog.class_names(conn, dataset)
     conn.commit()
-    by_knn = [s for s in stages if by_neighbors(s, encoder)]
-    searchers = {s.name: session.searcher(s, dataset, options.against, settings) for s in by_knn}
-    text = (
-        zeroshot.text_embeddings(encoder, classes, options.prompts)
-        if encoder is not None and any(s.name == "origin" and s not in by_knn for s in stages)
-        else None
-    )
+    searchers, text = predictors(session, stages, settings, (dataset, options.against), classes, options.prompts)
     clip = any(s.uses_clip for s in stages)
     workers = default_workers(clip) if options.workers is None else options.workers
     concurrency = {

@@ -1,7 +1,8 @@
 """One prediction path, batched, for classify and evaluate: a stage's vectors to labels.
 
 Stages first, second and third vote among their k nearest stored neighbors (knn.py); origin is
-CLIP's zero-shot: the nearest class prompt by cosine distance (zeroshot.py).
+CLIP's zero-shot: the nearest class prompt by cosine distance (zeroshot.py), or by neighbors too
+for an encoder whose outputs are not the data's classes (encoder.by_neighbors).
 """
 
 from __future__ import annotations
@@ -13,8 +14,28 @@ import numpy as np
 import psycopg
 
 from . import zeroshot
-from .knn import KnnSearcher, Neighbor, vote
+from .encoder import by_neighbors
+from .knn import KnnSearcher, Neighbor, SearchSettings, vote
+from .session import Session
 from .stages import Stage
+
+
+def predictors(
+    session: Session,
+    stages: list[Stage],
+    settings: SearchSettings,
+    where: tuple[int, str],
+    classes: list[str],
+    prompts: str,
+) -> tuple[dict[str, KnnSearcher], np.ndarray | None]:
+    """What answers each stage: a searcher over `where` (dataset id, stored split) for every stage
+    classified by neighbors, and the class rows (`prompts`) for an origin answered zero-shot (None
+    when no stage is)."""
+    encoder = session.encoder_for(stages)
+    by_knn = [s for s in stages if by_neighbors(s, encoder)]
+    searchers = {s.name: session.searcher(s, *where, settings) for s in by_knn}
+    zero_shot = encoder is not None and any(s.name == "origin" and s not in by_knn for s in stages)
+    return searchers, zeroshot.text_embeddings(encoder, classes, prompts) if encoder and zero_shot else None
 
 
 @dataclass
