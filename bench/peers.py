@@ -90,6 +90,7 @@ def floor_index(ingest: dict | None, n_train: int) -> dict:
         out.update(lists=lists, probes=indexes.default_probes(lists, projected=True, rows=n_train))
     else:
         out.update({k: int(params.get(k, v)) for k, v in indexes.PROJECTED_HNSW.items()})
+        out["ef_search"] = int(params.get("ef_search", config.PROJECTED_EF_SEARCH))
     return out
 
 
@@ -146,6 +147,7 @@ def run_peer(key: str, Xtr: np.ndarray, Xq: np.ndarray, index: dict) -> dict:
         return peer_systems.faiss_projected(Xtr, Xq, index)
     if key == "faiss-pca-hnsw":
         hnsw = {"kind": "hnsw", "project": index["project"], "candidates": CANDIDATES, **indexes.PROJECTED_HNSW}
+        hnsw["ef_search"] = config.PROJECTED_EF_SEARCH
         return peer_systems.faiss_projected(Xtr, Xq, hnsw)
     run = {
         "hnswlib": peer_systems.hnswlib_peer,

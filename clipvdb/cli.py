@@ -276,7 +276,7 @@ def _search_option_list(k: int) -> list:
             "--ef-search",
             type=click.IntRange(1),
             help=f"hnsw.ef_search (default: {config.DEFAULT_EF_SEARCH}; stage first's default hnsw: "
-            f"{config.PROJECTED_EF_SEARCH}).",
+            f"{config.PROJECTED_EF_SEARCH} x rows per distinct vector, at most {config.PROJECTED_EF_SEARCH_MAX}).",
         ),
         click.option(
             "--candidates",

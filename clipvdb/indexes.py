@@ -30,15 +30,22 @@ KINDS = queries.INDEX_KINDS
 # where ivfflat needed 3.7 ms for 0.97 (BENCHMARKS.md, "How cost grows"); at 50,000 ivfflat builds
 # and answers faster.
 HNSW_FROM_ROWS = 100_000
-# The projected hnsw's build and search: ef_construction 40 builds 1,000,000 rows in 171 s (64:
-# 220 s) at the same recall. ef_search 80: at 1,000,000 rows where each image is stored 8 times
-# byte for byte beside 12 near copies, recall@1 was 0.961 at ef_search 60 and 0.973 at 80 for
-# 1.17x the statement time (100: 0.977 for 1.30x); near copies crowd the graph's neighbor lists.
-PROJECTED_HNSW = {
-    "m": config.DEFAULT_M,
-    "ef_construction": config.PROJECTED_EF_CONSTRUCTION,
-    "ef_search": config.PROJECTED_EF_SEARCH,
-}
+# The projected hnsw's build: ef_construction 40 builds 1,000,000 rows in 171 s (64: 220 s) at the
+# same recall. Its ef_search is chosen at build (projected_ef_search).
+PROJECTED_HNSW = {"m": config.DEFAULT_M, "ef_construction": config.PROJECTED_EF_CONSTRUCTION}
+
+
+def projected_ef_search(rows: int, distinct: int) -> int:
+    """The projected hnsw's ef_search for `rows` stored rows holding `distinct` distinct vectors.
+    Identical rows are nodes of their own in the graph, and each takes a slot of the search's beam,
+    so the beam is widened by rows per distinct vector: PROJECTED_EF_SEARCH on a set of distinct
+    vectors, up to PROJECTED_EF_SEARCH_MAX. At 1,000,000 distinct rows ef_search 60 found the exact
+    nearest for 0.973 of the queries; where each image was stored 8 times byte for byte beside 12 near
+    copies (1.43 rows per vector), 60 found 0.961 and 80 0.973 for 1.17x the statement time (100:
+    0.977 for 1.30x)."""
+    base = config.PROJECTED_EF_SEARCH
+    widened = math.ceil(base * rows / distinct) if distinct else base
+    return max(base, min(config.PROJECTED_EF_SEARCH_MAX, widened))
 
 
 def default_index(stage: Stage, rows: int = 0, shards: int = 1) -> tuple[str, dict]:
@@ -118,6 +125,9 @@ def explain(kind: str, params: dict, rows: int) -> str:
         line = f"{what}, m={params.get('m')}, ef_construction={params.get('ef_construction')}, ef_search={ef_search}"
         if params.get("default") and params.get("project"):
             line += f" (above {HNSW_FROM_ROWS:,} rows per index: a query's cost grows about as log(rows))"
+        distinct = params.get("distinct_rows")
+        if distinct and distinct < rows:
+            line += f"; {rows / distinct:.2f} rows per distinct vector widen ef_search (identical rows crowd the beam)"
         return line
     projected = bool(params.get("project"))
     lists = int(params.get("lists", 1))
@@ -216,7 +226,7 @@ def build(
         t0 = time.perf_counter()
         proj = projection.fit(conn, stage, project)
         t1 = time.perf_counter()
-        projection.save(conn, stage, proj)
+        mapped = projection.save(conn, stage, proj)
         t2 = time.perf_counter()
         params.update(
             project=proj.dims,
@@ -240,6 +250,8 @@ def build(
         params.update(m=int(m), ef_construction=int(ef_construction))
         if ef_search:
             params["ef_search"] = int(ef_search)
+        elif project:
+            params.update(ef_search=projected_ef_search(mapped.rows, mapped.distinct), distinct_rows=mapped.distinct)
     if kind != "none":
         t0 = time.perf_counter()
         session = [
@@ -289,4 +301,7 @@ def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
     params = dict(current.params)
     if params.get("default"):
         return build_default(conn, stage)
-    return build(conn, stage, current.kind, {k: params[k] for k in SPEC_KEYS if k != "lists" and k in params})
+    chosen_at_build = ("lists", "ef_search") if "distinct_rows" in params else ("lists",)
+    return build(
+        conn, stage, current.kind, {k: params[k] for k in SPEC_KEYS if k not in chosen_at_build and k in params}
+    )

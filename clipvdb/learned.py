@@ -150,7 +150,7 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
     conn.execute(queries.drop_index(f"{table}_ann"))
     conn.execute(queries.truncate(table))
     conn.execute(queries.retype_learned(stage, lmap.dims))
-    written = storage.map_all(conn, stage, lmap.apply, table, "vec")
+    written = storage.map_all(conn, stage, lmap.apply, table, "vec").rows
     db.set_local(conn, [("maintenance_work_mem", "1GB")], distributed=shards > 1)
     conn.execute(queries.create_index(f"{table}_ann", table, "vec", "ivfflat", "vector_l2_ops", {"lists": lists}))
     conn.commit()

@@ -85,8 +85,9 @@ def top_eigenvectors(gram: np.ndarray, dim: int, *, iterations: int = 8) -> tupl
     return values[::-1], (q @ small)[:, ::-1].T
 
 
-def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> int:
-    """Store the basis and (re)write the projection of every stored row. Returns rows written.
+def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> storage.Mapped:
+    """Store the basis and (re)write the projection of every stored row: the rows written and the
+    distinct vectors among them.
     The caller (indexes.build) has dropped the projected index."""
     conn.execute(
         queries.SAVE_PROJECTION,

@@ -125,6 +125,15 @@ class StageRows:
         )
 
 
+@dataclass(frozen=True)
+class Mapped:
+    """What `map_all` wrote: rows, and how many distinct stored vectors they held (identical rows,
+    an image stored twice, count once)."""
+
+    rows: int
+    distinct: int
+
+
 def map_all(
     conn: psycopg.Connection,
     stage: Stage,
@@ -132,14 +141,17 @@ def map_all(
     table: str,
     column: str,
     column_type: str = "vector",
-) -> int:
+) -> Mapped:
     """Every stored embedding of the stage, mapped by `apply`, into `table`.`column` (a projected
-    index's or a learned map's table), streamed in batches; returns rows written."""
+    index's or a learned map's table), streamed in batches."""
     written = 0
+    seen: set[int] = set()
     with db.numpy_vectors(conn.cursor(name=f"clipvdb_map_{table}", binary=True)) as rows:
         rows.execute(queries.all_embeddings(stage))
         while batch := rows.fetchmany(MAP_BATCH):
-            mapped = apply(np.stack([r[4] for r in batch]))
+            stored = np.stack([r[4] for r in batch])
+            seen.update(hash(v.tobytes()) for v in stored)
+            mapped = apply(stored)
             db.copy_rows(
                 conn,
                 queries.copy_mapped(table, column),
@@ -147,4 +159,4 @@ def map_all(
                 ((r[0], r[1], r[2], r[3], db.as_param(m, column_type)) for r, m in zip(batch, mapped, strict=True)),
             )
             written += len(batch)
-    return written
+    return Mapped(written, len(seen))

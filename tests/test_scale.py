@@ -97,17 +97,29 @@ def test_projected_defaults_follow_the_rows():
     # the default kind: ivfflat up to HNSW_FROM_ROWS rows per index, hnsw over the projection above
     assert indexes.default_index(STAGES["first"], 100_000) == ("ivfflat", {"project": 64})
     kind, params = indexes.default_index(STAGES["first"], 1_000_000)
-    assert kind == "hnsw" and params["project"] == 64 and params["ef_search"] == indexes.PROJECTED_HNSW["ef_search"]
+    assert kind == "hnsw" and params == {"project": 64, **indexes.PROJECTED_HNSW}
     assert indexes.default_index(STAGES["first"], 1_000_000, shards=32)[0] == "ivfflat"  # 31,250 per shard
     assert indexes.default_index(STAGES["third"], 1_000_000) == ("ivfflat", {})
     assert "sqrt(rows)" in indexes.explain("ivfflat", {"project": 64, "lists": lists_1m}, 1_000_000)
     assert "5 % of the rows" in indexes.explain("ivfflat", {"project": 64, "lists": 500}, 50_000)
 
 
+def test_the_projected_hnsw_widens_its_beam_by_the_rows_per_distinct_vector():
+    from clipvdb import config, indexes
+
+    base, top = config.PROJECTED_EF_SEARCH, config.PROJECTED_EF_SEARCH_MAX
+    assert indexes.projected_ef_search(1_000_000, 1_000_000) == base
+    # each image 20 times: the original, 7 identical copies of its flip, 12 near copies
+    assert indexes.projected_ef_search(1_000_000, 700_000) == math.ceil(base * 20 / 14) < top
+    assert indexes.projected_ef_search(200_000, 100_000) == top  # 4 rows, 2 vectors: capped
+    assert indexes.projected_ef_search(0, 0) == base
+
+
 def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, monkeypatch, db_url):
     """A simulated large N: the hnsw threshold lowered to 40 rows. 30 stored images get the
-    projected ivfflat, 60 the projected hnsw with its own ef_search (config.PROJECTED_EF_SEARCH); a
-    kind chosen by hand stays until `clipvdb index` without --kind gives the choice back to the rule."""
+    projected ivfflat, 60 the projected hnsw with its own ef_search (config.PROJECTED_EF_SEARCH on
+    distinct images; the same images stored again as a second dataset widen it); a kind chosen by
+    hand stays until `clipvdb index` without --kind gives the choice back to the rule."""
     from clipvdb import Store, config, indexes, ingest
 
     monkeypatch.setattr(indexes, "HNSW_FROM_ROWS", 40)
@@ -132,6 +144,11 @@ def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, m
     rebuilt = json.loads(cli("index", "--stage", "first", "--json").stdout)[0]
     assert rebuilt["kind"] == "hnsw" and rebuilt["params"]["default"] is True
     assert "index: hnsw over a 64-d PCA projection" in cli("db", "status").stdout
+    # the same 60 images again: 120 rows, 60 distinct vectors, each copy a node of the graph
+    again = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--dataset", "again", "--json").stdout)
+    first = again["index"]["first"]
+    assert first["distinct_rows"] == 60 and first["ef_search"] == indexes.projected_ef_search(120, 60) > ef, first
+    assert "2.00 rows per distinct vector" in cli("db", "status").stdout
 
 
 def test_an_ivfflat_build_gets_the_memory_its_kmeans_needs():
