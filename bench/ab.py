@@ -29,7 +29,14 @@ COMMANDS = ("ingest", "evaluate", "classify")
 
 
 def worktree(rev: str, where: Path) -> Path:
+    """The commit checked out at `where`, importable as it stands there with PYTHONPATH: the
+    packages that pyproject maps from other folders (the migrations, the view SQL) get a link in the
+    tree's package, so that they are the commit's own and not the installed checkout's."""
     subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], check=True, capture_output=True)
+    for package, folder in (("migrations", "migrations"), ("sql", "sql")):
+        link = where / "clipvdb" / package
+        if (where / folder).is_dir() and not link.exists():
+            link.symlink_to(Path("..") / folder)
     return where
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from PIL import Image
 
 from . import db, queries
 from .encoder import Encoder
-from .errors import SourceError, UsageError
+from .errors import SourceError, StageError, UsageError
 from .images import array_to_image, load_image
 from .sources import Source, open_source
 from .stages import STAGES, Stage
@@ -20,6 +23,33 @@ from .stages import STAGES, Stage
 # The `first` stage uses no model: its vectors are the same whatever weights are loaded.
 PIXELS_MODEL = "pixels"
 PIXELS_WEIGHTS = "none"
+
+
+@dataclass(frozen=True)
+class Space:
+    """An embedding space: one model's (one weights') vectors at one stage, stored in the stage's
+    table beside other spaces' of any width, with its own index, projection and learned map. `stage`
+    carries the space's width; stage first (pixels) is one space whatever the model."""
+
+    id: int
+    stage: Stage
+    model: str = PIXELS_MODEL
+    weights: str = PIXELS_WEIGHTS
+    rows: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.stage.name if self.model == PIXELS_MODEL else f"{self.model} {self.stage.name}"
+
+
+def stored_spaces(conn: psycopg.Connection, stages: Iterable[Stage] | None = None) -> list[Space]:
+    """Every space holding rows (at `stages`, by name), in forward-pass order, then by id."""
+    names = None if stages is None else {s.name for s in stages}
+    return [
+        Space(i, dataclasses.replace(STAGES[stage], dim=dim), model, weights, rows)
+        for i, model, weights, stage, dim, rows in conn.execute(queries.STORED_SPACES).fetchall()
+        if names is None or stage in names
+    ]
 
 
 def space_identity(stage: Stage, encoder: Encoder | None) -> tuple[str, str]:
@@ -30,14 +60,19 @@ def space_identity(stage: Stage, encoder: Encoder | None) -> tuple[str, str]:
     return encoder.name, encoder.weights
 
 
-def get_or_create_space(conn: psycopg.Connection, stage: Stage, encoder: Encoder | None) -> int:
+def get_or_create_space(conn: psycopg.Connection, stage: Stage, encoder: Encoder | None) -> Space:
     model, weights = space_identity(stage, encoder)
     row = conn.execute(
         queries.UPSERT_SPACE,
         (model, weights, stage.name, stage.dim),
     ).fetchone()
     assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
-    return row[0]
+    if row[1] != stage.dim:
+        raise StageError(
+            f"{model}/{weights} stage {stage.name} was stored as {row[1]}-d vectors and is now {stage.dim}-d; "
+            "the model's stages changed under the same weights identity: store it under other weights"
+        )
+    return Space(row[0], stage, model, weights)
 
 
 def find_space(conn: psycopg.Connection, stage: Stage, encoder: Encoder | None) -> int | None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import db, indexes, nodes, storage
+from . import catalog, db, indexes, nodes
 from .errors import UsageError
 from .nodes import NodesStatus, Rebalance
 from .session import Session
-from .stages import STAGE_NAMES, STAGES
+from .stages import STAGE_NAMES
 
 
 def require_embedded(session: Session, command: str) -> None:
@@ -42,10 +42,10 @@ def start(session: Session, workers: int = nodes.DEFAULT_WORKERS) -> NodesStatus
         if "placed" in placed:
             # rows that were already stored moved to the workers; their indexes are rebuilt per
             # shard (ivfflat lists follow the rows per shard)
-            for stage in (storage.as_stored(conn, s) for s in STAGES.values()):
-                current = indexes.info(conn, stage)
+            for space in catalog.stored_spaces(conn):
+                current = indexes.info(conn, space)
                 if current.rows and current.exists:
-                    indexes.refresh(conn, stage)
+                    indexes.refresh(conn, space)
     session.forget()
     return status(session)
 

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +77,16 @@ class State:
     @property
     def url(self) -> str:
         return self.store.url
+
+    def per_model(self) -> list[State]:
+        """One state per model of a `--model A,B` list (the same database), in the order given;
+        with one model, this state. A list takes each model's own default weights."""
+        names = [m.strip() for m in self.model.split(",") if m.strip()]
+        if len(names) <= 1:
+            return [self]
+        if self.pretrained:
+            raise UsageError("--pretrained names one model's weights; give it with one --model, not a list")
+        return [replace(self, model=name) for name in names]
 
     def close(self) -> None:
         if "store" in self.__dict__:
@@ -178,7 +188,8 @@ def model_options(f):
         envvar=config.ENV_MODEL,
         expose_value=False,
         callback=_store("model"),
-        help="open_clip model name (default RN50); 'tiny' is a no-torch test encoder.",
+        help="open_clip model name (default RN50), efficientnet-lite0, a checkpoint .pt, or 'tiny' (a no-torch "
+        "test encoder); ingest and evaluate take a comma-separated list.",
     )(f)
     return f
 
@@ -650,10 +661,11 @@ def db_status(state: State, as_json: bool) -> None:
     for stage in STAGE_NAMES:
         if stage in info["rows_per_stage"]:
             click.echo(f"{stage + ':':<11} {info['rows_per_stage'][stage]} rows")
-            index = info["indexes"].get(stage)
-            if index:
-                missing = "" if index["exists"] else " (not built yet: clipvdb index --stage " + stage + ")"
-                click.echo(f"{'':<11} index: {index['why']}{missing}")
+            spaces = [sp for sp in info["spaces"] if sp["stage"] == stage]
+            for sp in spaces:
+                model = f"{sp['model']} ({sp['rows']} rows) " if len(spaces) > 1 else ""
+                missing = "" if sp["exists"] else " (not built yet: clipvdb index --stage " + stage + ")"
+                click.echo(f"{'':<11} {model}index: {sp['why']}{missing}")
 
 
 @db.command("url")
@@ -919,33 +931,53 @@ def embed(state: State, images: tuple[str, ...], stage: str, fmt: str) -> None:
 def ingest(state: State, stage, data, options: IngestOptions, as_json) -> None:
     """Encode a labelled split at STAGE and store the vectors (resumable, idempotent).
 
+    With a list of models, each model's vectors go into its own embedding spaces of the one database
+    ('clipvdb models' lists them); --json then prints a list, a result per model.
+
     \b
     Example:
       clipvdb ingest --stage first --data cifar-10-python.tar.gz --limit 5000
       clipvdb ingest --stage all --data ./cifar10 --pretrained ~/RN50.pt
+      clipvdb ingest --stage second,third --data ./cifar10 --model RN50,efficientnet-lite0
     """
     from .sources import open_source  # numpy: kept off the start-up of --help
 
     stages = _stages(stage)
     source = open_source(data)
-    state.store.encoder_for(stages)  # load weights (or fail) before the progress bar starts
-    progress, update = _progress(f"ingest {','.join(s.name for s in stages)}")
-    with progress:
-        result = state.store.ingest(source, stages, options, progress=update)
+    states = state.per_model()
+    for each in states:
+        each.store.encoder_for(stages)  # load weights (or fail) before any progress bar starts
+    results = []
+    for each in states:
+        label = f"ingest {','.join(s.name for s in stages)}" + (f" {each.model}" if len(states) > 1 else "")
+        progress, update = _progress(label)
+        with progress:
+            results.append(each.store.ingest(source, stages, options, progress=update))
+        if each is not state:
+            each.close()
     if as_json:
-        _print_json(result.as_dict())
-    else:
-        added = ", ".join(f"{k} +{v}" for k, v in result.inserted.items())
-        click.echo(
-            f"{result.dataset}/{result.split}: {result.total} images, {result.already_stored} already stored; "
-            f"rows {added}; {result.seconds:.1f} s, {result.images_per_s:.1f} images/s"
+        dicts = [r.as_dict() for r in results]
+        _print_json(
+            dicts[0] if len(states) == 1 else [{"model": s.model, **d} for s, d in zip(states, dicts, strict=True)]
         )
-        for _key, reason in result.failed:
-            click.echo(f"skipped: {reason}", err=True)
-        if result.ignored:
-            click.echo(f"ignored {len(result.ignored)} files without an image extension", err=True)
-    if result.failed:
-        raise SkippedImagesError(f"{len(result.failed)} of {result.total} images were skipped (listed above)")
+    for result in results:
+        if not as_json:
+            _report_ingest(result)
+    failed = [r for r in results if r.failed]
+    if failed:
+        raise SkippedImagesError(f"{len(failed[0].failed)} of {failed[0].total} images were skipped (listed above)")
+
+
+def _report_ingest(result) -> None:
+    added = ", ".join(f"{k} +{v}" for k, v in result.inserted.items())
+    click.echo(
+        f"{result.dataset}/{result.split}: {result.total} images, {result.already_stored} already stored; "
+        f"rows {added}; {result.seconds:.1f} s, {result.images_per_s:.1f} images/s"
+    )
+    for _key, reason in result.failed:
+        click.echo(f"skipped: {reason}", err=True)
+    if result.ignored:
+        click.echo(f"ignored {len(result.ignored)} files without an image extension", err=True)
 
 
 @cli.command()
@@ -954,10 +986,12 @@ def ingest(state: State, stage, data, options: IngestOptions, as_json) -> None:
 @json_option
 @click.pass_obj
 def index(state: State, stage, options: IndexOptions, as_json) -> None:
-    """Rebuild the ANN index of STAGE by hand (ingest keeps the kind chosen here).
+    """Rebuild the ANN indexes of STAGE by hand (ingest keeps the kind chosen here).
 
-    Without --kind, the stage's default. With --project D the index holds each vector's D principal
-    components, and a query re-ranks its candidates by the exact distance on the full vector.
+    Each model's vectors at a stage are an embedding space with an index of its own ('clipvdb
+    models' lists them); every space stored at STAGE is rebuilt. Without --kind, the stage's
+    default. With --project D the index holds each vector's D principal components, and a query
+    re-ranks its candidates by the exact distance on the full vector.
 
     \b
     Example:
@@ -970,7 +1004,30 @@ def index(state: State, stage, options: IndexOptions, as_json) -> None:
     if as_json:
         _print_json(out)
     else:
-        print_table("indexes", out, ["stage", "kind", "params", "rows", "size_bytes", "build_seconds"])
+        print_table("indexes", out, ["stage", "model", "kind", "params", "rows", "size_bytes", "build_seconds"])
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def models(state: State, as_json) -> None:
+    """The embedding spaces this database holds: per model and stage its width, weights, rows and index.
+
+    Every model stored in one database keeps its own vectors at each stage, of its own width, with
+    an index of its own; stage first (pixels) is one space whatever the model.
+
+    \b
+    Example:
+      clipvdb models
+      clipvdb models --json
+    """
+    spaces = [sp.as_dict() for sp in state.store.status().spaces]
+    if as_json:
+        _print_json(spaces)
+        return
+    for sp in spaces:
+        sp["index"] = sp["kind"] + ("" if sp["exists"] else " (not built)")
+    print_table("models", spaces, ["model", "weights", "stage", "dim", "rows", "index", "size_bytes"])
 
 
 # ---------------------------------------------------------------- classify / evaluate
@@ -1022,34 +1079,55 @@ def classify(state: State, images, stage, options, settings: SearchSettings, as_
 def evaluate(state: State, stage, data, options: EvaluateOptions, settings: SearchSettings, as_json) -> None:
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
+    With a list of models, a run per model against its own stored vectors; --json then prints a
+    list, a run per model, and 'clipvdb report --runs' compares them.
+
     \b
     Example:
       clipvdb evaluate --stage first --data cifar-10-python.tar.gz --limit 1000 --exact
       clipvdb evaluate --stage all --data ./cifar10 --k 5 --display-freq 5
       clipvdb evaluate --stage first --data ./cifar10 --k 1,5,20 --metric cosine
+      clipvdb evaluate --stage second,third --data ./cifar10 --model RN50,efficientnet-lite0
       clipvdb report --view report_accuracy_by_k
     """
     from .sources import open_source  # numpy: kept off the start-up of --help
 
     stages = _stages(stage)
     source = open_source(data)
-    state.store.encoder_for(stages)
-    progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
-    with progress:
-        result = state.store.evaluate(
-            source, stages, settings, options, progress=update, report=lambda line: progress.console.print(line)
-        )
+    states = state.per_model()
+    for each in states:
+        each.store.encoder_for(stages)
+    results = []
+    for each in states:
+        label = f"evaluate {','.join(s.name for s in stages)}" + (f" {each.model}" if len(states) > 1 else "")
+        progress, update = _progress(label)
+        with progress:
+            results.append(
+                each.store.evaluate(source, stages, settings, options, progress=update, report=progress.console.print)
+            )
+        if each is not state:
+            each.close()
     if as_json:
-        _print_json(result.as_dict())
+        dicts = [r.as_dict() for r in results]
+        _print_json(
+            dicts[0] if len(states) == 1 else [{"model": s.model, **d} for s, d in zip(states, dicts, strict=True)]
+        )
         return
-    rows = [
-        {"stage": n, "n": t.n, "accuracy_%": t.accuracy, "encoder_s": t.encode_ms / 1000, "query_s": t.query_ms / 1000}
-        for n, t in result.stages.items()
-    ]
-    print_table(f"run {result.run_id}: {result.dataset}/{result.split}", rows)
-    click.echo(result.summary())
-    for _key, reason in result.failed:
-        click.echo(f"skipped: {reason}", err=True)
+    for each, result in zip(states, results, strict=True):
+        rows = [
+            {
+                "stage": n,
+                "n": t.n,
+                "accuracy_%": t.accuracy,
+                "encoder_s": t.encode_ms / 1000,
+                "query_s": t.query_ms / 1000,
+            }
+            for n, t in result.stages.items()
+        ]
+        print_table(f"run {result.run_id}: {each.model} on {result.dataset}/{result.split}", rows)
+        click.echo(result.summary())
+        for _key, reason in result.failed:
+            click.echo(f"skipped: {reason}", err=True)
 
 
 # ---------------------------------------------------------------- retrieval

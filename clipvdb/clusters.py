@@ -90,7 +90,7 @@ def cluster(session: Session, stage: Stage, options: ClusterOptions) -> Clusteri
     ds = session.dataset(options.dataset)
     with session.connection() as conn:
         space = session.require_space(conn, stage)
-        cid = fit(conn, stage, space, ds.id, options.split, options.method, options.params(), sample=options.sample)
+        cid = fit(conn, stage, space.id, ds.id, options.split, options.method, options.params(), sample=options.sample)
         return read(conn, cid)[0]
 
 

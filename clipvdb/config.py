@@ -35,7 +35,7 @@ DEFAULT_EF_CONSTRUCTION = 64
 # stage first's projected hnsw, the default above indexes.HNSW_FROM_ROWS rows (see there)
 PROJECTED_EF_CONSTRUCTION = 40
 PROJECTED_EF_SEARCH = 60  # on a stored set of distinct vectors; widened by its copies (indexes.projected_ef_search)
-PROJECTED_EF_SEARCH_MAX = 100
+PROJECTED_EF_SEARCH_MAX = 80
 DEFAULT_PROJECT_FIRST = 64
 # Pipelines
 DEFAULT_BATCH_SIZE = 64  # ingest with a CLIP stage (the encoder's batch)

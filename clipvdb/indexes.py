@@ -1,9 +1,9 @@
-"""Approximate-nearest-neighbor indexes per stage: ivfflat, hnsw, or none.
+"""Approximate-nearest-neighbor indexes per embedding space: ivfflat, hnsw, or none.
 
-The index is on the embedding column itself, with the opclass of its type (vector, or halfvec for
-the stages wider than 2,000 dimensions; see Stage.column_type), or, with `project`, on a PCA
-projection of it in projections_<stage> (projection.py), queried with an exact re-rank. The DDL is
-composed by queries.create_index, which experiments use too.
+Each space (a model's vectors at one stage, catalog.Space) has its own index over its own rows of
+the stage table: a partial index on the embedding column cast to the space's width (halfvec), or,
+with `project`, on a PCA projection of it in projections_<stage> (projection.py), queried with an
+exact re-rank. The DDL is composed by queries.create_index, which experiments use too.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import psycopg
 
 from . import config, db, embedded, projection, queries
+from .catalog import Space
 from .errors import UsageError
 from .stages import Stage
 
@@ -40,9 +41,10 @@ def projected_ef_search(rows: int, distinct: int) -> int:
     Identical rows are nodes of their own in the graph, and each takes a slot of the search's beam,
     so the beam is widened by rows per distinct vector: PROJECTED_EF_SEARCH on a set of distinct
     vectors, up to PROJECTED_EF_SEARCH_MAX. At 1,000,000 distinct rows ef_search 60 found the exact
-    nearest for 0.973 of the queries; where each image was stored 8 times byte for byte beside 12 near
+    nearest for 0.971 of the queries; where each image was stored 8 times byte for byte beside 12 near
     copies (1.43 rows per vector), 60 found 0.961 and 80 0.973 for 1.17x the statement time (100:
-    0.977 for 1.30x)."""
+    0.977 for 1.30x); at 200,000 rows holding each image's flip 3 times, 80 and 100 both found 0.989,
+    100 for 1.22x the distinct set's time at 60 and 80 for 0.98x."""
     base = config.PROJECTED_EF_SEARCH
     widened = math.ceil(base * rows / distinct) if distinct else base
     return max(base, min(config.PROJECTED_EF_SEARCH_MAX, widened))
@@ -61,15 +63,15 @@ def default_index(stage: Stage, rows: int = 0, shards: int = 1) -> tuple[str, di
     return "ivfflat", {}
 
 
-def stored_default(conn: psycopg.Connection, stage: Stage) -> tuple[str, dict]:
-    """default_index for what the stage stores now."""
-    return default_index(stage, stored_rows(conn, stage), db.shard_count(conn, stage.table))
+def stored_default(conn: psycopg.Connection, space: Space) -> tuple[str, dict]:
+    """default_index for what the space stores now."""
+    return default_index(space.stage, stored_rows(conn, space), db.shard_count(conn, space.stage.table))
 
 
-def drop(conn: psycopg.Connection, stage: Stage) -> None:
-    """Drop the stage's ANN index, full-width or projected (a large load goes faster without)."""
-    conn.execute(queries.drop_index(queries.index_name(stage)))
-    conn.execute(queries.drop_index(queries.index_name(stage, projected=True)))
+def drop(conn: psycopg.Connection, space: Space) -> None:
+    """Drop the space's ANN index, full-width or projected (a large load goes faster without)."""
+    conn.execute(queries.drop_index(queries.index_name(space.stage, space.id)))
+    conn.execute(queries.drop_index(queries.index_name(space.stage, space.id, projected=True)))
 
 
 # Above this many rows per index, a projected index's lists grow as sqrt(rows) and its probes stay
@@ -172,17 +174,25 @@ class IndexInfo:
     exists: bool
     size_bytes: int
     build_seconds: float | None
+    space: int = 0
+    model: str = ""
 
 
-def lock_stage_index(conn: psycopg.Connection, stage: Stage) -> None:
-    """Serialise index maintenance on a stage across sessions. Starts a fresh transaction first:
+def lock_key(stage: str, model: str, weights: str) -> int:
+    """The advisory lock of one space's index maintenance, by what names the space (its id may not
+    exist yet when two ingests start)."""
+    return zlib.crc32(f"clipvdb:index:{stage}:{model}:{weights}".encode())
+
+
+def lock_space_index(conn: psycopg.Connection, space: Space) -> None:
+    """Serialise index maintenance on a space across sessions. Starts a fresh transaction first:
     two sessions that each read the table and then drop its index would otherwise deadlock."""
     conn.commit()
-    conn.execute(queries.ADVISORY_XACT_LOCK, (zlib.crc32(f"clipvdb:index:{stage.name}".encode()),))
+    conn.execute(queries.ADVISORY_XACT_LOCK, (lock_key(space.stage.name, space.model, space.weights),))
 
 
-def stored_rows(conn: psycopg.Connection, stage: Stage) -> int:
-    row = conn.execute(queries.total_rows(stage)).fetchone()
+def stored_rows(conn: psycopg.Connection, space: Space) -> int:
+    row = conn.execute(queries.rows_of_space(space.stage), (space.id,)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -191,9 +201,9 @@ SPEC_KEYS = ("lists", "m", "ef_construction", "metric", "project", "ef_search")
 
 
 def build(
-    conn: psycopg.Connection, stage: Stage, kind: str = "ivfflat", spec: dict | None = None, *, by_default: bool = False
+    conn: psycopg.Connection, space: Space, kind: str = "ivfflat", spec: dict | None = None, *, by_default: bool = False
 ) -> IndexInfo:
-    """(Re)build the stage's index and record the choice. `spec` (SPEC_KEYS, each optional): lists,
+    """(Re)build the space's index and record the choice. `spec` (SPEC_KEYS, each optional): lists,
     m, ef_construction, metric, ef_search (an hnsw's default), project (refit the projection and
     index that instead of the full vectors). Commits. The recorded params add each phase's seconds,
     and `default` when the size rule chose (a later rebuild chooses again for the rows it finds)."""
@@ -215,18 +225,19 @@ def build(
         raise UsageError("--lists must be at least 1")
     if kind == "hnsw" and ef_construction < 2 * m:
         raise UsageError(f"--ef-construction must be at least 2 x --m ({2 * m}); got {ef_construction}")
-    lock_stage_index(conn, stage)
-    rows = stored_rows(conn, stage)
+    stage = space.stage
+    lock_space_index(conn, space)
+    rows = stored_rows(conn, space)
     params: dict = {"metric": metric}
     if by_default:
         params["default"] = True
     start = time.perf_counter()
-    drop(conn, stage)
+    drop(conn, space)
     if project:
         t0 = time.perf_counter()
-        proj = projection.fit(conn, stage, project)
+        proj = projection.fit(conn, space, project)
         t1 = time.perf_counter()
-        mapped = projection.save(conn, stage, proj)
+        mapped = projection.save(conn, space, proj)
         t2 = time.perf_counter()
         params.update(
             project=proj.dims,
@@ -235,12 +246,12 @@ def build(
             project_s=round(t2 - t1, 3),
         )
         table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
-        dim = proj.dims
+        dim, column_type = proj.dims, queries.PROJECTION_TYPE
     else:
-        projection.remove(conn, stage)
+        projection.remove(conn, space)
         table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)
-        dim = stage.dim
-    name = queries.index_name(stage, projected=bool(project))
+        dim, column_type = stage.dim, stage.column_type
+    name = queries.index_name(stage, space.id, projected=bool(project))
     shards = db.shard_count(conn, table)
     if shards > 1:
         params["shards"] = shards  # on Citus every shard has its own index over its own rows
@@ -262,46 +273,49 @@ def build(
             ("max_parallel_maintenance_workers", str(build_workers())),
         ]
         db.set_local(conn, session, distributed=shards > 1)
-        conn.execute(queries.create_index(name, table, column, kind, opclass, params))
+        typed = f"{column_type}({dim})"
+        width = dim if project else None
+        conn.execute(queries.create_index(name, table, column, kind, opclass, params, (space.id, typed), width))
         params["index_s"] = round(time.perf_counter() - t0, 3)
     seconds = time.perf_counter() - start
-    conn.execute(queries.SAVE_STAGE_INDEX, (stage.name, kind, json.dumps(params), rows, seconds))
+    conn.execute(queries.SAVE_SPACE_INDEX, (space.id, kind, json.dumps(params), rows, seconds))
     conn.commit()
     if kind != "none":
         conn.execute(queries.analyze(table))
         conn.commit()
-    return info(conn, stage)
+    return info(conn, space)
 
 
-def info(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
-    row = conn.execute(queries.LOAD_STAGE_INDEX, (stage.name,)).fetchone()
-    rows = stored_rows(conn, stage)
+def info(conn: psycopg.Connection, space: Space) -> IndexInfo:
+    stage = space.stage
+    row = conn.execute(queries.LOAD_SPACE_INDEX, (space.id,)).fetchone()
+    rows = stored_rows(conn, space)
     if row:
         kind, params, seconds = row
     else:
         kind, params = default_index(stage, rows, db.shard_count(conn, stage.table))
         params, seconds = {**params, "default": True}, None
     params = params or {}
-    name = queries.index_name(stage, projected=bool(params.get("project")))
+    name = queries.index_name(stage, space.id, projected=bool(params.get("project")))
     found = conn.execute(queries.INDEX_SIZE, (name, name)).fetchone()
     exists, size = found if found else (False, 0)
-    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds)
+    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds, space.id, space.model)
 
 
-def build_default(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
+def build_default(conn: psycopg.Connection, space: Space) -> IndexInfo:
     """Build what the size rule chooses for the rows stored now, and record it as the default."""
-    kind, params = stored_default(conn, stage)
-    return build(conn, stage, kind, params, by_default=True)
+    kind, params = stored_default(conn, space)
+    return build(conn, space, kind, params, by_default=True)
 
 
-def refresh(conn: psycopg.Connection, stage: Stage) -> IndexInfo:
+def refresh(conn: psycopg.Connection, space: Space) -> IndexInfo:
     """After a load: rebuild with the recorded kind and parameters (lists re-derived from rows, the
     projection refitted), or, where the size rule chose, with what it chooses now."""
-    current = info(conn, stage)
+    current = info(conn, space)
     params = dict(current.params)
     if params.get("default"):
-        return build_default(conn, stage)
+        return build_default(conn, space)
     chosen_at_build = ("lists", "ef_search") if "distinct_rows" in params else ("lists",)
     return build(
-        conn, stage, current.kind, {k: params[k] for k in SPEC_KEYS if k not in chosen_at_build and k in params}
+        conn, space, current.kind, {k: params[k] for k in SPEC_KEYS if k not in chosen_at_build and k in params}
     )

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from . import catalog, config, db, indexes, learned, projection, storage
+from . import catalog, config, db, indexes, learned, projection
+from .catalog import Space
 from .encoder import Encoder
 from .errors import DatabaseError, SkippedImagesError, UsageError
 from .options import IngestOptions, LoadOptions, Watch
@@ -83,14 +84,14 @@ def store_vectors(
 BULK_LOAD_ROWS = 1000
 
 
-def _drop_index_for_bulk_load(conn: psycopg.Connection, stage: Stage, adding: int) -> bool:
+def _drop_index_for_bulk_load(conn: psycopg.Connection, space: Space, adding: int) -> bool:
     """A large load goes faster without the ANN index (ingest rebuilds it afterwards, refitting a
     projection, choosing the default kind again for the new size). Returns whether it was dropped."""
-    indexes.lock_stage_index(conn, stage)
-    rows = indexes.stored_rows(conn, stage)
+    indexes.lock_space_index(conn, space)
+    rows = indexes.stored_rows(conn, space)
     dropped = adding >= BULK_LOAD_ROWS and adding >= rows // 5
     if dropped:
-        indexes.drop(conn, stage)
+        indexes.drop(conn, space)
     conn.commit()
     return dropped
 
@@ -141,9 +142,8 @@ def _ingest(
     if options.limit is not None:
         items = items[: options.limit]
     dataset = catalog.register_dataset(conn, source, options.dataset)
-    for s in stages:
-        storage.fit_width(conn, s)
-    slices = {s.name: StageRows(s, catalog.get_or_create_space(conn, s, encoder), dataset, split) for s in stages}
+    spaces = {s.name: catalog.get_or_create_space(conn, s, encoder) for s in stages}
+    slices = {s.name: StageRows(s, spaces[s.name].id, dataset, split) for s in stages}
     conn.commit()
     stored = {name: rows.keys(conn) for name, rows in slices.items()}
     conn.commit()
@@ -163,12 +163,12 @@ def _ingest(
         result.failed.append((key, reason))
     # rows added while a projected index stands get their projection at once; after a drop the
     # rebuild at the end refits and writes them all
-    projections = {s.name: projection.load(conn, s) for s in stages}
-    maps = {s.name: learned.load(conn, s) for s in stages}  # learned maps stay current for new rows
+    projections = {s.name: projection.load(conn, spaces[s.name]) for s in stages}
+    maps = {s.name: learned.load(conn, spaces[s.name]) for s in stages}  # learned maps stay current for new rows
     dropped: set[str] = set()
     if build_index:
         for s in stages:
-            if _drop_index_for_bulk_load(conn, s, len(todo)):
+            if _drop_index_for_bulk_load(conn, spaces[s.name], len(todo)):
                 projections[s.name] = None
                 dropped.add(s.name)
     watch.progress(0, len(todo))
@@ -213,8 +213,8 @@ def _ingest(
         for s in stages:
             # A standing index took the new rows itself (and their projections went in with them):
             # rebuild only what this load dropped, or what is missing.
-            if s.name in dropped or not indexes.info(conn, s).exists:
-                info = indexes.refresh(conn, s)
+            if s.name in dropped or not indexes.info(conn, spaces[s.name]).exists:
+                info = indexes.refresh(conn, spaces[s.name])
                 result.index[s.name] = {"kind": info.kind, **info.params}
     result.seconds = time.perf_counter() - start
     return result
@@ -256,8 +256,8 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
     if not len(vectors) == len(keys) == len(labels):
         raise UsageError(f"{len(vectors)} vectors, {len(keys)} keys and {len(labels)} labels: give one of each")
     dataset = catalog.register_dataset(conn, source, options.dataset)
-    storage.fit_width(conn, stage)
-    rows = StageRows(stage, catalog.get_or_create_space(conn, stage, encoder), dataset, options.split)
+    space = catalog.get_or_create_space(conn, stage, encoder)
+    rows = StageRows(stage, space.id, dataset, options.split)
     conn.commit()
     ids: dict[str, int] = {}
     for s in range(0, len(keys), batch):
@@ -265,10 +265,10 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
         ids.update(catalog.upsert_images(conn, dataset, options.split, part))
         conn.commit()
     # a standing projection takes the new rows at once; a rebuilt index refits it
-    proj, lmap = (None if build_index else projection.load(conn, stage)), learned.load(conn, stage)
+    proj, lmap = (None if build_index else projection.load(conn, space)), learned.load(conn, space)
     if build_index:
-        indexes.lock_stage_index(conn, stage)
-        indexes.drop(conn, stage)
+        indexes.lock_space_index(conn, space)
+        indexes.drop(conn, space)
         conn.commit()
     start = time.perf_counter()
     added = 0
@@ -280,5 +280,5 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
     conn.commit()
     info = None
     if build_index:
-        info = indexes.build(conn, stage, *index) if index else indexes.build_default(conn, stage)
+        info = indexes.build(conn, space, *index) if index else indexes.build_default(conn, space)
     return LoadResult(ids, added, load_s, info)

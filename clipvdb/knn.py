@@ -34,6 +34,7 @@ import numpy as np
 import psycopg
 
 from . import config, db, indexes, learned, projection, queries
+from .catalog import Space
 from .errors import DatabaseError, EmptyStageError, SpaceMismatchError, UsageError
 from .learned import LearnedMap
 from .stages import Stage
@@ -162,17 +163,18 @@ class KnnSearcher:
                 "stage": stage.name,
                 "dataset": dataset,
                 "split": split,
-                "full_index": queries.index_name(stage),
-                "proj_index": queries.index_name(stage, projected=True),
+                "full_index": queries.index_name(stage, ""),
+                "proj_index": queries.index_name(stage, "", projected=True),
             },
         ).fetchone()
         assert row is not None
         self.space, self.rows, projected_rows, kind, params, full_exists, proj_exists, self.distributed = row
         if self.space is None or self.rows == 0:
             raise_empty(conn, stage, identity, split)
+        space = Space(self.space, stage, model, weights)
         self.learned: LearnedMap | None = None
         if settings.learned:
-            self._set_up_learned(conn)
+            self._set_up_learned(conn, space)
             return
         default_kind, default_params = indexes.default_index(stage, self.rows)
         self.index_kind: str = kind or default_kind
@@ -190,7 +192,7 @@ class KnnSearcher:
                     f"run 'clipvdb index --stage {stage.name}' to rebuild the index"
                 )
             else:
-                self.projection = projection.load(conn, stage)
+                self.projection = projection.load(conn, space)
         projected_dim = self.projection.dims if self.projection is not None else None
         if self.distributed:
             self._set_up_shards(conn, projected_dim=projected_dim)
@@ -226,11 +228,11 @@ class KnnSearcher:
             "'clipvdb db nodes status' shows which shards have no placement"
         )
 
-    def _set_up_learned(self, conn: psycopg.Connection) -> None:
-        """Search the stage's learned space (learned.py): its map, its table and ivfflat index."""
+    def _set_up_learned(self, conn: psycopg.Connection, space: Space) -> None:
+        """Search the space's learned space (learned.py): its map, its table and ivfflat index."""
         if self.settings.metric != "l2":
             raise UsageError("--learned searches by L2 distance in the learned space; drop --metric")
-        lmap = self.learned = learned.require(conn, self.stage)
+        lmap = self.learned = learned.require(conn, space)
         covered = db.scalar(
             conn,
             queries.learned_count(self.stage),

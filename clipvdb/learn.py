@@ -17,11 +17,12 @@ def learn(session: Session, stage: Stage, options: LearnOptions) -> LearnedMap:
     ds = session.dataset(options.dataset)
     try:
         with session.connection() as conn:
-            X, y = learned.training_data(conn, stage, session.require_space(conn, stage), ds.id)
+            space = session.require_space(conn, stage)
+            X, y = learned.training_data(conn, stage, space.id, ds.id)
             conn.rollback()
             lmap = learned.fit(X, y, stage, options.method, options.dims, seconds=options.seconds, seed=options.seed)
             lmap.params["dataset"] = ds.name
-            learned.save(conn, stage, lmap)
+            learned.save(conn, space, lmap)
     finally:
         session.forget()
     return lmap

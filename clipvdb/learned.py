@@ -24,6 +24,7 @@ import numpy as np
 import psycopg
 
 from . import db, queries, storage
+from .catalog import Space
 from .errors import EmptyStageError, UsageError
 from .linear_map import LinearMap, packed, unpacked
 from .options import LEARN_METHODS
@@ -127,17 +128,17 @@ def fit(
     )
 
 
-def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
-    """Store the map and (re)write every stored vector's image under it, then its ivfflat index
-    (rows/100 lists, like a projected index); returns rows written."""
-    table = stage.learned_table
+def save(conn: psycopg.Connection, space: Space, lmap: LearnedMap) -> int:
+    """Store the space's map and (re)write every stored vector's image under it, then its ivfflat
+    index (rows/100 lists, like a projected index); returns rows written."""
+    table = space.stage.learned_table
     shards = db.shard_count(conn, table)  # on Citus every shard indexes its own rows
-    lists = max(1, int(db.scalar(conn, queries.total_rows(stage))) // shards // 100)
+    lists = max(1, int(db.scalar(conn, queries.rows_of_space(space.stage), (space.id,))) // shards // 100)
     lmap.params = {**lmap.params, "lists": lists, **({"shards": shards} if shards > 1 else {})}
     conn.execute(
         queries.SAVE_LEARNED_MAP,
         (
-            stage.name,
+            space.id,
             lmap.method,
             lmap.dims,
             packed(lmap.mean),
@@ -147,20 +148,31 @@ def save(conn: psycopg.Connection, stage: Stage, lmap: LearnedMap) -> int:
             lmap.fit_seconds,
         ),
     )
-    conn.execute(queries.drop_index(f"{table}_ann"))
-    conn.execute(queries.truncate(table))
-    conn.execute(queries.retype_learned(stage, lmap.dims))
-    written = storage.map_all(conn, stage, lmap.apply, table, "vec").rows
+    name = f"{table}_ann_{space.id}"
+    conn.execute(queries.drop_index(name))
+    written = storage.map_all(conn, space, lmap.apply, table, "vec").rows
     db.set_local(conn, [("maintenance_work_mem", "1GB")], distributed=shards > 1)
-    conn.execute(queries.create_index(f"{table}_ann", table, "vec", "ivfflat", "vector_l2_ops", {"lists": lists}))
+    conn.execute(
+        queries.create_index(
+            name,
+            table,
+            "vec",
+            "ivfflat",
+            "vector_l2_ops",
+            {"lists": lists},
+            (space.id, f"vector({lmap.dims})"),
+            lmap.dims,
+        )
+    )
     conn.commit()
     conn.execute(queries.analyze(table))
     conn.commit()
     return written
 
 
-def load(conn: psycopg.Connection, stage: Stage) -> LearnedMap | None:
-    row = conn.execute(queries.LOAD_LEARNED_MAP, (stage.name,)).fetchone()
+def load(conn: psycopg.Connection, space: Space) -> LearnedMap | None:
+    stage = space.stage
+    row = conn.execute(queries.LOAD_LEARNED_MAP, (space.id,)).fetchone()
     if row is None:
         return None
     method, dims, mean, matrix, fitted, params, seconds = row
@@ -180,10 +192,11 @@ def add(conn: psycopg.Connection, rows: StageRows, lmap: LearnedMap, image_ids: 
     lmap.add(conn, rows, rows.stage.learned_table, "vec", image_ids, vectors)
 
 
-def require(conn: psycopg.Connection, stage: Stage) -> LearnedMap:
-    lmap = load(conn, stage)
+def require(conn: psycopg.Connection, space: Space) -> LearnedMap:
+    lmap = load(conn, space)
     if lmap is None:
-        raise EmptyStageError(f"stage {stage.name} has no learned map; run 'clipvdb learn --stage {stage.name}' first")
+        name = space.stage.name
+        raise EmptyStageError(f"stage {name} has no learned map; run 'clipvdb learn --stage {name}' first")
     return lmap
 
 

@@ -16,9 +16,10 @@ import numpy as np
 import psycopg
 
 from . import db, queries, storage
+from .catalog import Space
 from .errors import EmptyStageError, UsageError
 from .linear_map import LinearMap, packed, unpacked
-from .stages import MAX_VECTOR_INDEX_DIM, Stage
+from .stages import MAX_VECTOR_INDEX_DIM
 from .storage import StageRows
 
 FIT_ROWS = 20_000  # rows sampled to fit the basis; the covariance of more changes little
@@ -31,17 +32,22 @@ class Projection(LinearMap):
     variance_kept: float
 
 
-def fit(conn: psycopg.Connection, stage: Stage, dim: int, *, max_rows: int = FIT_ROWS) -> Projection:
-    """Principal components of the stage's stored vectors (a repeatable sample above `max_rows`)."""
+def fit(conn: psycopg.Connection, space: Space, dim: int, *, max_rows: int = FIT_ROWS) -> Projection:
+    """Principal components of the space's stored vectors (a repeatable sample above `max_rows`)."""
+    stage = space.stage
     limit = min(stage.dim, MAX_VECTOR_INDEX_DIM)
     if not 1 <= dim <= limit:
         raise UsageError(f"--project must be between 1 and {limit} for stage {stage.name}; got {dim}")
-    stored = db.scalar(conn, queries.total_rows(stage))
+    stored = db.scalar(conn, queries.rows_of_space(stage), (space.id,))
     if stored == 0:
         raise EmptyStageError(f"stage {stage.name} has no rows to fit a projection to; run 'clipvdb ingest' first")
     percent = None if stored <= max_rows else 100.0 * max_rows / stored
     # binary: parsing the text form of 20,000 wide vectors takes the client longer than the fit
-    rows = db.numpy_vectors(conn.cursor(binary=True)).execute(queries.sample_embeddings(stage, percent)).fetchall()
+    rows = (
+        db.numpy_vectors(conn.cursor(binary=True))
+        .execute(queries.sample_embeddings(stage, percent), {"space": space.id})
+        .fetchall()
+    )
     X = np.stack([r[0] for r in rows])
     mean = X.mean(axis=0)
     Xc = X - mean
@@ -85,14 +91,14 @@ def top_eigenvectors(gram: np.ndarray, dim: int, *, iterations: int = 8) -> tupl
     return values[::-1], (q @ small)[:, ::-1].T
 
 
-def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> storage.Mapped:
+def save(conn: psycopg.Connection, space: Space, proj: Projection) -> storage.Mapped:
     """Store the basis and (re)write the projection of every stored row: the rows written and the
     distinct vectors among them.
     The caller (indexes.build) has dropped the projected index."""
     conn.execute(
         queries.SAVE_PROJECTION,
         (
-            stage.name,
+            space.id,
             proj.dims,
             packed(proj.mean),
             packed(proj.matrix),
@@ -100,27 +106,27 @@ def save(conn: psycopg.Connection, stage: Stage, proj: Projection) -> storage.Ma
             proj.variance_kept,
         ),
     )
-    conn.execute(queries.truncate(stage.projection_table))
-    conn.execute(queries.retype_projection(stage, proj.dims))
-    written = storage.map_all(conn, stage, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)
+    stage = space.stage
+    written = storage.map_all(conn, space, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)
     db.recount(conn, stage.name)
     return written
 
 
-def load(conn: psycopg.Connection, stage: Stage) -> Projection | None:
-    row = conn.execute(queries.LOAD_PROJECTION, (stage.name,)).fetchone()
+def load(conn: psycopg.Connection, space: Space) -> Projection | None:
+    stage = space.stage
+    row = conn.execute(queries.LOAD_PROJECTION, (space.id,)).fetchone()
     if row is None:
         return None
     dims, mean, matrix, fitted, kept = row
     return Projection(stage.name, unpacked(mean, stage.dim), unpacked(matrix, dims, stage.dim), fitted, kept)
 
 
-def remove(conn: psycopg.Connection, stage: Stage) -> None:
-    """Forget the stage's projection (a full-width index replaces it; indexes.build has dropped the
+def remove(conn: psycopg.Connection, space: Space) -> None:
+    """Forget the space's projection (a full-width index replaces it; indexes.build has dropped the
     projected index)."""
-    conn.execute(queries.truncate(stage.projection_table))
-    conn.execute(queries.DELETE_PROJECTION, (stage.name,))
-    db.recount(conn, stage.name)
+    conn.execute(queries.delete_space_rows(space.stage.projection_table), {"space": space.id})
+    conn.execute(queries.DELETE_PROJECTION, (space.id,))
+    db.recount(conn, space.stage.name)
 
 
 def add(conn: psycopg.Connection, rows: StageRows, proj: Projection, image_ids: list[int], vectors: np.ndarray) -> None:

@@ -3,7 +3,7 @@ is built: indexes.py)."""
 
 from __future__ import annotations
 
-from . import indexes, storage
+from . import catalog, indexes
 from .indexes import IndexInfo
 from .options import IndexOptions
 from .session import Session
@@ -11,7 +11,8 @@ from .stages import Stage
 
 
 def reindex(session: Session, stages: list[Stage], options: IndexOptions) -> list[IndexInfo]:
-    """(Re)build each stage's ANN index (`clipvdb index`): without a kind or a parameter, what the
+    """(Re)build the ANN index of each embedding space stored at the stages (`clipvdb index`; each
+    model's vectors at a stage are a space of their own): without a kind or a parameter, what the
     stage's size rule chooses, recorded as the default so that a later load chooses again for its
     size; else the kind given (or the recorded default's) with the parameters given in place of the
     rule's."""
@@ -20,7 +21,7 @@ def reindex(session: Session, stages: list[Stage], options: IndexOptions) -> lis
     out = []
     try:
         with session.connection() as conn:
-            for s in (storage.as_stored(conn, s) for s in stages):
+            for s in catalog.stored_spaces(conn, stages):
                 if options.kind is None and options.metric == "l2" and not given:
                     out.append(indexes.build_default(conn, s))
                     continue

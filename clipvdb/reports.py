@@ -12,7 +12,7 @@ import psycopg
 from psycopg.adapt import Loader
 from psycopg.rows import class_row, dict_row
 
-from . import catalog, db, indexes, queries, storage
+from . import catalog, db, indexes, queries
 from .errors import UsageError
 from .indexes import IndexInfo
 from .records import Record
@@ -185,8 +185,26 @@ class StageIndex(Record):
 
 
 @dataclass
+class SpaceIndex(Record):
+    """A stored embedding space and its index as `db status` and `clipvdb models` show them."""
+
+    space: int
+    model: str
+    weights: str
+    stage: str
+    dim: int
+    rows: int
+    kind: str
+    params: dict
+    exists: bool
+    size_bytes: int
+    why: str
+
+
+@dataclass
 class Status(Record):
-    """Server, pgvector, schema revision, rows per stage, and each stored stage's index."""
+    """Server, pgvector, schema revision, rows per stage, each stored stage's index (its largest
+    space's), and every space with its index."""
 
     server_version: str
     pgvector_version: str | None
@@ -196,6 +214,7 @@ class Status(Record):
     rows_per_stage: dict[str, int]
     citus_workers: int | None
     indexes: dict[str, StageIndex] = field(default_factory=dict)
+    spaces: list[SpaceIndex] = field(default_factory=list)
 
 
 @dataclass
@@ -206,6 +225,7 @@ class DataOverview(Record):
     stage_rows: list[SpaceRows]
     stages: list[StageSize]
     status: Status | None = None
+    spaces: list[SpaceIndex] = field(default_factory=list)
 
 
 class _FloatNumericLoader(Loader):
@@ -303,13 +323,35 @@ def status(session: Session) -> Status:
     if found.revision != found.head_revision:
         return found
     with session.connection() as conn:
-        for name, n in found.rows_per_stage.items():
-            if n:
-                idx = indexes.info(conn, storage.as_stored(conn, STAGES[name]))
-                why = indexes.explain(idx.kind, idx.params, n)
-                found.indexes[name] = StageIndex(idx.kind, idx.params, idx.exists, why)
+        found.spaces = spaces(conn)
         conn.rollback()
+    for sp in sorted(found.spaces, key=lambda x: -x.rows):
+        found.indexes.setdefault(sp.stage, StageIndex(sp.kind, sp.params, sp.exists, sp.why))
     return found
+
+
+def spaces(conn: psycopg.Connection) -> list[SpaceIndex]:
+    """Every embedding space holding rows, in stage order, with its index and why."""
+    out = []
+    for sp in catalog.stored_spaces(conn):
+        idx = indexes.info(conn, sp)
+        why = indexes.explain(idx.kind, idx.params, idx.rows)
+        out.append(
+            SpaceIndex(
+                sp.id,
+                sp.model,
+                sp.weights,
+                sp.stage.name,
+                sp.stage.dim,
+                idx.rows,
+                idx.kind,
+                idx.params,
+                idx.exists,
+                idx.size_bytes,
+                why,
+            )
+        )
+    return out
 
 
 def data_overview(conn: psycopg.Connection) -> DataOverview:
@@ -318,10 +360,14 @@ def data_overview(conn: psycopg.Connection) -> DataOverview:
     datasets = rows(conn, queries.WEB_DATASETS, kind=DatasetSplit)
     stage_rows = rows(conn, queries.WEB_STAGE_ROWS, kind=SpaceRows)
     stages = []
+    stored = catalog.stored_spaces(conn)
     for name in catalog.stages_with_rows(conn):
         stage = STAGES[name]
-        info = indexes.info(conn, stage)
+        largest = max((sp for sp in stored if sp.stage.name == name), key=lambda sp: sp.rows)
+        info = indexes.info(conn, largest)
+        n = sum(sp.rows for sp in stored if sp.stage.name == name)
         size = int(db.scalar(conn, queries.TOTAL_RELATION_SIZE, (stage.table,)) or 0)
-        stages.append(StageSize(name, stage.table, info.rows, size, size / info.rows if info.rows else None, info))
+        stages.append(StageSize(name, stage.table, n, size, size / n if n else None, info))
+    listed = spaces(conn)
     conn.rollback()
-    return DataOverview(datasets, stage_rows, stages)
+    return DataOverview(datasets, stage_rows, stages, spaces=listed)

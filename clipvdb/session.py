@@ -235,10 +235,16 @@ class Session:
             raise EmptyStageError("nothing is stored yet; run 'clipvdb ingest --stage first --data SRC' first")
         return self.stages(names)
 
-    def require_space(self, conn: psycopg.Connection, stage: Stage) -> int:
-        """The id of the stage's embedding space under this session's encoder; an error when it holds nothing."""
-        space = catalog.find_space(conn, stage, self.encoder_for([stage]))
-        if space is None:
+    def space(self, conn: psycopg.Connection, stage: Stage) -> catalog.Space:
+        """The stage's embedding space under this session's encoder (id 0 while nothing is stored)."""
+        encoder = self.encoder_for([stage])
+        space = catalog.find_space(conn, stage, encoder)
+        return catalog.Space(space or 0, stage, *catalog.space_identity(stage, encoder))
+
+    def require_space(self, conn: psycopg.Connection, stage: Stage) -> catalog.Space:
+        """The stage's embedding space under this session's encoder; an error when it holds nothing."""
+        space = self.space(conn, stage)
+        if not space.id:
             raise EmptyStageError(f"stage {stage.name} has no rows for these weights; run 'clipvdb ingest' first")
         return space
 

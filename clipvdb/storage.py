@@ -8,42 +8,21 @@ table). Projections and learned maps keep a mapped copy of every stored vector i
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
 
 from . import db, queries
-from .errors import EmptyStageError, StageError
+from .errors import EmptyStageError
 from .stages import Stage
 
+if TYPE_CHECKING:
+    from .catalog import Space
+
 MAP_BATCH = 5_000  # rows per COPY when a whole stage is mapped again
-
-
-def as_stored(conn: psycopg.Connection, stage: Stage) -> Stage:
-    """The stage with the width its table holds (what an index over every space of it must use)."""
-    stored = db.scalar(conn, queries.COLUMN_TYPE, (stage.table, "embedding"))
-    dim = int(stored[stored.index("(") + 1 : -1])
-    return stage if dim == stage.dim else dataclasses.replace(stage, dim=dim)
-
-
-def fit_width(conn: psycopg.Connection, stage: Stage) -> None:
-    """Make the stage's tables hold vectors of `stage`'s width, the one its model declares: an empty
-    stage table takes the new type; one that holds vectors of another width is an error. Commits."""
-    stored = db.scalar(conn, queries.COLUMN_TYPE, (stage.table, "embedding"))
-    if stored == stage.sql_type:
-        return
-    if db.scalar(conn, queries.total_rows(stage)):
-        raise StageError(
-            f"stage {stage.name} of this database holds {stored} vectors and this model's stage {stage.name} is "
-            f"{stage.sql_type}; keep this model's vectors in another database (--home or --database-url)"
-        )
-    conn.execute(queries.drop_index(queries.index_name(stage)))
-    for statement in queries.retype_stage(stage, distributed=db.distributed(conn)):
-        conn.execute(statement)
-    conn.commit()
 
 
 @dataclass(frozen=True)
@@ -136,18 +115,19 @@ class Mapped:
 
 def map_all(
     conn: psycopg.Connection,
-    stage: Stage,
+    space: Space,
     apply: Callable[[np.ndarray], np.ndarray],
     table: str,
     column: str,
     column_type: str = "vector",
 ) -> Mapped:
-    """Every stored embedding of the stage, mapped by `apply`, into `table`.`column` (a projected
-    index's or a learned map's table), streamed in batches."""
+    """Every stored embedding of the space, mapped by `apply`, into `table`.`column` (a projected
+    index's or a learned map's table) in place of the space's rows there, streamed in batches."""
     written = 0
     seen: set[int] = set()
+    conn.execute(queries.delete_space_rows(table), {"space": space.id})
     with db.numpy_vectors(conn.cursor(name=f"clipvdb_map_{table}", binary=True)) as rows:
-        rows.execute(queries.all_embeddings(stage))
+        rows.execute(queries.all_embeddings(space.stage), {"space": space.id})
         while batch := rows.fetchmany(MAP_BATCH):
             stored = np.stack([r[4] for r in batch])
             seen.update(hash(v.tobytes()) for v in stored)

@@ -239,9 +239,9 @@ class Store:
         return reindex.reindex(self.session, parse(stages), options)
 
     def index_info(self, stage: str | Stage) -> IndexInfo:
-        """The stage's index as recorded and as it stands: kind, parameters, rows, size."""
+        """The index of the stage's space under this Store's model: kind, parameters, rows, size."""
         with self.connection() as conn:
-            return indexes.info(conn, self.session.one(stage, "index_info takes"))
+            return indexes.info(conn, self.session.space(conn, self.session.one(stage, "index_info takes")))
 
     # ------------------------------------------------------------ reports
 

@@ -290,9 +290,20 @@ def load_vectors(conn, stage, X: np.ndarray, labels=None) -> list[int]:
     rows = [(f"k{i}", int(labels[i]), bytes(32)) for i in range(len(X))]
     ids = catalog.upsert_images(conn, 1, "train", rows)
     image_ids = [ids[r[0]] for r in rows]
-    StageRows(stage, space, 1, "train").copy(conn, image_ids, X)
+    StageRows(stage, space.id, 1, "train").copy(conn, image_ids, X)
     conn.commit()
     return image_ids
+
+
+def space_at(conn, stage):
+    """The one embedding space stored at `stage` (the tests' fake encoder's, or pixels)."""
+    from clipvdb import catalog
+
+    (space,) = catalog.stored_spaces(conn, [stage]) or [
+        catalog.Space(row[0], stage)
+        for row in conn.execute("SELECT id FROM embedding_spaces WHERE stage = %s", (stage.name,)).fetchall()
+    ]
+    return space
 
 
 def nearest_ids(conn, stage, identity, Q, settings) -> list[int]:

@@ -14,7 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from clipvdb import Store, TinyEncoder, db, embedded, indexes, nodes, queries, synthetic
+from clipvdb import Store, TinyEncoder, db, embedded, nodes, queries, synthetic
 from clipvdb.errors import DatabaseError, ExtensionError, UsageError
 from clipvdb.knn import SearchSettings
 from clipvdb.sources import open_source
@@ -55,7 +55,7 @@ def test_placement(cstore):
     assert tables["images"]["type"] == "distributed" and tables["images"]["distribution_column"] == "id"
     for name in ("embeddings_first", "projections_first", "learned_first", "predictions", "cluster_members"):
         assert tables[name]["type"] == "distributed" and tables[name]["distribution_column"] == "image_id"
-    for name in ("datasets", "classes", "embedding_spaces", "stage_projections", "stage_counts"):
+    for name in ("datasets", "classes", "embedding_spaces", "space_projections", "stage_counts"):
         assert tables[name]["type"] == "reference"
     assert tables["eval_runs"]["type"] == "local"  # on the coordinator: writable while a worker is down
     colocation = dict(_sql(cstore, "SELECT table_name::text, colocation_id FROM citus_tables"))
@@ -372,8 +372,7 @@ def test_a_home_with_data_becomes_a_cluster(citus_home, syn_data, tmp_path):
             assert _sql(one, "SELECT count(*) FROM predictions") == [(20,)]
             # clipvdb_distribute() placed and filled the search anchors before any searcher ran
             assert _sql(one, _ANCHORS_REACH) == [(4, 4)]
-            with one.connection() as conn:
-                assert indexes.info(conn, FIRST).params.get("shards") == 4
+            assert one.index_info("first").params.get("shards") == 4
             after = one.evaluate(syn_data, stage="first", settings=SearchSettings(exact=True))
             assert after.stages["first"].accuracy == before.stages["first"].accuracy
     finally:

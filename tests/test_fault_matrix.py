@@ -50,7 +50,7 @@ from faults_helpers import (
     wait_for,
 )
 
-from clipvdb import Store, TinyEncoder, db, embedded, synthetic
+from clipvdb import Store, TinyEncoder, db, embedded, indexes, synthetic
 from clipvdb.sources import open_source
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 5  # 200 training and 50 test images
@@ -289,7 +289,7 @@ def test_ingest(phase, fault, target, data):
     items = open_source(data).items("train")
     if phase == "start":
         expected = 0
-        holder = Holder(target.url).hold("SELECT pg_advisory_lock(%s)", (zlib.crc32(b"clipvdb:index:first"),))
+        holder = Holder(target.url).hold("SELECT pg_advisory_lock(%s)", (indexes.lock_key("first", "pixels", "none"),))
         proc = target.start(*cmd)
     elif phase == "batch":
         expected = BLOCKED_BATCH * BATCH
@@ -397,7 +397,7 @@ def test_index_rebuild(fault, shared, data):
 def test_learn_killed(shared, data):
     """learn killed while it rewrites learned_first (the test holds the table): no map, no rows."""
     _stored(shared, data)
-    holder = Holder(shared.url).hold("LOCK TABLE learned_first IN ACCESS SHARE MODE")
+    holder = Holder(shared.url).hold("LOCK TABLE learned_first IN SHARE MODE")
     proc = shared.start("learn", "--stage", "first", "--method", "pca", "--dims", 8)
     apply("sigkill", shared, proc, shared.blocked(holder, proc))
     finish("sigkill", shared, proc, holder)

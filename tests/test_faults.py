@@ -27,7 +27,7 @@ from faults_helpers import (
     wait_for,
 )
 
-from clipvdb import Store, TinyEncoder, embedded, synthetic
+from clipvdb import Store, TinyEncoder, embedded, indexes, synthetic
 from clipvdb.errors import DatabaseError
 from clipvdb.sources import open_source
 
@@ -109,12 +109,11 @@ def _waiting_on_advisory_locks(url: str) -> int:
 def test_two_ingests_at_once(db_url, tmp_path):
     """Both ingests are held at the same point (the stage's index lock, taken by the test first) and
     released together, so they really run at once."""
-    import zlib
 
     data = synthetic.generate(tmp_path / "d", {"train": 150})
     env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
     with psycopg.connect(db_url, autocommit=True) as holder:
-        key = zlib.crc32(b"clipvdb:index:first")
+        key = indexes.lock_key("first", "pixels", "none")
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))
         procs = [
             subprocess.Popen(_ingest_cmd(data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

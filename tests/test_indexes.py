@@ -7,7 +7,7 @@ import json
 import numpy as np
 import psycopg
 import pytest
-from conftest import exact_ids, load_vectors, nearest_ids
+from conftest import exact_ids, load_vectors, nearest_ids, space_at
 from psycopg import sql as psycopg_sql
 
 from clipvdb import catalog, indexes, queries
@@ -21,7 +21,7 @@ def _fill(conn, stage, n=300, seed=0):
     conn.execute("INSERT INTO datasets (id, name, source) VALUES (1, 'd', '/x') ON CONFLICT DO NOTHING")
     conn.execute("INSERT INTO classes VALUES (1, 0, 'a') ON CONFLICT DO NOTHING")
     space = (
-        catalog.get_or_create_space(conn, stage, None)
+        catalog.get_or_create_space(conn, stage, None).id
         if not stage.uses_clip
         else conn.execute(
             "INSERT INTO embedding_spaces (model, weights, stage, dim) VALUES ('RN50', 'test', %s, %s) RETURNING id",
@@ -64,14 +64,14 @@ def test_ideal_lists():
 @pytest.mark.parametrize("name", ["first", "second", "third"])
 def test_index_is_used_by_the_neighbor_query(conn, name):
     stage = STAGES[name]
-    _fill(conn, stage)
-    info = indexes.build(conn, stage, "ivfflat", {"lists": 4})
+    space = _fill(conn, stage)
+    info = indexes.build(conn, space_at(conn, stage), "ivfflat", {"lists": 4})
     assert info.exists and info.params["lists"] == 4
-    indexdef = conn.execute(
-        "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (queries.index_name(stage),)
-    ).fetchone()[0]
-    assert "USING ivfflat (embedding halfvec_l2_ops)" in indexdef  # every stage is stored as halfvec
-    space = conn.execute("SELECT id FROM embedding_spaces WHERE stage = %s", (name,)).fetchone()[0]
+    index = queries.index_name(stage, space)
+    indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,)).fetchone()[0]
+    # every stage is stored as halfvec; the index is the space's own: its width, its rows
+    assert f"USING ivfflat (((embedding)::halfvec({stage.dim})) halfvec_l2_ops)" in indexdef, indexdef
+    assert indexdef.endswith(f"WHERE (space_id = {space})"), indexdef
     params = {
         "vectors": list(np.random.default_rng(1).random((2, stage.dim), dtype=np.float32)),
         "space": space,
@@ -83,11 +83,11 @@ def test_index_is_used_by_the_neighbor_query(conn, name):
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")  # tiny tables: make the planner show its choice
         plan = _explain(conn, _sql(stage, exact=False), params)
-    assert queries.index_name(stage) in plan, plan
+    assert index in plan, plan
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
         exact_plan = _explain(conn, _sql(stage, exact=True), params)
-    assert queries.index_name(stage) not in exact_plan, exact_plan
+    assert index not in exact_plan, exact_plan
 
 
 def _sql(stage, exact: bool):
@@ -101,20 +101,21 @@ def _explain(conn, sql, params) -> str:
 def test_hnsw_and_none_are_recorded_and_kept_on_refresh(conn):
     stage = STAGES["second"]
     _fill(conn, stage, n=50)
-    info = indexes.build(conn, stage, "hnsw", {"m": 8, "ef_construction": 32})
+    space = space_at(conn, stage)
+    info = indexes.build(conn, space, "hnsw", {"m": 8, "ef_construction": 32})
     assert info.kind == "hnsw" and info.exists and info.params["m"] == 8
-    again = indexes.refresh(conn, stage)
+    again = indexes.refresh(conn, space)
     assert again.kind == "hnsw" and again.params["ef_construction"] == 32
-    gone = indexes.build(conn, stage, "none")
+    gone = indexes.build(conn, space, "none")
     assert gone.kind == "none" and not gone.exists
-    assert indexes.refresh(conn, stage).exists is False
+    assert indexes.refresh(conn, space).exists is False
 
 
 def test_probes_reach_the_server(conn):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
     ids = load_vectors(conn, SECOND, X)
-    indexes.build(conn, SECOND, "ivfflat", {"lists": 40})
+    indexes.build(conn, space_at(conn, SECOND), "ivfflat", {"lists": 40})
     Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
     truth = exact_ids(X, Q, ids)
     one = nearest_ids(conn, SECOND, ("fake", "fake"), Q, SearchSettings(probes=1))
@@ -127,7 +128,7 @@ def test_ef_search_reaches_the_server(conn):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
     ids = load_vectors(conn, SECOND, X)
-    indexes.build(conn, SECOND, "hnsw", {"m": 4, "ef_construction": 8})
+    indexes.build(conn, space_at(conn, SECOND), "hnsw", {"m": 4, "ef_construction": 8})
     Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
     truth = exact_ids(X, Q, ids)
     recall = {
@@ -167,9 +168,9 @@ def test_index_definitions_on_the_server(cli, db_url):
         load_vectors(c, SECOND, rng.standard_normal((300, SECOND.dim)).astype(np.float32))
     cli("index", "--stage", "second", "--kind", "hnsw", "--m", "4", "--ef-construction", "9")
     with psycopg.connect(db_url) as c:
-        d = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'embeddings_second_ann'").fetchone()[0]
+        d = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'embeddings_second_ann_%'").fetchone()[0]
     assert "m='4'" in d and "ef_construction='9'" in d
     cli("index", "--stage", "second", "--kind", "ivfflat", "--lists", "7")
     with psycopg.connect(db_url) as c:
-        d = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'embeddings_second_ann'").fetchone()[0]
+        d = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'embeddings_second_ann_%'").fetchone()[0]
     assert "lists='7'" in d

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import psycopg
 import pytest
+from conftest import space_at
 
 from clipvdb import SearchSettings, catalog, learned
 from clipvdb.errors import EmptyStageError, UsageError
@@ -37,7 +38,7 @@ def test_learn_then_search_the_learned_space(cli, db_url, syn_data):
         from pgvector.psycopg import register_vector
 
         register_vector(c)
-        lmap = learned.load(c, STAGES["first"])
+        lmap = learned.load(c, space_at(c, STAGES["first"]))
         stored = c.execute(
             "SELECT e.embedding FROM embeddings_first e JOIN images i ON i.id = e.image_id WHERE i.source = %s",
             (p_lrn["neighbors"][0]["source"],),
@@ -75,7 +76,7 @@ def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data)
     store.learn("first", dims=9, method="pca")
     store.ingest(syn_data, "first", workers=0)  # 30 more rows: their learned images go in with them
     with store.connection() as conn:
-        lmap = learned.load(conn, STAGES["first"])
+        lmap = learned.load(conn, space_at(conn, STAGES["first"]))
         rows = conn.execute(
             "SELECT e.embedding, l.vec, i.label FROM learned_first l JOIN images i ON i.id = l.image_id "
             "JOIN embeddings_first e ON e.space_id = l.space_id AND e.image_id = l.image_id"

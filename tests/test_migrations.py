@@ -1,8 +1,11 @@
 """Alembic migrations: round trip, advisory lock, and the frozen view copies match sql/."""
 
+import dataclasses
+import gzip
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -10,15 +13,18 @@ import pytest
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
-from clipvdb import Store, db
+from clipvdb import SearchSettings, Store, db
 from clipvdb.reports import VIEWS
+from clipvdb.stages import STAGES
+from clipvdb.storage import StageRows
 
 TABLES = {
     "datasets",
     "classes",
     "images",
     "embedding_spaces",
-    "stage_indexes",
+    "space_indexes",
+    "space_projections",
     "eval_runs",
     "predictions",
     "embeddings_first",
@@ -50,7 +56,8 @@ def test_upgrade_downgrade_upgrade(empty_db_url):
     assert TABLES | set(VIEWS) <= _relations(empty_db_url)
 
 
-def test_stage_columns_have_fixed_dimensions(db_url):
+def test_stage_columns_hold_vectors_of_any_width(db_url):
+    """Every model's vectors share a stage's table; each space's index gives its rows a width."""
     with psycopg.connect(db_url) as c:
         rows = dict(
             c.execute(
@@ -59,12 +66,7 @@ def test_stage_columns_have_fixed_dimensions(db_url):
                WHERE c.relname LIKE 'embeddings_%' AND a.attname = 'embedding'"""
             ).fetchall()
         )
-    assert rows == {
-        "embeddings_first": "halfvec(3072)",
-        "embeddings_second": "halfvec(1024)",
-        "embeddings_third": "halfvec(2048)",
-        "embeddings_origin": "halfvec(1024)",
-    }
+    assert rows == {f"embeddings_{s}": "halfvec" for s in ("first", "second", "third", "origin")}
 
 
 def _first_stage_state(c) -> tuple[str, str, str, int]:
@@ -106,7 +108,7 @@ def test_0004_moves_wide_stages_to_inline_halfvec_keeping_rows_and_index(empty_d
         before = _first_stage_state(c)
     assert before[0] == "vector(3072)" and before[3] > 0  # 12 KB rows are TOASTed
 
-    db.upgrade(empty_db_url)
+    db.upgrade(empty_db_url, "0014")  # the last revision before stage columns took every width
     with psycopg.connect(empty_db_url) as c:
         register_vector(c)
         kind, storage, indexdef, toast_bytes = _first_stage_state(c)
@@ -166,7 +168,7 @@ def test_0012_stores_the_1024_d_stages_as_inline_halfvec_keeping_rows_and_index(
         before = _stage_state(c, "second")
     assert before[0] == "vector(1024)" and before[3] + before[4] >= len(X) * 4096  # 4 KB rows, TOASTed
 
-    db.upgrade(empty_db_url)
+    db.upgrade(empty_db_url, "0014")  # the last revision before stage columns took every width
     with psycopg.connect(empty_db_url) as c:
         register_vector(c)
         kind, storage, indexdef, toast_bytes, table_bytes = _stage_state(c, "second")
@@ -291,3 +293,128 @@ def test_0009_turns_projections_into_halfvec_keeping_rows_and_index(empty_db_url
         kind, indexdef, rows = state(c)
     assert kind == "vector(16)" and rows == len(P)
     assert "USING ivfflat (proj vector_l2_ops) WITH (lists='3')" in indexdef or "USING ivfflat (proj) WITH" in indexdef
+
+
+# A database built by clipvdb at schema revision 0014 (one encoder per stage table), dumped with
+# pg_dump --inserts: 21 images of 3 classes (15 train, 6 test) at every stage of the `tiny` model,
+# an hnsw index chosen by hand at stage second, the default projected ivfflat at stage first, an
+# evaluate run over every stage (k 3), a k-means clustering at stage second and a PCA learned map at
+# stage first. Made by `clipvdb ingest`, `index`, `evaluate`, `cluster fit` and `learn` of that
+# revision's code on generated 32x32 images.
+DUMP_0014 = Path(__file__).with_name("data") / "clipvdb-0014.sql.gz"
+COUNTED = (
+    "images",
+    "eval_runs",
+    "predictions",
+    "run_neighbors",
+    "clusterings",
+    "cluster_members",
+    "cluster_centres_second",
+    "embeddings_first",
+    "embeddings_second",
+    "embeddings_third",
+    "embeddings_origin",
+    "projections_first",
+    "learned_first",
+    "stage_counts",
+)
+
+
+def _restore(url: str, dump: Path) -> None:
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(gzip.decompress(dump.read_bytes()).decode())
+
+
+def test_0015_moves_a_one_encoder_database_into_spaces_with_nothing_lost(empty_db_url):
+    _restore(empty_db_url, DUMP_0014)
+    assert db.current_revision(empty_db_url) == "0014"
+    with psycopg.connect(empty_db_url) as c:
+        before = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COUNTED}
+        records = dict(c.execute("SELECT stage, params FROM stage_indexes").fetchall())
+        projection_basis = c.execute("SELECT components FROM stage_projections WHERE stage = 'first'").fetchone()[0]
+        learned_matrix = c.execute("SELECT matrix FROM learned_maps WHERE stage = 'first'").fetchone()[0]
+        vectors = {
+            s: dict(c.execute(f"SELECT image_id, embedding::text FROM embeddings_{s}").fetchall())
+            for s in ("first", "second", "third", "origin")
+        }
+    assert min(before.values()) > 0, before
+    assert records["second"]["m"] == 4 and records["first"]["project"] == 64
+
+    db.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        after = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COUNTED}
+        for s, stored in vectors.items():
+            assert dict(c.execute(f"SELECT image_id, embedding::text FROM embeddings_{s}").fetchall()) == stored
+        space = dict(c.execute("SELECT stage, id FROM embedding_spaces").fetchall())
+        kept = dict(c.execute("SELECT space_id, params FROM space_indexes").fetchall())
+        indexdefs = dict(c.execute("SELECT indexname, indexdef FROM pg_indexes WHERE indexname ~ '_ann_'").fetchall())
+        basis = c.execute("SELECT components FROM space_projections WHERE space_id = %s", (space["first"],)).fetchone()
+        matrix = c.execute("SELECT matrix FROM learned_maps WHERE space_id = %s", (space["first"],)).fetchone()
+        storage = c.execute(
+            "SELECT attstorage FROM pg_attribute "
+            "WHERE attrelid = 'embeddings_second'::regclass AND attname = 'embedding'"
+        ).fetchone()[0]
+    assert after == before
+    assert kept[space["second"]] == records["second"] and kept[space["first"]] == records["first"]
+    assert basis[0] == projection_basis and matrix[0] == learned_matrix
+    assert storage == "p"  # rows stay in line
+    second = indexdefs[f"embeddings_second_ann_{space['second']}"]
+    assert "USING hnsw (((embedding)::halfvec(" in second and "m='4'" in second, second
+    assert second.endswith(f"WHERE (space_id = {space['second']})")
+    assert f"projections_first_ann_{space['first']}" in indexdefs and f"learned_first_ann_{space['first']}" in indexdefs
+
+    # the migrated database answers: every stage's test images find the nearest training image an
+    # exact search finds, through each space's own index
+    store = Store(empty_db_url, model="tiny")
+    with store.connection() as conn:
+        for name in ("first", "second", "third", "origin"):
+            searcher = store.searcher(name)
+            stage = searcher.stage
+            rows = conn.execute(
+                f"SELECT image_id, embedding FROM embeddings_{name} WHERE split = 'test' ORDER BY image_id"
+            ).fetchall()
+            Q = np.stack([db.as_array(r[1]) for r in rows])
+            train = conn.execute(
+                f"SELECT image_id, embedding FROM embeddings_{name} WHERE split = 'train' ORDER BY image_id"
+            ).fetchall()
+            X = np.stack([db.as_array(r[1]) for r in train])
+            truth = [train[j][0] for j in ((Q[:, None] - X[None]) ** 2).sum(-1).argmin(1)]
+            neighbors, _ = searcher.search(conn, Q)
+            conn.commit()
+            assert [n[0].image_id for n in neighbors] == truth, name
+            assert searcher.index_exists and stage.dim == X.shape[1]
+        learned_searcher = store.searcher("first", SearchSettings(learned=True))
+        assert learned_searcher.learned is not None and learned_searcher.learned.dims == 4
+    store.close()
+
+    db.downgrade(empty_db_url, "0014")
+    with psycopg.connect(empty_db_url) as c:
+        back = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COUNTED}
+        kinds = dict(c.execute("SELECT stage, kind FROM stage_indexes").fetchall())
+        column = c.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'embeddings_third'::regclass AND attname = 'embedding'"
+        ).fetchone()[0]
+    # a downgrade keeps the vectors and runs; projections and learned images are made again on demand
+    assert {t: n for t, n in back.items() if t not in ("projections_first", "learned_first")} == {
+        t: n for t, n in before.items() if t not in ("projections_first", "learned_first")
+    }
+    assert kinds["second"] == "hnsw" and column == f"halfvec({len(next(iter(vectors['third'].values())).split(','))})"
+
+
+def test_0015_downgrade_refuses_a_stage_of_two_widths(db_url):
+    from conftest import FakeEncoder, load_vectors
+
+    from clipvdb import catalog
+
+    with db.connection(db_url) as conn:
+        second = STAGES["second"]
+        load_vectors(conn, second, np.ones((3, second.dim), dtype=np.float32))
+        narrow = dataclasses.replace(second, dim=8)
+        space = catalog.get_or_create_space(conn, narrow, type("Other", (FakeEncoder,), {"name": "other"})())
+        ids = [r[0] for r in conn.execute("SELECT id FROM images ORDER BY id").fetchall()]
+        StageRows(narrow, space.id, 1, "train").copy(conn, ids, np.ones((3, 8), dtype=np.float32))
+        conn.commit()
+    with pytest.raises(Exception, match="stage second holds vectors of 2 widths"):
+        db.downgrade(db_url, "0014")
+    assert db.current_revision(db_url) == db.head_revision()

@@ -1,12 +1,9 @@
 """A model declares its stages and their widths; the storage follows what it declares."""
 
 import numpy as np
-import psycopg
 import pytest
 
-from clipvdb import SearchSettings, Store, TinyEncoder
 from clipvdb.clip_model import load_model
-from clipvdb.errors import StageError
 from clipvdb.stages import STAGES, parse_stages
 
 
@@ -58,33 +55,3 @@ def test_vit_stages_come_from_one_pass_that_stops_early():
         for h_ in hooks:
             h_.remove()
     assert ran == list(range(len(blocks) // 2))
-
-
-def _column(url: str, table: str, column: str) -> str:
-    with psycopg.connect(url) as conn:
-        return conn.execute(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
-            (table, column),
-        ).fetchone()[0]
-
-
-def test_an_empty_stage_takes_the_models_width_and_a_filled_one_refuses_another(db_url, syn_data):
-    narrow = TinyEncoder(widths={"second": 96, "third": 64, "origin": 48})
-    with Store(db_url, encoder=narrow) as store:
-        result = store.ingest(syn_data, "second,origin", limit=20, workers=0)
-        assert result.inserted == {"second": 20, "origin": 20}
-        assert _column(db_url, "embeddings_second", "embedding") == "halfvec(96)"
-        assert _column(db_url, "embeddings_origin", "embedding") == "halfvec(48)"
-        assert _column(db_url, "cluster_centres_second", "centre") == "halfvec(96)"
-        assert _column(db_url, "embeddings_third", "embedding") == "halfvec(2048)"  # nothing stored there: untouched
-        image = str(syn_data / "test" / "red-circle" / "0000.png")
-        [pred] = store.classify([image], "second", SearchSettings(exact=True))
-        q = store.embed([image], "second")["second"][0]
-        x = store.embed([syn_data / pred.neighbors[0]["source"]], "second")["second"][0]
-        half = [v.astype(np.float16).astype(np.float64) for v in (q, x)]  # both sides as halfvec holds them
-        assert pred.distance == pytest.approx(float(np.linalg.norm(half[0] - half[1])), rel=1e-4)
-        [index] = store.index("second", kind="ivfflat", lists=2)  # an index follows the stored width too
-        assert index.exists and index.rows == 20 and index.params["lists"] == 2
-    with Store(db_url, encoder=TinyEncoder()) as store, pytest.raises(StageError, match="halfvec\\(96\\)"):
-        store.ingest(syn_data, "second", limit=5, workers=0)
-    assert _column(db_url, "embeddings_second", "embedding") == "halfvec(96)"

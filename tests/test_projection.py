@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import exact_ids, load_vectors, nearest_ids
+from conftest import exact_ids, load_vectors, nearest_ids, space_at
 from psycopg import sql as psycopg_sql
 
 from clipvdb import catalog, indexes, projection
@@ -33,7 +33,7 @@ def _store(conn, X: np.ndarray, stage=FIRST, split: str = "train", start: int = 
     rows = [(f"{split}{start + i}", (start + i) % 2, bytes(32)) for i in range(len(X))]
     ids = catalog.upsert_images(conn, 1, split, rows)
     image_ids = [ids[key] for key, _, _ in rows]
-    StageRows(stage, space, 1, split).copy(conn, image_ids, X)
+    StageRows(stage, space.id, 1, split).copy(conn, image_ids, X)
     conn.commit()
     return image_ids
 
@@ -48,7 +48,7 @@ def _neighbors(conn, Q, settings: SearchSettings) -> tuple[list[int], KnnSearche
 def test_fit_keeps_distances_of_low_rank_data_and_an_orthonormal_basis(conn):
     X = _low_rank(200, FIRST.dim, rank=12)
     _store(conn, X)
-    proj = projection.fit(conn, FIRST, 16)
+    proj = projection.fit(conn, space_at(conn, FIRST), 16)
     assert proj.matrix.shape == (16, FIRST.dim) and proj.fitted_rows == 200
     np.testing.assert_allclose(proj.matrix[:12] @ proj.matrix[:12].T, np.eye(12), atol=1e-4)
     assert proj.variance_kept == pytest.approx(1.0, abs=1e-3)
@@ -70,7 +70,7 @@ def test_fit_takes_the_strongest_components_first(conn):
     ids = catalog.upsert_images(conn, 1, "train", [(f"i{i}", 0, bytes(32)) for i in range(len(X))])
     StageRows(stage, space, 1, "train").copy(conn, [ids[f"i{i}"] for i in range(len(X))], X)
     conn.commit()
-    proj = projection.fit(conn, stage, 4)  # more rows than dimensions: the covariance route
+    proj = projection.fit(conn, space_at(conn, stage), 4)  # more rows than dimensions: the covariance route
     # the data's variance falls along the axes in order, so the components are the first axes
     assert np.abs(proj.matrix).argmax(axis=1).tolist() == [0, 1, 2, 3]
     assert 0.5 < proj.variance_kept < 0.65  # 0.81^k variances: the first four hold 57 %
@@ -80,12 +80,14 @@ def test_projected_index_finds_the_exact_neighbors_through_its_own_index(conn):
     X = _low_rank(300, FIRST.dim, rank=10)
     ids = _store(conn, X)
     Q = _low_rank(25, FIRST.dim, rank=10, seed=0)[:25] + 0.001
-    info = indexes.build(conn, FIRST, "hnsw", {"project": 16})
+    space = space_at(conn, FIRST)
+    info = indexes.build(conn, space, "hnsw", {"project": 16})
     assert info.exists and info.params["project"] == 16 and info.kind == "hnsw"
     assert conn.execute("SELECT count(*) FROM projections_first").fetchone()[0] == len(ids)
-    indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'projections_first_ann'").fetchone()
-    assert indexdef and "hnsw (proj halfvec_l2_ops)" in indexdef[0]
-    assert conn.execute("SELECT to_regclass('embeddings_first_ann')").fetchone()[0] is None
+    name = f"projections_first_ann_{space.id}"
+    indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (name,)).fetchone()
+    assert indexdef and "hnsw (((proj)::halfvec(16)) halfvec_l2_ops)" in indexdef[0], indexdef
+    assert conn.execute("SELECT to_regclass(%s)", (f"embeddings_first_ann_{space.id}",)).fetchone()[0] is None
     exact, _ = _neighbors(conn, Q, SearchSettings(exact=True))
     got, searcher = _neighbors(conn, Q, SearchSettings())
     assert searcher.projection is not None and searcher.projection.dims == 16
@@ -104,7 +106,7 @@ def test_projected_index_finds_the_exact_neighbors_through_its_own_index(conn):
             "candidates": 20,
         }
         plan = "\n".join(r[0] for r in conn.execute(psycopg_sql.SQL("EXPLAIN ") + searcher.sql, params).fetchall())
-    assert "projections_first_ann" in plan, plan
+    assert name in plan, plan
 
 
 def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_vectors(conn, capsys):
@@ -112,12 +114,13 @@ def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_v
 
     X = _low_rank(300, FIRST.dim, rank=10)
     _store(conn, X)
-    indexes.build(conn, FIRST, "hnsw", {"project": 16})
-    proj = projection.load(conn, FIRST)
+    indexes.build(conn, space_at(conn, FIRST), "hnsw", {"project": 16})
+    proj = projection.load(conn, space_at(conn, FIRST))
     # what ingest does for a small load beside a projected index
     extra = _low_rank(5, FIRST.dim, rank=10, seed=7)
     space = catalog.find_space(conn, FIRST, None)
     new_ids = _store(conn, extra, start=1000)
+    assert space is not None
     projection.add(conn, StageRows(FIRST, space, 1, "train"), proj, new_ids, extra)
     conn.commit()
     got, searcher = _neighbors(conn, extra, SearchSettings())
@@ -140,11 +143,11 @@ def test_index_cli_builds_the_stage_default_and_project_0_removes_it(cli, conn):
     _store(conn, _low_rank(150, FIRST.dim, rank=8))
     out = json.loads(cli("index", "--stage", "first", "--json").stdout)
     assert out[0]["kind"] == "ivfflat" and out[0]["params"]["project"] == 64 and out[0]["exists"]
-    assert conn.execute("SELECT dim FROM stage_projections WHERE stage = 'first'").fetchone()[0] == 64
+    assert conn.execute("SELECT dim FROM space_projections").fetchone()[0] == 64
     conn.commit()
     out = json.loads(cli("index", "--stage", "first", "--kind", "ivfflat", "--project", "0", "--json").stdout)
     assert out[0]["kind"] == "ivfflat" and "project" not in out[0]["params"]
-    assert conn.execute("SELECT count(*) FROM stage_projections").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM space_projections").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM projections_first").fetchone()[0] == 0
     result = cli("index", "--stage", "first", "--project", "16", "--metric", "cosine", expect=2)
     assert "--project needs" in result.output and len(result.output.strip().splitlines()) == 1
@@ -153,7 +156,7 @@ def test_index_cli_builds_the_stage_default_and_project_0_removes_it(cli, conn):
 def test_project_wider_than_the_stage_is_refused(conn):
     _store(conn, _low_rank(20, FIRST.dim, rank=4))
     with pytest.raises(UsageError, match="between 1 and 2000"):
-        indexes.build(conn, FIRST, "hnsw", {"project": 2500})
+        indexes.build(conn, space_at(conn, FIRST), "hnsw", {"project": 2500})
 
 
 def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(conn):
@@ -161,7 +164,9 @@ def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(
     rng = np.random.default_rng(2)
     X = rng.random((600, first.dim), dtype=np.float32)
     ids = load_vectors(conn, first, X)
-    indexes.build(conn, first, "ivfflat", {"project": 4, "lists": 1})  # 4 of 3,072 dims: poor candidates
+    indexes.build(
+        conn, space_at(conn, first), "ivfflat", {"project": 4, "lists": 1}
+    )  # 4 of 3,072 dims: poor candidates
     Q = rng.random((30, first.dim), dtype=np.float32)
     X16 = X.astype(np.float16).astype(np.float64)
     truth = exact_ids(X16, Q.astype(np.float16).astype(np.float64), ids)

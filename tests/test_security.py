@@ -4,7 +4,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from clipvdb import db, indexes
+from clipvdb import catalog, db, indexes
 from clipvdb.cli import cli as group
 from clipvdb.knn import KnnSearcher, SearchSettings
 from clipvdb.stages import STAGES
@@ -60,7 +60,7 @@ def test_hnsw_agrees_with_exact_after_delete_vacuum_reinsert(db_url):
             conn.commit()
 
         add(1, 600)
-        indexes.build(conn, stage, "hnsw", {"m": 16, "ef_construction": 64})
+        indexes.build(conn, catalog.Space(space, stage), "hnsw", {"m": 16, "ef_construction": 64})
         conn.execute("DELETE FROM images WHERE id % 2 = 0")
         conn.commit()
         conn.autocommit = True

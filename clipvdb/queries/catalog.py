@@ -29,6 +29,20 @@ def total_rows(stage: Stage) -> sql.Composed:
     )
 
 
+def rows_of_space(stage: Stage) -> sql.Composed:
+    """Rows stored in one space (%s) of a stage, all datasets and splits."""
+    return sql.SQL(
+        "SELECT coalesce(sum(n_rows), 0)::bigint FROM stage_counts WHERE stage = {} AND space_id = %s"
+    ).format(sql.Literal(stage.name))
+
+
+# every embedding space holding rows: (id, model, weights, stage, dim, rows), in stage order, then id
+STORED_SPACES = """SELECT s.id, s.model, s.weights, s.stage, s.dim, sum(c.n_rows)::bigint
+    FROM embedding_spaces s JOIN stage_counts c ON c.space_id = s.id AND c.stage = s.stage
+    GROUP BY s.id HAVING sum(c.n_rows) > 0
+    ORDER BY array_position(ARRAY['first', 'second', 'third', 'origin'], s.stage), s.id"""
+
+
 def space_rows(stage: Stage) -> sql.Composed:
     """(model, weights, rows) per embedding space holding rows at this stage, most first."""
     return sql.SQL(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from ..stages import Stage
+from .search import vector_type
 
 SPACE_ROWS = "SELECT coalesce(sum(n_rows), 0) FROM stage_counts WHERE stage = %s AND space_id = %s"
 INSERT_EXPERIMENT = "INSERT INTO experiments (stage, model, weights, metric) VALUES (%s, %s, %s, %s) RETURNING id"
@@ -25,9 +26,11 @@ def set_session(name: str, value: str) -> sql.Composed:
 
 
 def scratch_copy(table: str, stage: Stage) -> sql.Composed:
+    """A space's first rows (%s, %s: space, rows) as a table typed by the space's width."""
     return sql.SQL(
-        "CREATE TEMP TABLE {} AS SELECT image_id, embedding FROM {} WHERE space_id = %s ORDER BY image_id LIMIT %s"
-    ).format(sql.Identifier(table), sql.Identifier(stage.table))
+        "CREATE TEMP TABLE {} AS SELECT image_id, embedding::{} AS embedding FROM {} WHERE space_id = %s "
+        "ORDER BY image_id LIMIT %s"
+    ).format(sql.Identifier(table), vector_type(stage), sql.Identifier(stage.table))
 
 
 def drop_table(table: str) -> sql.Composed:

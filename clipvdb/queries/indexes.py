@@ -1,36 +1,38 @@
-"""ANN indexes per stage: their records, DDL and sizes, and a searcher's set-up."""
+"""ANN indexes per embedding space: their records, DDL and sizes, and a searcher's set-up."""
 
 from __future__ import annotations
 
 from psycopg import sql
 
 from ..stages import Stage
-from .search import METRIC_OPS
+from .search import METRIC_OPS, of_width
 
-SAVE_STAGE_INDEX = """INSERT INTO stage_indexes (stage, kind, params, built_rows, build_seconds, updated_at)
+SAVE_SPACE_INDEX = """INSERT INTO space_indexes (space_id, kind, params, built_rows, build_seconds, updated_at)
     VALUES (%s, %s, %s, %s, %s, now())
-    ON CONFLICT (stage) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
+    ON CONFLICT (space_id) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
       built_rows = EXCLUDED.built_rows, build_seconds = EXCLUDED.build_seconds, updated_at = EXCLUDED.updated_at"""
-LOAD_STAGE_INDEX = "SELECT kind, params, build_seconds FROM stage_indexes WHERE stage = %s"
+LOAD_SPACE_INDEX = "SELECT kind, params, build_seconds FROM space_indexes WHERE space_id = %s"
 INDEX_SIZE = "SELECT to_regclass(%s) IS NOT NULL, pg_relation_size(to_regclass(%s))"
 
 
-# A searcher's set-up in one statement: the space, the row counts, the recorded index, whether it exists.
+# A searcher's set-up in one statement: the space, the row counts, the recorded index, whether it
+# exists (`index_name`: the table's name, _ann_ and the space's id).
 SEARCHER_SETUP = """
 WITH s AS (SELECT id FROM embedding_spaces WHERE model = %(model)s AND weights = %(weights)s AND stage = %(stage)s)
 SELECT s.id, coalesce(c.n_rows, 0), coalesce(c.n_projected, 0), x.kind, x.params,
-       to_regclass(%(full_index)s) IS NOT NULL, to_regclass(%(proj_index)s) IS NOT NULL,
+       to_regclass(%(full_index)s || s.id) IS NOT NULL, to_regclass(%(proj_index)s || s.id) IS NOT NULL,
        clipvdb_distributed()
 FROM (SELECT 1) AS one
 LEFT JOIN s ON true
 LEFT JOIN stage_counts c
        ON c.stage = %(stage)s AND c.space_id = s.id AND c.dataset_id = %(dataset)s AND c.split = %(split)s
-LEFT JOIN stage_indexes x ON x.stage = %(stage)s
+LEFT JOIN space_indexes x ON x.space_id = s.id
 """
 
 
-def index_name(stage: Stage, projected: bool = False) -> str:
-    return f"{stage.projection_table}_ann" if projected else f"{stage.table}_ann"
+def index_name(stage: Stage, space: int | str, projected: bool = False) -> str:
+    """A space's ANN index: on its rows of the stage table, or of the projections table."""
+    return f"{stage.projection_table if projected else stage.table}_ann_{space}"
 
 
 def drop_index(name: str) -> sql.Composed:
@@ -41,8 +43,24 @@ def opclass(column_type: str, metric: str) -> str:
     return f"{column_type}_{METRIC_OPS[metric]}"
 
 
-def create_index(name: str, table: str, column: str, kind: str, opclass_name: str, params: dict) -> sql.Composed:
-    """CREATE INDEX for ivfflat (params: lists) or hnsw (params: m, ef_construction)."""
+def create_index(
+    name: str,
+    table: str,
+    column: str,
+    kind: str,
+    opclass_name: str,
+    params: dict,
+    space: tuple[int, str] | None = None,
+    width: int | None = None,
+) -> sql.Composed:
+    """CREATE INDEX for ivfflat (params: lists) or hnsw (params: m, ef_construction). With `space`
+    (its id, and its vectors' type with width: `halfvec(80)`), a partial index over that space's rows
+    of a table whose column holds vectors of several widths, on the column cast to the space's width
+    (pgvector's way to index one width of an untyped column): a search of the space orders by the
+    same cast and filters by the same id, and so reads this index alone. With `width`, on a table of
+    mapped vectors (projections, learned images), rows of that width only (`of_width`): a refit
+    rewrites a space's rows at a new width in the transaction that builds the index, and the build
+    sees the rows it replaced (their cast to the new width would fail)."""
     if kind == "ivfflat":
         with_ = sql.SQL("lists = {}").format(sql.Literal(int(params["lists"])))
     elif kind == "hnsw":
@@ -51,13 +69,21 @@ def create_index(name: str, table: str, column: str, kind: str, opclass_name: st
         )
     else:
         raise ValueError(kind)
-    return sql.SQL("CREATE INDEX {name} ON {table} USING {kind} ({column} {opclass}) WITH ({with_})").format(
+    target: sql.Composable = sql.Identifier(column)
+    where: sql.Composable = sql.SQL("")
+    if space is not None:
+        target = sql.SQL("({}::{})").format(target, sql.SQL(space[1]))
+        where = sql.SQL(" WHERE space_id = {}").format(sql.Literal(int(space[0])))
+        if width is not None:
+            where = sql.SQL("{} AND {}").format(where, of_width(sql.Identifier(column), width))
+    return sql.SQL("CREATE INDEX {name} ON {table} USING {kind} ({target} {opclass}) WITH ({with_}){where}").format(
         name=sql.Identifier(name),
         table=sql.Identifier(table),
         kind=sql.SQL(kind),
-        column=sql.Identifier(column),
+        target=target,
         opclass=sql.SQL(opclass_name),
         with_=with_,
+        where=where,
     )
 
 

@@ -1,29 +1,10 @@
-"""Loading: a stage table's column type, binary COPY through a staging table, the image rows."""
+"""Loading: binary COPY into a stage table, through a staging table, the image rows."""
 
 from __future__ import annotations
 
 from psycopg import sql
 
 from ..stages import Stage
-from .search import vector_type
-
-COLUMN_TYPE = """SELECT format_type(atttypid, atttypmod) FROM pg_attribute
-    WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped"""
-
-
-def retype_stage(stage: Stage, *, distributed: bool = False) -> list[sql.Composed]:
-    """The stage's vector columns (its embeddings, its cluster centres) as the stage's type; the
-    embeddings kept in line (a type change resets a column's storage to the type's default), except
-    on Citus, which refuses SET STORAGE on a distributed table."""
-    table = sql.Identifier(stage.table)
-    retype = sql.SQL("ALTER TABLE {} ALTER COLUMN embedding TYPE {}").format(table, vector_type(stage))
-    out = [retype if distributed else retype + sql.SQL(", ALTER COLUMN embedding SET STORAGE PLAIN")]
-    out.append(
-        sql.SQL("ALTER TABLE {} ALTER COLUMN centre TYPE {}").format(
-            sql.Identifier(f"cluster_centres_{stage.name}"), vector_type(stage)
-        )
-    )
-    return out
 
 
 def copy_stage(stage: Stage) -> sql.Composed:
@@ -41,8 +22,9 @@ def staging_table(stage: Stage) -> sql.Identifier:
 
 
 def create_staging(stage: Stage) -> sql.Composed:
+    # no width: one connection may stage the vectors of several models (spaces) at this stage
     return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (image_id bigint, embedding {}) ON COMMIT DELETE ROWS").format(
-        staging_table(stage), vector_type(stage)
+        staging_table(stage), sql.SQL(stage.column_type)
     )
 
 

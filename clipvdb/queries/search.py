@@ -33,13 +33,21 @@ def vector_type(stage: Stage) -> sql.Composable:
     return sql.SQL("{}({})").format(sql.SQL(stage.column_type), sql.Literal(stage.dim))
 
 
+def of_width(column: sql.Composable, width: int) -> sql.Composed:
+    """`vector_dims(column) = width`: the condition of a mapped table's partial index, which a
+    search repeats so that the planner knows the index holds its rows."""
+    return sql.SQL("vector_dims({}) = {}").format(column, sql.Literal(int(width)))
+
+
 def distance(stage: Stage, metric: str, column: sql.Composable, query: sql.Composable, *, exact: bool) -> sql.Composed:
-    """`column <op> query::type`, or with `exact` the function form, which matches no index operator
-    and so is always an exact scan (enable_indexscan=off only penalises index paths)."""
+    """`column::type <op> query::type`, the column cast to the space's width as its partial index is
+    (a stage table's column holds vectors of every width: `create_index`), or with `exact` the
+    function form, which matches no index operator and so is always an exact scan
+    (enable_indexscan=off only penalises index paths)."""
     op, fn = METRICS[metric]
     q = sql.SQL("({})::{}").format(query, vector_type(stage))
     if not exact:
-        return sql.SQL("{} {} {}").format(column, sql.SQL(op), q)
+        return sql.SQL("({})::{} {} {}").format(column, vector_type(stage), sql.SQL(op), q)
     if metric == "ip":
         return sql.SQL("(-{}({}, {}))").format(sql.SQL(fn), column, q)
     return sql.SQL("{}({}, {})").format(sql.SQL(fn), column, q)
@@ -60,20 +68,28 @@ def candidate_rows(
     order; the scan stops at the first row past rank `n` (PostgreSQL's run condition). It reads at
     most `rows_per_vector` x `n` rows: a LIMIT, which lets the planner choose the index (where that
     LIMIT nears the table's rows, as on a table of a few thousand, it sorts the table instead)."""
-    order = sql.SQL("c.proj <-> ({})::{}({})").format(query, sql.SQL(PROJECTION_TYPE), sql.Literal(projected_dim))
+    typed = sql.SQL("{}({})").format(sql.SQL(PROJECTION_TYPE), sql.Literal(projected_dim))
+    order = sql.SQL("(c.proj)::{} <-> ({})::{}").format(typed, query, typed)
     return sql.SQL(
         """SELECT c.space_id, c.image_id
         FROM (
             SELECT c.space_id, c.image_id, dense_rank() OVER (ORDER BY c.pd) AS vector_rank
             FROM (
                 SELECT c.space_id, c.image_id, {order} AS pd FROM {proj} c
-                WHERE {where}
+                WHERE {where} AND {width}
                 ORDER BY {order}
                 LIMIT {n} * {rows}
             ) c
         ) c
         WHERE c.vector_rank <= {n}"""
-    ).format(order=order, proj=table, where=where, n=n, rows=sql.Literal(int(rows_per_vector)))
+    ).format(
+        order=order,
+        proj=table,
+        where=where,
+        width=of_width(sql.SQL("c.proj"), projected_dim),
+        n=n,
+        rows=sql.Literal(int(rows_per_vector)),
+    )
 
 
 def shard_rows_per_vector(shards: int) -> int:
@@ -147,7 +163,7 @@ def _nearest(
     query: sql.Composable,
     *,
     exact: bool,
-    learned: bool = False,
+    learned_dim: int | None = None,
     projected: sql.Composable | None = None,
     projected_dim: int | None = None,
 ) -> sql.Composed:
@@ -156,8 +172,11 @@ def _nearest(
     `projected_dim`, the rows of the nearest distinct projected vectors (`projected` the query's
     projection) re-ranked by the exact distance on the full embedding."""
     where = sql.SQL("x.space_id = {} AND x.dataset_id = {} AND x.split = {}").format(at.space, at.dataset, at.split)
-    if learned:
-        dist = sql.SQL("l2_distance(x.vec, {})" if exact else "x.vec <-> {}").format(query)
+    if learned_dim is not None:
+        dist = sql.SQL("l2_distance(x.vec, {})" if exact else "(x.vec)::vector({}) <-> {}").format(
+            *([query] if exact else [sql.Literal(learned_dim), query])
+        )
+        where = sql.SQL("{} AND {}").format(where, of_width(sql.SQL("x.vec"), learned_dim))
         select = sql.SQL("SELECT x.image_id, {} AS distance FROM {} x WHERE {}").format(dist, at.table, where)
         return _top(select, dist, at.k, exact=exact)
     if projected_dim is not None and projected is not None:
@@ -232,7 +251,7 @@ def knn(
     if learned_dim is not None:
         queries_in = sql.SQL("unnest(%(projected)b::vector[]) WITH ORDINALITY AS q(p, ord)")
         query = sql.SQL("(q.p)::vector({})").format(sql.Literal(learned_dim))
-        nearest = _nearest(stage, "l2", at, query, exact=exact, learned=True)
+        nearest = _nearest(stage, "l2", at, query, exact=exact, learned_dim=learned_dim)
     elif projected_dim is not None:
         queries_in = sql.SQL(
             "unnest(%(vectors)b::{}[], %(projected)b::vector[]) WITH ORDINALITY AS q(v, p, ord)"
@@ -320,7 +339,7 @@ def knn_shard(
     query: sql.Composable
     if learned_dim is not None:
         query = sql.SQL("(q.v)::vector({})").format(sql.Literal(learned_dim))
-        nearest = _nearest(stage, "l2", at, query, exact=exact, learned=True)
+        nearest = _nearest(stage, "l2", at, query, exact=exact, learned_dim=learned_dim)
         table = stage.learned_table
     else:
         query = sql.SQL("q.v") if stage.column_type == "vector" else sql.SQL("q.h")
