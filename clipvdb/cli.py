@@ -944,28 +944,40 @@ def ingest(state: State, stage, data, options: IngestOptions, as_json) -> None:
 
     stages = _stages(stage)
     source = open_source(data)
-    states = state.per_model()
-    for each in states:
-        each.store.encoder_for(stages)  # load weights (or fail) before any progress bar starts
-    results = []
-    for each in states:
-        label = f"ingest {','.join(s.name for s in stages)}" + (f" {each.model}" if len(states) > 1 else "")
-        progress, update = _progress(label)
-        with progress:
-            results.append(each.store.ingest(source, stages, options, progress=update))
-        if each is not state:
-            each.close()
+    states, results = _for_each_model(
+        state, "ingest", stages, lambda store, progress, update: store.ingest(source, stages, options, progress=update)
+    )
     if as_json:
-        dicts = [r.as_dict() for r in results]
-        _print_json(
-            dicts[0] if len(states) == 1 else [{"model": s.model, **d} for s, d in zip(states, dicts, strict=True)]
-        )
+        _print_per_model_json(states, results)
     for result in results:
         if not as_json:
             _report_ingest(result)
     failed = [r for r in results if r.failed]
     if failed:
         raise SkippedImagesError(f"{len(failed[0].failed)} of {failed[0].total} images were skipped (listed above)")
+
+
+def _for_each_model(state: State, verb: str, stages: list[Stage], run) -> tuple[list[State], list]:
+    """`run(store, progress, update)` once per model of a --model list (one model: once), each
+    model's weights loaded (or failing) before any progress bar starts; the states and results."""
+    states = state.per_model()
+    for each in states:
+        each.store.encoder_for(stages)
+    results = []
+    for each in states:
+        label = f"{verb} {','.join(s.name for s in stages)}" + (f" {each.model}" if len(states) > 1 else "")
+        progress, update = _progress(label)
+        with progress:
+            results.append(run(each.store, progress, update))
+        if each is not state:
+            each.close()
+    return states, results
+
+
+def _print_per_model_json(states: list[State], results: list) -> None:
+    """One model's result as it is; several as a list, each with its model."""
+    dicts = [r.as_dict() for r in results]
+    _print_json(dicts[0] if len(states) == 1 else [{"model": s.model, **d} for s, d in zip(states, dicts, strict=True)])
 
 
 def _report_ingest(result) -> None:
@@ -1094,24 +1106,16 @@ def evaluate(state: State, stage, data, options: EvaluateOptions, settings: Sear
 
     stages = _stages(stage)
     source = open_source(data)
-    states = state.per_model()
-    for each in states:
-        each.store.encoder_for(stages)
-    results = []
-    for each in states:
-        label = f"evaluate {','.join(s.name for s in stages)}" + (f" {each.model}" if len(states) > 1 else "")
-        progress, update = _progress(label)
-        with progress:
-            results.append(
-                each.store.evaluate(source, stages, settings, options, progress=update, report=progress.console.print)
-            )
-        if each is not state:
-            each.close()
+    states, results = _for_each_model(
+        state,
+        "evaluate",
+        stages,
+        lambda store, progress, update: store.evaluate(
+            source, stages, settings, options, progress=update, report=progress.console.print
+        ),
+    )
     if as_json:
-        dicts = [r.as_dict() for r in results]
-        _print_json(
-            dicts[0] if len(states) == 1 else [{"model": s.model, **d} for s, d in zip(states, dicts, strict=True)]
-        )
+        _print_per_model_json(states, results)
         return
     for each, result in zip(states, results, strict=True):
         rows = [
