@@ -46,6 +46,8 @@ _EXPORTS = {
     "Prediction": "predict",
     "EvalRun": "evaluate",
     "IngestResult": "ingest",
+    "Edit": "edits",
+    "DatasetInfo": "edits",
     "LoadResult": "ingest",
     "IndexInfo": "indexes",
     "Hit": "retrieval",
@@ -90,6 +92,8 @@ __all__ = [
     "Prediction",
     "EvalRun",
     "IngestResult",
+    "Edit",
+    "DatasetInfo",
     "LoadResult",
     "IndexInfo",
     "Hit",
@@ -105,6 +109,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .clusters import Clustering
+    from .edits import DatasetInfo, Edit
     from .encoder import TinyEncoder
     from .errors import ClipvdbError
     from .evaluate import EvalRun

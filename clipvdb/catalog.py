@@ -115,6 +115,11 @@ def register_dataset(conn: psycopg.Connection, source: Source, name: str | None 
     return dataset_id
 
 
+def mark_changed(conn: psycopg.Connection, dataset: int) -> None:
+    """The dataset's images changed now: the runs evaluated before are no longer current."""
+    conn.execute(queries.MARK_CHANGED, (dataset,))
+
+
 def dataset_id(conn: psycopg.Connection, name: str | None) -> int:
     """The named dataset, or the only one when no name is given."""
     if name:

@@ -30,6 +30,7 @@ from .options import (
     LEARN_METHODS,
     ClassifyOptions,
     ClusterOptions,
+    DuplicatesOptions,
     EvaluateOptions,
     ExperimentOptions,
     IndexOptions,
@@ -974,6 +975,17 @@ def _for_each_model(state: State, verb: str, stages: list[Stage], run) -> tuple[
     return states, results
 
 
+@dataclass
+class _WithLeaks:
+    """An evaluate's result with its accuracy without the leaked test images beside it (--json)."""
+
+    result: object
+    without: dict | None
+
+    def as_dict(self) -> dict:
+        return {**self.result.as_dict(), "without_leaks": self.without}  # type: ignore[attr-defined]
+
+
 def _print_per_model_json(states: list[State], results: list) -> None:
     """One model's result as it is; several as a list, each with its model."""
     dicts = [r.as_dict() for r in results]
@@ -1042,6 +1054,241 @@ def models(state: State, as_json) -> None:
     print_table("models", spaces, ["model", "weights", "stage", "dim", "rows", "index", "size_bytes"])
 
 
+# ---------------------------------------------------------------- the stored data: datasets, delete, relabel
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in d.items())
+
+
+def _print_edit(edit, as_json: bool) -> None:
+    """One line (or JSON) for what an edit did, or with --dry-run would do."""
+    if as_json:
+        _print_json(edit.as_dict())
+        return
+    would = "would " if edit.dry_run else ""
+    if edit.action == "rename":
+        click.echo(f"{would}rename dataset {edit.dataset!r} to {edit.renamed_to!r}")
+        return
+    what = {"delete": "delete", "drop": "drop", "relabel": "relabel"}[edit.action]
+    done = {"delete": "deleted", "drop": "dropped", "relabel": "relabelled"}[edit.action]
+    head = f"{would}{what}" if edit.dry_run else done
+    parts = [
+        f"{head} {edit.images:,} images of {edit.dataset!r}" + (f" ({_counts(edit.splits)})" if edit.splits else "")
+    ]
+    if edit.vectors:
+        parts.append(f"{sum(edit.vectors.values()):,} stored vectors ({_counts(edit.vectors)})")
+    for cls, moved in edit.relabelled.items():
+        parts.append(f"to {cls} from {_counts(moved)}")
+    if edit.unchanged:
+        parts.append(f"{edit.unchanged:,} had that class already")
+    if edit.action == "drop":
+        parts.append(f"{edit.runs_dropped:,} runs with it")
+    elif edit.runs_no_longer_current:
+        n = edit.runs_no_longer_current
+        parts.append(f"{n:,} run{'s' * (n != 1)} evaluated before {'are' if n != 1 else 'is'} no longer current")
+    click.echo("; ".join(parts))
+
+
+@cli.group("dataset")
+def dataset_group() -> None:
+    """The stored datasets: list, rename, drop.
+
+    \b
+    Example:
+      clipvdb dataset list
+      clipvdb dataset rename cifar10 cifar10-2024
+      clipvdb dataset drop scratch --dry-run
+    """
+
+
+@dataset_group.command("list")
+@json_option
+@click.pass_obj
+def dataset_list(state: State, as_json: bool) -> None:
+    """Every stored dataset: its folder or archive, images per split, classes, runs, last change.
+
+    \b
+    Example:
+      clipvdb dataset list
+      clipvdb dataset list --json
+    """
+    found = [d.as_dict() for d in state.store.datasets()]
+    if as_json:
+        _print_json(found)
+        return
+    for d in found:
+        d["images"] = _counts(d["images"]) or "none"
+    print_table("datasets", found, ["name", "images", "classes", "runs", "changed_at", "source"])
+
+
+@dataset_group.command("rename")
+@click.argument("name")
+@click.argument("new_name")
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@json_option
+@click.pass_obj
+def dataset_rename(state: State, name: str, new_name: str, dry_run: bool, as_json: bool) -> None:
+    """Give a stored dataset a new name (its images, vectors and runs stay as they are).
+
+    \b
+    Example:
+      clipvdb dataset rename cifar10 cifar10-2024
+    """
+    _print_edit(state.store.rename_dataset(name, new_name, dry_run=dry_run), as_json)
+
+
+@dataset_group.command("drop")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Count what would go; drop nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Drop a dataset: its images, their vectors at every stage, its runs and clusterings, in one
+    transaction. Other datasets, and searches running on them, are not touched.
+
+    \b
+    Example:
+      clipvdb dataset drop scratch --dry-run
+      clipvdb dataset drop scratch --yes
+    """
+    store = state.store
+    if not dry_run and not yes:
+        preview = store.drop_dataset(name, dry_run=True)
+        if not sys.stdin.isatty():
+            raise UsageError(f"dropping {name!r} deletes {preview.images:,} images; confirm with --yes")
+        click.confirm(f"drop {name!r}: {preview.images:,} images and {preview.runs_dropped:,} runs?", abort=True)
+    _print_edit(store.drop_dataset(name, dry_run=dry_run), as_json)
+
+
+def _edit_options(f):
+    for option in reversed(
+        [
+            dataset_option(),
+            click.option("--split", help="Only images of this split (train, test, ...)."),
+            click.option("--id", "ids", type=int, multiple=True, help="An image id (repeatable)."),
+            click.option("--dry-run", is_flag=True, help="Count what would change; change nothing."),
+            json_option,
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("files", nargs=-1)
+@_edit_options
+@click.pass_obj
+def delete(state: State, files: tuple[str, ...], dataset, split, ids, dry_run: bool, as_json: bool) -> None:
+    """Delete stored images with their vectors at every stage, in one transaction.
+
+    FILES are paths or globs as the images are on disk: absolute, relative to here, or relative to
+    the dataset's folder ('*' stays in a folder, '**' crosses folders; quote globs whose files are
+    gone). Or choose by --id, or a whole --split. Runs evaluated before are no longer current
+    ('clipvdb report', /runs); the deleted images leave them too.
+
+    \b
+    Example:
+      clipvdb delete --dataset cifar10 --split train './data/train/cat/*' --dry-run
+      clipvdb delete --dataset cifar10 --id 1234 --id 1235
+      clipvdb delete --dataset scratch --split test
+    """
+    edit = state.store.delete(dataset, split=split, paths=files, ids=ids, dry_run=dry_run)
+    _print_edit(edit, as_json)
+
+
+@cli.command()
+@click.argument("args", nargs=-1, metavar="[FILES]... CLASS")
+@_edit_options
+@click.option("--csv", "table", type=click.Path(dir_okay=False), help="A CSV of source,class rows instead.")
+@click.pass_obj
+def relabel(state: State, args: tuple[str, ...], dataset, split, ids, dry_run: bool, as_json: bool, table) -> None:
+    """Give stored images another of the dataset's classes, in one transaction.
+
+    FILES are paths or globs as for 'clipvdb delete' (or --id), and CLASS the class they get; or a
+    --csv of source,class rows, each file its class. Searches answer with the new labels at once;
+    runs evaluated before are no longer current.
+
+    \b
+    Example:
+      clipvdb relabel --dataset cifar10 --split train './data/train/dog/0042.png' cat
+      clipvdb relabel --dataset cifar10 --split train './data/train/dog/*' frog --dry-run
+      clipvdb relabel --dataset cifar10 --csv fixes.csv
+    """
+    if table is not None:
+        if args:
+            raise UsageError("give either --csv or FILES and a CLASS, not both")
+        edit = state.store.relabel(dataset, split=split, table=table, dry_run=dry_run)
+    else:
+        if not args:
+            raise UsageError("give the images (FILES or --id) and then the CLASS they get, or --csv")
+        edit = state.store.relabel(dataset, args[-1], split=split, paths=args[:-1], ids=ids, dry_run=dry_run)
+    _print_edit(edit, as_json)
+
+
+def duplicates_options(f):
+    """--within, --across, --threshold, --dataset: one `options` (options.DuplicatesOptions)."""
+    return _gathered(
+        "options",
+        DuplicatesOptions,
+        [
+            click.option("--within", type=click.Choice(["train", "test"]), help="Pairs of images within this split."),
+            click.option("--across", is_flag=True, help="Test images with a training near-duplicate (leaks)."),
+            click.option(
+                "--threshold",
+                type=float,
+                help=f"Largest distance of a pair (default: {config.DUPLICATE_FRACTION:g} x the scan's median "
+                "nearest distance, shown).",
+            ),
+            dataset_option(),
+        ],
+    )(f)
+
+
+@cli.command()
+@stage_option(one=True)
+@duplicates_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG: the nearest pairs side by side.")
+@click.option("--show", type=click.IntRange(0), default=20, show_default=True, help="Pairs printed (and drawn x3).")
+@model_options
+@json_option
+@click.pass_obj
+def duplicates(state: State, stage, options: DuplicatesOptions, out, show, as_json) -> None:
+    """Find near-duplicate stored images at a stage, store the pairs (report_duplicates) and show them.
+
+    Each image of the split scanned is searched for its nearest other stored image; a pair is kept
+    when their distance is at most --threshold (default: a share of the scan's median nearest
+    distance, printed). --across scans the test split against train: its count is
+    test_images_with_train_duplicate, the leaks that 'evaluate --exclude-leaks' sets aside.
+
+    \b
+    Example:
+      clipvdb duplicates --stage first --across --out leaks.png
+      clipvdb duplicates --stage first --within train --threshold 2.5 --json
+    """
+    store = state.store
+    found = store.duplicates(stage, options)
+    drawn = store.duplicates_gallery(found, out, limit=max(show * 3, 1)) if out and found.pairs else None
+    if as_json:
+        _print_json({**found.as_dict(), "gallery": str(drawn) if drawn else None})
+        return
+    images = "test images with a training near-duplicate" if options.across else f"{found.split} images in a pair"
+    click.echo(
+        f"{found.dataset} stage {found.stage} ({found.model}): {len(found.pairs):,} pairs within distance "
+        f"{found.threshold:.4g} ({found.threshold_rule}); {found.images_with_duplicate:,} of {found.scanned:,} "
+        f"{images}; {found.different_label:,} pairs of different classes; {found.seconds:.1f} s"
+    )
+    if show and found.pairs:
+        print_table(
+            "nearest pairs",
+            [p.as_dict() for p in found.pairs[:show]],
+            ["distance", "source", "class_name", "other_source", "other_class", "same_label"],
+        )
+    if drawn:
+        click.echo(f"wrote {drawn}")
+
+
 # ---------------------------------------------------------------- classify / evaluate
 
 
@@ -1085,10 +1332,17 @@ def classify(state: State, images, stage, options, settings: SearchSettings, as_
 @click.option("--data", "data", required=True, help="Same forms as ingest --data.")
 @evaluate_options
 @search_options(several=True)
+@click.option(
+    "--exclude-leaks",
+    is_flag=True,
+    help="Also the accuracy without the test images that 'clipvdb duplicates --across' found in train.",
+)
 @model_options
 @json_option
 @click.pass_obj
-def evaluate(state: State, stage, data, options: EvaluateOptions, settings: SearchSettings, as_json) -> None:
+def evaluate(
+    state: State, stage, data, options: EvaluateOptions, settings: SearchSettings, exclude_leaks: bool, as_json
+) -> None:
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
     With a list of models, a run per model against its own stored vectors; --json then prints a
@@ -1114,10 +1368,17 @@ def evaluate(state: State, stage, data, options: EvaluateOptions, settings: Sear
             source, stages, settings, options, progress=update, report=progress.console.print
         ),
     )
+    clean = [
+        each.store.without_leaks(r.run_id) if exclude_leaks else None for each, r in zip(states, results, strict=True)
+    ]
+    if exclude_leaks and not any(c["leaked"] for c in clean if c):
+        click.echo("no leaks recorded for this dataset: run 'clipvdb duplicates --stage S --across' first", err=True)
     if as_json:
+        if exclude_leaks:
+            results = [_WithLeaks(r, c) for r, c in zip(results, clean, strict=True)]
         _print_per_model_json(states, results)
         return
-    for each, result in zip(states, results, strict=True):
+    for each, result, without in zip(states, results, clean, strict=True):
         rows = [
             {
                 "stage": n,
@@ -1128,6 +1389,10 @@ def evaluate(state: State, stage, data, options: EvaluateOptions, settings: Sear
             }
             for n, t in result.stages.items()
         ]
+        if without is not None:
+            for row in rows:
+                w = without["stages"].get(row["stage"], {})
+                row["n_without_leaks"], row["accuracy_without_leaks_%"] = w.get("n"), w.get("accuracy_pct")
         print_table(f"run {result.run_id}: {each.model} on {result.dataset}/{result.split}", rows)
         click.echo(result.summary())
         for _key, reason in result.failed:

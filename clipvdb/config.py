@@ -36,6 +36,9 @@ DEFAULT_EF_CONSTRUCTION = 64
 PROJECTED_EF_CONSTRUCTION = 40
 PROJECTED_EF_SEARCH = 60  # on a stored set of distinct vectors; widened by its copies (indexes.projected_ef_search)
 PROJECTED_EF_SEARCH_MAX = 80
+# clipvdb duplicates: a pair is a near duplicate at most this fraction of the scan's median
+# nearest-neighbour distance away (duplicates.py)
+DUPLICATE_FRACTION = 0.25
 DEFAULT_PROJECT_FIRST = 64
 # Pipelines
 DEFAULT_BATCH_SIZE = 64  # ingest with a CLIP stage (the encoder's batch)

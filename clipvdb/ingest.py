@@ -171,6 +171,9 @@ def _ingest(
             if _drop_index_for_bulk_load(conn, spaces[s.name], len(todo)):
                 projections[s.name] = None
                 dropped.add(s.name)
+    if todo:  # before the first batch: a run evaluated while this ingest stores is not current
+        catalog.mark_changed(conn, dataset)
+        conn.commit()
     watch.progress(0, len(todo))
 
     def store(batch: EncodedBatch) -> int:
@@ -208,6 +211,8 @@ def _ingest(
             raise
     for s in stages:
         db.recount(conn, s.name)
+    if any(result.inserted.values()):
+        catalog.mark_changed(conn, dataset)
     conn.commit()
     if build_index:
         for s in stages:
@@ -270,6 +275,8 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
         indexes.lock_space_index(conn, space)
         indexes.drop(conn, space)
         conn.commit()
+    catalog.mark_changed(conn, dataset)
+    conn.commit()
     start = time.perf_counter()
     added = 0
     for s in range(0, len(keys), batch):
@@ -277,6 +284,7 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
         conn.commit()
     load_s = time.perf_counter() - start
     db.recount(conn, stage.name)
+    catalog.mark_changed(conn, dataset)
     conn.commit()
     info = None
     if build_index:

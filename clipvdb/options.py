@@ -226,6 +226,25 @@ class IndexOptions:
             raise UsageError(f"unknown index kind {self.kind!r}; choose from {', '.join(INDEX_KINDS)}")
 
 
+@dataclass(frozen=True)
+class DuplicatesOptions:
+    """`clipvdb duplicates`: which pairs to look for, and how near is near."""
+
+    within: str | None = None  # pairs within this split
+    across: bool = False  # test images against train
+    threshold: float | None = None  # the largest distance of a pair (None: `fraction` x the median nearest)
+    fraction: float = config.DUPLICATE_FRACTION
+    dataset: str | None = None
+
+    def check(self) -> None:
+        if self.across == (self.within is not None):
+            raise UsageError("choose one: --within SPLIT (pairs in one split) or --across (test images against train)")
+        if self.threshold is not None and self.threshold < 0:
+            raise UsageError(f"--threshold must be at least 0; got {self.threshold}")
+        if not 0 < self.fraction <= 1:
+            raise UsageError(f"the threshold's fraction of the median must be in (0, 1]; got {self.fraction}")
+
+
 LEARN_METHODS = ("nca", "lda", "pca")
 
 

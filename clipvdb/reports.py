@@ -65,6 +65,8 @@ class RunSummary(Record):
     seconds: float | None
     prompts: str | None = None
     params: dict | None = None
+    current: bool = True  # no image of the dataset stored, deleted or relabelled since the run started
+    data_changed_at: datetime | None = None
     accuracy: dict[str, float] = field(default_factory=dict)  # accuracy_pct per stage
 
 

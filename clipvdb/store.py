@@ -29,6 +29,7 @@ from . import (
     clusters,
     config,
     db,
+    duplicates,
     embedded,
     experiment,
     indexes,
@@ -42,6 +43,8 @@ from . import classify as classifying
 from . import evaluate as evaluation
 from . import learn as learning
 from .clusters import Clustering
+from .duplicates import Duplicates
+from .edits import DatasetInfo, Edit, Editor
 from .encoder import CHECKPOINT_SUFFIX, Encoder, models_dir
 from .errors import StageError
 from .evaluate import EvalRun
@@ -55,6 +58,7 @@ from .nodes import NodesStatus, Rebalance
 from .options import (
     ClassifyOptions,
     ClusterOptions,
+    DuplicatesOptions,
     EvaluateOptions,
     ExperimentOptions,
     IndexOptions,
@@ -286,6 +290,41 @@ class Store:
             overview = reports.data_overview(conn)
         overview.status = self.status()
         return overview
+
+    # ------------------------------------------------------------ the stored data (edits.py, duplicates.py)
+
+    def datasets(self) -> list[DatasetInfo]:
+        return Editor(self.session).datasets()
+
+    def delete(self, dataset: str | None = None, **choice: Any) -> Edit:
+        """Delete images (split=, paths=, ids=) with their vectors at every stage; dry_run=True counts."""
+        return Editor(self.session).delete(dataset, **choice)
+
+    def relabel(self, dataset: str | None = None, to: str | None = None, **choice: Any) -> Edit:
+        """Give images (split=, paths=, ids=) the class `to`, or each file of a CSV (table=) its own."""
+        return Editor(self.session).relabel(dataset, to, **choice)
+
+    def rename_dataset(self, name: str, new_name: str, *, dry_run: bool = False) -> Edit:
+        return Editor(self.session).rename(name, new_name, dry_run=dry_run)
+
+    def drop_dataset(self, name: str, *, dry_run: bool = False) -> Edit:
+        """Drop a dataset with its images, their vectors, its runs and clusterings."""
+        return Editor(self.session).drop(name, dry_run=dry_run)
+
+    def duplicates(self, stage: str | Stage, options: DuplicatesOptions | None = None, **changes: Any) -> Duplicates:
+        """Near-duplicate pairs at a stage (within=, across=, threshold=, dataset=), stored for report_duplicates."""
+        chosen = self.session.one(stage, "scan for duplicates")
+        return duplicates.find(self.session, chosen, gathered(options, DuplicatesOptions, changes))
+
+    def duplicates_gallery(self, found: Duplicates, out: Path | str, *, limit: int = 60) -> Path:
+        return duplicates.gallery(self.session, found, out, limit=limit)
+
+    def duplicate_pairs(self, limit: int = 200) -> tuple[list[dict], list[dict]]:
+        return duplicates.stored(self.session, limit)
+
+    def without_leaks(self, run_id: int) -> dict:
+        """A run's accuracy per stage without the test images found with a training near-duplicate."""
+        return duplicates.without_leaks(self.session, run_id)
 
     # ------------------------------------------------------------ exploration
 

@@ -32,11 +32,13 @@ NAV = (
     ("runs", "Runs"),
     ("clusters", "Clusters"),
     ("experiments", "Experiments"),
+    ("duplicates", "Duplicates"),
     ("data", "Data"),
 )
 # /runs: the columns a visitor can sort by (besides accuracy_<stage>)
 RUN_SORTS = ("run_id", "dataset", "stages", "model", "k", "status", "images", "seconds")
 MAX_COMPARE = 8
+MAX_DUPLICATES_SHOWN = 200
 
 
 def _sort_key(value: Any) -> tuple:
@@ -429,6 +431,11 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
             ms_per_image=ms_per_image,
             index_settings=index_settings,
         )
+
+    @app.get("/duplicates")
+    def duplicates():
+        scans, pairs = store.duplicate_pairs(MAX_DUPLICATES_SHOWN)
+        return page("duplicates.html", scans=scans, pairs=pairs)
 
     @app.get("/clusters")
     def clusters():

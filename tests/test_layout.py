@@ -11,7 +11,7 @@ from pathlib import Path
 from test_imports import PACKAGE_DIR, import_graph
 
 MAX_PARAMETERS = 8
-MAX_STORE_LINES = 450
+MAX_STORE_LINES = 500
 # the modules that may import the Store: the entry points and the package's own front door
 ENTRY_POINTS = {"clipvdb", "clipvdb.__main__", "clipvdb.cli", "clipvdb.web", "clipvdb.demo", "clipvdb.store"}
 

@@ -28,7 +28,8 @@ def report_view(view: str, with_run: bool) -> sql.Composed:
 
 # every run (report_runs), newest first; numbers as float8 for the page
 WEB_RUNS = """SELECT run_id, dataset, split, stages, model, weights, k, metric, exact, index, storage, probes,
-       ef_search, candidates, status, images, started_at, finished_at, seconds::float8 AS seconds
+       ef_search, candidates, status, images, started_at, finished_at, seconds::float8 AS seconds, current,
+       data_changed_at
     FROM report_runs ORDER BY run_id DESC"""
 # accuracy per run and stage over every run (report_accuracy), in forward-pass order
 WEB_ACCURACY = f"""SELECT run_id, stage, k, n, correct, accuracy_pct::float8 AS accuracy_pct, space
@@ -80,3 +81,12 @@ WEB_STAGE_ROWS = """SELECT c.stage, s.model, s.weights, s.dim, d.name AS dataset
     WHERE c.n_rows > 0
     GROUP BY c.stage, s.model, s.weights, s.dim, d.name, c.split
     ORDER BY array_position(ARRAY['first','second','third','origin'], c.stage), s.model, s.weights, d.name, c.split"""
+# near-duplicate pairs (report_duplicates): each scan's counts, and the nearest %s pairs
+WEB_DUPLICATE_SCANS = """SELECT dataset, model, stage, split, other_split, count(*) AS pairs,
+       count(DISTINCT image_id) AS images, count(*) FILTER (WHERE NOT same_label) AS different_label,
+       max(threshold)::float8 AS threshold, max(found_at) AS found_at
+    FROM report_duplicates GROUP BY dataset, model, stage, split, other_split
+    ORDER BY dataset, model, stage, split, other_split"""
+WEB_DUPLICATES = """SELECT dataset, model, stage, image_id, split, source, class, other_id, other_split,
+       other_source, other_class, distance::float8 AS distance, same_label
+    FROM report_duplicates ORDER BY distance, image_id, other_id LIMIT %s"""

@@ -1,0 +1,175 @@
+"""Data that lives: datasets.changed_at, report_runs says whether a run is still current, and
+near-duplicate pairs (duplicate_pairs, report_duplicates).
+
+Ingest (when it stores new rows), delete and relabel set datasets.changed_at; report_runs compares it
+with each run's start (`current`, `data_changed_at`). Datasets stored before have no changed_at: their
+runs count as current. duplicate_pairs holds what `clipvdb duplicates` found: per embedding space
+and dataset, an image, its nearest image of the split searched and their distance, when at most the
+scan's threshold; on Citus a reference table (small, joined with the distributed images), so its
+rows name images without a foreign key and a delete removes them itself. Deleting an image deletes by image id from every table that refers to it
+(each foreign key's cascade looks its rows up by image_id): those columns get an index where no key
+led with them. The view SQL below is a frozen copy of sql/report_runs.sql as of this revision.
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-04
+"""
+
+import importlib.util
+from pathlib import Path
+
+from alembic import op
+from sqlalchemy import text
+
+revision = "0016"
+down_revision = "0015"
+branch_labels = None
+depends_on = None
+
+STAGE_NAMES = ("first", "second", "third", "origin")
+# (index, table, column): the referring columns no index led with
+LOOKUPS = [(f"embeddings_{s}_image", f"embeddings_{s}", "image_id") for s in STAGE_NAMES] + [
+    ("predictions_image", "predictions", "image_id"),
+    ("predictions_neighbor", "predictions", "neighbor_id"),
+    ("cluster_members_image", "cluster_members", "image_id"),
+]
+
+VIEWS = {
+    "report_duplicates": """\
+-- Near-duplicate pairs found by 'clipvdb duplicates': per embedding space and dataset, an image, its
+-- nearest stored image of the split searched (other_split) and their distance, at most the scan's
+-- threshold. same_label says whether the two share a class; a test image with a training duplicate
+-- is a leak (its nearest neighbour answers from a copy of itself).
+CREATE OR REPLACE VIEW report_duplicates AS
+SELECT p.space_id,
+       p.dataset_id,
+       s.model,
+       s.stage,
+       d.name AS dataset,
+       p.image_id,
+       i.split,
+       i.source,
+       ci.name AS class,
+       p.other_id,
+       o.split AS other_split,
+       o.source AS other_source,
+       co.name AS other_class,
+       p.distance,
+       i.label = o.label AS same_label,
+       p.threshold,
+       p.found_at
+FROM duplicate_pairs p
+JOIN embedding_spaces s ON s.id = p.space_id
+JOIN datasets d ON d.id = p.dataset_id
+JOIN images i ON i.id = p.image_id
+JOIN images o ON o.id = p.other_id
+JOIN classes ci ON ci.dataset_id = i.dataset_id AND ci.label = i.label
+JOIN classes co ON co.dataset_id = o.dataset_id AND co.label = o.label;
+""",
+    "report_runs": """\
+-- One row per evaluation run: what was asked, everything that changes an answer, how far it got.
+-- current: no image of the run's dataset was stored, deleted or relabelled since the run started
+-- (datasets.changed_at, set by ingest, delete, relabel); a run that is not current answered from a
+-- stored set that has changed since.
+CREATE OR REPLACE VIEW report_runs AS
+SELECT r.id AS run_id,
+       d.name AS dataset,
+       r.split,
+       r.stages,
+       r.model,
+       r.weights,
+       r.k,
+       coalesce(r.params->>'metric', 'l2') AS metric,
+       coalesce((r.params->>'exact')::boolean, false) AS exact,
+       r.params->'index' AS index,
+       r.params->'storage' AS storage,
+       (r.params->>'probes')::int AS probes,
+       (r.params->>'ef_search')::int AS ef_search,
+       (r.params->>'candidates')::int AS candidates,
+       r.params->>'prompts' AS prompts,
+       r.params,
+       r.status,
+       coalesce(n.images, 0) AS images,
+       r.started_at,
+       r.finished_at,
+       extract(epoch FROM r.finished_at - r.started_at) AS seconds,
+       d.changed_at AS data_changed_at,
+       d.changed_at IS NULL OR d.changed_at <= r.started_at AS current
+FROM eval_runs r
+JOIN datasets d ON d.id = r.dataset_id
+-- a join, not a correlated subquery: Citus plans joins across shards, not correlated subqueries
+LEFT JOIN (SELECT run_id, count(DISTINCT image_id) AS images FROM predictions GROUP BY run_id) n ON n.run_id = r.id;
+""",
+}
+
+
+def _functions_of_0015() -> str:
+    spec = importlib.util.spec_from_file_location("m0015", Path(__file__).with_name("0015_embedding_spaces.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._functions()
+
+
+def _functions() -> str:
+    """0015's functions, clipvdb_distribute() placing duplicate_pairs as a reference table."""
+    out = _functions_of_0015()
+    old = "'experiment_results', 'clusterings'"
+    assert old in out
+    return out.replace(old, "'experiment_results', 'duplicate_pairs', 'clusterings'")
+
+
+def _distributed() -> bool:
+    return bool(op.get_bind().execute(text("SELECT clipvdb_distributed()")).scalar())
+
+
+def _frozen_views_of(filename: str) -> dict[str, str]:
+    """An earlier revision's frozen view copies (the downgrade restores them)."""
+    spec = importlib.util.spec_from_file_location(filename[:-3], Path(__file__).with_name(filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VIEWS
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE datasets ADD COLUMN changed_at timestamptz")
+    op.execute(
+        "COMMENT ON COLUMN datasets.changed_at IS "
+        "'when an image of the dataset was last stored, deleted or relabelled (NULL: not since this column came)'"
+    )
+    for name, table, column in LOOKUPS:
+        op.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})")
+    op.execute(
+        """
+        CREATE TABLE duplicate_pairs (
+            space_id int NOT NULL REFERENCES embedding_spaces (id) ON DELETE CASCADE,
+            dataset_id int NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
+            image_id bigint NOT NULL,
+            split text NOT NULL,
+            other_id bigint NOT NULL,
+            other_split text NOT NULL,
+            distance double precision NOT NULL,
+            threshold double precision NOT NULL,
+            found_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (space_id, image_id, other_id)
+        );
+        CREATE INDEX duplicate_pairs_image ON duplicate_pairs (image_id);
+        CREATE INDEX duplicate_pairs_other ON duplicate_pairs (other_id);
+        """
+    )
+    if _distributed():
+        op.execute("SELECT create_reference_table('duplicate_pairs')")
+    op.execute(_functions())
+    # new columns at the end: CREATE OR REPLACE keeps what depends on the view
+    for view in VIEWS.values():
+        op.execute(view)
+
+
+def downgrade() -> None:
+    op.execute(_functions_of_0015())
+    op.execute("DROP VIEW IF EXISTS report_duplicates")
+    op.execute("DROP TABLE IF EXISTS duplicate_pairs")
+    op.execute("DROP VIEW IF EXISTS report_runs")
+    op.execute(_frozen_views_of("0008_citus.py")["report_runs"])
+    op.execute("ALTER TABLE datasets DROP COLUMN changed_at")
+    for name, _, _ in LOOKUPS:
+        op.execute(f"DROP INDEX IF EXISTS {name}")

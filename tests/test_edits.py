@@ -1,0 +1,220 @@
+"""Data that lives: datasets listed, renamed and dropped; images deleted and relabelled by the paths
+a user has on disk, with a dry run that touches nothing; the searches answer from what remains, with
+the new labels; runs evaluated before say they are no longer current."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from clipvdb import Store, TinyEncoder, db
+from clipvdb.edits import glob_regex
+from clipvdb.errors import UsageError
+from clipvdb.images import first_stage_pixels, first_stage_vectors, load_image
+from clipvdb.stages import STAGES
+from clipvdb.synthetic import CLASSES
+
+FIRST = STAGES["first"]
+
+
+@pytest.fixture
+def data(syn_data, tmp_path, monkeypatch):
+    """A copy of the generated set in ./data, the working directory its parent (paths as typed)."""
+    root = tmp_path / "data"
+    shutil.copytree(syn_data, root)
+    monkeypatch.chdir(tmp_path)
+    return root
+
+
+def _rows(conn, table: str) -> int:
+    return db.scalar(conn, f"SELECT count(*) FROM {table}")
+
+
+def _keys(store: Store, split: str = "train") -> dict[str, int]:
+    with store.connection() as conn:
+        return dict(conn.execute("SELECT source, label FROM images WHERE split = %s", (split,)).fetchall())
+
+
+def _nearest(store: Store, data, queries: list) -> list[int]:
+    """The stored image the default search answers each query with (k = 1, stage first)."""
+    preds = store.classify(queries, stage="first", k=1)
+    return [p.neighbors[0]["image_id"] for p in preds]
+
+
+def _exact(store: Store, data, queries: list) -> list[int]:
+    """The nearest stored training image of each query by numpy over the rows stored now."""
+    with store.connection() as conn:
+        rows = conn.execute("SELECT id, source FROM images WHERE split = 'train' ORDER BY id").fetchall()
+    ids = np.array([r[0] for r in rows])
+    X = first_stage_vectors(np.stack([first_stage_pixels(load_image(data / r[1])) for r in rows]))
+    Q = first_stage_vectors(np.stack([first_stage_pixels(load_image(q)) for q in queries]))
+    d = ((Q[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1)
+    return [int(ids[j]) for j in d.argmin(1)]
+
+
+def test_glob_regex_keeps_stars_within_a_folder_and_reads_the_same_in_postgresql(conn):
+    cases = {
+        "train/cat/*.png": ["train/cat/0001.png", "train/cat/a.b.png"],
+        "train/**/0001.png": ["train/cat/0001.png", "train/cat/sub/0001.png"],
+        "train/ca?/000[12].png": ["train/cat/0001.png", "train/car/0002.png"],
+        "train/dog/[!0]*": ["train/dog/1.png"],
+        "train/a+b (1).png": ["train/a+b (1).png"],
+    }
+    misses = {
+        "train/cat/*.png": ["train/cat/sub/0001.png", "train/cats/0001.png", "xtrain/cat/0001.png"],
+        "train/ca?/000[12].png": ["train/cat/0003.png", "train/cart/0001.png"],
+        "train/dog/[!0]*": ["train/dog/0001.png"],
+        "train/a+b (1).png": ["train/aab (1).png", "train/a+b 1.png"],
+    }
+    for pattern, keys in cases.items():
+        rx = glob_regex(pattern)
+        for key in keys + misses.get(pattern, []):
+            want = key in keys
+            assert bool(re.match(rx, key)) is want, (pattern, key)
+            assert conn.execute("SELECT %s ~ %s", (key, rx)).fetchone()[0] is want, (pattern, key)
+
+
+def test_dataset_list_rename_and_drop(cli, data):
+    cli("ingest", "--stage", "first", "--data", "data", "--dataset", "keep")
+    cli("ingest", "--stage", "first", "--data", "data", "--dataset", "scratch")
+    cli("ingest", "--stage", "first", "--data", "data", "--dataset", "scratch", "--split", "test")
+    listed = {d["name"]: d for d in json.loads(cli("dataset", "list", "--json").stdout)}
+    assert listed["keep"]["images"] == {"train": 60}
+    assert listed["scratch"]["images"] == {"test": 20, "train": 60}
+    assert listed["scratch"]["classes"] == 10
+
+    out = cli("dataset", "rename", "keep", "scratch", expect=2).output
+    assert "a dataset named 'scratch' exists already" in out and len(out.strip().splitlines()) == 1
+    cli("dataset", "rename", "keep", "kept")
+
+    dry = json.loads(cli("dataset", "drop", "scratch", "--dry-run", "--json").stdout)
+    assert (dry["images"], dry["splits"], dry["vectors"]) == (80, {"test": 20, "train": 60}, {"first": 80})
+    assert {d["name"] for d in json.loads(cli("dataset", "list", "--json").stdout)} == {"kept", "scratch"}
+    refused = cli("dataset", "drop", "scratch", expect=2).output  # not a terminal: no prompt
+    assert "confirm with --yes" in refused
+    done = cli("dataset", "drop", "scratch", "--yes").output
+    assert done.startswith("dropped 80 images of 'scratch'")
+    listed = {d["name"]: d for d in json.loads(cli("dataset", "list", "--json").stdout)}
+    assert set(listed) == {"kept"} and listed["kept"]["images"] == {"train": 60}
+    status = json.loads(cli("db", "status", "--json").stdout)
+    assert sum(sp["rows"] for sp in status["spaces"]) == 60  # the counts went with the rows
+
+
+def test_delete_by_the_paths_on_disk_answers_only_from_the_rows_left(db_url, data):
+    queries = sorted((data / "test").rglob("*.png"))
+    with Store(db_url, encoder=TinyEncoder()) as store:
+        store.ingest(data, stages="first")
+        before = _keys(store)
+        gone_class = CLASSES[0]
+        nearest_before = _nearest(store, data, queries)
+
+        dry = store.delete(
+            paths=[f"./data/train/{gone_class}/*", str(data / "train" / CLASSES[1] / "0000.png")], dry_run=True
+        )
+        assert (dry.images, dry.splits, dry.vectors) == (7, {"train": 7}, {"first": 7})
+        assert _keys(store) == before  # a dry run touches nothing
+
+        with pytest.raises(UsageError, match=r"names no stored image .* stored keys look like 'train/"):
+            store.delete(paths=["./data/train/nosuchclass/*"])
+        assert _keys(store) == before  # a path that names nothing stops the whole edit
+
+        done = store.delete(paths=[f"./data/train/{gone_class}/*", str(data / "train" / CLASSES[1] / "0000.png")])
+        assert (done.images, done.vectors) == (7, {"first": 7})
+        left = _keys(store)
+        assert set(before) - set(left) == {f"train/{gone_class}/{i:04d}.png" for i in range(6)} | {
+            f"train/{CLASSES[1]}/0000.png"
+        }
+        with store.connection() as conn:
+            assert _rows(conn, "embeddings_first") == len(left) == 53
+        nearest = _nearest(store, data, queries)
+        assert nearest == _exact(store, data, queries)
+        assert nearest != nearest_before  # the deleted class was some query's nearest before
+
+        with pytest.raises(UsageError, match="choose the images"):
+            store.delete()
+
+
+def test_relabel_files_and_a_csv_and_the_searches_answer_with_the_new_class(cli, db_url, data):
+    cli("ingest", "--stage", "first", "--data", "data")
+    target, source_class = CLASSES[2], CLASSES[3]
+    moved = f"data/train/{source_class}/000[01].png"
+    dry = json.loads(cli("relabel", moved, target, "--dry-run", "--json").stdout)
+    assert (dry["images"], dry["relabelled"]) == (2, {target: {source_class: 2}})
+    with Store(db_url, encoder=TinyEncoder()) as store:
+        label = {name: i for i, name in enumerate(store.dataset().classes)}
+        assert _keys(store)[f"train/{source_class}/0000.png"] == label[source_class]
+
+        out = cli("relabel", moved, "nosuchclass", expect=2).output
+        assert "has no class 'nosuchclass'" in out and len(out.strip().splitlines()) == 1
+
+        line = cli("relabel", moved, target).output
+        assert line.startswith(f"relabelled 2 images of 'data' (train 2); to {target} from {source_class} 2")
+        keys = _keys(store)
+        assert keys[f"train/{source_class}/0000.png"] == keys[f"train/{source_class}/0001.png"] == label[target]
+        assert keys[f"train/{source_class}/0002.png"] == label[source_class]
+        # a stored image as the query: its own row answers, with its new class
+        pred = store.classify([data / "train" / source_class / "0000.png"], stage="first", k=1)[0]
+        assert pred.predicted_class == target
+
+        again = cli("relabel", moved, target).output
+        assert "relabelled 0 images" in again and "2 had that class already" in again
+
+        table = data.parent / "fixes.csv"
+        table.write_text(
+            f"source,class\ndata/train/{source_class}/0000.png,{source_class}\ntrain/{CLASSES[4]}/0005.png,{target}\n"
+        )
+        cli("relabel", "--csv", str(table))
+        keys = _keys(store)
+        assert keys[f"train/{source_class}/0000.png"] == label[source_class]
+        assert keys[f"train/{CLASSES[4]}/0005.png"] == label[target]
+
+        bad = data.parent / "bad.csv"
+        bad.write_text("data/train/x.png\n")
+        assert (
+            "row 1 is 'data/train/x.png'; each row is source,class"
+            in cli("relabel", "--csv", str(bad), expect=2).output
+        )
+
+
+def test_runs_evaluated_before_an_edit_are_no_longer_current(cli, db_url, data):
+    cli("ingest", "--stage", "first", "--data", "data")
+    first = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--json").stdout)["run_id"]
+
+    def current() -> dict[int, bool]:
+        with Store(db_url, encoder=TinyEncoder()) as store:
+            return {r.run_id: r.current for r in store.runs()}
+
+    assert current() == {first: True}
+    cli("ingest", "--stage", "first", "--data", "data")  # nothing new: the stored set is the same
+    assert current() == {first: True}
+    out = cli("delete", f"data/train/{CLASSES[5]}/0003.png").output
+    assert "1 run evaluated before is no longer current" in out
+    assert current() == {first: False}
+    second = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--json").stdout)["run_id"]
+    assert current() == {first: False, second: True}
+    cli("relabel", f"data/train/{CLASSES[5]}/0004.png", CLASSES[6])
+    assert current() == {first: False, second: False}
+    # new images stored make the runs before them stale too
+    shutil.copyfile(data / "train" / CLASSES[0] / "0000.png", data / "train" / CLASSES[0] / "extra.png")
+    third = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--json").stdout)["run_id"]
+    cli("ingest", "--stage", "first", "--data", "data")
+    assert current()[third] is False
+
+
+def test_the_pages_say_which_runs_answered_from_data_that_has_changed(cli, db_url, data):
+    from clipvdb.web import create_app
+
+    cli("ingest", "--stage", "first", "--data", "data")
+    old = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--json").stdout)["run_id"]
+    cli("delete", f"data/train/{CLASSES[7]}/0001.png")
+    new = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--json").stdout)["run_id"]
+    with Store(db_url, encoder=TinyEncoder()) as store:
+        client = create_app(store).test_client()
+        runs = client.get("/runs").get_data(as_text=True)
+        assert runs.count("(data changed since)") == 1
+        assert 'id="not-current"' in client.get(f"/runs/{old}").get_data(as_text=True)
+        assert 'id="not-current"' not in client.get(f"/runs/{new}").get_data(as_text=True)
