@@ -1236,11 +1236,13 @@ def duplicates_options(f):
             click.option("--within", type=click.Choice(["train", "test"]), help="Pairs of images within this split."),
             click.option("--across", is_flag=True, help="Test images with a training near-duplicate (leaks)."),
             click.option(
-                "--threshold",
+                "--ratio",
                 type=float,
-                help=f"Largest distance of a pair (default: {config.DUPLICATE_FRACTION:g} x the scan's median "
-                "nearest distance, shown).",
+                default=config.DUPLICATE_RATIO,
+                show_default=True,
+                help="A pair: the nearest at most this share of the distance to the next farther image.",
             ),
+            click.option("--threshold", type=float, help="A pair: at most this distance apart (in place of --ratio)."),
             dataset_option(),
         ],
     )(f)
@@ -1257,15 +1259,16 @@ def duplicates_options(f):
 def duplicates(state: State, stage, options: DuplicatesOptions, out, show, as_json) -> None:
     """Find near-duplicate stored images at a stage, store the pairs (report_duplicates) and show them.
 
-    Each image of the split scanned is searched for its nearest other stored image; a pair is kept
-    when their distance is at most --threshold (default: a share of the scan's median nearest
-    distance, printed). --across scans the test split against train: its count is
+    Each image of the split scanned is searched for its nearest other stored images; a pair is kept
+    when the nearest is at most --ratio of the distance to the next farther image (a copy stands
+    out; a plain background has many neighbours as near) and no farther than the scan's median, or
+    at most --threshold apart. --across scans the test split against train: its count is
     test_images_with_train_duplicate, the leaks that 'evaluate --exclude-leaks' sets aside.
 
     \b
     Example:
       clipvdb duplicates --stage first --across --out leaks.png
-      clipvdb duplicates --stage first --within train --threshold 2.5 --json
+      clipvdb duplicates --stage first --within train --ratio 0.7 --json
     """
     store = state.store
     found = store.duplicates(stage, options)
@@ -1275,8 +1278,8 @@ def duplicates(state: State, stage, options: DuplicatesOptions, out, show, as_js
         return
     images = "test images with a training near-duplicate" if options.across else f"{found.split} images in a pair"
     click.echo(
-        f"{found.dataset} stage {found.stage} ({found.model}): {len(found.pairs):,} pairs within distance "
-        f"{found.threshold:.4g} ({found.threshold_rule}); {found.images_with_duplicate:,} of {found.scanned:,} "
+        f"{found.dataset} stage {found.stage} ({found.model}): {len(found.pairs):,} pairs, each "
+        f"{found.threshold_rule}; {found.images_with_duplicate:,} of {found.scanned:,} "
         f"{images}; {found.different_label:,} pairs of different classes; {found.seconds:.1f} s"
     )
     if show and found.pairs:

@@ -1,13 +1,15 @@
-"""Near-duplicate images: stored images nearer to another stored image than a threshold, at one stage.
+"""Near-duplicate images: stored images much nearer to another stored image than to any other, at one stage.
 
 Within a split (two training images that are one photo), or across (`--across`: test images with a
 training near-duplicate, the leaks that flatter a nearest-neighbour accuracy most). Each image of the
-split scanned is searched for its nearest image of the other (the default search path of the stage,
-batched); a pair is kept when their distance is at most the threshold: given, else
-`config.DUPLICATE_FRACTION` of the median nearest-neighbour distance of the scan (scale-free, so one
-rule serves pixels and every model's stage; the value used is reported and stored). The pairs replace
-the space's earlier pairs for the same dataset and splits in duplicate_pairs; report_duplicates
-shows them with sources and classes.
+split scanned is searched for its nearest images of the other (the stage's default search, batched).
+The default rule is a ratio test: a pair is kept when the image's nearest is at most
+`config.DUPLICATE_RATIO` of the distance to the next farther image (identical copies skipped) and no
+farther than the scan's median nearest distance; an identical image always. A plain distance
+(`--threshold`) is the other rule. Scale-free, the ratio serves pixels and every model's stage; on
+CIFAR-10's pixels a bare distance cannot tell a copy from a plain background (many pairs of blue sky
+are as near as a photo and its re-encoded copy), the ratio can. The pairs replace the space's earlier
+pairs for the same dataset and splits in duplicate_pairs; report_duplicates shows them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .stages import Stage
 from .storage import StageRows
 
 BATCH = 500  # queries per search statement
+NEIGHBORS = 8  # searched per image: the nearest, and past its identical copies the next farther one
 
 
 @dataclass
@@ -81,42 +84,46 @@ class Duplicates(Record):
 def find(session: Session, stage: Stage, options: DuplicatesOptions) -> Duplicates:
     """Scan `within` a split (pairs of its images) or `across` (test images against train)."""
     options.check()
-    within, across, threshold, fraction = options.within, options.across, options.threshold, options.fraction
-    split, other = ("test", "train") if across else (within, within)
+    split, other = ("test", "train") if options.across else (options.within, options.within)
     assert split is not None and other is not None
     start = time.perf_counter()
     ds = session.dataset(options.dataset)
     with session.connection() as conn:
         space = session.require_space(conn, stage)
         ids, _, vectors = StageRows(stage, space.id, ds.id, split).read(conn, "scan for duplicates")
-    searcher = session.searcher(stage, ds.id, other, SearchSettings(k=1 if across else 2))
-    nearest: list[tuple[int, int, float]] = []
+    searcher = session.searcher(stage, ds.id, other, SearchSettings(k=NEIGHBORS))
+    # (image, its nearest other image, their distance, the distance to the nearest farther image)
+    nearest: list[tuple[int, int, float, float]] = []
     with session.connection() as conn:
         for s in range(0, len(ids), BATCH):
             found, _ = searcher.search(conn, vectors[s : s + BATCH])
             for image_id, neighbors in zip(ids[s : s + BATCH], found, strict=True):
-                n = next((n for n in neighbors if n.image_id != image_id), None)
-                if n is not None:
-                    nearest.append((int(image_id), n.image_id, float(n.distance)))
+                others = [n for n in neighbors if n.image_id != image_id]
+                if others:
+                    d = float(others[0].distance)
+                    farther = next((float(n.distance) for n in others if n.distance > d), float("inf"))
+                    nearest.append((int(image_id), others[0].image_id, d, farther))
     if not nearest:
         raise UsageError(f"split {other!r} of {ds.name!r} has no other image at stage {stage.name} to compare with")
-    median = float(np.median([d for _, _, d in nearest]))
-    if threshold is None:
-        threshold, rule = fraction * median, f"{fraction:g} x the median nearest distance ({median:.4g})"
+    median = float(np.median([n[2] for n in nearest]))
+    if options.threshold is None:
+        ratio = options.ratio
+        rule = f"at most {ratio:g} x the distance to the next farther image, and the median nearest ({median:.4g})"
+        limits = [0.0 if d == 0 else min(ratio * far, median) for _, _, d, far in nearest]
     else:
-        rule = "given"
-    kept: dict[tuple[int, int], float] = {}
-    for a, b, d in nearest:
-        if d <= threshold:
-            key = (a, b) if across else (min(a, b), max(a, b))  # within a split: each pair once
-            kept[key] = d
+        rule, limits = "given", [options.threshold] * len(nearest)
+    kept: dict[tuple[int, int], tuple[float, float]] = {}
+    for (a, b, d, _), limit in zip(nearest, limits, strict=True):
+        if d <= limit:
+            key = (a, b) if options.across else (min(a, b), max(a, b))  # within a split: each pair once
+            kept[key] = (d, limit)
     with session.connection() as conn:
         with conn.transaction():
             conn.execute(queries.DELETE_DUPLICATES, (space.id, ds.id, split, other))
             with conn.cursor() as cur:
                 cur.executemany(
                     queries.INSERT_DUPLICATE,
-                    [(space.id, ds.id, a, split, b, other, d, threshold) for (a, b), d in kept.items()],
+                    [(space.id, ds.id, a, split, b, other, d, limit) for (a, b), (d, limit) in kept.items()],
                 )
         rows = conn.execute(queries.DUPLICATE_PAIRS, (space.id, ds.id, split, other)).fetchall()
     pairs = [Pair(*r) for r in rows]
@@ -127,12 +134,14 @@ def find(session: Session, stage: Stage, options: DuplicatesOptions) -> Duplicat
         split=split,
         other_split=other,
         scanned=len(ids),
-        threshold=threshold,
+        threshold=options.threshold if options.threshold is not None else median,
         threshold_rule=rule,
         median_nearest=median,
         pairs=pairs,
         counts=dict(Counter(f"{p.split}-{p.other_split}" for p in pairs)),
-        images_with_duplicate=len({p.image_id for p in pairs} | (set() if across else {p.other_id for p in pairs})),
+        images_with_duplicate=len(
+            {p.image_id for p in pairs} | (set() if options.across else {p.other_id for p in pairs})
+        ),
         different_label=sum(not p.same_label for p in pairs),
         seconds=time.perf_counter() - start,
     )

@@ -232,8 +232,8 @@ class DuplicatesOptions:
 
     within: str | None = None  # pairs within this split
     across: bool = False  # test images against train
-    threshold: float | None = None  # the largest distance of a pair (None: `fraction` x the median nearest)
-    fraction: float = config.DUPLICATE_FRACTION
+    threshold: float | None = None  # the largest distance of a pair (None: the ratio test)
+    ratio: float = config.DUPLICATE_RATIO  # nearest over the next farther image's distance, at most
     dataset: str | None = None
 
     def check(self) -> None:
@@ -241,8 +241,8 @@ class DuplicatesOptions:
             raise UsageError("choose one: --within SPLIT (pairs in one split) or --across (test images against train)")
         if self.threshold is not None and self.threshold < 0:
             raise UsageError(f"--threshold must be at least 0; got {self.threshold}")
-        if not 0 < self.fraction <= 1:
-            raise UsageError(f"the threshold's fraction of the median must be in (0, 1]; got {self.fraction}")
+        if not 0 < self.ratio <= 1:
+            raise UsageError(f"--ratio must be in (0, 1]; got {self.ratio}")
 
 
 LEARN_METHODS = ("nca", "lda", "pca")

@@ -43,18 +43,23 @@ def test_across_finds_the_planted_leaks_and_nothing_else(cli, db_url, planted, t
     cli("ingest", "--stage", "first", "--data", "data")
     cli("ingest", "--stage", "first", "--data", "data", "--split", "test")
     out = tmp_path / "leaks.png"
-    found = json.loads(cli("duplicates", "--stage", "first", "--across", "--out", out, "--json").stdout)
+    default = json.loads(cli("duplicates", "--stage", "first", "--across", "--json").stdout)
+    assert leaked <= {p["source"] for p in default["pairs"]}
+    # a stricter ratio than the default: the planted copies (0 and about 0.4 away) and nothing else
+    found = json.loads(
+        cli("duplicates", "--stage", "first", "--across", "--ratio", "0.5", "--out", out, "--json").stdout
+    )
     assert found["test_images_with_train_duplicate"] == LEAKS
     assert {p["source"] for p in found["pairs"]} == leaked
     assert all(p["other_source"].startswith("train/") and "leak" in p["other_source"] for p in found["pairs"])
     assert found["counts"] == {"test-train": LEAKS} and found["different_label"] == 0
-    assert "median nearest distance" in found["threshold_rule"]
+    assert "x the distance to the next farther image" in found["threshold_rule"]
     assert Image.open(out).size == (4 * (2 * 96 + 8), 2 * (96 + 60))  # 5 pairs, 4 a row
 
-    line = cli("duplicates", "--stage", "first", "--across").output.splitlines()[0]
+    line = cli("duplicates", "--stage", "first", "--across", "--ratio", "0.5").output.splitlines()[0]
     assert f"{LEAKS} of 20 test images with a training near-duplicate" in line
 
-    within = json.loads(cli("duplicates", "--stage", "first", "--within", "train", "--json").stdout)
+    within = json.loads(cli("duplicates", "--stage", "first", "--within", "train", "--ratio", "0.5", "--json").stdout)
     assert within["test_images_with_train_duplicate"] is None
     assert len(within["pairs"]) == TRAIN_COPIES  # each copied pair once, not a->b and b->a
     assert all(p["distance"] == 0 and p["same_label"] for p in within["pairs"])
@@ -86,7 +91,7 @@ def test_evaluate_exclude_leaks_reports_the_accuracy_without_them(cli, planted):
     cli("ingest", "--stage", "first", "--data", "data", "--split", "test")
     before = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--exclude-leaks", "--json").stdout)
     assert before["without_leaks"]["leaked"] == 0
-    cli("duplicates", "--stage", "first", "--across")
+    cli("duplicates", "--stage", "first", "--across", "--ratio", "0.5")
     run = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--exclude-leaks", "--json").stdout)
     every, without = run["stages"]["first"], run["without_leaks"]["stages"]["first"]
     assert run["without_leaks"]["leaked"] == LEAKS
