@@ -140,6 +140,7 @@ class Editor:
             edit.splits, edit.images = dict(info.images), sum(info.images.values())
             if not dry_run:
                 with conn.transaction():
+                    _sequential(conn)
                     conn.execute(queries.DELETE_PREDICTIONS_OF_DATASET, (ds,))
                     conn.execute(queries.DELETE_RUNS_OF_DATASET, (ds,))
                     conn.execute(queries.DELETE_CLUSTERINGS_OF_DATASET, (ds,))
@@ -231,8 +232,9 @@ class Editor:
             edit.runs_no_longer_current = db.scalar(conn, queries.CURRENT_RUNS, (ds,)) if chosen else 0
             if not dry_run and chosen:
                 with conn.transaction():
-                    self._delete_images(conn, image_ids)
+                    _sequential(conn)
                     conn.execute(queries.MARK_CHANGED, (ds,))
+                    self._delete_images(conn, image_ids)
                 conn.commit()
         self.session.forget()
         return edit
@@ -301,12 +303,20 @@ class Editor:
             edit.runs_no_longer_current = db.scalar(conn, queries.CURRENT_RUNS, (ds,)) if moves else 0
             if not dry_run and moves:
                 with conn.transaction():
+                    _sequential(conn)
                     for label, image_ids in moves:
                         conn.execute(queries.RELABEL, (label, image_ids, label))
                     conn.execute(queries.MARK_CHANGED, (ds,))
                 conn.commit()
         self.session.forget()
         return edit
+
+
+def _sequential(conn: psycopg.Connection) -> None:
+    """On Citus, one connection per node for this transaction: it writes reference tables (datasets,
+    duplicate_pairs) and distributed ones, which Citus refuses after a parallel statement."""
+    if db.distributed(conn):
+        conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
 
 
 def _read_table(path: str | Path) -> dict[str, list[str]]:

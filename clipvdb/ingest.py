@@ -211,9 +211,10 @@ def _ingest(
             raise
     for s in stages:
         db.recount(conn, s.name)
-    if any(result.inserted.values()):
-        catalog.mark_changed(conn, dataset)
     conn.commit()
+    if any(result.inserted.values()):  # its own transaction: Citus refuses it after the recount's
+        catalog.mark_changed(conn, dataset)
+        conn.commit()
     if build_index:
         for s in stages:
             # A standing index took the new rows itself (and their projections went in with them):
@@ -284,6 +285,7 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
         conn.commit()
     load_s = time.perf_counter() - start
     db.recount(conn, stage.name)
+    conn.commit()
     catalog.mark_changed(conn, dataset)
     conn.commit()
     info = None

@@ -75,10 +75,12 @@ def test_across_finds_the_planted_leaks_and_nothing_else(cli, db_url, planted, t
         page = create_app(store).test_client().get("/duplicates").get_data(as_text=True)
         assert page.count('alt="image ') == 2 * (LEAKS + TRAIN_COPIES)
 
-        # a deleted image takes its pairs with it
+        # a deleted image takes its pairs with it: from the table, not only from the view's join
         store.delete(paths=["data/train/*/leak0.png"])
         scans, _ = store.duplicate_pairs()
         assert {(s["split"], s["pairs"]) for s in scans} == {("test", LEAKS - 1), ("train", TRAIN_COPIES)}
+        with store.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM duplicate_pairs").fetchone()[0] == LEAKS - 1 + TRAIN_COPIES
 
     out = cli("duplicates", "--stage", "first", "--across", "--threshold", "-1", expect=2).output
     assert "--threshold must be at least 0" in out

@@ -218,3 +218,89 @@ def test_the_pages_say_which_runs_answered_from_data_that_has_changed(cli, db_ur
         assert runs.count("(data changed since)") == 1
         assert 'id="not-current"' in client.get(f"/runs/{old}").get_data(as_text=True)
         assert 'id="not-current"' not in client.get(f"/runs/{new}").get_data(as_text=True)
+
+
+def _insert_open(conn, space, rows: np.ndarray, prefix: str) -> list[int]:
+    """Another ingest's batch in the table, its projection and the index, not committed."""
+    from clipvdb import projection
+    from clipvdb.catalog import upsert_images
+    from clipvdb.storage import StageRows
+
+    keys = [(f"{prefix}{i}", 1, bytes(32)) for i in range(len(rows))]
+    found = upsert_images(conn, 1, "train", keys)
+    ids = [found[k[0]] for k in keys]
+    slice_ = StageRows(FIRST, space.id, 1, "train")
+    slice_.copy(conn, ids, rows)
+    projection.add(conn, slice_, projection.load(conn, space), ids, rows)
+    return ids
+
+
+def test_under_a_projected_hnsw_deletes_and_relabels_answer_exactly_with_inserts_in_flight(db_url):
+    """4,000 stored vectors (of rank 12) under the projected hnsw (stage first's default above 100,000 rows). A
+    tenth is deleted while another connection holds a batch of new rows uncommitted in the same table
+    and index (the delete waits for that batch's commit, on the row counts, and goes on), 200 are
+    relabelled and both tables vacuumed while a second batch is open: the searches then answer
+    exactly as numpy does over the rows that remain and the new ones, with the new labels."""
+    import threading
+
+    import psycopg
+    from conftest import load_vectors, space_at
+    from faults_helpers import lock_waiters, wait_for
+
+    from clipvdb import indexes
+    from clipvdb.knn import KnnSearcher, SearchSettings
+
+    rng = np.random.default_rng(7)
+    basis = rng.random((12, FIRST.dim), dtype=np.float32) / 12
+
+    def near(n: int) -> np.ndarray:
+        """Rank-12 rows: the 64-d projection keeps all of them, so the default path's answers are exact."""
+        return (rng.random((n, 12), dtype=np.float32) @ basis).astype(np.float32)
+
+    X = near(4000)
+    with db.connection(db_url) as conn:
+        ids = load_vectors(conn, FIRST, X)
+        space = space_at(conn, FIRST)
+        indexes.build(conn, space, "hnsw", {"project": 64})
+    label = {i: j % 2 for j, i in enumerate(ids)}  # load_vectors: a, b by row
+    gone = {int(i) for i in rng.choice(ids, 400, replace=False)}
+    moved = [i for i in ids if i not in gone][:200]
+    with (
+        Store(db_url, encoder=TinyEncoder()) as store,
+        db.connection(db_url) as first,
+        db.connection(db_url) as second,
+    ):
+        A = near(150)
+        a_ids = _insert_open(first, space, A, "a")
+        done: list = []
+        deleting = threading.Thread(target=lambda: done.append(store.delete("d", ids=sorted(gone))))
+        deleting.start()
+        wait_for(lambda: done or lock_waiters(db_url), "the delete to finish or wait for the open batch")
+        first.commit()
+        deleting.join(60)
+        assert done and done[0].vectors == {"first": 400}
+
+        B = near(150)
+        b_ids = _insert_open(second, space, B, "b")
+        edit = store.relabel("d", "b", ids=moved)
+        assert edit.images == sum(label[i] == 0 for i in moved) and edit.unchanged == sum(label[i] == 1 for i in moved)
+        with psycopg.connect(db_url, autocommit=True) as vac:
+            vac.execute("VACUUM embeddings_first")
+            vac.execute("VACUUM projections_first")
+        second.commit()
+
+    label |= {i: 1 for i in moved} | {i: 1 for i in a_ids + b_ids}
+    keep = [j for j, i in enumerate(ids) if i not in gone]
+    stored_ids = [ids[j] for j in keep] + a_ids + b_ids
+    stored = np.concatenate([X[keep], A, B])
+    Q = near(60)
+    d = ((Q[:, None, :].astype(np.float64) - stored[None, :, :]) ** 2).sum(-1)
+    truth = [int(stored_ids[j]) for j in d.argmin(1)]
+    with db.connection(db_url) as conn:
+        searcher = KnnSearcher(conn, FIRST, ("pixels", "none"), 1, "train", SearchSettings())
+        conn.commit()
+        assert searcher.projection is not None  # the projected hnsw answers
+        found, _ = searcher.search(conn, Q)
+    assert not {n[0].image_id for n in found} & gone
+    assert [n[0].image_id for n in found] == truth
+    assert [n[0].label for n in found] == [label[i] for i in truth]

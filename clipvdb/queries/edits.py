@@ -21,7 +21,9 @@ SOME_KEYS = "SELECT source FROM images WHERE dataset_id = %s ORDER BY id LIMIT 2
 
 DELETE_IMAGES = "DELETE FROM images WHERE id = ANY(%s)"
 RELABEL = "UPDATE images SET label = %s WHERE id = ANY(%s) AND label <> %s"
-MARK_CHANGED = "UPDATE datasets SET changed_at = clock_timestamp() WHERE id = %s"
+# now(), not clock_timestamp(): Citus takes no volatile function in an UPDATE of a distributed or
+# reference table; the edit's transaction starts when it does
+MARK_CHANGED = "UPDATE datasets SET changed_at = now() WHERE id = %s"
 CLASSES = "SELECT label, name FROM classes WHERE dataset_id = %s ORDER BY label"
 # complete runs of a dataset that are current now (report_runs.current, without the view's counts)
 CURRENT_RUNS = """SELECT count(*) FROM eval_runs r JOIN datasets d ON d.id = r.dataset_id

@@ -131,6 +131,10 @@ def _frozen_views_of(filename: str) -> dict[str, str]:
 
 
 def upgrade() -> None:
+    distributed = _distributed()
+    if distributed:
+        # one connection per worker, so that creating a reference table later in this transaction works
+        op.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
     op.execute("ALTER TABLE datasets ADD COLUMN changed_at timestamptz")
     op.execute(
         "COMMENT ON COLUMN datasets.changed_at IS "
@@ -138,11 +142,12 @@ def upgrade() -> None:
     )
     for name, table, column in LOOKUPS:
         op.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})")
+    # one statement at a time: on Citus the table becomes a reference table before its keys to the
+    # reference tables embedding_spaces and datasets are added
     op.execute(
-        """
-        CREATE TABLE duplicate_pairs (
-            space_id int NOT NULL REFERENCES embedding_spaces (id) ON DELETE CASCADE,
-            dataset_id int NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
+        """CREATE TABLE duplicate_pairs (
+            space_id int NOT NULL,
+            dataset_id int NOT NULL,
             image_id bigint NOT NULL,
             split text NOT NULL,
             other_id bigint NOT NULL,
@@ -151,13 +156,14 @@ def upgrade() -> None:
             threshold double precision NOT NULL,
             found_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (space_id, image_id, other_id)
-        );
-        CREATE INDEX duplicate_pairs_image ON duplicate_pairs (image_id);
-        CREATE INDEX duplicate_pairs_other ON duplicate_pairs (other_id);
-        """
+        )"""
     )
-    if _distributed():
+    if distributed:
         op.execute("SELECT create_reference_table('duplicate_pairs')")
+    op.execute("CREATE INDEX duplicate_pairs_image ON duplicate_pairs (image_id)")
+    op.execute("CREATE INDEX duplicate_pairs_other ON duplicate_pairs (other_id)")
+    for column, parent in (("space_id", "embedding_spaces"), ("dataset_id", "datasets")):
+        op.execute(f"ALTER TABLE duplicate_pairs ADD FOREIGN KEY ({column}) REFERENCES {parent} (id) ON DELETE CASCADE")
     op.execute(_functions())
     # new columns at the end: CREATE OR REPLACE keeps what depends on the view
     for view in VIEWS.values():
