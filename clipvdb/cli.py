@@ -1088,6 +1088,8 @@ def _print_edit(edit, as_json: bool) -> None:
         n = edit.runs_no_longer_current
         parts.append(f"{n:,} run{'s' * (n != 1)} evaluated before {'are' if n != 1 else 'is'} no longer current")
     click.echo("; ".join(parts))
+    for line in edit.indexes_due:
+        click.echo(line)
 
 
 @cli.group("dataset")

@@ -36,6 +36,9 @@ DEFAULT_EF_CONSTRUCTION = 64
 PROJECTED_EF_CONSTRUCTION = 40
 PROJECTED_EF_SEARCH = 60  # on a stored set of distinct vectors; widened by its copies (indexes.projected_ef_search)
 PROJECTED_EF_SEARCH_MAX = 80
+# an index is due for a rebuild once the rows stored differ from the rows it was built on by this
+# share (ingest's bulk-load rule drops and rebuilds at the same share of one load): indexes.due
+REBUILD_DRIFT = 0.2
 # clipvdb duplicates: an image's nearest is a near duplicate when at most this share of the distance
 # to the next farther image (duplicates.py). On CIFAR-10's pixels (test against train, exact): 0.75
 # kept 226 pairs, 1 of different classes; 0.8 kept 293, 5; 0.85 kept 392, 23 (published: 3.3 %)

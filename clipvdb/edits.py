@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from . import catalog, db, queries
+from . import catalog, db, indexes, queries
 from .errors import UsageError
 from .records import Record
 from .session import Session
@@ -59,6 +59,7 @@ class Edit(Record):
     runs_no_longer_current: int = 0  # complete runs of the dataset that were current
     runs_dropped: int = 0
     renamed_to: str | None = None
+    indexes_due: list[str] = field(default_factory=list)  # indexes the edit left due for a rebuild
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ class Editor:
                     conn.execute(queries.MARK_CHANGED, (ds,))
                     self._delete_images(conn, image_ids)
                 conn.commit()
+                edit.indexes_due = _indexes_due(conn, list(edit.vectors))
         self.session.forget()
         return edit
 
@@ -310,6 +312,17 @@ class Editor:
                 conn.commit()
         self.session.forget()
         return edit
+
+
+def _indexes_due(conn: psycopg.Connection, stages: list[str]) -> list[str]:
+    """The indexes at `stages` that the rows stored now leave due for a rebuild, a line each."""
+    out = []
+    for space in catalog.stored_spaces(conn, [STAGES[s] for s in stages]):
+        due = indexes.info(conn, space).due()
+        if due is not None:
+            out.append(f"the index of {space.label}: {due}")
+    conn.rollback()
+    return out
 
 
 def _sequential(conn: psycopg.Connection) -> None:

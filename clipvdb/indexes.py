@@ -176,6 +176,19 @@ class IndexInfo:
     build_seconds: float | None
     space: int = 0
     model: str = ""
+    built_rows: int | None = None  # the rows it was built on (its lists or projection fitted to)
+
+    def due(self, rows: int | None = None) -> str | None:
+        """Why the index is due for a rebuild when `rows` (default: the rows stored now) are stored,
+        else None: they differ from the rows it was built on by REBUILD_DRIFT or more."""
+        rows = self.rows if rows is None else rows
+        built = self.built_rows
+        if not built or self.kind == "none" or abs(rows - built) < built * config.REBUILD_DRIFT:
+            return None
+        return (
+            f"built on {built:,} rows, {rows:,} stored ({rows / built:.2f}x): the next ingest rebuilds it, "
+            f"or 'clipvdb index --stage {self.stage}' now"
+        )
 
 
 def lock_key(stage: str, model: str, weights: str) -> int:
@@ -290,8 +303,9 @@ def info(conn: psycopg.Connection, space: Space) -> IndexInfo:
     stage = space.stage
     row = conn.execute(queries.LOAD_SPACE_INDEX, (space.id,)).fetchone()
     rows = stored_rows(conn, space)
+    built = None
     if row:
-        kind, params, seconds = row
+        kind, params, seconds, built = row
     else:
         kind, params = default_index(stage, rows, db.shard_count(conn, stage.table))
         params, seconds = {**params, "default": True}, None
@@ -299,7 +313,7 @@ def info(conn: psycopg.Connection, space: Space) -> IndexInfo:
     name = queries.index_name(stage, space.id, projected=bool(params.get("project")))
     found = conn.execute(queries.INDEX_SIZE, (name, name)).fetchone()
     exists, size = found if found else (False, 0)
-    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds, space.id, space.model)
+    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds, space.id, space.model, built)
 
 
 def build_default(conn: psycopg.Connection, space: Space) -> IndexInfo:

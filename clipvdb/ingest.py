@@ -86,10 +86,15 @@ BULK_LOAD_ROWS = 1000
 
 def _drop_index_for_bulk_load(conn: psycopg.Connection, space: Space, adding: int) -> bool:
     """A large load goes faster without the ANN index (ingest rebuilds it afterwards, refitting a
-    projection, choosing the default kind again for the new size). Returns whether it was dropped."""
+    projection, choosing the default kind again for the new size); so does an index the stored rows
+    have outgrown (or shrunk from) since it was built (indexes.IndexInfo.due). Returns whether it
+    was dropped."""
     indexes.lock_space_index(conn, space)
-    rows = indexes.stored_rows(conn, space)
-    dropped = adding >= BULK_LOAD_ROWS and adding >= rows // 5
+    current = indexes.info(conn, space)
+    rows = current.rows
+    dropped = (adding >= BULK_LOAD_ROWS and adding >= rows // 5) or (
+        current.exists and current.due(rows + adding) is not None
+    )
     if dropped:
         indexes.drop(conn, space)
     conn.commit()

@@ -338,6 +338,8 @@ def spaces(conn: psycopg.Connection) -> list[SpaceIndex]:
     for sp in catalog.stored_spaces(conn):
         idx = indexes.info(conn, sp)
         why = indexes.explain(idx.kind, idx.params, idx.rows)
+        if (due := idx.due()) is not None:
+            why += f"; due for a rebuild: {due}"
         out.append(
             SpaceIndex(
                 sp.id,

@@ -304,3 +304,30 @@ def test_under_a_projected_hnsw_deletes_and_relabels_answer_exactly_with_inserts
     assert not {n[0].image_id for n in found} & gone
     assert [n[0].image_id for n in found] == truth
     assert [n[0].label for n in found] == [label[i] for i in truth]
+
+
+def test_an_index_the_stored_rows_drifted_from_is_due_and_the_next_ingest_rebuilds_it(cli, db_url, data):
+    from clipvdb.indexes import IndexInfo
+
+    info = IndexInfo("first", "ivfflat", {}, 0, True, 0, None, built_rows=1000)
+    assert all(info.due(rows) is None for rows in (801, 1000, 1199))
+    assert all("built on 1,000 rows" in (info.due(rows) or "") for rows in (800, 1200, 5000))
+
+    def built() -> int:
+        with db.connection(db_url) as conn:
+            return db.scalar(conn, "SELECT built_rows FROM space_indexes")
+
+    cli("ingest", "--stage", "first", "--data", "data")
+    assert built() == 60
+    gone = [f"data/train/{c}/*" for c in CLASSES[8:]]
+    out = cli("delete", *gone).output
+    assert "the index of first: built on 60 rows, 48 stored (0.80x): the next ingest rebuilds it" in out
+    status = json.loads(cli("db", "status", "--json").stdout)
+    assert "due for a rebuild" in status["spaces"][0]["why"]
+    for c in CLASSES[8:]:  # the files go too, so that the next ingest adds nothing back
+        shutil.rmtree(data / "train" / c)
+    result = json.loads(cli("ingest", "--stage", "first", "--data", "data", "--json").stdout)
+    assert result["inserted"] == {"first": 0} and result["index"]["first"]
+    assert built() == 48
+    status = json.loads(cli("db", "status", "--json").stdout)
+    assert "due for a rebuild" not in status["spaces"][0]["why"]

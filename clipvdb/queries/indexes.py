@@ -11,7 +11,7 @@ SAVE_SPACE_INDEX = """INSERT INTO space_indexes (space_id, kind, params, built_r
     VALUES (%s, %s, %s, %s, %s, now())
     ON CONFLICT (space_id) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
       built_rows = EXCLUDED.built_rows, build_seconds = EXCLUDED.build_seconds, updated_at = EXCLUDED.updated_at"""
-LOAD_SPACE_INDEX = "SELECT kind, params, build_seconds FROM space_indexes WHERE space_id = %s"
+LOAD_SPACE_INDEX = "SELECT kind, params, build_seconds, built_rows FROM space_indexes WHERE space_id = %s"
 INDEX_SIZE = "SELECT to_regclass(%s) IS NOT NULL, pg_relation_size(to_regclass(%s))"
 
 
