@@ -331,3 +331,55 @@ def test_an_index_the_stored_rows_drifted_from_is_due_and_the_next_ingest_rebuil
     assert built() == 48
     status = json.loads(cli("db", "status", "--json").stdout)
     assert "due for a rebuild" not in status["spaces"][0]["why"]
+
+
+def test_a_drop_while_an_evaluate_runs_on_another_dataset_loses_nothing_of_either(cli, db_url, data):
+    """Both held at a known point, then let go together: an evaluate of dataset a waits to store its
+    first predictions (the test holds predictions in SHARE mode), a drop of dataset b waits on the
+    same lock; once it is released both finish: a's run is whole, b is gone to its last row."""
+    import os
+    import subprocess
+    import threading
+
+    from faults_helpers import clipvdb, lock_waiters, wait_for
+
+    cli("ingest", "--stage", "first", "--data", "data", "--dataset", "a")
+    cli("ingest", "--stage", "first", "--data", "data", "--dataset", "b")
+    cli("evaluate", "--stage", "first", "--data", "data", "--dataset", "b")
+    earlier = json.loads(cli("evaluate", "--stage", "first", "--data", "data", "--dataset", "a", "--json").stdout)
+    env = {**os.environ, "CLIPVDB_DATABASE_URL": db_url}
+    with db.connection(db_url) as holder:
+        holder.execute("LOCK TABLE predictions IN SHARE MODE")
+        evaluating = subprocess.Popen(
+            clipvdb("evaluate", "--stage", "first", "--data", "data", "--dataset", "a", "--json"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: lock_waiters(db_url), "the evaluate to wait to store its predictions")
+        dropped: list = []
+        with Store(db_url, encoder=TinyEncoder()) as store:
+            dropping = threading.Thread(target=lambda: dropped.append(store.drop_dataset("b")))
+            dropping.start()
+            wait_for(lambda: len(lock_waiters(db_url)) >= 2, "the drop to wait on the same lock")
+            holder.commit()  # both go on at once
+            out, err = evaluating.communicate(timeout=120)
+            dropping.join(120)
+    assert evaluating.returncode == 0, err
+    run = json.loads(out)
+    assert dropped and dropped[0].images == 80 and dropped[0].runs_dropped == 1  # 60 stored, 20 evaluated
+    with db.connection(db_url) as conn:
+
+        def one(sql: str, *params):
+            return conn.execute(sql, params).fetchone()[0]
+
+        assert one("SELECT count(*) FROM predictions WHERE run_id = %s", run["run_id"]) == 20
+        assert one("SELECT status FROM eval_runs WHERE id = %s", run["run_id"]) == "complete"
+        assert one("SELECT count(*) FROM predictions WHERE run_id = %s", earlier["run_id"]) == 20
+        assert one("SELECT count(*) FROM eval_runs") == 2
+        assert one("SELECT array_agg(name) FROM datasets") == ["a"]
+        assert one("SELECT count(*) FROM images") == 80  # a's 60 stored and 20 evaluated
+        assert one("SELECT count(*) FROM embeddings_first") == 60
+        assert one("SELECT count(*) FROM predictions") == 40
+    assert run["stages"]["first"]["n"] == 20
