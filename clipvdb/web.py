@@ -389,7 +389,13 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         missing = [r.run_id for r in found if not r["report_runs"]]
         if missing:
             abort(404, description=f"no run {missing[0]}; /runs lists the stored runs")
-        svg, points = trade_off({f"run {r['run_id']}": (r["report_accuracy"], r["report_timing"]) for r in found})
+        # a series per run, named by its model: runs of several models on one accuracy-against-ms chart
+        svg, points = trade_off(
+            {
+                f"run {r['run_id']} {r['report_runs'][0]['model']}": (r["report_accuracy"], r["report_timing"])
+                for r in found
+            }
+        )
         stages = [s for s in STAGE_ORDER if any(a["stage"] == s for r in found for a in r["report_accuracy"])]
         cells = {(r["run_id"], a["stage"]): {"accuracy": a} for r in found for a in r["report_accuracy"]}
         for r in found:

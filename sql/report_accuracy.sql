@@ -1,6 +1,7 @@
 -- Accuracy by run and stage, complete runs only. space says which space was searched: raw (the
 -- stored embeddings) or learned (the stage's learned map, clipvdb learn), so raw and learned runs
--- sit side by side.
+-- sit side by side. model and weights name the encoder whose vectors were searched (stage first is
+-- pixels whatever the model), so runs of several models sit side by side too.
 CREATE OR REPLACE VIEW report_accuracy AS
 SELECT p.run_id,
        p.stage,
@@ -9,8 +10,10 @@ SELECT p.run_id,
        count(*) FILTER (WHERE p.predicted = p.true_label) AS correct,
        round(100.0 * count(*) FILTER (WHERE p.predicted = p.true_label) / count(*), 2) AS accuracy_pct,
        CASE WHEN r.params ? 'learned' AND r.params->'learned' <> 'null'::jsonb AND p.stage <> 'origin'
-            THEN 'learned' ELSE 'raw' END AS space
+            THEN 'learned' ELSE 'raw' END AS space,
+       CASE WHEN p.stage = 'first' THEN 'pixels' ELSE r.model END AS model,
+       CASE WHEN p.stage = 'first' THEN 'none' ELSE r.weights END AS weights
 FROM predictions p
 JOIN eval_runs r ON r.id = p.run_id
 WHERE r.status = 'complete'
-GROUP BY p.run_id, p.stage, r.k, r.params;
+GROUP BY p.run_id, p.stage, r.k, r.params, r.model, r.weights;

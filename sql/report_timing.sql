@@ -9,7 +9,8 @@
 -- + other_ms_mean = wall_ms_per_image. batch_query_ms_* are a statement's own time, taken over
 -- batches (query_batches of them), not over images. connections, workers (decoding processes),
 -- encoder_threads and cores say what ran at once. Runs recorded before timing 'wall share' are
--- 'summed batches': each batch's own time, overlapping work counted in each.
+-- 'summed batches': each batch's own time, overlapping work counted in each. model and weights:
+-- the encoder whose pass and vectors the stage's figures are (stage first: pixels).
 CREATE OR REPLACE VIEW report_timing AS
 WITH p AS (
     SELECT p.*
@@ -53,7 +54,9 @@ SELECT i.*,
        (r.params->>'cores')::int AS cores,
        1000.0 * (r.params->>'store_s')::float8 / i.n AS store_ms_mean,
        1000.0 * (r.params->>'other_s')::float8 / i.n AS other_ms_mean,
-       1000.0 * (r.params->>'wall_s')::float8 / i.n AS wall_ms_per_image
+       1000.0 * (r.params->>'wall_s')::float8 / i.n AS wall_ms_per_image,
+       CASE WHEN i.stage = 'first' THEN 'pixels' ELSE r.model END AS model,
+       CASE WHEN i.stage = 'first' THEN 'none' ELSE r.weights END AS weights
 FROM per_image i
 JOIN per_batch b USING (run_id, stage)
 JOIN eval_runs r ON r.id = i.run_id;

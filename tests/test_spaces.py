@@ -103,5 +103,10 @@ def test_ingest_and_evaluate_take_a_list_of_models(cli, syn_data):
     assert all(r["stages"]["second"]["n"] == runs[0]["stages"]["second"]["n"] > 0 for r in runs)
     spaces = json.loads(cli("models", "--json").stdout)
     assert sorted(s["model"] for s in spaces if s["stage"] == "second") == ["cnn", "tiny"], spaces
+    # the report views name each run's model beside its stage, as `models` names the spaces
+    for r, model in zip(runs, ["tiny", "cnn"], strict=True):
+        for view in ("report_accuracy", "report_timing"):
+            rows = json.loads(cli("report", "--run", r["run_id"], "--view", view, "--json").stdout)[view]
+            assert [(x["stage"], x["model"]) for x in rows] == [("second", model)], rows
     wrong = cli("ingest", "--stage", "second", "--data", syn_data, "--model", models, "--pretrained", "x", expect=2)
     assert "--pretrained names one model's weights" in wrong.output and len(wrong.output.strip().splitlines()) == 1

@@ -247,10 +247,11 @@ def test_compare_shows_both_runs(store, client, runs):
                 want_ms = f2(tim[key]["encode_ms_mean"] + tim[key]["query_ms_mean"]) if key in tim else ""
                 assert cells[2 * i : 2 * i + 2] == [want_acc, want_ms]
         assert rows["second"][2:] == ["", ""]  # run b has no stage second
-        # one trade-off chart, a series per run, its numbers in a table
+        # one trade-off chart, a series per run named by its model, its numbers in a table
         assert page.svgs == 1
+        model = {x["run_id"]: x["model"] for x in view(store, "SELECT * FROM report_runs")}
         assert sorted((r[0], r[1]) for r in body(page.tables["trade-off"])) == sorted(
-            (f"run {r}", s) for r, s in acc if r in (a, b)
+            (f"run {r} {model[r]}", s) for r, s in acc if r in (a, b)
         )
     # the /runs form's checkboxes send ids=a&ids=b to /runs/compare
     html = get(client, "/runs")

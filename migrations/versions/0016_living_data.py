@@ -1,5 +1,6 @@
 """Data that lives: datasets.changed_at, report_runs says whether a run is still current, and
-near-duplicate pairs (duplicate_pairs, report_duplicates).
+near-duplicate pairs (duplicate_pairs, report_duplicates); report_accuracy and report_timing name
+the model (and weights) beside each stage.
 
 Ingest (when it stores new rows), delete and relabel set datasets.changed_at; report_runs compares it
 with each run's start (`current`, `data_changed_at`). Datasets stored before have no changed_at: their
@@ -8,7 +9,8 @@ and dataset, an image, its nearest image of the split searched and their distanc
 scan's threshold; on Citus a reference table (small, joined with the distributed images), so its
 rows name images without a foreign key and a delete removes them itself. Deleting an image deletes by image id from every table that refers to it
 (each foreign key's cascade looks its rows up by image_id): those columns get an index where no key
-led with them. The view SQL below is a frozen copy of sql/report_runs.sql as of this revision.
+led with them. The view SQL below is a frozen copy of sql/report_accuracy.sql, report_timing.sql,
+report_duplicates.sql and report_runs.sql as of this revision.
 
 Revision ID: 0016
 Revises: 0015
@@ -35,6 +37,91 @@ LOOKUPS = [(f"embeddings_{s}_image", f"embeddings_{s}", "image_id") for s in STA
 ]
 
 VIEWS = {
+    "report_accuracy": """\
+-- Accuracy by run and stage, complete runs only. space says which space was searched: raw (the
+-- stored embeddings) or learned (the stage's learned map, clipvdb learn), so raw and learned runs
+-- sit side by side. model and weights name the encoder whose vectors were searched (stage first is
+-- pixels whatever the model), so runs of several models sit side by side too.
+CREATE OR REPLACE VIEW report_accuracy AS
+SELECT p.run_id,
+       p.stage,
+       r.k,
+       count(*) AS n,
+       count(*) FILTER (WHERE p.predicted = p.true_label) AS correct,
+       round(100.0 * count(*) FILTER (WHERE p.predicted = p.true_label) / count(*), 2) AS accuracy_pct,
+       CASE WHEN r.params ? 'learned' AND r.params->'learned' <> 'null'::jsonb AND p.stage <> 'origin'
+            THEN 'learned' ELSE 'raw' END AS space,
+       CASE WHEN p.stage = 'first' THEN 'pixels' ELSE r.model END AS model,
+       CASE WHEN p.stage = 'first' THEN 'none' ELSE r.weights END AS weights
+FROM predictions p
+JOIN eval_runs r ON r.id = p.run_id
+WHERE r.status = 'complete'
+GROUP BY p.run_id, p.stage, r.k, r.params, r.model, r.weights;
+""",
+    "report_timing": """\
+-- Time by run and stage (milliseconds per image), complete runs only. Times are what an image costs:
+-- the run's wall time shared among the work in progress (timing 'wall share'): at every moment the
+-- time elapsed is split among the pieces running then (a batch decoding, being encoded, searched at
+-- a stage on a connection, stored) in proportion to their threads (an encoder pass: the encoder's
+-- threads; any other piece: one), so overlapping work is never counted twice.
+-- encode_ms at a stage is the cumulative cost of the encoder pass up to that stage's depth (stages
+-- asked together share one pass: deeper stages include the shallower ones). Per image,
+-- decode_ms_mean + the deepest stage's encode_ms_mean + every stage's query_ms_mean + store_ms_mean
+-- + other_ms_mean = wall_ms_per_image. batch_query_ms_* are a statement's own time, taken over
+-- batches (query_batches of them), not over images. connections, workers (decoding processes),
+-- encoder_threads and cores say what ran at once. Runs recorded before timing 'wall share' are
+-- 'summed batches': each batch's own time, overlapping work counted in each. model and weights:
+-- the encoder whose pass and vectors the stage's figures are (stage first: pixels).
+CREATE OR REPLACE VIEW report_timing AS
+WITH p AS (
+    SELECT p.*
+    FROM predictions p
+    JOIN eval_runs r ON r.id = p.run_id
+    WHERE r.status = 'complete'
+), per_image AS (
+    SELECT run_id,
+           stage,
+           count(*) AS n,
+           avg(decode_ms) AS decode_ms_mean,
+           avg(encode_ms) AS encode_ms_mean,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY encode_ms) AS encode_ms_p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY encode_ms) AS encode_ms_p95,
+           avg(query_ms) AS query_ms_mean,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY query_ms) AS query_ms_p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY query_ms) AS query_ms_p95,
+           sum(encode_ms) / 1000.0 AS encode_s_total,
+           sum(query_ms) / 1000.0 AS query_s_total
+    FROM p
+    GROUP BY run_id, stage
+), per_batch AS (
+    SELECT run_id,
+           stage,
+           count(*) AS query_batches,
+           avg(batch_size) AS batch_size_mean,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_query_ms) AS batch_query_ms_p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY batch_query_ms) AS batch_query_ms_p95
+    FROM (SELECT DISTINCT run_id, stage, batch_no, batch_size, batch_query_ms FROM p) b
+    GROUP BY run_id, stage
+)
+SELECT i.*,
+       b.query_batches,
+       b.batch_size_mean,
+       b.batch_query_ms_p50,
+       b.batch_query_ms_p95,
+       CASE WHEN r.params->>'timing' = 'wall share' THEN 'wall share' ELSE 'summed batches' END AS timing,
+       (r.params->>'connections')::int AS connections,
+       (r.params->>'workers')::int AS workers,
+       (r.params->>'encoder_threads')::int AS encoder_threads,
+       (r.params->>'cores')::int AS cores,
+       1000.0 * (r.params->>'store_s')::float8 / i.n AS store_ms_mean,
+       1000.0 * (r.params->>'other_s')::float8 / i.n AS other_ms_mean,
+       1000.0 * (r.params->>'wall_s')::float8 / i.n AS wall_ms_per_image,
+       CASE WHEN i.stage = 'first' THEN 'pixels' ELSE r.model END AS model,
+       CASE WHEN i.stage = 'first' THEN 'none' ELSE r.weights END AS weights
+FROM per_image i
+JOIN per_batch b USING (run_id, stage)
+JOIN eval_runs r ON r.id = i.run_id;
+""",
     "report_duplicates": """\
 -- Near-duplicate pairs found by 'clipvdb duplicates': per embedding space and dataset, an image, its
 -- nearest stored image of the split searched (other_split) and their distance, at most the scan's
@@ -176,6 +263,10 @@ def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS duplicate_pairs")
     op.execute("DROP VIEW IF EXISTS report_runs")
     op.execute(_frozen_views_of("0008_citus.py")["report_runs"])
+    op.execute("DROP VIEW IF EXISTS report_accuracy")
+    op.execute(_frozen_views_of("0007_clusterings.py")["report_accuracy"])
+    op.execute("DROP VIEW IF EXISTS report_timing")
+    op.execute(_frozen_views_of("0014_timing_wall_share.py")["report_timing"])
     op.execute("ALTER TABLE datasets DROP COLUMN changed_at")
     for name, _, _ in LOOKUPS:
         op.execute(f"DROP INDEX IF EXISTS {name}")
