@@ -234,3 +234,13 @@ def test_server_cpu_counts_a_homes_servers_and_their_ended_backends(tmp_path):
         assert server_cpu_s(tmp_path / "hom") == {}  # a path prefix of this home is another home
     finally:
         embedded.stop(home)
+
+
+def test_the_datasets_bench_runs_end_to_end_on_a_small_set(syn_data, tmp_path):
+    from bench.datasets import main, render
+
+    result = main(["--data", str(syn_data), "--out", str(tmp_path / "datasets.json")])
+    alone, shared = result["alone"], result["shared"]
+    assert (alone["rows"], shared["rows"]) == (60, 120) and len(alone["found"]) == 20
+    text = render(result)
+    assert "of 20 queries" in text and "Warm query ms of dataset a beside b over a alone" in text
