@@ -1066,13 +1066,11 @@ def _print_edit(edit, as_json: bool) -> None:
     if as_json:
         _print_json(edit.as_dict())
         return
-    would = "would " if edit.dry_run else ""
     if edit.action == "rename":
-        click.echo(f"{would}rename dataset {edit.dataset!r} to {edit.renamed_to!r}")
+        click.echo(f"{'would ' * edit.dry_run}rename dataset {edit.dataset!r} to {edit.renamed_to!r}")
         return
-    what = {"delete": "delete", "drop": "drop", "relabel": "relabel"}[edit.action]
     done = {"delete": "deleted", "drop": "dropped", "relabel": "relabelled"}[edit.action]
-    head = f"{would}{what}" if edit.dry_run else done
+    head = f"would {edit.action}" if edit.dry_run else done
     parts = [
         f"{head} {edit.images:,} images of {edit.dataset!r}" + (f" ({_counts(edit.splits)})" if edit.splits else "")
     ]

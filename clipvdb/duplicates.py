@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 from PIL import Image, ImageDraw
-from psycopg.rows import dict_row
 
-from . import catalog, db, queries
+from . import catalog, db, queries, reports
 from .errors import UsageError
 from .knn import SearchSettings
 from .options import DuplicatesOptions
@@ -194,7 +193,4 @@ def without_leaks(session: Session, run_id: int) -> dict:
 def stored(session: Session, limit: int) -> tuple[list[dict], list[dict]]:
     """Per stored scan its counts, and the nearest `limit` pairs (report_duplicates)."""
     with session.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        return cur.execute(queries.WEB_DUPLICATE_SCANS).fetchall(), cur.execute(
-            queries.WEB_DUPLICATES, (limit,)
-        ).fetchall()
+        return reports.rows(conn, queries.WEB_DUPLICATE_SCANS), reports.rows(conn, queries.WEB_DUPLICATES, (limit,))

@@ -15,17 +15,19 @@ import csv
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from . import catalog, db, indexes, queries
 from .errors import UsageError
 from .records import Record
 from .session import Session
-from .stages import STAGES
+from .stages import STAGES, Stage
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -133,15 +135,12 @@ class Editor:
         with self.session.connection() as conn:
             ds = catalog.dataset_id(conn, name)
             edit = Edit("drop", name, dry_run, runs_dropped=db.scalar(conn, queries.RUNS_OF_DATASET, (ds,)))
-            for stage in STAGES.values():
-                n = db.scalar(conn, queries.stored_vectors_of_dataset(stage), (ds,))
-                if n:
-                    edit.vectors[stage.name] = n
+            edit.vectors = _vectors(conn, queries.stored_vectors_of_dataset, ds)
             info = next(DatasetInfo(*r) for r in conn.execute(queries.DATASET_LIST).fetchall() if r[0] == ds)
             edit.splits, edit.images = dict(info.images), sum(info.images.values())
             if not dry_run:
                 with conn.transaction():
-                    _sequential(conn)
+                    db.one_connection_per_node(conn)
                     conn.execute(queries.DELETE_PREDICTIONS_OF_DATASET, (ds,))
                     conn.execute(queries.DELETE_RUNS_OF_DATASET, (ds,))
                     conn.execute(queries.DELETE_CLUSTERINGS_OF_DATASET, (ds,))
@@ -226,15 +225,12 @@ class Editor:
             chosen = self.choose(conn, ds, split, list(paths or []), list(ids or []))
             image_ids = [c.id for c in chosen]
             edit = Edit("delete", name, dry_run, images=len(chosen), splits=dict(Counter(c.split for c in chosen)))
-            for stage in STAGES.values():
-                n = db.scalar(conn, queries.stored_vectors(stage), (image_ids,))
-                if n:
-                    edit.vectors[stage.name] = n
+            edit.vectors = _vectors(conn, queries.stored_vectors, image_ids)
             edit.runs_no_longer_current = db.scalar(conn, queries.CURRENT_RUNS, (ds,)) if chosen else 0
             if not dry_run and chosen:
                 with conn.transaction():
-                    _sequential(conn)
-                    conn.execute(queries.MARK_CHANGED, (ds,))
+                    db.one_connection_per_node(conn)
+                    catalog.mark_changed(conn, ds)
                     self._delete_images(conn, image_ids)
                 conn.commit()
                 edit.indexes_due = _indexes_due(conn, list(edit.vectors))
@@ -305,13 +301,20 @@ class Editor:
             edit.runs_no_longer_current = db.scalar(conn, queries.CURRENT_RUNS, (ds,)) if moves else 0
             if not dry_run and moves:
                 with conn.transaction():
-                    _sequential(conn)
+                    db.one_connection_per_node(conn)
                     for label, image_ids in moves:
                         conn.execute(queries.RELABEL, (label, image_ids, label))
-                    conn.execute(queries.MARK_CHANGED, (ds,))
+                    catalog.mark_changed(conn, ds)
                 conn.commit()
         self.session.forget()
         return edit
+
+
+def _vectors(conn: psycopg.Connection, count_of: Callable[[Stage], sql.Composed], param: object) -> dict[str, int]:
+    """Stored vectors per stage that `count_of(stage)` (a count statement of one parameter) counts,
+    stages with none left out."""
+    counts = {stage.name: db.scalar(conn, count_of(stage), (param,)) for stage in STAGES.values()}
+    return {name: n for name, n in counts.items() if n}
 
 
 def _indexes_due(conn: psycopg.Connection, stages: list[str]) -> list[str]:
@@ -323,13 +326,6 @@ def _indexes_due(conn: psycopg.Connection, stages: list[str]) -> list[str]:
             out.append(f"the index of {space.label}: {due}")
     conn.rollback()
     return out
-
-
-def _sequential(conn: psycopg.Connection) -> None:
-    """On Citus, one connection per node for this transaction: it writes reference tables (datasets,
-    duplicate_pairs) and distributed ones, which Citus refuses after a parallel statement."""
-    if db.distributed(conn):
-        conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
 
 
 def _read_table(path: str | Path) -> dict[str, list[str]]:
