@@ -220,6 +220,7 @@ class _Job:
 
 
 _job: _Job | None = None  # the job a forked worker decodes (inherited, never pickled)
+_FORK_LOCK = threading.Lock()  # held while _job is set and a pool forks its workers
 _started: Any = None  # shared doubles: when a worker started each batch (perf_counter), 0.0 before
 
 
@@ -320,7 +321,6 @@ def decoded_batches(job: _Job, batch_size: int, workers: int, timeline: Timeline
             timeline.queue(("decode", i), lambda: started[i])
         return pool.submit(_decode_in_worker, i, *spans[i])
 
-    _job, _started = job, started
     try:
         with ProcessPoolExecutor(
             workers,
@@ -330,6 +330,16 @@ def decoded_batches(job: _Job, batch_size: int, workers: int, timeline: Timeline
         ) as pool:
             ahead: deque[Future] = deque()
             todo = iter(range(len(spans)))
+            # a fork-context pool forks all its workers at the first submit, and they inherit _job:
+            # one thread at a time sets it and forks (two jobs in threads of one process would
+            # otherwise hand one job's workers the other's items, and forks from two threads at once
+            # are refused where filelock's fork guard is loaded)
+            with _FORK_LOCK:
+                _job, _started = job, started
+                try:
+                    ahead.append(submit(pool, next(todo)))
+                finally:
+                    _job = _started = None
             for i in todo:
                 ahead.append(submit(pool, i))
                 if len(ahead) >= 2 * workers:
@@ -350,8 +360,6 @@ def decoded_batches(job: _Job, batch_size: int, workers: int, timeline: Timeline
             "a decoding worker process died (killed, or out of memory); whole batches were kept: "
             "run the same command again (--workers 0 decodes in the main process)"
         ) from exc
-    finally:
-        _job = _started = None
 
 
 def encode_items(
