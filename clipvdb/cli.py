@@ -655,6 +655,8 @@ def db_status(state: State, as_json: bool) -> None:
         return
     click.echo(f"server:     PostgreSQL {info['server_version']}")
     click.echo(f"pgvector:   {info['pgvector_version'] or 'not installed'}")
+    if info["pgvector_lacks"]:
+        click.echo(f"{'':<11} lacks the fixes of {'; '.join(info['pgvector_lacks'])}: upgrade it to >= 0.8.6")
     click.echo(f"revision:   {info['revision'] or 'none'} (head {info['head_revision']})")
     if info.get("citus_workers"):
         click.echo(f"citus:      distributed over {info['citus_workers']} workers (clipvdb db nodes status)")
@@ -1088,6 +1090,10 @@ def _print_edit(edit, as_json: bool) -> None:
     click.echo("; ".join(parts))
     for line in edit.indexes_due:
         click.echo(line)
+    if edit.vacuumed:
+        click.echo(f"vacuumed {', '.join(edit.vacuumed)}")
+    elif edit.not_vacuumed:
+        click.echo(edit.not_vacuumed)
 
 
 @cli.group("dataset")
@@ -1142,11 +1148,15 @@ def dataset_rename(state: State, name: str, new_name: str, dry_run: bool, as_jso
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Count what would go; drop nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--no-vacuum", is_flag=True, help="Leave the stage tables to autovacuum (default: VACUUM them after the edit)."
+)
 @json_option
 @click.pass_obj
-def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, as_json: bool) -> None:
+def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, no_vacuum: bool, as_json: bool) -> None:
     """Drop a dataset: its images, their vectors at every stage, its runs and clusterings, in one
-    transaction. Other datasets, and searches running on them, are not touched.
+    transaction. Other datasets, and searches running on them, are not touched. Then the stage
+    tables it left are vacuumed, so their indexes hold no dead entries (docs/database.md).
 
     \b
     Example:
@@ -1159,7 +1169,7 @@ def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, as_json: boo
         if not sys.stdin.isatty():
             raise UsageError(f"dropping {name!r} deletes {preview.images:,} images; confirm with --yes")
         click.confirm(f"drop {name!r}: {preview.images:,} images and {preview.runs_dropped:,} runs?", abort=True)
-    _print_edit(store.drop_dataset(name, dry_run=dry_run), as_json)
+    _print_edit(store.drop_dataset(name, dry_run=dry_run, vacuum=not no_vacuum), as_json)
 
 
 def _edit_options(f):
@@ -1179,14 +1189,20 @@ def _edit_options(f):
 @cli.command()
 @click.argument("files", nargs=-1)
 @_edit_options
+@click.option(
+    "--no-vacuum", is_flag=True, help="Leave the stage tables to autovacuum (default: VACUUM them after the edit)."
+)
 @click.pass_obj
-def delete(state: State, files: tuple[str, ...], dataset, split, ids, dry_run: bool, as_json: bool) -> None:
+def delete(
+    state: State, files: tuple[str, ...], dataset, split, ids, dry_run: bool, no_vacuum: bool, as_json: bool
+) -> None:
     """Delete stored images with their vectors at every stage, in one transaction.
 
     FILES are paths or globs as the images are on disk: absolute, relative to here, or relative to
     the dataset's folder ('*' stays in a folder, '**' crosses folders; quote globs whose files are
     gone). Or choose by --id, or a whole --split. Runs evaluated before are no longer current
-    ('clipvdb report', /runs); the deleted images leave them too.
+    ('clipvdb report', /runs); the deleted images leave them too. Then the stage tables are
+    vacuumed (where pgvector vacuums hnsw indexes safely: 0.8.4 on), so no index keeps dead entries.
 
     \b
     Example:
@@ -1194,7 +1210,7 @@ def delete(state: State, files: tuple[str, ...], dataset, split, ids, dry_run: b
       clipvdb delete --dataset cifar10 --id 1234 --id 1235
       clipvdb delete --dataset scratch --split test
     """
-    edit = state.store.delete(dataset, split=split, paths=files, ids=ids, dry_run=dry_run)
+    edit = state.store.delete(dataset, split=split, paths=files, ids=ids, dry_run=dry_run, vacuum=not no_vacuum)
     _print_edit(edit, as_json)
 
 

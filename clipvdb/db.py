@@ -186,6 +186,25 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
 
+# pgvector releases whose fixes clipvdb's deletes, vacuums and batched searches rely on
+PGVECTOR_FIXES = (
+    ("0.8.3", "possible corruption of an hnsw index when it is vacuumed"),
+    ("0.8.4", "'hnsw graph not repaired' errors, and inserts while an hnsw index is vacuumed"),
+    ("0.8.6", "the memory of ivfflat scans under nested-loop joins (the batched search is one)"),
+)
+# from this release on, clipvdb vacuums the tables a delete removed rows from at once
+SAFE_HNSW_VACUUM = "0.8.4"
+PGVECTOR_VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+
+
+def pgvector_lacks(version: str | None) -> list[str]:
+    """The fixes of PGVECTOR_FIXES that pgvector `version` lacks, each as 'release: what it fixed'."""
+    if not version:
+        return []
+    have = version_tuple(version)
+    return [f"{release}: {what}" for release, what in PGVECTOR_FIXES if have < version_tuple(release)]
+
+
 def check_pgvector(conn: psycopg.Connection) -> str:
     """Return the installed pgvector version; raise ExtensionError if missing or older than 0.7."""
     row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
@@ -309,7 +328,7 @@ def status(url: str) -> dict:
     """Server and pgvector versions, schema revision, rows per stage."""
     with connection(url, vector=False) as conn:
         server = scalar(conn, "SHOW server_version")
-        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        row = conn.execute(PGVECTOR_VERSION).fetchone()
         pgvector = row[0] if row else None
         revision = revision_of(conn)
         rows: dict[str, int] = {}
@@ -326,6 +345,7 @@ def status(url: str) -> dict:
         "citus_workers": workers,
         "server_version": server,
         "pgvector_version": pgvector,
+        "pgvector_lacks": pgvector_lacks(pgvector),
         "revision": revision,
         "head_revision": head_revision(),
         "images": images,

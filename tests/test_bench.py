@@ -22,7 +22,7 @@ def test_quick_benchmark_writes_every_table(tmp_path):
         "## 9. Half precision",
     ):
         assert heading in text
-    assert "PostgreSQL 17" in text and "pgvector 0.8" in text and "cores" in text
+    assert "PostgreSQL 18" in text and "pgvector 0.8.6" in text and "cores" in text
     assert "Baseline (in-process exact 1-NN" in text and "time / baseline time" in text
     assert re.search(r"\| pgvector exact \(l2_distance scan\) \| 1 \| 1 \| 20 \| [\d.]+ \| 1\.000 \|", text), text
     assert re.search(r"\| projected hnsw m=16 efc=64 project=128 \(variance kept [\d.]+\) ef_search=40 \|", text)

@@ -316,7 +316,7 @@ def test_worker_killed_during_evaluate(citus_home, cstore, cluster_data):
 def test_nodes_without_citus(monkeypatch, tmp_path, runner):
     from clipvdb.cli import cli
 
-    monkeypatch.setattr(nodes, "citus_installed", lambda: False)
+    monkeypatch.setattr(nodes, "citus_installed", lambda pgdata=None: False)
     monkeypatch.setenv("CLIPVDB_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CLIPVDB_DATABASE_URL", raising=False)
     result = runner.invoke(cli, ["db", "nodes", "start"], catch_exceptions=False)

@@ -28,12 +28,13 @@ def test_db_commands_on_a_fresh_home(runner, fresh_home):
     assert r.exit_code == 0 and f"revision {head}" in r.output
     r = runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False)
     info = json.loads(r.stdout)
-    assert info["server_version"].startswith("17")
+    assert info["server_version"].startswith("18")
+    assert info["pgvector_version"] == "0.8.6" and info["pgvector_lacks"] == []
     assert info["pgvector_version"] >= "0.7"
     assert info["revision"] == info["head_revision"] == head
     assert info["rows_per_stage"] == {"first": 0, "second": 0, "third": 0, "origin": 0}
     r = runner.invoke(group, ["db", "status"], catch_exceptions=False)
-    assert "PostgreSQL 17" in r.output and "pgvector:" in r.output and f"revision:   {head}" in r.output
+    assert "PostgreSQL 18" in r.output and "pgvector:" in r.output and f"revision:   {head}" in r.output
     url = runner.invoke(group, ["db", "url"], catch_exceptions=False).output.strip()
     with psycopg.connect(url) as c:
         for view in (
@@ -103,3 +104,39 @@ def test_db_downgrade_and_grant_reader_password(cli, db_url):
     assert "base" in cli("db", "downgrade", "base").output
     with psycopg.connect(db_url) as c:
         assert c.execute("SELECT to_regclass('images')").fetchone()[0] is None
+
+
+def test_a_home_made_by_postgresql_17_runs_on_pgembed_and_names_the_fixes_it_lacks(
+    runner, fresh_home, monkeypatch, syn_data
+):
+    """A data directory made by PostgreSQL 17 (the pgembed package, pgvector 0.8.2) keeps running on
+    pgembed: db status names the pgvector fixes it lacks, and a delete leaves its tables to
+    autovacuum instead of vacuuming an hnsw index unsafely. Without pgembed the start is one line."""
+    from clipvdb import Store, TinyEncoder
+
+    monkeypatch.setattr(embedded, "DEFAULT_MAJOR", "17")  # make the home as the older package did
+    assert runner.invoke(group, ["db", "upgrade"], catch_exceptions=False).exit_code == 0
+    monkeypatch.setattr(embedded, "DEFAULT_MAJOR", "18")  # from here on the home is read by its PG_VERSION
+    embedded.stop(fresh_home)
+    assert (embedded.data_dir(fresh_home) / "PG_VERSION").read_text().strip() == "17"
+
+    r = runner.invoke(group, ["db", "status"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "PostgreSQL 17" in r.output and "pgvector:   0.8.2" in r.output
+    lacks = r.output.split("pgvector:", 1)[1].splitlines()[1]
+    assert lacks.strip().startswith("lacks the fixes of 0.8.3: possible corruption of an hnsw index")
+    assert "0.8.4: " in lacks and "0.8.6: " in lacks and lacks.endswith("upgrade it to >= 0.8.6")
+    info = json.loads(runner.invoke(group, ["db", "status", "--json"], catch_exceptions=False).stdout)
+    assert [fix.split(":")[0] for fix in info["pgvector_lacks"]] == ["0.8.3", "0.8.4", "0.8.6"]
+
+    with Store(home=fresh_home, encoder=TinyEncoder()) as store:
+        store.ingest(syn_data, stages="first")
+        edit = store.delete(split="train")
+        assert edit.images == 60 and edit.vacuumed == []
+        assert edit.not_vacuumed.startswith("pgvector 0.8.2 lacks the fixes to vacuum an hnsw index safely")
+    embedded.stop(fresh_home)
+
+    monkeypatch.setitem(embedded.SERVER_PACKAGES, "17", "pgembed_absent")
+    r = runner.invoke(group, ["db", "status"], catch_exceptions=False)
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "made by PostgreSQL 17" in r.output and "pip install pgembed-absent" in r.output

@@ -39,6 +39,15 @@ def _keys(store: Store, split: str = "train") -> dict[str, int]:
         return dict(conn.execute("SELECT source, label FROM images WHERE split = %s", (split,)).fetchall())
 
 
+def _vacuums(store: Store) -> dict[str, tuple[int, int]]:
+    """Per stage-first table: how often it was vacuumed by hand, and its dead rows."""
+    with store.connection() as conn:
+        rows = conn.execute(
+            "SELECT relname, vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE relname LIKE '%\\_first'"
+        ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 def _nearest(store: Store, data, queries: list) -> list[int]:
     """The stored image the default search answers each query with (k = 1, stage first)."""
     preds = store.classify(queries, stage="first", k=1)
@@ -122,8 +131,14 @@ def test_delete_by_the_paths_on_disk_answers_only_from_the_rows_left(db_url, dat
             store.delete(paths=["./data/train/nosuchclass/*"])
         assert _keys(store) == before  # a path that names nothing stops the whole edit
 
+        vacuums = _vacuums(store)
         done = store.delete(paths=[f"./data/train/{gone_class}/*", str(data / "train" / CLASSES[1] / "0000.png")])
         assert (done.images, done.vectors) == (7, {"first": 7})
+        # the stage's tables are vacuumed at once: no dead entry left in them or their indexes
+        assert done.vacuumed == ["embeddings_first", "projections_first", "learned_first"]
+        assert done.not_vacuumed is None
+        after = _vacuums(store)
+        assert all(after[t][0] == vacuums[t][0] + 1 and after[t][1] == 0 for t in done.vacuumed), (vacuums, after)
         left = _keys(store)
         assert set(before) - set(left) == {f"train/{gone_class}/{i:04d}.png" for i in range(6)} | {
             f"train/{CLASSES[1]}/0000.png"

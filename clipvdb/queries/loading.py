@@ -57,3 +57,7 @@ def truncate(table: str) -> sql.Composed:
 
 def analyze(table: str) -> sql.Composed:
     return sql.SQL("ANALYZE {}").format(sql.Identifier(table))
+
+
+def vacuum(table: str) -> sql.Composed:
+    return sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table))
