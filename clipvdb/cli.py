@@ -1091,7 +1091,7 @@ def _print_edit(edit, as_json: bool) -> None:
     for line in edit.indexes_due:
         click.echo(line)
     if edit.vacuumed:
-        click.echo(f"vacuumed {', '.join(edit.vacuumed)}")
+        click.echo(f"vacuumed {', '.join(edit.vacuumed)} in {edit.vacuum_s:.1f} s")
     elif edit.not_vacuumed:
         click.echo(edit.not_vacuumed)
 
@@ -1784,19 +1784,28 @@ def _print_confusion(rows: list[dict]) -> None:
 
 
 @cli.command()
-@_run_option()
+@click.option(
+    "--run",
+    "runs",
+    type=int,
+    multiple=True,
+    help="Run id, repeatable: several runs add one trade-off chart of them all (default: the latest complete run).",
+)
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNG files.")
 @click.option("--squared", is_flag=True, help="Histograms on the study's axis: squared L2 distance.")
 @click.pass_obj
-def plot(state: State, run: int | None, out: Path, squared: bool) -> None:
-    """Write the study's distance histograms per stage and an accuracy/time chart as PNG.
+def plot(state: State, runs: tuple[int, ...], out: Path, squared: bool) -> None:
+    """Write the study's distance histograms per stage and an accuracy/time chart as PNG; given
+    several runs (one per model: evaluate --model A,B), also one chart of accuracy against ms per
+    image with every run's model x stage.
 
     \b
     Example:
       clipvdb plot --out plots/
       clipvdb plot --out plots/ --squared --run 3
+      clipvdb plot --out plots/ --run 3 --run 4
     """
-    for path in state.store.plot(out, run, squared=squared):
+    for path in state.store.plot(out, list(runs) or None, squared=squared):
         click.echo(str(path))
 
 
@@ -1834,12 +1843,14 @@ def demo(state: State, data, n_train, n_test, stage, out) -> None:
     )
     assert result.report is not None and result.evaluation is not None
     _print_report(result.report, ("report_runs", "report_accuracy", "report_timing"))
+    for _, _, report in result.beside:
+        _print_report(report, ("report_accuracy", "report_timing"))
     click.echo("more: clipvdb report (confusion, per-class accuracy, distance histogram)")
     for n in result.notices:
         click.echo(f"NOTE: {n}")
     click.echo("plots: " + ", ".join(str(p) for p in result.plots))
-    run_id = result.evaluation.run_id
-    click.echo(f'explore: psql "$(clipvdb db url)" -c "SELECT * FROM report_accuracy WHERE run_id = {run_id}"')
+    ids = ", ".join(str(r) for r in [result.evaluation.run_id, *(run.run_id for _, run, _ in result.beside)])
+    click.echo(f'explore: psql "$(clipvdb db url)" -c "SELECT * FROM report_accuracy WHERE run_id IN ({ids})"')
 
 
 def main() -> None:

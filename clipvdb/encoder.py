@@ -143,6 +143,13 @@ class TinyEncoder:
         return np.asarray(rows, dtype=np.float32)
 
 
+def input_size(model: str, text: str) -> int:
+    """The input size a model name asks for after '@' (`efficientnet-lite0@160`): pixels a side."""
+    if not text.isdigit() or not 32 <= int(text) <= 1024:
+        raise UsageError(f"{model!r}: the input size after '@' is a whole number of pixels from 32 to 1024")
+    return int(text)
+
+
 def load_encoder(
     model: str, pretrained: str, device: str | None = None, *, quiet: bool = False, home: Path | None = None
 ) -> Encoder:
@@ -152,10 +159,11 @@ def load_encoder(
         if not quiet:
             print("clipvdb: using the TINY test encoder: its vectors are not CLIP's", file=sys.stderr)
         return TinyEncoder()
-    if model in EFFICIENTNET:
+    if model.partition("@")[0] in EFFICIENTNET:
         from .efficientnet_model import EfficientNetEncoder  # torch: only for this model
 
-        return EfficientNetEncoder(model, device)
+        variant, _, size = model.partition("@")
+        return EfficientNetEncoder(variant, device, size=input_size(model, size) if size else None)
     checkpoint = find_checkpoint(model, home)
     if checkpoint is not None:
         from .trained_model import TrainedEncoder  # torch: only for a trained model

@@ -91,6 +91,46 @@ def plot(data: Report, out: Path, *, squared: bool = False) -> list[Path]:
     return paths
 
 
+def tradeoff_points(reports: list[Report]) -> list[dict]:
+    """Every run's model x stage as a point of the study's trade-off: accuracy against the encoder's
+    and the query's mean ms per image (report_accuracy beside report_timing)."""
+    points = []
+    for data in reports:
+        timing = {r["stage"]: r for r in data["report_timing"]}
+        for r in data["report_accuracy"]:
+            t = timing.get(r["stage"])
+            if t is None:
+                continue
+            ms = float(t["encode_ms_mean"] or 0) + float(t["query_ms_mean"] or 0)
+            point = {"run": data["run_id"], "model": r["model"], "stage": r["stage"]}
+            points.append(point | {"ms": ms, "accuracy": r["accuracy_pct"]})
+    return points
+
+
+def tradeoff(reports: list[Report], out: Path) -> Path:
+    """One chart of every run's model x stage: accuracy against ms per image (log scale), a colour
+    per model: which depth of which encoder buys what accuracy for what time."""
+    runs = [data["run_id"] for data in reports]
+    points = tradeoff_points(reports)
+    models = list(dict.fromkeys(p["model"] for p in points))
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for i, model in enumerate(models):
+        mine = [p for p in points if p["model"] == model]
+        ax.scatter([max(p["ms"], 1e-3) for p in mine], [p["accuracy"] for p in mine], label=model, color=f"C{i}")
+        for p in mine:
+            ax.annotate(p["stage"], (max(p["ms"], 1e-3), p["accuracy"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per image (encoder + query, mean)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"accuracy against time: runs {', '.join(str(r) for r in runs)}")
+    ax.legend(title="model")
+    fig.tight_layout()
+    path = out / f"runs{'-'.join(str(r) for r in runs)}_tradeoff.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_experiment(result: ExperimentResult, out: Path) -> Path:
     """Recall@1 against queries per second, one line per (size, index kind)."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)

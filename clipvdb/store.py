@@ -16,7 +16,7 @@ searchers. A job's options are one object (options.py); the Store also takes its
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -258,11 +258,18 @@ class Store:
         with self.connection() as conn:
             return reports.report(conn, run, tuple(views) if views else reports.VIEWS)
 
-    def plot(self, out: Path | str, run: int | None = None, *, squared: bool = False) -> list[Path]:
-        """The study's figures for one run as PNG files in `out`."""
-        from .plots import plot  # matplotlib: only when a figure is drawn
+    def plot(self, out: Path | str, run: int | Sequence[int] | None = None, *, squared: bool = False) -> list[Path]:
+        """The study's figures for a run (default: the latest complete one) as PNG files in `out`; for
+        several runs (`evaluate --model A,B` makes a run per model), each run's and one trade-off
+        chart of every run's model x stage."""
+        from .plots import plot, tradeoff  # matplotlib: only when a figure is drawn
 
-        return plot(self.reports(run), Path(out), squared=squared)
+        runs = [run] if run is None or isinstance(run, int) else list(run)
+        data = [self.reports(r) for r in runs]
+        paths = [p for d in data for p in plot(d, Path(out), squared=squared)]
+        if len(data) > 1:
+            paths.append(tradeoff(data, Path(out)))
+        return paths
 
     def runs(self) -> list[RunSummary]:
         """Every run (report_runs), newest first, each with its accuracy per stage."""

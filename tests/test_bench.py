@@ -244,3 +244,38 @@ def test_the_datasets_bench_runs_end_to_end_on_a_small_set(syn_data, tmp_path):
     assert (alone["rows"], shared["rows"]) == (60, 120) and len(alone["found"]) == 20
     text = render(result)
     assert "of 20 queries" in text and "Warm query ms of dataset a beside b over a alone" in text
+
+
+def test_the_growth_bench_grows_deletes_relabels_and_checks_the_answers(syn_data, tmp_path):
+    from bench.growth import main, render
+
+    result = main(
+        ["--data", str(syn_data), "--scale-data", str(tmp_path / "scale"), "--steps", "30,60,120"]
+        + ["--out", str(tmp_path / "growth.json")]
+    )
+    assert [load["to"] for load in result["grown"]["loads"]] == [30, 60, 120]
+    assert result["grown"]["index"]["rows"] == result["fresh"]["index"]["rows"] == 120
+    d, after = result["delete"]["edit"], result["after_edits"]
+    assert d["images"] == 12 and d["vacuumed"] and result["relabel"]["edit"]["images"] > 0
+    assert after["index"]["rows"] == 108 and after["answers_from_deleted"] == 0
+    # every answer carries the label its neighbour has after the edits
+    assert after["labels_right"] == result["sample"] == 2
+    assert "Grown recall@1" in render(result)
+
+
+def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data, tmp_path):
+    from bench.models import main, render
+
+    result = main(
+        ["--data", str(syn_data), "--train", "60", "--test", "20", "--models", "pixels,efficientnet-lite0@128"]
+        + ["--alone", "pixels", "--out", str(tmp_path / "models.json")]
+    )
+    shared = {(x["model"], x["stage"]): x for x in result["shared"]}
+    lite = "efficientnet-lite0@128"
+    assert set(shared) == {("pixels", "first")} | {(lite, s) for s in ("second", "third", "origin")}
+    assert all(x["stored"] == 60 and x["queries"] == 20 and x["encode_ms"] >= 0 for x in shared.values())
+    assert shared[("pixels", "first")]["vector_bytes"] > 3072  # 3,072 halves and a header
+    alone = result["alone"]
+    assert [(x["model"], x["stage"]) for x in alone] == [("pixels", "first")]
+    assert alone[0]["accuracy_1nn"] == shared[("pixels", "first")]["accuracy_1nn"]
+    assert "shared database against alone in a fresh one" in render(result)

@@ -126,6 +126,19 @@ def test_exact_and_default_against_brute_force_and_single_node(cstore, cluster_d
     assert _predictions(cstore, exact.run_id) == single_pred
 
 
+def test_duplicates_and_report_duplicates_on_the_cluster(cstore):
+    """A duplicate scan on Citus, and report_duplicates on it: the view joins images twice (an image
+    and its nearest sit on different shards) and lists every pair the scan stored, with both classes."""
+    found = cstore.duplicates("first", within="train", threshold=1e9)  # every image's nearest is a pair
+    assert found.scanned == 1000 and len(found.pairs) >= 500
+    scans, pairs = cstore.duplicate_pairs(limit=5000)
+    assert {(p["image_id"], p["other_id"]) for p in pairs} == {(p.image_id, p.other_id) for p in found.pairs}
+    assert [(s["split"], s["other_split"], s["pairs"]) for s in scans] == [("train", "train", len(found.pairs))]
+    label = dict(_sql(cstore, "SELECT id, label FROM images"))
+    assert all(p["same_label"] == (label[p["image_id"]] == label[p["other_id"]]) for p in pairs)
+    assert {p["class"] for p in pairs} <= set(synthetic.CLASSES)
+
+
 def test_every_report_view_and_classify(cstore, cluster_data):
     from clipvdb import reports
 

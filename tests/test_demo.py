@@ -1,5 +1,6 @@
 """The demo offline: synthetic data and the shipped CNN in place of CLIP, announced loudly, never
-presented as CLIP; what it stores and predicts is that CNN's nearest neighbors."""
+presented as CLIP, with ImageNet EfficientNet-Lite0 beside it (its wheel is a test dependency); what
+it stores and predicts is each model's nearest neighbors."""
 
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import psycopg
 from conftest import exact_ids
 from PIL import Image
 
-from clipvdb.demo import SHIPPED_MODEL
+from clipvdb.demo import BESIDE_MODEL, SHIPPED_MODEL
+from clipvdb.encoder import load_encoder
 from clipvdb.stages import parse_stages
 from clipvdb.trained_model import TrainedEncoder, file_sha256
 
@@ -26,17 +28,27 @@ def test_demo_falls_back_and_says_so(cli, db_url, monkeypatch, tmp_path):
     record = enc.checkpoint.record  # the notice names the file's own training
     assert f"{record['epochs']} epochs, seed {record['seed']}" in out
     assert "stage origin skipped" in out  # the CNN's classifier knows CIFAR-10's classes, not the shapes
+    lite = load_encoder(BESIDE_MODEL, "")
+    assert f"ALSO: {BESIDE_MODEL}, ImageNet EfficientNet-Lite0" in out and f"say model {BESIDE_MODEL}" in out
     with psycopg.connect(db_url) as conn:
         spaces = conn.execute("SELECT stage, model, weights FROM embedding_spaces WHERE stage <> 'first'").fetchall()
         stored = conn.execute("SELECT source, label FROM images WHERE split = 'train' ORDER BY source").fetchall()
-        predicted = conn.execute(
-            "SELECT p.stage, i.source, p.predicted FROM predictions p JOIN images i ON i.id = p.image_id"
-        ).fetchall()
-    # the vectors are the shipped CNN's (its file's SHA-256), not CLIP's, and origin ran nowhere
+        predicted, beside = (
+            conn.execute(
+                """SELECT p.stage, i.source, p.predicted FROM predictions p JOIN images i ON i.id = p.image_id
+                   JOIN eval_runs r ON r.id = p.run_id WHERE r.model = %s""",
+                (model,),
+            ).fetchall()
+            for model in ("cnn", BESIDE_MODEL)
+        )
+    # the vectors are the shipped CNN's (its file's SHA-256), not CLIP's, and its origin ran nowhere;
+    # EfficientNet-Lite0's at every stage it has, origin included (classified by neighbors)
     cnn = f"sha256:{file_sha256(SHIPPED_MODEL)}"
-    assert sorted(spaces) == [("second", "cnn", cnn), ("third", "cnn", cnn)]
-    assert len(stored) == 20 and len(predicted) == 3 * 10
+    lite_spaces = [(stage, BESIDE_MODEL, lite.weights) for stage in ("origin", "second", "third")]
+    assert sorted(spaces) == sorted([("second", "cnn", cnn), ("third", "cnn", cnn), *lite_spaces])
+    assert len(stored) == 20 and len(predicted) == len(beside) == 3 * 10
     assert {stage for stage, _, _ in predicted} == {"first", "second", "third"}
+    assert {stage for stage, _, _ in beside} == {"second", "third", "origin"}
     # each prediction is the label of the nearest training image, found here by numpy over the
     # synthetic files the demo generated, encoded in this process
     root = tmp_path / "home" / "cache" / "synthetic"
@@ -55,10 +67,18 @@ def test_demo_falls_back_and_says_so(cli, db_url, monkeypatch, tmp_path):
             for s in ("second", "third")
         },
     }
-    for stage, (a, b) in vectors.items():
-        got = {source: p for st, source, p in predicted if st == stage}
-        assert [got[s] for s in tested] == exact_ids(a, b, labels.tolist()), stage
+    lite_stages = parse_stages("second,third,origin")
+    lite_vectors = {
+        s: [lite.encode(x, lite_stages).vectors[s].astype(np.float64) for x in (train_x, test_x)]
+        for s in ("second", "third", "origin")
+    }
+    for rows, by_stage in ((predicted, vectors), (beside, lite_vectors)):
+        for stage, (a, b) in by_stage.items():
+            got = {source: p for st, source, p in rows if st == stage}
+            assert [got[s] for s in tested] == exact_ids(a, b, labels.tolist()), stage
     pngs = sorted(Path(tmp_path / "out").glob("*.png"))
-    assert len(pngs) == 4  # accuracy and time, and a distance histogram per kNN stage (first, second, third)
+    # per run accuracy and time, and a distance histogram per kNN stage (first, second, third; and
+    # second, third, origin), and one trade-off chart of both runs
+    assert len(pngs) == 4 + 4 + 1 and sum(p.name.endswith("_tradeoff.png") for p in pngs) == 1
     for p in pngs:
         Image.open(p).verify()

@@ -98,3 +98,22 @@ def _source(data):
 
 def _items(data, split: str) -> list:
     return [it.path for it in _source(data).items(split)]
+
+
+def test_an_input_size_after_the_name_is_a_model_of_its_own(cli, db_url, syn_data):
+    """`efficientnet-lite0@96`: the same weights at another input size, stored as a model of its own
+    beside the variant at its own size; a size that is not one is a one-line error."""
+    from clipvdb.encoder import load_encoder
+
+    small = load_encoder(f"{MODEL}@96", "")
+    assert (small.name, small.size, small.weights) == (f"{MODEL}@96", 96, load_encoder(MODEL, "").weights)
+    for model in (MODEL, f"{MODEL}@96"):
+        cli("ingest", "--stage", "third", "--data", syn_data, "--model", model, "--workers", "0")
+    third = {s["model"]: s for s in json.loads(cli("models", "--json").stdout) if s["stage"] == "third"}
+    assert set(third) == {MODEL, f"{MODEL}@96"} and third[MODEL]["weights"] == third[f"{MODEL}@96"]["weights"]
+    assert third[MODEL]["rows"] == third[f"{MODEL}@96"]["rows"] == 60
+    x = np.stack([small.prepare(Image.open(p)) for p in sorted(syn_data.rglob("*.png"))[:2]])
+    assert x.shape == (2, 96, 96, 3)
+    bad = cli("ingest", "--stage", "third", "--data", syn_data, "--model", f"{MODEL}@big", expect=2)
+    assert "the input size after '@' is a whole number of pixels" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1

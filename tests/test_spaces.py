@@ -2,6 +2,8 @@
 each in its embedding space with its own index, each answering as it does alone."""
 
 import json
+import os
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -87,7 +89,7 @@ def test_a_stage_keeps_one_width_per_space(db_url, syn_data):
             store.ingest(syn_data, "second", limit=10, workers=0)
 
 
-def test_ingest_and_evaluate_take_a_list_of_models(cli, syn_data):
+def test_ingest_and_evaluate_take_a_list_of_models(cli, syn_data, tmp_path):
     from clipvdb.demo import SHIPPED_MODEL
 
     models = f"tiny,{SHIPPED_MODEL}"
@@ -108,5 +110,21 @@ def test_ingest_and_evaluate_take_a_list_of_models(cli, syn_data):
         for view in ("report_accuracy", "report_timing"):
             rows = json.loads(cli("report", "--run", r["run_id"], "--view", view, "--json").stdout)[view]
             assert [(x["stage"], x["model"]) for x in rows] == [("second", model)], rows
+    # one chart of both runs: a point per model x stage at its accuracy and ms per image
+    from PIL import Image
+
+    from clipvdb.plots import tradeoff_points
+
+    ids = [str(r["run_id"]) for r in runs]
+    paths = cli("plot", "--run", ids[0], "--run", ids[1], "--out", tmp_path / "p").output.split()
+    assert [Path(p).name for p in paths][-1] == f"runs{ids[0]}-{ids[1]}_tradeoff.png" and len(paths) == 5
+    with Image.open(paths[-1]) as img:
+        assert img.size[0] > 300
+    with Store(os.environ["CLIPVDB_DATABASE_URL"]) as store:
+        points = tradeoff_points([store.reports(r["run_id"]) for r in runs])
+    assert [(p["model"], p["stage"]) for p in points] == [("tiny", "second"), ("cnn", "second")]
+    want = [r["stages"]["second"]["accuracy_pct"] for r in runs]
+    assert [p["accuracy"] for p in points] == [pytest.approx(a, abs=0.01) for a in want]
+    assert all(p["ms"] > 0 for p in points)
     wrong = cli("ingest", "--stage", "second", "--data", syn_data, "--model", models, "--pretrained", "x", expect=2)
     assert "--pretrained names one model's weights" in wrong.output and len(wrong.output.strip().splitlines()) == 1

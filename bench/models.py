@@ -1,0 +1,200 @@
+"""Models side by side in one database: per model x stage, accuracy, encoder and query ms, bytes per row.
+
+    python -m bench.models --data .cache/data/cifar10 [--train 50000] [--test 10000] --write
+
+One fresh CLIPVDB_HOME holds every model. For each, `clipvdb ingest --stage S --model M --limit N`,
+then `clipvdb evaluate --stage S --model M --limit T --k 1,5,10,20`, each a subprocess timed from
+outside. Per model x stage: accuracy at k 1 and the best (k, vote) of report_accuracy_by_k (one
+search scores every k and vote), the encoder's and the query's mean ms per image (report_timing),
+the stored vector's bytes (pg_column_size) and its index's bytes per row (`clipvdb models`). Models:
+pixels (stage first, no network), the CNN that ships with clipvdb, ImageNet EfficientNet-Lite0 at
+its own 224 px and at 128 px; RN50 and ViT-B-32 with random weights show cost only, on
+`--cost-train` / `--cost-test` images, labelled so. Then each model of `--alone` again in a fresh home
+of its own, same commands: its accuracy and query ms there beside the shared database's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench import markdown
+from bench.common import CLI
+from bench.scale import run
+from clipvdb import Store
+from clipvdb.demo import SHIPPED_MODEL
+
+KS = "1,5,10,20"
+# name shown, --model, --pretrained, stages, cost only (random weights: accuracy means nothing)
+MODELS = [
+    ("pixels", None, None, "first", False),
+    ("cnn (shipped)", str(SHIPPED_MODEL), None, "second,third,origin", False),
+    ("efficientnet-lite0", "efficientnet-lite0", None, "second,third,origin", False),
+    ("efficientnet-lite0@128", "efficientnet-lite0@128", None, "second,third,origin", False),
+    ("RN50 (random weights)", "RN50", "random", "second,third,origin", True),
+    ("ViT-B-32 (random weights)", "ViT-B-32", "random", "second,third,origin", True),
+]
+GOALS = {"accuracy_points": 0.1, "query_ms_of_alone": 1.1}
+BYTES = """SELECT avg(pg_column_size(embedding))::float8 FROM {table} WHERE space_id = %s"""
+
+
+def measure(home: Path, env: dict, data: str, model: tuple, train: int, test: int) -> list[dict]:
+    """One model's ingest and evaluate in `home`: a row per stage."""
+    name, flag, pretrained, stages, cost_only = model
+    args = ["--stage", stages, "--data", data, "--json"]
+    if flag:
+        args += ["--model", flag] + (["--pretrained", pretrained] if pretrained else [])
+    ing = run(["ingest", *args, "--limit", str(train)], env, home)
+    ev = run(["evaluate", *args, "--limit", str(test), "--k", KS], env, home)
+    evaluated = json.loads(ev["stdout"])
+    run_id = evaluated["run_id"]
+    with Store(home=home) as store:
+        report = store.reports(run_id, ["report_accuracy", "report_accuracy_by_k", "report_timing"])
+        spaces = {(s.stage, s.model): s for s in store.status().spaces}
+        rows = []
+        for stage in stages.split(","):
+            # a stage its model classifies itself (the shipped CNN's origin) has no neighbours to vote
+            by_k = [r for r in report["report_accuracy_by_k"] if r["stage"] == stage] or [
+                {**r, "k": 0, "vote": "own classifier"} for r in report["report_accuracy"] if r["stage"] == stage
+            ]
+            best = max(by_k, key=lambda r: (r["accuracy_pct"], -r["k"]))
+            at_1 = next((r for r in by_k if r["k"] == 1 and r["vote"] == "majority"), by_k[0])
+            timing = next(r for r in report["report_timing"] if r["stage"] == stage)
+            space = spaces[(stage, timing["model"])]
+            with store.connection() as conn:
+                vector_bytes = conn.execute(BYTES.format(table=f"embeddings_{stage}"), (space.space,)).fetchone()[0]
+            rows.append(
+                {
+                    "model": name,
+                    "stage": stage,
+                    "cost_only": cost_only,
+                    "dim": space.dim,
+                    "stored": space.rows,
+                    "queries": evaluated["stages"][stage]["n"],
+                    "accuracy_1nn": at_1["accuracy_pct"],
+                    "best": {"k": best["k"], "vote": best["vote"], "accuracy": best["accuracy_pct"]},
+                    "encode_ms": float(timing["encode_ms_mean"] or 0),
+                    "query_ms": float(timing["query_ms_mean"] or 0),
+                    "vector_bytes": vector_bytes,
+                    "index_bytes_per_row": space.size_bytes / max(space.rows, 1),
+                    "index": f"{space.kind} "
+                    + ", ".join(f"{k}={v}" for k, v in space.params.items() if k in ("lists", "project", "m")),
+                    "ingest_s": ing["seconds"],
+                    "evaluate_s": ev["seconds"],
+                    "run_id": run_id,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="an image-folder CIFAR-10 copy (train/ and test/)")
+    ap.add_argument("--train", type=int, default=50_000, help="training images stored per model")
+    ap.add_argument("--test", type=int, default=10_000, help="test images queried per model")
+    ap.add_argument("--cost-train", type=int, default=2_000, help="training images for the random-weight models")
+    ap.add_argument("--cost-test", type=int, default=200, help="test images for the random-weight models")
+    ap.add_argument("--models", help="names of MODELS to run, comma-separated (default: all)")
+    ap.add_argument("--alone", default="pixels,cnn (shipped)", help="models measured again alone in a fresh home")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/models.json"))
+    ap.add_argument("--write", action="store_true", help="rewrite the models block of BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MODELS if not args.models or m[0] in args.models.split(",")]
+    env_base = {k: v for k, v in os.environ.items() if k != "CLIPVDB_DATABASE_URL"}
+    env_base["PYTHONUNBUFFERED"] = "1"
+    result: dict = {"train": args.train, "test": args.test, "cost_train": args.cost_train, "cost_test": args.cost_test}
+    homes: list[Path] = []
+
+    def home() -> tuple[Path, dict]:
+        homes.append(Path(tempfile.mkdtemp(prefix="clipvdb-models-")))
+        return homes[-1], dict(env_base, CLIPVDB_HOME=str(homes[-1]))
+
+    try:
+        shared, env = home()
+        result["shared"] = []
+        for model in chosen:
+            n, t = (args.cost_train, args.cost_test) if model[4] else (args.train, args.test)
+            result["shared"].extend(measure(shared, env, args.data, model, n, t))
+            print(json.dumps(result["shared"][-1]), flush=True)
+        result["alone"] = []
+        for model in chosen:
+            if model[0] in args.alone.split(","):
+                own, env = home()
+                n, t = (args.cost_train, args.cost_test) if model[4] else (args.train, args.test)
+                result["alone"].extend(measure(own, env, args.data, model, n, t))
+    finally:
+        for h in homes:
+            subprocess.run(CLI + ["db", "stop"], env=dict(env_base, CLIPVDB_HOME=str(h)), capture_output=True)
+            shutil.rmtree(h, ignore_errors=True)
+    result["machine"] = markdown.machine()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(render(result))
+    if args.write:
+        markdown.write("models", render(result), ["BENCHMARKS.md"])
+    return result
+
+
+def render(r: dict) -> str:
+    rows = []
+    for x in r["shared"]:
+        acc = "(random weights)" if x["cost_only"] else f"{x['accuracy_1nn']:.2f} %"
+        best = "" if x["cost_only"] else f"{x['best']['accuracy']:.2f} % (k {x['best']['k']}, {x['best']['vote']})"
+        rows.append(
+            [
+                x["model"],
+                x["stage"],
+                f"{x['dim']:,}",
+                acc,
+                best,
+                f"{x['encode_ms']:.2f}",
+                f"{x['query_ms']:.3f}",
+                f"{x['vector_bytes']:,.0f} / {x['index_bytes_per_row']:,.0f}",
+                f"{x['stored']:,} in {x['ingest_s']:.0f} s",
+            ]
+        )
+    lines = [
+        f"Measured {r['machine']}, one run of `python -m bench.models --train {r['train']} --test {r['test']}`: "
+        f"every model in ONE fresh database, CIFAR-10's first {r['train']:,} training images stored and its first "
+        f"{r['test']:,} test images queried per model (random-weight models: {r['cost_train']:,} and "
+        f"{r['cost_test']:,}, for their cost); each command a subprocess. Ms per image are means over the "
+        "evaluate's images (report_timing); the stage's row of an ingest shares its command's seconds.",
+        "",
+        markdown.table(
+            [
+                "model",
+                "stage",
+                "dim",
+                "accuracy (1-NN)",
+                "best (k, vote)",
+                "encoder ms / image",
+                "query ms / image",
+                "bytes per row: vector / index",
+                "stored (ingest s)",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    shared = {(x["model"], x["stage"]): x for x in r["shared"]}
+    for x in r.get("alone", []):
+        s = shared[(x["model"], x["stage"])]
+        gap = abs(s["accuracy_1nn"] - x["accuracy_1nn"])
+        ratio = s["query_ms"] / max(x["query_ms"], 1e-9)
+        met = gap <= GOALS["accuracy_points"] and ratio <= GOALS["query_ms_of_alone"]
+        lines.append(
+            f"- {x['model']} {x['stage']}, shared database against alone in a fresh one: accuracy "
+            f"{s['accuracy_1nn']:.2f} / {x['accuracy_1nn']:.2f} %, query ms {s['query_ms']:.3f} / "
+            f"{x['query_ms']:.3f} ({ratio:.2f}x; goal within {GOALS['accuracy_points']} point and "
+            f"<= {GOALS['query_ms_of_alone']}x): **{'met' if met else 'not met'}**."
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
