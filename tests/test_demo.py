@@ -68,8 +68,12 @@ def test_demo_falls_back_and_says_so(cli, db_url, monkeypatch, tmp_path):
         },
     }
     lite_stages = parse_stages("second,third,origin")
+    # EfficientNet-Lite0 reads each image resized to its input size (its own prepare)
+    lite_x = [
+        np.stack([lite.prepare(Image.open(root / s)) for s in sources]) for sources in ([s for s, _ in stored], tested)
+    ]
     lite_vectors = {
-        s: [lite.encode(x, lite_stages).vectors[s].astype(np.float64) for x in (train_x, test_x)]
+        s: [lite.encode(x, lite_stages).vectors[s].astype(np.float64) for x in lite_x]
         for s in ("second", "third", "origin")
     }
     for rows, by_stage in ((predicted, vectors), (beside, lite_vectors)):
