@@ -10,8 +10,8 @@ subprocess timed from outside:
   200,000 (each load adds the next rows; the index upkeep rule decides what is rebuilt), then
   `clipvdb evaluate`;
 - fresh: another home, one ingest of 200,000, then `clipvdb evaluate`;
-- edits on the grown home: `clipvdb delete --id ...` of every tenth stored image (20,000; the delete
-  vacuums the stage tables after its commit), `clipvdb relabel --csv` of 1,000 others to the next
+- edits on the grown home: `clipvdb delete --vacuum --id ...` of every tenth stored image (20,000;
+  the stage tables vacuumed after its commit), `clipvdb relabel --csv` of 1,000 others to the next
   class, then `clipvdb evaluate` again.
 
 Recall@1 of each evaluate on a fixed sample of 1,000 queries (every tenth test image) against an
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         gone = {int(i) for i, _ in rows[::DELETE_EVERY]}
         left = [(i, k) for i, k in rows if i not in gone]
         moved = {k for _, k in left[5::DELETE_EVERY][:RELABEL]}
-        delete_args = ["delete", "--json"] + [a for i in sorted(gone) for a in ("--id", str(i))]
+        delete_args = ["delete", "--vacuum", "--json"] + [a for i in sorted(gone) for a in ("--id", str(i))]
         dele = run(delete_args, env, homes["grown"])
         result["delete"] = {"seconds": dele["seconds"], "edit": json.loads(dele["stdout"])}
         table = homes["grown"] / "relabel.csv"
@@ -198,7 +198,7 @@ def render(r: dict) -> str:
     d, rl = r["delete"]["edit"], r["relabel"]["edit"]
     rows.append(
         [
-            f"grown: delete {d['images']:,} images",
+            f"grown: delete --vacuum {d['images']:,} images",
             f"{r['delete']['seconds']:.1f} s",
             f"vacuumed {len(d.get('vacuumed') or [])} tables in {d.get('vacuum_s') or 0:.1f} s",
             "",

@@ -1149,14 +1149,16 @@ def dataset_rename(state: State, name: str, new_name: str, dry_run: bool, as_jso
 @click.option("--dry-run", is_flag=True, help="Count what would go; drop nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
-    "--no-vacuum", is_flag=True, help="Leave the stage tables to autovacuum (default: VACUUM them after the edit)."
+    "--vacuum",
+    is_flag=True,
+    help="VACUUM the stage tables now (minutes for an hnsw index of 100,000s of rows; default: autovacuum).",
 )
 @json_option
 @click.pass_obj
-def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, no_vacuum: bool, as_json: bool) -> None:
+def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, vacuum: bool, as_json: bool) -> None:
     """Drop a dataset: its images, their vectors at every stage, its runs and clusterings, in one
-    transaction. Other datasets, and searches running on them, are not touched. Then the stage
-    tables it left are vacuumed, so their indexes hold no dead entries (docs/database.md).
+    transaction. Other datasets, and searches running on them, are not touched. --vacuum also
+    VACUUMs the stage tables it left at once (docs/database.md).
 
     \b
     Example:
@@ -1169,7 +1171,7 @@ def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, no_vacuum: b
         if not sys.stdin.isatty():
             raise UsageError(f"dropping {name!r} deletes {preview.images:,} images; confirm with --yes")
         click.confirm(f"drop {name!r}: {preview.images:,} images and {preview.runs_dropped:,} runs?", abort=True)
-    _print_edit(store.drop_dataset(name, dry_run=dry_run, vacuum=not no_vacuum), as_json)
+    _print_edit(store.drop_dataset(name, dry_run=dry_run, vacuum=vacuum), as_json)
 
 
 def _edit_options(f):
@@ -1190,19 +1192,21 @@ def _edit_options(f):
 @click.argument("files", nargs=-1)
 @_edit_options
 @click.option(
-    "--no-vacuum", is_flag=True, help="Leave the stage tables to autovacuum (default: VACUUM them after the edit)."
+    "--vacuum",
+    is_flag=True,
+    help="VACUUM the stage tables now (minutes for an hnsw index of 100,000s of rows; default: autovacuum).",
 )
 @click.pass_obj
 def delete(
-    state: State, files: tuple[str, ...], dataset, split, ids, dry_run: bool, no_vacuum: bool, as_json: bool
+    state: State, files: tuple[str, ...], dataset, split, ids, dry_run: bool, vacuum: bool, as_json: bool
 ) -> None:
     """Delete stored images with their vectors at every stage, in one transaction.
 
     FILES are paths or globs as the images are on disk: absolute, relative to here, or relative to
     the dataset's folder ('*' stays in a folder, '**' crosses folders; quote globs whose files are
     gone). Or choose by --id, or a whole --split. Runs evaluated before are no longer current
-    ('clipvdb report', /runs); the deleted images leave them too. Then the stage tables are
-    vacuumed (where pgvector vacuums hnsw indexes safely: 0.8.4 on), so no index keeps dead entries.
+    ('clipvdb report', /runs); the deleted images leave them too. Autovacuum later removes their
+    index entries; --vacuum does it at once (pgvector 0.8.4 on, which vacuums hnsw safely).
 
     \b
     Example:
@@ -1210,7 +1214,7 @@ def delete(
       clipvdb delete --dataset cifar10 --id 1234 --id 1235
       clipvdb delete --dataset scratch --split test
     """
-    edit = state.store.delete(dataset, split=split, paths=files, ids=ids, dry_run=dry_run, vacuum=not no_vacuum)
+    edit = state.store.delete(dataset, split=split, paths=files, ids=ids, dry_run=dry_run, vacuum=vacuum)
     _print_edit(edit, as_json)
 
 

