@@ -1144,15 +1144,18 @@ def dataset_rename(state: State, name: str, new_name: str, dry_run: bool, as_jso
     _print_edit(state.store.rename_dataset(name, new_name, dry_run=dry_run), as_json)
 
 
-@dataset_group.command("drop")
-@click.argument("name")
-@click.option("--dry-run", is_flag=True, help="Count what would go; drop nothing.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option(
+_vacuum_option = click.option(
     "--vacuum",
     is_flag=True,
     help="VACUUM the stage tables now (minutes for an hnsw index of 100,000s of rows; default: autovacuum).",
 )
+
+
+@dataset_group.command("drop")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Count what would go; drop nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_vacuum_option
 @json_option
 @click.pass_obj
 def dataset_drop(state: State, name: str, dry_run: bool, yes: bool, vacuum: bool, as_json: bool) -> None:
@@ -1191,11 +1194,7 @@ def _edit_options(f):
 @cli.command()
 @click.argument("files", nargs=-1)
 @_edit_options
-@click.option(
-    "--vacuum",
-    is_flag=True,
-    help="VACUUM the stage tables now (minutes for an hnsw index of 100,000s of rows; default: autovacuum).",
-)
+@_vacuum_option
 @click.pass_obj
 def delete(
     state: State, files: tuple[str, ...], dataset, split, ids, dry_run: bool, vacuum: bool, as_json: bool

@@ -192,7 +192,7 @@ PGVECTOR_FIXES = (
     ("0.8.4", "'hnsw graph not repaired' errors, and inserts while an hnsw index is vacuumed"),
     ("0.8.6", "the memory of ivfflat scans under nested-loop joins (the batched search is one)"),
 )
-# from this release on, clipvdb vacuums the tables a delete removed rows from at once
+# from this release on, `delete --vacuum` VACUUMs the tables a delete removed rows from at once
 SAFE_HNSW_VACUUM = "0.8.4"
 PGVECTOR_VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
 
@@ -207,7 +207,7 @@ def pgvector_lacks(version: str | None) -> list[str]:
 
 def check_pgvector(conn: psycopg.Connection) -> str:
     """Return the installed pgvector version; raise ExtensionError if missing or older than 0.7."""
-    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    row = conn.execute(PGVECTOR_VERSION).fetchone()
     if row is None:
         available = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

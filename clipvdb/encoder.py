@@ -159,10 +159,10 @@ def load_encoder(
         if not quiet:
             print("clipvdb: using the TINY test encoder: its vectors are not CLIP's", file=sys.stderr)
         return TinyEncoder()
-    if model.partition("@")[0] in EFFICIENTNET:
+    variant, _, size = model.partition("@")
+    if variant in EFFICIENTNET:
         from .efficientnet_model import EfficientNetEncoder  # torch: only for this model
 
-        variant, _, size = model.partition("@")
         return EfficientNetEncoder(variant, device, size=input_size(model, size) if size else None)
     checkpoint = find_checkpoint(model, home)
     if checkpoint is not None:
