@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import markdown
+from bench import markdown, statements
 from bench.common import CLI, neighbor_sources, recall_with_ties
 from bench.scale import exact_nearest, pixels_at, run
 from bench.scale_data import make
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         # the edits, on the grown home
         env = dict(env_base, CLIPVDB_HOME=str(homes["grown"]))
         with Store(home=homes["grown"]) as store, store.connection() as conn:
-            rows = conn.execute("SELECT id, source FROM images WHERE split = 'train' ORDER BY id").fetchall()
-            classes = [r[0] for r in conn.execute("SELECT name FROM classes ORDER BY label").fetchall()]
+            rows = conn.execute(statements.TRAIN_SOURCES).fetchall()
+            classes = store.dataset().classes
         gone = {int(i) for i, _ in rows[::DELETE_EVERY]}
         left = [(i, k) for i, k in rows if i not in gone]
         moved = {k for _, k in left[5::DELETE_EVERY][:RELABEL]}
@@ -139,13 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         after["answers_from_deleted"] = int(np.isin(found, [position[k] for i, k in rows if i in gone]).sum())
         label_now = {position[k]: new_label.get(k, int(labels[position[k]])) for _, k in left}
         with Store(home=homes["grown"]) as store, store.connection() as conn:
-            got = dict(
-                conn.execute(
-                    """SELECT q.source, p.predicted FROM predictions p JOIN images q ON q.id = p.image_id
-                       WHERE p.run_id = %s AND p.stage = 'first'""",
-                    (after["evaluate"]["run_id"],),
-                ).fetchall()
-            )
+            got = dict(conn.execute(statements.RUN_PREDICTED, (after["evaluate"]["run_id"], "first")).fetchall())
         after["labels_right"] = sum(
             got.get(k) == label_now.get(int(f)) for k, f in zip(sample_keys, found, strict=True)
         )

@@ -23,10 +23,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import markdown
+from bench import markdown, statements
 from bench.common import CLI
 from bench.scale import run
-from clipvdb import Store
+from clipvdb import STAGES, Store, db
 from clipvdb.demo import SHIPPED_MODEL
 
 KS = "1,5,10,20"
@@ -40,7 +40,6 @@ MODELS = [
     ("ViT-B-32 (random weights)", "ViT-B-32", "random", "second,third,origin", True),
 ]
 GOALS = {"accuracy_points": 0.1, "query_ms_of_alone": 1.1}
-BYTES = """SELECT avg(pg_column_size(embedding))::float8 FROM {table} WHERE space_id = %s"""
 
 
 def measure(home: Path, env: dict, data: str, model: tuple, train: int, test: int) -> list[dict]:
@@ -67,7 +66,7 @@ def measure(home: Path, env: dict, data: str, model: tuple, train: int, test: in
             timing = next(r for r in report["report_timing"] if r["stage"] == stage)
             space = spaces[(stage, timing["model"])]
             with store.connection() as conn:
-                vector_bytes = conn.execute(BYTES.format(table=f"embeddings_{stage}"), (space.space,)).fetchone()[0]
+                vector_bytes = db.scalar(conn, statements.space_vector_bytes(STAGES[stage]), (space.space,))
             rows.append(
                 {
                     "model": name,

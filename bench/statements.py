@@ -33,6 +33,18 @@ TABLE_BYTES = """SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c
 # statements, since a join of predictions to images on both ids would repartition on Citus.
 RUN_NEIGHBOR_IDS = "SELECT image_id, neighbor_id FROM predictions WHERE run_id = %s AND stage = %s"
 IMAGE_SOURCES = "SELECT id, source FROM images WHERE id = ANY(%s)"
+# the stored training images, in id order (bench.growth chooses what it deletes and relabels)
+TRAIN_SOURCES = "SELECT id, source FROM images WHERE split = 'train' ORDER BY id"
+# each query image's predicted label in a run at a stage, by source key
+RUN_PREDICTED = """SELECT q.source, p.predicted FROM predictions p JOIN images q ON q.id = p.image_id
+    WHERE p.run_id = %s AND p.stage = %s"""
+
+
+def space_vector_bytes(stage: Stage) -> sql.Composed:
+    """The mean stored size of one space's (%s) vectors at a stage."""
+    return sql.SQL("SELECT avg(pg_column_size(embedding))::float8 FROM {} WHERE space_id = %s").format(
+        sql.Identifier(stage.table)
+    )
 
 
 def split_rows(stage: Stage) -> sql.Composed:
