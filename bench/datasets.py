@@ -45,7 +45,7 @@ def measure(name: str, data: str, datasets: list[str], env_base: dict) -> dict:
             seconds, out = timed(["evaluate", "--stage", "first", "--data", data, "--dataset", "a", "--json"], env)
             runs.append((seconds, json.loads(out)))
         with Store(home=home) as store:
-            status = store.index_info("first")
+            status = store.index_info("first", "a")
             warm = [_query_ms(store, r["run_id"]) for _, r in runs[1:]]
             with store.connection() as conn:
                 found = neighbor_sources(conn, runs[0][1]["run_id"], "first")
@@ -53,6 +53,7 @@ def measure(name: str, data: str, datasets: list[str], env_base: dict) -> dict:
             "name": name,
             "datasets": datasets,
             "rows": status.rows,
+            "stored": sum(sp.rows for sp in store.status().spaces if sp.stage == "first"),
             "index": {"kind": status.kind, **status.params},
             "accuracy": runs[0][1]["stages"]["first"]["accuracy_pct"],
             "cold_query_ms": runs[0][1]["stages"]["first"]["query_s"] * 1000 / runs[0][1]["stages"]["first"]["n"],
@@ -73,6 +74,7 @@ def render(result: dict) -> str:
         [
             r["name"],
             ", ".join(r["datasets"]),
+            f"{r['stored']:,}",
             f"{r['rows']:,}",
             f"{r['index']['kind']} project={r['index'].get('project')}",
             f"{r['accuracy']:.2f} %",
@@ -92,7 +94,8 @@ def render(result: dict) -> str:
                 [
                     "database",
                     "datasets",
-                    "rows in the space",
+                    "rows at stage first",
+                    "rows in a's index",
                     "index",
                     "accuracy",
                     "query ms (cold)",

@@ -52,6 +52,19 @@ def stored_spaces(conn: psycopg.Connection, stages: Iterable[Stage] | None = Non
     ]
 
 
+def stored_space_datasets(conn: psycopg.Connection, stages: Iterable[Stage] | None = None) -> list[tuple[Space, int]]:
+    """Every (space, dataset id) holding rows, the unit an ANN index covers: `stored_spaces`' order,
+    then by dataset id; the space's `rows` are the dataset's."""
+    rows: dict[int, list[tuple[int, int]]] = {}
+    for space_id, dataset, n in conn.execute(queries.STORED_SPACE_DATASETS).fetchall():
+        rows.setdefault(space_id, []).append((dataset, int(n)))
+    return [
+        (dataclasses.replace(sp, rows=n), dataset)
+        for sp in stored_spaces(conn, stages)
+        for dataset, n in rows.get(sp.id, [])
+    ]
+
+
 def space_identity(stage: Stage, encoder: Encoder | None) -> tuple[str, str]:
     if not stage.uses_clip:
         return PIXELS_MODEL, PIXELS_WEIGHTS

@@ -42,10 +42,10 @@ def start(session: Session, workers: int = nodes.DEFAULT_WORKERS) -> NodesStatus
         if "placed" in placed:
             # rows that were already stored moved to the workers; their indexes are rebuilt per
             # shard (ivfflat lists follow the rows per shard)
-            for space in catalog.stored_spaces(conn):
-                current = indexes.info(conn, space)
+            for space, dataset in catalog.stored_space_datasets(conn):
+                current = indexes.info(conn, space, dataset)
                 if current.rows and current.exists:
-                    indexes.refresh(conn, space)
+                    indexes.refresh(conn, space, dataset)
     session.forget()
     return status(session)
 

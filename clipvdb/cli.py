@@ -488,7 +488,8 @@ def cluster_options(f):
 
 
 def index_options(f):
-    """--kind, --project, --lists, --m, --ef-construction, --metric: one `options` (options.IndexOptions)."""
+    """--kind, --project, --lists, --m, --ef-construction, --metric, --dataset: one `options`
+    (options.IndexOptions)."""
     return _gathered(
         "options",
         IndexOptions,
@@ -515,6 +516,7 @@ def index_options(f):
                 f"{config.PROJECTED_EF_CONSTRUCTION}).",
             ),
             _metric_option(),
+            dataset_option("every dataset", "Rebuild this dataset's indexes only"),
         ],
     )(f)
 
@@ -1014,23 +1016,27 @@ def _report_ingest(result) -> None:
 def index(state: State, stage, options: IndexOptions, as_json) -> None:
     """Rebuild the ANN indexes of STAGE by hand (ingest keeps the kind chosen here).
 
-    Each model's vectors at a stage are an embedding space with an index of its own ('clipvdb
-    models' lists them); every space stored at STAGE is rebuilt. Without --kind, the stage's
-    default. With --project D the index holds each vector's D principal components, and a query
-    re-ranks its candidates by the exact distance on the full vector.
+    Each model's vectors at a stage are an embedding space, and each dataset's rows of a space
+    have an index of their own ('clipvdb models' lists them); every one stored at STAGE is rebuilt
+    (with --dataset, that dataset's). Without --kind, the stage's default. With --project D the
+    index holds each vector's D principal components, and a query re-ranks its candidates by the
+    exact distance on the full vector.
 
     \b
     Example:
       clipvdb index --stage first
       clipvdb index --stage first --kind hnsw --project 128 --m 16 --ef-construction 64
-      clipvdb index --stage second --kind ivfflat --lists 100
+      clipvdb index --stage second --kind ivfflat --lists 100 --dataset cifar10
     """
     infos = state.store.index(_stages(stage), options)
-    out = [i.__dict__ for i in infos]
+    names = {d.id: d.name for d in state.store.datasets()}
+    out = [{**i.__dict__, "dataset": names.get(i.dataset, i.dataset)} for i in infos]
     if as_json:
         _print_json(out)
     else:
-        print_table("indexes", out, ["stage", "model", "kind", "params", "rows", "size_bytes", "build_seconds"])
+        print_table(
+            "indexes", out, ["stage", "model", "dataset", "kind", "params", "rows", "size_bytes", "build_seconds"]
+        )
 
 
 @cli.command()
@@ -1053,7 +1059,7 @@ def models(state: State, as_json) -> None:
         return
     for sp in spaces:
         sp["index"] = sp["kind"] + ("" if sp["exists"] else " (not built)")
-    print_table("models", spaces, ["model", "weights", "stage", "dim", "rows", "index", "size_bytes"])
+    print_table("models", spaces, ["model", "weights", "stage", "dim", "dataset", "rows", "index", "size_bytes"])
 
 
 # ---------------------------------------------------------------- the stored data: datasets, delete, relabel

@@ -152,6 +152,8 @@ class Editor:
                     self._delete_images(conn, ids)
                     conn.execute(queries.DELETE_CLASSES_OF_DATASET, (ds,))
                     conn.execute(queries.DELETE_DATASET, (ds,))
+                    # last: a DROP INDEX locks its table against every search until the commit
+                    indexes.drop_of_dataset(conn, ds)
                 conn.commit()
                 edit.vacuumed, edit.vacuum_s, edit.not_vacuumed = _vacuum(conn, list(edit.vectors), vacuum)
         self.session.forget()
@@ -360,10 +362,11 @@ def _vacuum(conn: psycopg.Connection, stages: list[str], wanted: bool) -> tuple[
 def _indexes_due(conn: psycopg.Connection, stages: list[str]) -> list[str]:
     """The indexes at `stages` that the rows stored now leave due for a rebuild, a line each."""
     out = []
-    for space in catalog.stored_spaces(conn, [STAGES[s] for s in stages]):
-        due = indexes.info(conn, space).due()
+    names: dict[int, str] = dict(conn.execute(queries.DATASETS).fetchall())
+    for space, dataset in catalog.stored_space_datasets(conn, [STAGES[s] for s in stages]):
+        due = indexes.info(conn, space, dataset).due()
         if due is not None:
-            out.append(f"the index of {space.label}: {due}")
+            out.append(f"the index of {space.label} in {names[dataset]!r}: {due}")
     conn.rollback()
     return out
 

@@ -1,9 +1,11 @@
-"""Approximate-nearest-neighbor indexes per embedding space: ivfflat, hnsw, or none.
+"""Approximate-nearest-neighbor indexes per embedding space and dataset: ivfflat, hnsw, or none.
 
-Each space (a model's vectors at one stage, catalog.Space) has its own index over its own rows of
-the stage table: a partial index on the embedding column cast to the space's width (halfvec), or,
-with `project`, on a PCA projection of it in projections_<stage> (projection.py), queried with an
-exact re-rank. The DDL is composed by queries.create_index, which experiments use too.
+Each space (a model's vectors at one stage, catalog.Space) has an index per dataset over that
+dataset's rows of the stage table: a partial index on the embedding column cast to the space's width
+(halfvec), or, with `project`, on a PCA projection of it in projections_<stage> (projection.py),
+queried with an exact re-rank. A search in one dataset so reads an index of that dataset's rows
+alone, sized for them, as if the database held nothing else. The DDL is composed by
+queries.create_index, which experiments use too.
 """
 
 from __future__ import annotations
@@ -63,15 +65,23 @@ def default_index(stage: Stage, rows: int = 0, shards: int = 1) -> tuple[str, di
     return "ivfflat", {}
 
 
-def stored_default(conn: psycopg.Connection, space: Space) -> tuple[str, dict]:
-    """default_index for what the space stores now."""
-    return default_index(space.stage, stored_rows(conn, space), db.shard_count(conn, space.stage.table))
+def stored_default(conn: psycopg.Connection, space: Space, dataset: int) -> tuple[str, dict]:
+    """default_index for what the space stores in the dataset now."""
+    return default_index(space.stage, stored_rows(conn, space, dataset), db.shard_count(conn, space.stage.table))
 
 
-def drop(conn: psycopg.Connection, space: Space) -> None:
-    """Drop the space's ANN index, full-width or projected (a large load goes faster without)."""
-    conn.execute(queries.drop_index(queries.index_name(space.stage, space.id)))
-    conn.execute(queries.drop_index(queries.index_name(space.stage, space.id, projected=True)))
+def drop(conn: psycopg.Connection, space: Space, dataset: int) -> None:
+    """Drop the ANN index of the space's rows of the dataset, full-width or projected (a large load
+    goes faster without)."""
+    conn.execute(queries.drop_index(queries.index_name(space.stage, space.id, dataset)))
+    conn.execute(queries.drop_index(queries.index_name(space.stage, space.id, dataset, projected=True)))
+
+
+def drop_of_dataset(conn: psycopg.Connection, dataset: int) -> None:
+    """Drop every ANN index over the dataset's rows, and their records (a dataset dropped)."""
+    for (name,) in conn.execute(queries.INDEXES_OF_DATASET, (str(int(dataset)),)).fetchall():
+        conn.execute(queries.drop_index(name))
+    conn.execute(queries.DELETE_SPACE_INDEXES_OF_DATASET, (dataset,))
 
 
 # Above this many rows per index, a projected index's lists grow as sqrt(rows) and its probes stay
@@ -177,6 +187,7 @@ class IndexInfo:
     space: int = 0
     model: str = ""
     built_rows: int | None = None  # the rows it was built on (its lists or projection fitted to)
+    dataset: int = 0
 
     def due(self, rows: int | None = None) -> str | None:
         """Why the index is due for a rebuild when `rows` (default: the rows stored now) are stored,
@@ -198,14 +209,16 @@ def lock_key(stage: str, model: str, weights: str) -> int:
 
 
 def lock_space_index(conn: psycopg.Connection, space: Space) -> None:
-    """Serialise index maintenance on a space across sessions. Starts a fresh transaction first:
-    two sessions that each read the table and then drop its index would otherwise deadlock."""
+    """Serialise index maintenance on a space across sessions (every dataset's: a projection is
+    rewritten table by table). Starts a fresh transaction first: two sessions that each read the
+    table and then drop its index would otherwise deadlock."""
     conn.commit()
     conn.execute(queries.ADVISORY_XACT_LOCK, (lock_key(space.stage.name, space.model, space.weights),))
 
 
-def stored_rows(conn: psycopg.Connection, space: Space) -> int:
-    row = conn.execute(queries.rows_of_space(space.stage), (space.id,)).fetchone()
+def stored_rows(conn: psycopg.Connection, space: Space, dataset: int) -> int:
+    """The space's rows of the dataset, every split: what its index covers."""
+    row = conn.execute(queries.rows_of_space_in(space.stage), (space.id, dataset)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -214,12 +227,19 @@ SPEC_KEYS = ("lists", "m", "ef_construction", "metric", "project", "ef_search")
 
 
 def build(
-    conn: psycopg.Connection, space: Space, kind: str = "ivfflat", spec: dict | None = None, *, by_default: bool = False
+    conn: psycopg.Connection,
+    space: Space,
+    dataset: int,
+    kind: str = "ivfflat",
+    spec: dict | None = None,
+    *,
+    by_default: bool = False,
 ) -> IndexInfo:
-    """(Re)build the space's index and record the choice. `spec` (SPEC_KEYS, each optional): lists,
-    m, ef_construction, metric, ef_search (an hnsw's default), project (refit the projection and
-    index that instead of the full vectors). Commits. The recorded params add each phase's seconds,
-    and `default` when the size rule chose (a later rebuild chooses again for the rows it finds)."""
+    """(Re)build the index of the space's rows of the dataset and record the choice. `spec`
+    (SPEC_KEYS, each optional): lists, m, ef_construction, metric, ef_search (an hnsw's default),
+    project (refit the projection and index that instead of the full vectors). Commits. The
+    recorded params add each phase's seconds, and `default` when the size rule chose (a later
+    rebuild chooses again for the rows it finds)."""
     spec = spec or {}
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
@@ -240,17 +260,17 @@ def build(
         raise UsageError(f"--ef-construction must be at least 2 x --m ({2 * m}); got {ef_construction}")
     stage = space.stage
     lock_space_index(conn, space)
-    rows = stored_rows(conn, space)
+    rows = stored_rows(conn, space, dataset)
     params: dict = {"metric": metric}
     if by_default:
         params["default"] = True
     start = time.perf_counter()
-    drop(conn, space)
+    drop(conn, space, dataset)
     if project:
         t0 = time.perf_counter()
-        proj = projection.fit(conn, space, project)
+        proj = projection.fit(conn, space, dataset, project)
         t1 = time.perf_counter()
-        mapped = projection.save(conn, space, proj)
+        mapped = projection.save(conn, space, dataset, proj)
         t2 = time.perf_counter()
         params.update(
             project=proj.dims,
@@ -261,10 +281,10 @@ def build(
         table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
         dim, column_type = proj.dims, queries.PROJECTION_TYPE
     else:
-        projection.remove(conn, space)
+        projection.remove(conn, space, dataset)
         table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)
         dim, column_type = stage.dim, stage.column_type
-    name = queries.index_name(stage, space.id, projected=bool(project))
+    name = queries.index_name(stage, space.id, dataset, projected=bool(project))
     shards = db.shard_count(conn, table)
     if shards > 1:
         params["shards"] = shards  # on Citus every shard has its own index over its own rows
@@ -288,21 +308,24 @@ def build(
         db.set_local(conn, session, distributed=shards > 1)
         typed = f"{column_type}({dim})"
         width = dim if project else None
-        conn.execute(queries.create_index(name, table, column, kind, opclass, params, (space.id, typed), width))
+        conn.execute(
+            queries.create_index(name, table, column, kind, opclass, params, (space.id, dataset, typed), width)
+        )
         params["index_s"] = round(time.perf_counter() - t0, 3)
     seconds = time.perf_counter() - start
-    conn.execute(queries.SAVE_SPACE_INDEX, (space.id, kind, json.dumps(params), rows, seconds))
+    conn.execute(queries.SAVE_SPACE_INDEX, (space.id, dataset, kind, json.dumps(params), rows, seconds))
     conn.commit()
     if kind != "none":
         conn.execute(queries.analyze(table))
         conn.commit()
-    return info(conn, space)
+    return info(conn, space, dataset)
 
 
-def info(conn: psycopg.Connection, space: Space) -> IndexInfo:
+def info(conn: psycopg.Connection, space: Space, dataset: int) -> IndexInfo:
+    """The index of the space's rows of the dataset: recorded, or what the size rule would build."""
     stage = space.stage
-    row = conn.execute(queries.LOAD_SPACE_INDEX, (space.id,)).fetchone()
-    rows = stored_rows(conn, space)
+    row = conn.execute(queries.LOAD_SPACE_INDEX, (space.id, dataset)).fetchone()
+    rows = stored_rows(conn, space, dataset)
     built = None
     if row:
         kind, params, seconds, built = row
@@ -310,26 +333,32 @@ def info(conn: psycopg.Connection, space: Space) -> IndexInfo:
         kind, params = default_index(stage, rows, db.shard_count(conn, stage.table))
         params, seconds = {**params, "default": True}, None
     params = params or {}
-    name = queries.index_name(stage, space.id, projected=bool(params.get("project")))
+    name = queries.index_name(stage, space.id, dataset, projected=bool(params.get("project")))
     found = conn.execute(queries.INDEX_SIZE, (name, name)).fetchone()
     exists, size = found if found else (False, 0)
-    return IndexInfo(stage.name, kind, params, rows, bool(exists), size or 0, seconds, space.id, space.model, built)
+    return IndexInfo(
+        stage.name, kind, params, rows, bool(exists), size or 0, seconds, space.id, space.model, built, dataset
+    )
 
 
-def build_default(conn: psycopg.Connection, space: Space) -> IndexInfo:
+def build_default(conn: psycopg.Connection, space: Space, dataset: int) -> IndexInfo:
     """Build what the size rule chooses for the rows stored now, and record it as the default."""
-    kind, params = stored_default(conn, space)
-    return build(conn, space, kind, params, by_default=True)
+    kind, params = stored_default(conn, space, dataset)
+    return build(conn, space, dataset, kind, params, by_default=True)
 
 
-def refresh(conn: psycopg.Connection, space: Space) -> IndexInfo:
+def refresh(conn: psycopg.Connection, space: Space, dataset: int) -> IndexInfo:
     """After a load: rebuild with the recorded kind and parameters (lists re-derived from rows, the
     projection refitted), or, where the size rule chose, with what it chooses now."""
-    current = info(conn, space)
+    current = info(conn, space, dataset)
     params = dict(current.params)
     if params.get("default"):
-        return build_default(conn, space)
+        return build_default(conn, space, dataset)
     chosen_at_build = ("lists", "ef_search") if "distinct_rows" in params else ("lists",)
     return build(
-        conn, space, current.kind, {k: params[k] for k in SPEC_KEYS if k not in chosen_at_build and k in params}
+        conn,
+        space,
+        dataset,
+        current.kind,
+        {k: params[k] for k in SPEC_KEYS if k not in chosen_at_build and k in params},
     )

@@ -84,19 +84,19 @@ def store_vectors(
 BULK_LOAD_ROWS = 1000
 
 
-def _drop_index_for_bulk_load(conn: psycopg.Connection, space: Space, adding: int) -> bool:
+def _drop_index_for_bulk_load(conn: psycopg.Connection, space: Space, dataset: int, adding: int) -> bool:
     """A large load goes faster without the ANN index (ingest rebuilds it afterwards, refitting a
     projection, choosing the default kind again for the new size); so does an index the stored rows
-    have outgrown (or shrunk from) since it was built (indexes.IndexInfo.due). Returns whether it
-    was dropped."""
+    have outgrown (or shrunk from) since it was built (indexes.IndexInfo.due). The index of the
+    space's rows of `dataset`, which the load adds to. Returns whether it was dropped."""
     indexes.lock_space_index(conn, space)
-    current = indexes.info(conn, space)
+    current = indexes.info(conn, space, dataset)
     rows = current.rows
     dropped = (adding >= BULK_LOAD_ROWS and adding >= rows // 5) or (
         current.exists and current.due(rows + adding) is not None
     )
     if dropped:
-        indexes.drop(conn, space)
+        indexes.drop(conn, space, dataset)
     conn.commit()
     return dropped
 
@@ -168,12 +168,12 @@ def _ingest(
         result.failed.append((key, reason))
     # rows added while a projected index stands get their projection at once; after a drop the
     # rebuild at the end refits and writes them all
-    projections = {s.name: projection.load(conn, spaces[s.name]) for s in stages}
+    projections = {s.name: projection.load(conn, spaces[s.name], dataset) for s in stages}
     maps = {s.name: learned.load(conn, spaces[s.name]) for s in stages}  # learned maps stay current for new rows
     dropped: set[str] = set()
     if build_index:
         for s in stages:
-            if _drop_index_for_bulk_load(conn, spaces[s.name], len(todo)):
+            if _drop_index_for_bulk_load(conn, spaces[s.name], dataset, len(todo)):
                 projections[s.name] = None
                 dropped.add(s.name)
     if todo:  # before the first batch: a run evaluated while this ingest stores is not current
@@ -224,8 +224,8 @@ def _ingest(
         for s in stages:
             # A standing index took the new rows itself (and their projections went in with them):
             # rebuild only what this load dropped, or what is missing.
-            if s.name in dropped or not indexes.info(conn, spaces[s.name]).exists:
-                info = indexes.refresh(conn, spaces[s.name])
+            if s.name in dropped or not indexes.info(conn, spaces[s.name], dataset).exists:
+                info = indexes.refresh(conn, spaces[s.name], dataset)
                 result.index[s.name] = {"kind": info.kind, **info.params}
     result.seconds = time.perf_counter() - start
     return result
@@ -276,10 +276,10 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
         ids.update(catalog.upsert_images(conn, dataset, options.split, part))
         conn.commit()
     # a standing projection takes the new rows at once; a rebuilt index refits it
-    proj, lmap = (None if build_index else projection.load(conn, space)), learned.load(conn, space)
+    proj, lmap = (None if build_index else projection.load(conn, space, dataset)), learned.load(conn, space)
     if build_index:
         indexes.lock_space_index(conn, space)
-        indexes.drop(conn, space)
+        indexes.drop(conn, space, dataset)
         conn.commit()
     catalog.mark_changed(conn, dataset)
     conn.commit()
@@ -295,5 +295,5 @@ def _load_vectors(conn, source: Source, stage: Stage, encoder, rows_of, options:
     conn.commit()
     info = None
     if build_index:
-        info = indexes.build(conn, space, *index) if index else indexes.build_default(conn, space)
+        info = indexes.build(conn, space, dataset, *index) if index else indexes.build_default(conn, space, dataset)
     return LoadResult(ids, added, load_s, info)

@@ -163,8 +163,8 @@ class KnnSearcher:
                 "stage": stage.name,
                 "dataset": dataset,
                 "split": split,
-                "full_index": queries.index_name(stage, ""),
-                "proj_index": queries.index_name(stage, "", projected=True),
+                "full_index": queries.index_name(stage, "", ""),
+                "proj_index": queries.index_name(stage, "", "", projected=True),
             },
         ).fetchone()
         assert row is not None
@@ -192,7 +192,7 @@ class KnnSearcher:
                     f"run 'clipvdb index --stage {stage.name}' to rebuild the index"
                 )
             else:
-                self.projection = projection.load(conn, space)
+                self.projection = projection.load(conn, space, dataset)
         projected_dim = self.projection.dims if self.projection is not None else None
         if self.distributed:
             self._set_up_shards(conn, projected_dim=projected_dim)

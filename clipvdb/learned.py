@@ -160,7 +160,7 @@ def save(conn: psycopg.Connection, space: Space, lmap: LearnedMap) -> int:
             "ivfflat",
             "vector_l2_ops",
             {"lists": lists},
-            (space.id, f"vector({lmap.dims})"),
+            (space.id, None, f"vector({lmap.dims})"),
             lmap.dims,
         )
     )

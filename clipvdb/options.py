@@ -215,6 +215,7 @@ class IndexOptions:
     m: int | None = None  # hnsw m
     ef_construction: int | None = None  # hnsw ef_construction
     metric: str = "l2"  # l2, cosine or ip
+    dataset: str | None = None  # rebuild this dataset's indexes only (default: every dataset's)
 
     def given(self) -> dict:
         """The parameters given here, by name (the rest stay the rule's)."""

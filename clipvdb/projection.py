@@ -32,20 +32,21 @@ class Projection(LinearMap):
     variance_kept: float
 
 
-def fit(conn: psycopg.Connection, space: Space, dim: int, *, max_rows: int = FIT_ROWS) -> Projection:
-    """Principal components of the space's stored vectors (a repeatable sample above `max_rows`)."""
+def fit(conn: psycopg.Connection, space: Space, dataset: int, dim: int, *, max_rows: int = FIT_ROWS) -> Projection:
+    """Principal components of the space's vectors stored in the dataset (a repeatable sample above
+    `max_rows`)."""
     stage = space.stage
     limit = min(stage.dim, MAX_VECTOR_INDEX_DIM)
     if not 1 <= dim <= limit:
         raise UsageError(f"--project must be between 1 and {limit} for stage {stage.name}; got {dim}")
-    stored = db.scalar(conn, queries.rows_of_space(stage), (space.id,))
+    stored = db.scalar(conn, queries.rows_of_space_in(stage), (space.id, dataset))
     if stored == 0:
         raise EmptyStageError(f"stage {stage.name} has no rows to fit a projection to; run 'clipvdb ingest' first")
     percent = None if stored <= max_rows else 100.0 * max_rows / stored
     # binary: parsing the text form of 20,000 wide vectors takes the client longer than the fit
     rows = (
         db.numpy_vectors(conn.cursor(binary=True))
-        .execute(queries.sample_embeddings(stage, percent), {"space": space.id})
+        .execute(queries.sample_embeddings(stage, percent), {"space": space.id, "dataset": dataset})
         .fetchall()
     )
     X = np.stack([r[0] for r in rows])
@@ -91,14 +92,15 @@ def top_eigenvectors(gram: np.ndarray, dim: int, *, iterations: int = 8) -> tupl
     return values[::-1], (q @ small)[:, ::-1].T
 
 
-def save(conn: psycopg.Connection, space: Space, proj: Projection) -> storage.Mapped:
-    """Store the basis and (re)write the projection of every stored row: the rows written and the
-    distinct vectors among them.
+def save(conn: psycopg.Connection, space: Space, dataset: int, proj: Projection) -> storage.Mapped:
+    """Store the basis and (re)write the projection of every row of the space in the dataset: the
+    rows written and the distinct vectors among them.
     The caller (indexes.build) has dropped the projected index."""
     conn.execute(
         queries.SAVE_PROJECTION,
         (
             space.id,
+            dataset,
             proj.dims,
             packed(proj.mean),
             packed(proj.matrix),
@@ -107,25 +109,31 @@ def save(conn: psycopg.Connection, space: Space, proj: Projection) -> storage.Ma
         ),
     )
     stage = space.stage
-    written = storage.map_all(conn, space, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE)
+    written = storage.map_all(
+        conn, space, proj.apply, stage.projection_table, "proj", queries.PROJECTION_TYPE, dataset=dataset
+    )
     db.recount(conn, stage.name)
     return written
 
 
-def load(conn: psycopg.Connection, space: Space) -> Projection | None:
+def load(conn: psycopg.Connection, space: Space, dataset: int) -> Projection | None:
+    """The basis of the projected index of the space's rows of the dataset, if it has one."""
     stage = space.stage
-    row = conn.execute(queries.LOAD_PROJECTION, (space.id,)).fetchone()
+    row = conn.execute(queries.LOAD_PROJECTION, (space.id, dataset)).fetchone()
     if row is None:
         return None
     dims, mean, matrix, fitted, kept = row
     return Projection(stage.name, unpacked(mean, stage.dim), unpacked(matrix, dims, stage.dim), fitted, kept)
 
 
-def remove(conn: psycopg.Connection, space: Space) -> None:
-    """Forget the space's projection (a full-width index replaces it; indexes.build has dropped the
-    projected index)."""
-    conn.execute(queries.delete_space_rows(space.stage.projection_table), {"space": space.id})
-    conn.execute(queries.DELETE_PROJECTION, (space.id,))
+def remove(conn: psycopg.Connection, space: Space, dataset: int) -> None:
+    """Forget the projection of the space's rows of the dataset (a full-width index replaces it;
+    indexes.build has dropped the projected index)."""
+    conn.execute(
+        queries.delete_space_rows(space.stage.projection_table, by_dataset=True),
+        {"space": space.id, "dataset": dataset},
+    )
+    conn.execute(queries.DELETE_PROJECTION, (space.id, dataset))
     db.recount(conn, space.stage.name)
 
 

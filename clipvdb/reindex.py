@@ -11,24 +11,28 @@ from .stages import Stage
 
 
 def reindex(session: Session, stages: list[Stage], options: IndexOptions) -> list[IndexInfo]:
-    """(Re)build the ANN index of each embedding space stored at the stages (`clipvdb index`; each
-    model's vectors at a stage are a space of their own): without a kind or a parameter, what the
-    stage's size rule chooses, recorded as the default so that a later load chooses again for its
-    size; else the kind given (or the recorded default's) with the parameters given in place of the
-    rule's."""
+    """(Re)build the ANN index of each embedding space stored at the stages, over each dataset's rows
+    (`clipvdb index`; each model's vectors at a stage are a space of their own, and each dataset's
+    rows of a space have an index of their own; `options.dataset`: that dataset's alone): without a
+    kind or a parameter, what the stage's size rule chooses, recorded as the default so that a later
+    load chooses again for its size; else the kind given (or the recorded default's) with the
+    parameters given in place of the rule's."""
     options.check()
     given = options.given()
     out = []
     try:
         with session.connection() as conn:
-            for s in catalog.stored_spaces(conn, stages):
-                if options.kind is None and options.metric == "l2" and not given:
-                    out.append(indexes.build_default(conn, s))
+            only = catalog.dataset_id(conn, options.dataset) if options.dataset else None
+            for s, dataset in catalog.stored_space_datasets(conn, stages):
+                if only is not None and dataset != only:
                     continue
-                kind, defaults = (options.kind, {}) if options.kind else indexes.stored_default(conn, s)
+                if options.kind is None and options.metric == "l2" and not given:
+                    out.append(indexes.build_default(conn, s, dataset))
+                    continue
+                kind, defaults = (options.kind, {}) if options.kind else indexes.stored_default(conn, s, dataset)
                 params = {**defaults, **given}
                 params["project"] = params.get("project") or None
-                out.append(indexes.build(conn, s, kind, {**params, "metric": options.metric}))
+                out.append(indexes.build(conn, s, dataset, kind, {**params, "metric": options.metric}))
     finally:
         session.forget()
     return out

@@ -188,7 +188,8 @@ class StageIndex(Record):
 
 @dataclass
 class SpaceIndex(Record):
-    """A stored embedding space and its index as `db status` and `clipvdb models` show them."""
+    """A stored embedding space's rows of one dataset and their index, as `db status` and `clipvdb
+    models` show them (each dataset's rows of a space have an index of their own)."""
 
     space: int
     model: str
@@ -201,6 +202,7 @@ class SpaceIndex(Record):
     exists: bool
     size_bytes: int
     why: str
+    dataset: str = ""
 
 
 @dataclass
@@ -334,10 +336,11 @@ def status(session: Session) -> Status:
 
 
 def spaces(conn: psycopg.Connection) -> list[SpaceIndex]:
-    """Every embedding space holding rows, in stage order, with its index and why."""
+    """Every embedding space holding rows, in stage order, per dataset with its index and why."""
     out = []
-    for sp in catalog.stored_spaces(conn):
-        idx = indexes.info(conn, sp)
+    names: dict[int, str] = dict(conn.execute(queries.DATASETS).fetchall())
+    for sp, dataset in catalog.stored_space_datasets(conn):
+        idx = indexes.info(conn, sp, dataset)
         why = indexes.explain(idx.kind, idx.params, idx.rows)
         if (due := idx.due()) is not None:
             why += f"; due for a rebuild: {due}"
@@ -354,6 +357,7 @@ def spaces(conn: psycopg.Connection) -> list[SpaceIndex]:
                 idx.exists,
                 idx.size_bytes,
                 why,
+                names.get(dataset, ""),
             )
         )
     return out
@@ -365,12 +369,12 @@ def data_overview(conn: psycopg.Connection) -> DataOverview:
     datasets = rows(conn, queries.WEB_DATASETS, kind=DatasetSplit)
     stage_rows = rows(conn, queries.WEB_STAGE_ROWS, kind=SpaceRows)
     stages = []
-    stored = catalog.stored_spaces(conn)
+    stored = catalog.stored_space_datasets(conn)
     for name in catalog.stages_with_rows(conn):
         stage = STAGES[name]
-        largest = max((sp for sp in stored if sp.stage.name == name), key=lambda sp: sp.rows)
-        info = indexes.info(conn, largest)
-        n = sum(sp.rows for sp in stored if sp.stage.name == name)
+        largest, dataset = max(((sp, d) for sp, d in stored if sp.stage.name == name), key=lambda x: x[0].rows)
+        info = indexes.info(conn, largest, dataset)
+        n = sum(sp.rows for sp, _ in stored if sp.stage.name == name)
         size = int(db.scalar(conn, queries.TOTAL_RELATION_SIZE, (stage.table,)) or 0)
         stages.append(StageSize(name, stage.table, n, size, size / n if n else None, info))
     listed = spaces(conn)

@@ -120,14 +120,19 @@ def map_all(
     table: str,
     column: str,
     column_type: str = "vector",
+    *,
+    dataset: int | None = None,
 ) -> Mapped:
-    """Every stored embedding of the space, mapped by `apply`, into `table`.`column` (a projected
-    index's or a learned map's table) in place of the space's rows there, streamed in batches."""
+    """Every stored embedding of the space (of one dataset, with `dataset`: a projected index's),
+    mapped by `apply`, into `table`.`column` (a projected index's or a learned map's table) in place
+    of those rows there, streamed in batches."""
     written = 0
     seen: set[int] = set()
-    conn.execute(queries.delete_space_rows(table), {"space": space.id})
+    by_dataset = dataset is not None
+    params = {"space": space.id, "dataset": dataset}
+    conn.execute(queries.delete_space_rows(table, by_dataset=by_dataset), params)
     with db.numpy_vectors(conn.cursor(name=f"clipvdb_map_{table}", binary=True)) as rows:
-        rows.execute(queries.all_embeddings(space.stage), {"space": space.id})
+        rows.execute(queries.all_embeddings(space.stage, by_dataset=by_dataset), params)
         while batch := rows.fetchmany(MAP_BATCH):
             stored = np.stack([r[4] for r in batch])
             seen.update(hash(v.tobytes()) for v in stored)

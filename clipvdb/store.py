@@ -238,14 +238,16 @@ class Store:
 
     def index(self, stages: StagesArg, options: IndexOptions | None = None, **changes: Any) -> list[IndexInfo]:
         """(Re)build each stage's ANN index (reindex.py): `options` (or its fields as keywords: kind,
-        project, lists, m, ef_construction, metric) as `clipvdb index` takes them."""
+        project, lists, m, ef_construction, metric, dataset) as `clipvdb index` takes them."""
         options = gathered(options, IndexOptions, changes)
         return reindex.reindex(self.session, parse(stages), options)
 
-    def index_info(self, stage: str | Stage) -> IndexInfo:
-        """The index of the stage's space under this Store's model: kind, parameters, rows, size."""
+    def index_info(self, stage: str | Stage, dataset: str | None = None) -> IndexInfo:
+        """The index of the stage's space under this Store's model over the dataset's rows (default:
+        the only dataset): kind, parameters, rows, size."""
         with self.connection() as conn:
-            return indexes.info(conn, self.session.space(conn, self.session.one(stage, "index_info takes")))
+            space = self.session.space(conn, self.session.one(stage, "index_info takes"))
+            return indexes.info(conn, space, catalog.dataset_id(conn, dataset))
 
     # ------------------------------------------------------------ reports
 

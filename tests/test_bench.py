@@ -241,7 +241,8 @@ def test_the_datasets_bench_runs_end_to_end_on_a_small_set(syn_data, tmp_path):
 
     result = main(["--data", str(syn_data), "--out", str(tmp_path / "datasets.json")])
     alone, shared = result["alone"], result["shared"]
-    assert (alone["rows"], shared["rows"]) == (60, 120) and len(alone["found"]) == 20
+    assert (alone["stored"], shared["stored"]) == (60, 120) and len(alone["found"]) == 20
+    assert alone["rows"] == shared["rows"] == 60  # a's index holds a's rows alone
     text = render(result)
     assert "of 20 queries" in text and "Warm query ms of dataset a beside b over a alone" in text
 

@@ -248,7 +248,7 @@ def _insert_open(conn, space, rows: np.ndarray, prefix: str) -> list[int]:
     ids = [found[k[0]] for k in keys]
     slice_ = StageRows(FIRST, space.id, 1, "train")
     slice_.copy(conn, ids, rows)
-    projection.add(conn, slice_, projection.load(conn, space), ids, rows)
+    projection.add(conn, slice_, projection.load(conn, space, 1), ids, rows)
     return ids
 
 
@@ -278,7 +278,7 @@ def test_under_a_projected_hnsw_deletes_and_relabels_answer_exactly_with_inserts
     with db.connection(db_url) as conn:
         ids = load_vectors(conn, FIRST, X)
         space = space_at(conn, FIRST)
-        indexes.build(conn, space, "hnsw", {"project": 64})
+        indexes.build(conn, space, 1, "hnsw", {"project": 64})
     label = {i: j % 2 for j, i in enumerate(ids)}  # load_vectors: a, b by row
     gone = {int(i) for i in rng.choice(ids, 400, replace=False)}
     moved = [i for i in ids if i not in gone][:200]
@@ -338,7 +338,7 @@ def test_an_index_the_stored_rows_drifted_from_is_due_and_the_next_ingest_rebuil
     assert built() == 60
     gone = [f"data/train/{c}/*" for c in CLASSES[8:]]
     out = cli("delete", *gone).output
-    assert "the index of first: built on 60 rows, 48 stored (0.80x): the next ingest rebuilds it" in out
+    assert "the index of first in 'data': built on 60 rows, 48 stored (0.80x): the next ingest rebuilds it" in out
     status = json.loads(cli("db", "status", "--json").stdout)
     assert "due for a rebuild" in status["spaces"][0]["why"]
     for c in CLASSES[8:]:  # the files go too, so that the next ingest adds nothing back

@@ -65,13 +65,13 @@ def test_ideal_lists():
 def test_index_is_used_by_the_neighbor_query(conn, name):
     stage = STAGES[name]
     space = _fill(conn, stage)
-    info = indexes.build(conn, space_at(conn, stage), "ivfflat", {"lists": 4})
+    info = indexes.build(conn, space_at(conn, stage), 1, "ivfflat", {"lists": 4})
     assert info.exists and info.params["lists"] == 4
-    index = queries.index_name(stage, space)
+    index = queries.index_name(stage, space, 1)
     indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,)).fetchone()[0]
     # every stage is stored as halfvec; the index is the space's own: its width, its rows
     assert f"USING ivfflat (((embedding)::halfvec({stage.dim})) halfvec_l2_ops)" in indexdef, indexdef
-    assert indexdef.endswith(f"WHERE (space_id = {space})"), indexdef
+    assert indexdef.endswith(f"WHERE ((space_id = {space}) AND (dataset_id = 1))"), indexdef
     params = {
         "vectors": list(np.random.default_rng(1).random((2, stage.dim), dtype=np.float32)),
         "space": space,
@@ -102,20 +102,20 @@ def test_hnsw_and_none_are_recorded_and_kept_on_refresh(conn):
     stage = STAGES["second"]
     _fill(conn, stage, n=50)
     space = space_at(conn, stage)
-    info = indexes.build(conn, space, "hnsw", {"m": 8, "ef_construction": 32})
+    info = indexes.build(conn, space, 1, "hnsw", {"m": 8, "ef_construction": 32})
     assert info.kind == "hnsw" and info.exists and info.params["m"] == 8
-    again = indexes.refresh(conn, space)
+    again = indexes.refresh(conn, space, 1)
     assert again.kind == "hnsw" and again.params["ef_construction"] == 32
-    gone = indexes.build(conn, space, "none")
+    gone = indexes.build(conn, space, 1, "none")
     assert gone.kind == "none" and not gone.exists
-    assert indexes.refresh(conn, space).exists is False
+    assert indexes.refresh(conn, space, 1).exists is False
 
 
 def test_probes_reach_the_server(conn):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
     ids = load_vectors(conn, SECOND, X)
-    indexes.build(conn, space_at(conn, SECOND), "ivfflat", {"lists": 40})
+    indexes.build(conn, space_at(conn, SECOND), 1, "ivfflat", {"lists": 40})
     Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
     truth = exact_ids(X, Q, ids)
     one = nearest_ids(conn, SECOND, ("fake", "fake"), Q, SearchSettings(probes=1))
@@ -128,7 +128,7 @@ def test_ef_search_reaches_the_server(conn):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((2000, SECOND.dim)).astype(np.float32)
     ids = load_vectors(conn, SECOND, X)
-    indexes.build(conn, space_at(conn, SECOND), "hnsw", {"m": 4, "ef_construction": 8})
+    indexes.build(conn, space_at(conn, SECOND), 1, "hnsw", {"m": 4, "ef_construction": 8})
     Q = rng.standard_normal((40, SECOND.dim)).astype(np.float32)
     truth = exact_ids(X, Q, ids)
     recall = {

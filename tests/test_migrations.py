@@ -340,7 +340,7 @@ def test_0015_moves_a_one_encoder_database_into_spaces_with_nothing_lost(empty_d
     assert min(before.values()) > 0, before
     assert records["second"]["m"] == 4 and records["first"]["project"] == 64
 
-    db.upgrade(empty_db_url)
+    db.upgrade(empty_db_url, "0017")  # the Store below brings it to head
     with psycopg.connect(empty_db_url) as c:
         after = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COUNTED}
         for s, stored in vectors.items():
@@ -418,3 +418,96 @@ def test_0015_downgrade_refuses_a_stage_of_two_widths(db_url):
     with pytest.raises(Exception, match="stage second holds vectors of 2 widths"):
         db.downgrade(db_url, "0014")
     assert db.current_revision(db_url) == db.head_revision()
+
+
+# Two datasets in every space: a (20 training images of 10 classes) at every stage, evaluated on
+# 10 test images, b (8 training images) beside it; stage second indexed hnsw by hand, the others the
+# default (first: ivfflat over a 64-d projection); a PCA learned map and a k-means clustering at
+# stage first. Made by `clipvdb ingest`, `index`, `evaluate`, `learn` and `cluster fit` of revision
+# 0017's code on generated 32x32 images (tiny encoder).
+DUMP_0017 = Path(__file__).with_name("data") / "clipvdb-0017.sql.gz"
+
+
+def test_0018_gives_each_dataset_of_a_space_its_own_index_with_nothing_lost(empty_db_url):
+    _restore(empty_db_url, DUMP_0017)
+    assert db.current_revision(empty_db_url) == "0017"
+    counted = (*COUNTED, "cluster_centres_first", "space_projections", "learned_maps")
+
+    def counts(c) -> dict:
+        return {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in counted if t != "space_projections"}
+
+    with psycopg.connect(empty_db_url) as c:
+        before = counts(c)
+        records = {r[0]: r[1:] for r in c.execute("SELECT space_id, kind, params FROM space_indexes").fetchall()}
+        space = dict(c.execute("SELECT stage, id FROM embedding_spaces").fetchall())
+        basis = c.execute("SELECT components FROM space_projections WHERE space_id = %s", (space["first"],)).fetchone()
+        held = dict(c.execute("SELECT name, id FROM datasets").fetchall())
+        rows = dict(c.execute("SELECT dataset_id, count(*) FROM embeddings_second GROUP BY 1").fetchall())
+    assert sorted(held) == ["a", "b"] and rows == {held["a"]: 20, held["b"]: 8}, rows
+    assert records[space["second"]][0] == "hnsw" and records[space["first"]][1]["project"] == 64
+
+    db.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        assert counts(c) == before
+        kept = {(r[0], r[1]): r[2:] for r in c.execute("SELECT space_id, dataset_id, kind, params FROM space_indexes")}
+        names = {r[0]: r[1] for r in c.execute("SELECT indexname, indexdef FROM pg_indexes WHERE indexname ~ '_ann_'")}
+        bases = c.execute(
+            "SELECT dataset_id, components FROM space_projections WHERE space_id = %s", (space["first"],)
+        ).fetchall()
+    # one record and one index per space and dataset, with the space's kind and parameters
+    assert set(kept) == {(sp, ds) for sp in space.values() for ds in held.values()}, kept
+    for sp in space.values():
+        for ds in held.values():
+            kind, params = kept[(sp, ds)]
+            assert kind == records[sp][0]
+            assert {k: v for k, v in params.items() if k != "lists"} == {
+                k: v for k, v in records[sp][1].items() if k != "lists"
+            }
+            table = "projections_first" if sp == space["first"] else f"embeddings_{_stage_of(space, sp)}"
+            indexdef = names.pop(f"{table}_ann_{sp}_{ds}")
+            assert f"WHERE ((space_id = {sp}) AND (dataset_id = {ds})" in indexdef, indexdef
+    assert sorted(names) == [f"learned_first_ann_{space['first']}"], names  # the learned map's stays per space
+    assert sorted(b[0] for b in bases) == sorted(held.values()) and all(b[1] == basis[0] for b in bases)
+
+    # each dataset answers from its own rows, as an exact search over them does, reading its own index
+    store = Store(empty_db_url, model="tiny")
+    with store.connection() as conn:
+        register_vector(conn)
+        rng = np.random.default_rng(0)
+        for name in ("first", "second", "third"):
+            # every stored row of both datasets, moved a little: each dataset's own rows and the other's
+            stored = conn.execute(f"SELECT embedding FROM embeddings_{name} ORDER BY image_id").fetchall()
+            Q = np.stack([db.as_array(r[0]) for r in stored]).astype(np.float32)
+            Q += rng.standard_normal(Q.shape).astype(np.float32) * 0.01 * Q.std()
+            for ds_name, ds in held.items():
+                train = conn.execute(
+                    f"SELECT image_id, embedding FROM embeddings_{name} WHERE split = 'train' AND dataset_id = %s "
+                    "ORDER BY image_id",
+                    (ds,),
+                ).fetchall()
+                X = np.stack([db.as_array(r[1]) for r in train]).astype(np.float64)
+                truth = [train[j][0] for j in ((Q[:, None] - X[None]) ** 2).sum(-1).argmin(1)]
+                searcher = store.searcher(name, dataset=ds_name)
+                neighbors, _ = searcher.search(conn, Q)
+                conn.commit()
+                assert [n[0].image_id for n in neighbors] == truth, (name, ds_name)
+                assert searcher.index_exists, (name, ds_name)
+    store.close()
+
+    db.downgrade(empty_db_url, "0017")
+    with psycopg.connect(empty_db_url) as c:
+        back = counts(c)
+        one = dict(c.execute("SELECT space_id, kind FROM space_indexes").fetchall())
+        names = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE indexname ~ '_ann_'")}
+    # the first space's projections were made per dataset: they go, and its index with them
+    assert {t: n for t, n in back.items() if t != "projections_first"} == {
+        t: n for t, n in before.items() if t != "projections_first"
+    }
+    assert back["projections_first"] == 0 and one == {sp: records[sp][0] for sp in space.values()}
+    assert f"embeddings_second_ann_{space['second']}" in names and f"embeddings_first_ann_{space['first']}" in names
+    db.upgrade(empty_db_url)
+    assert db.current_revision(empty_db_url) == db.head_revision()
+
+
+def _stage_of(space: dict, sp: int) -> str:
+    return next(stage for stage, i in space.items() if i == sp)

@@ -48,7 +48,7 @@ def _neighbors(conn, Q, settings: SearchSettings) -> tuple[list[int], KnnSearche
 def test_fit_keeps_distances_of_low_rank_data_and_an_orthonormal_basis(conn):
     X = _low_rank(200, FIRST.dim, rank=12)
     _store(conn, X)
-    proj = projection.fit(conn, space_at(conn, FIRST), 16)
+    proj = projection.fit(conn, space_at(conn, FIRST), 1, 16)
     assert proj.matrix.shape == (16, FIRST.dim) and proj.fitted_rows == 200
     np.testing.assert_allclose(proj.matrix[:12] @ proj.matrix[:12].T, np.eye(12), atol=1e-4)
     assert proj.variance_kept == pytest.approx(1.0, abs=1e-3)
@@ -70,7 +70,7 @@ def test_fit_takes_the_strongest_components_first(conn):
     ids = catalog.upsert_images(conn, 1, "train", [(f"i{i}", 0, bytes(32)) for i in range(len(X))])
     StageRows(stage, space, 1, "train").copy(conn, [ids[f"i{i}"] for i in range(len(X))], X)
     conn.commit()
-    proj = projection.fit(conn, space_at(conn, stage), 4)  # more rows than dimensions: the covariance route
+    proj = projection.fit(conn, space_at(conn, stage), 1, 4)  # more rows than dimensions: the covariance route
     # the data's variance falls along the axes in order, so the components are the first axes
     assert np.abs(proj.matrix).argmax(axis=1).tolist() == [0, 1, 2, 3]
     assert 0.5 < proj.variance_kept < 0.65  # 0.81^k variances: the first four hold 57 %
@@ -81,13 +81,13 @@ def test_projected_index_finds_the_exact_neighbors_through_its_own_index(conn):
     ids = _store(conn, X)
     Q = _low_rank(25, FIRST.dim, rank=10, seed=0)[:25] + 0.001
     space = space_at(conn, FIRST)
-    info = indexes.build(conn, space, "hnsw", {"project": 16})
+    info = indexes.build(conn, space, 1, "hnsw", {"project": 16})
     assert info.exists and info.params["project"] == 16 and info.kind == "hnsw"
     assert conn.execute("SELECT count(*) FROM projections_first").fetchone()[0] == len(ids)
-    name = f"projections_first_ann_{space.id}"
+    name = f"projections_first_ann_{space.id}_1"
     indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (name,)).fetchone()
     assert indexdef and "hnsw (((proj)::halfvec(16)) halfvec_l2_ops)" in indexdef[0], indexdef
-    assert conn.execute("SELECT to_regclass(%s)", (f"embeddings_first_ann_{space.id}",)).fetchone()[0] is None
+    assert conn.execute("SELECT to_regclass(%s)", (f"embeddings_first_ann_{space.id}_1",)).fetchone()[0] is None
     exact, _ = _neighbors(conn, Q, SearchSettings(exact=True))
     got, searcher = _neighbors(conn, Q, SearchSettings())
     assert searcher.projection is not None and searcher.projection.dims == 16
@@ -114,8 +114,8 @@ def test_rows_added_later_are_projected_and_unprojected_rows_fall_back_to_full_v
 
     X = _low_rank(300, FIRST.dim, rank=10)
     _store(conn, X)
-    indexes.build(conn, space_at(conn, FIRST), "hnsw", {"project": 16})
-    proj = projection.load(conn, space_at(conn, FIRST))
+    indexes.build(conn, space_at(conn, FIRST), 1, "hnsw", {"project": 16})
+    proj = projection.load(conn, space_at(conn, FIRST), 1)
     # what ingest does for a small load beside a projected index
     extra = _low_rank(5, FIRST.dim, rank=10, seed=7)
     space = catalog.find_space(conn, FIRST, None)
@@ -156,7 +156,7 @@ def test_index_cli_builds_the_stage_default_and_project_0_removes_it(cli, conn):
 def test_project_wider_than_the_stage_is_refused(conn):
     _store(conn, _low_rank(20, FIRST.dim, rank=4))
     with pytest.raises(UsageError, match="between 1 and 2000"):
-        indexes.build(conn, space_at(conn, FIRST), "hnsw", {"project": 2500})
+        indexes.build(conn, space_at(conn, FIRST), 1, "hnsw", {"project": 2500})
 
 
 def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(conn):
@@ -165,7 +165,7 @@ def test_candidates_reach_the_server_and_exact_and_cosine_bypass_the_projection(
     X = rng.random((600, first.dim), dtype=np.float32)
     ids = load_vectors(conn, first, X)
     indexes.build(
-        conn, space_at(conn, first), "ivfflat", {"project": 4, "lists": 1}
+        conn, space_at(conn, first), 1, "ivfflat", {"project": 4, "lists": 1}
     )  # 4 of 3,072 dims: poor candidates
     Q = rng.random((30, first.dim), dtype=np.float32)
     X16 = X.astype(np.float16).astype(np.float64)

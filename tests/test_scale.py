@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,10 +117,10 @@ def test_the_projected_hnsw_widens_its_beam_by_the_rows_per_distinct_vector():
     assert indexes.projected_ef_search(0, 0) == base
 
 
-def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, monkeypatch, db_url):
+def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, monkeypatch, db_url, tmp_path):
     """A simulated large N: the hnsw threshold lowered to 40 rows. 30 stored images get the
     projected ivfflat, 60 the projected hnsw with its own ef_search (config.PROJECTED_EF_SEARCH on
-    distinct images; the same images stored again as a second dataset widen it); a kind chosen by
+    distinct images; a dataset holding each image twice widens its own); a kind chosen by
     hand stays until `clipvdb index` without --kind gives the choice back to the rule."""
     from clipvdb import Store, config, indexes, ingest
 
@@ -145,8 +146,14 @@ def test_a_growing_store_switches_to_hnsw_and_db_status_says_so(cli, syn_data, m
     rebuilt = json.loads(cli("index", "--stage", "first", "--json").stdout)[0]
     assert rebuilt["kind"] == "hnsw" and rebuilt["params"]["default"] is True
     assert "index: hnsw over a 64-d PCA projection" in cli("db", "status").stdout
-    # the same 60 images again: 120 rows, 60 distinct vectors, each copy a node of the graph
-    again = json.loads(cli("ingest", "--stage", "first", "--data", syn_data, "--dataset", "again", "--json").stdout)
+    # a dataset of the same 60 images, each stored twice: 120 rows, 60 distinct vectors, each copy a
+    # node of its graph
+    twice = tmp_path / "twice"
+    for f in (syn_data / "train").rglob("*.png"):
+        for name in (f.name, f"copy-{f.name}"):
+            (twice / "train" / f.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, twice / "train" / f.parent.name / name)
+    again = json.loads(cli("ingest", "--stage", "first", "--data", twice, "--dataset", "again", "--json").stdout)
     first = again["index"]["first"]
     assert first["distinct_rows"] == 60 and first["ef_search"] == indexes.projected_ef_search(120, 60) > ef, first
     assert "2.00 rows per distinct vector" in cli("db", "status").stdout

@@ -60,7 +60,7 @@ def test_hnsw_agrees_with_exact_after_delete_vacuum_reinsert(db_url):
             conn.commit()
 
         add(1, 600)
-        indexes.build(conn, catalog.Space(space, stage), "hnsw", {"m": 16, "ef_construction": 64})
+        indexes.build(conn, catalog.Space(space, stage), 1, "hnsw", {"m": 16, "ef_construction": 64})
         conn.execute("DELETE FROM images WHERE id % 2 = 0")
         conn.commit()
         conn.autocommit = True

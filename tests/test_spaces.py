@@ -62,11 +62,11 @@ def test_two_models_of_different_widths_share_a_stage_and_answer_as_they_do_alon
         assert own.kind == other.kind == "ivfflat" and own.exists and other.exists
         # the search reads its own space's index, never the other model's
         plan = _plan(shared, "second", test_images[0])
-        assert queries.index_name(shared.searcher("second").stage, own.space) in plan, plan
-        assert queries.index_name(shared.searcher("second").stage, other.space) not in plan, plan
+        assert queries.index_name(shared.searcher("second").stage, own.space, 1) in plan, plan
+        assert queries.index_name(shared.searcher("second").stage, other.space, 1) not in plan, plan
     with Store(db_url, encoder=wide) as other_store:
         plan = _plan(other_store, "second", test_images[0])
-        assert f"embeddings_second_ann_{other.space}" in plan and f"embeddings_second_ann_{own.space}" not in plan
+        assert f"embeddings_second_ann_{other.space}_1" in plan and f"embeddings_second_ann_{own.space}_1" not in plan
 
     listed = json.loads(cli("models", "--json").stdout)
     widths = sorted((m["stage"], m["dim"]) for m in listed)

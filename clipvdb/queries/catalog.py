@@ -36,11 +36,24 @@ def rows_of_space(stage: Stage) -> sql.Composed:
     ).format(sql.Literal(stage.name))
 
 
+def rows_of_space_in(stage: Stage) -> sql.Composed:
+    """Rows stored in one space (%s) of a stage and one dataset (%s), all splits: an index's rows."""
+    return sql.SQL(
+        "SELECT coalesce(sum(n_rows), 0)::bigint FROM stage_counts "
+        "WHERE stage = {} AND space_id = %s AND dataset_id = %s"
+    ).format(sql.Literal(stage.name))
+
+
 # every embedding space holding rows: (id, model, weights, stage, dim, rows), in stage order, then id
 STORED_SPACES = """SELECT s.id, s.model, s.weights, s.stage, s.dim, sum(c.n_rows)::bigint
     FROM embedding_spaces s JOIN stage_counts c ON c.space_id = s.id AND c.stage = s.stage
     GROUP BY s.id HAVING sum(c.n_rows) > 0
     ORDER BY array_position(ARRAY['first', 'second', 'third', 'origin'], s.stage), s.id"""
+
+
+# every (space, dataset) holding rows, the unit an ANN index covers: (space id, dataset id, rows)
+STORED_SPACE_DATASETS = """SELECT space_id, dataset_id, sum(n_rows)::bigint FROM stage_counts
+    GROUP BY space_id, dataset_id HAVING sum(n_rows) > 0 ORDER BY space_id, dataset_id"""
 
 
 def space_rows(stage: Stage) -> sql.Composed:

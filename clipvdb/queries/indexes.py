@@ -7,32 +7,43 @@ from psycopg import sql
 from ..stages import Stage
 from .search import METRIC_OPS, of_width
 
-SAVE_SPACE_INDEX = """INSERT INTO space_indexes (space_id, kind, params, built_rows, build_seconds, updated_at)
-    VALUES (%s, %s, %s, %s, %s, now())
-    ON CONFLICT (space_id) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
+# one record per (space, dataset): an index covers one space's rows of one dataset
+SAVE_SPACE_INDEX = """INSERT INTO space_indexes
+    (space_id, dataset_id, kind, params, built_rows, build_seconds, updated_at) VALUES (%s, %s, %s, %s, %s, %s, now())
+    ON CONFLICT (space_id, dataset_id) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
       built_rows = EXCLUDED.built_rows, build_seconds = EXCLUDED.build_seconds, updated_at = EXCLUDED.updated_at"""
-LOAD_SPACE_INDEX = "SELECT kind, params, build_seconds, built_rows FROM space_indexes WHERE space_id = %s"
+LOAD_SPACE_INDEX = (
+    "SELECT kind, params, build_seconds, built_rows FROM space_indexes WHERE space_id = %s AND dataset_id = %s"
+)
+DELETE_SPACE_INDEXES_OF_DATASET = "DELETE FROM space_indexes WHERE dataset_id = %s"
 INDEX_SIZE = "SELECT to_regclass(%s) IS NOT NULL, pg_relation_size(to_regclass(%s))"
+# the ANN indexes (by name) of one dataset (%s: the name's end, _<dataset id>) on any table
+INDEXES_OF_DATASET = """SELECT indexname FROM pg_indexes
+    WHERE schemaname = current_schema() AND indexname ~ ('_ann_[0-9]+_' || %s || '$')"""
 
 
-# A searcher's set-up in one statement: the space, the row counts, the recorded index, whether it
-# exists (`index_name`: the table's name, _ann_ and the space's id).
+# A searcher's set-up in one statement: the space, the row counts, the recorded index of the
+# space's rows of the dataset, whether it exists (`index_name`: the table's name, _ann_, the
+# space's id, _ and the dataset's).
 SEARCHER_SETUP = """
 WITH s AS (SELECT id FROM embedding_spaces WHERE model = %(model)s AND weights = %(weights)s AND stage = %(stage)s)
 SELECT s.id, coalesce(c.n_rows, 0), coalesce(c.n_projected, 0), x.kind, x.params,
-       to_regclass(%(full_index)s || s.id) IS NOT NULL, to_regclass(%(proj_index)s || s.id) IS NOT NULL,
+       to_regclass(%(full_index)s || s.id || '_' || %(dataset)s) IS NOT NULL,
+       to_regclass(%(proj_index)s || s.id || '_' || %(dataset)s) IS NOT NULL,
        clipvdb_distributed()
 FROM (SELECT 1) AS one
 LEFT JOIN s ON true
 LEFT JOIN stage_counts c
        ON c.stage = %(stage)s AND c.space_id = s.id AND c.dataset_id = %(dataset)s AND c.split = %(split)s
-LEFT JOIN space_indexes x ON x.space_id = s.id
+LEFT JOIN space_indexes x ON x.space_id = s.id AND x.dataset_id = %(dataset)s
 """
 
 
-def index_name(stage: Stage, space: int | str, projected: bool = False) -> str:
-    """A space's ANN index: on its rows of the stage table, or of the projections table."""
-    return f"{stage.projection_table if projected else stage.table}_ann_{space}"
+def index_name(stage: Stage, space: int | str, dataset: int | str, projected: bool = False) -> str:
+    """The ANN index of a space's rows of one dataset: on the stage table, or on its projections.
+    ("", "") gives the prefix SEARCHER_SETUP completes."""
+    table = stage.projection_table if projected else stage.table
+    return f"{table}_ann_{space}_{dataset}" if space != "" else f"{table}_ann_"
 
 
 def drop_index(name: str) -> sql.Composed:
@@ -50,17 +61,19 @@ def create_index(
     kind: str,
     opclass_name: str,
     params: dict,
-    space: tuple[int, str] | None = None,
+    rows: tuple[int, int | None, str] | None = None,
     width: int | None = None,
 ) -> sql.Composed:
-    """CREATE INDEX for ivfflat (params: lists) or hnsw (params: m, ef_construction). With `space`
-    (its id, and its vectors' type with width: `halfvec(80)`), a partial index over that space's rows
-    of a table whose column holds vectors of several widths, on the column cast to the space's width
-    (pgvector's way to index one width of an untyped column): a search of the space orders by the
-    same cast and filters by the same id, and so reads this index alone. With `width`, on a table of
-    mapped vectors (projections, learned images), rows of that width only (`of_width`): a refit
-    rewrites a space's rows at a new width in the transaction that builds the index, and the build
-    sees the rows it replaced (their cast to the new width would fail)."""
+    """CREATE INDEX for ivfflat (params: lists) or hnsw (params: m, ef_construction). With `rows`
+    (a space's id, a dataset's id, and the space's vectors' type with width: `halfvec(80)`), a
+    partial index over that space's rows of that dataset (dataset None: of every dataset), in a
+    table whose column holds vectors of several widths, on the column cast to the space's width
+    (pgvector's way to index one width of an untyped column): a search of the space in the dataset
+    orders by the same cast and filters by the same ids, and so reads this index alone, never
+    another model's rows or another dataset's. With `width`, on a table of mapped vectors
+    (projections, learned images), rows of that width only (`of_width`): a refit rewrites a space's
+    rows at a new width in the transaction that builds the index, and the build sees the rows it
+    replaced (their cast to the new width would fail)."""
     if kind == "ivfflat":
         with_ = sql.SQL("lists = {}").format(sql.Literal(int(params["lists"])))
     elif kind == "hnsw":
@@ -71,9 +84,11 @@ def create_index(
         raise ValueError(kind)
     target: sql.Composable = sql.Identifier(column)
     where: sql.Composable = sql.SQL("")
-    if space is not None:
-        target = sql.SQL("({}::{})").format(target, sql.SQL(space[1]))
-        where = sql.SQL(" WHERE space_id = {}").format(sql.Literal(int(space[0])))
+    if rows is not None:
+        target = sql.SQL("({}::{})").format(target, sql.SQL(rows[2]))
+        where = sql.SQL(" WHERE space_id = {}").format(sql.Literal(int(rows[0])))
+        if rows[1] is not None:
+            where = sql.SQL("{} AND dataset_id = {}").format(where, sql.Literal(int(rows[1])))
         if width is not None:
             where = sql.SQL("{} AND {}").format(where, of_width(sql.Identifier(column), width))
     return sql.SQL("CREATE INDEX {name} ON {table} USING {kind} ({target} {opclass}) WITH ({with_}){where}").format(
