@@ -1046,7 +1046,8 @@ def models(state: State, as_json) -> None:
     """The embedding spaces this database holds: per model and stage its width, weights, rows and index.
 
     Every model stored in one database keeps its own vectors at each stage, of its own width, with
-    an index of its own; stage first (pixels) is one space whatever the model.
+    an index of its own over each dataset's rows (a row each); stage first (pixels) is one space
+    whatever the model.
 
     \b
     Example:
