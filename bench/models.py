@@ -9,8 +9,11 @@ search scores every k and vote), the encoder's and the query's mean ms per image
 the stored vector's bytes (pg_column_size) and its index's bytes per row (`clipvdb models`). Models:
 pixels (stage first, no network), the CNN that ships with clipvdb, ImageNet EfficientNet-Lite0 at
 its own 224 px and at 128 px; RN50 and ViT-B-32 with random weights show cost only, on
-`--cost-train` / `--cost-test` images, labelled so. Then each model of `--alone` again in a fresh home
-of its own, same commands: its accuracy and query ms there beside the shared database's.
+`--cost-train` / `--cost-test` images, labelled so. For the ImageNet models, one more row: stage
+origin through a learned metric fitted on the stored training vectors (`clipvdb learn --stage origin
+--method nca --dims 128`, its default 120 s), then `clipvdb evaluate --learned`. Then each model of
+`--alone` again in a fresh home of its own, same commands: its accuracy and query ms there beside
+the shared database's.
 """
 
 from __future__ import annotations
@@ -40,16 +43,39 @@ MODELS = [
     ("ViT-B-32 (random weights)", "ViT-B-32", "random", "second,third,origin", True),
 ]
 GOALS = {"accuracy_points": 0.1, "query_ms_of_alone": 1.1}
+# models whose origin is also measured through a learned metric: (method, dims)
+LEARNED = {"efficientnet-lite0": ("nca", 128), "efficientnet-lite0@128": ("nca", 128)}
 
 
-def measure(home: Path, env: dict, data: str, model: tuple, train: int, test: int) -> list[dict]:
-    """One model's ingest and evaluate in `home`: a row per stage."""
+def measure(
+    home: Path, env: dict, data: str, model: tuple, train: int, test: int, learn_seconds: float = 120.0
+) -> list[dict]:
+    """One model's ingest and evaluate in `home`: a row per stage (and its learned metric's, where
+    LEARNED names the model, trained for `learn_seconds`)."""
     name, flag, pretrained, stages, cost_only = model
     args = ["--stage", stages, "--data", data, "--json"]
     if flag:
         args += ["--model", flag] + (["--pretrained", pretrained] if pretrained else [])
     ing = run(["ingest", *args, "--limit", str(train)], env, home)
     ev = run(["evaluate", *args, "--limit", str(test), "--k", KS], env, home)
+    rows = _rows(home, name, stages, cost_only, ing, ev)
+    if name in LEARNED and "origin" in stages.split(","):
+        method, dims = LEARNED[name]
+        on_origin = ["--stage", "origin", "--model", str(flag), "--json"]
+        learn = ["learn", *on_origin, "--method", method, "--dims", str(dims), "--seconds", str(learn_seconds)]
+        fit = run(learn, env, home)
+        data_args = ["--data", data, "--limit", str(test), "--k", KS]
+        ev_learned = run(["evaluate", *on_origin, *data_args, "--learned"], env, home)
+        (row,) = _rows(home, name, "origin", cost_only, ing, ev_learned)
+        with Store(home=home) as store, store.connection() as conn:
+            row["vector_bytes"] = db.scalar(conn, statements.learned_vector_bytes(STAGES["origin"]), (row["space"],))
+        row.update(learned=f"{method} {dims}-d", learn_s=fit["seconds"], dim=dims, index="ivfflat (learned space)")
+        rows.append(row)
+    return rows
+
+
+def _rows(home: Path, name: str, stages: str, cost_only: bool, ing: dict, ev: dict) -> list[dict]:
+    """A row per stage of one evaluate run (`ev`) after its ingest (`ing`)."""
     evaluated = json.loads(ev["stdout"])
     run_id = evaluated["run_id"]
     with Store(home=home) as store:
@@ -86,6 +112,7 @@ def measure(home: Path, env: dict, data: str, model: tuple, train: int, test: in
                     "ingest_s": ing["seconds"],
                     "evaluate_s": ev["seconds"],
                     "run_id": run_id,
+                    "space": space.space,
                 }
             )
     return rows
@@ -100,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cost-test", type=int, default=200, help="test images for the random-weight models")
     ap.add_argument("--models", help="names of MODELS to run, comma-separated (default: all)")
     ap.add_argument("--alone", default="pixels,cnn (shipped)", help="models measured again alone in a fresh home")
+    ap.add_argument("--learn-seconds", type=float, default=120.0, help="NCA training budget of the learned rows")
     ap.add_argument("--out", type=Path, default=Path("bench-out/models.json"))
     ap.add_argument("--write", action="store_true", help="rewrite the models block of BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -118,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["shared"] = []
         for model in chosen:
             n, t = (args.cost_train, args.cost_test) if model[4] else (args.train, args.test)
-            result["shared"].extend(measure(shared, env, args.data, model, n, t))
+            result["shared"].extend(measure(shared, env, args.data, model, n, t, args.learn_seconds))
             print(json.dumps(result["shared"][-1]), flush=True)
         result["alone"] = []
         for model in chosen:
@@ -147,7 +175,8 @@ def render(r: dict) -> str:
         rows.append(
             [
                 x["model"],
-                x["stage"],
+                x["stage"]
+                + (f", learned metric ({x['learned']}, fitted in {x['learn_s']:.0f} s)" if "learned" in x else ""),
                 f"{x['dim']:,}",
                 acc,
                 best,
@@ -180,7 +209,7 @@ def render(r: dict) -> str:
         ),
         "",
     ]
-    shared = {(x["model"], x["stage"]): x for x in r["shared"]}
+    shared = {(x["model"], x["stage"]): x for x in r["shared"] if "learned" not in x}
     for x in r.get("alone", []):
         s = shared[(x["model"], x["stage"])]
         gap = abs(s["accuracy_1nn"] - x["accuracy_1nn"])

@@ -47,6 +47,13 @@ def space_vector_bytes(stage: Stage) -> sql.Composed:
     )
 
 
+def learned_vector_bytes(stage: Stage) -> sql.Composed:
+    """The mean stored size of one space's (%s) vectors in the stage's learned space."""
+    return sql.SQL("SELECT avg(pg_column_size(vec))::float8 FROM {} WHERE space_id = %s").format(
+        sql.Identifier(stage.learned_table)
+    )
+
+
 def split_rows(stage: Stage) -> sql.Composed:
     """Rows stored at a stage in one split (%s), all spaces and datasets (from stage_counts)."""
     return sql.SQL("SELECT coalesce(sum(n_rows), 0)::bigint FROM stage_counts WHERE stage = {} AND split = %s").format(

@@ -269,9 +269,15 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
 
     result = main(
         ["--data", str(syn_data), "--train", "60", "--test", "20", "--models", "pixels,efficientnet-lite0@128"]
-        + ["--alone", "pixels", "--out", str(tmp_path / "models.json")]
+        + ["--alone", "pixels", "--learn-seconds", "2", "--out", str(tmp_path / "models.json")]
     )
-    shared = {(x["model"], x["stage"]): x for x in result["shared"]}
+    shared = {(x["model"], x["stage"]): x for x in result["shared"] if "learned" not in x}
+    (learned,) = [x for x in result["shared"] if "learned" in x]
+    assert learned["stage"] == "origin" and learned["dim"] == 128 and learned["queries"] == 20
+    assert (
+        learned["vector_bytes"] > 128 * 4
+        and learned["run_id"] != shared[("efficientnet-lite0@128", "origin")]["run_id"]
+    )
     lite = "efficientnet-lite0@128"
     assert set(shared) == {("pixels", "first")} | {(lite, s) for s in ("second", "third", "origin")}
     assert all(x["stored"] == 60 and x["queries"] == 20 and x["encode_ms"] >= 0 for x in shared.values())
