@@ -69,6 +69,8 @@ def measure(
         (row,) = _rows(home, name, "origin", cost_only, ing, ev_learned)
         with Store(home=home) as store, store.connection() as conn:
             row["vector_bytes"] = db.scalar(conn, statements.learned_vector_bytes(STAGES["origin"]), (row["space"],))
+            index = f"{STAGES['origin'].learned_table}_ann_{row['space']}"
+            row["index_bytes_per_row"] = db.scalar(conn, statements.INDEX_BYTES, (index,)) / max(row["stored"], 1)
         row.update(learned=f"{method} {dims}-d", learn_s=fit["seconds"], dim=dims, index="ivfflat (learned space)")
         rows.append(row)
     return rows
@@ -182,7 +184,8 @@ def render(r: dict) -> str:
                 best,
                 f"{x['encode_ms']:.2f}",
                 f"{x['query_ms']:.3f}",
-                f"{x['vector_bytes']:,.0f} / {x['index_bytes_per_row']:,.0f}",
+                f"{x['vector_bytes']:,.0f} / "
+                + ("(not measured)" if x["index_bytes_per_row"] is None else f"{x['index_bytes_per_row']:,.0f}"),
                 f"{x['stored']:,} in {x['ingest_s']:.0f} s",
             ]
         )

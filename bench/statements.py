@@ -54,6 +54,10 @@ def learned_vector_bytes(stage: Stage) -> sql.Composed:
     )
 
 
+# an index's bytes on disk, by name (%s)
+INDEX_BYTES = "SELECT coalesce(pg_relation_size(to_regclass(%s)), 0)::bigint"
+
+
 def split_rows(stage: Stage) -> sql.Composed:
     """Rows stored at a stage in one split (%s), all spaces and datasets (from stage_counts)."""
     return sql.SQL("SELECT coalesce(sum(n_rows), 0)::bigint FROM stage_counts WHERE stage = {} AND split = %s").format(
