@@ -149,6 +149,11 @@ def dataset_id(conn: psycopg.Connection, name: str | None) -> int:
     return rows[0][0]
 
 
+def dataset_names(conn: psycopg.Connection) -> dict[int, str]:
+    """Every stored dataset's name by its id."""
+    return dict(conn.execute(queries.DATASETS).fetchall())
+
+
 def dataset_name(conn: psycopg.Connection, dataset: int) -> str:
     return db.scalar(conn, queries.DATASET_NAME, (dataset,))
 

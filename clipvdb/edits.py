@@ -362,7 +362,7 @@ def _vacuum(conn: psycopg.Connection, stages: list[str], wanted: bool) -> tuple[
 def _indexes_due(conn: psycopg.Connection, stages: list[str]) -> list[str]:
     """The indexes at `stages` that the rows stored now leave due for a rebuild, a line each."""
     out = []
-    names: dict[int, str] = dict(conn.execute(queries.DATASETS).fetchall())
+    names = catalog.dataset_names(conn)
     for space, dataset in catalog.stored_space_datasets(conn, [STAGES[s] for s in stages]):
         due = indexes.info(conn, space, dataset).due()
         if due is not None:

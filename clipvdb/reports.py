@@ -338,7 +338,7 @@ def status(session: Session) -> Status:
 def spaces(conn: psycopg.Connection) -> list[SpaceIndex]:
     """Every embedding space holding rows, in stage order, per dataset with its index and why."""
     out = []
-    names: dict[int, str] = dict(conn.execute(queries.DATASETS).fetchall())
+    names = catalog.dataset_names(conn)
     for sp, dataset in catalog.stored_space_datasets(conn):
         idx = indexes.info(conn, sp, dataset)
         why = indexes.explain(idx.kind, idx.params, idx.rows)

@@ -295,6 +295,20 @@ def load_vectors(conn, stage, X: np.ndarray, labels=None) -> list[int]:
     return image_ids
 
 
+def search_plan(store, stage: str, image: str, dataset: str | None = None) -> str:
+    """The plan of the Store's batched search at `stage` (in `dataset`) for one image, seq and bitmap
+    scans off: the tables are tiny, and the planner shows which index it can use."""
+    from psycopg import sql
+
+    searcher = store.searcher(stage, dataset=dataset)
+    params = searcher.query_params(store.embed([image], stage)[stage])
+    with store.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        rows = conn.execute(sql.SQL("EXPLAIN ") + searcher.sql, params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
 def space_at(conn, stage):
     """The one embedding space stored at `stage` (the tests' fake encoder's, or pixels)."""
     from clipvdb import catalog

@@ -4,7 +4,7 @@ that dataset's rows alone and answers as the dataset does in a database of its o
 import json
 
 import psycopg
-from psycopg import sql as psycopg_sql
+from conftest import search_plan
 
 from clipvdb import SearchSettings, Store, TinyEncoder, queries
 
@@ -13,18 +13,6 @@ def _answers(store: Store, images: list[str], stage: str, dataset: str, settings
     """Each image's nearest stored image (its source key) and distance, searched in `dataset`."""
     found = store.classify(images, stage, settings or SearchSettings(), dataset=dataset)
     return [(p.neighbors[0]["source"], round(p.distance, 4)) for p in found]
-
-
-def _plan(store: Store, stage: str, dataset: str, image: str) -> str:
-    """The plan of the stage's batched search in `dataset` (seq and bitmap scans off: the tables are
-    tiny, and the planner shows which index it can use)."""
-    searcher = store.searcher(stage, dataset=dataset)
-    params = searcher.query_params(store.embed([image], stage)[stage])
-    with store.connection() as conn, conn.transaction():
-        conn.execute("SET LOCAL enable_seqscan = off")
-        conn.execute("SET LOCAL enable_bitmapscan = off")
-        rows = conn.execute(psycopg_sql.SQL("EXPLAIN ") + searcher.sql, params).fetchall()
-    return "\n".join(r[0] for r in rows)
 
 
 def _ann_indexes(url: str) -> set[str]:
@@ -51,7 +39,7 @@ def test_a_dataset_beside_another_answers_as_alone_from_its_own_index(db_url, em
         first, second = shared.searcher("first", dataset="a"), shared.searcher("second", dataset="a")
         a, b = shared.dataset("a").id, shared.dataset("b").id
         for searcher in (first, second):
-            plan = _plan(shared, searcher.stage.name, "a", test_images[0])
+            plan = search_plan(shared, searcher.stage.name, test_images[0], "a")
             projected = searcher.stage.name == "first"
             own = queries.index_name(searcher.stage, searcher.space, a, projected=projected)
             other = queries.index_name(searcher.stage, searcher.space, b, projected=projected)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql as psycopg_sql
+from conftest import search_plan
 
 from clipvdb import SearchSettings, Store, TinyEncoder, queries
 
@@ -17,18 +17,6 @@ NARROW = {"second": 96, "third": 64, "origin": 48}
 def _answers(store: Store, images: list[str], stage: str, settings: SearchSettings) -> list[tuple[str, float]]:
     """Each image's nearest stored image (its source key) and distance."""
     return [(p.neighbors[0]["source"], round(p.distance, 4)) for p in store.classify(images, stage, settings)]
-
-
-def _plan(store: Store, stage: str, image: str) -> str:
-    """The plan of the stage's batched search for this Store's model (seq and bitmap scans off: the
-    tables are tiny, and the planner shows which index it can use)."""
-    searcher = store.searcher(stage)
-    params = searcher.query_params(store.embed([image], stage)[stage])
-    with store.connection() as conn, conn.transaction():
-        conn.execute("SET LOCAL enable_seqscan = off")
-        conn.execute("SET LOCAL enable_bitmapscan = off")
-        rows = conn.execute(psycopg_sql.SQL("EXPLAIN ") + searcher.sql, params).fetchall()
-    return "\n".join(r[0] for r in rows)
 
 
 @pytest.fixture
@@ -61,11 +49,11 @@ def test_two_models_of_different_widths_share_a_stage_and_answer_as_they_do_alon
         assert (own.dim, other.dim) == (96, 1024) and own.rows == other.rows > 0
         assert own.kind == other.kind == "ivfflat" and own.exists and other.exists
         # the search reads its own space's index, never the other model's
-        plan = _plan(shared, "second", test_images[0])
+        plan = search_plan(shared, "second", test_images[0])
         assert queries.index_name(shared.searcher("second").stage, own.space, 1) in plan, plan
         assert queries.index_name(shared.searcher("second").stage, other.space, 1) not in plan, plan
     with Store(db_url, encoder=wide) as other_store:
-        plan = _plan(other_store, "second", test_images[0])
+        plan = search_plan(other_store, "second", test_images[0])
         assert f"embeddings_second_ann_{other.space}_1" in plan and f"embeddings_second_ann_{own.space}_1" not in plan
 
     listed = json.loads(cli("models", "--json").stdout)
