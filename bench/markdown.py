@@ -52,6 +52,8 @@ def cpu_flags(cpuinfo: str | None = None) -> str:
     if "fma" in flags:
         words.append("FMA")
     words.append("AVX-512" if "avx512f" in flags else "no AVX-512")
+    if "avx512_bf16" in flags:  # what bfloat16 kernels run fast on
+        words.append("AVX-512 BF16")
     return ", ".join(words)
 
 

