@@ -488,7 +488,7 @@ def cluster_options(f):
 
 
 def index_options(f):
-    """--kind, --project, --lists, --m, --ef-construction, --metric, --dataset: one `options`
+    """--kind, --project, --lists, --m, --ef-construction, --metric, --dataset, --model: one `options`
     (options.IndexOptions)."""
     return _gathered(
         "options",
@@ -517,6 +517,12 @@ def index_options(f):
             ),
             _metric_option(),
             dataset_option("every dataset", "Rebuild this dataset's indexes only"),
+            click.option(
+                "--model",
+                "model",
+                help="Rebuild this model's indexes only: its name as 'clipvdb models' lists it (default: every "
+                "model's; stage first's model is 'pixels').",
+            ),
         ],
     )(f)
 
@@ -658,7 +664,7 @@ def db_status(state: State, as_json: bool) -> None:
     click.echo(f"server:     PostgreSQL {info['server_version']}")
     click.echo(f"pgvector:   {info['pgvector_version'] or 'not installed'}")
     if info["pgvector_lacks"]:
-        click.echo(f"{'':<11} lacks the fixes of {'; '.join(info['pgvector_lacks'])}: upgrade it to >= 0.8.6")
+        click.echo(f"{'':<11} lacks the fixes of {'; '.join(info['pgvector_lacks'])}: upgrade it to >= {info['pgvector_wanted']}")
     click.echo(f"revision:   {info['revision'] or 'none'} (head {info['head_revision']})")
     if info.get("citus_workers"):
         click.echo(f"citus:      distributed over {info['citus_workers']} workers (clipvdb db nodes status)")
@@ -1018,7 +1024,8 @@ def index(state: State, stage, options: IndexOptions, as_json) -> None:
 
     Each model's vectors at a stage are an embedding space, and each dataset's rows of a space
     have an index of their own ('clipvdb models' lists them); every one stored at STAGE is rebuilt
-    (with --dataset, that dataset's). Without --kind, the stage's default. With --project D the
+    (with --dataset, that dataset's; with --model, that model's). Without --kind, the stage's
+    default. With --project D the
     index holds each vector's D principal components, and a query re-ranks its candidates by the
     exact distance on the full vector.
 
@@ -1027,9 +1034,10 @@ def index(state: State, stage, options: IndexOptions, as_json) -> None:
       clipvdb index --stage first
       clipvdb index --stage first --kind hnsw --project 128 --m 16 --ef-construction 64
       clipvdb index --stage second --kind ivfflat --lists 100 --dataset cifar10
+      clipvdb index --stage third --model efficientnet-lite0 --kind hnsw
     """
     infos = state.store.index(_stages(stage), options)
-    names = {d.id: d.name for d in state.store.datasets()}
+    names = state.store.dataset_names()
     out = [{**i.__dict__, "dataset": names.get(i.dataset, i.dataset)} for i in infos]
     if as_json:
         _print_json(out)

@@ -192,6 +192,7 @@ PGVECTOR_FIXES = (
     ("0.8.4", "'hnsw graph not repaired' errors, and inserts while an hnsw index is vacuumed"),
     ("0.8.6", "the memory of ivfflat scans under nested-loop joins (the batched search is one)"),
 )
+PGVECTOR_WANTED = PGVECTOR_FIXES[-1][0]  # the release with every fix above
 # from this release on, `delete --vacuum` VACUUMs the tables a delete removed rows from at once
 SAFE_HNSW_VACUUM = "0.8.4"
 PGVECTOR_VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
@@ -346,6 +347,7 @@ def status(url: str) -> dict:
         "server_version": server,
         "pgvector_version": pgvector,
         "pgvector_lacks": pgvector_lacks(pgvector),
+        "pgvector_wanted": PGVECTOR_WANTED,
         "revision": revision,
         "head_revision": head_revision(),
         "images": images,

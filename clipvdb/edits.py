@@ -345,7 +345,7 @@ def _vacuum(conn: psycopg.Connection, stages: list[str], wanted: bool) -> tuple[
             None,
             (
                 f"pgvector {version} lacks the fixes to vacuum an hnsw index safely ({fixes}); "
-                "its tables are left to autovacuum: upgrade pgvector to >= 0.8.6"
+                f"its tables are left to autovacuum: upgrade pgvector to >= {db.PGVECTOR_WANTED}"
             ),
         )
     tables = [t for s in stages for t in (STAGES[s].table, STAGES[s].projection_table, STAGES[s].learned_table)]

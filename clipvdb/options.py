@@ -216,6 +216,7 @@ class IndexOptions:
     ef_construction: int | None = None  # hnsw ef_construction
     metric: str = "l2"  # l2, cosine or ip
     dataset: str | None = None  # rebuild this dataset's indexes only (default: every dataset's)
+    model: str | None = None  # rebuild this model's indexes only, by its stored name (default: every model's)
 
     def given(self) -> dict:
         """The parameters given here, by name (the rest stay the rule's)."""

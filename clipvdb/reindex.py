@@ -4,6 +4,7 @@ is built: indexes.py)."""
 from __future__ import annotations
 
 from . import catalog, indexes
+from .errors import UsageError
 from .indexes import IndexInfo
 from .options import IndexOptions
 from .session import Session
@@ -13,7 +14,8 @@ from .stages import Stage
 def reindex(session: Session, stages: list[Stage], options: IndexOptions) -> list[IndexInfo]:
     """(Re)build the ANN index of each embedding space stored at the stages, over each dataset's rows
     (`clipvdb index`; each model's vectors at a stage are a space of their own, and each dataset's
-    rows of a space have an index of their own; `options.dataset`: that dataset's alone): without a
+    rows of a space have an index of their own; `options.dataset`: that dataset's alone;
+    `options.model`: that model's spaces alone, by the name `clipvdb models` lists): without a
     kind or a parameter, what the stage's size rule chooses, recorded as the default so that a later
     load chooses again for its size; else the kind given (or the recorded default's) with the
     parameters given in place of the rule's."""
@@ -23,9 +25,18 @@ def reindex(session: Session, stages: list[Stage], options: IndexOptions) -> lis
     try:
         with session.connection() as conn:
             only = catalog.dataset_id(conn, options.dataset) if options.dataset else None
-            for s, dataset in catalog.stored_space_datasets(conn, stages):
-                if only is not None and dataset != only:
-                    continue
+            chosen = [
+                (s, dataset)
+                for s, dataset in catalog.stored_space_datasets(conn, stages)
+                if (only is None or dataset == only) and (options.model is None or s.model == options.model)
+            ]
+            if options.model is not None and not chosen:
+                stored = sorted({s.model for s in catalog.stored_spaces(conn, stages)})
+                raise UsageError(
+                    f"no vectors of model {options.model!r} stored at stage {', '.join(s.name for s in stages)}"
+                    f" (stored: {', '.join(stored) or 'none'}); 'clipvdb models' lists the models stored"
+                )
+            for s, dataset in chosen:
                 if options.kind is None and options.metric == "l2" and not given:
                     out.append(indexes.build_default(conn, s, dataset))
                     continue

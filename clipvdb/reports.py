@@ -220,6 +220,7 @@ class Status(Record):
     indexes: dict[str, StageIndex] = field(default_factory=dict)
     spaces: list[SpaceIndex] = field(default_factory=list)
     pgvector_lacks: list[str] = field(default_factory=list)  # db.PGVECTOR_FIXES it lacks
+    pgvector_wanted: str = db.PGVECTOR_WANTED  # the release with all of them
 
 
 @dataclass

@@ -238,9 +238,14 @@ class Store:
 
     def index(self, stages: StagesArg, options: IndexOptions | None = None, **changes: Any) -> list[IndexInfo]:
         """(Re)build each stage's ANN index (reindex.py): `options` (or its fields as keywords: kind,
-        project, lists, m, ef_construction, metric, dataset) as `clipvdb index` takes them."""
+        project, lists, m, ef_construction, metric, dataset, model) as `clipvdb index` takes them."""
         options = gathered(options, IndexOptions, changes)
         return reindex.reindex(self.session, parse(stages), options)
+
+    def dataset_names(self) -> dict[int, str]:
+        """Every stored dataset's name by its id (`datasets` also counts each one's images and runs)."""
+        with self.connection() as conn:
+            return catalog.dataset_names(conn)
 
     def index_info(self, stage: str | Stage, dataset: str | None = None) -> IndexInfo:
         """The index of the stage's space under this Store's model over the dataset's rows (default:

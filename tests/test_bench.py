@@ -270,7 +270,7 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
 
     result = main(
         ["--data", str(syn_data), "--train", "60", "--test", "20", "--models", "pixels,efficientnet-lite0@128"]
-        + ["--alone", "pixels", "--learn-seconds", "2", "--out", str(tmp_path / "models.json")]
+        + ["--alone", "pixels", "--turns", "2", "--learn-seconds", "2", "--out", str(tmp_path / "models.json")]
     )
     shared = {(x["model"], x["stage"]): x for x in result["shared"] if "learned" not in x}
     (learned,) = [x for x in result["shared"] if "learned" in x]
@@ -286,7 +286,11 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
     alone = result["alone"]
     assert [(x["model"], x["stage"]) for x in alone] == [("pixels", "first")]
     assert alone[0]["accuracy_1nn"] == shared[("pixels", "first")]["accuracy_1nn"]
-    assert "shared database against alone in a fresh one" in render(result)
+    (turns,) = result["alone_turns"]
+    ms = turns["stages"]["first"]
+    assert turns["model"] == "pixels" and len(ms["shared"]) == len(ms["alone"]) == 2
+    assert min(ms["shared"] + ms["alone"]) > 0
+    assert "- pixels first, shared / alone: accuracy" in render(result)
 
 
 def test_the_efficientnet_bench_times_the_network_and_the_encoder_on_the_same_batches(tmp_path):

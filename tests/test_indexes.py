@@ -174,3 +174,32 @@ def test_index_definitions_on_the_server(cli, db_url):
     with psycopg.connect(db_url) as c:
         d = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'embeddings_second_ann_%'").fetchone()[0]
     assert "lists='7'" in d
+
+
+def test_index_model_rebuilds_that_models_indexes_alone(cli, syn_data):
+    """`clipvdb index --model NAME` rebuilds the named model's spaces at the stage and leaves the
+    other models' indexes as they were (the same relation on the server); a model not stored there
+    is a one-line error."""
+    import os
+
+    from clipvdb.demo import SHIPPED_MODEL
+
+    def relations() -> dict[str, int]:
+        with psycopg.connect(os.environ["CLIPVDB_DATABASE_URL"]) as c:
+            rows = c.execute("SELECT relname, oid::int FROM pg_class WHERE relname LIKE 'embeddings_second_ann_%'")
+            return dict(rows.fetchall())
+
+    cli("ingest", "--stage", "second", "--data", syn_data, "--model", f"tiny,{SHIPPED_MODEL}", "--workers", "0")
+    spaces = {m["model"]: m for m in json.loads(cli("models", "--json").stdout)}
+    assert spaces["tiny"]["kind"] == spaces["cnn"]["kind"] == "ivfflat"
+    before = relations()
+    out = json.loads(cli("index", "--stage", "second", "--model", "tiny", "--kind", "hnsw", "--json").stdout)
+    assert [(i["model"], i["kind"]) for i in out] == [("tiny", "hnsw")], out
+    after = {m["model"]: m for m in json.loads(cli("models", "--json").stdout)}
+    assert after["tiny"]["kind"] == "hnsw" and after["tiny"]["exists"] and after["cnn"]["kind"] == "ivfflat"
+    cnn = f"embeddings_second_ann_{spaces['cnn']['space']}_1"
+    tiny = f"embeddings_second_ann_{spaces['tiny']['space']}_1"
+    assert relations()[cnn] == before[cnn] and relations()[tiny] != before[tiny]
+    bad = cli("index", "--stage", "second", "--model", "RN50", expect=2)
+    assert "no vectors of model 'RN50' stored at stage second (stored: cnn, tiny)" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
