@@ -664,7 +664,8 @@ def db_status(state: State, as_json: bool) -> None:
     click.echo(f"server:     PostgreSQL {info['server_version']}")
     click.echo(f"pgvector:   {info['pgvector_version'] or 'not installed'}")
     if info["pgvector_lacks"]:
-        click.echo(f"{'':<11} lacks the fixes of {'; '.join(info['pgvector_lacks'])}: upgrade it to >= {info['pgvector_wanted']}")
+        lacks = "; ".join(info["pgvector_lacks"])
+        click.echo(f"{'':<11} lacks the fixes of {lacks}: upgrade it to >= {info['pgvector_wanted']}")
     click.echo(f"revision:   {info['revision'] or 'none'} (head {info['head_revision']})")
     if info.get("citus_workers"):
         click.echo(f"citus:      distributed over {info['citus_workers']} workers (clipvdb db nodes status)")
