@@ -249,7 +249,7 @@ def render(r: dict) -> str:
         s = shared[(x["model"], x["stage"])]
         ms = timed[(x["model"], x["stage"])]
         here, there = statistics.median(ms["shared"]), statistics.median(ms["alone"])
-        gap = abs(s["accuracy_1nn"] - x["accuracy_1nn"])
+        gap = round(abs(s["accuracy_1nn"] - x["accuracy_1nn"]), 2)  # accuracies are given to 2 places
         if max(here, there) < NO_SEARCH_MS:
             timing, fast = f"query ms {here:.4f} / {there:.4f} (its own classifier: no search to compare)", True
         else:
