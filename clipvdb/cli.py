@@ -1038,7 +1038,7 @@ def index(state: State, stage, options: IndexOptions, as_json) -> None:
       clipvdb index --stage third --model efficientnet-lite0 --kind hnsw
     """
     infos = state.store.index(_stages(stage), options)
-    names = state.store.dataset_names()
+    names = {d.id: d.name for d in state.store.datasets()}
     out = [{**i.__dict__, "dataset": names.get(i.dataset, i.dataset)} for i in infos]
     if as_json:
         _print_json(out)

@@ -242,11 +242,6 @@ class Store:
         options = gathered(options, IndexOptions, changes)
         return reindex.reindex(self.session, parse(stages), options)
 
-    def dataset_names(self) -> dict[int, str]:
-        """Every stored dataset's name by its id (`datasets` also counts each one's images and runs)."""
-        with self.connection() as conn:
-            return catalog.dataset_names(conn)
-
     def index_info(self, stage: str | Stage, dataset: str | None = None) -> IndexInfo:
         """The index of the stage's space under this Store's model over the dataset's rows (default:
         the only dataset): kind, parameters, rows, size."""
