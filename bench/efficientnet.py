@@ -33,7 +33,8 @@ import torch
 
 from bench import markdown
 from clipvdb.errors import WeightsError
-from clipvdb.trained_model import CHUNK_PIXELS
+from clipvdb.stages import StageOutput
+from clipvdb.trained_model import images_per_pass
 
 MODELS = "efficientnet-lite0,efficientnet-lite0@160,efficientnet-lite0@128,efficientnet-lite2"
 GOAL_IPS = 60.0  # images/s of the product's encoder at the headline input size (lite0's own, 224 px)
@@ -67,12 +68,15 @@ def measure(name: str, batch: int, repeats: int) -> dict:
     stages = [enc.stages[s] for s in STAGES]
     x = enc.to_input(pixels)  # type: ignore[attr-defined]
     x_nchw = x.contiguous()
-    step = max(1, CHUNK_PIXELS // (size * size))  # the encoder's pass, in images
+    step = images_per_pass(size, size)
     chunks = [x[i : i + step] for i in range(0, batch, step)]
+
+    def bf16() -> StageOutput:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return enc.encode(pixels, stages)
+
     want = as_trained.stages(x_nchw, set(STAGES))
-    got = enc.encode(pixels, stages).vectors
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        half = enc.encode(pixels, stages).vectors
+    got, half = enc.encode(pixels, stages).vectors, bf16().vectors
     rel, cos = 0.0, 1.0
     for s in STAGES:
         ref = want[s][0].numpy()
@@ -80,11 +84,6 @@ def measure(name: str, batch: int, repeats: int) -> dict:
         cos = min(
             cos, float(np.min((half[s] * ref).sum(1) / np.linalg.norm(half[s], axis=1) / np.linalg.norm(ref, axis=1)))
         )
-
-    def bf16() -> object:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return enc.encode(pixels, stages)
-
     seconds = _median_s(
         {
             "as_trained": lambda: as_trained.stages(x_nchw, {"origin"}),

@@ -50,15 +50,22 @@ NO_SEARCH_MS = 0.01  # a stage the model classifies itself searches nothing: its
 LEARNED = {"efficientnet-lite0": ("nca", 128), "efficientnet-lite0@128": ("nca", 128)}
 
 
+def _model_args(model: tuple, data: str) -> list[str]:
+    """The arguments that name a model's stages, data and weights to ingest and evaluate."""
+    _, flag, pretrained, stages, _ = model
+    args = ["--stage", stages, "--data", data, "--json"]
+    if flag:
+        args += ["--model", flag] + (["--pretrained", pretrained] if pretrained else [])
+    return args
+
+
 def measure(
     home: Path, env: dict, data: str, model: tuple, train: int, test: int, learn_seconds: float = 120.0
 ) -> list[dict]:
     """One model's ingest and evaluate in `home`: a row per stage (and its learned metric's, where
     LEARNED names the model, trained for `learn_seconds`)."""
-    name, flag, pretrained, stages, cost_only = model
-    args = ["--stage", stages, "--data", data, "--json"]
-    if flag:
-        args += ["--model", flag] + (["--pretrained", pretrained] if pretrained else [])
+    name, flag, _, stages, cost_only = model
+    args = _model_args(model, data)
     ing = run(["ingest", *args, "--limit", str(train)], env, home)
     ev = run(["evaluate", *args, "--limit", str(test), "--k", KS], env, home)
     rows = _rows(home, name, stages, cost_only, ing, ev)
@@ -82,10 +89,8 @@ def measure(
 def turns(shared: tuple[Path, dict], alone: tuple[Path, dict], data: str, model: tuple, test: int, n: int) -> dict:
     """The model's evaluate in the shared home and in its own, taking turns `n` times each: per
     stage, each home's query ms per image (report_timing) of every turn."""
-    name, flag, pretrained, stages, _ = model
-    args = ["evaluate", "--stage", stages, "--data", data, "--json", "--limit", str(test), "--k", KS]
-    if flag:
-        args += ["--model", flag] + (["--pretrained", pretrained] if pretrained else [])
+    name, _, _, stages, _ = model
+    args = ["evaluate", *_model_args(model, data), "--limit", str(test), "--k", KS]
     out: dict = {stage: {"shared": [], "alone": []} for stage in stages.split(",")}
     for _ in range(n):
         for where, (home, env) in (("shared", shared), ("alone", alone)):

@@ -25,16 +25,17 @@ def reindex(session: Session, stages: list[Stage], options: IndexOptions) -> lis
     try:
         with session.connection() as conn:
             only = catalog.dataset_id(conn, options.dataset) if options.dataset else None
+            stored = catalog.stored_space_datasets(conn, stages)
             chosen = [
                 (s, dataset)
-                for s, dataset in catalog.stored_space_datasets(conn, stages)
+                for s, dataset in stored
                 if (only is None or dataset == only) and (options.model is None or s.model == options.model)
             ]
             if options.model is not None and not chosen:
-                stored = sorted({s.model for s in catalog.stored_spaces(conn, stages)})
+                models = sorted({s.model for s, _ in stored})
                 raise UsageError(
                     f"no vectors of model {options.model!r} stored at stage {', '.join(s.name for s in stages)}"
-                    f" (stored: {', '.join(stored) or 'none'}); 'clipvdb models' lists the models stored"
+                    f" (stored: {', '.join(models) or 'none'}); 'clipvdb models' lists the models stored"
                 )
             for s, dataset in chosen:
                 if options.kind is None and options.metric == "l2" and not given:

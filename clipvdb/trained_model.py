@@ -168,6 +168,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
 CHUNK_PIXELS = 300_000  # input pixels per pass of NetworkEncoder.encode (5 images at 224 px)
 
 
+def images_per_pass(height: int, width: int) -> int:
+    """How many images of this size NetworkEncoder.encode puts through the network at once."""
+    return max(1, CHUNK_PIXELS // (height * width))
+
+
 class NetworkEncoder:
     """An image network in a weights file as an encoder (the trained CNN, EfficientNet-Lite): its
     identity the file's SHA-256; a batch scaled per channel, (pixels / 255 - mean) / std; the stages
@@ -204,7 +209,7 @@ class NetworkEncoder:
         wanted = {s.name for s in stages if s.uses_clip}
         if not wanted:
             return out
-        step = max(1, CHUNK_PIXELS // (batch.shape[1] * batch.shape[2]))
+        step = images_per_pass(batch.shape[1], batch.shape[2])
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(batch), step):
             chunk = self.to_input(batch[start : start + step])
