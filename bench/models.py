@@ -9,9 +9,10 @@ search scores every k and vote), the encoder's and the query's mean ms per image
 the stored vector's bytes (pg_column_size) and its index's bytes per row (`clipvdb models`). Models:
 pixels (stage first, no network), the CNN that ships with clipvdb, ImageNet EfficientNet-Lite0 at
 its own 224 px and at 128 px; RN50 and ViT-B-32 with random weights show cost only, on
-`--cost-train` / `--cost-test` images, labelled so. For the ImageNet models, one more row: stage
-origin through a learned metric fitted on the stored training vectors (`clipvdb learn --stage origin
---method nca --dims 128`, its default 120 s), then `clipvdb evaluate --learned`. Then each model of
+`--cost-train` / `--cost-test` images, labelled so. For the ImageNet models, two more rows: stage
+origin through each learned metric fitted on the stored training vectors (`clipvdb learn --stage
+origin --method nca --dims 128`, then `--method mlp`, each with its default 120 s budget), each
+followed by `clipvdb evaluate --learned`. Then each model of
 `--alone` again in a fresh home of its own, same commands: its accuracy there beside the shared
 database's; then its evaluate again in both homes, shared and alone taking turns (`--turns` each),
 so that both query times are measured warm and in the same minutes: the median of each is compared.
@@ -46,8 +47,11 @@ MODELS = [
 ]
 GOALS = {"accuracy_points": 0.1, "query_ms_of_alone": 1.1}
 NO_SEARCH_MS = 0.01  # a stage the model classifies itself searches nothing: its query ms is not compared
-# models whose origin is also measured through a learned metric: (method, dims)
-LEARNED = {"efficientnet-lite0": ("nca", 128), "efficientnet-lite0@128": ("nca", 128)}
+# models whose origin is also measured through learned metrics, each a (method, dims) fitted in turn
+LEARNED = {
+    "efficientnet-lite0": (("nca", 128), ("mlp", 128)),
+    "efficientnet-lite0@128": (("nca", 128), ("mlp", 128)),
+}
 
 
 def _model_args(model: tuple, data: str) -> list[str]:
@@ -62,15 +66,14 @@ def _model_args(model: tuple, data: str) -> list[str]:
 def measure(
     home: Path, env: dict, data: str, model: tuple, train: int, test: int, learn_seconds: float = 120.0
 ) -> list[dict]:
-    """One model's ingest and evaluate in `home`: a row per stage (and its learned metric's, where
-    LEARNED names the model, trained for `learn_seconds`)."""
+    """One model's ingest and evaluate in `home`: a row per stage (and one per learned metric, where
+    LEARNED names the model, each trained for `learn_seconds`)."""
     name, flag, _, stages, cost_only = model
     args = _model_args(model, data)
     ing = run(["ingest", *args, "--limit", str(train)], env, home)
     ev = run(["evaluate", *args, "--limit", str(test), "--k", KS], env, home)
     rows = _rows(home, name, stages, cost_only, ing, ev)
-    if name in LEARNED and "origin" in stages.split(","):
-        method, dims = LEARNED[name]
+    for method, dims in LEARNED.get(name, ()) if "origin" in stages.split(",") else ():
         on_origin = ["--stage", "origin", "--model", str(flag), "--json"]
         learn = ["learn", *on_origin, "--method", method, "--dims", str(dims), "--seconds", str(learn_seconds)]
         fit = run(learn, env, home)
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", help="names of MODELS to run, comma-separated (default: all)")
     ap.add_argument("--alone", default="pixels,cnn (shipped)", help="models measured again alone in a fresh home")
     ap.add_argument("--turns", type=int, default=3, help="evaluates per home of an --alone model, taking turns")
-    ap.add_argument("--learn-seconds", type=float, default=120.0, help="NCA training budget of the learned rows")
+    ap.add_argument("--learn-seconds", type=float, default=120.0, help="training budget of each learned row")
     ap.add_argument("--out", type=Path, default=Path("bench-out/models.json"))
     ap.add_argument("--write", action="store_true", help="rewrite the models block of BENCHMARKS.md")
     args = ap.parse_args(argv)

@@ -539,10 +539,15 @@ def learn_options(f):
                 type=click.Choice(LEARN_METHODS),
                 default="nca",
                 show_default=True,
-                help="nca: map trained on in-batch neighbors; lda: discriminant analysis; pca: reference.",
+                help="nca: linear map trained on in-batch neighbors; mlp: two-layer network trained through a "
+                "classifier (not linear); lda: discriminant analysis; pca: reference.",
             ),
             click.option(
-                "--seconds", type=click.FloatRange(1), default=120.0, show_default=True, help="nca training budget."
+                "--seconds",
+                type=click.FloatRange(1),
+                default=120.0,
+                show_default=True,
+                help="nca's and mlp's training budget.",
             ),
             dataset_option(),
         ],
@@ -1591,6 +1596,7 @@ def learn(state: State, stage, options: LearnOptions, as_json) -> None:
     Example:
       clipvdb learn --stage first --dims 128
       clipvdb evaluate --stage first --data ./cifar10 --learned
+      clipvdb learn --stage origin --model efficientnet-lite0 --method mlp
     """
     lmap = state.store.learn(stage, options)
     out = {

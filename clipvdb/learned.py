@@ -1,4 +1,4 @@
-"""A learned metric: a linear map fitted on one stage's labelled training vectors, stored in SQL.
+"""A learned metric: a map fitted on one stage's labelled training vectors, stored in SQL.
 
 `clipvdb learn --stage S --dims D` fits the map on the training split only (the test split never
 reaches the fit), stores it in learned_maps, writes every stored vector's image under it into
@@ -12,6 +12,11 @@ Methods (BENCHMARKS.md, item 10, has what each reached):
 - ``lda``: PCA to 256, then linear discriminant analysis with shrinkage (scikit-learn); at most
   classes - 1 dimensions.
 - ``pca``: PCA to D alone (the unsupervised reference).
+- ``mlp``: a two-layer network, standardised input -> HIDDEN ReLU units -> D, trained in torch on
+  CPU through a linear classifier on its D outputs (cross-entropy with label smoothing, input
+  dropout, AdamW, a one-cycle learning rate) for MLP_EPOCHS epochs or as many steps as fit in the
+  time budget; the classifier is thrown away and the D outputs are the learned space. Not linear: it
+  reaches what no linear map of frozen features does (BENCHMARKS.md, "Models side by side").
 """
 
 from __future__ import annotations
@@ -26,22 +31,40 @@ import psycopg
 from . import db, queries, storage
 from .catalog import Space
 from .errors import EmptyStageError, UsageError
-from .linear_map import LinearMap, packed, unpacked
+from .linear_map import LinearMap, one_blas_thread, packed, unpacked
 from .options import LEARN_METHODS
 from .projection import top_eigenvectors
 from .stages import Stage
 from .storage import StageRows
 
 PCA_DIMS = 256
+HIDDEN = 1024  # an mlp map's hidden units
+MLP_EPOCHS = 20  # an mlp map's training, at most
+MLP_BATCH = 512
+PROBE_STEPS = 3  # timed to fit an mlp's training into its budget
 
 
 @dataclass
 class LearnedMap(LinearMap):
-    """A learned metric: `matrix` maps a stage's vectors into the learned space."""
+    """A learned metric: `matrix` maps a stage's vectors into the learned space; an mlp map's first
+    layer, followed by `layers` (b1, W2, b2): learned = relu((x - mean) @ matrix.T + b1) @ W2.T + b2."""
 
     method: str
     params: dict
     fit_seconds: float
+    layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def dims(self) -> int:
+        return int((self.matrix if self.layers is None else self.layers[1]).shape[0])
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        h = super().apply(vectors)
+        if self.layers is None:
+            return h
+        b1, W2, b2 = self.layers
+        with one_blas_thread():
+            return (np.maximum(h + b1, 0.0) @ W2.T + b2).astype(np.float32)
 
 
 def _pca(X: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +109,66 @@ def fit_nca(
     return W.detach().numpy().astype(np.float32), steps
 
 
+def fit_mlp(
+    X: np.ndarray, y: np.ndarray, dims: int, seconds: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], dict]:
+    """A two-layer map of X to `dims` trained through a classifier on its outputs: (mean, first
+    layer's matrix with the input's standardisation folded in, (b1, W2, b2), training record)."""
+    import torch  # only when a map is trained
+
+    torch.manual_seed(seed)
+    mean, std = X.mean(axis=0), X.std(axis=0) + 1e-6
+    Xt = torch.from_numpy(((X - mean) / std).astype(np.float32))
+    _, labels = np.unique(y, return_inverse=True)
+    yt = torch.from_numpy(labels.astype(np.int64))
+    classes = int(labels.max()) + 1
+    net = torch.nn.Sequential(
+        torch.nn.Dropout(0.2), torch.nn.Linear(X.shape[1], HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, dims)
+    )
+    classifier = torch.nn.Linear(dims, classes)
+    batch = min(MLP_BATCH, len(X))
+    per_epoch = len(X) // batch
+    weights = [*net.parameters(), *classifier.parameters()]
+
+    def step(opt: torch.optim.Optimizer, idx: torch.Tensor) -> float:
+        loss = torch.nn.functional.cross_entropy(classifier(net(Xt[idx])), yt[idx], label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    # the steps that fit in the budget, timed on a few steps whose updates are then undone
+    saved = [w.detach().clone() for w in weights]
+    probe = torch.optim.AdamW(weights, lr=1e-3)
+    step(probe, torch.arange(batch))  # the first step allocates: not timed
+    t = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        step(probe, torch.arange(batch))
+    per_step = (time.perf_counter() - t) / PROBE_STEPS
+    with torch.no_grad():
+        for w, v in zip(weights, saved, strict=True):
+            w.copy_(v)
+    steps = max(1, min(MLP_EPOCHS * per_epoch, int(seconds / max(per_step, 1e-9))))
+    opt = torch.optim.AdamW(weights, lr=1e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    done, loss = 0, float("nan")
+    while done < steps:
+        order = torch.randperm(len(X), generator=gen)
+        for i in range(0, per_epoch * batch, batch):
+            if done == steps:
+                break
+            loss = step(opt, order[i : i + batch])
+            schedule.step()
+            done += 1
+    first, second = net[1], net[3]
+    assert isinstance(first, torch.nn.Linear) and isinstance(second, torch.nn.Linear)
+    matrix = (first.weight.detach().numpy() / std).astype(np.float32)
+    layers = tuple(p.detach().numpy().astype(np.float32) for p in (first.bias, second.weight, second.bias))
+    record = {"hidden": HIDDEN, "steps": steps, "epochs": round(steps / per_epoch, 2), "final_loss": round(loss, 4)}
+    return mean.astype(np.float32), matrix, layers, record  # type: ignore[return-value]
+
+
 def fit(
     X: np.ndarray, y: np.ndarray, stage: Stage, method: str, dims: int | None, *, seconds: float = 120.0, seed: int = 0
 ) -> LearnedMap:
@@ -101,7 +184,11 @@ def fit(
         raise UsageError(f"--dims must be between 1 and {min(PCA_DIMS, stage.dim)}; got {dims}")
     start = time.perf_counter()
     params: dict = {"dims": dims, "seed": seed}
-    if method == "pca":
+    layers = None
+    if method == "mlp":
+        mean, matrix, layers, record = fit_mlp(X, y, dims, seconds, seed)
+        params.update(seconds=seconds, **record)
+    elif method == "pca":
         mean, basis = _pca(X, dims)
         matrix = basis
     else:
@@ -125,6 +212,7 @@ def fit(
         method=method,
         params=params,
         fit_seconds=time.perf_counter() - start,
+        layers=layers,
     )
 
 
@@ -143,6 +231,7 @@ def save(conn: psycopg.Connection, space: Space, lmap: LearnedMap) -> int:
             lmap.dims,
             packed(lmap.mean),
             packed(lmap.matrix),
+            None if lmap.layers is None else packed(np.concatenate([a.ravel() for a in lmap.layers])),
             lmap.fitted_rows,
             json.dumps(lmap.params),
             lmap.fit_seconds,
@@ -175,16 +264,24 @@ def load(conn: psycopg.Connection, space: Space) -> LearnedMap | None:
     row = conn.execute(queries.LOAD_LEARNED_MAP, (space.id,)).fetchone()
     if row is None:
         return None
-    method, dims, mean, matrix, fitted, params, seconds = row
+    method, dims, mean, matrix, layers, fitted, params, seconds = row
+    first = dims if layers is None else int(params["hidden"])
     return LearnedMap(
         stage=stage.name,
         mean=unpacked(mean, stage.dim),
-        matrix=unpacked(matrix, dims, stage.dim),
+        matrix=unpacked(matrix, first, stage.dim),
         fitted_rows=fitted,
         method=method,
         params=params,
         fit_seconds=seconds or 0.0,
+        layers=None if layers is None else _layers(layers, first, dims),
     )
+
+
+def _layers(data: bytes, hidden: int, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An mlp map's stored b1, W2, b2."""
+    flat = unpacked(data, hidden + dims * hidden + dims)
+    return flat[:hidden], flat[hidden : hidden + dims * hidden].reshape(dims, hidden), flat[hidden + dims * hidden :]
 
 
 def add(conn: psycopg.Connection, rows: StageRows, lmap: LearnedMap, image_ids: list[int], vectors: np.ndarray) -> None:

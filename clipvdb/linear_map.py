@@ -30,7 +30,7 @@ class LinearMap:
         # One BLAS thread: a threaded product this small leaves OpenBLAS's workers spinning for about
         # 0.1 s after each call, taking a core from the server answering the query (BENCHMARKS.md,
         # item 1: 10 CPU seconds per 100 batches, and the server's own CPU time rose by 60 %).
-        with _blas().limit(limits=1, user_api="blas"):
+        with one_blas_thread():
             return ((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.matrix.T).astype(np.float32)
 
     def add(
@@ -55,6 +55,11 @@ def packed(a: np.ndarray) -> bytes:
 def unpacked(data: bytes, *shape: int) -> np.ndarray:
     """The stored form back as a float32 array of `shape`."""
     return np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(shape)
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread (why: LinearMap.apply)."""
+    return _blas().limit(limits=1, user_api="blas")
 
 
 @functools.cache

@@ -247,7 +247,7 @@ class DuplicatesOptions:
             raise UsageError(f"--ratio must be in (0, 1]; got {self.ratio}")
 
 
-LEARN_METHODS = ("nca", "lda", "pca")
+LEARN_METHODS = ("nca", "mlp", "lda", "pca")
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ class LearnOptions:
 
     method: str = "nca"  # one of LEARN_METHODS
     dims: int | None = None  # None: 128; lda: classes - 1
-    seconds: float = 120.0  # nca's training budget
+    seconds: float = 120.0  # nca's and mlp's training budget
     dataset: str | None = None  # None: the only one
     seed: int = 0
 

@@ -273,12 +273,15 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
         + ["--alone", "pixels", "--turns", "2", "--learn-seconds", "2", "--out", str(tmp_path / "models.json")]
     )
     shared = {(x["model"], x["stage"]): x for x in result["shared"] if "learned" not in x}
-    (learned,) = [x for x in result["shared"] if "learned" in x]
-    assert learned["stage"] == "origin" and learned["dim"] == 128 and learned["queries"] == 20
-    assert (
-        learned["vector_bytes"] > 128 * 4
-        and learned["run_id"] != shared[("efficientnet-lite0@128", "origin")]["run_id"]
-    )
+    nca, mlp = [x for x in result["shared"] if "learned" in x]
+    assert (nca["learned"], mlp["learned"]) == ("nca 128-d", "mlp 128-d")
+    for learned in (nca, mlp):
+        assert learned["stage"] == "origin" and learned["dim"] == 128 and learned["queries"] == 20
+        assert (
+            learned["vector_bytes"] > 128 * 4
+            and learned["run_id"] != shared[("efficientnet-lite0@128", "origin")]["run_id"]
+        )
+    assert nca["run_id"] != mlp["run_id"]
     lite = "efficientnet-lite0@128"
     assert set(shared) == {("pixels", "first")} | {(lite, s) for s in ("second", "third", "origin")}
     assert all(x["stored"] == 60 and x["queries"] == 20 and x["encode_ms"] >= 0 for x in shared.values())

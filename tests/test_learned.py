@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from conftest import space_at
 
-from clipvdb import SearchSettings, catalog, learned
+from clipvdb import SearchSettings, catalog, db, learned
 from clipvdb.errors import EmptyStageError, UsageError
 from clipvdb.stages import STAGES
 
@@ -103,3 +103,64 @@ def test_later_ingests_are_covered_and_errors_are_one_line(store, cli, syn_data)
         )
     out = cli("learn", "--stage", "first", "--dims", "500", expect=2).output
     assert "--dims must be between 1 and 256" in out and len(out.strip().splitlines()) == 1
+
+
+def test_mlp_learns_what_the_raw_space_hides():
+    """Two labels by the sign of x0 * x1 (no linear map separates them) among 10 dimensions of large
+    noise: 1-NN in the raw space is near chance; in the mlp map's space, near every answer is right."""
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        X = np.concatenate([rng.uniform(-1, 1, (n, 2)), rng.normal(0, 3, (n, 10))], axis=1).astype(np.float32)
+        return X, (X[:, 0] * X[:, 1] > 0).astype(np.int64)
+
+    (X, y), (Q, t) = sample(8000), sample(500)
+
+    def nn_accuracy(A, B):
+        d = ((B[:, None, :] - A[None, :, :]) ** 2).sum(-1)
+        return float((y[d.argmin(1)] == t).mean())
+
+    lmap = learned.fit(X, y, STAGES["first"], "mlp", 8, seconds=120)  # the epochs, not the budget, end it
+    assert lmap.dims == 8 and lmap.layers is not None and lmap.params["hidden"] == learned.HIDDEN
+    assert lmap.params["steps"] == learned.MLP_EPOCHS * (len(X) // learned.MLP_BATCH)
+    assert nn_accuracy(X, Q) < 0.65
+    assert nn_accuracy(lmap.apply(X), lmap.apply(Q)) > 0.9
+
+
+def test_mlp_map_is_stored_searched_and_kept_current(store, cli, db_url, syn_data):
+    store.ingest(syn_data, "first", workers=0, limit=30)
+    fitted = json.loads(
+        cli("learn", "--stage", "first", "--method", "mlp", "--dims", "8", "--seconds", "2", "--json").stdout
+    )
+    assert fitted["method"] == "mlp" and fitted["dims"] == 8 and fitted["fitted_rows"] == 30
+    store.ingest(syn_data, "first", workers=0)  # 30 more rows: their learned images go in with them
+    with psycopg.connect(db_url) as c:
+        from pgvector.psycopg import register_vector
+
+        register_vector(c)
+        lmap = learned.load(c, space_at(c, STAGES["first"]))
+        rows = c.execute(
+            "SELECT e.embedding, l.vec, i.label FROM learned_first l JOIN images i ON i.id = l.image_id "
+            "JOIN embeddings_first e ON e.space_id = l.space_id AND e.image_id = l.image_id"
+        ).fetchall()
+    assert lmap is not None and lmap.method == "mlp" and lmap.layers is not None and len(rows) == 60
+    assert lmap.matrix.shape == (learned.HIDDEN, STAGES["first"].dim) and lmap.layers[1].shape == (8, learned.HIDDEN)
+    raw = np.stack([r[0].to_numpy() for r in rows]).astype(np.float32)
+    mapped = np.stack([r[1].to_numpy() for r in rows])
+    # every stored row's learned image is the stored map applied to its vector (first 30 and later 30)
+    off = np.linalg.norm(mapped - lmap.apply(raw), axis=1) / np.linalg.norm(mapped, axis=1)
+    assert off.max() < 2e-3, off.max()
+    query = str(syn_data / "test" / "red-circle" / "0000.png")
+    preds = store.classify([query], "first", SearchSettings(learned=True, exact=True))
+    q = lmap.apply(store.embed([query], "first")["first"])[0]
+    labels = np.array([r[2] for r in rows])
+    assert preds[0].predicted_class == store.dataset().classes[int(labels[((mapped - q) ** 2).sum(1).argmin()])]
+    run = json.loads(
+        cli("evaluate", "--stage", "first", "--data", syn_data, "--learned", "--json", "--workers", "0").stdout
+    )
+    params = json.loads(cli("report", "--run", run["run_id"], "--view", "report_runs", "--json").stdout)
+    assert params["report_runs"][0]["params"]["learned"]["first"]["method"] == "mlp"
+    # an mlp map is not something revision 0018 can hold: the downgrade says so and changes nothing
+    with pytest.raises(Exception, match="mlp maps, which revision 0018 cannot hold"):
+        db.downgrade(db_url, "0018")
+    assert db.current_revision(db_url) == db.head_revision()

@@ -70,11 +70,11 @@ def insert_mapped(table: str, column: str, column_type: str = "vector") -> sql.C
 
 
 SAVE_LEARNED_MAP = """INSERT INTO learned_maps
-    (space_id, method, dims, mean, matrix, fitted_rows, params, fit_seconds, fitted_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
+    (space_id, method, dims, mean, matrix, layers, fitted_rows, params, fit_seconds, fitted_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
     ON CONFLICT (space_id) DO UPDATE SET method = EXCLUDED.method, dims = EXCLUDED.dims, mean = EXCLUDED.mean,
-      matrix = EXCLUDED.matrix, fitted_rows = EXCLUDED.fitted_rows, params = EXCLUDED.params,
-      fit_seconds = EXCLUDED.fit_seconds, fitted_at = EXCLUDED.fitted_at"""
+      matrix = EXCLUDED.matrix, layers = EXCLUDED.layers, fitted_rows = EXCLUDED.fitted_rows,
+      params = EXCLUDED.params, fit_seconds = EXCLUDED.fit_seconds, fitted_at = EXCLUDED.fitted_at"""
 LOAD_LEARNED_MAP = (
-    "SELECT method, dims, mean, matrix, fitted_rows, params, fit_seconds FROM learned_maps WHERE space_id = %s"
+    "SELECT method, dims, mean, matrix, layers, fitted_rows, params, fit_seconds FROM learned_maps WHERE space_id = %s"
 )
