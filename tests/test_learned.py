@@ -164,3 +164,24 @@ def test_mlp_map_is_stored_searched_and_kept_current(store, cli, db_url, syn_dat
     with pytest.raises(Exception, match="mlp maps, which revision 0018 cannot hold"):
         db.downgrade(db_url, "0018")
     assert db.current_revision(db_url) == db.head_revision()
+
+
+def test_a_refit_indexes_only_the_new_map_rows(db_url):
+    """A refit rewrites every learned row; its index holds the new rows alone, not the old map's
+    beside them (an index built in the transaction that deleted them would take both: twice the
+    size, and lists trained partly on vectors of a map that no longer exists)."""
+    from conftest import load_vectors
+
+    stage = STAGES["second"]
+    X = np.random.default_rng(0).normal(size=(3000, stage.dim)).astype(np.float32)
+    with db.connection(db_url) as conn:
+        load_vectors(conn, stage, X)
+        space = space_at(conn, stage)
+        y = np.arange(len(X)) % 2
+        sizes = []
+        for dims in (64, 64):
+            learned.save(conn, space, learned.fit(X, y, stage, "pca", dims))
+            name = f"{stage.learned_table}_ann_{space.id}"
+            sizes.append(db.scalar(conn, "SELECT pg_relation_size(%s::regclass)", (name,)))
+            conn.commit()
+    assert sizes[1] <= sizes[0] * 1.05, sizes
