@@ -152,15 +152,13 @@ def fit_mlp(
     opt = torch.optim.AdamW(weights, lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
-    done, loss = 0, float("nan")
-    while done < steps:
-        order = torch.randperm(len(X), generator=gen)
-        for i in range(0, per_epoch * batch, batch):
-            if done == steps:
-                break
-            loss = step(opt, order[i : i + batch])
-            schedule.step()
-            done += 1
+    loss = float("nan")
+    for n in range(steps):
+        if n % per_epoch == 0:  # each epoch in a fresh order
+            order = torch.randperm(len(X), generator=gen)
+        i = n % per_epoch * batch
+        loss = step(opt, order[i : i + batch])
+        schedule.step()
     first, second = net[1], net[3]
     assert isinstance(first, torch.nn.Linear) and isinstance(second, torch.nn.Linear)
     matrix = (first.weight.detach().numpy() / std).astype(np.float32)
