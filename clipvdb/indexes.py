@@ -15,6 +15,8 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -216,6 +218,27 @@ def lock_space_index(conn: psycopg.Connection, space: Space) -> None:
     conn.execute(queries.ADVISORY_XACT_LOCK, (lock_key(space.stage.name, space.model, space.weights),))
 
 
+@contextmanager
+def space_index_held(conn: psycopg.Connection, space: Space) -> Iterator[None]:
+    """Hold the space's index lock (lock_space_index's) for the session, across the transactions of
+    one build, until the block ends. On the way out anything uncommitted is rolled back first, so a
+    build cut short never commits half a rewrite."""
+    key = lock_key(space.stage.name, space.model, space.weights)
+    conn.commit()
+    conn.execute(queries.ADVISORY_LOCK, (key,))
+    conn.commit()
+    try:
+        yield
+    finally:
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            conn.execute(queries.ADVISORY_UNLOCK, (key,))
+            conn.commit()
+        except psycopg.Error:
+            pass  # the connection is gone, and with its session the lock
+
+
 def stored_rows(conn: psycopg.Connection, space: Space, dataset: int) -> int:
     """The space's rows of the dataset, every split: what its index covers."""
     row = conn.execute(queries.rows_of_space_in(space.stage), (space.id, dataset)).fetchone()
@@ -237,9 +260,15 @@ def build(
 ) -> IndexInfo:
     """(Re)build the index of the space's rows of the dataset and record the choice. `spec`
     (SPEC_KEYS, each optional): lists, m, ef_construction, metric, ef_search (an hnsw's default),
-    project (refit the projection and index that instead of the full vectors). Commits. The
-    recorded params add each phase's seconds, and `default` when the size rule chose (a later
-    rebuild chooses again for the rows it finds)."""
+    project (refit the projection and index that instead of the full vectors). The recorded params
+    add each phase's seconds, and `default` when the size rule chose (a later rebuild chooses again
+    for the rows it finds).
+
+    Two transactions under the space's index lock: the old index dropped, the projection rewritten
+    and the choice recorded; then the index built. An index built in the transaction that deleted
+    the old projection rows would take them too (nearly twice the size, its lists trained partly on
+    projections in a basis no longer stored). Cut short in the second, the space is left without an
+    index (searches scan, with the same answers) and the next ingest or `clipvdb index` builds it."""
     spec = spec or {}
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
@@ -259,66 +288,72 @@ def build(
     if kind == "hnsw" and ef_construction < 2 * m:
         raise UsageError(f"--ef-construction must be at least 2 x --m ({2 * m}); got {ef_construction}")
     stage = space.stage
-    lock_space_index(conn, space)
-    rows = stored_rows(conn, space, dataset)
-    params: dict = {"metric": metric}
-    if by_default:
-        params["default"] = True
-    start = time.perf_counter()
-    drop(conn, space, dataset)
-    if project:
-        t0 = time.perf_counter()
-        proj = projection.fit(conn, space, dataset, project)
-        t1 = time.perf_counter()
-        mapped = projection.save(conn, space, dataset, proj)
-        t2 = time.perf_counter()
-        params.update(
-            project=proj.dims,
-            variance_kept=round(proj.variance_kept, 4),
-            fit_s=round(t1 - t0, 3),
-            project_s=round(t2 - t1, 3),
-        )
-        table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
-        dim, column_type = proj.dims, queries.PROJECTION_TYPE
-    else:
-        projection.remove(conn, space, dataset)
-        table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)
-        dim, column_type = stage.dim, stage.column_type
-    name = queries.index_name(stage, space.id, dataset, projected=bool(project))
-    shards = db.shard_count(conn, table)
-    if shards > 1:
-        params["shards"] = shards  # on Citus every shard has its own index over its own rows
-    if kind == "ivfflat":
-        params["lists"] = lists or ideal_lists(rows // shards, projected=bool(project))
-    elif kind == "hnsw":
-        params.update(m=int(m), ef_construction=int(ef_construction))
-        if ef_search:
-            params["ef_search"] = int(ef_search)
-        elif project:
-            params.update(ef_search=projected_ef_search(mapped.rows, mapped.distinct), distinct_rows=mapped.distinct)
-    if kind != "none":
-        t0 = time.perf_counter()
-        session = [
-            (
-                "maintenance_work_mem",
-                f"{build_memory_mb(kind, params.get('lists', 1), rows=rows // shards, dim=dim, m=int(m))}MB",
-            ),
-            ("max_parallel_maintenance_workers", str(build_workers())),
-        ]
-        db.set_local(conn, session, distributed=shards > 1)
-        typed = f"{column_type}({dim})"
-        width = dim if project else None
+    with space_index_held(conn, space):
+        rows = stored_rows(conn, space, dataset)
+        params: dict = {"metric": metric}
+        if by_default:
+            params["default"] = True
+        start = time.perf_counter()
+        drop(conn, space, dataset)
+        if project:
+            t0 = time.perf_counter()
+            proj = projection.fit(conn, space, dataset, project)
+            t1 = time.perf_counter()
+            mapped = projection.save(conn, space, dataset, proj)
+            t2 = time.perf_counter()
+            params.update(
+                project=proj.dims,
+                variance_kept=round(proj.variance_kept, 4),
+                fit_s=round(t1 - t0, 3),
+                project_s=round(t2 - t1, 3),
+            )
+            table, column, opclass = stage.projection_table, "proj", queries.opclass(queries.PROJECTION_TYPE, "l2")
+            dim, column_type = proj.dims, queries.PROJECTION_TYPE
+        else:
+            projection.remove(conn, space, dataset)
+            table, column, opclass = stage.table, "embedding", queries.opclass(stage.column_type, metric)
+            dim, column_type = stage.dim, stage.column_type
+        name = queries.index_name(stage, space.id, dataset, projected=bool(project))
+        shards = db.shard_count(conn, table)
+        if shards > 1:
+            params["shards"] = shards  # on Citus every shard has its own index over its own rows
+        if kind == "ivfflat":
+            params["lists"] = lists or ideal_lists(rows // shards, projected=bool(project))
+        elif kind == "hnsw":
+            params.update(m=int(m), ef_construction=int(ef_construction))
+            if ef_search:
+                params["ef_search"] = int(ef_search)
+            elif project:
+                ef = projected_ef_search(mapped.rows, mapped.distinct)
+                params.update(ef_search=ef, distinct_rows=mapped.distinct)
+        # the rewrite commits before the build (see above); the record says what is being built
         conn.execute(
-            queries.create_index(name, table, column, kind, opclass, params, (space.id, dataset, typed), width)
+            queries.SAVE_SPACE_INDEX, (space.id, dataset, kind, json.dumps(params), rows, time.perf_counter() - start)
         )
-        params["index_s"] = round(time.perf_counter() - t0, 3)
-    seconds = time.perf_counter() - start
-    conn.execute(queries.SAVE_SPACE_INDEX, (space.id, dataset, kind, json.dumps(params), rows, seconds))
-    conn.commit()
-    if kind != "none":
-        conn.execute(queries.analyze(table))
         conn.commit()
-    return info(conn, space, dataset)
+        if kind != "none":
+            t0 = time.perf_counter()
+            session = [
+                (
+                    "maintenance_work_mem",
+                    f"{build_memory_mb(kind, params.get('lists', 1), rows=rows // shards, dim=dim, m=int(m))}MB",
+                ),
+                ("max_parallel_maintenance_workers", str(build_workers())),
+            ]
+            db.set_local(conn, session, distributed=shards > 1)
+            typed = f"{column_type}({dim})"
+            width = dim if project else None
+            conn.execute(
+                queries.create_index(name, table, column, kind, opclass, params, (space.id, dataset, typed), width)
+            )
+            params["index_s"] = round(time.perf_counter() - t0, 3)
+        seconds = time.perf_counter() - start
+        conn.execute(queries.SAVE_SPACE_INDEX, (space.id, dataset, kind, json.dumps(params), rows, seconds))
+        conn.commit()
+        if kind != "none":
+            conn.execute(queries.analyze(table))
+            conn.commit()
+        return info(conn, space, dataset)
 
 
 def info(conn: psycopg.Connection, space: Space, dataset: int) -> IndexInfo:

@@ -50,8 +50,9 @@ from faults_helpers import (
     wait_for,
 )
 
-from clipvdb import Store, TinyEncoder, db, embedded, indexes, synthetic
+from clipvdb import Store, TinyEncoder, db, embedded, indexes, queries, synthetic
 from clipvdb.sources import open_source
+from clipvdb.stages import STAGES
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 5  # 200 training and 50 test images
 TRAIN, TEST = TRAIN_PER_CLASS * 10, TEST_PER_CLASS * 10
@@ -391,6 +392,43 @@ def test_index_rebuild(fault, shared, data):
     query = next((data / "test").glob("*/*.png"))
     shared.ok("classify", query, "--stage", "first", "--dataset", shared.marker, "--json")
     shared.ok("index", "--stage", "first")
+    assert invalid_indexes(shared.url) == []
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigterm"])
+def test_index_build_after_the_rewrite(fault, shared, data):
+    """`clipvdb index` cut short in its build, once the projection's rewrite has committed (the test
+    drops the index, as a bulk load does, then holds the projection table against the build alone):
+    the new projection stays, every row projected once, no index; searches answer; the next ingest
+    builds the index the record names."""
+    _stored(shared, data)
+    with shared.store() as s:
+        before = s.index_info("first")
+    projected = queries.index_name(STAGES["first"], before.space, before.dataset, projected=True)
+    with psycopg.connect(shared.url) as c:
+        c.execute(f"DROP INDEX {projected}")
+    holder = Holder(shared.url).hold("LOCK TABLE projections_first IN ROW EXCLUSIVE MODE")
+    proc = shared.start("index", "--stage", "first", "--kind", "ivfflat", "--project", 16)
+    backend = shared.blocked(holder, proc)
+    apply(fault, shared, proc, backend)
+    finish(fault, shared, proc, holder)
+    assert invalid_indexes(shared.url) == []
+    space = (before.space, before.dataset)
+    rows = "SELECT count(*), count(DISTINCT image_id) FROM {} WHERE space_id = %s AND dataset_id = %s"
+    with psycopg.connect(shared.url) as c:
+        (stored, _) = c.execute(rows.format("embeddings_first"), space).fetchone()
+        assert stored > 0 and c.execute(rows.format("projections_first"), space).fetchone() == (stored, stored)
+        basis = "SELECT dim FROM space_projections WHERE space_id = %s AND dataset_id = %s"
+        assert c.execute(basis, space).fetchone() == (16,)
+    with shared.store() as s:
+        cut = s.index_info("first")
+    assert not cut.exists and (cut.kind, cut.params["project"]) == ("ivfflat", 16)
+    query = next((data / "test").glob("*/*.png"))
+    shared.ok("classify", query, "--stage", "first", "--dataset", shared.marker, "--json")
+    _stored(shared, data)
+    with shared.store() as s:
+        after = s.index_info("first")
+    assert after.exists and (after.kind, after.params["project"]) == ("ivfflat", 16)
     assert invalid_indexes(shared.url) == []
 
 

@@ -203,3 +203,42 @@ def test_index_model_rebuilds_that_models_indexes_alone(cli, syn_data):
     bad = cli("index", "--stage", "second", "--model", "RN50", expect=2)
     assert "no vectors of model 'RN50' stored at stage second (stored: cnn, tiny)" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_a_projected_rebuild_indexes_only_the_new_projection_rows(conn):
+    """Rebuilding a projected index rewrites every projection row; the index holds the new rows
+    alone (one built in the transaction that deleted the old rows would take both: nearly twice the
+    size, its lists trained partly on projections in a basis no longer stored)."""
+    X = np.random.default_rng(0).normal(size=(3000, SECOND.dim)).astype(np.float32)
+    load_vectors(conn, SECOND, X)
+    space = space_at(conn, SECOND)
+    sizes = []
+    for _ in range(3):
+        info = indexes.build(conn, space, 1, "ivfflat", {"project": 16})
+        assert info.exists and info.params["project"] == 16
+        sizes.append(info.size_bytes)
+    live = conn.execute(f"SELECT count(*) FROM {SECOND.projection_table} WHERE space_id = %s", (space.id,))
+    assert live.fetchone()[0] == len(X)
+    assert max(sizes) <= sizes[0] * 1.05, sizes
+
+
+def test_a_build_lets_go_of_the_space_lock_however_it_ends(conn, db_url):
+    """A build holds the space's index lock across its two transactions and lets go of it at the end,
+    after an error too: another session can take it at once."""
+    from clipvdb.errors import EmptyStageError
+
+    _fill(conn, SECOND, n=50)
+    space = space_at(conn, SECOND)
+    key = indexes.lock_key(SECOND.name, space.model, space.weights)
+
+    def free() -> bool:
+        with psycopg.connect(db_url) as other:
+            return other.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()[0]
+
+    indexes.build(conn, space, 1, "ivfflat", {"project": 8})
+    assert free()
+    with pytest.raises(EmptyStageError):
+        indexes.build(conn, space, 2, "ivfflat", {"project": 8})  # dataset 2 stores nothing
+    assert free()
+    with indexes.space_index_held(conn, space):
+        assert not free()
