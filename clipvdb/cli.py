@@ -423,7 +423,13 @@ def train_options(f):
                 "--split", default="train", show_default=True, help="The split to train on (only this one is read)."
             ),
             click.option(
-                "--name", default="cnn", show_default=True, help="The model's name (its stored vectors carry it)."
+                "--base",
+                help="Fine-tune this network instead: efficientnet-lite0, lite1 or lite2 (@SIZE for another "
+                "input size, e.g. efficientnet-lite0@160).",
+            ),
+            click.option(
+                "--name",
+                help="The model's name, carried by its vectors (default: cnn; with --base, e.g. lite0-160-tuned).",
             ),
             click.option(
                 "--minutes",
@@ -434,15 +440,15 @@ def train_options(f):
             ),
             click.option("--epochs", type=click.IntRange(1), help="Epochs (default: as many as fit in --minutes)."),
             click.option(
-                "--widths", default="48,96,192", show_default=True, help="Channels of the three residual blocks."
+                "--widths", default="48,96,192", show_default=True, help="The compact CNN's three blocks' channels."
             ),
-            click.option("--batch-size", type=click.IntRange(2), default=512, show_default=True),
+            click.option(
+                "--batch-size", type=click.IntRange(2), help="Images per step (default: 512; 64 with --base)."
+            ),
             click.option(
                 "--lr",
                 type=click.FloatRange(0, min_open=True),
-                default=0.4,
-                show_default=True,
-                help="Peak learning rate.",
+                help="Peak learning rate (default: 0.4; 0.05 with --base).",
             ),
             click.option("--seed", type=int, default=0, show_default=True),
             click.option("--limit", "limit", type=click.IntRange(1), help="Train on the first N images of the split."),
@@ -1628,16 +1634,19 @@ def learn(state: State, stage, options: LearnOptions, as_json) -> None:
 @json_option
 @click.pass_obj
 def train(state: State, data, out, options: TrainOptions, device, as_json) -> None:
-    """Train a compact residual CNN on a labelled split; the checkpoint is then a --model.
+    """Train a compact residual CNN on a labelled split, or fine-tune an ImageNet network (--base);
+    the checkpoint is then a --model.
 
-    Its stages: second (half the network), third (the pooled features), origin (its own
-    classifier); first is the pixels, as for every model.
+    The compact CNN's stages: second (half the network), third (the pooled features), origin (its
+    own classifier). A fine-tuned network keeps its base's stages, classified by neighbors; only
+    its last two block stages and its head are trained. First is the pixels, as for every model.
 
     \b
     Example:
       clipvdb train --data ./cifar10 --out cifar-cnn.pt
       clipvdb ingest --stage all --data ./cifar10 --model cifar-cnn.pt
       clipvdb evaluate --stage all --data ./cifar10 --model cifar-cnn.pt --k 1,5,20
+      clipvdb train --data ./cifar10 --base efficientnet-lite0@160 --epochs 1 --out lite0-cifar.pt
     """
     if device:
         state.device = device
@@ -1647,8 +1656,10 @@ def train(state: State, data, out, options: TrainOptions, device, as_json) -> No
     if as_json:
         _print_json(result.as_dict())
         return
+    tuned = f" (fine-tuned {result.base})" if result.base else ""
     click.echo(
-        f"{result.path}: {result.name}, {result.epochs} epochs on {result.images:,} images in {result.seconds:.0f} s "
+        f"{result.path}: {result.name}{tuned}, {result.epochs} epochs on {result.images:,} images "
+        f"in {result.seconds:.0f} s "
         f"({result.images_per_s:.0f} images/s), final loss {result.final_loss:.3f}, "
         f"training accuracy {result.train_accuracy:.1%}; sha256 {result.sha256[:16]}"
     )

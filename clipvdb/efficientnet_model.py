@@ -211,13 +211,24 @@ class EfficientNetEncoder(NetworkEncoder):
     origin_by_neighbors = True
     net: EfficientNetLite
 
-    def __init__(self, variant: str, device: str | None = None, path: Path | None = None, size: int | None = None):
+    def __init__(
+        self,
+        variant: str,
+        device: str | None = None,
+        path: Path | None = None,
+        size: int | None = None,
+        *,
+        name: str | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ):
         # another input size than the variant's own is another embedding space: its own model name
-        name = variant if size in (None, VARIANTS[variant][1]) else f"{variant}@{size}"
+        name = name or (variant if size in (None, VARIANTS[variant][1]) else f"{variant}@{size}")
         super().__init__(name, path or weights_file(variant), device)
+        self.variant = variant
         self.size = size or VARIANTS[variant][1]
         self._mean, self._std = self.per_channel([MEAN / 255] * 3), self.per_channel([STD / 255] * 3)
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state is None:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         self.net = EfficientNetLite(state).to(self.device)
         widths = {
             "second": self.net.widths[self.net.middle],
@@ -225,6 +236,16 @@ class EfficientNetEncoder(NetworkEncoder):
             "origin": self.net._conv_head.out_channels,
         }
         self.stages = declare(widths)
+
+    @classmethod
+    def tuned(cls, path: Path, payload: dict, device: str | None = None) -> EfficientNetEncoder:
+        """A checkpoint that `clipvdb train --base` fine-tuned (trained_model.TUNED_FORMAT): the
+        variant's network with the tuned weights, at the input size it was tuned at, under its own
+        name; its identity the checkpoint file's SHA-256."""
+        variant = str(payload["variant"])
+        if variant not in VARIANTS:
+            raise WeightsError(f"{path} fine-tunes {variant!r}, not one of {', '.join(VARIANTS)}")
+        return cls(variant, device, path, int(payload["size"]), name=str(payload["name"]), state=payload["state_dict"])
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC), np.uint8)

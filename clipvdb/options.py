@@ -143,18 +143,29 @@ class EvaluateOptions:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """`clipvdb train`: the compact CNN's shape, its training schedule and the images it reads."""
+    """`clipvdb train`: the network (a compact CNN from scratch, or `base` fine-tuned), its training
+    schedule and the images it reads."""
 
     split: str = "train"  # the split trained on (no other is read)
-    name: str = "cnn"  # the model's name, carried by its stored vectors
-    widths: tuple[int, ...] = (48, 96, 192)  # channels of the three residual blocks
+    name: str | None = None  # the model's name, carried by its stored vectors (model_name())
+    base: str | None = None  # None: the compact CNN from scratch; efficientnet-lite0[@SIZE]: fine-tuned
+    widths: tuple[int, ...] = (48, 96, 192)  # channels of the compact CNN's three residual blocks
     epochs: int | None = None  # None: as many as fit in `minutes`
     minutes: float = 13.0  # the time budget that picks the epochs
-    batch_size: int = 512
-    lr: float = 0.4  # the peak learning rate
+    batch_size: int | None = None  # None: the network's own (training.py, finetune.py)
+    lr: float | None = None  # the peak learning rate; None: the network's own
     seed: int = 0
     limit: int | None = None  # train on the first N images of the split
     workers: int | None = None  # decoding processes; None: one per core
+
+    def model_name(self) -> str:
+        """`name`, or cnn from scratch, or the base's short name and size (lite0-tuned, lite0-160-tuned)."""
+        if self.name:
+            return self.name
+        if not self.base:
+            return "cnn"
+        variant, _, size = self.base.partition("@")
+        return "-".join([variant.removeprefix("efficientnet-"), *([size] if size else []), "tuned"])
 
     def check(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -163,8 +174,10 @@ class TrainOptions:
             raise UsageError("--minutes must be positive")
         if self.limit is not None and self.limit < 1:
             raise UsageError("--limit must be at least 1")
-        if self.batch_size < 2:
+        if self.batch_size is not None and self.batch_size < 2:
             raise UsageError("--batch-size must be at least 2")
+        if self.lr is not None and self.lr <= 0:
+            raise UsageError("--lr must be positive")
         if not self.widths or min(self.widths) < 1:
             raise UsageError("--widths takes positive channel counts, e.g. 48,96,192")
 

@@ -437,16 +437,17 @@ class Store:
         say: Callable[[str], None] | None = None,
         **changes: Any,
     ) -> TrainResult:
-        """Train the compact CNN on a labelled split (no database needed) and write its checkpoint to
-        `out`, or to the home's models folder as NAME.pt so that `--model NAME` finds it. `options`
-        (or its fields as keywords: split, name, widths, epochs, minutes, batch_size, lr, seed, limit,
-        workers) as `clipvdb train` takes them."""
-        from . import training  # torch: only when training
+        """Train the compact CNN, or fine-tune `base`, on a labelled split (no database needed) and
+        write the checkpoint to `out`, or to the home's models folder as NAME.pt so that `--model NAME`
+        finds it. `options` (or its fields as keywords: split, name, base, widths, epochs, minutes,
+        batch_size, lr, seed, limit, workers) as `clipvdb train` takes them."""
+        from . import finetune, training  # torch: only when training
 
         options = gathered(options, TrainOptions, changes)
-        path = Path(out).expanduser() if out else models_dir(self.home_dir) / f"{options.name}{CHECKPOINT_SUFFIX}"
+        path = Path(out).expanduser() if out else models_dir(self.home_dir) / (options.model_name() + CHECKPOINT_SUFFIX)
         device = None if self.device == config.DEFAULT_DEVICE else self.device
-        return training.train(_source(data), path, options, device=device, watch=Watch.of(progress, say))
+        fit = finetune.finetune if options.base else training.train
+        return fit(_source(data), path, options, device=device, watch=Watch.of(progress, say))
 
     def embed(self, images: ImageInput | list[ImageInput], stages: StagesArg = "origin") -> dict[str, np.ndarray]:
         """Vectors per stage for the images (no database needed)."""

