@@ -179,8 +179,11 @@ def finetune(
     if epochs is None:
         probe_opt, _ = make_optimizer(PROBE_STEPS + 1)
         probe = batches(-1)
-        x0, y0 = next(probe)
+        first = next(probe, None)
         probe.close()  # its decoding workers end here
+        if first is None:
+            raise SourceError(f"fewer than {batch_size} images of split {options.split!r} could be decoded")
+        x0, y0 = first
         step_s = probe_seconds(lambda _: step(probe_opt, x0, y0), [tuner])
         left = options.minutes * 60 - (time.perf_counter() - t_start) - 5.0  # the checkpoint and the slack
         epochs = max(1, math.floor(left / (step_s * per_epoch)))
@@ -206,7 +209,7 @@ def finetune(
         losses.append(epoch_loss / max(1, seen // batch_size))
     train_seconds = time.perf_counter() - t_train
     if not seen:
-        raise SourceError(f"no image of split {options.split!r} in {source.location} could be decoded")
+        raise SourceError(f"fewer than {batch_size} images of split {options.split!r} could be decoded")
     tuner.train_top(False)
     name = options.model_name()
     record = {

@@ -14,7 +14,7 @@ from PIL import Image
 
 from clipvdb import TrainOptions, synthetic
 from clipvdb.encoder import load_encoder
-from clipvdb.errors import UsageError
+from clipvdb.errors import SourceError, UsageError
 from clipvdb.sources import open_source
 from clipvdb.trained_model import TUNED_FORMAT, file_sha256, read_payload
 
@@ -111,6 +111,14 @@ def test_bad_bases_get_one_line_errors(cli, shapes, tmp_path):
     r = cli("train", "--data", shapes, "--base", "efficientnet-lite0@9", "--out", tmp_path / "y.pt", expect=2)
     assert "input size after '@'" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "y.pt").exists()
+    junk = tmp_path / "junk"
+    for c in ("a", "b"):
+        (junk / "train" / c).mkdir(parents=True)
+        (junk / "train" / c / "x.png").write_bytes(b"not a PNG")
+    for sized in ({"epochs": 1}, {"epochs": None, "minutes": 0.1}):
+        with pytest.raises(SourceError, match="could be decoded"):
+            finetune(open_source(junk), tmp_path / "z.pt", _options(**sized))
+    assert not (tmp_path / "z.pt").exists()
 
 
 def test_fine_tuning_on_real_cifar10_beats_the_imagenet_network(cifar_jpeg, tmp_path):
