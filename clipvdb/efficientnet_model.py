@@ -89,8 +89,11 @@ class _Conv(nn.Conv2d):
         return y[..., keep[0], keep[1]]
 
 
+BN_MOMENTUM = 0.01  # as the checkpoints were trained (TensorFlow's decay 0.99)
+
+
 def _bn(channels: int) -> nn.Module:  # an identity once folded
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=BN_MOMENTUM)
 
 
 class _Block(nn.Module):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip_model import keep_freed_memory
-from .efficientnet_model import VARIANTS, EfficientNetEncoder, EfficientNetLite, block_plan
+from .efficientnet_model import BN_MOMENTUM, VARIANTS, EfficientNetEncoder, EfficientNetLite, block_plan
 from .encoder import input_size
 from .errors import SourceError, UsageError
 from .options import TrainOptions, Watch
@@ -47,6 +47,7 @@ WEIGHT_DECAY = 5e-5
 LABEL_SMOOTHING = 0.1
 DROPOUT = 0.2  # on the pooled head, before the classifier
 SHIFT = 1 / 16  # of the side: the largest shift of an image
+CALIBRATION_BATCHES = 50  # batches whose mean statistics the tuned batch norms keep for inference
 
 
 class Tuner(nn.Module):
@@ -66,6 +67,9 @@ class Tuner(nn.Module):
 
     def trained(self) -> list[nn.Module]:
         return [*self.net._blocks[self.start :], self.net._conv_head, self.net._bn1, self.classifier]
+
+    def norms(self) -> list[nn.BatchNorm2d]:
+        return [m for part in self.trained() for m in part.modules() if isinstance(m, nn.BatchNorm2d)]
 
     def train_top(self, mode: bool = True) -> None:
         self.eval()
@@ -103,6 +107,26 @@ def _shifted(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         img = padded[i, dy[i] : dy[i] + side, dx[i] : dx[i] + side]
         out[i] = img[:, ::-1] if flip[i] else img
     return out
+
+
+def calibrate(tuner: Tuner, batches: Generator[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Give the tuned batch norms the plain mean statistics of up to CALIBRATION_BATCHES training
+    batches through the trained weights. Their running statistics move by 1 % a step, as the
+    checkpoint's were trained: after a short run they would still be mostly ImageNet's while the
+    weights around them are not."""
+    norms = tuner.norms()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative mean
+    tuner.train_top()
+    with torch.no_grad():
+        for n, (x, _) in enumerate(batches):
+            tuner(x)
+            if n + 1 == CALIBRATION_BATCHES:
+                break
+    batches.close()  # its decoding workers end here
+    for bn in norms:
+        bn.momentum = BN_MOMENTUM
 
 
 def finetune(
@@ -210,6 +234,7 @@ def finetune(
     train_seconds = time.perf_counter() - t_train
     if not seen:
         raise SourceError(f"fewer than {batch_size} images of split {options.split!r} could be decoded")
+    calibrate(tuner, batches(epochs))
     tuner.train_top(False)
     name = options.model_name()
     record = {

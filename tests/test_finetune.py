@@ -67,6 +67,16 @@ def test_the_top_learns_and_the_frozen_blocks_stay_the_base(tuned, shapes):
         if not tuned_part:
             assert not changed, key
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith(f"_blocks.{start}."))
+    # the tuned batch norms keep the data's statistics through the tuned weights, not ImageNet's
+    from clipvdb.efficientnet_model import EfficientNetLite
+
+    net, expanded = EfficientNetLite(after, fold=False), []
+    net._blocks[start]._expand_conv.register_forward_hook(lambda _m, _i, out: expanded.append(out))
+    with torch.no_grad():
+        net.stages(base.to_input(_pixels(base, shapes)), {"origin"})
+    measured = expanded[0].mean((0, 2, 3))  # the first tuned batch norm's input: the frozen blocks' output
+    kept, imagenet = after[f"_blocks.{start}._bn0.running_mean"], before[f"_blocks.{start}._bn0.running_mean"]
+    assert (kept - measured).abs().mean() < 0.25 * (imagenet - measured).abs().mean()
     # stage second ends before the tuned blocks: the base's vectors; origin comes out of the tuned head
     batch = _pixels(base, shapes)
     stages = [base.stages["second"], base.stages["origin"]]
