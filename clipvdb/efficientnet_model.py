@@ -245,10 +245,17 @@ class EfficientNetEncoder(NetworkEncoder):
         """A checkpoint that `clipvdb train --base` fine-tuned (trained_model.TUNED_FORMAT): the
         variant's network with the tuned weights, at the input size it was tuned at, under its own
         name; its identity the checkpoint file's SHA-256."""
-        variant = str(payload["variant"])
+        variant = str(payload.get("variant"))
         if variant not in VARIANTS:
             raise WeightsError(f"{path} fine-tunes {variant!r}, not one of {', '.join(VARIANTS)}")
-        return cls(variant, device, path, int(payload["size"]), name=str(payload["name"]), state=payload["state_dict"])
+        try:
+            size, name, state = int(payload["size"]), str(payload["name"]), payload["state_dict"]
+            return cls(variant, device, path, size, name=name, state=state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: tensors that do not fit
+            raise WeightsError(
+                f"{path} is not a whole fine-tuned {variant} ({exc.__class__.__name__}: {str(exc)[:80]}); "
+                "make it again with 'clipvdb train --base'"
+            ) from exc
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC), np.uint8)

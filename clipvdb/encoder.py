@@ -53,6 +53,14 @@ def models_dir(home: Path) -> Path:
     return home / "models"
 
 
+def check_trained_name(name: str) -> str:
+    """The name of a model `clipvdb train` writes; a UsageError where `--model` would resolve it to
+    another model first (tiny, an EfficientNet-Lite name) or read it as a path."""
+    if name == TINY or name.partition("@")[0] in EFFICIENTNET or "/" in name or name.endswith(CHECKPOINT_SUFFIX):
+        raise UsageError(f"--name {name!r} names another model or a file; choose a name of its own (e.g. lite0-tuned)")
+    return name
+
+
 def find_checkpoint(model: str, home: Path | None) -> Path | None:
     """The checkpoint `--model` names: a .pt file path, or a name in the home's models folder; None
     for a model name that is neither (an open_clip name)."""

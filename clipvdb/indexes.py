@@ -236,7 +236,7 @@ def space_index_held(conn: psycopg.Connection, space: Space) -> Iterator[None]:
             conn.execute(queries.ADVISORY_UNLOCK, (key,))
             conn.commit()
         except psycopg.Error:
-            pass  # the connection is gone, and with its session the lock
+            conn.close()  # its session, and with it the lock, ends here (or had already)
 
 
 def stored_rows(conn: psycopg.Connection, space: Space, dataset: int) -> int:
@@ -267,8 +267,10 @@ def build(
     Two transactions under the space's index lock: the old index dropped, the projection rewritten
     and the choice recorded; then the index built. An index built in the transaction that deleted
     the old projection rows would take them too (nearly twice the size, its lists trained partly on
-    projections in a basis no longer stored). Cut short in the second, the space is left without an
-    index (searches scan, with the same answers) and the next ingest or `clipvdb index` builds it."""
+    projections in a basis no longer stored); built after it, it leaves them out unless a
+    transaction older than the rewrite is still open (PostgreSQL indexes the deleted rows an open
+    snapshot may still read). Cut short in the second, the space is left without an index (searches
+    scan, with the same answers) and the next ingest or `clipvdb index` builds it."""
     spec = spec or {}
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:

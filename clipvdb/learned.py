@@ -218,8 +218,9 @@ def save(conn: psycopg.Connection, space: Space, lmap: LearnedMap) -> int:
     """Store the space's map and (re)write every stored vector's image under it, then its ivfflat
     index (rows/100 lists, like a projected index); returns rows written. The index is built once the
     rewrite has committed: an index built in the transaction that deleted the old map's rows would
-    take them too (twice the size, its lists trained partly on another map's vectors). A search in
-    between reads the new rows without the index: the same answers, slower."""
+    take them too (twice the size, its lists trained partly on another map's vectors), as would one
+    built while a transaction older than the rewrite is open. A search in between reads the new rows
+    without the index: the same answers, slower."""
     table = space.stage.learned_table
     shards = db.shard_count(conn, table)  # on Citus every shard indexes its own rows
     lists = max(1, int(db.scalar(conn, queries.rows_of_space(space.stage), (space.id,))) // shards // 100)

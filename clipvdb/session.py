@@ -130,6 +130,7 @@ class Session:
 
         def reset(conn: psycopg.Connection) -> None:
             conn.execute(queries.RESET_ALL)  # session settings (an experiment's) stay with their user
+            conn.execute(queries.ADVISORY_UNLOCK_ALL)  # and so do session locks a job left held
             conn.commit()
 
         try:

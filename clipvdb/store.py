@@ -45,7 +45,7 @@ from . import learn as learning
 from .clusters import Clustering
 from .duplicates import Duplicates
 from .edits import DatasetInfo, Edit, Editor
-from .encoder import CHECKPOINT_SUFFIX, Encoder, models_dir
+from .encoder import CHECKPOINT_SUFFIX, Encoder, check_trained_name, models_dir
 from .errors import StageError
 from .evaluate import EvalRun
 from .experiment import ExperimentResult
@@ -437,14 +437,14 @@ class Store:
         say: Callable[[str], None] | None = None,
         **changes: Any,
     ) -> TrainResult:
-        """Train the compact CNN, or fine-tune `base`, on a labelled split (no database needed) and
-        write the checkpoint to `out`, or to the home's models folder as NAME.pt so that `--model NAME`
-        finds it. `options` (or its fields as keywords: split, name, base, widths, epochs, minutes,
-        batch_size, lr, seed, limit, workers) as `clipvdb train` takes them."""
+        """Train the compact CNN, or fine-tune `base`, on a labelled split (no database needed); the checkpoint
+        goes to `out`, or to the home's models folder as NAME.pt (`--model NAME`). `options` (or its fields as
+        keywords: split, name, base, widths, epochs, minutes, batch_size, lr, seed, limit, workers) as the CLI's."""
         from . import finetune, training  # torch: only when training
 
         options = gathered(options, TrainOptions, changes)
-        path = Path(out).expanduser() if out else models_dir(self.home_dir) / (options.model_name() + CHECKPOINT_SUFFIX)
+        name = check_trained_name(options.model_name())
+        path = Path(out).expanduser() if out else models_dir(self.home_dir) / (name + CHECKPOINT_SUFFIX)
         device = None if self.device == config.DEFAULT_DEVICE else self.device
         fit = finetune.finetune if options.base else training.train
         return fit(_source(data), path, options, device=device, watch=Watch.of(progress, say))

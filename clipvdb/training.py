@@ -127,19 +127,18 @@ def whiten_stem(net: CompactNet, x: torch.Tensor, eps: float = 5e-4) -> None:
 
 def probe_seconds(step: Callable[[int], object], modules: list[torch.nn.Module]) -> float:
     """Seconds per training step: `step(i)` run PROBE_STEPS times from the start state, the last
-    PROBE_TIMED timed; then the modules' state and torch's random state are restored, so the probe
-    leaves no trace in the training that follows."""
+    PROBE_TIMED timed; then the modules' state and torch's random states (the CPU's and each GPU's)
+    are restored, so the probe leaves no trace in the training that follows."""
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
-    rng = torch.get_rng_state()
     t_probe = 0.0
-    for i in range(PROBE_STEPS):
-        if i == PROBE_STEPS - PROBE_TIMED:
-            t_probe = time.perf_counter()
-        step(i)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        for i in range(PROBE_STEPS):
+            if i == PROBE_STEPS - PROBE_TIMED:
+                t_probe = time.perf_counter()
+            step(i)
     seconds = (time.perf_counter() - t_probe) / PROBE_TIMED
     for m, state in zip(modules, states, strict=True):
         m.load_state_dict(state)
-    torch.set_rng_state(rng)
     return seconds
 
 

@@ -121,6 +121,11 @@ def test_bad_bases_get_one_line_errors(cli, shapes, tmp_path):
     r = cli("train", "--data", shapes, "--base", "efficientnet-lite0@9", "--out", tmp_path / "y.pt", expect=2)
     assert "input size after '@'" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "y.pt").exists()
+    r = cli("train", "--data", shapes, "--base", BASE, "--name", "efficientnet-lite0", expect=2)
+    assert "names another model" in r.output and len(r.output.strip().splitlines()) == 1
+    torch.save({"format": TUNED_FORMAT, "variant": "efficientnet-lite0", "name": "x"}, tmp_path / "part.pt")
+    r = cli("classify", __file__, "--stage", "origin", "--model", tmp_path / "part.pt", expect=1)
+    assert "is not a whole fine-tuned efficientnet-lite0" in r.output and len(r.output.strip().splitlines()) == 1
     junk = tmp_path / "junk"
     for c in ("a", "b"):
         (junk / "train" / c).mkdir(parents=True)

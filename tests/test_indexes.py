@@ -222,7 +222,7 @@ def test_a_projected_rebuild_indexes_only_the_new_projection_rows(conn):
     assert max(sizes) <= sizes[0] * 1.05, sizes
 
 
-def test_a_build_lets_go_of_the_space_lock_however_it_ends(conn, db_url):
+def test_a_build_lets_go_of_the_space_lock_however_it_ends(conn, db_url, monkeypatch):
     """A build holds the space's index lock across its two transactions and lets go of it at the end,
     after an error too: another session can take it at once."""
     from clipvdb.errors import EmptyStageError
@@ -235,8 +235,16 @@ def test_a_build_lets_go_of_the_space_lock_however_it_ends(conn, db_url):
         with psycopg.connect(db_url) as other:
             return other.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()[0]
 
+    seen_in_the_build: list[bool] = []
+    create_index = queries.create_index
+
+    def watched(*args, **kwargs):  # the second transaction: the first has committed
+        seen_in_the_build.append(free())
+        return create_index(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "create_index", watched)
     indexes.build(conn, space, 1, "ivfflat", {"project": 8})
-    assert free()
+    assert seen_in_the_build == [False] and free()
     with pytest.raises(EmptyStageError):
         indexes.build(conn, space, 2, "ivfflat", {"project": 8})  # dataset 2 stores nothing
     assert free()

@@ -115,3 +115,14 @@ def test_a_clustering_records_what_its_options_say(store, syn_data):
     assert by_object.n_clusters == by_keywords.n_clusters == 3
     with pytest.raises(UsageError, match="unknown method 'spectral'"):
         store.cluster("first", method="spectral")
+
+
+def test_a_connection_goes_back_to_the_pool_without_the_session_locks_a_job_left(db_url):
+    """A job that took a session-level advisory lock and lost track of it does not pass it on to the
+    pool's next user: the pool lets go of every session lock when a connection comes back."""
+    with Session(db_url, encoder=TinyEncoder()) as session:
+        with session.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(4242)")
+            conn.commit()
+        with psycopg.connect(db_url) as other:
+            assert other.execute("SELECT pg_try_advisory_lock(4242)").fetchone()[0]

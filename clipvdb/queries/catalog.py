@@ -82,6 +82,7 @@ FIND_IMAGES = "SELECT source, id FROM images WHERE dataset_id = %s AND split = %
 ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock(%s)"
 ADVISORY_LOCK = "SELECT pg_advisory_lock(%s)"
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
+ADVISORY_UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
 SAMPLE_IMAGES = """SELECT i.id, c.name FROM images i JOIN classes c ON c.dataset_id = i.dataset_id AND c.label = i.label
     WHERE i.split <> 'train' ORDER BY i.id LIMIT %s"""
 STAGES_WITH_ROWS = "SELECT DISTINCT stage FROM stage_counts WHERE n_rows > 0"
