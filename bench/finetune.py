@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import markdown
 from bench.common import CLI
-from bench.models import measure
+from bench.models import HEADER, measure, table_row
 from bench.scale import run
 
 STAGES = "second,third,origin"
@@ -66,20 +66,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def render(r: dict) -> str:
     t = r["training"]
-    rows = [
-        [
-            x["model"],
-            x["stage"],
-            f"{x['dim']:,}",
-            f"{x['accuracy_1nn']:.2f} %",
-            f"{x['best']['accuracy']:.2f} % (k {x['best']['k']}, {x['best']['vote']})",
-            f"{x['encode_ms']:.2f}",
-            f"{x['query_ms']:.3f}",
-            f"{x['vector_bytes']:,.0f} / {x['index_bytes_per_row']:,.0f}",
-            f"{x['stored']:,} in {x['ingest_s']:.0f} s",
-        ]
-        for x in r["rows"]
-    ]
     base = {x["stage"]: x for x in r["rows"] if x["model"] == r["base"]}
     gains = ", ".join(
         f"{x['stage']} {base[x['stage']]['best']['accuracy']:.2f} -> {x['best']['accuracy']:.2f} %"
@@ -98,20 +84,7 @@ def render(r: dict) -> str:
                 f"in {t['train_seconds']:.0f} s ({t['images_per_s']:.0f} images/s; the command {t['command_s']:.0f} s), "
                 f"its last two block stages and head trained; training accuracy {t['train_accuracy']:.1%}.",
                 "",
-                markdown.table(
-                    [
-                        "model",
-                        "stage",
-                        "dim",
-                        "accuracy (1-NN)",
-                        "best (k, vote)",
-                        "encoder ms / image",
-                        "query ms / image",
-                        "bytes per row: vector / index",
-                        "stored (ingest s)",
-                    ],
-                    rows,
-                ),
+                markdown.table(HEADER, [table_row(x) for x in r["rows"]]),
                 "",
                 f"Best (k, vote), ImageNet network -> fine-tuned: {gains}.",
             ]

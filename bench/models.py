@@ -201,26 +201,38 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+HEADER = [
+    "model",
+    "stage",
+    "dim",
+    "accuracy (1-NN)",
+    "best (k, vote)",
+    "encoder ms / image",
+    "query ms / image",
+    "bytes per row: vector / index",
+    "stored (ingest s)",
+]
+
+
+def table_row(x: dict) -> list[str]:
+    """One model x stage row (measure's) under HEADER."""
+    acc = "(random weights)" if x["cost_only"] else f"{x['accuracy_1nn']:.2f} %"
+    best = "" if x["cost_only"] else f"{x['best']['accuracy']:.2f} % (k {x['best']['k']}, {x['best']['vote']})"
+    return [
+        x["model"],
+        x["stage"] + (f", learned metric ({x['learned']}, fitted in {x['learn_s']:.0f} s)" if "learned" in x else ""),
+        f"{x['dim']:,}",
+        acc,
+        best,
+        f"{x['encode_ms']:.2f}",
+        f"{x['query_ms']:.3f}",
+        f"{x['vector_bytes']:,.0f} / "
+        + ("(not measured)" if x["index_bytes_per_row"] is None else f"{x['index_bytes_per_row']:,.0f}"),
+        f"{x['stored']:,} in {x['ingest_s']:.0f} s",
+    ]
+
+
 def render(r: dict) -> str:
-    rows = []
-    for x in r["shared"]:
-        acc = "(random weights)" if x["cost_only"] else f"{x['accuracy_1nn']:.2f} %"
-        best = "" if x["cost_only"] else f"{x['best']['accuracy']:.2f} % (k {x['best']['k']}, {x['best']['vote']})"
-        rows.append(
-            [
-                x["model"],
-                x["stage"]
-                + (f", learned metric ({x['learned']}, fitted in {x['learn_s']:.0f} s)" if "learned" in x else ""),
-                f"{x['dim']:,}",
-                acc,
-                best,
-                f"{x['encode_ms']:.2f}",
-                f"{x['query_ms']:.3f}",
-                f"{x['vector_bytes']:,.0f} / "
-                + ("(not measured)" if x["index_bytes_per_row"] is None else f"{x['index_bytes_per_row']:,.0f}"),
-                f"{x['stored']:,} in {x['ingest_s']:.0f} s",
-            ]
-        )
     lines = [
         f"Measured {r['machine']}, one run of `python -m bench.models --train {r['train']} --test {r['test']}`: "
         f"every model in ONE fresh database, CIFAR-10's first {r['train']:,} training images stored and its first "
@@ -228,20 +240,7 @@ def render(r: dict) -> str:
         f"{r['cost_test']:,}, for their cost); each command a subprocess. Ms per image are means over the "
         "evaluate's images (report_timing); the stage's row of an ingest shares its command's seconds.",
         "",
-        markdown.table(
-            [
-                "model",
-                "stage",
-                "dim",
-                "accuracy (1-NN)",
-                "best (k, vote)",
-                "encoder ms / image",
-                "query ms / image",
-                "bytes per row: vector / index",
-                "stored (ingest s)",
-            ],
-            rows,
-        ),
+        markdown.table(HEADER, [table_row(x) for x in r["shared"]]),
         "",
     ]
     shared = {(x["model"], x["stage"]): x for x in r["shared"] if "learned" not in x}

@@ -37,12 +37,11 @@ from .options import TrainOptions, Watch
 from .pipeline import _Job, decoded_batches, default_workers
 from .sources import Source
 from .trained_model import TUNED_FORMAT, save_payload
-from .training import PROBE_STEPS, TrainResult, probe_seconds
+from .training import MOMENTUM, PROBE_STEPS, TrainResult, one_cycle_sgd, probe_seconds
 
 TUNED_STAGES = 2  # of the seven block stages, the last ones trained (lite0: 5 of its 16 blocks)
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LR = 0.05
-MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-5
 LABEL_SMOOTHING = 0.1
 DROPOUT = 0.2  # on the pooled head, before the classifier
@@ -175,18 +174,9 @@ def finetune(
                 del pixels[:batch_size], labels[:batch_size]
 
     def make_optimizer(total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
-        opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            max_lr=lr,
-            total_steps=total,
-            pct_start=0.15,
-            anneal_strategy="linear",
-            div_factor=10.0,
-            final_div_factor=100.0,
-            cycle_momentum=False,
+        return one_cycle_sgd(
+            params, lr, total, weight_decay=WEIGHT_DECAY, pct_start=0.15, div_factor=10.0, final_div_factor=100.0
         )
-        return opt, sched
 
     def step(opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         logits = tuner(x)

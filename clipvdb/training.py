@@ -142,6 +142,32 @@ def probe_seconds(step: Callable[[int], object], modules: list[torch.nn.Module])
     return seconds
 
 
+def one_cycle_sgd(
+    params: list[torch.nn.Parameter],
+    lr: float,
+    total_steps: int,
+    *,
+    weight_decay: float,
+    pct_start: float,
+    div_factor: float,
+    final_div_factor: float,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """SGD with Nesterov momentum under a one-cycle learning rate: linear up from lr / div_factor for
+    pct_start of the steps to `lr`, then linear down to lr / div_factor / final_div_factor."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=lr,
+        total_steps=total_steps,
+        pct_start=pct_start,
+        anneal_strategy="linear",
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+        cycle_momentum=False,
+    )
+    return opt, sched
+
+
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)  # the last partial batch is dropped (BN wants full batches)
 
@@ -180,18 +206,9 @@ def train(
 
     def make_optimizer(total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
         params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            max_lr=lr,
-            total_steps=total_steps,
-            pct_start=0.25,
-            anneal_strategy="linear",
-            div_factor=8.0,
-            final_div_factor=1e4,
-            cycle_momentum=False,
+        return one_cycle_sgd(
+            params, lr, total_steps, weight_decay=WEIGHT_DECAY, pct_start=0.25, div_factor=8.0, final_div_factor=1e4
         )
-        return opt, sched
 
     def step(opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, int]:
         x = ((xb.to(dev, non_blocking=True).float() - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
