@@ -23,8 +23,7 @@ from pathlib import Path
 
 from bench import markdown
 from bench.common import CLI
-from bench.models import HEADER, measure, table_row
-from bench.scale import run
+from bench.models import HEADER, measure, table_row, tune
 
 STAGES = "second,third,origin"
 
@@ -46,11 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"train": args.train, "test": args.test, "size": args.size, "epochs": args.epochs, "base": base}
     try:
         result["rows"] = measure(home, env, args.data, (base, base, None, STAGES, False), args.train, args.test)
-        checkpoint = home / "tuned.pt"
-        train_args = ["--data", args.data, "--base", base, "--epochs", str(args.epochs), "--limit", str(args.train)]
-        trained = run(["train", *train_args, "--out", str(checkpoint), "--json"], env, home)
-        result["training"] = {**json.loads(trained["stdout"]), "command_s": trained["seconds"]}
-        tuned = (f"{base} fine-tuned", str(checkpoint), None, STAGES, False)
+        name = f"{base} fine-tuned"
+        result["training"] = tune(home, env, args.data, name, base, args.epochs, args.train)
+        tuned = (name, result["training"]["checkpoint"], None, STAGES, False)
         result["rows"] += measure(home, env, args.data, tuned, args.train, args.test)
     finally:
         subprocess.run(CLI + ["db", "stop"], env=env, capture_output=True)

