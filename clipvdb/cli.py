@@ -1394,8 +1394,9 @@ def evaluate(
 ) -> None:
     """Classify a labelled split, store every prediction, print accuracy and time per stage.
 
-    With a list of models, a run per model against its own stored vectors; --json then prints a
-    list, a run per model, and 'clipvdb report --runs' compares them.
+    With a list of models, ONE run covering them all: each model answers from its own stored
+    vectors, the models taking turns over the same images, each timed on its own; the report views
+    give a row per model and stage, and --json prints a list, one entry per model.
 
     \b
     Example:
@@ -1409,25 +1410,22 @@ def evaluate(
 
     stages = _stages(stage)
     source = open_source(data)
-    states, results = _for_each_model(
-        state,
-        "evaluate",
-        stages,
-        lambda store, progress, update: store.evaluate(
-            source, stages, settings, options, progress=update, report=progress.console.print
-        ),
-    )
-    clean = [
-        each.store.without_leaks(r.run_id) if exclude_leaks else None for each, r in zip(states, results, strict=True)
-    ]
+    states = state.per_model()
+    progress, update = _progress(f"evaluate {','.join(s.name for s in stages)}")
+    with progress:
+        kw = {"settings": settings, "options": options, "progress": update, "report": progress.console.print}
+        if len(states) == 1:
+            results = [state.store.evaluate(source, stages, **kw)]
+        else:
+            results = state.store.compare(source, [each.model for each in states], stages, **kw)
+    clean = [state.store.without_leaks(r.run_id, no) if exclude_leaks else None for no, r in enumerate(results)]
     if exclude_leaks and not any(c["leaked"] for c in clean if c):
         click.echo("no leaks recorded for this dataset: run 'clipvdb duplicates --stage S --across' first", err=True)
     if as_json:
-        if exclude_leaks:
-            results = [_WithLeaks(r, c) for r, c in zip(results, clean, strict=True)]
-        _print_per_model_json(states, results)
+        with_leaks = [_WithLeaks(r, c) for r, c in zip(results, clean, strict=True)]
+        _print_per_model_json(states, with_leaks if exclude_leaks else results)
         return
-    for each, result, without in zip(states, results, clean, strict=True):
+    for result, without in zip(results, clean, strict=True):
         rows = [
             {
                 "stage": n,
@@ -1442,10 +1440,10 @@ def evaluate(
             for row in rows:
                 w = without["stages"].get(row["stage"], {})
                 row["n_without_leaks"], row["accuracy_without_leaks_%"] = w.get("n"), w.get("accuracy_pct")
-        print_table(f"run {result.run_id}: {each.model} on {result.dataset}/{result.split}", rows)
+        print_table(f"run {result.run_id}: {result.model} on {result.dataset}/{result.split}", rows)
         click.echo(result.summary())
-        for _key, reason in result.failed:
-            click.echo(f"skipped: {reason}", err=True)
+    for _key, reason in results[0].failed:  # every model's turn skips the same images
+        click.echo(f"skipped: {reason}", err=True)
 
 
 # ---------------------------------------------------------------- retrieval
@@ -1811,10 +1809,11 @@ def _print_report(data: Report, views: tuple[str, ...]) -> None:
 
 
 def _print_confusion(rows: list[dict]) -> None:
-    for stage in dict.fromkeys(r["stage"] for r in rows):
-        cells = {(r["true_class"], r["predicted_class"]): r["n"] for r in rows if r["stage"] == stage}
+    for model, stage in dict.fromkeys((r["model"], r["stage"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["stage"]) == (model, stage)]
+        cells = {(r["true_class"], r["predicted_class"]): r["n"] for r in mine}
         classes = sorted({c for pair in cells for c in pair if c}, key=str)
-        title = f"report_confusion: stage {stage} (rows true, columns predicted)"
+        title = f"report_confusion: {model}, stage {stage} (rows true, columns predicted)"
         grid = [["true \\ pred", *classes]] + [[t, *[str(cells.get((t, p), "")) for p in classes]] for t in classes]
         print_plain(title, grid, numeric=[False] + [True] * len(classes))
 
@@ -1831,9 +1830,9 @@ def _print_confusion(rows: list[dict]) -> None:
 @click.option("--squared", is_flag=True, help="Histograms on the study's axis: squared L2 distance.")
 @click.pass_obj
 def plot(state: State, runs: tuple[int, ...], out: Path, squared: bool) -> None:
-    """Write the study's distance histograms per stage and an accuracy/time chart as PNG; given
-    several runs (one per model: evaluate --model A,B), also one chart of accuracy against ms per
-    image with every run's model x stage.
+    """Write the study's distance histograms per stage and an accuracy/time chart as PNG; for a run of
+    several models (evaluate --model A,B) or several runs, also one chart of accuracy against ms per
+    image with every model x stage.
 
     \b
     Example:

@@ -179,13 +179,15 @@ def leaked(conn: psycopg.Connection, dataset: int) -> set[int]:
     return {r[0] for r in conn.execute(queries.LEAKED_IMAGES, (dataset,)).fetchall()}
 
 
-def without_leaks(session: Session, run_id: int) -> dict:
-    """A run's accuracy per stage without the test images that an --across scan found with a
-    training near-duplicate: {"leaked": n, "stages": {stage: {n, correct, accuracy_pct}}}."""
+def without_leaks(session: Session, run_id: int, model_no: int = 0) -> dict:
+    """A run's accuracy per stage (of the run's model_no-th model) without the test images that an
+    --across scan found with a training near-duplicate: {"leaked": n, "stages": {stage: {n, correct,
+    accuracy_pct}}}."""
     with session.connection() as conn:
         dataset = db.scalar(conn, queries.DATASET_OF_RUN, (run_id,))
         found = leaked(conn, dataset)
-        counts = conn.execute(queries.ACCURACY_WITHOUT, {"run": run_id, "leaked": list(found)}).fetchall()
+        where = {"run": run_id, "model_no": model_no, "leaked": list(found)}
+        counts = conn.execute(queries.ACCURACY_WITHOUT, where).fetchall()
     stages = {s: {"n": n, "correct": c, "accuracy_pct": round(100.0 * c / n, 2) if n else None} for s, n, c in counts}
     return {"leaked": len(found), "stages": stages}
 

@@ -23,11 +23,12 @@ views never show half a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -35,7 +36,8 @@ import numpy as np
 import psycopg
 
 from . import catalog, config, db, queries
-from .errors import DatabaseError
+from .encoder import Encoder
+from .errors import DatabaseError, UsageError
 from .knn import KnnSearcher, SearchSettings
 from .options import EvaluateOptions, Watch
 from .pipeline import (
@@ -48,7 +50,7 @@ from .pipeline import (
     usable_cores,
 )
 from .predict import BatchPredictions, predict_batch, predictors
-from .session import Session
+from .session import Session, StagesArg
 from .sources import Source
 from .stages import Stage
 
@@ -75,6 +77,8 @@ class StageTotals:
 
 @dataclass
 class EvalRun:
+    """One model's part of a run (a run of several models: one each, sharing the run id)."""
+
     run_id: int
     dataset: str
     split: str
@@ -85,6 +89,8 @@ class EvalRun:
     encode_ms: float = 0.0
     store_ms: float = 0.0
     concurrency: dict = field(default_factory=dict)
+    model: str = catalog.PIXELS_MODEL  # the encoder whose vectors were searched (stage first alone: pixels)
+    totals: dict = field(default_factory=dict)  # seconds: decode_s ... wall_s, as eval_runs.params holds them
 
     @property
     def images(self) -> int:
@@ -119,6 +125,7 @@ class EvalRun:
     def as_dict(self) -> dict:
         return {
             "run_id": self.run_id,
+            "model": self.model,
             "dataset": self.dataset,
             "split": self.split,
             "seconds": round(self.seconds, 3),
@@ -149,6 +156,7 @@ class EvalRun:
 
 PREDICTION_COLUMNS = (
     "run_id",
+    "model_no",
     "stage",
     "image_id",
     "predicted",
@@ -165,6 +173,7 @@ PREDICTION_COLUMNS = (
 )
 PREDICTION_TYPES = [
     "int4",
+    "int2",
     "text",
     "int8",
     "int4",
@@ -256,10 +265,66 @@ def evaluate(
     """Classify `options.split` of `source` at `stages` against the stored `options.against` split and
     store every prediction as one run. A connection of the session records the run and stores the
     predictions; `options.connections` more search batches at once."""
+    return _evaluate_parts([(session, stages)], source, settings, options, watch or Watch())[0]
+
+
+def compare(
+    session: Session,
+    models: Sequence[str],
+    stages: StagesArg,
+    source: Source,
+    settings: SearchSettings,
+    options: EvaluateOptions,
+    watch: Watch | None = None,
+) -> list[EvalRun]:
+    """`evaluate` with several models as ONE run: each model (a name or checkpoint, on a session of
+    its own beside `session`, the same database) answers `stages` from its own stored vectors. The
+    models take their turn over the same images, each its own pass on its own clock, so each model's
+    times per image are its own. Stage first, pixels whatever the model, is answered once, with the
+    first model. A result per model, sharing the run id."""
+    with contextlib.ExitStack() as beside:
+        sessions = [session if m == session.model else beside.enter_context(session.beside(m)) for m in models]
+        parts = [(s, s.stages(stages)) for s in sessions]
+        return _evaluate_parts(parts, source, settings, options, watch or Watch())
+
+
+def _evaluate_parts(
+    parts: list[tuple[Session, list[Stage]]],
+    source: Source,
+    settings: SearchSettings,
+    options: EvaluateOptions,
+    watch: Watch,
+) -> list[EvalRun]:
+    """The run of every (session, its stages) of `parts`, each model's turn after the last's."""
     settings.check()
     options.check()
-    with session.connection() as conn:
-        return _evaluate(session, conn, source, stages, settings, options, watch or Watch())
+    if not parts:
+        raise UsageError("no model to evaluate: name one or more (--model A,B)")
+    if len(parts) > 1:
+        parts = parts[:1] + [(session, [s for s in stages if s.name != "first"]) for session, stages in parts[1:]]
+        idle = [session.model for session, stages in parts[1:] if not stages]
+        if idle:
+            raise UsageError(
+                f"model {idle[0]} has no stage to answer: stage first is pixels whatever the model and is "
+                "answered once; ask for second, third or origin too, or leave that model out"
+            )
+    # every model's weights loaded before any clock starts
+    ids = [_identity(session.encoder_for(stages), stages) for session, stages in parts]
+    names = [m for m, _ in ids]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"model {twice[0]} is named twice: a run holds each model once")
+    stage_names = list(dict.fromkeys(s.name for _, stages in parts for s in stages))
+    row = (stage_names, ",".join(names), ",".join(w for _, w in ids))
+    with parts[0][0].connection() as conn:
+        return _evaluate(parts, conn, source, settings, options, watch, row)
+
+
+def _identity(encoder: Encoder | None, stages: list[Stage]) -> tuple[str, str]:
+    """The model and weights a part's vectors come from (stage first alone: pixels)."""
+    if encoder is not None and any(s.uses_clip for s in stages):
+        return encoder.name, encoder.weights
+    return catalog.PIXELS_MODEL, catalog.PIXELS_WEIGHTS
 
 
 def _default_batch_size(conn: psycopg.Connection) -> int:
@@ -268,19 +333,37 @@ def _default_batch_size(conn: psycopg.Connection) -> int:
     return config.DEFAULT_EVAL_BATCH_SIZE_DISTRIBUTED if distributed else config.DEFAULT_EVAL_BATCH_SIZE
 
 
+@dataclass
+class _Run:
+    """What every model's turn of a run shares: the run's row, its images and their dataset."""
+
+    conn: psycopg.Connection
+    source: Source
+    settings: SearchSettings
+    options: EvaluateOptions
+    watch: Watch
+    items: list
+    dataset: int
+    classes: list[str]
+    batch_size: int
+    turns: int  # models, each taking its turn over the images
+    row: tuple[list[str], str, str]  # the run's stages, model and weights (several: comma-separated)
+    run_id: int | None = None
+    entries: list[dict] = field(default_factory=list)  # per model: eval_runs.params->'models'
+
+
 def _evaluate(
-    session: Session,
+    parts: list[tuple[Session, list[Stage]]],
     conn: psycopg.Connection,
     source: Source,
-    stages: list[Stage],
     settings: SearchSettings,
     options: EvaluateOptions,
     watch: Watch,
-) -> EvalRun:
+    row: tuple[list[str], str, str],
+) -> list[EvalRun]:
+    """The run: its row, each model's turn, then 'complete' (or 'failed', whatever stopped it)."""
     batch_size = options.batch_size or _default_batch_size(conn)  # asked before the run's clock starts
     start = time.perf_counter()
-    timeline = Timeline(start)
-    encoder = session.encoder_for(stages)
     items = source.items(options.split)
     if options.limit is not None:
         items = items[: options.limit]
@@ -288,88 +371,25 @@ def _evaluate(
     dataset = catalog.register_dataset(conn, source, options.dataset)
     classes = catalog.class_names(conn, dataset)
     conn.commit()
-    searchers, text = predictors(session, stages, settings, (dataset, options.against), classes, options.prompts)
-    clip = any(s.uses_clip for s in stages)
-    workers = default_workers(clip) if options.workers is None else options.workers
-    concurrency = {
-        "connections": options.connections,
-        "workers": workers,
-        "encoder_threads": threads_beside(encoder, workers) if clip else None,
-        "cores": usable_cores(),
-    }
-    params = run_params(
-        settings,
-        searchers,
-        stages,
-        limit=options.limit,
-        batch_size=batch_size,
-        against=options.against,
-        prompts=options.prompts if text is not None else None,
-        timing=TIMING,
-        **concurrency,
-    )
-    model = encoder.name if encoder is not None and clip else catalog.PIXELS_MODEL
-    weights = encoder.weights if encoder is not None and clip else catalog.PIXELS_WEIGHTS
-    run_id = db.scalar(
-        conn,
-        queries.INSERT_RUN,
-        (dataset, options.split, [s.name for s in stages], model, weights, settings.k, json.dumps(params)),
-    )
-    conn.execute(queries.LOCK_RUN, (queries.RUN_LOCK_KEY, run_id))  # held from before the row is seen
-    conn.commit()
-    result = EvalRun(
-        run_id,
-        options.dataset or source.name,
-        options.split,
-        {s.name: StageTotals() for s in stages},
-        concurrency=concurrency,
-    )
-    recorder = _Recorder(conn, run_id, stages, bool(settings.ks), (dataset, options.split), result, timeline)
+    for session, stages in parts[1:]:  # each model's stored vectors there before the first model's turn
+        predictors(session, stages, settings, (dataset, options.against), classes, options.prompts)
+    if len(parts) > 1:
+        start = time.perf_counter()  # the models' turns are timed alone, without the run's set-up
+    run = _Run(conn, source, settings, options, watch, items, dataset, classes, batch_size, len(parts), row)
+    results: list[EvalRun] = []
     try:
-        with torch_threads(concurrency["encoder_threads"]):
-            watch.progress(0, len(items))
-            done = 0
-            searched: deque[tuple[EncodedBatch, dict[str, BatchPredictions]]] = deque()
-            stored: list[int] = []
-
-            def store_ready(everything: bool = False) -> None:
-                timeline.advance()
-                while searched and (everything or _final(timeline, searched[0][0], stages)):
-                    batch, preds = searched.popleft()
-                    if recorder.store_batch(batch, preds):
-                        stored.append(batch.no)
-
-            batches = encode_items(items, stages, encoder, batch_size=batch_size, workers=workers, timeline=timeline)
-            searching = _searched(batches, stages, searchers, text, session, options.connections, timeline)
-            for b, (batch, preds) in enumerate(searching):
-                result.failed.extend((it.key, reason) for it, reason in batch.failed)
-                _count(batch, stages, preds, result)
-                searched.append((batch, preds))
-                store_ready()
-                done += len(batch.items) + len(batch.failed)
-                watch.progress(len(batch.items) + len(batch.failed), len(items))
-                if options.display_freq and (b + 1) % options.display_freq == 0:
-                    watch.say(
-                        f"[{done}/{len(items)}] "
-                        + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())
-                    )
-            store_ready(everything=True)  # every piece has ended and been seen: every share is final
-            timeline.advance()
-            result.store_ms = sum(timeline.take(("store", no)) for no in stored) * 1000
-            totals = {
-                "decode_s": round(result.decode_ms / 1000, 3),
-                "encode_s": round(result.encode_ms / 1000, 3),
-                "query_s": round(result.query_ms / 1000, 3),
-                "store_s": round(result.store_ms / 1000, 3),
-                "other_s": round(timeline.idle_s, 3),
-                "wall_s": round(timeline.wall_s, 3),
-            }
-            conn.execute(queries.COMPLETE_RUN, (json.dumps(totals), run_id))
-            conn.commit()
-            conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run_id))
-            conn.commit()
+        watch.progress(0, len(items) * len(parts))
+        for no, (session, stages) in enumerate(parts):
+            results.append(_turn(run, no, session, stages, start if no == 0 else time.perf_counter()))
+        conn.execute(queries.COMPLETE_RUN, (json.dumps(_done(run, results)), run.run_id))
+        conn.commit()
+        conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run.run_id))
+        conn.commit()
     except BaseException as exc:
-        session.mark_failed(run_id)
+        if run.run_id is None:
+            raise
+        run_id = run.run_id
+        parts[0][0].mark_failed(run_id)
         _release(conn, run_id)
         if isinstance(exc, psycopg.errors.DiskFull):
             raise db.disk_full_error(exc, f"run evaluate again (run {run_id} is marked failed)") from exc
@@ -386,6 +406,124 @@ def _evaluate(
                 "the run is marked failed and left out of the reports; run evaluate again"
             ) from exc
         raise
+    return results
+
+
+def _done(run: _Run, results: list[EvalRun]) -> dict:
+    """What a complete run adds to its params: the times (a run of several models: each model's
+    turn's added up, and per model everything it searched and its own times, params->'models')."""
+    if run.turns == 1:
+        return results[0].totals
+    summed = {k: round(sum(r.totals[k] for r in results), 3) for k in results[0].totals}
+    per_model = {key: {e["model"]: e[key] for e in run.entries} for key in ("index", "storage")}
+    shared = {
+        "prompts": next((e["prompts"] for e in run.entries if e["prompts"]), None),
+        "candidates": next((e["candidates"] for e in run.entries if e["candidates"]), None),
+    }
+    return {**summed, **per_model, **shared, "models": run.entries}
+
+
+# a run of several models keeps these at the top of its params; the rest is per model
+COMMON = ("metric", "k", "vote", "ks", "exact", "probes", "ef_search", "limit", "batch_size", "against", "timing")
+
+
+def _begin(run: _Run, params: dict) -> int:
+    """The run's row, recorded as 'running' (with the first model's turn's params), and its lock."""
+    conn, o = run.conn, run.options
+    if run.turns > 1:
+        params = {k: params[k] for k in COMMON}
+    stages, model, weights = run.row
+    run_id = db.scalar(
+        conn,
+        queries.INSERT_RUN,
+        (run.dataset, o.split, stages, model, weights, run.settings.k, json.dumps(params)),
+    )
+    conn.execute(queries.LOCK_RUN, (queries.RUN_LOCK_KEY, run_id))  # held from before the row is seen
+    conn.commit()
+    return run_id
+
+
+def _turn(run: _Run, no: int, session: Session, stages: list[Stage], start: float) -> EvalRun:
+    """One model's turn: its pass over the run's images, its searches and its stored predictions,
+    timed on a clock of its own from `start`."""
+    conn, settings, options, watch, items = run.conn, run.settings, run.options, run.watch, run.items
+    timeline = Timeline(start)
+    encoder = session.encoder_for(stages)
+    where = (run.dataset, options.against)
+    searchers, text = predictors(session, stages, settings, where, run.classes, options.prompts)
+    clip = any(s.uses_clip for s in stages)
+    workers = default_workers(clip) if options.workers is None else options.workers
+    concurrency = {
+        "connections": options.connections,
+        "workers": workers,
+        "encoder_threads": threads_beside(encoder, workers) if clip else None,
+        "cores": usable_cores(),
+    }
+    params = run_params(
+        settings,
+        searchers,
+        stages,
+        limit=options.limit,
+        batch_size=run.batch_size,
+        against=options.against,
+        prompts=options.prompts if text is not None else None,
+        timing=TIMING,
+        **concurrency,
+    )
+    model, weights = _identity(encoder, stages)
+    entry = {"model": model, "weights": weights, "stages": [s.name for s in stages], **params}
+    run.entries.append(entry)
+    if run.run_id is None:
+        run.run_id = _begin(run, params)
+    result = EvalRun(
+        run.run_id,
+        options.dataset or run.source.name,
+        options.split,
+        {s.name: StageTotals() for s in stages},
+        concurrency=concurrency,
+        model=model,
+    )
+    where_stored = (run.dataset, options.split)
+    recorder = _Recorder(conn, run.run_id, no, stages, bool(settings.ks), where_stored, result, timeline)
+    with torch_threads(concurrency["encoder_threads"]):
+        done = 0
+        searched: deque[tuple[EncodedBatch, dict[str, BatchPredictions]]] = deque()
+        stored: list[int] = []
+
+        def store_ready(everything: bool = False) -> None:
+            timeline.advance()
+            while searched and (everything or _final(timeline, searched[0][0], stages)):
+                batch, preds = searched.popleft()
+                if recorder.store_batch(batch, preds):
+                    stored.append(batch.no)
+
+        batches = encode_items(items, stages, encoder, batch_size=run.batch_size, workers=workers, timeline=timeline)
+        searching = _searched(batches, stages, searchers, text, session, options.connections, timeline)
+        for b, (batch, preds) in enumerate(searching):
+            result.failed.extend((it.key, reason) for it, reason in batch.failed)
+            _count(batch, stages, preds, result)
+            searched.append((batch, preds))
+            store_ready()
+            done += len(batch.items) + len(batch.failed)
+            watch.progress(len(batch.items) + len(batch.failed), len(items) * run.turns)
+            if options.display_freq and (b + 1) % options.display_freq == 0:
+                label = f"{model} " if run.turns > 1 else ""
+                watch.say(
+                    f"[{label}{done}/{len(items)}] "
+                    + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())
+                )
+        store_ready(everything=True)  # every piece has ended and been seen: every share is final
+        timeline.advance()
+        result.store_ms = sum(timeline.take(("store", no_)) for no_ in stored) * 1000
+        result.totals = {
+            "decode_s": round(result.decode_ms / 1000, 3),
+            "encode_s": round(result.encode_ms / 1000, 3),
+            "query_s": round(result.query_ms / 1000, 3),
+            "store_s": round(result.store_ms / 1000, 3),
+            "other_s": round(timeline.idle_s, 3),
+            "wall_s": round(timeline.wall_s, 3),
+        }
+        entry.update(result.totals)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -440,15 +578,15 @@ def _searched(
             yield first, fut.result()
 
 
-def _store_neighbors(conn: psycopg.Connection, run_id: int, stages, preds, image_ids) -> None:
+def _store_neighbors(conn: psycopg.Connection, run: tuple[int, int], stages, preds, image_ids) -> None:
     """Each query's nearest neighbors, stored once, so that report_accuracy_by_k scores every k
     and vote from one search."""
     db.copy_rows(
         conn,
         queries.COPY_RUN_NEIGHBORS,
-        ["int4", "text", "int8", "int2", "int8", "int4", "float8", "float8"],
+        ["int4", "int2", "text", "int8", "int2", "int8", "int4", "float8", "float8"],
         (
-            (run_id, s.name, image_ids[i], rank, n.image_id, n.label, n.distance, n.similarity)
+            (*run, s.name, image_ids[i], rank, n.image_id, n.label, n.distance, n.similarity)
             for s in stages
             for i, found in enumerate(preds[s.name].neighbors)
             for rank, n in enumerate(found, start=1)
@@ -486,6 +624,7 @@ class _Recorder:
 
     conn: psycopg.Connection
     run_id: int
+    model_no: int  # the model's place in the run
     stages: list[Stage]
     neighbors: bool  # several k: each query's neighbors are stored too
     where: tuple[int, str]  # the dataset and split classified
@@ -507,7 +646,7 @@ class _Recorder:
             image_ids = catalog.batch_image_ids(self.conn, *self.where, batch.items, batch.sha)
             _store(self.conn, self._rows(batch, preds, image_ids, (decode_s, encode_s, query_s)))
             if self.neighbors:
-                _store_neighbors(self.conn, self.run_id, stages, preds, image_ids)
+                _store_neighbors(self.conn, (self.run_id, self.model_no), stages, preds, image_ids)
             self.conn.commit()
         return True
 
@@ -535,6 +674,7 @@ class _Recorder:
                 rows.append(
                     (
                         self.run_id,
+                        self.model_no,
                         s.name,
                         image_ids[i],
                         int(p.labels[i]),

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import UsageError
+from .reports import several_models
 
 if TYPE_CHECKING:
     from .experiment import ExperimentResult
@@ -19,8 +20,21 @@ if TYPE_CHECKING:
 CORRECT, WRONG = "#2a9d8f", "#e76f51"
 
 
-def histogram(rows: list[dict], stage: str, run: int, out: Path, *, squared: bool = False, metric: str = "l2") -> Path:
-    rows = [r for r in rows if r["stage"] == stage]
+def _key(row: dict) -> tuple:
+    """A report row's model and stage: a run of several models has a row per model and stage."""
+    return row.get("model"), row["stage"]
+
+
+def _label(key: tuple, several: bool) -> str:
+    return f"{key[0]} {key[1]}" if several else key[1]
+
+
+def histogram(
+    rows: list[dict], key: tuple, run: int, out: Path, *, squared: bool = False, metric: str = "l2", several=False
+) -> Path:
+    """One run's distances to the nearest neighbour at one (model, stage), correct and wrong."""
+    stage = key[1]
+    rows = [r for r in rows if _key(r) == key]
     power = 2 if squared else 1
     lo = [r["bin_lo"] ** power for r in rows]
     width = [r["bin_hi"] ** power - r["bin_lo"] ** power for r in rows]
@@ -31,10 +45,11 @@ def histogram(rows: list[dict], stage: str, run: int, out: Path, *, squared: boo
     what = axis_label(stage, metric, squared)
     ax.set_xlabel(what)
     ax.set_ylabel("images")
-    ax.set_title(f"run {run}, stage {stage}: {what}")
+    ax.set_title(f"run {run}, {'' if several else 'stage '}{_label(key, several)}: {what}")
     ax.legend()
     fig.tight_layout()
-    path = out / f"run{run}_{stage}_distance{'_squared' if squared else ''}_hist.png"
+    name = "".join(c if c.isalnum() or c in "-._" else "-" for c in _label(key, several).replace(" ", "_"))
+    path = out / f"run{run}_{name}_distance{'_squared' if squared else ''}_hist.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -52,8 +67,11 @@ def axis_label(stage: str, metric: str, squared: bool) -> str:
 
 
 def summary(acc: list[dict], timing: list[dict], run: int, out: Path) -> Path:
-    stages = [r["stage"] for r in acc]
-    t = {r["stage"]: r for r in timing}
+    """A run's accuracy and ms per image (encoder and query) per stage, or per model and stage."""
+    keys = [_key(r) for r in acc]
+    several = several_models(acc)
+    stages = [_label(k, several) for k in keys]
+    t = {_label(_key(r), several): r for r in timing}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     bars = a1.bar(stages, [r["accuracy_pct"] for r in acc], color="#457b9d")
     a1.bar_label(bars, fmt="%.1f%%")
@@ -83,8 +101,9 @@ def plot(data: Report, out: Path, *, squared: bool = False) -> list[Path]:
         raise UsageError("no complete evaluation run to plot; run 'clipvdb evaluate' first")
     out.mkdir(parents=True, exist_ok=True)
     metric = (data["report_runs"][0]["metric"] if data.get("report_runs") else None) or "l2"
+    several = several_models(data["report_accuracy"])
     paths = [
-        histogram(data["report_distance_histogram"], r["stage"], run, out, squared=squared, metric=metric)
+        histogram(data["report_distance_histogram"], _key(r), run, out, squared=squared, metric=metric, several=several)
         for r in data["report_accuracy"]
     ]
     paths.append(summary(data["report_accuracy"], data["report_timing"], run, out))
@@ -96,9 +115,9 @@ def tradeoff_points(reports: list[Report]) -> list[dict]:
     and the query's mean ms per image (report_accuracy beside report_timing)."""
     points = []
     for data in reports:
-        timing = {r["stage"]: r for r in data["report_timing"]}
+        timing = {_key(r): r for r in data["report_timing"]}
         for r in data["report_accuracy"]:
-            t = timing.get(r["stage"])
+            t = timing.get(_key(r))
             if t is None:
                 continue
             ms = float(t["encode_ms_mean"] or 0) + float(t["query_ms_mean"] or 0)

@@ -76,6 +76,7 @@ class SlowBatch(Record):
     batch_no: int
     batch_size: int
     batch_query_ms: float
+    model: str | None = None  # the model searched (stage first: pixels)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class WrongAnswer(Record):
     true_class: str
     predicted_class: str | None
     distance: float
+    model: str | None = None  # the model searched (stage first: pixels)
 
 
 @dataclass
@@ -278,16 +280,28 @@ def rows(conn: psycopg.Connection, statement, params=(), kind: type | None = Non
     return out
 
 
+def several_models(rows: list[dict]) -> bool:
+    """Whether a run's report rows cover several models (stage first, pixels whatever the model, is
+    not counted): its rows then go by model and stage, not by stage alone."""
+    return len({r.get("model") for r in rows if r["stage"] != "first"}) > 1
+
+
 def runs(conn: psycopg.Connection) -> list[RunSummary]:
     """Every run (report_runs), newest first, each with its accuracy per stage from report_accuracy
     (complete runs only: a running or failed run has none)."""
     found = rows(conn, queries.WEB_RUNS, kind=RunSummary)
-    per_run: dict[int, dict[str, float]] = {}
+    per_run: dict[int, list[dict]] = {}
     for a in rows(conn, queries.WEB_ACCURACY):
-        per_run.setdefault(a["run_id"], {})[a["stage"]] = a["accuracy_pct"]
+        per_run.setdefault(a["run_id"], []).append(a)
     for r in found:
-        r.accuracy = per_run.get(r.run_id, {})
+        r.accuracy = _accuracy(per_run.get(r.run_id, []))
     return found
+
+
+def _accuracy(rows: list[dict]) -> dict[str, float]:
+    """A run's accuracy_pct per stage (a run of several models: per "model stage")."""
+    several = several_models(rows)
+    return {(f"{a['model']} {a['stage']}" if several else a["stage"]): a["accuracy_pct"] for a in rows}
 
 
 def run(conn: psycopg.Connection, run_id: int, limit: int = 10) -> RunDetail | None:
@@ -297,7 +311,7 @@ def run(conn: psycopg.Connection, run_id: int, limit: int = 10) -> RunDetail | N
     if not views["report_runs"]:
         return None
     params = {"run": run_id, "limit": limit}
-    accuracy = {a["stage"]: a["accuracy_pct"] for a in views["report_accuracy"]}
+    accuracy = _accuracy(views["report_accuracy"])
     return RunDetail(
         RunSummary(**views["report_runs"][0], accuracy=accuracy),
         views,

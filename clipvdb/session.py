@@ -75,6 +75,11 @@ class Session:
         self._ready = False
         self.pgvector: tuple[int, ...] = ()
 
+    def beside(self, model: str) -> Session:
+        """A session on the same database for another model (with its default weights)."""
+        options = replace(self.options, model=model, pretrained=None)
+        return Session(self.given_url, options, announce=self.announce)
+
     @property
     def home_dir(self) -> Path:
         """The home: given, else CLIPVDB_HOME, else the user data directory."""

@@ -149,12 +149,7 @@ class Store:
         return self.session.dataset(name)
 
     def searcher(
-        self,
-        stage: str | Stage,
-        settings: SearchSettings | None = None,
-        *,
-        dataset: str | None = None,
-        against: str = "train",
+        self, stage: str | Stage, settings: SearchSettings | None = None, *, dataset: str | None = None, against="train"
     ) -> KnnSearcher:
         """The set-up kNN searcher of one stage over the `against` split of a dataset (cached)."""
         return self.session.searcher(
@@ -191,11 +186,10 @@ class Store:
         options: LoadOptions | None = None,
         **changes: Any,
     ) -> LoadResult:
-        """Store vectors computed elsewhere (a GPU run, another tool) as one stage's rows: image rows
-        keyed by `keys` (unique within the split) with their labels, then the vectors by binary COPY,
-        a transaction per batch, then the stage's index (default: the stage's default kind). The
-        vectors' space is this store's encoder (stage first: pixels). `options` (or its fields as
-        keywords: split, dataset, batch, build_index, index)."""
+        """Store vectors computed elsewhere (a GPU run, another tool) as one stage's rows of this store's
+        encoder (stage first: pixels): image rows keyed by `keys` (unique in the split) with their labels,
+        the vectors by binary COPY a transaction per batch, then the stage's index. `options` (or its
+        fields as keywords: split, dataset, batch, build_index, index)."""
         options = gathered(options, LoadOptions, changes)
         chosen = self.session.one(stage, "load_vectors takes")
         return ingest.load_vectors(self.session, _source(source), chosen, (vectors, keys, labels), options)
@@ -227,14 +221,22 @@ class Store:
         report: Callable[[str], None] | None = None,
         **changes: Any,
     ) -> EvalRun:
-        """Classify a labelled split, store every prediction as a run; `run.run_id` for the reports.
-        `options` (or its fields as keywords: split, against, limit, batch_size, workers, connections,
-        display_freq, dataset, prompts) as `clipvdb evaluate` takes them; `report(line)` gets the
-        running accuracy every `display_freq` batches."""
+        """Classify a labelled split, store every prediction as a run (`run.run_id` for the reports). `options`
+        (or its fields: split, against, limit, batch_size, workers, connections, display_freq, dataset, prompts)
+        as `clipvdb evaluate` takes them; `report(line)` gets the running accuracy every `display_freq` batches."""
         settings, options = settings_with(settings, changes), gathered(options, EvaluateOptions, changes)
         chosen = self.session.stages(stage)
         watch = Watch.of(progress, report)
         return evaluation.evaluate(self.session, _source(data), chosen, settings, options, watch)
+
+    def compare(self, data: str | Path | Source, models: Sequence[str], stage: StagesArg, **kw: Any) -> list[EvalRun]:
+        """`evaluate` with several models (names or checkpoints, each with its default weights) as ONE
+        run, each against its own stored vectors: an EvalRun per model, sharing the run id. The
+        keywords as evaluate's (`clipvdb evaluate --model A,B`)."""
+        watch = Watch.of(kw.pop("progress", None), kw.pop("report", None))
+        settings = settings_with(kw.pop("settings", None), kw)
+        options = gathered(kw.pop("options", None), EvaluateOptions, kw)
+        return evaluation.compare(self.session, models, stage, _source(data), settings, options, watch)
 
     def index(self, stages: StagesArg, options: IndexOptions | None = None, **changes: Any) -> list[IndexInfo]:
         """(Re)build each stage's ANN index (reindex.py): `options` (or its fields as keywords: kind,
@@ -261,15 +263,14 @@ class Store:
             return reports.report(conn, run, tuple(views) if views else reports.VIEWS)
 
     def plot(self, out: Path | str, run: int | Sequence[int] | None = None, *, squared: bool = False) -> list[Path]:
-        """The study's figures for a run (default: the latest complete one) as PNG files in `out`; for
-        several runs (`evaluate --model A,B` makes a run per model), each run's and one trade-off
-        chart of every run's model x stage."""
+        """The study's figures for a run (default: the latest complete one) as PNG files in `out`, and
+        one trade-off chart of every model x stage when the runs cover several models."""
         from .plots import plot, tradeoff  # matplotlib: only when a figure is drawn
 
         runs = [run] if run is None or isinstance(run, int) else list(run)
         data = [self.reports(r) for r in runs]
         paths = [p for d in data for p in plot(d, Path(out), squared=squared)]
-        if len(data) > 1:
+        if len(data) > 1 or reports.several_models(data[0]["report_timing"]):
             paths.append(tradeoff(data, Path(out)))
         return paths
 
@@ -332,9 +333,9 @@ class Store:
     def duplicate_pairs(self, limit: int = 200) -> tuple[list[dict], list[dict]]:
         return duplicates.stored(self.session, limit)
 
-    def without_leaks(self, run_id: int) -> dict:
-        """A run's accuracy per stage without the test images found with a training near-duplicate."""
-        return duplicates.without_leaks(self.session, run_id)
+    def without_leaks(self, run_id: int, model_no: int = 0) -> dict:
+        """A run's accuracy per stage (its model_no-th model's) without the test images with a training near-copy."""
+        return duplicates.without_leaks(self.session, run_id, model_no)
 
     # ------------------------------------------------------------ exploration
 
@@ -374,8 +375,7 @@ class Store:
         with self.connection() as conn:
             return png_bytes(catalog.stored_image(conn, image_id), scale)
 
-    def samples(self, n: int = 8) -> list[Sample]:
-        """The first `n` stored images outside the training split."""
+    def samples(self, n: int = 8) -> list[Sample]:  # the first `n` stored images outside the training split
         with self.connection() as conn:
             return reports.samples(conn, n)
 

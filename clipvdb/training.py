@@ -155,6 +155,9 @@ def one_cycle_sgd(
     """SGD with Nesterov momentum under a one-cycle learning rate: linear up from lr / div_factor for
     pct_start of the steps to `lr`, then linear down to lr / div_factor / final_div_factor."""
     opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=weight_decay)
+    if round(pct_start * total_steps, 9) == 1:
+        # a warm-up of exactly one step, which OneCycleLR divides by zero: start the descent at once
+        pct_start = 0.5 / total_steps
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt,
         max_lr=lr,

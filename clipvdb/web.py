@@ -21,7 +21,7 @@ from . import charts
 from .errors import ClipvdbError, ImageError
 from .images import load_image
 from .knn import SearchSettings
-from .reports import ExperimentRow, RunSummary
+from .reports import ExperimentRow, RunSummary, several_models
 from .stages import parse_stages
 from .store import Store
 
@@ -65,9 +65,12 @@ def sorted_runs(runs: list[RunSummary], column: str, desc: bool) -> list[RunSumm
 
 
 def index_settings(index: dict | None) -> str:
-    """report_runs.index as one line: per stage its kind and parameters, or 'exact'."""
+    """report_runs.index as one line: per stage its kind and parameters, or 'exact' (a run of several
+    models: per model)."""
     if not index:
         return ""
+    if all(isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()) for v in index.values()):
+        return "; ".join(f"{model}: {index_settings(per_stage)}" for model, per_stage in index.items())
     out = []
     for stage in sorted(index, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 9):
         i = index[stage] or {}
@@ -87,7 +90,10 @@ def ms_per_image(t: dict) -> float:
 
 def ran_at_once(timing: list[dict]) -> str:
     """What ran at once in a run, from its report_timing rows: connections, decoding workers,
-    encoder threads, cores ('' for a run that did not record them)."""
+    encoder threads, cores ('' for a run that did not record them; a run of several models: per model)."""
+    if several_models(timing):
+        turns = {r["model_no"]: r for r in timing}  # one row per model's turn
+        return "; ".join(f"{r['model']}: {ran_at_once([r])}" for _, r in sorted(turns.items()) if r["stage"] != "first")
     t = timing[0] if timing else {}
     if t.get("connections") is None:
         return ""
@@ -98,9 +104,19 @@ def ran_at_once(timing: list[dict]) -> str:
 
 
 def timing_note(timing: list[dict]) -> str:
-    """How a run's times per image were measured, and (wall shares) how they add up to its wall time."""
+    """How a run's times per image were measured, and (wall shares) how they add up to its wall time;
+    a run of several models, each model's turn on its own."""
     if not timing:
         return ""
+    if several_models(timing):
+        models = list(dict.fromkeys(r["model"] for r in timing if r["stage"] != "first"))
+        # stage first is answered in the first model's turn
+        turns = [
+            [r for r in timing if r["model"] == m or (i == 0 and r["stage"] == "first")] for i, m in enumerate(models)
+        ]
+        return "Each model took its turn over the images, timed on a clock of its own. " + " ".join(
+            f"{m}: {timing_note(rows)}" for m, rows in zip(models, turns, strict=True)
+        )
     t = timing[0]
     if t.get("timing") != "wall share":
         return (
@@ -125,25 +141,37 @@ def timing_note(timing: list[dict]) -> str:
     )
 
 
+def label_rows(views: list[list[dict]], several: bool) -> None:
+    """Name every report row by what it answers: its stage, or (runs of several models) its model and
+    stage (`shown_as`), the key the pages group and match rows by."""
+    for rows in views:
+        for row in (r for r in rows if "stage" in r):
+            row["shown_as"] = f"{row['model']} {row['stage']}" if several and row.get("model") else row["stage"]
+
+
+def _label(row: dict) -> str:
+    return row.get("shown_as") or row["stage"]
+
+
 def trade_off(per_run: dict[str, tuple[list[dict], list[dict]]]) -> tuple[str, list[dict]]:
-    """The trade-off chart (accuracy against encoder + query ms per image) with one series per run,
-    and its points as table rows. `per_run`: name -> (report_accuracy rows, report_timing rows).
-    Its note says what ran at once (one run) or how each series was timed (several)."""
+    """The trade-off chart (accuracy against encoder + query ms per image) with one series per run
+    (a run of several models: per model of the run), and its points as table rows. `per_run`: name ->
+    (report_accuracy rows, report_timing rows). Its note says what ran at once (one run of one
+    model) or how each series was timed (several)."""
     series: dict[str, list[tuple[float, float, str]]] = {}
     rows = []
     for name, (accuracy, timing) in per_run.items():
-        ms = {t["stage"]: ms_per_image(t) for t in timing}
-        pts = []
+        ms = {_label(t): ms_per_image(t) for t in timing}
+        several = several_models(accuracy)
         for a in accuracy:
-            if a["stage"] in ms:
-                pts.append((ms[a["stage"]], float(a["accuracy_pct"]), a["stage"]))
-                rows.append(
-                    {"series": name, "stage": a["stage"], "ms": ms[a["stage"]], "accuracy_pct": a["accuracy_pct"]}
-                )
-        series[name] = pts
+            if _label(a) in ms:
+                mine = f"{name} {a['model']}" if several and a["stage"] != "first" else name
+                at = ms[_label(a)]
+                series.setdefault(mine, []).append((at, float(a["accuracy_pct"]), a["stage"]))
+                rows.append({"series": mine, "stage": a["stage"], "ms": at, "accuracy_pct": a["accuracy_pct"]})
     timings = [timing for _, timing in per_run.values() if timing]
     shared = all(t[0].get("timing") == "wall share" for t in timings)
-    if len(timings) == 1 and shared:
+    if len(timings) == 1 and shared and not several_models(timings[0]):
         note = "wall time shared among the work in progress: " + ran_at_once(timings[0])
     elif shared:
         note = "wall time shared among the work in progress (each run's concurrency in the table above)"
@@ -162,11 +190,12 @@ def trade_off(per_run: dict[str, tuple[list[dict], list[dict]]]) -> tuple[str, l
 
 
 def histograms(rows: list[dict]) -> list[dict]:
-    """report_distance_histogram per stage with every one of its 20 bins (the view leaves out empty
-    ones): {"stage", "bins": [{bin, bin_lo, bin_hi, n_correct, n_wrong}], "svg"}."""
+    """report_distance_histogram per stage (or model and stage) with every one of its 20 bins (the
+    view leaves out empty ones): {"stage" (its label), "id", "bins": [{bin, bin_lo, bin_hi,
+    n_correct, n_wrong}], "svg"}."""
     out = []
     for stage in _stages_of(rows):
-        have = {r["bin"]: r for r in rows if r["stage"] == stage}
+        have = {r["bin"]: r for r in rows if _label(r) == stage}
         any_row = next(iter(have.values()))
         width = float(any_row["bin_hi"]) - float(any_row["bin_lo"])
         lo = float(any_row["bin_lo"]) - (any_row["bin"] - 1) * width
@@ -184,13 +213,22 @@ def histograms(rows: list[dict]) -> list[dict]:
             {"correct": [int(b["n_correct"]) for b in bins], "wrong": [int(b["n_wrong"]) for b in bins]},
             charts.Axes(f"Distance to the nearest neighbor, stage {stage}", "distance", "images"),
         )
-        out.append({"stage": stage, "bins": bins, "svg": svg})
+        out.append({"stage": stage, "id": stage.replace(" ", "-"), "bins": bins, "svg": svg})
     return out
 
 
 def _stages_of(rows: list[dict]) -> list[str]:
-    seen = {r["stage"] for r in rows}
-    return [s for s in STAGE_ORDER if s in seen]
+    """The rows' stages (or labels: model and stage), pixels first, then each model's in pass order."""
+    models: dict[str, int] = {}
+    for r in rows:
+        models.setdefault(r.get("model") or "", len(models))
+
+    def place(r: dict) -> tuple:  # the model counts only where the label names it
+        model = models[r.get("model") or ""] if _label(r) != r["stage"] else 0
+        return r["stage"] != "first", model, STAGE_ORDER.index(r["stage"])
+
+    order = {_label(r): place(r) for r in rows}
+    return sorted(order, key=order.__getitem__)
 
 
 def confusion(rows: list[dict]) -> list[dict]:
@@ -198,7 +236,7 @@ def confusion(rows: list[dict]) -> list[dict]:
     seen, the columns), "names" (label -> class), "cells": {(true, predicted): n}, "max"}."""
     out = []
     for stage in _stages_of(rows):
-        mine = [r for r in rows if r["stage"] == stage]
+        mine = [r for r in rows if _label(r) == stage]
         labels = {r["true_label"]: r["true_class"] for r in mine}
         labels.update({r["predicted_label"]: r["predicted_class"] or str(r["predicted_label"]) for r in mine})
         order = sorted(labels)
@@ -207,6 +245,7 @@ def confusion(rows: list[dict]) -> list[dict]:
         out.append(
             {
                 "stage": stage,
+                "id": stage.replace(" ", "-"),
                 "rows": true_labels,
                 "labels": order,
                 "names": labels,
@@ -222,7 +261,7 @@ def class_accuracy_chart(rows: list[dict]) -> str:
     classes: dict[int, str] = {}
     for r in rows:
         classes.setdefault(r["label"], r["class"])
-    by = {(r["stage"], r["label"]): float(r["accuracy_pct"]) for r in rows}
+    by = {(_label(r), r["label"]): float(r["accuracy_pct"]) for r in rows}
     return charts.bar_chart(
         [classes[c] for c in sorted(classes)],
         {s: [by.get((s, c)) for c in sorted(classes)] for s in stages},
@@ -255,7 +294,7 @@ def accuracy_by_k_chart(rows: list[dict]) -> str:
     """report_accuracy_by_k as lines: accuracy against k, one line per stage and vote."""
     series: dict[str, list[tuple[float, float, str]]] = {}
     for row in rows:
-        series.setdefault(f"{row['stage']} {row['vote']}", []).append(
+        series.setdefault(f"{_label(row)} {row['vote']}", []).append(
             (float(row["k"]), float(row["accuracy_pct"]), f"k={row['k']}")
         )
     return charts.line_chart(series, charts.Axes("Accuracy by k and vote, one search", "k", "accuracy %"), labels=False)
@@ -363,7 +402,9 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
     @app.get("/runs")
     def runs():
         rows = store.runs()
-        stages = [s for s in STAGE_ORDER if any(s in r.accuracy for r in rows)]
+        # a column per stage (a run of several models: per model and stage too)
+        shown = {k for r in rows for k in r.accuracy}
+        stages = sorted(shown, key=lambda k: (STAGE_ORDER.index(k.split()[-1]), " " in k, k))
         allowed = (*RUN_SORTS, *(f"accuracy_{s}" for s in stages))
         column = request.args.get("sort", "run_id")
         if column not in allowed:
@@ -389,18 +430,26 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         missing = [r.run_id for r in found if not r["report_runs"]]
         if missing:
             abort(404, description=f"no run {missing[0]}; /runs lists the stored runs")
-        # a series per run, named by its model: runs of several models on one accuracy-against-ms chart
+        # a series per run and model, named by its model: every model x stage on one chart
+        label_rows(
+            [r[v] for r in found for v in ("report_accuracy", "report_timing")],
+            any(several_models(r["report_accuracy"]) for r in found),
+        )
         svg, points = trade_off(
             {
-                f"run {r['run_id']} {r['report_runs'][0]['model']}": (r["report_accuracy"], r["report_timing"])
+                f"run {r['run_id']}"
+                + ("" if several_models(r["report_accuracy"]) else f" {r['report_runs'][0]['model']}"): (
+                    r["report_accuracy"],
+                    r["report_timing"],
+                )
                 for r in found
             }
         )
-        stages = [s for s in STAGE_ORDER if any(a["stage"] == s for r in found for a in r["report_accuracy"])]
-        cells = {(r["run_id"], a["stage"]): {"accuracy": a} for r in found for a in r["report_accuracy"]}
+        stages = _stages_of([a for r in found for a in r["report_accuracy"]])
+        cells = {(r["run_id"], a["shown_as"]): {"accuracy": a} for r in found for a in r["report_accuracy"]}
         for r in found:
             for t in r["report_timing"]:
-                cells.setdefault((r["run_id"], t["stage"]), {})["timing"] = t
+                cells.setdefault((r["run_id"], t["shown_as"]), {})["timing"] = t
         return page(
             "compare.html",
             runs=[r["report_runs"][0] for r in found],
@@ -419,7 +468,9 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
         r = store.run(run_id)
         if r is None:
             abort(404, description=f"no run {run_id}; /runs lists the stored runs")
-        timing = {t["stage"]: t for t in r.report["report_timing"]}
+        several = several_models(r["report_accuracy"])
+        label_rows([r[view] for view in r.report.views], several)
+        timing = {t["shown_as"]: t for t in r.report["report_timing"]}
         svg, points = trade_off({f"run {run_id}": (r["report_accuracy"], r["report_timing"])})
         return page(
             "run.html",
@@ -436,6 +487,7 @@ def create_app(store: Store, k: int = 5, learned: bool = False) -> Flask:
             by_k_chart=accuracy_by_k_chart(r["report_accuracy_by_k"]) if r["report_accuracy_by_k"] else "",
             ms_per_image=ms_per_image,
             index_settings=index_settings,
+            several=several,
         )
 
     @app.get("/duplicates")

@@ -10,7 +10,9 @@
 -- batches (query_batches of them), not over images. connections, workers (decoding processes),
 -- encoder_threads and cores say what ran at once. Runs recorded before timing 'wall share' are
 -- 'summed batches': each batch's own time, overlapping work counted in each. model and weights:
--- the encoder whose pass and vectors the stage's figures are (stage first: pixels).
+-- the encoder whose pass and vectors the stage's figures are (stage first: pixels). A run of several
+-- models encodes the images once per model, one model after another: each model's store, other and
+-- wall times and what ran at once are its own pass's (eval_runs.params->'models').
 CREATE OR REPLACE VIEW report_timing AS
 WITH p AS (
     SELECT p.*
@@ -19,6 +21,7 @@ WITH p AS (
     WHERE r.status = 'complete'
 ), per_image AS (
     SELECT run_id,
+           model_no,
            stage,
            count(*) AS n,
            avg(decode_ms) AS decode_ms_mean,
@@ -31,32 +34,49 @@ WITH p AS (
            sum(encode_ms) / 1000.0 AS encode_s_total,
            sum(query_ms) / 1000.0 AS query_s_total
     FROM p
-    GROUP BY run_id, stage
+    GROUP BY run_id, model_no, stage
 ), per_batch AS (
     SELECT run_id,
+           model_no,
            stage,
            count(*) AS query_batches,
            avg(batch_size) AS batch_size_mean,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_query_ms) AS batch_query_ms_p50,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY batch_query_ms) AS batch_query_ms_p95
-    FROM (SELECT DISTINCT run_id, stage, batch_no, batch_size, batch_query_ms FROM p) b
-    GROUP BY run_id, stage
+    FROM (SELECT DISTINCT run_id, model_no, stage, batch_no, batch_size, batch_query_ms FROM p) b
+    GROUP BY run_id, model_no, stage
+), m AS (
+    SELECT i.*, coalesce(r.params->'models'->(i.model_no::int), r.params) AS mp
+    FROM per_image i
+    JOIN eval_runs r ON r.id = i.run_id
 )
-SELECT i.*,
+SELECT i.run_id,
+       i.stage,
+       i.n,
+       i.decode_ms_mean,
+       i.encode_ms_mean,
+       i.encode_ms_p50,
+       i.encode_ms_p95,
+       i.query_ms_mean,
+       i.query_ms_p50,
+       i.query_ms_p95,
+       i.encode_s_total,
+       i.query_s_total,
        b.query_batches,
        b.batch_size_mean,
        b.batch_query_ms_p50,
        b.batch_query_ms_p95,
        CASE WHEN r.params->>'timing' = 'wall share' THEN 'wall share' ELSE 'summed batches' END AS timing,
-       (r.params->>'connections')::int AS connections,
-       (r.params->>'workers')::int AS workers,
-       (r.params->>'encoder_threads')::int AS encoder_threads,
-       (r.params->>'cores')::int AS cores,
-       1000.0 * (r.params->>'store_s')::float8 / i.n AS store_ms_mean,
-       1000.0 * (r.params->>'other_s')::float8 / i.n AS other_ms_mean,
-       1000.0 * (r.params->>'wall_s')::float8 / i.n AS wall_ms_per_image,
-       CASE WHEN i.stage = 'first' THEN 'pixels' ELSE r.model END AS model,
-       CASE WHEN i.stage = 'first' THEN 'none' ELSE r.weights END AS weights
-FROM per_image i
-JOIN per_batch b USING (run_id, stage)
+       (i.mp->>'connections')::int AS connections,
+       (i.mp->>'workers')::int AS workers,
+       (i.mp->>'encoder_threads')::int AS encoder_threads,
+       (i.mp->>'cores')::int AS cores,
+       1000.0 * (i.mp->>'store_s')::float8 / i.n AS store_ms_mean,
+       1000.0 * (i.mp->>'other_s')::float8 / i.n AS other_ms_mean,
+       1000.0 * (i.mp->>'wall_s')::float8 / i.n AS wall_ms_per_image,
+       CASE WHEN i.stage = 'first' THEN 'pixels' ELSE coalesce(i.mp->>'model', r.model) END AS model,
+       CASE WHEN i.stage = 'first' THEN 'none' ELSE coalesce(i.mp->>'weights', r.weights) END AS weights,
+       i.model_no
+FROM m i
+JOIN per_batch b USING (run_id, model_no, stage)
 JOIN eval_runs r ON r.id = i.run_id;

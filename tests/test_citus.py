@@ -162,6 +162,48 @@ def test_every_report_view_and_classify(cstore, cluster_data):
     assert by_k[(1, "majority")]["correct"] == several.stages["first"].correct
 
 
+def test_one_run_of_two_models_on_the_cluster(own_citus_home, cluster_data):
+    """A run of several models on the cluster: each model's predictions and neighbors distributed
+    with the images, every view a row per model and stage, each as that model's run alone. A
+    cluster of its own: its two widths at stage second would stop the shared one's downgrade test."""
+    citus_home = own_citus_home
+    from clipvdb.demo import SHIPPED_MODEL
+
+    models = ["tiny", str(SHIPPED_MODEL)]
+    for m in models:
+        with Store(home=citus_home, model=m) as s:
+            s.ingest(cluster_data, stages="second", split="train")
+    asked = {"settings": SearchSettings(exact=True, ks=(1, 3)), "limit": 40}
+    alone = []
+    for m in models:
+        with Store(home=citus_home, model=m) as s:
+            alone.append(s.evaluate(cluster_data, "second", **asked))
+
+    def rows(s: Store, view: str, run: int, name: str) -> list[str]:
+        return sorted(
+            str(sorted((k, v) for k, v in r.items() if k not in ("run_id", "model_no")))
+            for r in s.report(view, run=run)
+            if r["model"] == name
+        )
+
+    with Store(home=citus_home, model="tiny") as s:
+        together = s.compare(cluster_data, models, "second", **asked)
+        run_id = together[0].run_id
+        for view in ("report_accuracy", "report_accuracy_by_k"):
+            for name, single in zip(("tiny", "cnn"), alone, strict=True):
+                assert rows(s, view, run_id, name) == rows(s, view, single.run_id, name) != [], (view, name)
+        assert sorted(r["model"] for r in s.report("report_timing", run=run_id)) == ["cnn", "tiny"]
+    assert {r.run_id for r in together} == {run_id} and [r.model for r in together] == ["tiny", "cnn"]
+    # the distributed tables down to one model per run and back, the views made after the ALTERs
+    with Store(home=citus_home, model="tiny") as s:
+        with s.connection() as conn:  # the downgrade refuses a run of several models
+            for table, key in (("run_neighbors", "run_id"), ("predictions", "run_id"), ("eval_runs", "id")):
+                conn.execute(f"DELETE FROM {table} WHERE {key} = %s", (run_id,))
+            conn.commit()
+        assert s.downgrade("0019") == "0019" and s.upgrade() == db.head_revision()
+        assert [r["model"] for r in s.report("report_accuracy", run=alone[1].run_id)] == ["cnn"]
+
+
 def _explain(store: Store, statement, params) -> str:
     """EXPLAIN ANALYZE (Citus 14 cannot fetch a task's remote plan for a plain EXPLAIN with
     parameters); autocommit, because inside a transaction block it fails on binary parameters."""

@@ -509,5 +509,67 @@ def test_0018_gives_each_dataset_of_a_space_its_own_index_with_nothing_lost(empt
     assert db.current_revision(empty_db_url) == db.head_revision()
 
 
+RUN_VIEWS = (
+    "report_accuracy",
+    "report_accuracy_by_k",
+    "report_timing",
+    "report_confusion",
+    "report_class_accuracy",
+    "report_distance_summary",
+    "report_distance_histogram",
+    "report_runs",
+)
+
+
+def _view_rows(url: str) -> dict[str, list[tuple]]:
+    """Every run view's rows, each row's columns sorted by name, the rows sorted."""
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as c:
+        out = {}
+        for view in RUN_VIEWS:
+            rows = c.execute(f"SELECT * FROM {view}").fetchall()
+            out[view] = sorted((tuple(sorted((k, str(v)) for k, v in r.items())) for r in rows), key=str)
+    return out
+
+
+def test_0020_keys_predictions_by_model_with_every_report_as_it_was(empty_db_url):
+    _restore(empty_db_url, DUMP_0017)
+    db.upgrade(empty_db_url, "0019")
+    before = _view_rows(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        counts = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("predictions", "run_neighbors")}
+    assert all(before[v] for v in RUN_VIEWS if v != "report_accuracy_by_k") and counts["predictions"] > 0
+
+    db.upgrade(empty_db_url)
+    after = _view_rows(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        numbered = dict(c.execute("SELECT model_no, count(*) FROM predictions GROUP BY 1").fetchall())
+        keys = dict(
+            c.execute(
+                "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE contype = 'p' AND conrelid::regclass::text IN ('predictions', 'run_neighbors')"
+            ).fetchall()
+        )
+    assert numbered == {0: counts["predictions"]}
+    assert keys["predictions"] == "PRIMARY KEY (run_id, model_no, stage, image_id)", keys
+    assert keys["run_neighbors"] == "PRIMARY KEY (run_id, model_no, stage, image_id, rank)", keys
+    # every view gives the same rows; the ones that gained columns name the run's model beside the stage
+    for view in RUN_VIEWS:
+        old = {tuple(c for c in row) for row in before[view]}
+        gained = ("model", "weights", "model_no")
+        new = {tuple(c for c in row if c[0] not in gained) for row in after[view]}
+        assert new == {tuple(c for c in row if c[0] not in gained) for row in old}, view
+    models = {dict(row)["model"] for row in after["report_confusion"]}
+    assert models == {dict(row)["model"] for row in after["report_accuracy"]} and models
+
+    db.downgrade(empty_db_url, "0019")
+    assert _view_rows(empty_db_url) == before
+    db.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        c.execute("UPDATE predictions SET model_no = 1 WHERE stage = 'second'")
+    with pytest.raises(Exception, match=r"run\(s\) cover several models"):
+        db.downgrade(empty_db_url, "0019")
+    assert db.current_revision(empty_db_url) == db.head_revision()
+
+
 def _stage_of(space: dict, sp: int) -> str:
     return next(stage for stage, i in space.items() if i == sp)

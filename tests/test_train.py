@@ -66,6 +66,14 @@ def test_training_reads_the_named_split_only(shapes, tmp_path):
         train(open_source(shapes), tmp_path / "b.pt", TrainOptions(split="validation", epochs=1, workers=0))
 
 
+@pytest.mark.parametrize("steps", [2, 4])
+def test_a_run_of_a_handful_of_steps_trains(shapes, tmp_path, steps):
+    """Whatever the step count: a warm-up of exactly one step (4 steps at 1/4) once divided by zero."""
+    options = TrainOptions(epochs=1, widths=(4, 4, 4), batch_size=300 // steps, workers=0)
+    result = train(open_source(shapes), tmp_path / "a.pt", options)
+    assert result.steps == steps and (tmp_path / "a.pt").is_file()
+
+
 def test_same_seed_same_weights(shapes, tmp_path):
     a = train(
         open_source(shapes),

@@ -82,8 +82,8 @@ DUPLICATE_PAIRS = """SELECT image_id, split, source, class, other_id, other_spli
 LEAKED_IMAGES = """SELECT DISTINCT image_id FROM duplicate_pairs
     WHERE dataset_id = %s AND split = 'test' AND other_split = 'train'"""
 DELETE_DUPLICATES_OF = "DELETE FROM duplicate_pairs WHERE image_id = ANY(%s) OR other_id = ANY(%s)"
-# a run's accuracy per stage over the images not in %(leaked)s
+# a run's accuracy per stage of one of its models over the images not in %(leaked)s
 ACCURACY_WITHOUT = """SELECT stage, count(*) AS n, count(*) FILTER (WHERE predicted = true_label) AS correct
-    FROM predictions WHERE run_id = %(run)s AND NOT (image_id = ANY(%(leaked)s))
+    FROM predictions WHERE run_id = %(run)s AND model_no = %(model_no)s AND NOT (image_id = ANY(%(leaked)s))
     GROUP BY stage"""
 DATASET_OF_RUN = "SELECT dataset_id FROM eval_runs WHERE id = %s"

@@ -5,16 +5,18 @@ from __future__ import annotations
 from psycopg import sql
 
 _STAGE_ORDER = "array_position(ARRAY['first','second','third','origin'], stage)"
-# each report view's row order: runs, then stages in forward-pass order
+_OUTCOME_ORDER = "array_position(ARRAY['all','correct','wrong'], outcome)"
+_VOTE_ORDER = "array_position(ARRAY['majority','weighted','dino'], vote)"
+# each report view's row order: runs, then each run's models in turn, then stages in forward-pass order
 REPORT_ORDER = {
     "report_runs": "run_id",
-    "report_accuracy": f"run_id, {_STAGE_ORDER}",
-    "report_timing": f"run_id, {_STAGE_ORDER}",
-    "report_confusion": f"run_id, {_STAGE_ORDER}, true_label, predicted_label",
-    "report_class_accuracy": f"run_id, {_STAGE_ORDER}, label",
-    "report_distance_histogram": f"run_id, {_STAGE_ORDER}, bin",
-    "report_distance_summary": f"run_id, {_STAGE_ORDER}, array_position(ARRAY['all','correct','wrong'], outcome)",
-    "report_accuracy_by_k": f"run_id, {_STAGE_ORDER}, k, array_position(ARRAY['majority','weighted','dino'], vote)",
+    "report_accuracy": f"run_id, model_no, {_STAGE_ORDER}",
+    "report_timing": f"run_id, model_no, {_STAGE_ORDER}",
+    "report_confusion": f"run_id, model_no, {_STAGE_ORDER}, true_label, predicted_label",
+    "report_class_accuracy": f"run_id, model_no, {_STAGE_ORDER}, label",
+    "report_distance_histogram": f"run_id, model_no, {_STAGE_ORDER}, bin",
+    "report_distance_summary": f"run_id, model_no, {_STAGE_ORDER}, {_OUTCOME_ORDER}",
+    "report_accuracy_by_k": f"run_id, model_no, {_STAGE_ORDER}, k, {_VOTE_ORDER}",
 }
 
 
@@ -32,20 +34,24 @@ WEB_RUNS = """SELECT run_id, dataset, split, stages, model, weights, k, metric, 
        data_changed_at
     FROM report_runs ORDER BY run_id DESC"""
 # accuracy per run and stage over every run (report_accuracy), in forward-pass order
-WEB_ACCURACY = f"""SELECT run_id, stage, k, n, correct, accuracy_pct::float8 AS accuracy_pct, space
+WEB_ACCURACY = f"""SELECT run_id, stage, k, n, correct, accuracy_pct::float8 AS accuracy_pct, space, model
     FROM report_accuracy ORDER BY run_id, {_STAGE_ORDER}"""
+# a prediction's model (a run of several models: by its model_no; stage first is pixels), as the views name it
+_MODEL = """CASE WHEN p.stage = 'first' THEN 'pixels'
+                 ELSE coalesce(r.params->'models'->(p.model_no::int)->>'model', r.model) END"""
 # one run's slowest query batches: %(run)s, %(limit)s. A batch is one statement, repeated on each
 # of its images' prediction rows; only complete runs, as the report views.
-WEB_SLOWEST_BATCHES = """SELECT b.stage, b.batch_no, b.batch_size, b.batch_query_ms
-    FROM (SELECT DISTINCT p.stage, p.batch_no, p.batch_size, p.batch_query_ms
+WEB_SLOWEST_BATCHES = f"""SELECT b.stage, b.batch_no, b.batch_size, b.batch_query_ms, b.model
+    FROM (SELECT DISTINCT p.stage, p.batch_no, p.batch_size, p.batch_query_ms, {_MODEL} AS model
           FROM predictions p JOIN eval_runs r ON r.id = p.run_id
           WHERE p.run_id = %(run)s AND r.status = 'complete' AND p.batch_query_ms IS NOT NULL) b
     ORDER BY b.batch_query_ms DESC, b.stage, b.batch_no LIMIT %(limit)s"""
 # one run's most confident wrong answers per stage: the smallest distance to the neighbor that
 # decided the (wrong) label; %(run)s, %(limit)s per stage
-WEB_CONFIDENT_WRONG = f"""SELECT stage, image_id, neighbor_id, true_class, predicted_class, distance
+WEB_CONFIDENT_WRONG = f"""SELECT stage, image_id, neighbor_id, true_class, predicted_class, distance, model
     FROM (SELECT p.stage, p.image_id, p.neighbor_id, ct.name AS true_class, cp.name AS predicted_class,
-                 p.distance, row_number() OVER (PARTITION BY p.stage ORDER BY p.distance, p.image_id) AS rank
+                 p.distance, {_MODEL} AS model,
+                 row_number() OVER (PARTITION BY p.model_no, p.stage ORDER BY p.distance, p.image_id) AS rank
           FROM predictions p
           JOIN eval_runs r ON r.id = p.run_id
           JOIN classes ct ON ct.dataset_id = r.dataset_id AND ct.label = p.true_label

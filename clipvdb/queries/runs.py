@@ -9,7 +9,8 @@ INSERT_RUN = """INSERT INTO eval_runs (dataset_id, split, stages, model, weights
 COMPLETE_RUN = """UPDATE eval_runs SET status = 'complete', finished_at = now(), params = params || %s::jsonb
     WHERE id = %s"""
 FAIL_RUN = "UPDATE eval_runs SET status = 'failed', finished_at = now() WHERE id = %s"
-COPY_RUN_NEIGHBORS = """COPY run_neighbors (run_id, stage, image_id, rank, neighbor_id, label, distance, similarity)
+COPY_RUN_NEIGHBORS = """COPY run_neighbors (run_id, model_no, stage, image_id, rank, neighbor_id, label, distance,
+    similarity)
     FROM STDIN WITH (FORMAT BINARY)"""
 LATEST_RUN = "SELECT max(id) FROM eval_runs WHERE status = 'complete'"
 # A running run's session holds a session-level advisory lock (RUN_LOCK_KEY, run id), taken before
