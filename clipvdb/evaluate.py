@@ -314,10 +314,8 @@ def _evaluate_parts(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"model {twice[0]} is named twice: a run holds each model once")
-    stage_names = list(dict.fromkeys(s.name for _, stages in parts for s in stages))
-    row = (stage_names, ",".join(names), ",".join(w for _, w in ids))
     with parts[0][0].connection() as conn:
-        return _evaluate(parts, conn, source, settings, options, watch, row)
+        return _evaluate(parts, conn, source, settings, options, watch, ids)
 
 
 def _identity(encoder: Encoder | None, stages: list[Stage]) -> tuple[str, str]:
@@ -346,8 +344,8 @@ class _Run:
     dataset: int
     classes: list[str]
     batch_size: int
-    turns: int  # models, each taking its turn over the images
-    row: tuple[list[str], str, str]  # the run's stages, model and weights (several: comma-separated)
+    ids: list[tuple[str, str]]  # each model's (model, weights), in turn
+    stages: list[str]  # every stage any model answers
     run_id: int | None = None
     entries: list[dict] = field(default_factory=list)  # per model: eval_runs.params->'models'
 
@@ -359,7 +357,7 @@ def _evaluate(
     settings: SearchSettings,
     options: EvaluateOptions,
     watch: Watch,
-    row: tuple[list[str], str, str],
+    ids: list[tuple[str, str]],
 ) -> list[EvalRun]:
     """The run: its row, each model's turn, then 'complete' (or 'failed', whatever stopped it)."""
     batch_size = options.batch_size or _default_batch_size(conn)  # asked before the run's clock starts
@@ -371,16 +369,22 @@ def _evaluate(
     dataset = catalog.register_dataset(conn, source, options.dataset)
     classes = catalog.class_names(conn, dataset)
     conn.commit()
-    for session, stages in parts[1:]:  # each model's stored vectors there before the first model's turn
-        predictors(session, stages, settings, (dataset, options.against), classes, options.prompts)
+    # the later models' searchers (their stored vectors there) before the first model's turn
+    ready = {
+        no: predictors(s, st, settings, (dataset, options.against), classes, options.prompts)
+        for no, (s, st) in enumerate(parts)
+        if no
+    }
     if len(parts) > 1:
         start = time.perf_counter()  # the models' turns are timed alone, without the run's set-up
-    run = _Run(conn, source, settings, options, watch, items, dataset, classes, batch_size, len(parts), row)
+    asked = list(dict.fromkeys(s.name for _, st in parts for s in st))
+    run = _Run(conn, source, settings, options, watch, items, dataset, classes, batch_size, ids, asked)
     results: list[EvalRun] = []
     try:
         watch.progress(0, len(items) * len(parts))
         for no, (session, stages) in enumerate(parts):
-            results.append(_turn(run, no, session, stages, start if no == 0 else time.perf_counter()))
+            clock = start if no == 0 else time.perf_counter()
+            results.append(_turn(run, no, session, stages, clock, ready.get(no)))
         conn.execute(queries.COMPLETE_RUN, (json.dumps(_done(run, results)), run.run_id))
         conn.commit()
         conn.execute(queries.UNLOCK_RUN, (queries.RUN_LOCK_KEY, run.run_id))
@@ -412,7 +416,7 @@ def _evaluate(
 def _done(run: _Run, results: list[EvalRun]) -> dict:
     """What a complete run adds to its params: the times (a run of several models: each model's
     turn's added up, and per model everything it searched and its own times, params->'models')."""
-    if run.turns == 1:
+    if len(results) == 1:
         return results[0].totals
     summed = {k: round(sum(r.totals[k] for r in results), 3) for k in results[0].totals}
     per_model = {key: {e["model"]: e[key] for e in run.entries} for key in ("index", "storage")}
@@ -430,27 +434,29 @@ COMMON = ("metric", "k", "vote", "ks", "exact", "probes", "ef_search", "limit", 
 def _begin(run: _Run, params: dict) -> int:
     """The run's row, recorded as 'running' (with the first model's turn's params), and its lock."""
     conn, o = run.conn, run.options
-    if run.turns > 1:
+    if len(run.ids) > 1:
         params = {k: params[k] for k in COMMON}
-    stages, model, weights = run.row
+    model, weights = (",".join(x) for x in zip(*run.ids, strict=True))
     run_id = db.scalar(
         conn,
         queries.INSERT_RUN,
-        (run.dataset, o.split, stages, model, weights, run.settings.k, json.dumps(params)),
+        (run.dataset, o.split, run.stages, model, weights, run.settings.k, json.dumps(params)),
     )
     conn.execute(queries.LOCK_RUN, (queries.RUN_LOCK_KEY, run_id))  # held from before the row is seen
     conn.commit()
     return run_id
 
 
-def _turn(run: _Run, no: int, session: Session, stages: list[Stage], start: float) -> EvalRun:
+def _turn(
+    run: _Run, no: int, session: Session, stages: list[Stage], start: float, ready: tuple | None = None
+) -> EvalRun:
     """One model's turn: its pass over the run's images, its searches and its stored predictions,
-    timed on a clock of its own from `start`."""
+    timed on a clock of its own from `start`; `ready`: its searchers and class rows, set up already."""
     conn, settings, options, watch, items = run.conn, run.settings, run.options, run.watch, run.items
     timeline = Timeline(start)
     encoder = session.encoder_for(stages)
     where = (run.dataset, options.against)
-    searchers, text = predictors(session, stages, settings, where, run.classes, options.prompts)
+    searchers, text = ready or predictors(session, stages, settings, where, run.classes, options.prompts)
     clip = any(s.uses_clip for s in stages)
     workers = default_workers(clip) if options.workers is None else options.workers
     concurrency = {
@@ -470,7 +476,7 @@ def _turn(run: _Run, no: int, session: Session, stages: list[Stage], start: floa
         timing=TIMING,
         **concurrency,
     )
-    model, weights = _identity(encoder, stages)
+    model, weights = run.ids[no]
     entry = {"model": model, "weights": weights, "stages": [s.name for s in stages], **params}
     run.entries.append(entry)
     if run.run_id is None:
@@ -505,9 +511,9 @@ def _turn(run: _Run, no: int, session: Session, stages: list[Stage], start: floa
             searched.append((batch, preds))
             store_ready()
             done += len(batch.items) + len(batch.failed)
-            watch.progress(len(batch.items) + len(batch.failed), len(items) * run.turns)
+            watch.progress(len(batch.items) + len(batch.failed), len(items) * len(run.ids))
             if options.display_freq and (b + 1) % options.display_freq == 0:
-                label = f"{model} " if run.turns > 1 else ""
+                label = f"{model} " if len(run.ids) > 1 else ""
                 watch.say(
                     f"[{label}{done}/{len(items)}] "
                     + "  ".join(f"{n}: {t.accuracy:.2f}%" for n, t in result.stages.items())

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import UsageError
-from .reports import several_models
+from .reports import row_label, several_models
 
 if TYPE_CHECKING:
     from .experiment import ExperimentResult
@@ -25,15 +25,12 @@ def _key(row: dict) -> tuple:
     return row.get("model"), row["stage"]
 
 
-def _label(key: tuple, several: bool) -> str:
-    return f"{key[0]} {key[1]}" if several else key[1]
-
-
 def histogram(
     rows: list[dict], key: tuple, run: int, out: Path, *, squared: bool = False, metric: str = "l2", several=False
 ) -> Path:
     """One run's distances to the nearest neighbour at one (model, stage), correct and wrong."""
     stage = key[1]
+    label = row_label({"model": key[0], "stage": stage}, several)
     rows = [r for r in rows if _key(r) == key]
     power = 2 if squared else 1
     lo = [r["bin_lo"] ** power for r in rows]
@@ -45,10 +42,10 @@ def histogram(
     what = axis_label(stage, metric, squared)
     ax.set_xlabel(what)
     ax.set_ylabel("images")
-    ax.set_title(f"run {run}, {'' if several else 'stage '}{_label(key, several)}: {what}")
+    ax.set_title(f"run {run}, {'' if several else 'stage '}{label}: {what}")
     ax.legend()
     fig.tight_layout()
-    name = "".join(c if c.isalnum() or c in "-._" else "-" for c in _label(key, several).replace(" ", "_"))
+    name = "".join(c if c.isalnum() or c in "-._" else "-" for c in label.replace(" ", "_"))
     path = out / f"run{run}_{name}_distance{'_squared' if squared else ''}_hist.png"
     fig.savefig(path)
     plt.close(fig)
@@ -68,10 +65,9 @@ def axis_label(stage: str, metric: str, squared: bool) -> str:
 
 def summary(acc: list[dict], timing: list[dict], run: int, out: Path) -> Path:
     """A run's accuracy and ms per image (encoder and query) per stage, or per model and stage."""
-    keys = [_key(r) for r in acc]
     several = several_models(acc)
-    stages = [_label(k, several) for k in keys]
-    t = {_label(_key(r), several): r for r in timing}
+    stages = [row_label(r, several) for r in acc]
+    t = {row_label(r, several): r for r in timing}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     bars = a1.bar(stages, [r["accuracy_pct"] for r in acc], color="#457b9d")
     a1.bar_label(bars, fmt="%.1f%%")

@@ -286,6 +286,11 @@ def several_models(rows: list[dict]) -> bool:
     return len({r.get("model") for r in rows if r["stage"] != "first"}) > 1
 
 
+def row_label(row: dict, several: bool) -> str:
+    """What a report row answers: its stage, or (rows of several models) its model and stage."""
+    return f"{row['model']} {row['stage']}" if several and row.get("model") else row["stage"]
+
+
 def runs(conn: psycopg.Connection) -> list[RunSummary]:
     """Every run (report_runs), newest first, each with its accuracy per stage from report_accuracy
     (complete runs only: a running or failed run has none)."""
@@ -301,7 +306,7 @@ def runs(conn: psycopg.Connection) -> list[RunSummary]:
 def _accuracy(rows: list[dict]) -> dict[str, float]:
     """A run's accuracy_pct per stage (a run of several models: per "model stage")."""
     several = several_models(rows)
-    return {(f"{a['model']} {a['stage']}" if several else a["stage"]): a["accuracy_pct"] for a in rows}
+    return {row_label(a, several): a["accuracy_pct"] for a in rows}
 
 
 def run(conn: psycopg.Connection, run_id: int, limit: int = 10) -> RunDetail | None:

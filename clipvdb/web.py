@@ -21,7 +21,7 @@ from . import charts
 from .errors import ClipvdbError, ImageError
 from .images import load_image
 from .knn import SearchSettings
-from .reports import ExperimentRow, RunSummary, several_models
+from .reports import ExperimentRow, RunSummary, row_label, several_models
 from .stages import parse_stages
 from .store import Store
 
@@ -92,8 +92,7 @@ def ran_at_once(timing: list[dict]) -> str:
     """What ran at once in a run, from its report_timing rows: connections, decoding workers,
     encoder threads, cores ('' for a run that did not record them; a run of several models: per model)."""
     if several_models(timing):
-        turns = {r["model_no"]: r for r in timing}  # one row per model's turn
-        return "; ".join(f"{r['model']}: {ran_at_once([r])}" for _, r in sorted(turns.items()) if r["stage"] != "first")
+        return "; ".join(f"{model}: {ran_at_once(rows)}" for model, rows in _turns(timing))
     t = timing[0] if timing else {}
     if t.get("connections") is None:
         return ""
@@ -103,19 +102,26 @@ def ran_at_once(timing: list[dict]) -> str:
     return ", ".join(parts) + f" on {t['cores']} cores"
 
 
+def _turns(timing: list[dict]) -> list[tuple[str, list[dict]]]:
+    """A run of several models' report_timing rows per model's turn (model_no), each named by its
+    model (stage first, pixels, is answered in the first model's turn)."""
+    by: dict[int, list[dict]] = {}
+    for r in timing:
+        by.setdefault(r["model_no"], []).append(r)
+    return [
+        (next((r["model"] for r in rows if r["stage"] != "first"), rows[0]["model"]), rows)
+        for _, rows in sorted(by.items())
+    ]
+
+
 def timing_note(timing: list[dict]) -> str:
     """How a run's times per image were measured, and (wall shares) how they add up to its wall time;
     a run of several models, each model's turn on its own."""
     if not timing:
         return ""
     if several_models(timing):
-        models = list(dict.fromkeys(r["model"] for r in timing if r["stage"] != "first"))
-        # stage first is answered in the first model's turn
-        turns = [
-            [r for r in timing if r["model"] == m or (i == 0 and r["stage"] == "first")] for i, m in enumerate(models)
-        ]
         return "Each model took its turn over the images, timed on a clock of its own. " + " ".join(
-            f"{m}: {timing_note(rows)}" for m, rows in zip(models, turns, strict=True)
+            f"{model}: {timing_note(rows)}" for model, rows in _turns(timing)
         )
     t = timing[0]
     if t.get("timing") != "wall share":
@@ -146,7 +152,7 @@ def label_rows(views: list[list[dict]], several: bool) -> None:
     stage (`shown_as`), the key the pages group and match rows by."""
     for rows in views:
         for row in (r for r in rows if "stage" in r):
-            row["shown_as"] = f"{row['model']} {row['stage']}" if several and row.get("model") else row["stage"]
+            row["shown_as"] = row_label(row, several)
 
 
 def _label(row: dict) -> str:
