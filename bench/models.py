@@ -16,8 +16,9 @@ followed by `clipvdb evaluate --learned`. The fine-tuned row's model is first tr
 home: `clipvdb train --base efficientnet-lite0@160 --epochs 1` on the stored training images
 (nothing of the test split), its checkpoint then the model's `--model`. Then each model of
 `--alone` again in a fresh home of its own, same commands: its accuracy there beside the shared
-database's; then its evaluate again in both homes, shared and alone taking turns (`--turns` each),
-so that both query times are measured warm and in the same minutes: the median of each is compared;
+database's; then its evaluate again in both homes, shared and alone taking turns (`--turns` each,
+each turn on a freshly started server), so that both query times are measured in the same minutes
+over several server instances: the median of each is compared;
 and its `evaluate --exact` in both homes over the first `--exact-test` test images, whose accuracy
 no index build's sampling moves.
 """
@@ -115,12 +116,16 @@ def exact(home: Path, env: dict, data: str, model: tuple, test: int) -> dict[str
 
 def turns(shared: tuple[Path, dict], alone: tuple[Path, dict], data: str, model: tuple, test: int, n: int) -> dict:
     """The model's evaluate in the shared home and in its own, taking turns `n` times each: per
-    stage, each home's query ms per image (report_timing) of every turn."""
+    stage, each home's query ms per image (report_timing) of every turn. Each turn starts its home's
+    server afresh: one server instance's query ms sits a few percent above or below another's on the
+    same data (two copies of one data directory, their servers restarted between turns: 0.91x to
+    1.07x), so turns on one instance per home would compare two instances, not two layouts."""
     name, _, _, stages, _ = model
     args = ["evaluate", *_model_args(model, data), "--limit", str(test), "--k", KS]
     out: dict = {stage: {"shared": [], "alone": []} for stage in stages.split(",")}
     for _ in range(n):
         for where, (home, env) in (("shared", shared), ("alone", alone)):
+            subprocess.run(CLI + ["db", "stop"], env=env, capture_output=True, check=True)
             run_id = json.loads(run(args, env, home)["stdout"])["run_id"]
             with Store(home=home) as store:
                 for t in store.report("report_timing", run_id):
@@ -296,8 +301,8 @@ def render(r: dict) -> str:
     if timed:
         lines.append(
             f"Shared database against each model alone in a fresh one: accuracy from each home's first evaluate; "
-            f"query ms the median of {r['turns']} more evaluates per home, the two homes taking turns (both warm, "
-            "in the same minutes); exact search's accuracy (`--exact`, no index) over the first "
+            f"query ms the median of {r['turns']} more evaluates per home, the two homes taking turns in the same "
+            "minutes, each turn on a freshly started server; exact search's accuracy (`--exact`, no index) over the first "
             f"{r.get('exact_test', 0):,} test images in each home. Goal: within "
             f"{GOALS['accuracy_points']} point and <= {GOALS['query_ms_of_alone']}x the query ms.\n"
         )
