@@ -117,9 +117,8 @@ def exact(home: Path, env: dict, data: str, model: tuple, test: int) -> dict[str
 def turns(shared: tuple[Path, dict], alone: tuple[Path, dict], data: str, model: tuple, test: int, n: int) -> dict:
     """The model's evaluate in the shared home and in its own, taking turns `n` times each: per
     stage, each home's query ms per image (report_timing) of every turn. Each turn starts its home's
-    server afresh: one server instance's query ms sits a few percent above or below another's on the
-    same data (two copies of one data directory, their servers restarted between turns: 0.91x to
-    1.07x), so turns on one instance per home would compare two instances, not two layouts."""
+    server afresh: one server instance's query ms can sit several percent above or below another's
+    on the same data, so turns on one instance per home would compare two instances, not layouts."""
     name, _, _, stages, _ = model
     args = ["evaluate", *_model_args(model, data), "--limit", str(test), "--k", KS]
     out: dict = {stage: {"shared": [], "alone": []} for stage in stages.split(",")}
